@@ -272,6 +272,9 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
         slot.waiting_on = NONE;
         slot.timer = u64::MAX;
         slot.state = Some(end);
+        // Recompute first: if `t` was waiting, the priorities it donated are gone, and the
+        // hand-offs below must choose among waiters by their current priorities.
+        self.recompute_priorities();
         self.release_all(t);
         self.recompute_priorities();
     }
