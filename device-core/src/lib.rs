@@ -34,6 +34,7 @@
 //! assert!(s.holds(high, bus));
 //! ```
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 pub mod error;
 pub mod lock;

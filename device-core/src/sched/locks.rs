@@ -115,6 +115,7 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
         slot.state = Some(TaskState::Blocked);
         slot.waiting_on = l as u8;
         slot.timer = until.map_or(u64::MAX, crate::Instant::as_millis);
+        self.due = self.due.min(slot.timer);
         self.current = NONE;
         self.recompute_priorities();
         Ok(Acquire::Blocked)
@@ -139,8 +140,12 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
         if self.locks[l].owner != t {
             return Err(SchedError::NotOwner);
         }
-        self.hand_off(l);
-        self.recompute_priorities();
+        // A lock nobody waited for and without a ceiling donated nothing: releasing it cannot
+        // change any effective priority, so the common uncontended unlock skips the rebuild.
+        let ceiling = matches!(self.locks[l].policy, LockPolicy::Ceiling(_));
+        if self.hand_off(l) || ceiling {
+            self.recompute_priorities();
+        }
         Ok(())
     }
 
@@ -187,8 +192,9 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
         false
     }
 
-    /// Gives lock `l` to its most urgent waiter, or frees it. Does not recompute priorities.
-    pub(super) fn hand_off(&mut self, l: usize) {
+    /// Gives lock `l` to its most urgent waiter, or frees it; returns whether a waiter got it.
+    /// Does not recompute priorities.
+    pub(super) fn hand_off(&mut self, l: usize) -> bool {
         let mut best = NONE;
         for (i, s) in self.slots.iter().enumerate() {
             if s.state == Some(TaskState::Blocked)
@@ -206,6 +212,7 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
             w.state = Some(TaskState::Ready);
             self.ready_insert(best);
         }
+        best != NONE
     }
 
     /// Hand-off order among waiters: effective priority, then deadline, then admission order.

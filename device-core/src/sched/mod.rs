@@ -94,6 +94,10 @@ pub struct Scheduler<const N: usize, const L: usize> {
     current: u8,
     /// Admission counter behind `Slot::seq`.
     next_seq: u32,
+    /// No timer (release, start deadline, lock-wait timeout) is due before this instant, in ms:
+    /// a lower bound lowered whenever a timer is set and recomputed by a full `advance` scan,
+    /// so that `next()` at a step boundary skips the O(N) scan when nothing can be due.
+    due: u64,
 }
 
 impl<const N: usize, const L: usize> Default for Scheduler<N, L> {
@@ -117,6 +121,7 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
             ready: ReadyLists::EMPTY,
             current: NONE,
             next_seq: 0,
+            due: u64::MAX,
         }
     }
 
@@ -143,10 +148,12 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
             ..Slot::FREE
         };
         let idx = i as u8;
+        self.due = self.due.min(slot.deadline);
         match spec.release_at {
             Some(at) if at > now => {
                 slot.state = Some(TaskState::Pending);
                 slot.timer = at.as_millis();
+                self.due = self.due.min(slot.timer);
             }
             _ => self.ready_insert(idx),
         }
@@ -192,6 +199,9 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
 
     /// Applies everything due at `now` without picking a task. [`next`](Self::next) calls it.
     pub fn advance(&mut self, now: Instant) {
+        if now.as_millis() < self.due {
+            return;
+        }
         let mut timed_out = false;
         for i in 0..N {
             let idx = i as u8;
@@ -220,6 +230,7 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
         if timed_out {
             self.recompute_priorities();
         }
+        self.due = self.poll_timeout().map_or(u64::MAX, Instant::as_millis);
     }
 
     /// Expires slot `idx` if it has not started and its deadline is not after `now`.
