@@ -267,9 +267,9 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
                 break;
             }
         }
-        for i in 0..N {
-            if self.slots[i].state == Some(TaskState::Ready) && self.slots[i].eff != old[i] {
-                self.ready_remove(i as u8, old[i]);
+        for (i, was) in old.into_iter().enumerate() {
+            if self.slots[i].state == Some(TaskState::Ready) && self.slots[i].eff != was {
+                self.ready_remove(i as u8, was);
                 self.ready_insert(i as u8);
             }
         }

@@ -113,7 +113,7 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
             assert!(
                 N < NONE as usize && L < NONE as usize,
                 "at most 254 tasks and locks"
-            )
+            );
         };
         Self {
             slots: [Slot::FREE; N],
