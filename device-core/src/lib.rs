@@ -11,6 +11,7 @@
 //! - [`sched`]: the [`Scheduler`]: fixed task slots, O(1) pick, deadlines, locks with
 //!   transitive priority inheritance.
 //! - [`error`]: [`SchedError`], the one error type of the scheduler.
+//! - [`proto`]: the device link's messages and framing (postcard, CRC-32, COBS).
 //!
 //! # Example
 //! ```
@@ -39,6 +40,7 @@
 pub mod error;
 pub mod lock;
 pub mod priority;
+pub mod proto;
 pub mod sched;
 pub mod task;
 pub mod time;

@@ -2,11 +2,13 @@
 
 use core::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// Task priority, P0 (most urgent) to P5 (least), as in the Harness P0–P5 scale.
 ///
 /// The derived `Ord` follows the level number, so `P0 < P5`; to ask which of two priorities is
 /// more urgent use [`Priority::outranks`] or [`Priority::most_urgent`], which say it in words.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum Priority {
     /// Most urgent.

@@ -1,0 +1,202 @@
+//! The messages of the device link. Field order is the wire order (postcard encodes structs as
+//! their fields in sequence and enum variants as a varint index), so reordering fields or
+//! variants is a wire change: the golden tests in `proto::tests` catch it.
+
+use heapless::{String, Vec};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    MAX_CAPABILITIES, MAX_CAPABILITY_NAME, MAX_DEVICE_ID, MAX_PAYLOAD, MAX_TASK_LOCKS, MAX_TRACE_ID,
+};
+use crate::Priority;
+
+/// A device id, as proven by the link credential.
+pub type DeviceId = String<MAX_DEVICE_ID>;
+/// A capability name such as `sensor.read`.
+pub type CapabilityName = String<MAX_CAPABILITY_NAME>;
+/// Task input or result bytes (the bridge sends the task's JSON payload as UTF-8 text).
+pub type Payload = Vec<u8, MAX_PAYLOAD>;
+
+/// Identifies one task on one device. The bridge derives it from its durable task number and
+/// never reuses it for another task, so a device can recognise a replayed `Assign`.
+pub type Handle = u32;
+
+/// One frame: reliability header plus a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// Sequence number of a reliable message (`Assign`, `Cancel`, `Report`, `Reject`),
+    /// starting at 1 in each session; 0 for messages that are not acknowledged
+    /// (`Hello`, `Welcome`, `Heartbeat`, `Ack`).
+    pub seq: u32,
+    /// Cumulative acknowledgement: every reliable message of the peer up to and including this
+    /// sequence number has been received, in order (0: none yet).
+    pub ack: u32,
+    /// The message.
+    pub message: Message,
+}
+
+/// Everything either side can say.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Device → bridge, first message of every session.
+    Hello(Hello),
+    /// Bridge → device, answer to `Hello`: the session is established.
+    Welcome(Welcome),
+    /// Bridge → device: run a task.
+    Assign(Assign),
+    /// Bridge → device: stop a task.
+    Cancel(Cancel),
+    /// Device → bridge: a task's state changed.
+    Report(Report),
+    /// Device → bridge, periodic: alive, with its free slots.
+    Heartbeat(Heartbeat),
+    /// Either way: nothing to say but the acknowledgement in the header.
+    Ack,
+    /// Either way: a message was refused, with the reason.
+    Reject(Reject),
+}
+
+impl Message {
+    /// Whether the message is sent reliably (sequenced, acknowledged, retransmitted).
+    pub const fn is_reliable(&self) -> bool {
+        matches!(
+            self,
+            Self::Assign(_) | Self::Cancel(_) | Self::Report(_) | Self::Reject(_)
+        )
+    }
+}
+
+/// Opens a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must stay the first field: decoders read it before the rest (see `proto::decode`).
+    pub version: u16,
+    /// Must equal the identity the link credential proved.
+    pub device_id: DeviceId,
+    /// Random at every boot: a new value tells the bridge that everything the device was
+    /// running is gone and handles may be replayed.
+    pub boot_id: u32,
+    /// What the device can run.
+    pub capabilities: Vec<CapabilityName, MAX_CAPABILITIES>,
+    /// Task slots in total.
+    pub slots: u8,
+    /// Task slots free now (a reconnect within one boot may find tasks still running).
+    pub free_slots: u8,
+    /// Largest payload the device accepts, at most [`MAX_PAYLOAD`].
+    pub max_payload: u16,
+}
+
+/// Session parameters chosen by the bridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Must stay the first field, as in [`Hello`].
+    pub version: u16,
+    /// How often the device sends a heartbeat when it has nothing else to send, in ms.
+    pub heartbeat_ms: u32,
+    /// Silence after which either side considers the peer gone, in ms.
+    pub liveness_ms: u32,
+}
+
+/// A task for the device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assign {
+    pub handle: Handle,
+    pub priority: Priority,
+    /// Milliseconds left until the task's deadline when the bridge sent it (clocks of the two
+    /// sides are not synchronised); `None`: no deadline.
+    pub deadline_ms: Option<u32>,
+    pub capability: CapabilityName,
+    /// Device lock ids the task holds while it runs, taken in this order.
+    pub locks: Vec<u8, MAX_TASK_LOCKS>,
+    pub payload: Payload,
+    /// Correlates device logs with the MQTT submission; may be empty.
+    pub trace_id: String<MAX_TRACE_ID>,
+}
+
+/// Stop a task that has not finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub handle: Handle,
+}
+
+/// A task's state on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskReport {
+    /// Started executing.
+    Running,
+    /// Finished; `result` holds the output.
+    Completed,
+    /// The handler failed; `error` holds its code.
+    Failed,
+    /// The deadline passed before the task could start.
+    Expired,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl TaskReport {
+    /// Whether no further report will follow for the handle.
+    pub const fn is_terminal(self) -> bool {
+        !matches!(self, Self::Running)
+    }
+}
+
+/// A task's state changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub handle: Handle,
+    pub state: TaskReport,
+    /// Output of a completed task; empty otherwise.
+    pub result: Payload,
+    /// Handler error code of a failed task.
+    pub error: Option<u16>,
+    /// Free task slots after this report, as of the bridge message the header acknowledges.
+    pub free_slots: u8,
+}
+
+/// Liveness and flow control when there is nothing else to say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Free task slots, as of the bridge message the header acknowledges.
+    pub free_slots: u8,
+}
+
+/// A refused message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reject {
+    /// The task concerned, when the refused message was about one.
+    pub handle: Option<Handle>,
+    pub reason: RejectReason,
+}
+
+/// Why a message was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The peer speaks another protocol version.
+    UnsupportedVersion,
+    /// An `Assign` arrived while every task slot was taken: the sender exceeded the free slots
+    /// the device advertised.
+    NoFreeSlot,
+    /// The device has no handler for the capability.
+    UnknownCapability,
+    /// The payload is larger than the device's `max_payload`.
+    PayloadTooLarge,
+    /// A lock id beyond the device's lock table.
+    UnknownLock,
+    /// A message other than `Hello` before the session was established.
+    NoSession,
+}
+
+impl core::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::UnsupportedVersion => "unsupported protocol version",
+            Self::NoFreeSlot => "no free task slot",
+            Self::UnknownCapability => "unknown capability",
+            Self::PayloadTooLarge => "payload too large",
+            Self::UnknownLock => "unknown lock id",
+            Self::NoSession => "no session established",
+        })
+    }
+}

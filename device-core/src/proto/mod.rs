@@ -1,0 +1,233 @@
+//! The device link protocol: messages, framing and their errors.
+//!
+//! Frame = COBS(postcard(frame) ‖ CRC-32 little-endian) followed by `0x00`. On datagram links
+//! one frame travels per datagram; on byte streams (TCP, TLS, UART) [`Deframer`] splits on
+//! `0x00`. Decoding never panics: every rejection is a [`DecodeError`].
+//!
+//! Versioning: `Hello` and `Welcome` carry [`PROTOCOL_VERSION`] as their first field, and the
+//! decoder reads it *before* the rest of the message, so a peer of another version gets
+//! [`DecodeError::UnsupportedVersion`] even when the remaining layout differs.
+
+mod cobs;
+mod crc;
+mod message;
+#[cfg(test)]
+mod tests;
+
+use core::fmt;
+
+pub use crc::{Crc32, crc32};
+pub use message::{
+    Assign, Cancel, CapabilityName, DeviceId, Frame, Handle, Heartbeat, Hello, Message, Payload,
+    Reject, RejectReason, Report, TaskReport, Welcome,
+};
+
+/// The protocol spoken by this crate.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest task payload or result, in bytes.
+pub const MAX_PAYLOAD: usize = 256;
+/// Longest device id, in bytes.
+pub const MAX_DEVICE_ID: usize = 32;
+/// Longest capability name, in bytes.
+pub const MAX_CAPABILITY_NAME: usize = 32;
+/// Most capabilities one device can advertise.
+pub const MAX_CAPABILITIES: usize = 8;
+/// Most locks one task can declare.
+pub const MAX_TASK_LOCKS: usize = 4;
+/// Longest trace id, in bytes.
+pub const MAX_TRACE_ID: usize = 32;
+
+/// Largest postcard encoding of any [`Frame`], in bytes. Varints take at most 5 bytes for a
+/// `u32` and 3 for a `u16`; a length prefix of up to 16383 takes at most 2. The largest message
+/// is `Assign` (checked by a test that encodes the largest value of every message).
+pub const MAX_MESSAGE: usize = {
+    let header = 5 + 5 + 1; // seq, ack, message tag
+    let assign = 5 // handle
+        + 1 // priority
+        + 1 + 5 // deadline_ms: Option<u32>
+        + 1 + MAX_CAPABILITY_NAME
+        + 1 + MAX_TASK_LOCKS
+        + 2 + MAX_PAYLOAD
+        + 1 + MAX_TRACE_ID;
+    header + assign
+};
+
+/// Length of the CRC trailer.
+const CRC_LEN: usize = 4;
+
+/// Largest frame on the wire, including the `0x00` delimiter. Receive buffers of this size
+/// never have to drop a valid frame.
+pub const MAX_FRAME: usize = cobs::max_encoded_len(MAX_MESSAGE + CRC_LEN) + 1;
+
+/// Why a frame could not be encoded.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The output buffer is smaller than the frame (use [`MAX_FRAME`]).
+    BufferTooSmall,
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("output buffer too small for the frame")
+    }
+}
+
+impl core::error::Error for EncodeError {}
+
+/// Why received bytes are not a frame. The bytes are dropped; nothing else changes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Longer than [`MAX_FRAME`].
+    Oversize,
+    /// Not valid COBS (a zero inside, or a length code past the end).
+    BadCobs,
+    /// Shorter than the CRC trailer.
+    Truncated,
+    /// The CRC does not match: corrupted on the way.
+    BadCrc,
+    /// A `Hello` or `Welcome` of another protocol version.
+    UnsupportedVersion(u16),
+    /// A message tag this version does not know.
+    UnknownMessage(u32),
+    /// The CRC matched but the content is not a valid message (a field out of range, a string
+    /// that is not UTF-8 or too long, trailing bytes).
+    Malformed,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Oversize => write!(f, "frame longer than {MAX_FRAME} bytes"),
+            Self::BadCobs => f.write_str("invalid COBS framing"),
+            Self::Truncated => f.write_str("frame shorter than its CRC"),
+            Self::BadCrc => f.write_str("CRC mismatch"),
+            Self::UnsupportedVersion(v) => {
+                write!(
+                    f,
+                    "protocol version {v} (this side speaks {PROTOCOL_VERSION})"
+                )
+            }
+            Self::UnknownMessage(t) => write!(f, "unknown message tag {t}"),
+            Self::Malformed => f.write_str("malformed message"),
+        }
+    }
+}
+
+impl core::error::Error for DecodeError {}
+
+/// Encodes `frame` into `out` (COBS, CRC and the trailing `0x00`); returns the length used.
+pub fn encode(frame: &Frame, out: &mut [u8]) -> Result<usize, EncodeError> {
+    let mut raw = [0u8; MAX_MESSAGE + CRC_LEN];
+    let used = postcard::to_slice(frame, &mut raw[..MAX_MESSAGE])
+        .map_err(|_| EncodeError::BufferTooSmall)?
+        .len();
+    let crc = crc32(&raw[..used]);
+    raw[used..used + CRC_LEN].copy_from_slice(&crc.to_le_bytes());
+    let n = cobs::encode(&raw[..used + CRC_LEN], out).ok_or(EncodeError::BufferTooSmall)?;
+    *out.get_mut(n).ok_or(EncodeError::BufferTooSmall)? = 0;
+    Ok(n + 1)
+}
+
+/// Decodes one frame: `bytes` is everything between two delimiters (a trailing `0x00`, if
+/// present, is ignored).
+pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.len() >= MAX_FRAME {
+        return Err(DecodeError::Oversize);
+    }
+    let mut raw = [0u8; MAX_MESSAGE + CRC_LEN];
+    let n = cobs::decode(bytes, &mut raw).map_err(|e| match e {
+        cobs::CobsError::Malformed => DecodeError::BadCobs,
+        cobs::CobsError::TooLong => DecodeError::Oversize,
+    })?;
+    if n < CRC_LEN {
+        return Err(DecodeError::Truncated);
+    }
+    let (body, trailer) = raw[..n].split_at(n - CRC_LEN);
+    let mut sent = [0u8; CRC_LEN];
+    sent.copy_from_slice(trailer);
+    if crc32(body) != u32::from_le_bytes(sent) {
+        return Err(DecodeError::BadCrc);
+    }
+    check_header(body)?;
+    match postcard::take_from_bytes::<Frame>(body) {
+        Ok((frame, [])) => Ok(frame),
+        _ => Err(DecodeError::Malformed),
+    }
+}
+
+/// Reads the header and, for `Hello`/`Welcome`, the version, before the full decode.
+fn check_header(body: &[u8]) -> Result<(), DecodeError> {
+    const HELLO: u32 = 0;
+    const WELCOME: u32 = 1;
+    const LAST: u32 = 7;
+    let ((_seq, _ack, tag), rest) =
+        postcard::take_from_bytes::<(u32, u32, u32)>(body).map_err(|_| DecodeError::Malformed)?;
+    if tag > LAST {
+        return Err(DecodeError::UnknownMessage(tag));
+    }
+    if tag == HELLO || tag == WELCOME {
+        let (version, _) =
+            postcard::take_from_bytes::<u16>(rest).map_err(|_| DecodeError::Malformed)?;
+        if version != PROTOCOL_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+    }
+    Ok(())
+}
+
+/// Splits a byte stream into frames on `0x00`, in a fixed buffer of `CAP` bytes
+/// (use [`MAX_FRAME`]). A frame longer than the buffer is skipped up to the next delimiter and
+/// reported once as [`DecodeError::Oversize`]; the stream then resynchronises by itself.
+#[derive(Clone, Debug)]
+pub struct Deframer<const CAP: usize> {
+    buf: heapless::Vec<u8, CAP>,
+    /// Inside an oversize frame: drop bytes until the next delimiter.
+    skipping: bool,
+}
+
+impl<const CAP: usize> Default for Deframer<CAP> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const CAP: usize> Deframer<CAP> {
+    /// An empty deframer.
+    pub const fn new() -> Self {
+        Self {
+            buf: heapless::Vec::new(),
+            skipping: false,
+        }
+    }
+
+    /// Feeds bytes until a frame is complete. Returns the number of bytes consumed and, when a
+    /// delimiter was reached, the decoded frame or the reason it was dropped. Call again with
+    /// the rest of the input.
+    pub fn push(&mut self, bytes: &[u8]) -> (usize, Option<Result<Frame, DecodeError>>) {
+        for (i, &b) in bytes.iter().enumerate() {
+            if b != 0 {
+                if !self.skipping && self.buf.push(b).is_err() {
+                    self.skipping = true;
+                    self.buf.clear();
+                    return (i + 1, Some(Err(DecodeError::Oversize)));
+                }
+                continue;
+            }
+            let was_skipping = core::mem::replace(&mut self.skipping, false);
+            if was_skipping || self.buf.is_empty() {
+                // End of a skipped frame, or an empty frame (a delimiter used as a wake-up or
+                // line-noise separator): nothing to report.
+                self.buf.clear();
+                continue;
+            }
+            let result = decode(&self.buf);
+            self.buf.clear();
+            return (i + 1, Some(result));
+        }
+        (bytes.len(), None)
+    }
+}
