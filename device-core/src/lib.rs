@@ -12,6 +12,7 @@
 //!   transitive priority inheritance.
 //! - [`error`]: [`SchedError`], the one error type of the scheduler.
 //! - [`proto`]: the device link's messages and framing (postcard, CRC-32, COBS).
+//! - [`link`]: the reliable session over any link (sans-IO; the same code on both ends).
 //!
 //! # Example
 //! ```
@@ -38,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod link;
 pub mod lock;
 pub mod priority;
 pub mod proto;

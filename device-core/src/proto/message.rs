@@ -31,6 +31,12 @@ pub struct Frame {
     /// Cumulative acknowledgement: every reliable message of the peer up to and including this
     /// sequence number has been received, in order (0: none yet).
     pub ack: u32,
+    /// Flow control: how many more `Assign`s the sender can take, counting every message up to
+    /// `ack` — for a device, its free task slots; a bridge sends 0. Carried by every frame (not
+    /// only by `Hello`, `Heartbeat` and `Report`) so that each cumulative ack comes with the
+    /// matching count: the bridge's credit is then exactly this number minus the `Assign`s it
+    /// sent after `ack`, whatever frames are lost or reordered.
+    pub credit: u8,
     /// The message.
     pub message: Message,
 }
@@ -48,8 +54,9 @@ pub enum Message {
     Cancel(Cancel),
     /// Device → bridge: a task's state changed.
     Report(Report),
-    /// Device → bridge, periodic: alive, with its free slots.
-    Heartbeat(Heartbeat),
+    /// Either way, when idle for the heartbeat interval: still alive (the header carries the
+    /// acknowledgement and the free slots).
+    Heartbeat,
     /// Either way: nothing to say but the acknowledgement in the header.
     Ack,
     /// Either way: a message was refused, with the reason.
@@ -76,12 +83,13 @@ pub struct Hello {
     /// Random at every boot: a new value tells the bridge that everything the device was
     /// running is gone and handles may be replayed.
     pub boot_id: u32,
+    /// New for every handshake within a boot (a reconnect), the same for retransmissions of
+    /// one `Hello`: tells a lost `Welcome` apart from a new connection.
+    pub session_id: u32,
     /// What the device can run.
     pub capabilities: Vec<CapabilityName, MAX_CAPABILITIES>,
-    /// Task slots in total.
+    /// Task slots in total (the free ones travel in the frame header's `credit`).
     pub slots: u8,
-    /// Task slots free now (a reconnect within one boot may find tasks still running).
-    pub free_slots: u8,
     /// Largest payload the device accepts, at most [`MAX_PAYLOAD`].
     pub max_payload: u16,
 }
@@ -91,6 +99,8 @@ pub struct Hello {
 pub struct Welcome {
     /// Must stay the first field, as in [`Hello`].
     pub version: u16,
+    /// The `session_id` of the `Hello` this answers; a device ignores a stale `Welcome`.
+    pub session_id: u32,
     /// How often the device sends a heartbeat when it has nothing else to send, in ms.
     pub heartbeat_ms: u32,
     /// Silence after which either side considers the peer gone, in ms.
@@ -150,15 +160,6 @@ pub struct Report {
     pub result: Payload,
     /// Handler error code of a failed task.
     pub error: Option<u16>,
-    /// Free task slots after this report, as of the bridge message the header acknowledges.
-    pub free_slots: u8,
-}
-
-/// Liveness and flow control when there is nothing else to say.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    /// Free task slots, as of the bridge message the header acknowledges.
-    pub free_slots: u8,
 }
 
 /// A refused message.

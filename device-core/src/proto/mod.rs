@@ -18,8 +18,8 @@ use core::fmt;
 
 pub use crc::{Crc32, crc32};
 pub use message::{
-    Assign, Cancel, CapabilityName, DeviceId, Frame, Handle, Heartbeat, Hello, Message, Payload,
-    Reject, RejectReason, Report, TaskReport, Welcome,
+    Assign, Cancel, CapabilityName, DeviceId, Frame, Handle, Hello, Message, Payload, Reject,
+    RejectReason, Report, TaskReport, Welcome,
 };
 
 /// The protocol spoken by this crate.
@@ -42,7 +42,7 @@ pub const MAX_TRACE_ID: usize = 32;
 /// `u32` and 3 for a `u16`; a length prefix of up to 16383 takes at most 2. The largest message
 /// is `Assign` (checked by a test that encodes the largest value of every message).
 pub const MAX_MESSAGE: usize = {
-    let header = 5 + 5 + 1; // seq, ack, message tag
+    let header = 5 + 5 + 1 + 1; // seq, ack, credit, message tag
     let assign = 5 // handle
         + 1 // priority
         + 1 + 5 // deadline_ms: Option<u32>
@@ -164,8 +164,8 @@ fn check_header(body: &[u8]) -> Result<(), DecodeError> {
     const HELLO: u32 = 0;
     const WELCOME: u32 = 1;
     const LAST: u32 = 7;
-    let ((_seq, _ack, tag), rest) =
-        postcard::take_from_bytes::<(u32, u32, u32)>(body).map_err(|_| DecodeError::Malformed)?;
+    let ((_seq, _ack, _credit, tag), rest) = postcard::take_from_bytes::<(u32, u32, u8, u32)>(body)
+        .map_err(|_| DecodeError::Malformed)?;
     if tag > LAST {
         return Err(DecodeError::UnknownMessage(tag));
     }

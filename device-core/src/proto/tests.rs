@@ -34,9 +34,9 @@ fn hello() -> Hello {
         version: PROTOCOL_VERSION,
         device_id: s("dev-1"),
         boot_id: 0xDEAD_BEEF,
+        session_id: 2,
         capabilities: heapless::Vec::from_slice(&[s("echo"), s("sleep")]).unwrap(),
         slots: 8,
-        free_slots: 7,
         max_payload: 256,
     }
 }
@@ -47,9 +47,10 @@ fn golden_hello() {
         Frame {
             seq: 0,
             ack: 0,
+            credit: 7,
             message: Message::Hello(hello()),
         },
-        "0101012101056465762d31effdb6f50d02046563686f05736c656570080780024583a8d900",
+        "010102072101056465762d31effdb6f50d0202046563686f05736c656570088002939845af00",
     );
 }
 
@@ -71,70 +72,71 @@ fn report() -> Report {
         state: TaskReport::Completed,
         result: v(b"21.5"),
         error: None,
-        free_slots: 3,
     }
 }
 
 const FRAMES: [(&str, &str); 9] = [
-    ("welcome", "01010b0101d00fd83656014d3800"),
+    ("welcome", "0101010c010102d00fd8362dc7325f00"),
     (
         "assign",
-        "02011502ac02010188270b73656e736f722e72656164021302087b226368223a337d03742d3937fdd18e00",
+        "0201011502ac02010188270b73656e736f722e72656164021302087b226368223a337d03742d391df3813f00",
     ),
-    ("cancel", "02020803ac02ed88185200"),
-    ("report", "0c010204ac02010432312e350603120dc00500"),
-    ("report_failed", "07020204ac020208011103dbcdd23100"),
-    ("heartbeat", "01080205042e3bda5800"),
-    ("ack", "0108810106df3acb3100"),
-    ("reject", "0c03020701ad0201ba43417f00"),
-    ("reject_hello", "01010207010598e16dc300"),
+    ("cancel", "0202010803ac02382cf01200"),
+    ("report", "0d01020304ac02010432312e3505ba2517d000"),
+    ("report_failed", "0802020404ac0202070111e9e1307400"),
+    ("heartbeat", "0108020405f93ac63600"),
+    ("ack", "01038101060641e9667b00"),
+    ("reject", "0303020a0701ad0201f1ee3fe200"),
+    ("reject_hello", "0101010207010526b78db400"),
 ];
 
 fn frame(name: &str) -> Frame {
-    let (seq, ack, message) = match name {
-        "welcome" => (
-            0,
-            0,
-            Message::Welcome(Welcome {
+    let (seq, ack, credit, message) = match name {
+        "welcome" => {
+            let w = Welcome {
                 version: PROTOCOL_VERSION,
+                session_id: 2,
                 heartbeat_ms: 2000,
                 liveness_ms: 7000,
-            }),
-        ),
-        "assign" => (1, 0, Message::Assign(assign())),
-        "cancel" => (2, 0, Message::Cancel(Cancel { handle: 300 })),
-        "report" => (1, 2, Message::Report(report())),
-        "report_failed" => (
-            2,
-            2,
-            Message::Report(Report {
+            };
+            (0, 0, 0, Message::Welcome(w))
+        }
+        "assign" => (1, 0, 0, Message::Assign(assign())),
+        "cancel" => (2, 0, 0, Message::Cancel(Cancel { handle: 300 })),
+        "report" => (1, 2, 3, Message::Report(report())),
+        "report_failed" => {
+            let r = Report {
                 state: TaskReport::Failed,
                 result: v(b""),
                 error: Some(17),
                 ..report()
-            }),
-        ),
-        "heartbeat" => (0, 2, Message::Heartbeat(Heartbeat { free_slots: 4 })),
-        "ack" => (0, 129, Message::Ack),
-        "reject" => (
-            3,
-            2,
-            Message::Reject(Reject {
+            };
+            (2, 2, 4, Message::Report(r))
+        }
+        "heartbeat" => (0, 2, 4, Message::Heartbeat),
+        "ack" => (0, 129, 0, Message::Ack),
+        "reject" => {
+            let r = Reject {
                 handle: Some(301),
                 reason: RejectReason::NoFreeSlot,
-            }),
-        ),
-        "reject_hello" => (
-            0,
-            0,
-            Message::Reject(Reject {
+            };
+            (3, 2, 0, Message::Reject(r))
+        }
+        "reject_hello" => {
+            let r = Reject {
                 handle: None,
                 reason: RejectReason::UnsupportedVersion,
-            }),
-        ),
+            };
+            (0, 0, 0, Message::Reject(r))
+        }
         _ => unreachable!(),
     };
-    Frame { seq, ack, message }
+    Frame {
+        seq,
+        ack,
+        credit,
+        message,
+    }
 }
 
 #[test]
@@ -175,26 +177,29 @@ fn every_corruption_is_a_typed_error() {
     assert_eq!(decode(&[0x11; MAX_FRAME]), Err(DecodeError::Oversize));
     // Tag 8 does not exist; a Hello of version 2; a Welcome of version 0.
     assert_eq!(
-        decode(&forge(&[0, 0, 8])),
+        decode(&forge(&[0, 0, 0, 8])),
         Err(DecodeError::UnknownMessage(8))
     );
     assert_eq!(
-        decode(&forge(&[0, 0, 0, 2, 1, b'x'])),
+        decode(&forge(&[0, 0, 0, 0, 2, 1, b'x'])),
         Err(DecodeError::UnsupportedVersion(2))
     );
     assert_eq!(
-        decode(&forge(&[0, 0, 1, 0])),
+        decode(&forge(&[0, 0, 0, 1, 0])),
         Err(DecodeError::UnsupportedVersion(0))
     );
     // Valid CRC, invalid content: priority 6, trailing bytes, a truncated body.
     assert_eq!(
-        decode(&forge(&[1, 0, 2, 1, 6])),
+        decode(&forge(&[1, 0, 0, 2, 1, 6])),
         Err(DecodeError::Malformed)
     );
-    assert_eq!(decode(&forge(&[0, 0, 6, 0])), Err(DecodeError::Malformed));
-    assert_eq!(decode(&forge(&[0, 0, 5])), Err(DecodeError::Malformed));
+    assert_eq!(
+        decode(&forge(&[0, 0, 0, 6, 0])),
+        Err(DecodeError::Malformed)
+    );
+    assert_eq!(decode(&forge(&[0, 0, 0, 4])), Err(DecodeError::Malformed));
     // Payload length beyond MAX_PAYLOAD.
-    let mut big = vec![1, 0, 2, 1, 1, 0, 1, b'e', 0];
+    let mut big = vec![1, 0, 0, 2, 1, 1, 0, 1, b'e', 0];
     big.extend_from_slice(&[0x81, 0x02]); // 257
     big.extend_from_slice(&[7u8; 257]);
     big.push(0);
@@ -224,8 +229,8 @@ fn the_largest_message_of_every_kind_fits_max_frame() {
         capabilities: (0..MAX_CAPABILITIES)
             .map(|_| full('x', MAX_CAPABILITY_NAME))
             .collect(),
+        session_id: u32::MAX,
         slots: 255,
-        free_slots: 255,
         max_payload: u16::MAX,
     };
     let max_report = Report {
@@ -233,7 +238,6 @@ fn the_largest_message_of_every_kind_fits_max_frame() {
         state: TaskReport::Cancelled,
         result: v(&[0xFF; MAX_PAYLOAD]),
         error: Some(u16::MAX),
-        free_slots: 255,
     };
     let mut largest = 0;
     for message in [
@@ -244,6 +248,7 @@ fn the_largest_message_of_every_kind_fits_max_frame() {
         let frame = Frame {
             seq: u32::MAX,
             ack: u32::MAX,
+            credit: u8::MAX,
             message,
         };
         let mut out = [0u8; MAX_FRAME];

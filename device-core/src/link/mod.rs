@@ -1,0 +1,26 @@
+//! The reliable link session, the same code on the device and in the bridge.
+//!
+//! [`Session`] is sans-IO: bytes go in through [`Session::handle_bytes`], time through
+//! [`Session::handle_timeout`]; frames to send come out of [`Session::poll_transmit`] and the
+//! next instant it needs to be woken at from [`Session::poll_timeout`]. A driver (a tokio task
+//! in the bridge, the firmware main loop on a device) only moves bytes and arms one timer.
+//!
+//! What it provides, per session:
+//! - **Handshake**: the device repeats `Hello` (with backoff) until a `Welcome` for that
+//!   handshake arrives. A `Hello` with a new boot id or a new session id starts a fresh
+//!   session on the bridge; a repeated `Hello` (its `Welcome` was lost) is answered again.
+//! - **Reliable, in-order, exactly-once delivery** of `Assign`, `Cancel`, `Report` and
+//!   `Reject`: sequence numbers, cumulative acks piggybacked on every frame, a send window of
+//!   `W` messages, go-back-N retransmission on timeout with exponential backoff, and duplicate
+//!   and out-of-order frames dropped (and re-acked) by the receiver.
+//! - **Liveness**: a `Heartbeat` after each idle heartbeat interval; silence for the liveness
+//!   timeout ends the session ([`Event::PeerLost`]). A device then starts a new handshake and
+//!   re-sends what was still unacknowledged; a bridge drops the session.
+//! - **Flow control**: every frame's header carries the sender's credit (a device's free task
+//!   slots) for the ack it carries; [`Session::send`] refuses an `Assign` beyond it.
+
+mod session;
+#[cfg(test)]
+mod tests;
+
+pub use session::{Config, Event, Refusal, Role, SendError, Session, State, Stats};

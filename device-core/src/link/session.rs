@@ -1,0 +1,574 @@
+use heapless::Deque;
+
+use crate::Instant;
+use crate::proto::{
+    self, DecodeError, Frame, Hello, Message, PROTOCOL_VERSION, Reject, RejectReason, Welcome,
+};
+
+/// Which end of the link a session is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    /// Opens sessions with `Hello`, runs tasks.
+    Device,
+    /// Answers with `Welcome`, sends tasks.
+    Bridge,
+}
+
+/// Timing of a session. All durations in milliseconds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Config {
+    /// First retransmission timeout; doubled after every timeout, reset by progress.
+    pub initial_rto_ms: u32,
+    /// Ceiling of the retransmission backoff.
+    pub max_rto_ms: u32,
+    /// Idle time after which a heartbeat is sent. A bridge announces its value in `Welcome`
+    /// and the device adopts it.
+    pub heartbeat_ms: u32,
+    /// Silence after which the peer is considered gone. Also announced in `Welcome`.
+    pub liveness_ms: u32,
+}
+
+impl Default for Config {
+    /// 200 ms first retransmission, backing off to 5 s; heartbeat every 2 s; peer lost after
+    /// 7 s of silence (three missed heartbeats and change).
+    fn default() -> Self {
+        Self {
+            initial_rto_ms: 200,
+            max_rto_ms: 5_000,
+            heartbeat_ms: 2_000,
+            liveness_ms: 7_000,
+        }
+    }
+}
+
+/// Where the session is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum State {
+    /// Device: sending `Hello` until welcomed. Bridge: waiting for a `Hello`.
+    Connecting,
+    /// Reliable messages flow.
+    Established,
+    /// Bridge only: the peer went silent or spoke another version; the link should be closed.
+    Closed,
+}
+
+/// What the application learns from the session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Bridge: a device opened a fresh session. Everything sent in an earlier session that was
+    /// not acknowledged is gone and must be re-sent by the application (a replayed `Assign` is
+    /// harmless: the device answers it from its dedup table). `rebooted`: this session's boot id
+    /// differs from the previous one's, so the device lost every task it had.
+    Connected { hello: Hello, rebooted: bool },
+    /// Device: the bridge accepted the `Hello`; messages can be sent.
+    Welcomed,
+    /// A message for the application: reliable ones in order and exactly once per session.
+    Received(Message),
+    /// The peer was silent for the liveness timeout. A device reconnects by itself; on a bridge
+    /// the session is now [`State::Closed`].
+    PeerLost,
+}
+
+/// Why [`Session::send`] refused a message.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Refusal {
+    /// No session is established yet (or any more).
+    NotEstablished,
+    /// `W` messages are awaiting acknowledgement; retry after progress.
+    WindowFull,
+    /// An `Assign` beyond the device's advertised free slots.
+    NoCredit,
+    /// Only reliable messages (`Assign`, `Cancel`, `Report`, `Reject`) are sent this way.
+    NotReliable,
+}
+
+/// A refused message, handed back with the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendError {
+    pub reason: Refusal,
+    pub message: Message,
+}
+
+/// Counters for logs and tests.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Reliable messages sent for the first time.
+    pub sent: u32,
+    /// Reliable messages sent again after a timeout.
+    pub retransmitted: u32,
+    /// Reliable messages delivered to the application.
+    pub delivered: u32,
+    /// Frames that repeated an already delivered message.
+    pub duplicates: u32,
+    /// Frames that arrived ahead of a missing one (dropped; the sender goes back).
+    pub out_of_order: u32,
+    /// Byte sequences that were not valid frames.
+    pub bad_frames: u32,
+    /// Sessions started (handshakes completed).
+    pub sessions: u32,
+}
+
+/// One reliable message awaiting acknowledgement.
+#[derive(Clone, Debug)]
+struct Unacked {
+    seq: u32,
+    message: Message,
+}
+
+/// Sequence numbers run 1..=u32::MAX and wrap to 1 (0 marks unsequenced frames); comparisons
+/// are serial-number arithmetic, so a session may outlive 2^32 messages.
+pub(super) const fn next_seq(seq: u32) -> u32 {
+    if seq == u32::MAX { 1 } else { seq + 1 }
+}
+
+/// Whether `a` comes after `b` in serial order.
+pub(super) const fn after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// The reliable link session (see the [module docs](super)). `W` is the send window.
+#[derive(Clone, Debug)]
+pub struct Session<const W: usize> {
+    role: Role,
+    config: Config,
+    state: State,
+    /// Device: the `Hello` to (re)send. Bridge: the current peer's `Hello`.
+    hello: Option<Hello>,
+    /// Device: when to send the next `Hello`, and the backoff between them.
+    hello_at: u64,
+    hello_rto: u32,
+    /// An unsequenced reply to send at the next transmit: a bridge's `Welcome` or `Reject`.
+    control: Option<Message>,
+
+    /// Sequence number of the next new reliable message.
+    next_seq: u32,
+    /// Highest sequence number transmitted in this session, to tell first sends from resends.
+    highest_sent: u32,
+    /// Sent or queued reliable messages not yet acknowledged, oldest first.
+    window: Deque<Unacked, W>,
+    /// Index in `window` of the next message to transmit; the ones before it are in flight.
+    cursor: usize,
+    /// When the oldest in-flight message times out; `u64::MAX` when nothing is in flight.
+    rto_at: u64,
+    rto: u32,
+
+    /// Sequence number of the last message delivered in order (0: none): our cumulative ack.
+    delivered: u32,
+    /// An acknowledgement is owed to the peer.
+    ack_owed: bool,
+    /// Our credit, advertised in every frame (a device's free task slots).
+    local_credit: u8,
+    /// The peer's latest (ack, credit) pair: the credit it advertised counting our messages up
+    /// to `peer_ack`. Only ever moves forward, so a reordered older frame cannot undo it.
+    peer_ack: u32,
+    peer_credit: u8,
+
+    /// When the last frame was received and sent (liveness and heartbeats), in ms.
+    last_rx: u64,
+    last_tx: u64,
+
+    stats: Stats,
+}
+
+impl<const W: usize> Session<W> {
+    /// A device session that will open with `hello` (its version is set here). It starts
+    /// connecting at once: [`poll_transmit`](Self::poll_transmit) yields the first `Hello`.
+    pub fn device(mut hello: Hello, config: Config, now: Instant) -> Self {
+        hello.version = PROTOCOL_VERSION;
+        let mut s = Self::new(Role::Device, config, now);
+        s.hello = Some(hello);
+        s.hello_at = now.as_millis();
+        s
+    }
+
+    /// A bridge session waiting for a device's `Hello`. It closes itself if none arrives within
+    /// the liveness timeout.
+    pub fn bridge(config: Config, now: Instant) -> Self {
+        Self::new(Role::Bridge, config, now)
+    }
+
+    fn new(role: Role, config: Config, now: Instant) -> Self {
+        Self {
+            role,
+            config,
+            state: State::Connecting,
+            hello: None,
+            hello_at: u64::MAX,
+            hello_rto: config.initial_rto_ms,
+            control: None,
+            next_seq: 1,
+            highest_sent: 0,
+            window: Deque::new(),
+            cursor: 0,
+            rto_at: u64::MAX,
+            rto: config.initial_rto_ms,
+            delivered: 0,
+            ack_owed: false,
+            local_credit: 0,
+            peer_ack: 0,
+            peer_credit: 0,
+            last_rx: now.as_millis(),
+            last_tx: now.as_millis(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The session's state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Which end this is.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Bridge: the connected device's `Hello`.
+    pub fn peer_hello(&self) -> Option<&Hello> {
+        self.hello.as_ref().filter(|_| self.role == Role::Bridge)
+    }
+
+    /// Sets the credit this side advertises (a device: its free task slots). It travels in the
+    /// header of every frame from now on.
+    pub fn set_credit(&mut self, credit: u8) {
+        self.local_credit = credit;
+    }
+
+    /// How many more `Assign`s the peer can take now: its advertised credit minus the
+    /// `Assign`s sent after the message that advertisement acknowledged (exactly the ones
+    /// still in the window, since the window is trimmed to the latest ack).
+    pub fn credit(&self) -> u8 {
+        let assigns = self
+            .window
+            .iter()
+            .filter(|u| matches!(u.message, Message::Assign(_)));
+        self.peer_credit
+            .saturating_sub(assigns.count().min(255) as u8)
+    }
+
+    /// Reliable messages queued or in flight, not yet acknowledged.
+    pub fn unacknowledged(&self) -> usize {
+        self.window.len()
+    }
+
+    /// Queues a reliable message. Refused, and handed back, when no session is established,
+    /// when the window is full, or for an `Assign` beyond the peer's credit.
+    // The refused message is handed back by value (there is no heap to box it in), as
+    // `heapless::Vec::push` does.
+    #[allow(clippy::result_large_err)]
+    pub fn send(&mut self, message: Message) -> Result<(), SendError> {
+        let reason = if !message.is_reliable() {
+            Some(Refusal::NotReliable)
+        } else if self.state != State::Established {
+            Some(Refusal::NotEstablished)
+        } else if matches!(message, Message::Assign(_)) && self.credit() == 0 {
+            Some(Refusal::NoCredit)
+        } else if self.window.is_full() {
+            Some(Refusal::WindowFull)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(SendError { reason, message });
+        }
+        let seq = self.next_seq;
+        self.next_seq = next_seq(seq);
+        self.window
+            .push_back(Unacked { seq, message })
+            .map_err(|u| SendError {
+                reason: Refusal::WindowFull,
+                message: u.message,
+            })
+    }
+
+    /// Handles one received frame's bytes (a datagram, or what a [`Deframer`] split off).
+    /// Invalid bytes are counted and returned as the error and change nothing else, except
+    /// that a bridge answers a `Hello` of another version with a `Reject` and closes.
+    ///
+    /// [`Deframer`]: crate::proto::Deframer
+    pub fn handle_bytes(
+        &mut self,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<Option<Event>, DecodeError> {
+        match proto::decode(bytes) {
+            Ok(frame) => Ok(self.handle_frame(frame, now)),
+            Err(e) => {
+                self.stats.bad_frames = self.stats.bad_frames.saturating_add(1);
+                if matches!(e, DecodeError::UnsupportedVersion(_))
+                    && self.role == Role::Bridge
+                    && self.state == State::Connecting
+                {
+                    let reason = RejectReason::UnsupportedVersion;
+                    self.control = Some(Message::Reject(Reject {
+                        handle: None,
+                        reason,
+                    }));
+                    self.state = State::Closed;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Handles one decoded frame.
+    pub fn handle_frame(&mut self, frame: Frame, now: Instant) -> Option<Event> {
+        if self.state == State::Closed {
+            return None;
+        }
+        self.last_rx = now.as_millis();
+        match (self.role, frame.message) {
+            (Role::Bridge, Message::Hello(hello)) => self.on_hello(hello, frame.credit, now),
+            (Role::Device, Message::Welcome(welcome)) => self.on_welcome(welcome, now),
+            (Role::Device, Message::Reject(r)) if frame.seq == 0 => {
+                if r.reason == RejectReason::NoSession {
+                    // The bridge has no session for us (it restarted): handshake again now
+                    // rather than after the liveness timeout.
+                    self.reconnect(now);
+                }
+                Some(Event::Received(Message::Reject(r)))
+            }
+            (_, message) if self.state != State::Established => {
+                if self.role == Role::Bridge {
+                    let reason = RejectReason::NoSession;
+                    self.control = Some(Message::Reject(Reject {
+                        handle: None,
+                        reason,
+                    }));
+                }
+                let _ = message;
+                None
+            }
+            (_, message) => {
+                self.on_ack(frame.ack, frame.credit, now);
+                if frame.seq != 0 {
+                    return self.on_sequenced(frame.seq, message);
+                }
+                match message {
+                    Message::Heartbeat | Message::Ack => None,
+                    other => Some(Event::Received(other)),
+                }
+            }
+        }
+    }
+
+    fn on_hello(&mut self, hello: Hello, credit: u8, now: Instant) -> Option<Event> {
+        let known = self.hello.as_ref().map(|h| (h.boot_id, h.session_id));
+        let welcome = Welcome {
+            version: PROTOCOL_VERSION,
+            session_id: hello.session_id,
+            heartbeat_ms: self.config.heartbeat_ms,
+            liveness_ms: self.config.liveness_ms,
+        };
+        self.control = Some(Message::Welcome(welcome));
+        if known == Some((hello.boot_id, hello.session_id)) && self.state == State::Established {
+            // A retransmitted Hello: our Welcome was lost. Answer again, keep the session.
+            return None;
+        }
+        let rebooted = known.is_some_and(|(boot, _)| boot != hello.boot_id);
+        self.reset_sequences(now);
+        self.window.clear();
+        self.peer_credit = credit;
+        self.state = State::Established;
+        self.stats.sessions += 1;
+        self.hello = Some(hello.clone());
+        Some(Event::Connected { hello, rebooted })
+    }
+
+    fn on_welcome(&mut self, welcome: Welcome, now: Instant) -> Option<Event> {
+        let current = self.hello.as_ref().map(|h| h.session_id);
+        if self.state != State::Connecting || current != Some(welcome.session_id) {
+            return None; // stale, or a repeat of one already taken
+        }
+        self.config.heartbeat_ms = welcome.heartbeat_ms.max(1);
+        self.config.liveness_ms = welcome.liveness_ms.max(welcome.heartbeat_ms);
+        // Messages the previous session left unacknowledged go out again in this one, in
+        // order, renumbered.
+        self.reset_sequences(now);
+        for u in self.window.iter_mut() {
+            u.seq = self.next_seq;
+            self.next_seq = next_seq(self.next_seq);
+        }
+        self.state = State::Established;
+        self.hello_at = u64::MAX;
+        self.stats.sessions += 1;
+        // Tell the bridge our credit at once.
+        self.ack_owed = true;
+        Some(Event::Welcomed)
+    }
+
+    /// Fresh sequence space for a new session.
+    fn reset_sequences(&mut self, now: Instant) {
+        self.next_seq = 1;
+        self.highest_sent = 0;
+        self.delivered = 0;
+        self.cursor = 0;
+        self.rto = self.config.initial_rto_ms;
+        self.rto_at = u64::MAX;
+        self.ack_owed = false;
+        self.peer_ack = 0;
+        self.peer_credit = 0;
+        self.last_rx = now.as_millis();
+        self.last_tx = now.as_millis();
+    }
+
+    /// Device: abandon the session and handshake again, keeping unacknowledged messages.
+    fn reconnect(&mut self, now: Instant) {
+        if let Some(h) = self.hello.as_mut() {
+            h.session_id = h.session_id.wrapping_add(1);
+        }
+        self.state = State::Connecting;
+        self.hello_at = now.as_millis();
+        self.hello_rto = self.config.initial_rto_ms;
+        self.cursor = 0;
+        self.rto_at = u64::MAX;
+    }
+
+    fn on_ack(&mut self, ack: u32, credit: u8, now: Instant) {
+        // An ack of something never sent (a stale or forged frame) is ignored.
+        if ack != 0 && !after(self.next_seq, ack) {
+            return;
+        }
+        if after(ack, self.peer_ack) || (ack == self.peer_ack && credit > self.peer_credit) {
+            self.peer_ack = ack;
+            self.peer_credit = credit;
+        }
+        let mut progressed = false;
+        while self
+            .window
+            .front()
+            .is_some_and(|u| ack != 0 && !after(u.seq, ack))
+        {
+            self.window.pop_front();
+            self.cursor = self.cursor.saturating_sub(1);
+            progressed = true;
+        }
+        if progressed {
+            self.rto = self.config.initial_rto_ms;
+            self.rto_at = if self.cursor > 0 {
+                now.as_millis() + u64::from(self.rto)
+            } else {
+                u64::MAX
+            };
+        }
+    }
+
+    fn on_sequenced(&mut self, seq: u32, message: Message) -> Option<Event> {
+        self.ack_owed = true;
+        if seq == next_seq(self.delivered) {
+            self.delivered = seq;
+            self.stats.delivered += 1;
+            Some(Event::Received(message))
+        } else if after(seq, self.delivered) {
+            self.stats.out_of_order += 1;
+            None
+        } else {
+            self.stats.duplicates += 1;
+            None
+        }
+    }
+
+    /// Acts on timers due at `now`: liveness, and retransmission (go back to the oldest
+    /// unacknowledged message and double the timeout).
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<Event> {
+        let now_ms = now.as_millis();
+        let silent = now_ms.saturating_sub(self.last_rx) >= u64::from(self.config.liveness_ms);
+        match self.state {
+            State::Established | State::Connecting if silent && self.role == Role::Bridge => {
+                self.state = State::Closed;
+                Some(Event::PeerLost)
+            }
+            State::Established if silent => {
+                self.reconnect(now);
+                Some(Event::PeerLost)
+            }
+            State::Established if now_ms >= self.rto_at => {
+                self.cursor = 0;
+                self.rto = self.rto.saturating_mul(2).min(self.config.max_rto_ms);
+                self.rto_at = u64::MAX; // re-armed when the oldest goes out again
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The next instant at which [`handle_timeout`](Self::handle_timeout) or
+    /// [`poll_transmit`](Self::poll_transmit) has timed work to do; `None` when closed.
+    /// (Work caused by input — acks, replies, new messages — is ready at once: call
+    /// `poll_transmit` after every input.)
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let liveness = self
+            .last_rx
+            .saturating_add(u64::from(self.config.liveness_ms));
+        let t = match (self.state, self.role) {
+            (State::Closed, _) => return None,
+            (State::Connecting, Role::Device) => self.hello_at,
+            (State::Connecting, Role::Bridge) => liveness,
+            (State::Established, _) => {
+                let heartbeat = self
+                    .last_tx
+                    .saturating_add(u64::from(self.config.heartbeat_ms));
+                liveness.min(heartbeat).min(self.rto_at)
+            }
+        };
+        Some(Instant::from_millis(t))
+    }
+
+    /// Writes the next frame to send into `out` (at least [`MAX_FRAME`](proto::MAX_FRAME)
+    /// bytes) and returns its length; `None` when there is nothing to send now. Call until
+    /// `None` after every input and timeout.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
+        let now_ms = now.as_millis();
+        let (seq, message) = match (self.control.take(), self.state) {
+            (Some(control), _) => (0, control),
+            (None, State::Closed) => return None,
+            (None, State::Connecting) => {
+                let hello = self.hello.as_ref().filter(|_| now_ms >= self.hello_at)?;
+                let m = Message::Hello(hello.clone());
+                self.hello_at = now_ms.saturating_add(u64::from(self.hello_rto));
+                self.hello_rto = self.hello_rto.saturating_mul(2).min(self.config.max_rto_ms);
+                (0, m)
+            }
+            (None, State::Established) => {
+                if let Some(u) = self.window.get(self.cursor) {
+                    if after(u.seq, self.highest_sent) || self.highest_sent == 0 {
+                        self.highest_sent = u.seq;
+                        self.stats.sent += 1;
+                    } else {
+                        self.stats.retransmitted += 1;
+                    }
+                    if self.rto_at == u64::MAX {
+                        self.rto_at = now_ms + u64::from(self.rto);
+                    }
+                    self.cursor += 1;
+                    (u.seq, u.message.clone())
+                } else if self.ack_owed {
+                    (0, Message::Ack)
+                } else if now_ms
+                    >= self
+                        .last_tx
+                        .saturating_add(u64::from(self.config.heartbeat_ms))
+                {
+                    (0, Message::Heartbeat)
+                } else {
+                    return None;
+                }
+            }
+        };
+        let frame = Frame {
+            seq,
+            ack: self.delivered,
+            credit: self.local_credit,
+            message,
+        };
+        let n = proto::encode(&frame, out).ok()?;
+        self.ack_owed = false;
+        self.last_tx = now_ms;
+        Some(n)
+    }
+}

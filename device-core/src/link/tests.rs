@@ -1,0 +1,412 @@
+//! Session rules, one test each, over an in-memory link whose losses the test chooses.
+
+use super::*;
+use crate::Instant;
+use crate::proto::{self, Assign, Cancel, Frame, Hello, MAX_FRAME, Message, Reject, RejectReason};
+
+type S = Session<4>;
+
+fn hello(boot: u32) -> Hello {
+    Hello {
+        version: 0, // set by Session::device
+        device_id: heapless::String::try_from("dev").unwrap(),
+        boot_id: boot,
+        session_id: 0,
+        capabilities: heapless::Vec::new(),
+        slots: 4,
+        max_payload: 64,
+    }
+}
+
+fn assign(handle: u32) -> Message {
+    Message::Assign(Assign {
+        handle,
+        priority: crate::Priority::P3,
+        deadline_ms: None,
+        capability: heapless::String::try_from("echo").unwrap(),
+        locks: heapless::Vec::new(),
+        payload: heapless::Vec::new(),
+        trace_id: heapless::String::new(),
+    })
+}
+
+fn at(ms: u64) -> Instant {
+    Instant::from_millis(ms)
+}
+
+/// Everything `s` wants to send now, decoded.
+fn drain(s: &mut S, now: Instant) -> Vec<Frame> {
+    let mut out = vec![];
+    let mut buf = [0u8; MAX_FRAME];
+    while let Some(n) = s.poll_transmit(now, &mut buf) {
+        out.push(proto::decode(&buf[..n]).unwrap());
+        assert!(out.len() < 100, "poll_transmit never returns None");
+    }
+    out
+}
+
+/// Delivers frames, returning the events they caused.
+fn deliver(to: &mut S, frames: Vec<Frame>, now: Instant) -> Vec<Event> {
+    frames
+        .into_iter()
+        .filter_map(|f| to.handle_frame(f, now))
+        .collect()
+}
+
+/// A connected pair with `credit` free slots on the device.
+fn connected(credit: u8) -> (S, S) {
+    let cfg = Config::default();
+    let mut dev = S::device(hello(7), cfg, at(0));
+    dev.set_credit(credit);
+    let mut br = S::bridge(cfg, at(0));
+    let ev = deliver(&mut br, drain(&mut dev, at(0)), at(0));
+    assert!(matches!(
+        &ev[..],
+        [Event::Connected {
+            rebooted: false,
+            ..
+        }]
+    ));
+    assert_eq!(
+        deliver(&mut dev, drain(&mut br, at(0)), at(0)),
+        [Event::Welcomed]
+    );
+    deliver(&mut br, drain(&mut dev, at(0)), at(0));
+    (dev, br)
+}
+
+#[test]
+fn handshake_establishes_both_ends_and_retries_hello_with_backoff() {
+    let cfg = Config::default();
+    let mut dev = S::device(hello(7), cfg, at(0));
+    assert_eq!(dev.state(), State::Connecting);
+    assert_eq!(drain(&mut dev, at(0)).len(), 1, "first Hello at once");
+    assert_eq!(drain(&mut dev, at(199)).len(), 0);
+    assert_eq!(dev.poll_timeout(), Some(at(200)));
+    assert_eq!(
+        drain(&mut dev, at(200)).len(),
+        1,
+        "lost: resent after 200 ms"
+    );
+    assert_eq!(dev.poll_timeout(), Some(at(600)), "then after 400 ms");
+    let mut br = S::bridge(cfg, at(0));
+    deliver(&mut br, drain(&mut dev, at(600)), at(600));
+    assert_eq!(br.state(), State::Established);
+    assert_eq!(
+        br.peer_hello().map(|h| h.version),
+        Some(proto::PROTOCOL_VERSION)
+    );
+    assert_eq!(
+        deliver(&mut dev, drain(&mut br, at(600)), at(600)),
+        [Event::Welcomed]
+    );
+    assert_eq!(dev.state(), State::Established);
+}
+
+#[test]
+fn lost_welcome_is_answered_again_without_resetting_the_session() {
+    let cfg = Config::default();
+    let mut dev = S::device(hello(7), cfg, at(0));
+    dev.set_credit(2);
+    let mut br = S::bridge(cfg, at(0));
+    deliver(&mut br, drain(&mut dev, at(0)), at(0));
+    drain(&mut br, at(0)); // Welcome lost
+    br.send(assign(1)).unwrap();
+    let lost = drain(&mut br, at(0)); // the Assign reaches a device that is not welcomed yet
+    assert!(deliver(&mut dev, lost, at(0)).is_empty());
+    let events = deliver(&mut br, drain(&mut dev, at(200)), at(200)); // repeated Hello
+    assert!(events.is_empty(), "no new session: {events:?}");
+    assert_eq!(br.unacknowledged(), 1, "the Assign is still pending");
+    assert_eq!(
+        deliver(&mut dev, drain(&mut br, at(200)), at(200)),
+        [Event::Welcomed]
+    );
+    br.handle_timeout(at(400));
+    let got = deliver(&mut dev, drain(&mut br, at(400)), at(400));
+    assert_eq!(got, [Event::Received(assign(1))]);
+}
+
+#[test]
+fn reliable_messages_arrive_in_order_exactly_once_despite_loss() {
+    let (mut dev, mut br) = connected(4);
+    for h in 1..=3 {
+        br.send(assign(h)).unwrap();
+    }
+    let mut frames = drain(&mut br, at(0));
+    assert_eq!(frames.len(), 3);
+    frames.remove(0); // the first is lost: the others arrive out of order and are dropped
+    assert!(deliver(&mut dev, frames, at(0)).is_empty());
+    assert_eq!(dev.stats().out_of_order, 2);
+    deliver(&mut br, drain(&mut dev, at(0)), at(0)); // duplicate acks change nothing
+    assert_eq!(br.unacknowledged(), 3);
+    assert_eq!(br.poll_timeout(), Some(at(200)));
+    br.handle_timeout(at(200));
+    let resent = drain(&mut br, at(200));
+    assert_eq!(resent.len(), 3, "go back to the oldest");
+    let mut twice = resent.clone();
+    twice.extend(resent);
+    let got = deliver(&mut dev, twice, at(200));
+    assert_eq!(
+        got,
+        (1..=3)
+            .map(|h| Event::Received(assign(h)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(dev.stats().duplicates, 3);
+    deliver(&mut br, drain(&mut dev, at(200)), at(200));
+    assert_eq!(br.unacknowledged(), 0);
+    assert_eq!(br.stats().retransmitted, 3);
+}
+
+#[test]
+fn retransmission_backs_off_and_resets_on_progress() {
+    let (mut dev, mut br) = connected(4);
+    br.send(assign(1)).unwrap();
+    drain(&mut br, at(0));
+    let assigns = |frames: &[Frame]| frames.iter().filter(|f| f.seq != 0).count();
+    let mut t = 0;
+    let mut last = vec![];
+    for rto in [200, 400, 800, 1600, 3200, 5000, 5000] {
+        // Keep the link alive so that liveness does not end the session.
+        let alive = Frame {
+            seq: 0,
+            ack: 0,
+            credit: 4,
+            message: Message::Heartbeat,
+        };
+        deliver(&mut br, vec![alive.clone()], at(t + rto - 1));
+        br.handle_timeout(at(t + rto - 1));
+        assert_eq!(
+            assigns(&drain(&mut br, at(t + rto - 1))),
+            0,
+            "resent before {rto} ms"
+        );
+        deliver(&mut br, vec![alive], at(t + rto));
+        br.handle_timeout(at(t + rto));
+        last = drain(&mut br, at(t + rto));
+        assert_eq!(assigns(&last), 1, "not resent after {rto} ms");
+        t += rto;
+    }
+    // Delivered at last: the ack brings the timeout back to the initial one.
+    assert_eq!(deliver(&mut dev, last, at(t)), [Event::Received(assign(1))]);
+    deliver(&mut br, drain(&mut dev, at(t)), at(t));
+    assert_eq!(br.unacknowledged(), 0);
+    br.send(assign(2)).unwrap();
+    drain(&mut br, at(t));
+    assert_eq!(br.poll_timeout(), Some(at(t + 200)));
+}
+
+#[test]
+fn credit_limits_assigns_exactly() {
+    let (mut dev, mut br) = connected(2);
+    assert_eq!(br.credit(), 2);
+    br.send(assign(1)).unwrap();
+    br.send(assign(2)).unwrap();
+    let refused = br.send(assign(3)).unwrap_err();
+    assert_eq!(
+        (refused.reason, refused.message),
+        (Refusal::NoCredit, assign(3))
+    );
+    // Cancels are not limited by task slots.
+    br.send(Message::Cancel(Cancel { handle: 1 })).unwrap();
+    deliver(&mut dev, drain(&mut br, at(0)), at(0));
+    // The device took both: an ack without new slots still leaves no credit.
+    dev.set_credit(0);
+    deliver(&mut br, drain(&mut dev, at(0)), at(0));
+    assert_eq!(br.credit(), 0);
+    // One finishes: its report carries credit 1 for everything acknowledged.
+    dev.set_credit(1);
+    let report = Message::Reject(Reject {
+        handle: Some(2),
+        reason: RejectReason::UnknownLock,
+    });
+    dev.send(report).unwrap();
+    deliver(&mut br, drain(&mut dev, at(1)), at(1));
+    assert_eq!(br.credit(), 1);
+}
+
+#[test]
+fn reordered_older_frame_cannot_raise_the_credit() {
+    let (mut dev, mut br) = connected(1);
+    br.send(assign(1)).unwrap();
+    deliver(&mut dev, drain(&mut br, at(0)), at(0));
+    let old = Frame {
+        seq: 0,
+        ack: 0,
+        credit: 1,
+        message: Message::Heartbeat,
+    };
+    dev.set_credit(0);
+    deliver(&mut br, drain(&mut dev, at(0)), at(0));
+    assert_eq!(br.credit(), 0);
+    deliver(&mut br, vec![old], at(0)); // a delayed frame from before the Assign
+    assert_eq!(br.credit(), 0);
+}
+
+#[test]
+fn heartbeats_when_idle_and_liveness_ends_a_silent_session() {
+    let (mut dev, mut br) = connected(1);
+    assert_eq!(dev.poll_timeout(), Some(at(2000)));
+    let hb = drain(&mut dev, at(2000));
+    assert!(matches!(
+        &hb[..],
+        [Frame {
+            message: Message::Heartbeat,
+            ..
+        }]
+    ));
+    deliver(&mut br, hb, at(2000));
+    assert_eq!(
+        br.poll_timeout(),
+        Some(at(2000)),
+        "the bridge heartbeats too"
+    );
+    // Silence from the device for 7 s after its last frame.
+    assert_eq!(br.handle_timeout(at(8999)), None);
+    assert_eq!(br.handle_timeout(at(9000)), Some(Event::PeerLost));
+    assert_eq!(br.state(), State::Closed);
+    assert_eq!(br.poll_timeout(), None);
+    // The device hears nothing either and starts over.
+    assert_eq!(dev.handle_timeout(at(7000)), Some(Event::PeerLost));
+    assert_eq!(dev.state(), State::Connecting);
+    let again = drain(&mut dev, at(7000));
+    assert!(matches!(&again[..], [Frame { message: Message::Hello(h), .. }] if h.session_id == 1));
+}
+
+#[test]
+fn reconnect_resends_unacknowledged_messages_in_a_new_session() {
+    let (mut dev, br) = connected(1);
+    let report = |h| {
+        Message::Reject(Reject {
+            handle: Some(h),
+            reason: RejectReason::UnknownLock,
+        })
+    };
+    dev.send(report(1)).unwrap();
+    dev.send(report(2)).unwrap();
+    drain(&mut dev, at(0)); // both lost with the link
+    dev.handle_timeout(at(7000));
+    let mut br2 = S::bridge(Config::default(), at(7000));
+    let ev = deliver(&mut br2, drain(&mut dev, at(7000)), at(7000));
+    assert!(matches!(&ev[..], [Event::Connected { .. }]));
+    deliver(&mut dev, drain(&mut br2, at(7000)), at(7000));
+    let got = deliver(&mut br2, drain(&mut dev, at(7000)), at(7000));
+    assert_eq!(
+        got,
+        [Event::Received(report(1)), Event::Received(report(2))]
+    );
+    drop(br);
+}
+
+#[test]
+fn new_boot_id_resets_the_session_and_is_reported() {
+    let (_dev, mut br) = connected(1);
+    br.send(assign(1)).unwrap();
+    let mut rebooted = S::device(hello(8), Config::default(), at(5));
+    let ev = deliver(&mut br, drain(&mut rebooted, at(5)), at(5));
+    assert!(matches!(&ev[..], [Event::Connected { rebooted: true, .. }]));
+    assert_eq!(
+        br.unacknowledged(),
+        0,
+        "the old session's messages are dropped"
+    );
+}
+
+#[test]
+fn frames_without_a_session_get_no_session_and_the_device_reconnects() {
+    let (mut dev, _br) = connected(1);
+    let mut restarted = S::bridge(Config::default(), at(10));
+    dev.send(Message::Reject(Reject {
+        handle: Some(1),
+        reason: RejectReason::UnknownLock,
+    }))
+    .unwrap();
+    deliver(&mut restarted, drain(&mut dev, at(10)), at(10));
+    let reply = drain(&mut restarted, at(10));
+    let ev = deliver(&mut dev, reply, at(10));
+    assert!(matches!(
+        &ev[..],
+        [Event::Received(Message::Reject(Reject {
+            reason: RejectReason::NoSession,
+            ..
+        }))]
+    ));
+    assert_eq!(dev.state(), State::Connecting);
+    let ev = deliver(&mut restarted, drain(&mut dev, at(10)), at(10));
+    assert!(matches!(&ev[..], [Event::Connected { .. }]));
+}
+
+#[test]
+fn other_protocol_version_is_rejected_and_closes() {
+    let mut br = S::bridge(Config::default(), at(0));
+    let mut buf = [0u8; MAX_FRAME];
+    let mut h = hello(1);
+    h.version = 9;
+    let n = proto::encode(
+        &Frame {
+            seq: 0,
+            ack: 0,
+            credit: 0,
+            message: Message::Hello(h),
+        },
+        &mut buf,
+    )
+    .unwrap();
+    assert_eq!(
+        br.handle_bytes(&buf[..n], at(0)),
+        Err(proto::DecodeError::UnsupportedVersion(9))
+    );
+    let reply = drain(&mut br, at(0));
+    let reject = Reject {
+        handle: None,
+        reason: RejectReason::UnsupportedVersion,
+    };
+    assert_eq!(
+        reply.iter().map(|f| &f.message).collect::<Vec<_>>(),
+        [&Message::Reject(reject)]
+    );
+    assert_eq!(br.state(), State::Closed);
+}
+
+#[test]
+fn garbage_is_counted_and_changes_nothing() {
+    let (_dev, mut br) = connected(1);
+    let before = format!("{br:?}");
+    assert!(br.handle_bytes(&[1, 2, 3], at(1)).is_err());
+    assert_eq!(br.stats().bad_frames, 1);
+    assert_eq!(
+        format!("{br:?}").replace("bad_frames: 1", "bad_frames: 0"),
+        before
+    );
+}
+
+#[test]
+fn acks_for_unsent_messages_are_ignored() {
+    let (_dev, mut br) = connected(1);
+    br.send(assign(1)).unwrap();
+    drain(&mut br, at(0));
+    deliver(
+        &mut br,
+        vec![Frame {
+            seq: 0,
+            ack: 5,
+            credit: 9,
+            message: Message::Ack,
+        }],
+        at(0),
+    );
+    assert_eq!(br.unacknowledged(), 1);
+    assert_eq!(br.credit(), 0);
+}
+
+#[test]
+fn sequence_numbers_wrap_around() {
+    use super::session::{after, next_seq};
+    assert_eq!(
+        next_seq(u32::MAX),
+        1,
+        "0 is reserved for unsequenced frames"
+    );
+    assert!(after(2, u32::MAX));
+    assert!(!after(u32::MAX, 2));
+}
