@@ -13,6 +13,8 @@
 //! - [`error`]: [`SchedError`], the one error type of the scheduler.
 //! - [`proto`]: the device link's messages and framing (postcard, CRC-32, COBS).
 //! - [`link`]: the reliable session over any link (sans-IO; the same code on both ends).
+//! - [`runtime`]: the cooperative runtime (capability handlers as step functions) and
+//!   [`runtime::Device`], the whole device side of the protocol.
 //!
 //! # Example
 //! ```
@@ -43,6 +45,7 @@ pub mod link;
 pub mod lock;
 pub mod priority;
 pub mod proto;
+pub mod runtime;
 pub mod sched;
 pub mod task;
 pub mod time;

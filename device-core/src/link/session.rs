@@ -106,6 +106,8 @@ pub struct Stats {
     pub bad_frames: u32,
     /// Sessions started (handshakes completed).
     pub sessions: u32,
+    /// Messages dropped unacknowledged while not accepting (see `set_accepting`).
+    pub deferred: u32,
 }
 
 /// One reliable message awaiting acknowledgement.
@@ -166,6 +168,14 @@ pub struct Session<const W: usize> {
     /// When the last frame was received and sent (liveness and heartbeats), in ms.
     last_rx: u64,
     last_tx: u64,
+    /// Reliable messages ever accepted by `send` and ever acknowledged. The window is FIFO
+    /// and survives a device's reconnects, so the k-th message sent is acknowledged exactly
+    /// when `acked_total >= k`: the application's ticket for "the peer has this".
+    sent_total: u32,
+    acked_total: u32,
+    /// Whether sequenced messages may be delivered now; while `false` they are dropped
+    /// unacknowledged (the peer resends them) but acks in their headers still count.
+    accepting: bool,
 
     stats: Stats,
 }
@@ -209,6 +219,9 @@ impl<const W: usize> Session<W> {
             peer_credit: 0,
             last_rx: now.as_millis(),
             last_tx: now.as_millis(),
+            sent_total: 0,
+            acked_total: 0,
+            accepting: true,
             stats: Stats::default(),
         }
     }
@@ -256,6 +269,29 @@ impl<const W: usize> Session<W> {
         self.window.len()
     }
 
+    /// Whether [`send`](Self::send) would take a message of any kind but `Assign` now.
+    pub fn can_send(&self) -> bool {
+        self.state == State::Established && !self.window.is_full()
+    }
+
+    /// Number of reliable messages ever accepted by [`send`](Self::send): the ticket of the
+    /// message just sent.
+    pub fn sent_total(&self) -> u32 {
+        self.sent_total
+    }
+
+    /// Number of reliable messages ever acknowledged by the peer, in sending order.
+    pub fn acked_total(&self) -> u32 {
+        self.acked_total
+    }
+
+    /// Gates delivery of the peer's reliable messages (for an application that has no room to
+    /// answer one). While closed they are dropped unacknowledged and the peer resends them;
+    /// acknowledgements and credit in their headers are still taken.
+    pub fn set_accepting(&mut self, accepting: bool) {
+        self.accepting = accepting;
+    }
+
     /// Queues a reliable message. Refused, and handed back, when no session is established,
     /// when the window is full, or for an `Assign` beyond the peer's credit.
     // The refused message is handed back by value (there is no heap to box it in), as
@@ -283,7 +319,9 @@ impl<const W: usize> Session<W> {
             .map_err(|u| SendError {
                 reason: Refusal::WindowFull,
                 message: u.message,
-            })
+            })?;
+        self.sent_total = self.sent_total.wrapping_add(1);
+        Ok(())
     }
 
     /// Handles one received frame's bytes (a datagram, or what a [`Deframer`] split off).
@@ -445,6 +483,7 @@ impl<const W: usize> Session<W> {
             .is_some_and(|u| ack != 0 && !after(u.seq, ack))
         {
             self.window.pop_front();
+            self.acked_total = self.acked_total.wrapping_add(1);
             self.cursor = self.cursor.saturating_sub(1);
             progressed = true;
         }
@@ -460,7 +499,10 @@ impl<const W: usize> Session<W> {
 
     fn on_sequenced(&mut self, seq: u32, message: Message) -> Option<Event> {
         self.ack_owed = true;
-        if seq == next_seq(self.delivered) {
+        if seq == next_seq(self.delivered) && !self.accepting {
+            self.stats.deferred += 1;
+            None
+        } else if seq == next_seq(self.delivered) {
             self.delivered = seq;
             self.stats.delivered += 1;
             Some(Event::Received(message))

@@ -187,6 +187,11 @@ pub enum RejectReason {
     UnknownLock,
     /// A message other than `Hello` before the session was established.
     NoSession,
+    /// An `Assign` for a handle that already finished on this device and whose report was
+    /// acknowledged: it is not run again.
+    Finished,
+    /// A `Cancel` for a handle the device does not have.
+    UnknownTask,
 }
 
 impl core::fmt::Display for RejectReason {
@@ -198,6 +203,8 @@ impl core::fmt::Display for RejectReason {
             Self::PayloadTooLarge => "payload too large",
             Self::UnknownLock => "unknown lock id",
             Self::NoSession => "no session established",
+            Self::Finished => "task already finished and reported",
+            Self::UnknownTask => "no such task on the device",
         })
     }
 }

@@ -1,0 +1,400 @@
+//! The cooperative runtime firmware embeds: capability handlers as step functions, driven by
+//! the [`Scheduler`], fed by the link.
+//!
+//! - [`Runtime`] turns `Assign`s into scheduled tasks, runs one step at a time of the most
+//!   urgent one (so a more urgent task preempts at the next step boundary), takes the locks a
+//!   task declares through the scheduler (priority inheritance applies), and produces the
+//!   `Report`s: `Running` when a task starts, then exactly one of `Completed`, `Failed`,
+//!   `Expired` or `Cancelled`.
+//! - [`Device`] joins a runtime and a [`Session`](crate::link::Session): it is the whole
+//!   device side of the protocol, with flow control and dedup.
+//!
+//! **At most once per boot.** A finished task keeps its slot — and its result — until the
+//! bridge has acknowledged its terminal report; a replayed `Assign` for that handle gets the
+//! report again instead of a second run. The bridge acknowledges a report only after it has
+//! committed it, and never replays a task whose end it has committed, so after that ack the
+//! handle cannot come back; a ring of recently acknowledged handles refuses it anyway
+//! (`Reject` with [`RejectReason::Finished`]). Keeping the slot until the ack also makes
+//! flow control push back: a device whose reports are not getting through advertises no free
+//! slots, so the bridge stops sending.
+
+mod device;
+#[cfg(test)]
+mod tests;
+
+pub use device::Device;
+
+use heapless::{Deque, Vec};
+
+use crate::proto::{
+    Assign, CapabilityName, Handle, MAX_PAYLOAD, MAX_TASK_LOCKS, Payload, Reject, RejectReason,
+    Report, TaskReport,
+};
+use crate::{Acquire, Event, Instant, LockId, Scheduler, TaskId, TaskSpec};
+
+/// Per-task bytes a handler keeps across its steps (a counter, a start time, a state byte).
+pub const SCRATCH_BYTES: usize = 16;
+/// Acknowledged handles remembered to refuse replays (see the module docs).
+pub const RECENT_HANDLES: usize = 16;
+
+/// Error codes the runtime itself reports in `Report::error` (handlers use codes below 0xFF00).
+pub mod codes {
+    /// A declared lock would have deadlocked.
+    pub const LOCK_DEADLOCK: u16 = 0xFF01;
+    /// A declared lock's ceiling is below the task's priority.
+    pub const LOCK_CEILING: u16 = 0xFF02;
+}
+
+/// What one step of a handler returns.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Step {
+    /// More steps to go; a more urgent task may run before the next one.
+    Continue,
+    /// Finished; the result is what the handler wrote into [`Ctx::result`].
+    Done,
+    /// Failed with a handler-defined code (below 0xFF00).
+    Fail(u16),
+}
+
+/// What a handler sees during one step.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    pub handle: Handle,
+    /// The task's input.
+    pub payload: &'a [u8],
+    /// The task's output, kept across steps.
+    pub result: &'a mut Payload,
+    /// Handler state kept across steps, zeroed when the task is admitted.
+    pub scratch: &'a mut [u8; SCRATCH_BYTES],
+    /// Steps this task has already run (0 on the first).
+    pub step: u32,
+    pub now: Instant,
+}
+
+/// A capability handler: one step of work per call, never blocking.
+pub type Handler = fn(&mut Ctx<'_>) -> Step;
+
+/// A task's runtime data, in the slot the scheduler gave it.
+#[derive(Debug)]
+struct Task {
+    id: TaskId,
+    handle: Handle,
+    handler: Handler,
+    locks: Vec<u8, MAX_TASK_LOCKS>,
+    /// Declared locks already held.
+    locked: u8,
+    payload: Payload,
+    result: Payload,
+    scratch: [u8; SCRATCH_BYTES],
+    steps: u32,
+    /// The `Running` report is owed.
+    running_owed: bool,
+    /// How the task ended, once it has.
+    end: Option<(TaskReport, Option<u16>)>,
+    /// The terminal report is owed.
+    end_owed: bool,
+    /// Ticket of the terminal report handed to the session; the slot is freed once acked.
+    ticket: Option<u32>,
+}
+
+/// The cooperative runtime: `N` task slots, `L` locks, `C` capabilities.
+#[derive(Debug)]
+pub struct Runtime<const N: usize, const L: usize, const C: usize> {
+    sched: Scheduler<N, L>,
+    handlers: Vec<(CapabilityName, Handler), C>,
+    tasks: [Option<Task>; N],
+    recent: Deque<Handle, RECENT_HANDLES>,
+    max_payload: usize,
+}
+
+impl<const N: usize, const L: usize, const C: usize> Default for Runtime<N, L, C> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
+    /// A runtime with no capabilities, accepting payloads up to [`MAX_PAYLOAD`].
+    pub fn new() -> Self {
+        const { assert!(N <= u8::MAX as usize, "at most 255 task slots") };
+        Self {
+            sched: Scheduler::new(),
+            handlers: Vec::new(),
+            tasks: [const { None }; N],
+            recent: Deque::new(),
+            max_payload: MAX_PAYLOAD,
+        }
+    }
+
+    /// Lowers the largest payload accepted (advertised in `Hello`).
+    pub fn set_max_payload(&mut self, bytes: usize) {
+        self.max_payload = bytes.min(MAX_PAYLOAD);
+    }
+
+    /// The largest payload accepted.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Registers `handler` for capability `name`. The handler is handed back when `C`
+    /// capabilities are registered or the name is longer than a `CapabilityName`.
+    pub fn register(&mut self, name: &str, handler: Handler) -> Result<(), Handler> {
+        let name = CapabilityName::try_from(name).map_err(|_| handler)?;
+        if let Some(existing) = self.handlers.iter_mut().find(|(n, _)| *n == name) {
+            existing.1 = handler;
+            return Ok(());
+        }
+        self.handlers.push((name, handler)).map_err(|(_, h)| h)
+    }
+
+    /// The registered capability names.
+    pub fn capabilities(&self) -> impl Iterator<Item = &CapabilityName> {
+        self.handlers.iter().map(|(n, _)| n)
+    }
+
+    /// The scheduler, to set lock policies at start-up.
+    pub fn scheduler_mut(&mut self) -> &mut Scheduler<N, L> {
+        &mut self.sched
+    }
+
+    /// Free task slots (a finished task holds its slot until its report is acknowledged).
+    pub fn free_slots(&self) -> u8 {
+        self.sched.free_slots().min(255) as u8
+    }
+
+    /// Takes an `Assign`. A replay of a handle still held answers with its current state
+    /// again (the report is re-queued) and does not run it twice.
+    pub fn assign(&mut self, a: Assign, now: Instant) -> Result<(), Reject> {
+        let reject = |reason| {
+            Err(Reject {
+                handle: Some(a.handle),
+                reason,
+            })
+        };
+        if let Some(task) = self.task_mut(a.handle) {
+            if task.end.is_some() {
+                task.end_owed = true;
+            } else if task.steps > 0 || task.locked > 0 {
+                task.running_owed = true;
+            }
+            return Ok(());
+        }
+        if self.recent.iter().any(|&h| h == a.handle) {
+            return reject(RejectReason::Finished);
+        }
+        let Some(handler) = self
+            .handlers
+            .iter()
+            .find(|(n, _)| *n == a.capability)
+            .map(|h| h.1)
+        else {
+            return reject(RejectReason::UnknownCapability);
+        };
+        if a.payload.len() > self.max_payload {
+            return reject(RejectReason::PayloadTooLarge);
+        }
+        if a.locks.iter().any(|&l| usize::from(l) >= L) {
+            return reject(RejectReason::UnknownLock);
+        }
+        let mut spec = TaskSpec::new(a.priority);
+        if let Some(ms) = a.deadline_ms {
+            spec = spec.deadline(now.saturating_add_millis(u64::from(ms)));
+        }
+        let Ok(id) = self.sched.admit(spec, now) else {
+            return reject(RejectReason::NoFreeSlot);
+        };
+        self.tasks[id.slot()] = Some(Task {
+            id,
+            handle: a.handle,
+            handler,
+            locks: a.locks,
+            locked: 0,
+            payload: a.payload,
+            result: Payload::new(),
+            scratch: [0; SCRATCH_BYTES],
+            steps: 0,
+            running_owed: false,
+            end: None,
+            end_owed: false,
+            ticket: None,
+        });
+        // Admission may expire it at once (deadline already passed).
+        self.collect_events();
+        Ok(())
+    }
+
+    /// Cancels a task that has not finished; it ends `Cancelled` and is reported. A task
+    /// already finished is left alone (its report stands).
+    pub fn cancel(&mut self, handle: Handle) -> Result<(), Reject> {
+        let Some(task) = self.task_mut(handle) else {
+            if self.recent.iter().any(|&h| h == handle) {
+                return Ok(());
+            }
+            return Err(Reject {
+                handle: Some(handle),
+                reason: RejectReason::UnknownTask,
+            });
+        };
+        if task.end.is_none() {
+            let id = task.id;
+            let _ = self.sched.cancel(id);
+            self.end(id.slot(), TaskReport::Cancelled, None);
+        }
+        Ok(())
+    }
+
+    /// Runs one step of the most urgent runnable task. Returns `false` when there was nothing
+    /// to run (the firmware may sleep until [`poll_timeout`](Self::poll_timeout) or input).
+    pub fn step(&mut self, now: Instant) -> bool {
+        let next = self.sched.next(now);
+        self.collect_events();
+        let Some(id) = next else { return false };
+        let Some(task) = self.tasks[id.slot()].as_mut() else {
+            // Cannot happen: every admitted task has its data. Fail it rather than spin.
+            let _ = self.sched.fail(id);
+            return true;
+        };
+        if task.steps == 0 && task.locked == 0 {
+            task.running_owed = true;
+        }
+        if let Some(&lock) = task.locks.get(usize::from(task.locked)) {
+            let lock = LockId::new(lock);
+            let outcome = if self.sched.holds(id, lock) {
+                Ok(Acquire::Acquired)
+            } else {
+                self.sched.lock(id, lock, None, now)
+            };
+            match outcome {
+                Ok(Acquire::Acquired) => task.locked += 1,
+                Ok(Acquire::Blocked) => {}
+                Err(e) => {
+                    let code = if e == crate::SchedError::Deadlock {
+                        codes::LOCK_DEADLOCK
+                    } else {
+                        codes::LOCK_CEILING
+                    };
+                    let _ = self.sched.fail(id);
+                    self.end(id.slot(), TaskReport::Failed, Some(code));
+                }
+            }
+            return true;
+        }
+        let mut ctx = Ctx {
+            handle: task.handle,
+            payload: &task.payload,
+            result: &mut task.result,
+            scratch: &mut task.scratch,
+            step: task.steps,
+            now,
+        };
+        let outcome = (task.handler)(&mut ctx);
+        task.steps = task.steps.saturating_add(1);
+        match outcome {
+            Step::Continue => {}
+            Step::Done => {
+                let _ = self.sched.complete(id);
+                self.end(id.slot(), TaskReport::Completed, None);
+            }
+            Step::Fail(code) => {
+                let _ = self.sched.fail(id);
+                self.end(id.slot(), TaskReport::Failed, Some(code));
+            }
+        }
+        true
+    }
+
+    /// When the runtime next has timed work (a release, a deadline, a lock timeout).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sched.poll_timeout()
+    }
+
+    /// The next report owed, to be sent as the reliable message numbered `ticket` (the
+    /// session's `sent_total() + 1`); the caller must send it. Terminal reports go first, and
+    /// a task's `Running` report is dropped once its end is known.
+    pub fn poll_report(&mut self, ticket: u32) -> Option<Report> {
+        if let Some(t) = self.tasks.iter_mut().flatten().find(|t| t.end_owed) {
+            let (state, error) = t.end?;
+            t.end_owed = false;
+            t.running_owed = false;
+            t.ticket = Some(ticket);
+            return Some(Report {
+                handle: t.handle,
+                state,
+                result: t.result.clone(),
+                error,
+            });
+        }
+        let t = self
+            .tasks
+            .iter_mut()
+            .flatten()
+            .find(|t| t.running_owed && t.end.is_none())?;
+        t.running_owed = false;
+        let state = TaskReport::Running;
+        Some(Report {
+            handle: t.handle,
+            state,
+            result: Payload::new(),
+            error: None,
+        })
+    }
+
+    /// Frees the slots of tasks whose terminal report the peer acknowledged (`acked_total`
+    /// from the session) and remembers their handles.
+    pub fn on_acked(&mut self, acked_total: u32) {
+        for slot in self.tasks.iter_mut() {
+            let done = slot.as_ref().is_some_and(|t| {
+                t.ticket
+                    .is_some_and(|k| !t.end_owed && acked_total.wrapping_sub(k) < u32::MAX / 2)
+            });
+            if done {
+                if let Some(t) = slot.take() {
+                    let _ = self.sched.remove(t.id);
+                    if self.recent.is_full() {
+                        self.recent.pop_front();
+                    }
+                    let _ = self.recent.push_back(t.handle);
+                }
+            }
+        }
+    }
+
+    /// Whether a report is owed.
+    pub fn has_reports(&self) -> bool {
+        self.tasks
+            .iter()
+            .flatten()
+            .any(|t| t.end_owed || (t.running_owed && t.end.is_none()))
+    }
+
+    /// The state of a held handle: `Running` once started, its end once finished.
+    pub fn report_state(&self, handle: Handle) -> Option<TaskReport> {
+        let t = self.tasks.iter().flatten().find(|t| t.handle == handle)?;
+        Some(t.end.map_or(TaskReport::Running, |(s, _)| s))
+    }
+
+    fn task_mut(&mut self, handle: Handle) -> Option<&mut Task> {
+        self.tasks.iter_mut().flatten().find(|t| t.handle == handle)
+    }
+
+    fn end(&mut self, slot: usize, state: TaskReport, error: Option<u16>) {
+        if let Some(t) = self.tasks[slot].as_mut() {
+            t.end = Some((state, error));
+            t.end_owed = true;
+            t.running_owed = false;
+            if state != TaskReport::Completed {
+                t.result.clear();
+            }
+        }
+    }
+
+    /// Turns scheduler events into task ends (expiry); wait timeouts cannot happen, since
+    /// declared locks are taken without timeout.
+    fn collect_events(&mut self) {
+        while let Some(e) = self.sched.poll_event() {
+            if let Event::Expired(id) = e {
+                self.end(id.slot(), TaskReport::Expired, None);
+            }
+        }
+    }
+}

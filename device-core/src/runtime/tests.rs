@@ -1,0 +1,264 @@
+//! Runtime rules, one test each, driving the runtime directly as `Device` does.
+
+use std::cell::RefCell;
+
+use super::*;
+use crate::Priority;
+
+type R = Runtime<3, 2, 4>;
+
+thread_local! {
+    /// (handle, step) of every handler call, to see what ran when.
+    static TRACE: RefCell<std::vec::Vec<(Handle, u32)>> = const { RefCell::new(std::vec::Vec::new()) };
+}
+
+fn traced(ctx: &Ctx<'_>) {
+    TRACE.with(|t| t.borrow_mut().push((ctx.handle, ctx.step)));
+}
+
+fn echo(ctx: &mut Ctx<'_>) -> Step {
+    traced(ctx);
+    ctx.result.extend_from_slice(ctx.payload).unwrap();
+    Step::Done
+}
+
+/// Runs as many steps as the payload's first byte says, then completes.
+fn work(ctx: &mut Ctx<'_>) -> Step {
+    traced(ctx);
+    if ctx.step + 1 >= u32::from(ctx.payload.first().copied().unwrap_or(1)) {
+        Step::Done
+    } else {
+        Step::Continue
+    }
+}
+
+fn broken(ctx: &mut Ctx<'_>) -> Step {
+    traced(ctx);
+    Step::Fail(42)
+}
+
+fn runtime() -> R {
+    TRACE.with(|t| t.borrow_mut().clear());
+    let mut r = R::new();
+    r.register("echo", echo).unwrap();
+    r.register("work", work).unwrap();
+    r.register("broken", broken).unwrap();
+    r
+}
+
+fn assign(handle: Handle, cap: &str, priority: Priority, payload: &[u8]) -> Assign {
+    Assign {
+        handle,
+        priority,
+        deadline_ms: None,
+        capability: CapabilityName::try_from(cap).unwrap(),
+        locks: Vec::new(),
+        payload: Payload::from_slice(payload).unwrap(),
+        trace_id: heapless::String::new(),
+    }
+}
+
+fn at(ms: u64) -> Instant {
+    Instant::from_millis(ms)
+}
+
+fn run_all(r: &mut R, now: Instant) {
+    for _ in 0..1000 {
+        if !r.step(now) {
+            return;
+        }
+    }
+    panic!("runtime never went idle");
+}
+
+/// Every owed report, with consecutive tickets starting after `ticket`.
+fn reports(r: &mut R, ticket: &mut u32) -> std::vec::Vec<(Handle, TaskReport)> {
+    let mut out = vec![];
+    while let Some(rep) = r.poll_report(*ticket + 1) {
+        *ticket += 1;
+        out.push((rep.handle, rep.state));
+    }
+    out
+}
+
+fn trace() -> std::vec::Vec<(Handle, u32)> {
+    TRACE.with(|t| t.borrow().clone())
+}
+
+#[test]
+fn a_task_reports_running_then_its_result() {
+    let mut r = runtime();
+    r.assign(assign(1, "echo", Priority::P3, b"hi"), at(0))
+        .unwrap();
+    assert_eq!(r.free_slots(), 2);
+    assert!(r.step(at(0)));
+    let rep = r.poll_report(1).unwrap();
+    assert_eq!(
+        (rep.state, &rep.result[..], rep.error),
+        (TaskReport::Completed, &b"hi"[..], None)
+    );
+    assert_eq!(
+        r.poll_report(2),
+        None,
+        "Running is not reported once the end is known"
+    );
+    assert_eq!(
+        r.free_slots(),
+        2,
+        "the slot is held until the report is acknowledged"
+    );
+    r.on_acked(1);
+    assert_eq!(r.free_slots(), 3);
+}
+
+#[test]
+fn a_more_urgent_task_preempts_at_the_next_step_boundary() {
+    let mut r = runtime();
+    r.assign(assign(1, "work", Priority::P4, &[5]), at(0))
+        .unwrap();
+    r.step(at(0));
+    r.step(at(0));
+    r.assign(assign(2, "work", Priority::P0, &[2]), at(0))
+        .unwrap();
+    run_all(&mut r, at(0));
+    assert_eq!(
+        trace(),
+        [(1, 0), (1, 1), (2, 0), (2, 1), (1, 2), (1, 3), (1, 4)]
+    );
+    let mut ticket = 0;
+    let got = reports(&mut r, &mut ticket);
+    assert!(got.contains(&(1, TaskReport::Completed)) && got.contains(&(2, TaskReport::Completed)));
+}
+
+#[test]
+fn failures_expiry_and_cancellation_are_each_reported() {
+    let mut r = runtime();
+    r.assign(assign(1, "broken", Priority::P1, b""), at(0))
+        .unwrap();
+    let mut late = assign(2, "echo", Priority::P5, b"");
+    late.deadline_ms = Some(10);
+    r.assign(late, at(0)).unwrap();
+    r.assign(assign(3, "work", Priority::P5, &[100]), at(0))
+        .unwrap();
+    r.step(at(0)); // 1 fails
+    r.step(at(10)); // 2 expires (never started); 3 runs a step
+    r.cancel(3).unwrap();
+    let mut ticket = 0;
+    let mut got = reports(&mut r, &mut ticket);
+    got.sort_unstable_by_key(|g| g.0);
+    assert_eq!(
+        got,
+        [
+            (1, TaskReport::Failed),
+            (2, TaskReport::Expired),
+            (3, TaskReport::Cancelled)
+        ]
+    );
+    assert_eq!(
+        trace().iter().filter(|t| t.0 == 2).count(),
+        0,
+        "the expired task never ran"
+    );
+    assert_eq!(
+        r.cancel(9),
+        Err(Reject {
+            handle: Some(9),
+            reason: RejectReason::UnknownTask
+        })
+    );
+    assert!(!r.step(at(10)));
+}
+
+#[test]
+fn a_replayed_assign_is_answered_not_run_again() {
+    let mut r = runtime();
+    let a = assign(1, "echo", Priority::P3, b"x");
+    r.assign(a.clone(), at(0)).unwrap();
+    run_all(&mut r, at(0));
+    assert!(r.poll_report(1).is_some());
+    // Replayed before the report was acknowledged: the report is owed again.
+    r.assign(a.clone(), at(1)).unwrap();
+    run_all(&mut r, at(1));
+    let again = r.poll_report(2).unwrap();
+    assert_eq!(
+        (again.state, &again.result[..]),
+        (TaskReport::Completed, &b"x"[..])
+    );
+    r.on_acked(1);
+    assert_eq!(
+        r.free_slots(),
+        2,
+        "the re-sent report is not acknowledged yet"
+    );
+    r.on_acked(2);
+    assert_eq!(r.free_slots(), 3);
+    // Replayed after: refused.
+    assert_eq!(
+        r.assign(a, at(2)),
+        Err(Reject {
+            handle: Some(1),
+            reason: RejectReason::Finished
+        })
+    );
+    assert_eq!(trace().len(), 1, "executed exactly once");
+}
+
+#[test]
+fn bad_assigns_are_rejected_with_their_reason_and_change_nothing() {
+    let mut r = runtime();
+    r.set_max_payload(4);
+    let reason = |r: &mut R, a| r.assign(a, at(0)).unwrap_err().reason;
+    assert_eq!(
+        reason(&mut r, assign(1, "nope", Priority::P3, b"")),
+        RejectReason::UnknownCapability
+    );
+    assert_eq!(
+        reason(&mut r, assign(2, "echo", Priority::P3, b"12345")),
+        RejectReason::PayloadTooLarge
+    );
+    let mut bad_lock = assign(3, "echo", Priority::P3, b"");
+    bad_lock.locks.push(2).unwrap();
+    assert_eq!(reason(&mut r, bad_lock), RejectReason::UnknownLock);
+    assert_eq!(r.free_slots(), 3);
+    for h in 10..13 {
+        r.assign(assign(h, "work", Priority::P3, &[9]), at(0))
+            .unwrap();
+    }
+    assert_eq!(
+        reason(&mut r, assign(13, "echo", Priority::P3, b"")),
+        RejectReason::NoFreeSlot
+    );
+    assert!(!r.has_reports());
+}
+
+#[test]
+fn declared_locks_are_taken_before_the_first_step_with_inheritance() {
+    let mut r = runtime();
+    let with_lock = |h, p, n| {
+        let mut a = assign(h, "work", p, &[n]);
+        a.locks.push(0).unwrap();
+        a
+    };
+    r.assign(with_lock(1, Priority::P4, 4), at(0)).unwrap();
+    r.step(at(0)); // takes lock 0
+    r.step(at(0)); // step 0 of 1
+    r.assign(with_lock(2, Priority::P0, 1), at(0)).unwrap();
+    r.assign(assign(3, "work", Priority::P2, &[3]), at(0))
+        .unwrap();
+    r.step(at(0)); // 2 tries the lock and blocks; 1 inherits P0
+    run_all(&mut r, at(0));
+    // 1 finishes its critical section before the P2 task, then 2 runs, then 3.
+    assert_eq!(
+        trace(),
+        [
+            (1, 0),
+            (1, 1),
+            (1, 2),
+            (1, 3),
+            (2, 0),
+            (3, 0),
+            (3, 1),
+            (3, 2)
+        ]
+    );
+}
