@@ -123,9 +123,31 @@ pub(super) const fn next_seq(seq: u32) -> u32 {
     if seq == u32::MAX { 1 } else { seq + 1 }
 }
 
+/// The sequence number before `seq` (the inverse of [`next_seq`]).
+pub(super) const fn prev_seq(seq: u32) -> u32 {
+    if seq <= 1 { u32::MAX } else { seq - 1 }
+}
+
 /// Whether `a` comes after `b` in serial order.
 pub(super) const fn after(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
+}
+
+/// First sequence number of `role`'s messages in the session (boot, session): scattered over
+/// the sequence space, like TCP's initial sequence numbers, so that a delayed frame of an
+/// earlier session (a datagram, bytes left in a UART buffer) falls outside the new session's
+/// window instead of being taken for one of its messages.
+pub(super) const fn initial_seq(boot_id: u32, session_id: u32, role: Role) -> u32 {
+    let salt = match role {
+        Role::Device => 0x0D0D_0D0D,
+        Role::Bridge => 0xB0B0_B0B0,
+    };
+    // splitmix64's finaliser: every input bit affects every output bit.
+    let mut z = (((boot_id as u64) << 32) | session_id as u64) ^ salt;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    let seq = (z ^ (z >> 31)) as u32;
+    if seq == 0 { 1 } else { seq }
 }
 
 /// The reliable link session (see the [module docs](super)). `W` is the send window.
@@ -154,7 +176,8 @@ pub struct Session<const W: usize> {
     rto_at: u64,
     rto: u32,
 
-    /// Sequence number of the last message delivered in order (0: none): our cumulative ack.
+    /// Sequence number of the last message delivered in order (the one before the peer's
+    /// initial sequence number: none yet): our cumulative ack.
     delivered: u32,
     /// An acknowledgement is owed to the peer.
     ack_owed: bool,
@@ -409,12 +432,12 @@ impl<const W: usize> Session<W> {
             return None;
         }
         let rebooted = known.is_some_and(|(boot, _)| boot != hello.boot_id);
+        self.hello = Some(hello.clone());
         self.reset_sequences(now);
         self.window.clear();
         self.peer_credit = credit;
         self.state = State::Established;
         self.stats.sessions += 1;
-        self.hello = Some(hello.clone());
         Some(Event::Connected { hello, rebooted })
     }
 
@@ -440,16 +463,24 @@ impl<const W: usize> Session<W> {
         Some(Event::Welcomed)
     }
 
-    /// Fresh sequence space for a new session.
+    /// Fresh sequence space for the session (boot, session) of the current `Hello`.
     fn reset_sequences(&mut self, now: Instant) {
-        self.next_seq = 1;
-        self.highest_sent = 0;
-        self.delivered = 0;
+        let (boot, session) = self
+            .hello
+            .as_ref()
+            .map_or((0, 0), |h| (h.boot_id, h.session_id));
+        let peer = match self.role {
+            Role::Device => Role::Bridge,
+            Role::Bridge => Role::Device,
+        };
+        self.next_seq = initial_seq(boot, session, self.role);
+        self.highest_sent = prev_seq(self.next_seq);
+        self.delivered = prev_seq(initial_seq(boot, session, peer));
         self.cursor = 0;
         self.rto = self.config.initial_rto_ms;
         self.rto_at = u64::MAX;
         self.ack_owed = false;
-        self.peer_ack = 0;
+        self.peer_ack = self.highest_sent;
         self.peer_credit = 0;
         self.last_rx = now.as_millis();
         self.last_tx = now.as_millis();
@@ -468,20 +499,17 @@ impl<const W: usize> Session<W> {
     }
 
     fn on_ack(&mut self, ack: u32, credit: u8, now: Instant) {
-        // An ack of something never sent (a stale or forged frame) is ignored.
-        if ack != 0 && !after(self.next_seq, ack) {
+        // Only an ack between the last one taken and the last message sent is believed;
+        // anything else is a stale frame of another session (or garbage) and is ignored.
+        if after(self.peer_ack, ack) || after(ack, prev_seq(self.next_seq)) {
             return;
         }
-        if after(ack, self.peer_ack) || (ack == self.peer_ack && credit > self.peer_credit) {
+        if after(ack, self.peer_ack) || credit > self.peer_credit {
             self.peer_ack = ack;
             self.peer_credit = credit;
         }
         let mut progressed = false;
-        while self
-            .window
-            .front()
-            .is_some_and(|u| ack != 0 && !after(u.seq, ack))
-        {
+        while self.window.front().is_some_and(|u| !after(u.seq, ack)) {
             self.window.pop_front();
             self.acked_total = self.acked_total.wrapping_add(1);
             self.cursor = self.cursor.saturating_sub(1);
@@ -578,7 +606,7 @@ impl<const W: usize> Session<W> {
             }
             (None, State::Established) => {
                 if let Some(u) = self.window.get(self.cursor) {
-                    if after(u.seq, self.highest_sent) || self.highest_sent == 0 {
+                    if after(u.seq, self.highest_sent) {
                         self.highest_sent = u.seq;
                         self.stats.sent += 1;
                     } else {

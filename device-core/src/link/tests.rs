@@ -410,3 +410,30 @@ fn sequence_numbers_wrap_around() {
     assert!(after(2, u32::MAX));
     assert!(!after(u32::MAX, 2));
 }
+
+#[test]
+fn a_delayed_frame_of_the_previous_session_is_not_taken_for_a_new_one() {
+    let (mut dev, mut br) = connected(2);
+    br.send(assign(1)).unwrap();
+    let stale = drain(&mut br, at(0)); // delayed in the network
+    // The device loses the link and reconnects; a fresh bridge session answers.
+    dev.handle_timeout(at(7000));
+    let mut br2 = S::bridge(Config::default(), at(7000));
+    deliver(&mut br2, drain(&mut dev, at(7000)), at(7000));
+    deliver(&mut dev, drain(&mut br2, at(7000)), at(7000));
+    assert_eq!(dev.state(), State::Established);
+    // The old Assign finally arrives: not delivered, and its header changes nothing.
+    assert!(deliver(&mut dev, stale, at(7001)).is_empty());
+    // And a stale ack from the device's old session does not acknowledge new messages.
+    br2.send(assign(2)).unwrap();
+    drain(&mut br2, at(7001));
+    let old_ack = Frame {
+        seq: 0,
+        ack: 1,
+        credit: 9,
+        message: Message::Ack,
+    };
+    deliver(&mut br2, vec![old_ack], at(7002));
+    assert_eq!((br2.unacknowledged(), br2.credit()), (1, 1));
+    drop(br);
+}

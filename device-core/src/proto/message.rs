@@ -24,12 +24,14 @@ pub type Handle = u32;
 /// One frame: reliability header plus a message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frame {
-    /// Sequence number of a reliable message (`Assign`, `Cancel`, `Report`, `Reject`),
-    /// starting at 1 in each session; 0 for messages that are not acknowledged
-    /// (`Hello`, `Welcome`, `Heartbeat`, `Ack`).
+    /// Sequence number of a reliable message (`Assign`, `Cancel`, `Report`, `Reject`); each
+    /// side starts a session at a number derived from (boot id, session id, role) and wraps
+    /// from `u32::MAX` to 1. 0 for messages that are not acknowledged (`Hello`, `Welcome`,
+    /// `Heartbeat`, `Ack`).
     pub seq: u32,
     /// Cumulative acknowledgement: every reliable message of the peer up to and including this
-    /// sequence number has been received, in order (0: none yet).
+    /// sequence number has been received, in order (the one before the peer's initial
+    /// sequence number: none yet).
     pub ack: u32,
     /// Flow control: how many more `Assign`s the sender can take, counting every message up to
     /// `ack` — for a device, its free task slots; a bridge sends 0. Carried by every frame (not
