@@ -108,6 +108,8 @@ pub struct Stats {
     pub sessions: u32,
     /// Messages dropped unacknowledged while not accepting (see `set_accepting`).
     pub deferred: u32,
+    /// Go-backs triggered by duplicate acks rather than by the timeout.
+    pub fast_retransmits: u32,
 }
 
 /// One reliable message awaiting acknowledgement.
@@ -175,6 +177,10 @@ pub struct Session<const W: usize> {
     /// When the oldest in-flight message times out; `u64::MAX` when nothing is in flight.
     rto_at: u64,
     rto: u32,
+    /// Pure acks that did not advance while messages were in flight: the receiver acks every
+    /// frame it had to drop out of order at once, so two of them mean a hole, and the sender
+    /// goes back without waiting for the timeout (fast retransmit). Reset by progress.
+    dup_acks: u8,
 
     /// Sequence number of the last message delivered in order (the one before the peer's
     /// initial sequence number: none yet): our cumulative ack.
@@ -235,6 +241,7 @@ impl<const W: usize> Session<W> {
             cursor: 0,
             rto_at: u64::MAX,
             rto: config.initial_rto_ms,
+            dup_acks: 0,
             delivered: 0,
             ack_owed: false,
             local_credit: 0,
@@ -272,6 +279,11 @@ impl<const W: usize> Session<W> {
     /// Sets the credit this side advertises (a device: its free task slots). It travels in the
     /// header of every frame from now on.
     pub fn set_credit(&mut self, credit: u8) {
+        // More credit is news the peer is waiting for (it may have tasks queued for the freed
+        // slot): announce it now rather than with the next heartbeat.
+        if credit > self.local_credit && self.state == State::Established {
+            self.ack_owed = true;
+        }
         self.local_credit = credit;
     }
 
@@ -406,7 +418,8 @@ impl<const W: usize> Session<W> {
                 None
             }
             (_, message) => {
-                self.on_ack(frame.ack, frame.credit, now);
+                let pure_ack = matches!(message, Message::Ack);
+                self.on_ack(frame.ack, frame.credit, pure_ack, now);
                 if frame.seq != 0 {
                     return self.on_sequenced(frame.seq, message);
                 }
@@ -479,6 +492,7 @@ impl<const W: usize> Session<W> {
         self.cursor = 0;
         self.rto = self.config.initial_rto_ms;
         self.rto_at = u64::MAX;
+        self.dup_acks = 0;
         self.ack_owed = false;
         self.peer_ack = self.highest_sent;
         self.peer_credit = 0;
@@ -498,7 +512,7 @@ impl<const W: usize> Session<W> {
         self.rto_at = u64::MAX;
     }
 
-    fn on_ack(&mut self, ack: u32, credit: u8, now: Instant) {
+    fn on_ack(&mut self, ack: u32, credit: u8, pure_ack: bool, now: Instant) {
         // Only an ack between the last one taken and the last message sent is believed;
         // anything else is a stale frame of another session (or garbage) and is ignored.
         if after(self.peer_ack, ack) || after(ack, prev_seq(self.next_seq)) {
@@ -516,12 +530,20 @@ impl<const W: usize> Session<W> {
             progressed = true;
         }
         if progressed {
+            self.dup_acks = 0;
             self.rto = self.config.initial_rto_ms;
             self.rto_at = if self.cursor > 0 {
                 now.as_millis() + u64::from(self.rto)
             } else {
                 u64::MAX
             };
+        } else if pure_ack && self.cursor > 0 && ack == self.peer_ack {
+            self.dup_acks = self.dup_acks.saturating_add(1);
+            if self.dup_acks == 2 {
+                self.stats.fast_retransmits += 1;
+                self.cursor = 0;
+                self.rto_at = u64::MAX;
+            }
         }
     }
 
