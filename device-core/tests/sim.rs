@@ -20,8 +20,9 @@ use device_core::{Instant, Priority};
 
 const TASKS: u32 = 10_000;
 const SLOTS: usize = 8;
-type Dev = Device<SLOTS, 2, 2, 8>;
-type Bridge = Session<16>;
+/// Device: window 8, reorder buffer 4. Bridge: window 16, reorder buffer 16.
+type Dev = Device<SLOTS, 2, 2, 8, 4>;
+type Bridge = Session<16, 16>;
 
 thread_local! {
     static BOOT: RefCell<u32> = const { RefCell::new(0) };
@@ -266,6 +267,9 @@ fn ten_thousand_tasks_over_a_lossy_link_with_a_reboot() {
             if let Ok(Some(e)) = bridge.handle_bytes(&bytes, t) {
                 app.on_event(e);
             }
+            while let Some(e) = bridge.poll_event() {
+                app.on_event(e);
+            }
         }
         if bridge.poll_timeout().is_some_and(|d| d <= t) {
             if let Some(e) = bridge.handle_timeout(t) {
@@ -353,11 +357,13 @@ fn ten_thousand_tasks_over_a_lossy_link_with_a_reboot() {
     println!("bridge -> device datagrams: {:?}", to_device.stats);
     println!("device -> bridge datagrams: {:?}", to_bridge.stats);
     println!(
-        "sessions: {}, messages sent {}, retransmitted {}, duplicates dropped {}, out-of-order dropped {}, bad frames {}, tasks re-dispatched by the bridge {}",
+        "sessions: {}, messages sent {}, retransmitted {} ({} fast), duplicates dropped {}, reordered {}, out-of-order dropped {}, bad frames {}, tasks re-dispatched by the bridge {}",
         sum(|s| s.sessions),
         sum(|s| s.sent),
         sum(|s| s.retransmitted),
+        sum(|s| s.fast_retransmits),
         sum(|s| s.duplicates),
+        sum(|s| s.reordered),
         sum(|s| s.out_of_order),
         sum(|s| s.bad_frames),
         app.redispatched

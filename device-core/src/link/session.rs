@@ -100,7 +100,10 @@ pub struct Stats {
     pub delivered: u32,
     /// Frames that repeated an already delivered message.
     pub duplicates: u32,
-    /// Frames that arrived ahead of a missing one (dropped; the sender goes back).
+    /// Frames that arrived ahead of a missing one and were kept in the reorder buffer.
+    pub reordered: u32,
+    /// Frames that arrived ahead of a missing one with the reorder buffer full (dropped; the
+    /// sender goes back).
     pub out_of_order: u32,
     /// Byte sequences that were not valid frames.
     pub bad_frames: u32,
@@ -152,9 +155,12 @@ pub(super) const fn initial_seq(boot_id: u32, session_id: u32, role: Role) -> u3
     if seq == 0 { 1 } else { seq }
 }
 
-/// The reliable link session (see the [module docs](super)). `W` is the send window.
+/// The reliable link session (see the [module docs](super)). `W` is the send window; `R`
+/// the reorder buffer: how many messages that arrive ahead of a missing one are kept for
+/// in-order delivery instead of dropped (0 suits links that never reorder, UART and TCP; a
+/// few suit UDP, each costs one [`Message`] of RAM).
 #[derive(Clone, Debug)]
-pub struct Session<const W: usize> {
+pub struct Session<const W: usize, const R: usize = 0> {
     role: Role,
     config: Config,
     state: State,
@@ -178,10 +184,15 @@ pub struct Session<const W: usize> {
     rto_at: u64,
     rto: u32,
     /// Pure acks that did not advance while messages were in flight: the receiver acks every
-    /// frame it had to drop out of order at once, so two of them mean a hole, and the sender
-    /// goes back without waiting for the timeout (fast retransmit). Reset by progress.
+    /// frame that arrives ahead of a hole at once, so two of them mean the oldest message was
+    /// lost, and it is resent without waiting for the timeout (fast retransmit). Reset by
+    /// progress.
     dup_acks: u8,
 
+    /// Messages that arrived ahead of a missing one, held for in-order delivery.
+    reorder: heapless::Vec<Unacked, R>,
+    /// Fast retransmit is owed: resend the oldest in-flight message before anything else.
+    resend_oldest: bool,
     /// Sequence number of the last message delivered in order (the one before the peer's
     /// initial sequence number: none yet): our cumulative ack.
     delivered: u32,
@@ -209,7 +220,7 @@ pub struct Session<const W: usize> {
     stats: Stats,
 }
 
-impl<const W: usize> Session<W> {
+impl<const W: usize, const R: usize> Session<W, R> {
     /// A device session that will open with `hello` (its version is set here). It starts
     /// connecting at once: [`poll_transmit`](Self::poll_transmit) yields the first `Hello`.
     pub fn device(mut hello: Hello, config: Config, now: Instant) -> Self {
@@ -242,6 +253,8 @@ impl<const W: usize> Session<W> {
             rto_at: u64::MAX,
             rto: config.initial_rto_ms,
             dup_acks: 0,
+            reorder: heapless::Vec::new(),
+            resend_oldest: false,
             delivered: 0,
             ack_owed: false,
             local_credit: 0,
@@ -493,6 +506,8 @@ impl<const W: usize> Session<W> {
         self.rto = self.config.initial_rto_ms;
         self.rto_at = u64::MAX;
         self.dup_acks = 0;
+        self.resend_oldest = false;
+        self.reorder.clear();
         self.ack_owed = false;
         self.peer_ack = self.highest_sent;
         self.peer_credit = 0;
@@ -540,29 +555,54 @@ impl<const W: usize> Session<W> {
         } else if pure_ack && self.cursor > 0 && ack == self.peer_ack {
             self.dup_acks = self.dup_acks.saturating_add(1);
             if self.dup_acks == 2 {
+                // Resend only the hole: a peer with a reorder buffer has the rest, and one
+                // without loses only an RTO before going back for them.
                 self.stats.fast_retransmits += 1;
-                self.cursor = 0;
-                self.rto_at = u64::MAX;
+                self.resend_oldest = true;
             }
         }
     }
 
     fn on_sequenced(&mut self, seq: u32, message: Message) -> Option<Event> {
         self.ack_owed = true;
-        if seq == next_seq(self.delivered) && !self.accepting {
-            self.stats.deferred += 1;
-            None
-        } else if seq == next_seq(self.delivered) {
-            self.delivered = seq;
-            self.stats.delivered += 1;
-            Some(Event::Received(message))
-        } else if after(seq, self.delivered) {
-            self.stats.out_of_order += 1;
-            None
-        } else {
+        if !after(seq, self.delivered) {
             self.stats.duplicates += 1;
-            None
+            return None;
         }
+        if seq != next_seq(self.delivered) {
+            // Ahead of a hole: keep it if there is room (and it is not kept already).
+            if self.reorder.iter().any(|u| u.seq == seq) {
+                self.stats.duplicates += 1;
+            } else if self.reorder.push(Unacked { seq, message }).is_ok() {
+                self.stats.reordered += 1;
+            } else {
+                self.stats.out_of_order += 1;
+            }
+            return None;
+        }
+        if !self.accepting {
+            self.stats.deferred += 1;
+            return None;
+        }
+        self.delivered = seq;
+        self.stats.delivered += 1;
+        Some(Event::Received(message))
+    }
+
+    /// The next message held in the reorder buffer that is now in order. Call until `None`
+    /// after every [`handle_bytes`](Self::handle_bytes) (and after reopening delivery with
+    /// [`set_accepting`](Self::set_accepting)).
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if !self.accepting || self.state != State::Established {
+            return None;
+        }
+        let expected = next_seq(self.delivered);
+        let i = self.reorder.iter().position(|u| u.seq == expected)?;
+        let u = self.reorder.swap_remove(i);
+        self.delivered = u.seq;
+        self.ack_owed = true;
+        self.stats.delivered += 1;
+        Some(Event::Received(u.message))
     }
 
     /// Acts on timers due at `now`: liveness, and retransmission (go back to the oldest
@@ -627,7 +667,16 @@ impl<const W: usize> Session<W> {
                 (0, m)
             }
             (None, State::Established) => {
-                if let Some(u) = self.window.get(self.cursor) {
+                if let Some(u) = self
+                    .window
+                    .front()
+                    .filter(|_| self.resend_oldest && self.cursor > 0)
+                {
+                    self.resend_oldest = false;
+                    self.stats.retransmitted += 1;
+                    self.rto_at = now_ms + u64::from(self.rto);
+                    (u.seq, u.message.clone())
+                } else if let Some(u) = self.window.get(self.cursor) {
                     if after(u.seq, self.highest_sent) {
                         self.highest_sent = u.seq;
                         self.stats.sent += 1;

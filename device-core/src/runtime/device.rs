@@ -13,20 +13,29 @@ use crate::proto::{
 /// accepting messages (the bridge resends them later), so no reject is ever dropped.
 const PENDING_REJECTS: usize = 4;
 
-/// A device: runtime (`N` slots, `L` locks, `C` capabilities) plus session (window `W`).
+/// A device: runtime (`N` slots, `L` locks, `C` capabilities) plus session (window `W`,
+/// reorder buffer `R`, 0 by default: see [`Session`]).
 ///
 /// Firmware drives it like any sans-IO state machine: feed received frames to
 /// [`handle_bytes`](Self::handle_bytes), call [`step`](Self::step) while it returns `true`,
 /// send what [`poll_transmit`](Self::poll_transmit) yields, and sleep until input or
 /// [`poll_timeout`](Self::poll_timeout), calling [`handle_timeout`](Self::handle_timeout) then.
 #[derive(Debug)]
-pub struct Device<const N: usize, const L: usize, const C: usize, const W: usize> {
-    session: Session<W>,
+pub struct Device<
+    const N: usize,
+    const L: usize,
+    const C: usize,
+    const W: usize,
+    const R: usize = 0,
+> {
+    session: Session<W, R>,
     runtime: Runtime<N, L, C>,
     rejects: Deque<Reject, PENDING_REJECTS>,
 }
 
-impl<const N: usize, const L: usize, const C: usize, const W: usize> Device<N, L, C, W> {
+impl<const N: usize, const L: usize, const C: usize, const W: usize, const R: usize>
+    Device<N, L, C, W, R>
+{
     /// A device called `device_id` (at most [`MAX_DEVICE_ID`](crate::proto::MAX_DEVICE_ID)
     /// bytes; `None` if longer) that starts connecting at once. `boot_id` must differ at
     /// every boot (a random number, or a counter kept in flash).
@@ -57,7 +66,7 @@ impl<const N: usize, const L: usize, const C: usize, const W: usize> Device<N, L
     }
 
     /// The session, for its state and counters.
-    pub fn session(&self) -> &Session<W> {
+    pub fn session(&self) -> &Session<W, R> {
         &self.session
     }
 
@@ -75,17 +84,32 @@ impl<const N: usize, const L: usize, const C: usize, const W: usize> Device<N, L
     ) -> Result<Option<Event>, DecodeError> {
         self.session.set_accepting(!self.rejects.is_full());
         let event = self.session.handle_bytes(bytes, now)?;
-        let refused = match &event {
-            Some(Event::Received(Message::Assign(a))) => self.runtime.assign(a.clone(), now).err(),
-            Some(Event::Received(Message::Cancel(c))) => self.runtime.cancel(c.handle).err(),
+        if let Some(e) = &event {
+            self.take(e, now);
+        }
+        // Messages the reorder buffer can now deliver in order.
+        loop {
+            self.session.set_accepting(!self.rejects.is_full());
+            let Some(e) = self.session.poll_event() else {
+                break;
+            };
+            self.take(&e, now);
+        }
+        self.runtime.on_acked(self.session.acked_total());
+        Ok(event)
+    }
+
+    /// Hands a delivered `Assign` or `Cancel` to the runtime, keeping its refusal for sending.
+    fn take(&mut self, event: &Event, now: Instant) {
+        let refused = match event {
+            Event::Received(Message::Assign(a)) => self.runtime.assign(a.clone(), now).err(),
+            Event::Received(Message::Cancel(c)) => self.runtime.cancel(c.handle).err(),
             _ => None,
         };
         if let Some(r) = refused {
             // Room is guaranteed: the session only delivers while `rejects` is not full.
             let _ = self.rejects.push_back(r);
         }
-        self.runtime.on_acked(self.session.acked_total());
-        Ok(event)
     }
 
     /// Acts on the session's timers (retransmission, heartbeat, liveness).
