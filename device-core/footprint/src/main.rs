@@ -1,8 +1,10 @@
 //! Footprint probe for `device-core` (run through `measure.sh` next to this crate).
 //!
-//! - On a bare-metal target it is a `no_main` image whose entry calls every scheduler and lock
-//!   operation of a `Scheduler<8, 4>` on opaque inputs, so that `llvm-size` reports what the
-//!   scheduler + locks cost in flash when firmware uses all of them.
+//! - On a bare-metal target it is a `no_main` image whose entry calls, on opaque inputs, every
+//!   operation of one part, so that `llvm-size` reports what that part costs in flash when
+//!   firmware uses all of it: by default the scheduler + locks of a `Scheduler<8, 4>`; with
+//!   feature `link` the codec + session; with feature `device` a whole `runtime::Device`
+//!   (codec, session, runtime, scheduler).
 //! - On the host it prints the RAM figures (`size_of`) and runs fixed workloads through
 //!   `#[inline(never)]` wrappers, so that `valgrind --tool=callgrind` counts the instructions of
 //!   each operation. The call counts are printed so the script can divide.
@@ -44,15 +46,105 @@ fn exercise(s: &mut Sched) -> usize {
     acc
 }
 
+/// The link part: frame codec and session, as a device uses them.
+#[cfg(feature = "link")]
+fn exercise_link(
+    s: &mut device_core::link::Session<4>,
+    buf: &mut [u8; device_core::proto::MAX_FRAME],
+) -> usize {
+    use device_core::proto::{Message, Reject, RejectReason};
+    let now = Instant::from_millis(black_box(7));
+    let n = black_box(buf.len());
+    let _ = s.handle_bytes(&buf[..n], now);
+    let reason = RejectReason::UnknownLock;
+    let _ = s.send(Message::Reject(Reject {
+        handle: Some(black_box(3)),
+        reason,
+    }));
+    s.set_credit(black_box(2));
+    let _ = s.handle_timeout(now);
+    let mut acc = s.poll_timeout().map_or(0, |t| t.as_millis() as usize);
+    while let Some(k) = s.poll_transmit(now, buf) {
+        acc += k;
+    }
+    acc
+}
+
+/// A whole device: session + runtime + scheduler.
+#[cfg(feature = "device")]
+mod whole_device {
+    use super::*;
+    use device_core::runtime::{Ctx, Runtime, Step};
+
+    /// 8 task slots, 4 locks, 4 capabilities, window 4, no reorder buffer.
+    pub(crate) type Dev = device_core::runtime::Device<8, 4, 4, 4>;
+
+    fn echo(ctx: &mut Ctx<'_>) -> Step {
+        match ctx.result.extend_from_slice(ctx.payload) {
+            Ok(()) => Step::Done,
+            Err(_) => Step::Fail(1),
+        }
+    }
+
+    pub(crate) fn new() -> Option<Dev> {
+        let mut rt = Runtime::new();
+        rt.register("echo", echo).ok()?;
+        Dev::new(
+            "probe",
+            black_box(9),
+            rt,
+            device_core::link::Config::default(),
+            Instant::ZERO,
+        )
+    }
+
+    pub(crate) fn exercise(d: &mut Dev, buf: &mut [u8; device_core::proto::MAX_FRAME]) -> usize {
+        let now = Instant::from_millis(black_box(7));
+        let n = black_box(buf.len());
+        let _ = d.handle_bytes(&buf[..n], now);
+        let _ = d.handle_timeout(now);
+        let mut acc = 0;
+        while d.step(now) {
+            acc += 1;
+        }
+        while let Some(k) = d.poll_transmit(now, buf) {
+            acc += k;
+        }
+        acc + d.poll_timeout().map_or(0, |t| t.as_millis() as usize)
+    }
+}
+
 #[cfg(target_os = "none")]
 mod bare {
     /// Entry symbol of the measured image; the linker keeps what it reaches.
     #[allow(unsafe_code)] // `no_mangle` is the only way to name an entry point.
     #[unsafe(no_mangle)]
     extern "C" fn _start() -> ! {
-        let mut s = super::Sched::new();
-        loop {
-            core::hint::black_box(super::exercise(&mut s));
+        #[cfg(feature = "link")]
+        {
+            use device_core::link::{Config, Session};
+            let mut buf = [0u8; device_core::proto::MAX_FRAME];
+            let mut s = Session::<4>::bridge(Config::default(), device_core::Instant::ZERO);
+            loop {
+                core::hint::black_box(super::exercise_link(&mut s, &mut buf));
+            }
+        }
+        #[cfg(feature = "device")]
+        {
+            let mut buf = [0u8; device_core::proto::MAX_FRAME];
+            let Some(mut d) = super::whole_device::new() else {
+                loop {}
+            };
+            loop {
+                core::hint::black_box(super::whole_device::exercise(&mut d, &mut buf));
+            }
+        }
+        #[cfg(not(any(feature = "link", feature = "device")))]
+        {
+            let mut s = super::Sched::new();
+            loop {
+                core::hint::black_box(super::exercise(&mut s));
+            }
         }
     }
 

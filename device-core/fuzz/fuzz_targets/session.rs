@@ -1,0 +1,216 @@
+//! A bridge session and a device (session + runtime) talking over a link the fuzzer controls:
+//! it delivers, drops, duplicates, reorders and corrupts frames, injects arbitrary bytes,
+//! moves the clock, submits and cancels tasks, and reboots the device. Nothing may panic,
+//! `poll_transmit` must run dry, and the flow-control and window bounds must hold.
+#![no_main]
+
+use std::collections::VecDeque;
+
+use arbitrary::Arbitrary;
+use device_core::link::{Config, Session};
+use device_core::proto::{Assign, Cancel, MAX_FRAME, Message, Payload};
+use device_core::runtime::{Ctx, Device, Runtime, Step};
+use device_core::{Instant, Priority};
+use libfuzzer_sys::fuzz_target;
+
+const SLOTS: usize = 4;
+const BRIDGE_WINDOW: usize = 8;
+type Dev = Device<SLOTS, 2, 2, 4, 2>;
+type Bridge = Session<BRIDGE_WINDOW, 4>;
+
+fn echo(ctx: &mut Ctx<'_>) -> Step {
+    let _ = ctx.result.extend_from_slice(ctx.payload);
+    Step::Done
+}
+
+fn slow(ctx: &mut Ctx<'_>) -> Step {
+    if ctx.step >= u32::from(ctx.payload.first().copied().unwrap_or(0) % 8) {
+        Step::Done
+    } else {
+        Step::Continue
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Tick(u16),
+    /// Move the oldest (or newest) frame of one direction: deliver, drop, or deliver twice,
+    /// optionally with one bit flipped.
+    Move {
+        to_device: bool,
+        newest: bool,
+        fate: u8,
+        flip: Option<(u16, u8)>,
+    },
+    Inject {
+        to_device: bool,
+        bytes: Vec<u8>,
+    },
+    Assign {
+        handle: u8,
+        slow: bool,
+        priority: u8,
+        payload: u8,
+        deadline: Option<u16>,
+        lock: Option<u8>,
+    },
+    Cancel(u8),
+    Steps(u8),
+    Reboot,
+}
+
+fn device(boot: u32, now: Instant) -> Dev {
+    let mut rt = Runtime::new();
+    let _ = rt.register("echo", echo);
+    let _ = rt.register("slow", slow);
+    Dev::new("fuzz", boot, rt, Config::default(), now).expect("valid id")
+}
+
+struct World {
+    now: u64,
+    boot: u32,
+    dev: Dev,
+    br: Bridge,
+    to_device: VecDeque<Vec<u8>>,
+    to_bridge: VecDeque<Vec<u8>>,
+}
+
+impl World {
+    fn flush(&mut self) {
+        let t = Instant::from_millis(self.now);
+        let mut buf = [0u8; MAX_FRAME];
+        for _ in 0..=64 {
+            let Some(n) = self.dev.poll_transmit(t, &mut buf) else {
+                break;
+            };
+            self.to_bridge.push_back(buf[..n].to_vec());
+        }
+        assert!(
+            self.dev.poll_transmit(t, &mut buf).is_none(),
+            "device poll_transmit never runs dry"
+        );
+        for _ in 0..=64 {
+            let Some(n) = self.br.poll_transmit(t, &mut buf) else {
+                break;
+            };
+            self.to_device.push_back(buf[..n].to_vec());
+        }
+        assert!(
+            self.br.poll_transmit(t, &mut buf).is_none(),
+            "bridge poll_transmit never runs dry"
+        );
+        // Keep the queues bounded: a real link has finite buffers.
+        self.to_device.truncate(256);
+        self.to_bridge.truncate(256);
+    }
+
+    fn deliver(&mut self, to_device: bool, bytes: &[u8]) {
+        let t = Instant::from_millis(self.now);
+        if to_device {
+            let _ = self.dev.handle_bytes(bytes, t);
+        } else {
+            let _ = self.br.handle_bytes(bytes, t);
+            while self.br.poll_event().is_some() {}
+        }
+    }
+
+    fn check(&self) {
+        assert!(self.br.unacknowledged() <= BRIDGE_WINDOW);
+        assert!(
+            usize::from(self.br.credit()) <= SLOTS,
+            "credit beyond the device's slots"
+        );
+        assert!(usize::from(self.dev.runtime().free_slots()) <= SLOTS);
+    }
+}
+
+fuzz_target!(|ops: Vec<Op>| {
+    let mut w = World {
+        now: 0,
+        boot: 1,
+        dev: device(1, Instant::ZERO),
+        br: Bridge::bridge(Config::default(), Instant::ZERO),
+        to_device: VecDeque::new(),
+        to_bridge: VecDeque::new(),
+    };
+    for op in ops.into_iter().take(512) {
+        let t = Instant::from_millis(w.now);
+        match op {
+            Op::Tick(ms) => {
+                w.now += u64::from(ms);
+                let t = Instant::from_millis(w.now);
+                w.dev.handle_timeout(t);
+                w.br.handle_timeout(t);
+                if w.br.state() == device_core::link::State::Closed {
+                    w.br = Bridge::bridge(Config::default(), t);
+                }
+            }
+            Op::Move {
+                to_device,
+                newest,
+                fate,
+                flip,
+            } => {
+                let q = if to_device {
+                    &mut w.to_device
+                } else {
+                    &mut w.to_bridge
+                };
+                let Some(mut bytes) = (if newest { q.pop_back() } else { q.pop_front() }) else {
+                    continue;
+                };
+                if let Some((at, bit)) = flip {
+                    if !bytes.is_empty() {
+                        let i = usize::from(at) % bytes.len();
+                        bytes[i] ^= 1 << (bit % 8);
+                    }
+                }
+                for _ in 0..(fate % 3) {
+                    w.deliver(to_device, &bytes);
+                }
+            }
+            Op::Inject { to_device, bytes } => w.deliver(to_device, &bytes),
+            Op::Assign {
+                handle,
+                slow,
+                priority,
+                payload,
+                deadline,
+                lock,
+            } => {
+                let mut locks = heapless::Vec::new();
+                if let Some(l) = lock {
+                    let _ = locks.push(l % 3);
+                }
+                let a = Assign {
+                    handle: u32::from(handle),
+                    priority: Priority::from_level(priority % 6).unwrap_or(Priority::P3),
+                    deadline_ms: deadline.map(u32::from),
+                    capability: (if slow { "slow" } else { "echo" }).try_into().unwrap(),
+                    locks,
+                    payload: Payload::from_slice(&[payload; 3]).unwrap(),
+                    trace_id: heapless::String::new(),
+                };
+                let _ = w.br.send(Message::Assign(a));
+            }
+            Op::Cancel(h) => {
+                let _ = w.br.send(Message::Cancel(Cancel {
+                    handle: u32::from(h),
+                }));
+            }
+            Op::Steps(n) => {
+                for _ in 0..n % 16 {
+                    if !w.dev.step(t) {
+                        break;
+                    }
+                }
+            }
+            Op::Reboot => {
+                w.boot += 1;
+                w.dev = device(w.boot, t);
+            }
+        }
+        w.flush();
+        w.check();
+    }
+});
