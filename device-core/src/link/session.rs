@@ -1,6 +1,7 @@
 use heapless::Deque;
 
 use crate::Instant;
+use crate::proto::wire::Body;
 use crate::proto::{
     self, DecodeError, Frame, Hello, Message, PROTOCOL_VERSION, Reject, RejectReason, Welcome,
 };
@@ -143,15 +144,17 @@ pub(super) const fn after(a: u32, b: u32) -> bool {
 /// earlier session (a datagram, bytes left in a UART buffer) falls outside the new session's
 /// window instead of being taken for one of its messages.
 pub(super) const fn initial_seq(boot_id: u32, session_id: u32, role: Role) -> u32 {
-    let salt = match role {
+    let salt: u32 = match role {
         Role::Device => 0x0D0D_0D0D,
         Role::Bridge => 0xB0B0_B0B0,
     };
-    // splitmix64's finaliser: every input bit affects every output bit.
-    let mut z = (((boot_id as u64) << 32) | session_id as u64) ^ salt;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    let seq = (z ^ (z >> 31)) as u32;
+    // murmur3's 32-bit finaliser over a mix of the inputs: every input bit affects every
+    // output bit, with 32-bit multiplies only (cheap on Cortex-M0).
+    let mut z = boot_id ^ session_id.rotate_left(16) ^ salt;
+    z = (z ^ (z >> 16)).wrapping_mul(0x85EB_CA6B);
+    z = (z ^ (z >> 13)).wrapping_mul(0xC2B2_AE35);
+    z ^= z >> 16;
+    let seq = z.wrapping_add(session_id);
     if seq == 0 { 1 } else { seq }
 }
 
@@ -656,58 +659,61 @@ impl<const W: usize, const R: usize> Session<W, R> {
     /// `None` after every input and timeout.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
         let now_ms = now.as_millis();
-        let (seq, message) = match (self.control.take(), self.state) {
-            (Some(control), _) => (0, control),
-            (None, State::Closed) => return None,
-            (None, State::Connecting) => {
-                let hello = self.hello.as_ref().filter(|_| now_ms >= self.hello_at)?;
-                let m = Message::Hello(hello.clone());
-                self.hello_at = now_ms.saturating_add(u64::from(self.hello_rto));
-                self.hello_rto = self.hello_rto.saturating_mul(2).min(self.config.max_rto_ms);
-                (0, m)
-            }
-            (None, State::Established) => {
-                if let Some(u) = self
-                    .window
-                    .front()
-                    .filter(|_| self.resend_oldest && self.cursor > 0)
-                {
-                    self.resend_oldest = false;
-                    self.stats.retransmitted += 1;
-                    self.rto_at = now_ms + u64::from(self.rto);
-                    (u.seq, u.message.clone())
-                } else if let Some(u) = self.window.get(self.cursor) {
-                    if after(u.seq, self.highest_sent) {
-                        self.highest_sent = u.seq;
-                        self.stats.sent += 1;
-                    } else {
+        let (ack, credit) = (self.delivered, self.local_credit);
+        // Decide what goes out and do the bookkeeping; then encode it where it is kept.
+        let n = if let Some(control) = self.control.take() {
+            proto::encode_message(0, ack, credit, &control, out).ok()?
+        } else {
+            match self.state {
+                State::Closed => return None,
+                State::Connecting => {
+                    let hello = self.hello.as_ref().filter(|_| now_ms >= self.hello_at)?;
+                    let n = proto::encode_body(0, ack, credit, Body::Hello(hello), out).ok()?;
+                    self.hello_at = now_ms.saturating_add(u64::from(self.hello_rto));
+                    self.hello_rto = self.hello_rto.saturating_mul(2).min(self.config.max_rto_ms);
+                    n
+                }
+                State::Established => {
+                    let index = if self.resend_oldest && self.cursor > 0 && !self.window.is_empty()
+                    {
+                        self.resend_oldest = false;
                         self.stats.retransmitted += 1;
-                    }
-                    if self.rto_at == u64::MAX {
                         self.rto_at = now_ms + u64::from(self.rto);
+                        Some(0)
+                    } else if let Some(seq) = self.window.get(self.cursor).map(|u| u.seq) {
+                        if after(seq, self.highest_sent) {
+                            self.highest_sent = seq;
+                            self.stats.sent += 1;
+                        } else {
+                            self.stats.retransmitted += 1;
+                        }
+                        if self.rto_at == u64::MAX {
+                            self.rto_at = now_ms + u64::from(self.rto);
+                        }
+                        self.cursor += 1;
+                        Some(self.cursor - 1)
+                    } else {
+                        None
+                    };
+                    let heartbeat_due = now_ms
+                        >= self
+                            .last_tx
+                            .saturating_add(u64::from(self.config.heartbeat_ms));
+                    match index.and_then(|i| self.window.get(i)) {
+                        Some(u) => {
+                            proto::encode_message(u.seq, ack, credit, &u.message, out).ok()?
+                        }
+                        None if self.ack_owed => {
+                            proto::encode_message(0, ack, credit, &Message::Ack, out).ok()?
+                        }
+                        None if heartbeat_due => {
+                            proto::encode_message(0, ack, credit, &Message::Heartbeat, out).ok()?
+                        }
+                        None => return None,
                     }
-                    self.cursor += 1;
-                    (u.seq, u.message.clone())
-                } else if self.ack_owed {
-                    (0, Message::Ack)
-                } else if now_ms
-                    >= self
-                        .last_tx
-                        .saturating_add(u64::from(self.config.heartbeat_ms))
-                {
-                    (0, Message::Heartbeat)
-                } else {
-                    return None;
                 }
             }
         };
-        let frame = Frame {
-            seq,
-            ack: self.delivered,
-            credit: self.local_credit,
-            message,
-        };
-        let n = proto::encode(&frame, out).ok()?;
         self.ack_owed = false;
         self.last_tx = now_ms;
         Some(n)

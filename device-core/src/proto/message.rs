@@ -1,6 +1,8 @@
 //! The messages of the device link. Field order is the wire order (postcard encodes structs as
 //! their fields in sequence and enum variants as a varint index), so reordering fields or
-//! variants is a wire change: the golden tests in `proto::tests` catch it.
+//! variants is a wire change: the golden tests in `proto::tests` catch it. The serde derives
+//! define the format; `wire` implements it by hand for flash size, and a test proves the two
+//! agree.
 
 use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
@@ -147,6 +149,21 @@ pub enum TaskReport {
 }
 
 impl TaskReport {
+    /// Number of variants.
+    pub(crate) const COUNT: u32 = 5;
+
+    /// The variant with wire index `i`.
+    pub(crate) const fn from_index(i: u32) -> Option<Self> {
+        Some(match i {
+            0 => Self::Running,
+            1 => Self::Completed,
+            2 => Self::Failed,
+            3 => Self::Expired,
+            4 => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
     /// Whether no further report will follow for the handle.
     pub const fn is_terminal(self) -> bool {
         !matches!(self, Self::Running)
@@ -194,6 +211,26 @@ pub enum RejectReason {
     Finished,
     /// A `Cancel` for a handle the device does not have.
     UnknownTask,
+}
+
+impl RejectReason {
+    /// Number of variants.
+    pub(crate) const COUNT: u32 = 8;
+
+    /// The variant with wire index `i`.
+    pub(crate) const fn from_index(i: u32) -> Option<Self> {
+        Some(match i {
+            0 => Self::UnsupportedVersion,
+            1 => Self::NoFreeSlot,
+            2 => Self::UnknownCapability,
+            3 => Self::PayloadTooLarge,
+            4 => Self::UnknownLock,
+            5 => Self::NoSession,
+            6 => Self::Finished,
+            7 => Self::UnknownTask,
+            _ => return None,
+        })
+    }
 }
 
 impl core::fmt::Display for RejectReason {

@@ -13,6 +13,7 @@ mod crc;
 mod message;
 #[cfg(test)]
 mod tests;
+pub(crate) mod wire;
 
 use core::fmt;
 
@@ -120,15 +121,48 @@ impl core::error::Error for DecodeError {}
 
 /// Encodes `frame` into `out` (COBS, CRC and the trailing `0x00`); returns the length used.
 pub fn encode(frame: &Frame, out: &mut [u8]) -> Result<usize, EncodeError> {
+    encode_message(frame.seq, frame.ack, frame.credit, &frame.message, out)
+}
+
+/// Encodes the frame (`seq`, `ack`, `credit`, `message`) without building a [`Frame`], so a
+/// sender can encode a message it keeps (a retransmission window) without copying it.
+pub fn encode_message(
+    seq: u32,
+    ack: u32,
+    credit: u8,
+    message: &Message,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    encode_body(seq, ack, credit, wire::Body::Message(message), out)
+}
+
+/// As [`encode_message`], for a body borrowed in any form.
+pub(crate) fn encode_body(
+    seq: u32,
+    ack: u32,
+    credit: u8,
+    body: wire::Body<'_>,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    let mut raw = [0u8; MAX_MESSAGE];
+    let mut w = wire::Writer::new(&mut raw);
+    wire::write_body(&mut w, seq, ack, credit, body).map_err(|_| EncodeError::BufferTooSmall)?;
+    let n = w.written();
+    seal(&raw[..n], out)
+}
+
+/// Frames an already-encoded message body: appends the CRC, COBS-encodes and adds the `0x00`
+/// delimiter. (Tests and fuzzers use it to reach the message parser behind the CRC.)
+pub fn seal(body: &[u8], out: &mut [u8]) -> Result<usize, EncodeError> {
     let mut raw = [0u8; MAX_MESSAGE + CRC_LEN];
-    let used = postcard::to_slice(frame, &mut raw[..MAX_MESSAGE])
-        .map_err(|_| EncodeError::BufferTooSmall)?
-        .len();
-    let crc = crc32(&raw[..used]);
-    raw[used..used + CRC_LEN].copy_from_slice(&crc.to_le_bytes());
-    let n = cobs::encode(&raw[..used + CRC_LEN], out).ok_or(EncodeError::BufferTooSmall)?;
-    *out.get_mut(n).ok_or(EncodeError::BufferTooSmall)? = 0;
-    Ok(n + 1)
+    let n = body.len();
+    raw.get_mut(..n)
+        .ok_or(EncodeError::BufferTooSmall)?
+        .copy_from_slice(body);
+    raw[n..n + CRC_LEN].copy_from_slice(&crc32(body).to_le_bytes());
+    let m = cobs::encode(&raw[..n + CRC_LEN], out).ok_or(EncodeError::BufferTooSmall)?;
+    *out.get_mut(m).ok_or(EncodeError::BufferTooSmall)? = 0;
+    Ok(m + 1)
 }
 
 /// Decodes one frame: `bytes` is everything between two delimiters (a trailing `0x00`, if
@@ -153,25 +187,24 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
         return Err(DecodeError::BadCrc);
     }
     check_header(body)?;
-    match postcard::take_from_bytes::<Frame>(body) {
-        Ok((frame, [])) => Ok(frame),
-        _ => Err(DecodeError::Malformed),
-    }
+    wire::read_frame(&mut wire::Reader::new(body)).map_err(|_| DecodeError::Malformed)
 }
 
 /// Reads the header and, for `Hello`/`Welcome`, the version, before the full decode.
 fn check_header(body: &[u8]) -> Result<(), DecodeError> {
     const HELLO: u32 = 0;
     const WELCOME: u32 = 1;
-    const LAST: u32 = 7;
-    let ((_seq, _ack, _credit, tag), rest) = postcard::take_from_bytes::<(u32, u32, u8, u32)>(body)
-        .map_err(|_| DecodeError::Malformed)?;
-    if tag > LAST {
+    let mut r = wire::Reader::new(body);
+    let malformed = |_| DecodeError::Malformed;
+    r.u32().map_err(malformed)?; // seq
+    r.u32().map_err(malformed)?; // ack
+    r.byte().map_err(malformed)?; // credit
+    let tag = r.u32().map_err(malformed)?;
+    if tag >= wire::MESSAGES {
         return Err(DecodeError::UnknownMessage(tag));
     }
     if tag == HELLO || tag == WELCOME {
-        let (version, _) =
-            postcard::take_from_bytes::<u16>(rest).map_err(|_| DecodeError::Malformed)?;
+        let version = r.u16().map_err(malformed)?;
         if version != PROTOCOL_VERSION {
             return Err(DecodeError::UnsupportedVersion(version));
         }

@@ -297,3 +297,277 @@ fn deframer_splits_streams_and_resynchronises_after_garbage() {
         ]
     );
 }
+
+mod same_as_postcard {
+    //! The hand-written codec (`wire`) against postcard with the serde derives, which define
+    //! the format: identical bytes for every frame, identical verdicts for any bytes.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text<const N: usize>(max: usize) -> impl Strategy<Value = heapless::String<N>> {
+        proptest::collection::vec(
+            prop_oneof![Just('a'), Just('.'), Just('é'), Just('€'), any::<char>()],
+            0..=max,
+        )
+        .prop_map(|cs| {
+            let mut s = heapless::String::new();
+            for c in cs {
+                if s.push(c).is_err() {
+                    break;
+                }
+            }
+            s
+        })
+    }
+
+    fn bytes<const N: usize>() -> impl Strategy<Value = heapless::Vec<u8, N>> {
+        proptest::collection::vec(any::<u8>(), 0..=N)
+            .prop_map(|b| heapless::Vec::from_slice(&b).unwrap())
+    }
+
+    /// Small numbers most of the time, every varint length some of the time.
+    fn num() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            0..200u32,
+            any::<u32>(),
+            Just(u32::MAX),
+            Just(127),
+            Just(128),
+            Just(16383),
+            Just(16384)
+        ]
+    }
+
+    fn priority() -> impl Strategy<Value = Priority> {
+        (0..6u8).prop_map(|p| Priority::from_level(p).unwrap())
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (
+                any::<u16>(),
+                text(MAX_DEVICE_ID),
+                num(),
+                num(),
+                proptest::collection::vec(text(MAX_CAPABILITY_NAME), 0..=MAX_CAPABILITIES),
+                any::<u8>(),
+                any::<u16>()
+            )
+                .prop_map(
+                    |(version, device_id, boot_id, session_id, caps, slots, max_payload)| {
+                        Message::Hello(Hello {
+                            version,
+                            device_id,
+                            boot_id,
+                            session_id,
+                            capabilities: heapless::Vec::from_slice(&caps).unwrap(),
+                            slots,
+                            max_payload,
+                        })
+                    }
+                ),
+            (any::<u16>(), num(), num(), num()).prop_map(
+                |(version, session_id, heartbeat_ms, liveness_ms)| {
+                    Message::Welcome(Welcome {
+                        version,
+                        session_id,
+                        heartbeat_ms,
+                        liveness_ms,
+                    })
+                }
+            ),
+            (
+                num(),
+                priority(),
+                proptest::option::of(num()),
+                text(MAX_CAPABILITY_NAME),
+                bytes(),
+                bytes(),
+                text(MAX_TRACE_ID)
+            )
+                .prop_map(
+                    |(handle, priority, deadline_ms, capability, locks, payload, trace_id)| {
+                        Message::Assign(Assign {
+                            handle,
+                            priority,
+                            deadline_ms,
+                            capability,
+                            locks,
+                            payload,
+                            trace_id,
+                        })
+                    }
+                ),
+            num().prop_map(|handle| Message::Cancel(Cancel { handle })),
+            (
+                num(),
+                0..TaskReport::COUNT,
+                bytes(),
+                proptest::option::of(any::<u16>())
+            )
+                .prop_map(|(handle, s, result, error)| {
+                    Message::Report(Report {
+                        handle,
+                        state: TaskReport::from_index(s).unwrap(),
+                        result,
+                        error,
+                    })
+                }),
+            Just(Message::Heartbeat),
+            Just(Message::Ack),
+            (proptest::option::of(num()), 0..RejectReason::COUNT).prop_map(|(handle, r)| {
+                Message::Reject(Reject {
+                    handle,
+                    reason: RejectReason::from_index(r).unwrap(),
+                })
+            }),
+        ]
+    }
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        (num(), num(), any::<u8>(), message()).prop_map(|(seq, ack, credit, message)| Frame {
+            seq,
+            ack,
+            credit,
+            message,
+        })
+    }
+
+    fn hand_encode(f: &Frame) -> Vec<u8> {
+        let mut buf = [0u8; MAX_MESSAGE];
+        let mut w = wire::Writer::new(&mut buf);
+        wire::write_frame(&mut w, f.seq, f.ack, f.credit, &f.message).unwrap();
+        let n = w.written();
+        buf[..n].to_vec()
+    }
+
+    fn hand_decode(body: &[u8]) -> Option<Frame> {
+        wire::read_frame(&mut wire::Reader::new(body)).ok()
+    }
+
+    fn postcard_decode(body: &[u8]) -> Option<Frame> {
+        match postcard::take_from_bytes::<Frame>(body) {
+            Ok((f, [])) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Corruptions that keep most of a valid body: the interesting inputs for a decoder.
+    #[derive(Clone, Debug)]
+    enum Mutation {
+        Set(usize, u8),
+        Insert(usize, u8),
+        Remove(usize),
+        Truncate(usize),
+        /// Overwrite with a boundary varint: over-long, overflowing or non-canonical.
+        /// (Offsets below zero count from the end.)
+        Varint(isize, &'static [u8]),
+    }
+
+    /// Varints at the edges of what u16, u32 and usize accept, and one past the last variant
+    /// of each enum (TaskReport 5, Priority 6, Message and RejectReason 8).
+    const EDGE_VARINTS: [&[u8]; 11] = [
+        &[0x05],
+        &[0x06],
+        &[0x08],
+        &[0xFF, 0xFF, 0x03],                   // u16::MAX
+        &[0xFF, 0xFF, 0x04],                   // u16 overflow
+        &[0xFF, 0xFF, 0xFF, 0xFF, 0x0F],       // u32::MAX
+        &[0xFF, 0xFF, 0xFF, 0xFF, 0x10],       // u32 overflow
+        &[0x80, 0x00],                         // non-canonical 0
+        &[0x81, 0x80, 0x00],                   // non-canonical 1
+        &[0x80, 0x80, 0x80, 0x80, 0x80, 0x00], // 0 in six bytes: usize only on 64-bit
+        &[0x80, 0x80, 0x80],                   // unterminated
+    ];
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (
+                any::<usize>(),
+                prop_oneof![any::<u8>(), Just(0x80), Just(0xFF), Just(0x00)]
+            )
+                .prop_map(|(i, b)| Mutation::Set(i, b)),
+            (any::<usize>(), prop_oneof![Just(0x80), any::<u8>()])
+                .prop_map(|(i, b)| Mutation::Insert(i, b)),
+            any::<usize>().prop_map(Mutation::Remove),
+            any::<usize>().prop_map(Mutation::Truncate),
+            // Fields sit at fixed offsets from the start (header, versions) or the end
+            // (options, error codes): aim there more often than anywhere.
+            (
+                prop_oneof![0..12isize, -8..0isize, any::<isize>()],
+                proptest::sample::select(&EDGE_VARINTS[..])
+            )
+                .prop_map(|(i, v)| Mutation::Varint(i, v)),
+        ]
+    }
+
+    fn apply(mut body: Vec<u8>, ms: &[Mutation]) -> Vec<u8> {
+        for m in ms {
+            let n = body.len().max(1);
+            match *m {
+                Mutation::Set(i, b) if !body.is_empty() => body[i % n] = b,
+                Mutation::Insert(i, b) => body.insert(i % (body.len() + 1), b),
+                Mutation::Remove(i) if !body.is_empty() => {
+                    body.remove(i % n);
+                }
+                Mutation::Truncate(i) => body.truncate(i % n),
+                Mutation::Varint(i, v) => {
+                    let at = if i < 0 {
+                        n.saturating_sub(i.unsigned_abs())
+                    } else {
+                        i as usize % n
+                    };
+                    body.splice(at..(at + v.len()).min(body.len()), v.iter().copied());
+                }
+                _ => {}
+            }
+        }
+        body
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3_000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn encoding_is_byte_for_byte_postcards(f in frame()) {
+            let reference = postcard::to_allocvec(&f).unwrap();
+            prop_assert_eq!(hand_encode(&f), reference);
+            prop_assert_eq!(hand_decode(&hand_encode(&f)), Some(f));
+        }
+
+        #[test]
+        fn decoding_agrees_with_postcard_on_corrupted_frames(f in frame(), ms in proptest::collection::vec(mutation(), 1..4)) {
+            let body = apply(hand_encode(&f), &ms);
+            prop_assert_eq!(hand_decode(&body), postcard_decode(&body));
+        }
+
+        #[test]
+        fn decoding_agrees_with_postcard_on_edge_varints(
+            f in frame(),
+            k in 0..16usize,
+            edge in proptest::sample::select(&EDGE_VARINTS[..]),
+        ) {
+            let mut buf = [0u8; MAX_MESSAGE + 16];
+            let mut w = wire::Writer::new(&mut buf);
+            w.fault = Some((k, edge));
+            wire::write_frame(&mut w, f.seq, f.ack, f.credit, &f.message).unwrap();
+            let n = w.written();
+            prop_assert_eq!(hand_decode(&buf[..n]), postcard_decode(&buf[..n]));
+        }
+
+        #[test]
+        fn decoding_agrees_with_postcard_on_bad_option_tags(f in frame(), k in 0..2usize, tag in 0..4u8) {
+            let mut buf = [0u8; MAX_MESSAGE];
+            let mut w = wire::Writer::new(&mut buf);
+            w.option_fault = Some((k, tag));
+            wire::write_frame(&mut w, f.seq, f.ack, f.credit, &f.message).unwrap();
+            let n = w.written();
+            prop_assert_eq!(hand_decode(&buf[..n]), postcard_decode(&buf[..n]));
+        }
+
+        #[test]
+        fn decoding_agrees_with_postcard_on_any_bytes(body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(hand_decode(&body), postcard_decode(&body));
+        }
+    }
+}
