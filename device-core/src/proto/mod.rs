@@ -67,11 +67,16 @@ pub const MAX_FRAME: usize = cobs::max_encoded_len(MAX_MESSAGE + CRC_LEN) + 1;
 pub enum EncodeError {
     /// The output buffer is smaller than the frame (use [`MAX_FRAME`]).
     BufferTooSmall,
+    /// The message body is longer than [`MAX_MESSAGE`].
+    Oversize,
 }
 
 impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("output buffer too small for the frame")
+        f.write_str(match self {
+            Self::BufferTooSmall => "output buffer too small for the frame",
+            Self::Oversize => "message longer than MAX_MESSAGE",
+        })
     }
 }
 
@@ -154,11 +159,12 @@ pub(crate) fn encode_body(
 /// Frames an already-encoded message body: appends the CRC, COBS-encodes and adds the `0x00`
 /// delimiter. (Tests and fuzzers use it to reach the message parser behind the CRC.)
 pub fn seal(body: &[u8], out: &mut [u8]) -> Result<usize, EncodeError> {
-    let mut raw = [0u8; MAX_MESSAGE + CRC_LEN];
     let n = body.len();
-    raw.get_mut(..n)
-        .ok_or(EncodeError::BufferTooSmall)?
-        .copy_from_slice(body);
+    if n > MAX_MESSAGE {
+        return Err(EncodeError::Oversize);
+    }
+    let mut raw = [0u8; MAX_MESSAGE + CRC_LEN];
+    raw[..n].copy_from_slice(body);
     raw[n..n + CRC_LEN].copy_from_slice(&crc32(body).to_le_bytes());
     let m = cobs::encode(&raw[..n + CRC_LEN], out).ok_or(EncodeError::BufferTooSmall)?;
     *out.get_mut(m).ok_or(EncodeError::BufferTooSmall)? = 0;

@@ -207,6 +207,24 @@ fn every_corruption_is_a_typed_error() {
 }
 
 #[test]
+fn seal_refuses_bodies_longer_than_max_message() {
+    // Found by the frame_decode fuzzer: a body of MAX_MESSAGE + 1..=4 bytes used to index past
+    // the CRC scratch buffer.
+    let mut out = [0u8; MAX_FRAME + 8];
+    for extra in 1..=5 {
+        assert_eq!(
+            seal(&vec![7u8; MAX_MESSAGE + extra], &mut out),
+            Err(EncodeError::Oversize)
+        );
+    }
+    assert!(seal(&[7u8; MAX_MESSAGE], &mut out).is_ok());
+    assert_eq!(
+        seal(&[7u8; 10], &mut [0u8; 4]),
+        Err(EncodeError::BufferTooSmall)
+    );
+}
+
+#[test]
 fn the_largest_message_of_every_kind_fits_max_frame() {
     let full = |c: char, n: usize| {
         let mut t = heapless::String::new();
