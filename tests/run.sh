@@ -8,6 +8,8 @@ step() { printf '\n==> %s\n' "$*"; }
 die() { printf 'tests/run.sh: %s\n' "$*" >&2; exit 1; }
 
 THUMB_TARGETS=(thumbv6m-none-eabi thumbv7m-none-eabi thumbv7em-none-eabihf)
+# Seconds each fuzz target runs (override for a longer local campaign).
+FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 
 step "toolchain"
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
@@ -25,6 +27,9 @@ components=$(rustup component list --installed)
 for c in rustfmt clippy; do
   grep -q "^$c" <<<"$components" || rustup component add "$c"
 done
+# The fuzzers need the nightly toolchain (sanitizer flags) and cargo-fuzz.
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 cargo --version
 
 step "format"
@@ -47,5 +52,17 @@ done
 # The footprint image links a whole Scheduler<8, 4> for Cortex-M4F, so a change that pulls
 # in std, alloc or an unlinkable symbol fails here rather than in someone's firmware.
 cargo build -p device-core-footprint --profile footprint --target thumbv7em-none-eabihf
+
+step "fuzzing device-core (${FUZZ_SECONDS} s per target)"
+for target in frame_decode session; do
+  log="target/fuzz-$target.log"
+  # A crash makes cargo fuzz exit non-zero and leaves the input under fuzz/artifacts/.
+  if ! (cd device-core/fuzz && cargo +nightly fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS") >"$log" 2>&1; then
+    tail -n 40 "$log"
+    die "fuzz target $target failed: see $log and device-core/fuzz/artifacts/$target/"
+  fi
+  runs=$(grep -E '^Done [0-9]+ runs' "$log") || die "fuzz target $target printed no run count: see $log"
+  echo "$target: $runs"
+done
 
 step "all checks passed"

@@ -1,7 +1,5 @@
 //! Runtime rules, one test each, driving the runtime directly as `Device` does.
 
-use std::cell::RefCell;
-
 use super::*;
 use crate::Priority;
 
@@ -9,7 +7,8 @@ type R = Runtime<3, 2, 4>;
 
 thread_local! {
     /// (handle, step) of every handler call, to see what ran when.
-    static TRACE: RefCell<std::vec::Vec<(Handle, u32)>> = const { RefCell::new(std::vec::Vec::new()) };
+    static TRACE: std::cell::RefCell<std::vec::Vec<(Handle, u32)>> =
+        const { std::cell::RefCell::new(std::vec::Vec::new()) };
 }
 
 fn traced(ctx: &Ctx<'_>) {
