@@ -21,23 +21,31 @@ echo "== RAM on $target (rustc -Zprint-type-sizes)"
 rustup target add --toolchain nightly "$target" >/dev/null 2>&1
 touch device-core/footprint/src/main.rs
 cargo +nightly rustc -q -p device-core-footprint --profile footprint --target "$target" \
-  --target-dir target/type-sizes -- -Zprint-type-sizes 2>/dev/null |
-  grep -E 'type: `device_core::(Scheduler<8, 4>|sched::Slot|sched::locks::LockSlot)`' |
+  --features device --target-dir target/type-sizes -- -Zprint-type-sizes 2>/dev/null |
+  grep -E 'type: `device_core::(Scheduler<8, 4>|sched::Slot|sched::locks::LockSlot|runtime::Device<8, 4, 4, 4>|runtime::Runtime<8, 4, 4>|link::Session<4>|runtime::Task|proto::Message|link::session::Unacked)`' |
   sed -e 's/print-type-size type: //' -e 's/device_core::sched::Slot/task slot (sched::Slot)/' \
-      -e 's/device_core::sched::locks::LockSlot/lock (sched::locks::LockSlot)/'
+      -e 's/device_core::sched::locks::LockSlot/lock (sched::locks::LockSlot)/' | sort -u
 
 echo
-echo "== .text on $target, opt-level s + LTO (llvm-size -A)"
-cargo build -q -p device-core-footprint --profile footprint --target "$target"
-image=target/$target/footprint/device-core-footprint
-"$llvm_bin/llvm-size" -A "$image" | grep -E '^(\.text|\.rodata)'
-text=$("$llvm_bin/llvm-size" -A "$image" | awk '$1==".text"{print $2}')
-builtins=0
-while read -r _ size _ name; do
-  case "$name" in *compiler_builtins*|__aeabi_mem*) builtins=$((builtins + 16#$size)) ;; esac
-done < <("$llvm_bin/llvm-nm" -S -C "$image")
-echo "of which compiler_builtins (memcpy, present in any firmware): $builtins bytes"
-echo "scheduler + locks: $((text - builtins)) bytes"
+echo "== .text on $target, opt-level s + LTO (llvm-size -A; compiler_builtins' memcpy/memclr,"
+echo "   which every firmware links anyway, counted apart)"
+for part in scheduler link device; do
+  features=()
+  [ "$part" = scheduler ] || features=(--features "$part")
+  cargo build -q -p device-core-footprint --profile footprint --target "$target" "${features[@]}" 2>/dev/null
+  image=target/$target/footprint/device-core-footprint
+  text=$("$llvm_bin/llvm-size" -A "$image" | awk '$1==".text"{print $2}')
+  builtins=0
+  while read -r _ size _ name; do
+    case "$name" in *compiler_builtins*|__aeabi_mem*) builtins=$((builtins + 16#$size)) ;; esac
+  done < <("$llvm_bin/llvm-nm" -S -C "$image")
+  case "$part" in
+    scheduler) label="scheduler + locks" ;;
+    link) label="codec + session" ;;
+    device) label="whole Device (codec, session, runtime, scheduler)" ;;
+  esac
+  printf '%-52s %6d bytes (image %d, builtins %d)\n' "$label" $((text - builtins)) "$text" "$builtins"
+done
 
 echo
 echo "== instructions per operation on the host, Scheduler<8, 4> (valgrind --tool=callgrind)"

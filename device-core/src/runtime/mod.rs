@@ -76,7 +76,7 @@ pub type Handler = fn(&mut Ctx<'_>) -> Step;
 
 /// A task's runtime data, in the slot the scheduler gave it.
 #[derive(Debug)]
-struct Task {
+pub(crate) struct Task {
     id: TaskId,
     handle: Handle,
     handler: Handler,
