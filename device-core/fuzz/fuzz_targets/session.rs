@@ -66,6 +66,20 @@ fn device(boot: u32, now: Instant) -> Dev {
     Dev::new("fuzz", boot, rt, Config::default(), now).expect("valid id")
 }
 
+/// Queues everything `poll` has to send; it must run dry within a bounded number of frames.
+fn drain(
+    mut poll: impl FnMut(&mut [u8]) -> Option<usize>,
+    into: &mut VecDeque<Vec<u8>>,
+    who: &str,
+) {
+    let mut buf = [0u8; MAX_FRAME];
+    for _ in 0..=64 {
+        let Some(n) = poll(&mut buf) else { return };
+        into.push_back(buf[..n].to_vec());
+    }
+    panic!("{who} poll_transmit never runs dry");
+}
+
 struct World {
     now: u64,
     boot: u32,
@@ -78,26 +92,15 @@ struct World {
 impl World {
     fn flush(&mut self) {
         let t = Instant::from_millis(self.now);
-        let mut buf = [0u8; MAX_FRAME];
-        for _ in 0..=64 {
-            let Some(n) = self.dev.poll_transmit(t, &mut buf) else {
-                break;
-            };
-            self.to_bridge.push_back(buf[..n].to_vec());
-        }
-        assert!(
-            self.dev.poll_transmit(t, &mut buf).is_none(),
-            "device poll_transmit never runs dry"
+        drain(
+            |b| self.dev.poll_transmit(t, b),
+            &mut self.to_bridge,
+            "device",
         );
-        for _ in 0..=64 {
-            let Some(n) = self.br.poll_transmit(t, &mut buf) else {
-                break;
-            };
-            self.to_device.push_back(buf[..n].to_vec());
-        }
-        assert!(
-            self.br.poll_transmit(t, &mut buf).is_none(),
-            "bridge poll_transmit never runs dry"
+        drain(
+            |b| self.br.poll_transmit(t, b),
+            &mut self.to_device,
+            "bridge",
         );
         // Keep the queues bounded: a real link has finite buffers.
         self.to_device.truncate(256);

@@ -451,12 +451,18 @@ mod same_as_postcard {
         })
     }
 
-    fn hand_encode(f: &Frame) -> Vec<u8> {
-        let mut buf = [0u8; MAX_MESSAGE];
+    /// The hand-written encoding of `f`, with whatever faults `plant` sets on the writer.
+    fn encode_with(f: &Frame, plant: impl FnOnce(&mut wire::Writer<'_>)) -> Vec<u8> {
+        let mut buf = [0u8; MAX_MESSAGE + 16];
         let mut w = wire::Writer::new(&mut buf);
+        plant(&mut w);
         wire::write_frame(&mut w, f.seq, f.ack, f.credit, &f.message).unwrap();
         let n = w.written();
         buf[..n].to_vec()
+    }
+
+    fn hand_encode(f: &Frame) -> Vec<u8> {
+        encode_with(f, |_| {})
     }
 
     fn hand_decode(body: &[u8]) -> Option<Frame> {
@@ -565,22 +571,14 @@ mod same_as_postcard {
             k in 0..16usize,
             edge in proptest::sample::select(&EDGE_VARINTS[..]),
         ) {
-            let mut buf = [0u8; MAX_MESSAGE + 16];
-            let mut w = wire::Writer::new(&mut buf);
-            w.fault = Some((k, edge));
-            wire::write_frame(&mut w, f.seq, f.ack, f.credit, &f.message).unwrap();
-            let n = w.written();
-            prop_assert_eq!(hand_decode(&buf[..n]), postcard_decode(&buf[..n]));
+            let body = encode_with(&f, |w| w.fault = Some((k, edge)));
+            prop_assert_eq!(hand_decode(&body), postcard_decode(&body));
         }
 
         #[test]
         fn decoding_agrees_with_postcard_on_bad_option_tags(f in frame(), k in 0..2usize, tag in 0..4u8) {
-            let mut buf = [0u8; MAX_MESSAGE];
-            let mut w = wire::Writer::new(&mut buf);
-            w.option_fault = Some((k, tag));
-            wire::write_frame(&mut w, f.seq, f.ack, f.credit, &f.message).unwrap();
-            let n = w.written();
-            prop_assert_eq!(hand_decode(&buf[..n]), postcard_decode(&buf[..n]));
+            let body = encode_with(&f, |w| w.option_fault = Some((k, tag)));
+            prop_assert_eq!(hand_decode(&body), postcard_decode(&body));
         }
 
         #[test]
