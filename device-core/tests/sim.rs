@@ -13,7 +13,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use device_core::link::{Config, Event, Refusal, Session};
+use device_core::link::{BridgeSide, Config, Event, Refusal, Session};
 use device_core::proto::{Assign, MAX_FRAME, Message, Payload, RejectReason, TaskReport};
 use device_core::runtime::{Ctx, Device, Runtime, Step};
 use device_core::{Instant, Priority};
@@ -22,7 +22,7 @@ const TASKS: u32 = 10_000;
 const SLOTS: usize = 8;
 /// Device: window 8, reorder buffer 4. Bridge: window 16, reorder buffer 16.
 type Dev = Device<SLOTS, 2, 2, 8, 4>;
-type Bridge = Session<16, 16>;
+type Bridge = Session<BridgeSide, 16, 16>;
 
 thread_local! {
     static BOOT: RefCell<u32> = const { RefCell::new(0) };

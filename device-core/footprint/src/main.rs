@@ -49,7 +49,7 @@ fn exercise(s: &mut Sched) -> usize {
 /// The link part: frame codec and session, as a device uses them.
 #[cfg(feature = "link")]
 fn exercise_link(
-    s: &mut device_core::link::Session<4>,
+    s: &mut device_core::link::Session<device_core::link::DeviceSide, 4>,
     buf: &mut [u8; device_core::proto::MAX_FRAME],
 ) -> usize {
     use device_core::proto::{Message, Reject, RejectReason};
@@ -122,9 +122,22 @@ mod bare {
     extern "C" fn _start() -> ! {
         #[cfg(feature = "link")]
         {
-            use device_core::link::{Config, Session};
+            use device_core::link::{Config, DeviceSide, Session};
             let mut buf = [0u8; device_core::proto::MAX_FRAME];
-            let mut s = Session::<4>::bridge(Config::default(), device_core::Instant::ZERO);
+            let hello = device_core::proto::Hello {
+                version: 0,
+                device_id: heapless::String::new(),
+                boot_id: core::hint::black_box(5),
+                session_id: 0,
+                capabilities: heapless::Vec::new(),
+                slots: 8,
+                max_payload: 256,
+            };
+            let mut s = Session::<DeviceSide, 4>::device(
+                hello,
+                Config::default(),
+                device_core::Instant::ZERO,
+            );
             loop {
                 core::hint::black_box(super::exercise_link(&mut s, &mut buf));
             }

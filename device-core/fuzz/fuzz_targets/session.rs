@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 
 use arbitrary::Arbitrary;
-use device_core::link::{Config, Session};
+use device_core::link::{BridgeSide, Config, Session};
 use device_core::proto::{Assign, Cancel, MAX_FRAME, Message, Payload};
 use device_core::runtime::{Ctx, Device, Runtime, Step};
 use device_core::{Instant, Priority};
@@ -16,7 +16,7 @@ use libfuzzer_sys::fuzz_target;
 const SLOTS: usize = 4;
 const BRIDGE_WINDOW: usize = 8;
 type Dev = Device<SLOTS, 2, 2, 4, 2>;
-type Bridge = Session<BRIDGE_WINDOW, 4>;
+type Bridge = Session<BridgeSide, BRIDGE_WINDOW, 4>;
 
 fn echo(ctx: &mut Ctx<'_>) -> Step {
     let _ = ctx.result.extend_from_slice(ctx.payload);

@@ -20,7 +20,9 @@
 //!   slots) for the ack it carries; [`Session::send`] refuses an `Assign` beyond it.
 
 mod session;
+mod side;
 #[cfg(test)]
 mod tests;
 
-pub use session::{Config, Event, Refusal, Role, SendError, Session, State, Stats};
+pub use session::{Config, Event, Refusal, SendError, Session, State, Stats};
+pub use side::{BridgeSide, DeviceSide, Role, Side};

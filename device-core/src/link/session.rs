@@ -1,19 +1,11 @@
 use heapless::Deque;
 
 use crate::Instant;
-use crate::proto::wire::Body;
 use crate::proto::{
-    self, DecodeError, Frame, Hello, Message, PROTOCOL_VERSION, Reject, RejectReason, Welcome,
+    DecodeError, Frame, Hello, Message, PROTOCOL_VERSION, Reject, RejectReason, Welcome,
 };
 
-/// Which end of the link a session is.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Role {
-    /// Opens sessions with `Hello`, runs tasks.
-    Device,
-    /// Answers with `Welcome`, sends tasks.
-    Bridge,
-}
+use super::side::{BridgeSide, DeviceSide, Role, Side};
 
 /// Timing of a session. All durations in milliseconds.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -163,8 +155,8 @@ pub(super) const fn initial_seq(boot_id: u32, session_id: u32, role: Role) -> u3
 /// in-order delivery instead of dropped (0 suits links that never reorder, UART and TCP; a
 /// few suit UDP, each costs one [`Message`] of RAM).
 #[derive(Clone, Debug)]
-pub struct Session<const W: usize, const R: usize = 0> {
-    role: Role,
+pub struct Session<S: Side, const W: usize, const R: usize = 0> {
+    side: core::marker::PhantomData<S>,
     config: Config,
     state: State,
     /// Device: the `Hello` to (re)send. Bridge: the current peer's `Hello`.
@@ -223,26 +215,30 @@ pub struct Session<const W: usize, const R: usize = 0> {
     stats: Stats,
 }
 
-impl<const W: usize, const R: usize> Session<W, R> {
+impl<const W: usize, const R: usize> Session<DeviceSide, W, R> {
     /// A device session that will open with `hello` (its version is set here). It starts
     /// connecting at once: [`poll_transmit`](Self::poll_transmit) yields the first `Hello`.
     pub fn device(mut hello: Hello, config: Config, now: Instant) -> Self {
         hello.version = PROTOCOL_VERSION;
-        let mut s = Self::new(Role::Device, config, now);
+        let mut s = Self::new(config, now);
         s.hello = Some(hello);
         s.hello_at = now.as_millis();
         s
     }
+}
 
+impl<const W: usize, const R: usize> Session<BridgeSide, W, R> {
     /// A bridge session waiting for a device's `Hello`. It closes itself if none arrives within
     /// the liveness timeout.
     pub fn bridge(config: Config, now: Instant) -> Self {
-        Self::new(Role::Bridge, config, now)
+        Self::new(config, now)
     }
+}
 
-    fn new(role: Role, config: Config, now: Instant) -> Self {
+impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
+    fn new(config: Config, now: Instant) -> Self {
         Self {
-            role,
+            side: core::marker::PhantomData,
             config,
             state: State::Connecting,
             hello: None,
@@ -279,7 +275,7 @@ impl<const W: usize, const R: usize> Session<W, R> {
 
     /// Which end this is.
     pub fn role(&self) -> Role {
-        self.role
+        S::ROLE
     }
 
     /// Counters.
@@ -289,7 +285,7 @@ impl<const W: usize, const R: usize> Session<W, R> {
 
     /// Bridge: the connected device's `Hello`.
     pub fn peer_hello(&self) -> Option<&Hello> {
-        self.hello.as_ref().filter(|_| self.role == Role::Bridge)
+        self.hello.as_ref().filter(|_| S::ROLE == Role::Bridge)
     }
 
     /// Sets the credit this side advertises (a device: its free task slots). It travels in the
@@ -385,12 +381,12 @@ impl<const W: usize, const R: usize> Session<W, R> {
         bytes: &[u8],
         now: Instant,
     ) -> Result<Option<Event>, DecodeError> {
-        match proto::decode(bytes) {
+        match S::decode(bytes) {
             Ok(frame) => Ok(self.handle_frame(frame, now)),
             Err(e) => {
                 self.stats.bad_frames = self.stats.bad_frames.saturating_add(1);
                 if matches!(e, DecodeError::UnsupportedVersion(_))
-                    && self.role == Role::Bridge
+                    && S::ROLE == Role::Bridge
                     && self.state == State::Connecting
                 {
                     let reason = RejectReason::UnsupportedVersion;
@@ -411,7 +407,7 @@ impl<const W: usize, const R: usize> Session<W, R> {
             return None;
         }
         self.last_rx = now.as_millis();
-        match (self.role, frame.message) {
+        match (S::ROLE, frame.message) {
             (Role::Bridge, Message::Hello(hello)) => self.on_hello(hello, frame.credit, now),
             (Role::Device, Message::Welcome(welcome)) => self.on_welcome(welcome, now),
             (Role::Device, Message::Reject(r)) if frame.seq == 0 => {
@@ -423,7 +419,7 @@ impl<const W: usize, const R: usize> Session<W, R> {
                 Some(Event::Received(Message::Reject(r)))
             }
             (_, message) if self.state != State::Established => {
-                if self.role == Role::Bridge {
+                if S::ROLE == Role::Bridge {
                     let reason = RejectReason::NoSession;
                     self.control = Some(Message::Reject(Reject {
                         handle: None,
@@ -498,11 +494,11 @@ impl<const W: usize, const R: usize> Session<W, R> {
             .hello
             .as_ref()
             .map_or((0, 0), |h| (h.boot_id, h.session_id));
-        let peer = match self.role {
+        let peer = match S::ROLE {
             Role::Device => Role::Bridge,
             Role::Bridge => Role::Device,
         };
-        self.next_seq = initial_seq(boot, session, self.role);
+        self.next_seq = initial_seq(boot, session, S::ROLE);
         self.highest_sent = prev_seq(self.next_seq);
         self.delivered = prev_seq(initial_seq(boot, session, peer));
         self.cursor = 0;
@@ -614,7 +610,7 @@ impl<const W: usize, const R: usize> Session<W, R> {
         let now_ms = now.as_millis();
         let silent = now_ms.saturating_sub(self.last_rx) >= u64::from(self.config.liveness_ms);
         match self.state {
-            State::Established | State::Connecting if silent && self.role == Role::Bridge => {
+            State::Established | State::Connecting if silent && S::ROLE == Role::Bridge => {
                 self.state = State::Closed;
                 Some(Event::PeerLost)
             }
@@ -640,7 +636,7 @@ impl<const W: usize, const R: usize> Session<W, R> {
         let liveness = self
             .last_rx
             .saturating_add(u64::from(self.config.liveness_ms));
-        let t = match (self.state, self.role) {
+        let t = match (self.state, S::ROLE) {
             (State::Closed, _) => return None,
             (State::Connecting, Role::Device) => self.hello_at,
             (State::Connecting, Role::Bridge) => liveness,
@@ -654,7 +650,7 @@ impl<const W: usize, const R: usize> Session<W, R> {
         Some(Instant::from_millis(t))
     }
 
-    /// Writes the next frame to send into `out` (at least [`MAX_FRAME`](proto::MAX_FRAME)
+    /// Writes the next frame to send into `out` (at least [`MAX_FRAME`](crate::proto::MAX_FRAME)
     /// bytes) and returns its length; `None` when there is nothing to send now. Call until
     /// `None` after every input and timeout.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
@@ -662,13 +658,16 @@ impl<const W: usize, const R: usize> Session<W, R> {
         let (ack, credit) = (self.delivered, self.local_credit);
         // Decide what goes out and do the bookkeeping; then encode it where it is kept.
         let n = if let Some(control) = self.control.take() {
-            proto::encode_message(0, ack, credit, &control, out).ok()?
+            S::encode(0, ack, credit, &control, out).ok()?
         } else {
             match self.state {
                 State::Closed => return None,
                 State::Connecting => {
+                    if S::ROLE == Role::Bridge {
+                        return None;
+                    }
                     let hello = self.hello.as_ref().filter(|_| now_ms >= self.hello_at)?;
-                    let n = proto::encode_body(0, ack, credit, Body::Hello(hello), out).ok()?;
+                    let n = S::encode_hello(ack, credit, hello, out).ok()?;
                     self.hello_at = now_ms.saturating_add(u64::from(self.hello_rto));
                     self.hello_rto = self.hello_rto.saturating_mul(2).min(self.config.max_rto_ms);
                     n
@@ -700,14 +699,12 @@ impl<const W: usize, const R: usize> Session<W, R> {
                             .last_tx
                             .saturating_add(u64::from(self.config.heartbeat_ms));
                     match index.and_then(|i| self.window.get(i)) {
-                        Some(u) => {
-                            proto::encode_message(u.seq, ack, credit, &u.message, out).ok()?
-                        }
+                        Some(u) => S::encode(u.seq, ack, credit, &u.message, out).ok()?,
                         None if self.ack_owed => {
-                            proto::encode_message(0, ack, credit, &Message::Ack, out).ok()?
+                            S::encode(0, ack, credit, &Message::Ack, out).ok()?
                         }
                         None if heartbeat_due => {
-                            proto::encode_message(0, ack, credit, &Message::Heartbeat, out).ok()?
+                            S::encode(0, ack, credit, &Message::Heartbeat, out).ok()?
                         }
                         None => return None,
                     }

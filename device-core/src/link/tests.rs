@@ -4,7 +4,8 @@ use super::*;
 use crate::Instant;
 use crate::proto::{self, Assign, Cancel, Frame, Hello, MAX_FRAME, Message, Reject, RejectReason};
 
-type S = Session<4>;
+type Dev = Session<DeviceSide, 4>;
+type Br = Session<BridgeSide, 4>;
 
 fn hello(boot: u32) -> Hello {
     Hello {
@@ -35,7 +36,7 @@ fn at(ms: u64) -> Instant {
 }
 
 /// Everything `s` wants to send now, decoded.
-fn drain(s: &mut S, now: Instant) -> Vec<Frame> {
+fn drain<T: Side>(s: &mut Session<T, 4>, now: Instant) -> Vec<Frame> {
     let mut out = vec![];
     let mut buf = [0u8; MAX_FRAME];
     while let Some(n) = s.poll_transmit(now, &mut buf) {
@@ -46,7 +47,7 @@ fn drain(s: &mut S, now: Instant) -> Vec<Frame> {
 }
 
 /// Delivers frames, returning the events they caused.
-fn deliver(to: &mut S, frames: Vec<Frame>, now: Instant) -> Vec<Event> {
+fn deliver<T: Side>(to: &mut Session<T, 4>, frames: Vec<Frame>, now: Instant) -> Vec<Event> {
     frames
         .into_iter()
         .filter_map(|f| to.handle_frame(f, now))
@@ -54,11 +55,11 @@ fn deliver(to: &mut S, frames: Vec<Frame>, now: Instant) -> Vec<Event> {
 }
 
 /// A connected pair with `credit` free slots on the device.
-fn connected(credit: u8) -> (S, S) {
+fn connected(credit: u8) -> (Dev, Br) {
     let cfg = Config::default();
-    let mut dev = S::device(hello(7), cfg, at(0));
+    let mut dev = Dev::device(hello(7), cfg, at(0));
     dev.set_credit(credit);
-    let mut br = S::bridge(cfg, at(0));
+    let mut br = Br::bridge(cfg, at(0));
     let ev = deliver(&mut br, drain(&mut dev, at(0)), at(0));
     assert!(matches!(
         &ev[..],
@@ -78,7 +79,7 @@ fn connected(credit: u8) -> (S, S) {
 #[test]
 fn handshake_establishes_both_ends_and_retries_hello_with_backoff() {
     let cfg = Config::default();
-    let mut dev = S::device(hello(7), cfg, at(0));
+    let mut dev = Dev::device(hello(7), cfg, at(0));
     assert_eq!(dev.state(), State::Connecting);
     assert_eq!(drain(&mut dev, at(0)).len(), 1, "first Hello at once");
     assert_eq!(drain(&mut dev, at(199)).len(), 0);
@@ -89,7 +90,7 @@ fn handshake_establishes_both_ends_and_retries_hello_with_backoff() {
         "lost: resent after 200 ms"
     );
     assert_eq!(dev.poll_timeout(), Some(at(600)), "then after 400 ms");
-    let mut br = S::bridge(cfg, at(0));
+    let mut br = Br::bridge(cfg, at(0));
     deliver(&mut br, drain(&mut dev, at(600)), at(600));
     assert_eq!(br.state(), State::Established);
     assert_eq!(
@@ -106,9 +107,9 @@ fn handshake_establishes_both_ends_and_retries_hello_with_backoff() {
 #[test]
 fn lost_welcome_is_answered_again_without_resetting_the_session() {
     let cfg = Config::default();
-    let mut dev = S::device(hello(7), cfg, at(0));
+    let mut dev = Dev::device(hello(7), cfg, at(0));
     dev.set_credit(2);
-    let mut br = S::bridge(cfg, at(0));
+    let mut br = Br::bridge(cfg, at(0));
     deliver(&mut br, drain(&mut dev, at(0)), at(0));
     drain(&mut br, at(0)); // Welcome lost
     br.send(assign(1)).unwrap();
@@ -286,7 +287,7 @@ fn reconnect_resends_unacknowledged_messages_in_a_new_session() {
     dev.send(report(2)).unwrap();
     drain(&mut dev, at(0)); // both lost with the link
     dev.handle_timeout(at(7000));
-    let mut br2 = S::bridge(Config::default(), at(7000));
+    let mut br2 = Br::bridge(Config::default(), at(7000));
     let ev = deliver(&mut br2, drain(&mut dev, at(7000)), at(7000));
     assert!(matches!(&ev[..], [Event::Connected { .. }]));
     deliver(&mut dev, drain(&mut br2, at(7000)), at(7000));
@@ -302,7 +303,7 @@ fn reconnect_resends_unacknowledged_messages_in_a_new_session() {
 fn new_boot_id_resets_the_session_and_is_reported() {
     let (_dev, mut br) = connected(1);
     br.send(assign(1)).unwrap();
-    let mut rebooted = S::device(hello(8), Config::default(), at(5));
+    let mut rebooted = Dev::device(hello(8), Config::default(), at(5));
     let ev = deliver(&mut br, drain(&mut rebooted, at(5)), at(5));
     assert!(matches!(&ev[..], [Event::Connected { rebooted: true, .. }]));
     assert_eq!(
@@ -315,7 +316,7 @@ fn new_boot_id_resets_the_session_and_is_reported() {
 #[test]
 fn frames_without_a_session_get_no_session_and_the_device_reconnects() {
     let (mut dev, _br) = connected(1);
-    let mut restarted = S::bridge(Config::default(), at(10));
+    let mut restarted = Br::bridge(Config::default(), at(10));
     dev.send(Message::Reject(Reject {
         handle: Some(1),
         reason: RejectReason::UnknownLock,
@@ -338,7 +339,7 @@ fn frames_without_a_session_get_no_session_and_the_device_reconnects() {
 
 #[test]
 fn other_protocol_version_is_rejected_and_closes() {
-    let mut br = S::bridge(Config::default(), at(0));
+    let mut br = Br::bridge(Config::default(), at(0));
     let mut buf = [0u8; MAX_FRAME];
     let mut h = hello(1);
     h.version = 9;
@@ -418,7 +419,7 @@ fn a_delayed_frame_of_the_previous_session_is_not_taken_for_a_new_one() {
     let stale = drain(&mut br, at(0)); // delayed in the network
     // The device loses the link and reconnects; a fresh bridge session answers.
     dev.handle_timeout(at(7000));
-    let mut br2 = S::bridge(Config::default(), at(7000));
+    let mut br2 = Br::bridge(Config::default(), at(7000));
     deliver(&mut br2, drain(&mut dev, at(7000)), at(7000));
     deliver(&mut dev, drain(&mut br2, at(7000)), at(7000));
     assert_eq!(dev.state(), State::Established);

@@ -98,6 +98,8 @@ pub enum DecodeError {
     UnsupportedVersion(u16),
     /// A message tag this version does not know.
     UnknownMessage(u32),
+    /// A message this side never receives (a device sent `Assign`, a bridge sent `Hello`).
+    Unexpected(u32),
     /// The CRC matched but the content is not a valid message (a field out of range, a string
     /// that is not UTF-8 or too long, trailing bytes).
     Malformed,
@@ -117,6 +119,7 @@ impl fmt::Display for DecodeError {
                 )
             }
             Self::UnknownMessage(t) => write!(f, "unknown message tag {t}"),
+            Self::Unexpected(t) => write!(f, "message tag {t} is never sent to this side"),
             Self::Malformed => f.write_str("malformed message"),
         }
     }
@@ -138,11 +141,13 @@ pub fn encode_message(
     message: &Message,
     out: &mut [u8],
 ) -> Result<usize, EncodeError> {
-    encode_body(seq, ack, credit, wire::Body::Message(message), out)
+    encode_body::<{ wire::ALL }>(seq, ack, credit, wire::Body::Message(message), out)
 }
 
-/// As [`encode_message`], for a body borrowed in any form.
-pub(crate) fn encode_body(
+/// As [`encode_message`], for a body borrowed in any form, of a kind in the mask `KINDS`
+/// (`1 << tag` per kind): a side instantiates it with the kinds it sends, and the encoders
+/// of the others are left out of its firmware.
+pub(crate) fn encode_body<const KINDS: u8>(
     seq: u32,
     ack: u32,
     credit: u8,
@@ -151,7 +156,8 @@ pub(crate) fn encode_body(
 ) -> Result<usize, EncodeError> {
     let mut raw = [0u8; MAX_MESSAGE];
     let mut w = wire::Writer::new(&mut raw);
-    wire::write_body(&mut w, seq, ack, credit, body).map_err(|_| EncodeError::BufferTooSmall)?;
+    wire::write_body::<KINDS>(&mut w, seq, ack, credit, body)
+        .map_err(|_| EncodeError::BufferTooSmall)?;
     let n = w.written();
     seal(&raw[..n], out)
 }
@@ -174,6 +180,13 @@ pub fn seal(body: &[u8], out: &mut [u8]) -> Result<usize, EncodeError> {
 /// Decodes one frame: `bytes` is everything between two delimiters (a trailing `0x00`, if
 /// present, is ignored).
 pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
+    decode_of::<{ wire::ALL }>(bytes)
+}
+
+/// As [`decode`], accepting only the message kinds in the mask `KINDS` (`1 << tag` per
+/// kind); others are [`DecodeError::Unexpected`]. A side instantiates it with the kinds it
+/// receives, and the parsers of the others are left out of its firmware.
+pub(crate) fn decode_of<const KINDS: u8>(bytes: &[u8]) -> Result<Frame, DecodeError> {
     let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
     if bytes.len() >= MAX_FRAME {
         return Err(DecodeError::Oversize);
@@ -192,12 +205,16 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
     if crc32(body) != u32::from_le_bytes(sent) {
         return Err(DecodeError::BadCrc);
     }
-    check_header(body)?;
-    wire::read_frame(&mut wire::Reader::new(body)).map_err(|_| DecodeError::Malformed)
+    let tag = check_header(body)?;
+    if KINDS & (1 << tag) == 0 {
+        return Err(DecodeError::Unexpected(tag));
+    }
+    wire::read_frame_of::<KINDS>(&mut wire::Reader::new(body)).map_err(|_| DecodeError::Malformed)
 }
 
-/// Reads the header and, for `Hello`/`Welcome`, the version, before the full decode.
-fn check_header(body: &[u8]) -> Result<(), DecodeError> {
+/// Reads the header and, for `Hello`/`Welcome`, the version, before the full decode; returns
+/// the message tag.
+fn check_header(body: &[u8]) -> Result<u32, DecodeError> {
     const HELLO: u32 = 0;
     const WELCOME: u32 = 1;
     let mut r = wire::Reader::new(body);
@@ -215,7 +232,7 @@ fn check_header(body: &[u8]) -> Result<(), DecodeError> {
             return Err(DecodeError::UnsupportedVersion(version));
         }
     }
-    Ok(())
+    Ok(tag)
 }
 
 /// Splits a byte stream into frames on `0x00`, in a fixed buffer of `CAP` bytes

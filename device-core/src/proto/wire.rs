@@ -220,7 +220,7 @@ pub(super) fn write_frame(
     credit: u8,
     message: &Message,
 ) -> Result<()> {
-    write_body(w, seq, ack, credit, Body::Message(message))
+    write_body::<ALL>(w, seq, ack, credit, Body::Message(message))
 }
 
 fn write_hello(w: &mut Writer<'_>, h: &Hello) -> Result<()> {
@@ -237,14 +237,39 @@ fn write_hello(w: &mut Writer<'_>, h: &Hello) -> Result<()> {
     w.varint(u32::from(h.max_payload))
 }
 
-/// Writes a frame header and a borrowed body.
-pub(super) fn write_body(
+/// Every message kind, as a mask of `1 << tag` bits.
+pub(crate) const ALL: u8 = 0xFF;
+
+/// The tag of a message kind.
+const fn tag_of(m: &Message) -> u32 {
+    match m {
+        Message::Hello(_) => 0,
+        Message::Welcome(_) => 1,
+        Message::Assign(_) => 2,
+        Message::Cancel(_) => 3,
+        Message::Report(_) => 4,
+        Message::Heartbeat => 5,
+        Message::Ack => 6,
+        Message::Reject(_) => 7,
+    }
+}
+
+/// Writes a frame header and a borrowed body whose kind is in the mask `KINDS` (other kinds
+/// are refused; a side that never sends a kind instantiates this without its encoder).
+pub(super) fn write_body<const KINDS: u8>(
     w: &mut Writer<'_>,
     seq: u32,
     ack: u32,
     credit: u8,
     body: Body<'_>,
 ) -> Result<()> {
+    let tag = match body {
+        Body::Hello(_) => 0,
+        Body::Message(m) => tag_of(m),
+    };
+    if KINDS & (1 << tag) == 0 {
+        return Err(Invalid);
+    }
     w.varint(seq)?;
     w.varint(ack)?;
     w.byte(credit)?;
@@ -296,11 +321,22 @@ pub(super) fn write_body(
 pub(super) const MESSAGES: u32 = 8;
 
 /// Reads a whole frame; trailing bytes are invalid.
+#[cfg(test)]
 pub(super) fn read_frame(r: &mut Reader<'_>) -> Result<Frame> {
+    read_frame_of::<ALL>(r)
+}
+
+/// Reads a whole frame whose kind is in the mask `KINDS` (a side that never receives a kind
+/// instantiates this without its parser).
+pub(super) fn read_frame_of<const KINDS: u8>(r: &mut Reader<'_>) -> Result<Frame> {
     let seq = r.u32()?;
     let ack = r.u32()?;
     let credit = r.byte()?;
-    let message = match r.tag(MESSAGES)? {
+    let tag = r.tag(MESSAGES)?;
+    if KINDS & (1 << tag) == 0 {
+        return Err(Invalid);
+    }
+    let message = match tag {
         0 => Message::Hello(Hello {
             version: r.u16()?,
             device_id: r.string()?,

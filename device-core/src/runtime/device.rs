@@ -4,7 +4,7 @@ use heapless::Deque;
 
 use super::Runtime;
 use crate::Instant;
-use crate::link::{Config, Event, Session};
+use crate::link::{Config, DeviceSide, Event, Session};
 use crate::proto::{
     DecodeError, DeviceId, Hello, MAX_CAPABILITIES, Message, PROTOCOL_VERSION, Reject,
 };
@@ -28,7 +28,7 @@ pub struct Device<
     const W: usize,
     const R: usize = 0,
 > {
-    session: Session<W, R>,
+    session: Session<DeviceSide, W, R>,
     runtime: Runtime<N, L, C>,
     rejects: Deque<Reject, PENDING_REJECTS>,
 }
@@ -66,7 +66,7 @@ impl<const N: usize, const L: usize, const C: usize, const W: usize, const R: us
     }
 
     /// The session, for its state and counters.
-    pub fn session(&self) -> &Session<W, R> {
+    pub fn session(&self) -> &Session<DeviceSide, W, R> {
         &self.session
     }
 

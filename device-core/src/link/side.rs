@@ -1,0 +1,116 @@
+//! The two ends of a link as types. A `Session<DeviceSide, …>` compiles only the device's half
+//! of the protocol — its handshake, the encoders of what a device sends and the parsers of what
+//! it receives — and a `Session<BridgeSide, …>` only the bridge's: about 1.5 KiB of flash less
+//! than one session type doing both at run time.
+
+use crate::proto::{self, DecodeError, EncodeError, Frame, Hello, Message, wire};
+
+/// Which end of the link a session is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    /// Opens sessions with `Hello`, runs tasks.
+    Device,
+    /// Answers with `Welcome`, sends tasks.
+    Bridge,
+}
+
+/// Message kinds as `1 << tag` bits (tags in `Message` order).
+const HELLO: u8 = 1 << 0;
+const WELCOME: u8 = 1 << 1;
+const ASSIGN: u8 = 1 << 2;
+const CANCEL: u8 = 1 << 3;
+const REPORT: u8 = 1 << 4;
+const HEARTBEAT: u8 = 1 << 5;
+const ACK: u8 = 1 << 6;
+const REJECT: u8 = 1 << 7;
+/// What a device sends and a bridge receives.
+const DEVICE_TO_BRIDGE: u8 = HELLO | REPORT | HEARTBEAT | ACK | REJECT;
+/// What a bridge sends and a device receives.
+const BRIDGE_TO_DEVICE: u8 = WELCOME | ASSIGN | CANCEL | HEARTBEAT | ACK | REJECT;
+
+/// One end of the link: [`DeviceSide`] or [`BridgeSide`].
+pub trait Side: sealed::Codec + Copy + core::fmt::Debug {
+    /// The role, a constant, so the other role's code is compiled out.
+    const ROLE: Role;
+}
+
+/// The device end.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceSide;
+
+/// The bridge end.
+#[derive(Clone, Copy, Debug)]
+pub struct BridgeSide;
+
+impl Side for DeviceSide {
+    const ROLE: Role = Role::Device;
+}
+
+impl Side for BridgeSide {
+    const ROLE: Role = Role::Bridge;
+}
+
+pub(crate) mod sealed {
+    use super::*;
+
+    /// The codec of one side: it encodes what the side sends and decodes what it receives.
+    /// Sealed: only the two sides implement it.
+    #[allow(unreachable_pub)] // the sealed-trait pattern: public in a private module
+    pub trait Codec {
+        fn decode(bytes: &[u8]) -> Result<Frame, DecodeError>;
+        fn encode(
+            seq: u32,
+            ack: u32,
+            credit: u8,
+            m: &Message,
+            out: &mut [u8],
+        ) -> Result<usize, EncodeError>;
+        fn encode_hello(
+            ack: u32,
+            credit: u8,
+            h: &Hello,
+            out: &mut [u8],
+        ) -> Result<usize, EncodeError>;
+    }
+
+    impl Codec for DeviceSide {
+        fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
+            proto::decode_of::<BRIDGE_TO_DEVICE>(bytes)
+        }
+        fn encode(
+            seq: u32,
+            ack: u32,
+            credit: u8,
+            m: &Message,
+            out: &mut [u8],
+        ) -> Result<usize, EncodeError> {
+            proto::encode_body::<DEVICE_TO_BRIDGE>(seq, ack, credit, wire::Body::Message(m), out)
+        }
+        fn encode_hello(
+            ack: u32,
+            credit: u8,
+            h: &Hello,
+            out: &mut [u8],
+        ) -> Result<usize, EncodeError> {
+            proto::encode_body::<DEVICE_TO_BRIDGE>(0, ack, credit, wire::Body::Hello(h), out)
+        }
+    }
+
+    impl Codec for BridgeSide {
+        fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
+            proto::decode_of::<DEVICE_TO_BRIDGE>(bytes)
+        }
+        fn encode(
+            seq: u32,
+            ack: u32,
+            credit: u8,
+            m: &Message,
+            out: &mut [u8],
+        ) -> Result<usize, EncodeError> {
+            proto::encode_body::<BRIDGE_TO_DEVICE>(seq, ack, credit, wire::Body::Message(m), out)
+        }
+        fn encode_hello(_: u32, _: u8, _: &Hello, _: &mut [u8]) -> Result<usize, EncodeError> {
+            Err(EncodeError::BufferTooSmall) // a bridge never says Hello
+        }
+    }
+}
