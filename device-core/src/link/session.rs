@@ -73,6 +73,8 @@ pub enum Refusal {
     NoCredit,
     /// Only reliable messages (`Assign`, `Cancel`, `Report`, `Reject`) are sent this way.
     NotReliable,
+    /// This side never sends this kind (a bridge sending `Report`, a device `Assign`).
+    WrongSide,
 }
 
 /// A refused message, handed back with the reason.
@@ -347,6 +349,8 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
     pub fn send(&mut self, message: Message) -> Result<(), SendError> {
         let reason = if !message.is_reliable() {
             Some(Refusal::NotReliable)
+        } else if S::SENDS & (1 << crate::proto::wire::tag_of(&message)) == 0 {
+            Some(Refusal::WrongSide)
         } else if self.state != State::Established {
             Some(Refusal::NotEstablished)
         } else if matches!(message, Message::Assign(_)) && self.credit() == 0 {

@@ -57,6 +57,8 @@ pub(crate) mod sealed {
     /// Sealed: only the two sides implement it.
     #[allow(unreachable_pub)] // the sealed-trait pattern: public in a private module
     pub trait Codec {
+        /// The message kinds this side sends (`1 << tag` each).
+        const SENDS: u8;
         fn decode(bytes: &[u8]) -> Result<Frame, DecodeError>;
         fn encode(
             seq: u32,
@@ -73,44 +75,36 @@ pub(crate) mod sealed {
         ) -> Result<usize, EncodeError>;
     }
 
-    impl Codec for DeviceSide {
-        fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
-            proto::decode_of::<BRIDGE_TO_DEVICE>(bytes)
-        }
-        fn encode(
-            seq: u32,
-            ack: u32,
-            credit: u8,
-            m: &Message,
-            out: &mut [u8],
-        ) -> Result<usize, EncodeError> {
-            proto::encode_body::<DEVICE_TO_BRIDGE>(seq, ack, credit, wire::Body::Message(m), out)
-        }
-        fn encode_hello(
-            ack: u32,
-            credit: u8,
-            h: &Hello,
-            out: &mut [u8],
-        ) -> Result<usize, EncodeError> {
-            proto::encode_body::<DEVICE_TO_BRIDGE>(0, ack, credit, wire::Body::Hello(h), out)
-        }
+    /// A side's codec: it decodes the kinds in `$receives` and encodes those in `$sends`
+    /// (a bridge's `encode_hello` is refused by its mask like any kind it never sends).
+    macro_rules! codec {
+        ($side:ty, receives: $receives:expr, sends: $sends:expr) => {
+            impl Codec for $side {
+                const SENDS: u8 = $sends;
+                fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
+                    proto::decode_of::<{ $receives }>(bytes)
+                }
+                fn encode(
+                    seq: u32,
+                    ack: u32,
+                    credit: u8,
+                    m: &Message,
+                    out: &mut [u8],
+                ) -> Result<usize, EncodeError> {
+                    proto::encode_body::<{ $sends }>(seq, ack, credit, wire::Body::Message(m), out)
+                }
+                fn encode_hello(
+                    ack: u32,
+                    credit: u8,
+                    h: &Hello,
+                    out: &mut [u8],
+                ) -> Result<usize, EncodeError> {
+                    proto::encode_body::<{ $sends }>(0, ack, credit, wire::Body::Hello(h), out)
+                }
+            }
+        };
     }
 
-    impl Codec for BridgeSide {
-        fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
-            proto::decode_of::<DEVICE_TO_BRIDGE>(bytes)
-        }
-        fn encode(
-            seq: u32,
-            ack: u32,
-            credit: u8,
-            m: &Message,
-            out: &mut [u8],
-        ) -> Result<usize, EncodeError> {
-            proto::encode_body::<BRIDGE_TO_DEVICE>(seq, ack, credit, wire::Body::Message(m), out)
-        }
-        fn encode_hello(_: u32, _: u8, _: &Hello, _: &mut [u8]) -> Result<usize, EncodeError> {
-            Err(EncodeError::BufferTooSmall) // a bridge never says Hello
-        }
-    }
+    codec!(DeviceSide, receives: BRIDGE_TO_DEVICE, sends: DEVICE_TO_BRIDGE);
+    codec!(BridgeSide, receives: DEVICE_TO_BRIDGE, sends: BRIDGE_TO_DEVICE);
 }

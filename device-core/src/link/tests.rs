@@ -438,3 +438,57 @@ fn a_delayed_frame_of_the_previous_session_is_not_taken_for_a_new_one() {
     assert_eq!((br2.unacknowledged(), br2.credit()), (1, 1));
     drop(br);
 }
+
+#[test]
+fn a_side_refuses_messages_only_the_other_side_receives() {
+    let (mut dev, mut br) = connected(1);
+    let mut buf = [0u8; MAX_FRAME];
+    // A device never receives Hello or Report; a bridge never receives Assign or Welcome.
+    let mut h = hello(3);
+    h.version = proto::PROTOCOL_VERSION;
+    let n = proto::encode(
+        &Frame {
+            seq: 0,
+            ack: 0,
+            credit: 0,
+            message: Message::Hello(h),
+        },
+        &mut buf,
+    )
+    .unwrap();
+    assert_eq!(
+        dev.handle_bytes(&buf[..n], at(1)),
+        Err(proto::DecodeError::Unexpected(0))
+    );
+    let n = proto::encode(
+        &Frame {
+            seq: 9,
+            ack: 0,
+            credit: 0,
+            message: assign(9),
+        },
+        &mut buf,
+    )
+    .unwrap();
+    assert_eq!(
+        br.handle_bytes(&buf[..n], at(1)),
+        Err(proto::DecodeError::Unexpected(2))
+    );
+    assert_eq!((dev.stats().bad_frames, br.stats().bad_frames), (1, 1));
+    // And neither sends what only the other side sends: refused at once, nothing queued.
+    let report = Message::Report(proto::Report {
+        handle: 1,
+        state: proto::TaskReport::Completed,
+        result: heapless::Vec::new(),
+        error: None,
+    });
+    assert_eq!(
+        br.send(report).map_err(|e| e.reason),
+        Err(Refusal::WrongSide)
+    );
+    assert_eq!(
+        dev.send(assign(4)).map_err(|e| e.reason),
+        Err(Refusal::WrongSide)
+    );
+    assert_eq!((br.unacknowledged(), dev.unacknowledged()), (0, 0));
+}

@@ -241,7 +241,7 @@ fn write_hello(w: &mut Writer<'_>, h: &Hello) -> Result<()> {
 pub(crate) const ALL: u8 = 0xFF;
 
 /// The tag of a message kind.
-const fn tag_of(m: &Message) -> u32 {
+pub(crate) const fn tag_of(m: &Message) -> u32 {
     match m {
         Message::Hello(_) => 0,
         Message::Welcome(_) => 1,
