@@ -1,0 +1,337 @@
+//! The MQTT API's JSON: task submissions in, status events out.
+//!
+//! Parsing is strict and every refusal carries a machine-readable [`ErrorCode`] and a message
+//! for humans: an unknown key, a priority of 9 or a payload too large for any device is
+//! `rejected`, never dropped and never guessed at.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use device_core::Priority;
+use device_core::proto::{MAX_CAPABILITY_NAME, MAX_PAYLOAD, MAX_TRACE_ID};
+
+/// Longest task id accepted (it becomes an MQTT topic level).
+pub const MAX_ID: usize = 128;
+
+/// Why a submission or a task failed, as it appears in `error.code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Not JSON, or not a JSON object.
+    MalformedJson,
+    /// A key the API does not know (a typo must not be ignored).
+    UnknownField,
+    /// `capability` is missing or not a valid name.
+    InvalidCapability,
+    /// `id` is not a valid topic level.
+    InvalidId,
+    InvalidPriority,
+    InvalidDeadline,
+    InvalidDevice,
+    InvalidLocks,
+    InvalidTraceId,
+    /// The payload's JSON text is longer than a device can take.
+    PayloadTooLarge,
+    /// The durable queue is at its configured limit.
+    QueueFull,
+    /// The deadline passed before the task could start.
+    DeadlineExpired,
+    /// The device's handler failed (`message` has its code).
+    DeviceFailed,
+    /// Every attempt ended without a result (device lost, retryable failures).
+    AttemptsExhausted,
+    /// A device refused the task.
+    DeviceRejected,
+    /// Cancelled on request.
+    Cancelled,
+}
+
+/// A refusal: code plus human message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A validated task submission.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    /// The client's id, or one the bridge generated.
+    pub id: String,
+    pub capability: String,
+    /// A specific device, or any capable one.
+    pub device: Option<String>,
+    pub priority: Priority,
+    /// Milliseconds after submission by which the task must have started.
+    pub deadline_ms: Option<u64>,
+    /// The payload's compact JSON text, as sent to the device.
+    pub payload: String,
+    /// Device lock names the task holds while it runs.
+    pub locks: Vec<String>,
+    pub trace_id: Option<String>,
+}
+
+/// A submission that could not be accepted, with the id to report it under when one was
+/// readable (otherwise it goes to `{root}/errors`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub id: Option<String>,
+    pub trace_id: Option<String>,
+    pub error: ApiError,
+}
+
+const KEYS: [&str; 8] = [
+    "id",
+    "capability",
+    "device",
+    "priority",
+    "deadline_ms",
+    "payload",
+    "locks",
+    "trace_id",
+];
+
+/// Whether `s` can be a single MQTT topic level and a task id.
+pub fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ID
+        && !s.contains(['/', '+', '#', '\0'])
+        && !s.chars().any(char::is_control)
+}
+
+/// Parses and validates a submission. `generate_id` supplies an id when the client gave none.
+pub fn parse_submission(
+    bytes: &[u8],
+    generate_id: impl FnOnce() -> String,
+) -> Result<Submission, Rejection> {
+    let refuse = |id: Option<String>, trace: Option<String>, code, message: String| Rejection {
+        id,
+        trace_id: trace,
+        error: ApiError::new(code, message),
+    };
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        refuse(
+            None,
+            None,
+            ErrorCode::MalformedJson,
+            format!("not JSON: {e}"),
+        )
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(refuse(
+            None,
+            None,
+            ErrorCode::MalformedJson,
+            "a submission is a JSON object".into(),
+        ));
+    };
+    // The id and trace id first, so that every later refusal can be reported under them.
+    let trace_id = match obj.get("trace_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) if t.len() <= MAX_TRACE_ID => Some(t.clone()),
+        Some(_) => {
+            let id = obj
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|i| valid_id(i))
+                .map(str::to_owned);
+            return Err(refuse(
+                id,
+                None,
+                ErrorCode::InvalidTraceId,
+                format!("trace_id: a string of at most {MAX_TRACE_ID} bytes"),
+            ));
+        }
+    };
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(i)) if valid_id(i) => Some(i.clone()),
+        Some(_) => {
+            let msg = format!(
+                "id: a string of 1 to {MAX_ID} bytes without '/', '+', '#' or control characters"
+            );
+            return Err(refuse(None, trace_id, ErrorCode::InvalidId, msg));
+        }
+    };
+    let fail = |code, message: String| Err(refuse(id.clone(), trace_id.clone(), code, message));
+    if let Some(unknown) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return fail(
+            ErrorCode::UnknownField,
+            format!("unknown key {unknown:?}; known keys: {}", KEYS.join(", ")),
+        );
+    }
+    let capability = match obj.get("capability") {
+        Some(Value::String(c)) if !c.is_empty() && c.len() <= MAX_CAPABILITY_NAME => c.clone(),
+        Some(_) => {
+            return fail(
+                ErrorCode::InvalidCapability,
+                format!("capability: a name of 1 to {MAX_CAPABILITY_NAME} bytes"),
+            );
+        }
+        None => {
+            return fail(
+                ErrorCode::InvalidCapability,
+                "capability is required".into(),
+            );
+        }
+    };
+    let device = match obj.get("device") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) if valid_id(d) => Some(d.clone()),
+        Some(_) => {
+            return fail(
+                ErrorCode::InvalidDevice,
+                "device: a device id string".into(),
+            );
+        }
+    };
+    let priority = match obj.get("priority") {
+        None | Some(Value::Null) => Priority::P3,
+        Some(v) => match parse_priority(v) {
+            Some(p) => p,
+            None => {
+                return fail(
+                    ErrorCode::InvalidPriority,
+                    format!("priority: 0 to 5 or \"P0\" to \"P5\", not {v}"),
+                );
+            }
+        },
+    };
+    let deadline_ms = match obj.get("deadline_ms") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64().filter(|&d| d > 0) {
+            Some(d) => Some(d),
+            None => {
+                return fail(
+                    ErrorCode::InvalidDeadline,
+                    format!("deadline_ms: a positive integer of milliseconds, not {v}"),
+                );
+            }
+        },
+    };
+    let payload = obj
+        .get("payload")
+        .cloned()
+        .unwrap_or(Value::Null)
+        .to_string();
+    if payload.len() > MAX_PAYLOAD {
+        return fail(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "payload is {} bytes of JSON; devices take at most {MAX_PAYLOAD}",
+                payload.len()
+            ),
+        );
+    }
+    let locks = match obj.get("locks") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() <= device_core::proto::MAX_TASK_LOCKS => {
+            let names: Option<Vec<String>> = items
+                .iter()
+                .map(|i| i.as_str().filter(|n| !n.is_empty()).map(str::to_owned))
+                .collect();
+            match names {
+                Some(n) => n,
+                None => {
+                    return fail(
+                        ErrorCode::InvalidLocks,
+                        "locks: an array of lock names".into(),
+                    );
+                }
+            }
+        }
+        Some(_) => {
+            let max = device_core::proto::MAX_TASK_LOCKS;
+            return fail(
+                ErrorCode::InvalidLocks,
+                format!("locks: an array of at most {max} lock names"),
+            );
+        }
+    };
+    Ok(Submission {
+        id: id.unwrap_or_else(generate_id),
+        capability,
+        device,
+        priority,
+        deadline_ms,
+        payload,
+        locks,
+        trace_id,
+    })
+}
+
+fn parse_priority(v: &Value) -> Option<Priority> {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|p| u8::try_from(p).ok())
+            .and_then(Priority::from_level),
+        Value::String(s) => s
+            .strip_prefix('P')
+            .and_then(|d| d.parse::<u8>().ok())
+            .and_then(Priority::from_level),
+        _ => None,
+    }
+}
+
+/// A task's state in status events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Queued,
+    Dispatched,
+    Running,
+    Completed,
+    Failed,
+    Expired,
+    Cancelled,
+    Rejected,
+}
+
+impl TaskState {
+    /// Whether no further event follows.
+    pub const fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Expired | Self::Cancelled | Self::Rejected
+        )
+    }
+}
+
+/// One event on `{root}/tasks/{id}/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    pub id: String,
+    pub state: TaskState,
+    pub device: Option<String>,
+    pub attempt: u32,
+    pub trace_id: Option<String>,
+    /// Wall-clock milliseconds since the Unix epoch when the state was entered.
+    pub ts_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+/// One message on `{root}/errors`: a submission that could not be parsed into a task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorEvent {
+    pub error: ApiError,
+    /// The start of what was received, to find the sender.
+    pub received: String,
+    pub ts_ms: u64,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,162 @@
+use super::*;
+
+fn parse(json: &str) -> Result<Submission, Rejection> {
+    parse_submission(json.as_bytes(), || "generated-1".into())
+}
+
+fn code(json: &str) -> ErrorCode {
+    parse(json).unwrap_err().error.code
+}
+
+#[test]
+fn a_full_submission_parses() {
+    let s = parse(
+        r#"{"id":"t-1","capability":"sensor.read","device":"dev-1","priority":"P1",
+            "deadline_ms":5000,"payload":{"ch":3},"locks":["i2c0"],"trace_id":"tr"}"#,
+    )
+    .unwrap();
+    assert_eq!(s.id, "t-1");
+    assert_eq!(s.priority, Priority::P1);
+    assert_eq!(s.deadline_ms, Some(5000));
+    assert_eq!(s.payload, r#"{"ch":3}"#);
+    assert_eq!(s.locks, ["i2c0"]);
+    assert_eq!(
+        (s.device.as_deref(), s.trace_id.as_deref()),
+        (Some("dev-1"), Some("tr"))
+    );
+}
+
+#[test]
+fn defaults_apply_and_an_id_is_generated() {
+    let s = parse(r#"{"capability":"echo"}"#).unwrap();
+    assert_eq!(
+        (s.id.as_str(), s.priority, s.payload.as_str()),
+        ("generated-1", Priority::P3, "null")
+    );
+    assert_eq!(
+        parse(r#"{"capability":"echo","priority":0}"#)
+            .unwrap()
+            .priority,
+        Priority::P0
+    );
+    assert_eq!(
+        parse(r#"{"capability":"echo","priority":5}"#)
+            .unwrap()
+            .priority,
+        Priority::P5
+    );
+}
+
+#[test]
+fn every_bad_field_is_rejected_with_its_code() {
+    assert_eq!(code("not json"), ErrorCode::MalformedJson);
+    assert_eq!(code("[1,2]"), ErrorCode::MalformedJson);
+    assert_eq!(
+        code(r#"{"capability":"echo","prio":1}"#),
+        ErrorCode::UnknownField
+    );
+    assert_eq!(code(r#"{"id":"x"}"#), ErrorCode::InvalidCapability);
+    assert_eq!(code(r#"{"capability":""}"#), ErrorCode::InvalidCapability);
+    assert_eq!(
+        code(r#"{"capability":"echo","priority":6}"#),
+        ErrorCode::InvalidPriority
+    );
+    assert_eq!(
+        code(r#"{"capability":"echo","priority":"P9"}"#),
+        ErrorCode::InvalidPriority
+    );
+    assert_eq!(
+        code(r#"{"capability":"echo","priority":-1}"#),
+        ErrorCode::InvalidPriority
+    );
+    assert_eq!(
+        code(r#"{"capability":"echo","priority":1.5}"#),
+        ErrorCode::InvalidPriority
+    );
+    assert_eq!(
+        code(r#"{"capability":"echo","deadline_ms":0}"#),
+        ErrorCode::InvalidDeadline
+    );
+    assert_eq!(
+        code(r#"{"capability":"echo","deadline_ms":"soon"}"#),
+        ErrorCode::InvalidDeadline
+    );
+    assert_eq!(
+        code(r#"{"capability":"echo","id":"a/b"}"#),
+        ErrorCode::InvalidId
+    );
+    assert_eq!(
+        code(r#"{"capability":"echo","id":"a+"}"#),
+        ErrorCode::InvalidId
+    );
+    assert_eq!(
+        code(r#"{"capability":"echo","device":7}"#),
+        ErrorCode::InvalidDevice
+    );
+    assert_eq!(
+        code(r#"{"capability":"echo","locks":"i2c0"}"#),
+        ErrorCode::InvalidLocks
+    );
+    assert_eq!(
+        code(r#"{"capability":"echo","locks":["a","b","c","d","e"]}"#),
+        ErrorCode::InvalidLocks
+    );
+    assert_eq!(
+        code(r#"{"capability":"echo","trace_id":5}"#),
+        ErrorCode::InvalidTraceId
+    );
+    let big = format!(
+        r#"{{"capability":"echo","payload":"{}"}}"#,
+        "x".repeat(MAX_PAYLOAD)
+    );
+    assert_eq!(code(&big), ErrorCode::PayloadTooLarge);
+}
+
+#[test]
+fn a_rejection_keeps_the_id_and_trace_id_when_readable() {
+    let r = parse(r#"{"id":"t-9","trace_id":"tr","priority":9,"capability":"echo"}"#).unwrap_err();
+    assert_eq!(
+        (r.id.as_deref(), r.trace_id.as_deref()),
+        (Some("t-9"), Some("tr"))
+    );
+    assert!(r.error.message.contains("priority"), "{}", r.error.message);
+    // Without a readable id the rejection has nowhere to go but {root}/errors.
+    assert_eq!(parse("{").unwrap_err().id, None);
+    assert_eq!(
+        parse(r#"{"id":"a/b","capability":"echo"}"#).unwrap_err().id,
+        None
+    );
+}
+
+#[test]
+fn status_events_serialise_as_documented() {
+    let e = StatusEvent {
+        id: "t-1".into(),
+        state: TaskState::Completed,
+        device: Some("dev-1".into()),
+        attempt: 1,
+        trace_id: None,
+        ts_ms: 1_700_000_000_000,
+        result: Some(serde_json::json!({"v": 21.5})),
+        error: None,
+    };
+    assert_eq!(
+        serde_json::to_string(&e).unwrap(),
+        r#"{"id":"t-1","state":"completed","device":"dev-1","attempt":1,"trace_id":null,"ts_ms":1700000000000,"result":{"v":21.5}}"#
+    );
+    let r = StatusEvent {
+        state: TaskState::Rejected,
+        result: None,
+        error: Some(ApiError::new(
+            ErrorCode::QueueFull,
+            "queue holds 100000 tasks",
+        )),
+        ..e
+    };
+    let text = serde_json::to_string(&r).unwrap();
+    assert!(
+        text.contains(r#""error":{"code":"queue_full","message":"queue holds 100000 tasks"}"#),
+        "{text}"
+    );
+    assert!(TaskState::Rejected.is_terminal() && !TaskState::Running.is_terminal());
+}

@@ -1,0 +1,7 @@
+//! `edge-bridge`: the agent that runs beside an MQTT broker and proxies tasks to devices.
+//!
+//! # Layout
+//! - [`api`]: the MQTT API's JSON contract: submissions in, status events out.
+#![forbid(unsafe_code)]
+
+pub mod api;
