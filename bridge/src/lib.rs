@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`api`]: the MQTT API's JSON contract: submissions in, status events out.
+//! - [`queue`]: the durable task queue and status outbox (redb).
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod queue;

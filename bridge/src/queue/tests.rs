@@ -1,0 +1,285 @@
+use super::*;
+use device_core::Priority;
+
+fn sub(id: &str, priority: Priority, deadline_ms: Option<u64>) -> Submission {
+    Submission {
+        id: id.into(),
+        capability: "echo".into(),
+        device: None,
+        priority,
+        deadline_ms,
+        payload: "null".into(),
+        locks: vec![],
+        trace_id: Some(format!("tr-{id}")),
+    }
+}
+
+/// The states of the outbox's status events, in order, as (id, state).
+fn events(q: &Queue) -> Vec<(String, TaskState)> {
+    q.outbox(1000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| {
+            let ev: StatusEvent = serde_json::from_str(&e.payload).unwrap();
+            assert_eq!(e.subtopic, format!("tasks/{}/status", ev.id));
+            (ev.id, ev.state)
+        })
+        .collect()
+}
+
+fn drain(q: &mut Queue) -> Vec<(String, TaskState)> {
+    let ev = events(q);
+    let keys: Vec<u64> = q
+        .outbox(1000)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    q.published(&keys).unwrap();
+    ev
+}
+
+fn ids<'a>(it: impl Iterator<Item = &'a TaskRecord>) -> Vec<&'a str> {
+    it.map(|t| t.sub.id.as_str()).collect()
+}
+
+#[test]
+fn accepted_tasks_are_queued_with_an_event_and_ordered_for_dispatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 100).unwrap();
+    let out = q
+        .submit(
+            vec![
+                sub("late", Priority::P2, Some(9000)),
+                sub("none", Priority::P2, None),
+                sub("early", Priority::P2, Some(1000)),
+                sub("urgent", Priority::P0, None),
+                sub("low", Priority::P5, Some(1)),
+            ],
+            10,
+        )
+        .unwrap();
+    assert!(out.iter().all(|a| *a == Admission::Queued));
+    assert_eq!(ids(q.ready()), ["urgent", "early", "late", "none", "low"]);
+    assert_eq!(events(&q).len(), 5);
+    assert!(events(&q).iter().all(|(_, s)| *s == TaskState::Queued));
+    assert_eq!(q.get("early").unwrap().deadline_at_ms, Some(1010));
+}
+
+#[test]
+fn resubmitting_an_id_never_creates_a_second_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 100).unwrap();
+    let out = q
+        .submit(
+            vec![sub("a", Priority::P3, None), sub("a", Priority::P0, None)],
+            0,
+        )
+        .unwrap();
+    assert_eq!(
+        out,
+        [Admission::Queued, Admission::Duplicate(TaskState::Queued)]
+    );
+    assert_eq!(q.len(), 1);
+    assert_eq!(
+        q.get("a").unwrap().sub.priority,
+        Priority::P3,
+        "the first submission wins"
+    );
+    drain(&mut q);
+    // Live duplicate: its current state is published again.
+    q.apply(
+        vec![Change::Dispatched {
+            id: "a".into(),
+            device: "d1".into(),
+        }],
+        1,
+    )
+    .unwrap();
+    drain(&mut q);
+    assert_eq!(
+        q.submit(vec![sub("a", Priority::P3, None)], 2).unwrap(),
+        [Admission::Duplicate(TaskState::Dispatched)]
+    );
+    assert_eq!(drain(&mut q), [("a".into(), TaskState::Dispatched)]);
+    // Finished duplicate: its final event, result included, is published again.
+    let result = Some(serde_json::json!({"v": 1}));
+    q.apply(
+        vec![Change::Finished {
+            id: "a".into(),
+            state: TaskState::Completed,
+            result: result.clone(),
+            error: None,
+        }],
+        3,
+    )
+    .unwrap();
+    drain(&mut q);
+    assert_eq!(
+        q.submit(vec![sub("a", Priority::P3, None)], 4).unwrap(),
+        [Admission::Duplicate(TaskState::Completed)]
+    );
+    let (_, e) = q.outbox(1).unwrap().remove(0);
+    let ev: StatusEvent = serde_json::from_str(&e.payload).unwrap();
+    assert_eq!((ev.state, ev.result), (TaskState::Completed, result));
+    assert!(q.is_empty());
+}
+
+#[test]
+fn a_full_queue_rejects_with_an_event_and_keeps_what_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 2).unwrap();
+    let out = q
+        .submit(
+            vec![
+                sub("a", Priority::P3, None),
+                sub("b", Priority::P3, None),
+                sub("c", Priority::P3, None),
+            ],
+            0,
+        )
+        .unwrap();
+    assert_eq!(out[2], Admission::Rejected(ErrorCode::QueueFull));
+    assert_eq!(q.len(), 2);
+    let (_, e) = q.outbox(10).unwrap().pop().unwrap();
+    let ev: StatusEvent = serde_json::from_str(&e.payload).unwrap();
+    assert_eq!(ev.state, TaskState::Rejected);
+    assert_eq!(ev.error.unwrap().code, ErrorCode::QueueFull);
+    // Room again after one finishes; the rejected id may be submitted anew.
+    q.apply(
+        vec![Change::Finished {
+            id: "a".into(),
+            state: TaskState::Cancelled,
+            result: None,
+            error: None,
+        }],
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        q.submit(vec![sub("c", Priority::P3, None)], 2).unwrap(),
+        [Admission::Queued]
+    );
+}
+
+#[test]
+fn a_task_goes_through_its_states_each_with_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 10).unwrap();
+    q.submit(vec![sub("t", Priority::P3, None)], 0).unwrap();
+    q.apply(
+        vec![
+            Change::Dispatched {
+                id: "t".into(),
+                device: "d1".into(),
+            },
+            Change::Running { id: "t".into() },
+        ],
+        1,
+    )
+    .unwrap();
+    assert!(q.ready().next().is_none());
+    assert_eq!(ids(q.on_device("d1")), ["t"]);
+    // The device is lost: back to the queue, dispatched again as attempt 2 elsewhere.
+    q.apply(
+        vec![Change::Requeue {
+            id: "t".into(),
+            not_before_ms: 500,
+        }],
+        2,
+    )
+    .unwrap();
+    assert_eq!(ids(q.ready()), ["t"]);
+    assert_eq!(q.get("t").unwrap().not_before_ms, 500);
+    q.apply(
+        vec![Change::Dispatched {
+            id: "t".into(),
+            device: "d2".into(),
+        }],
+        3,
+    )
+    .unwrap();
+    assert_eq!(q.get("t").unwrap().attempt, 2);
+    let skipped = q.apply(
+        vec![
+            Change::Finished {
+                id: "t".into(),
+                state: TaskState::Completed,
+                result: None,
+                error: None,
+            },
+            Change::Running { id: "t".into() },
+            Change::Running { id: "ghost".into() },
+        ],
+        4,
+    );
+    assert_eq!(
+        skipped.unwrap().len(),
+        2,
+        "changes after the end, and to unknown ids, are skipped"
+    );
+    let states: Vec<TaskState> = drain(&mut q).into_iter().map(|e| e.1).collect();
+    use TaskState::*;
+    assert_eq!(states, [Queued, Dispatched, Running, Dispatched, Completed]);
+}
+
+#[test]
+fn everything_survives_a_reopen_and_tasks_on_devices_are_queued_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (handle, first_keys) = {
+        let mut q = Queue::open(dir.path(), 10).unwrap();
+        q.submit(
+            vec![sub("a", Priority::P3, None), sub("b", Priority::P1, None)],
+            0,
+        )
+        .unwrap();
+        q.apply(
+            vec![Change::Dispatched {
+                id: "a".into(),
+                device: "d1".into(),
+            }],
+            1,
+        )
+        .unwrap();
+        let keys: Vec<u64> = q.outbox(10).unwrap().iter().map(|e| e.0).collect();
+        q.published(&keys[..1]).unwrap();
+        (q.get("a").unwrap().handle(), keys)
+    };
+    let mut q = Queue::open(dir.path(), 10).unwrap();
+    assert_eq!(q.len(), 2);
+    assert_eq!(
+        ids(q.ready()),
+        ["b", "a"],
+        "the dispatched task is queued again"
+    );
+    assert_eq!(
+        q.get("a").unwrap().handle(),
+        handle,
+        "same handle: the device's dedup applies"
+    );
+    assert_eq!(q.get("a").unwrap().attempt, 1);
+    let keys: Vec<u64> = q.outbox(10).unwrap().iter().map(|e| e.0).collect();
+    assert_eq!(
+        keys,
+        first_keys[1..],
+        "only the unacknowledged events remain, in order"
+    );
+    // Counters continue: new keys and handles are never reused.
+    q.submit(vec![sub("c", Priority::P3, None)], 2).unwrap();
+    assert!(q.get("c").unwrap().seq > q.get("b").unwrap().seq);
+    assert!(q.outbox(10).unwrap().last().unwrap().0 > *keys.last().unwrap());
+}
+
+#[test]
+fn events_without_a_task_go_through_the_outbox_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 10).unwrap();
+    q.notify(OutboxEntry {
+        subtopic: "errors".into(),
+        payload: "{}".into(),
+    })
+    .unwrap();
+    let out = q.outbox(10).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.subtopic, "errors");
+}
