@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`api`]: the MQTT API's JSON contract: submissions in, status events out.
 //! - [`queue`]: the durable task queue and status outbox (redb).
+//! - [`dispatch`]: the dispatch policy (which task to which device, now); no I/O.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod dispatch;
 pub mod queue;
