@@ -4,8 +4,10 @@
 //! - [`api`]: the MQTT API's JSON contract: submissions in, status events out.
 //! - [`queue`]: the durable task queue and status outbox (redb).
 //! - [`dispatch`]: the dispatch policy (which task to which device, now); no I/O.
+//! - [`link`]: device links: transport tasks driving device-core sessions.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod dispatch;
+pub mod link;
 pub mod queue;

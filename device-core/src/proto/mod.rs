@@ -243,6 +243,8 @@ pub struct Deframer<const CAP: usize> {
     buf: heapless::Vec<u8, CAP>,
     /// Inside an oversize frame: drop bytes until the next delimiter.
     skipping: bool,
+    /// `buf` holds a complete frame handed out by `push_raw`; cleared at the next call.
+    complete: bool,
 }
 
 impl<const CAP: usize> Default for Deframer<CAP> {
@@ -257,6 +259,7 @@ impl<const CAP: usize> Deframer<CAP> {
         Self {
             buf: heapless::Vec::new(),
             skipping: false,
+            complete: false,
         }
     }
 
@@ -264,6 +267,16 @@ impl<const CAP: usize> Deframer<CAP> {
     /// delimiter was reached, the decoded frame or the reason it was dropped. Call again with
     /// the rest of the input.
     pub fn push(&mut self, bytes: &[u8]) -> (usize, Option<Result<Frame, DecodeError>>) {
+        let (used, raw) = self.push_raw(bytes);
+        (used, raw.map(|r| r.and_then(decode)))
+    }
+
+    /// As [`push`](Self::push), but hands out the complete frame's bytes undecoded (for a
+    /// decoder of the caller's choice, such as a session's), valid until the next call.
+    pub fn push_raw(&mut self, bytes: &[u8]) -> (usize, Option<Result<&[u8], DecodeError>>) {
+        if core::mem::take(&mut self.complete) {
+            self.buf.clear();
+        }
         for (i, &b) in bytes.iter().enumerate() {
             if b != 0 {
                 if !self.skipping && self.buf.push(b).is_err() {
@@ -280,9 +293,8 @@ impl<const CAP: usize> Deframer<CAP> {
                 self.buf.clear();
                 continue;
             }
-            let result = decode(&self.buf);
-            self.buf.clear();
-            return (i + 1, Some(result));
+            self.complete = true;
+            return (i + 1, Some(Ok(&self.buf)));
         }
         (bytes.len(), None)
     }
