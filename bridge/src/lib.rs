@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`api`]: the MQTT API's JSON contract: submissions in, status events out.
+//! - [`engine`]: the task that owns the queue and the device registry and decides.
 //! - [`queue`]: the durable task queue and status outbox (redb).
 //! - [`dispatch`]: the dispatch policy (which task to which device, now); no I/O.
 //! - [`link`]: device links: transport tasks driving device-core sessions.
@@ -9,5 +10,6 @@
 
 pub mod api;
 pub mod dispatch;
+pub mod engine;
 pub mod link;
 pub mod queue;

@@ -1,0 +1,567 @@
+//! The bridge engine: one task that owns the queue and the registry of online devices.
+//!
+//! It turns inputs — submissions and cancels from MQTT, events from device links, timers —
+//! into committed queue changes, dispatch decisions and commands to links. Everything that
+//! changes a task is committed before anyone is told: the MQTT driver acknowledges a
+//! submission (PUBACK) only after the commit that made it `queued`, and a link acknowledges
+//! a device's report only after the commit that recorded it.
+//!
+//! Submissions are handled in batches (whatever arrived while the last commit ran), so the
+//! queue commits in groups.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use device_core::proto::{Assign, Cancel, Hello, RejectReason, Report, TaskReport};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{self, ApiError, ErrorCode, ErrorEvent, TaskState};
+use crate::dispatch::{self, Decision, DeviceView};
+use crate::link::{LinkCommand, LinkEvent, LinkId};
+use crate::queue::{Admission, Change, OutboxEntry, Queue, QueueError, TaskRecord};
+
+/// Wall-clock milliseconds since the Unix epoch (timestamps in events, deadlines).
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Inputs from the MQTT side.
+#[derive(Debug)]
+pub enum ApiInput {
+    /// A message on `{root}/tasks/submit`. `accepted` is answered after the commit; only then
+    /// may the MQTT message be acknowledged.
+    Submit {
+        payload: Vec<u8>,
+        accepted: oneshot::Sender<()>,
+    },
+    /// A message on `{root}/tasks/{id}/cancel`.
+    Cancel {
+        id: String,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Retry policy for tasks whose attempt ended without a result.
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Retry {
+    /// Delay before attempt `attempt + 1`: doubling from `initial`, capped at `max`, with up
+    /// to 25 % jitter so that devices reconnecting together do not retry in lockstep.
+    fn delay(&self, attempt: u32, jitter_seed: u64) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+            .min(self.max);
+        let jitter = base.as_millis() as u64 / 4;
+        base + Duration::from_millis(if jitter == 0 { 0 } else { jitter_seed % jitter })
+    }
+}
+
+/// An online device.
+#[derive(Debug)]
+struct Online {
+    link: LinkId,
+    hello: Hello,
+    credit: u32,
+    commands: mpsc::Sender<LinkCommand>,
+}
+
+/// A handle on a device's boot: (device id, handle).
+type HandleKey = (String, u32);
+
+/// The core's state.
+pub struct Core {
+    queue: Queue,
+    retry: Retry,
+    devices: BTreeMap<String, Online>,
+    links: HashMap<LinkId, String>,
+    /// Which task a device's handle belongs to.
+    handles: HashMap<HandleKey, String>,
+    /// Woken whenever the outbox has new entries.
+    outbox_ready: tokio::sync::Notify,
+    /// Counter for generated ids and jitter.
+    counter: u64,
+    /// Statistics: tasks that expired before they could start.
+    pub expired: u64,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("live", &self.queue.len())
+            .field("devices", &self.devices.len())
+            .finish()
+    }
+}
+
+impl Core {
+    pub fn new(queue: Queue, retry: Retry) -> Self {
+        Self {
+            queue,
+            retry,
+            devices: BTreeMap::new(),
+            links: HashMap::new(),
+            handles: HashMap::new(),
+            outbox_ready: tokio::sync::Notify::new(),
+            counter: wall_ms(),
+            expired: 0,
+        }
+    }
+
+    /// The queue (for the outbox publisher and statistics).
+    pub fn queue_mut(&mut self) -> &mut Queue {
+        &mut self.queue
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Notified when the outbox has something new.
+    pub fn outbox_ready(&self) -> &tokio::sync::Notify {
+        &self.outbox_ready
+    }
+
+    /// Online devices and their hellos.
+    pub fn devices(&self) -> impl Iterator<Item = (&str, &Hello, u32)> {
+        self.devices
+            .iter()
+            .map(|(id, o)| (id.as_str(), &o.hello, o.credit))
+    }
+
+    fn next_id(&mut self) -> String {
+        self.counter += 1;
+        format!("gen-{:x}", self.counter)
+    }
+
+    /// Handles a batch of submissions (one commit) and answers each `accepted` after it.
+    pub fn submit_batch(
+        &mut self,
+        batch: Vec<(Vec<u8>, oneshot::Sender<()>)>,
+    ) -> Result<(), QueueError> {
+        let now = wall_ms();
+        let mut subs = Vec::new();
+        let mut acks = Vec::new();
+        for (payload, accepted) in batch {
+            match api::parse_submission(&payload, || self.next_id()) {
+                Ok(s) => subs.push(s),
+                Err(rejection) => {
+                    let entry = rejection_entry(rejection, &payload, now);
+                    self.queue.notify(entry)?;
+                }
+            }
+            acks.push(accepted);
+        }
+        if !subs.is_empty() {
+            let outcomes = self.queue.submit(subs, now)?;
+            for o in outcomes {
+                if let Admission::Rejected(code) = o {
+                    tracing::warn!(?code, "submission rejected");
+                }
+            }
+        }
+        for a in acks {
+            let _ = a.send(());
+        }
+        self.outbox_ready.notify_one();
+        Ok(())
+    }
+
+    /// Cancels a task in any non-terminal state.
+    pub fn cancel(&mut self, id: &str) -> Result<(), QueueError> {
+        let Some(task) = self.queue.get(id) else {
+            tracing::info!(id, "cancel for an unknown or finished task ignored");
+            return Ok(());
+        };
+        if task.state != TaskState::Queued {
+            if let Some(online) = task.device.as_ref().and_then(|d| self.devices.get(d)) {
+                let _ = online.commands.try_send(LinkCommand::Cancel(Cancel {
+                    handle: task.handle(),
+                }));
+            }
+        }
+        let change = Change::Finished {
+            id: id.to_owned(),
+            state: TaskState::Cancelled,
+            result: None,
+            error: Some(ApiError::new(ErrorCode::Cancelled, "cancelled on request")),
+        };
+        self.queue.apply(vec![change], wall_ms())?;
+        self.outbox_ready.notify_one();
+        Ok(())
+    }
+
+    /// Handles one link event; replies on `committed` channels after the commit.
+    pub fn on_link(&mut self, event: LinkEvent) -> Result<(), QueueError> {
+        match event {
+            LinkEvent::Up {
+                link,
+                peer,
+                hello,
+                rebooted,
+                credit,
+                commands,
+            } => {
+                let id = hello.device_id.to_string();
+                if let Some(old) = self.devices.remove(&id) {
+                    tracing::info!(device = %id, old_link = old.link, "device reconnected; closing its previous link");
+                    let _ = old.commands.try_send(LinkCommand::Close);
+                    self.links.remove(&old.link);
+                }
+                tracing::info!(device = %id, %peer, rebooted, credit, caps = ?hello.capabilities, "device online");
+                // Whatever this device was running is dispatched again: replays are answered
+                // by its dedup table within a boot, and re-run after a reboot.
+                let now = wall_ms();
+                let stranded: Vec<Change> = self
+                    .queue
+                    .on_device(&id)
+                    .map(|t| Change::Requeue {
+                        id: t.sub.id.clone(),
+                        not_before_ms: now,
+                    })
+                    .collect();
+                self.queue.apply(stranded, now)?;
+                self.links.insert(link, id.clone());
+                self.devices.insert(
+                    id,
+                    Online {
+                        link,
+                        hello,
+                        credit: u32::from(credit),
+                        commands,
+                    },
+                );
+            }
+            LinkEvent::Credit { link, credit } => {
+                if let Some(online) = self.links.get(&link).and_then(|d| self.devices.get_mut(d)) {
+                    online.credit = u32::from(credit);
+                }
+            }
+            LinkEvent::Report {
+                link,
+                report,
+                committed,
+            } => {
+                self.on_report(link, report)?;
+                let _ = committed.send(());
+            }
+            LinkEvent::Reject {
+                link,
+                reject,
+                committed,
+            } => {
+                let device = self.links.get(&link).cloned();
+                if let (Some(device), Some(handle)) = (device, reject.handle) {
+                    if let Some(id) = self.handles.remove(&(device.clone(), handle)) {
+                        let change = match reject.reason {
+                            RejectReason::NoFreeSlot => Change::Requeue {
+                                id,
+                                not_before_ms: wall_ms(),
+                            },
+                            reason => Change::Finished {
+                                id,
+                                state: TaskState::Rejected,
+                                result: None,
+                                error: Some(ApiError::new(
+                                    ErrorCode::DeviceRejected,
+                                    format!("device {device}: {reason}"),
+                                )),
+                            },
+                        };
+                        self.queue.apply(vec![change], wall_ms())?;
+                    }
+                }
+                let _ = committed.send(());
+            }
+            LinkEvent::Refused { link, handle } => {
+                if let Some(device) = self.links.get(&link).cloned() {
+                    if let Some(id) = self.handles.remove(&(device, handle)) {
+                        self.queue.apply(
+                            vec![Change::Requeue {
+                                id,
+                                not_before_ms: wall_ms(),
+                            }],
+                            wall_ms(),
+                        )?;
+                    }
+                }
+            }
+            LinkEvent::Down { link, reason } => {
+                if let Some(device) = self.links.remove(&link) {
+                    if self.devices.get(&device).is_some_and(|o| o.link == link) {
+                        self.devices.remove(&device);
+                        tracing::info!(%device, %reason, "device offline");
+                        self.requeue_from(&device)?;
+                    }
+                }
+            }
+        }
+        self.outbox_ready.notify_one();
+        Ok(())
+    }
+
+    /// Tasks of a device that went away start another attempt after the retry delay, or
+    /// fail when attempts are exhausted.
+    fn requeue_from(&mut self, device: &str) -> Result<(), QueueError> {
+        let now = wall_ms();
+        let mut changes = Vec::new();
+        for t in self.queue.on_device(device) {
+            self.counter += 1;
+            changes.push(self.retry_change(t, now, self.counter, "device disconnected"));
+        }
+        self.handles.retain(|(d, _), _| d != device);
+        self.queue.apply(changes, now)?;
+        Ok(())
+    }
+
+    fn retry_change(&self, t: &TaskRecord, now: u64, seed: u64, why: &str) -> Change {
+        if t.attempt >= self.retry.max_attempts {
+            Change::Finished {
+                id: t.sub.id.clone(),
+                state: TaskState::Failed,
+                result: None,
+                error: Some(ApiError::new(
+                    ErrorCode::AttemptsExhausted,
+                    format!("{why}; {} attempts made", t.attempt),
+                )),
+            }
+        } else {
+            let delay = self.retry.delay(t.attempt, seed);
+            Change::Requeue {
+                id: t.sub.id.clone(),
+                not_before_ms: now + delay.as_millis() as u64,
+            }
+        }
+    }
+
+    fn on_report(&mut self, link: LinkId, report: Report) -> Result<(), QueueError> {
+        let Some(device) = self.links.get(&link).cloned() else {
+            return Ok(());
+        };
+        let key = (device.clone(), report.handle);
+        let Some(id) = self.handles.get(&key).cloned() else {
+            tracing::debug!(%device, handle = report.handle, "report for a handle already settled");
+            return Ok(());
+        };
+        let change = match report.state {
+            TaskReport::Running => Change::Running { id },
+            TaskReport::Completed => {
+                self.handles.remove(&key);
+                let text = String::from_utf8_lossy(&report.result);
+                // Results are JSON when the device wrote JSON, a string otherwise.
+                let result = serde_json::from_str::<Value>(&text)
+                    .unwrap_or(Value::String(text.into_owned()));
+                Change::Finished {
+                    id,
+                    state: TaskState::Completed,
+                    result: Some(result),
+                    error: None,
+                }
+            }
+            TaskReport::Failed => {
+                self.handles.remove(&key);
+                let code = report.error.unwrap_or(0);
+                Change::Finished {
+                    id,
+                    state: TaskState::Failed,
+                    result: None,
+                    error: Some(ApiError::new(
+                        ErrorCode::DeviceFailed,
+                        format!("device {device} failed with code {code}"),
+                    )),
+                }
+            }
+            TaskReport::Expired => {
+                self.handles.remove(&key);
+                self.expired += 1;
+                Change::Finished {
+                    id,
+                    state: TaskState::Expired,
+                    result: None,
+                    error: Some(ApiError::new(
+                        ErrorCode::DeadlineExpired,
+                        "the deadline passed before the device could start it",
+                    )),
+                }
+            }
+            TaskReport::Cancelled => {
+                self.handles.remove(&key);
+                Change::Finished {
+                    id,
+                    state: TaskState::Cancelled,
+                    result: None,
+                    error: Some(ApiError::new(ErrorCode::Cancelled, "cancelled")),
+                }
+            }
+        };
+        self.queue.apply(vec![change], wall_ms())?;
+        Ok(())
+    }
+
+    /// Dispatches what can be dispatched now; returns the earliest time worth looking again
+    /// (a retry delay or a deadline), if any.
+    pub fn dispatch(&mut self) -> Result<Option<u64>, QueueError> {
+        let now = wall_ms();
+        let views: BTreeMap<String, DeviceView> = self
+            .devices
+            .iter()
+            .map(|(id, o)| {
+                let view = DeviceView {
+                    capabilities: o.hello.capabilities.iter().map(|c| c.to_string()).collect(),
+                    credit: o.credit,
+                    in_flight: self.queue.on_device(id).count() as u32,
+                    max_payload: usize::from(o.hello.max_payload),
+                };
+                (id.clone(), view)
+            })
+            .collect();
+        let decisions = dispatch::plan(self.queue.ready(), &views, now);
+        let mut changes = Vec::new();
+        let mut sends = Vec::new();
+        for d in decisions {
+            match d {
+                Decision::Expire { id } => {
+                    self.expired += 1;
+                    changes.push(Change::Finished {
+                        id,
+                        state: TaskState::Expired,
+                        result: None,
+                        error: Some(ApiError::new(
+                            ErrorCode::DeadlineExpired,
+                            "the deadline passed while the task waited",
+                        )),
+                    });
+                }
+                Decision::TooLarge { id, device, max } => changes.push(Change::Finished {
+                    id,
+                    state: TaskState::Rejected,
+                    result: None,
+                    error: Some(ApiError::new(
+                        ErrorCode::PayloadTooLarge,
+                        format!("device {device} takes payloads of at most {max} bytes"),
+                    )),
+                }),
+                Decision::Assign { id, device } => {
+                    let Some(task) = self.queue.get(&id) else {
+                        continue;
+                    };
+                    match assign_for(task, now) {
+                        Some(assign) => {
+                            sends.push((device.clone(), assign));
+                            changes.push(Change::Dispatched { id, device });
+                        }
+                        None => changes.push(Change::Finished {
+                            id,
+                            state: TaskState::Rejected,
+                            result: None,
+                            error: Some(ApiError::new(
+                                ErrorCode::InvalidLocks,
+                                "lock names are not supported by this bridge yet",
+                            )),
+                        }),
+                    }
+                }
+            }
+        }
+        // Commit the dispatch before telling devices: a crash after the commit re-dispatches
+        // (harmless), a crash before it never sent anything.
+        self.queue.apply(changes, now)?;
+        for (device, assign) in sends {
+            let handle = assign.handle;
+            let Some(online) = self.devices.get_mut(&device) else {
+                continue;
+            };
+            if let Some(id) = self
+                .queue
+                .on_device(&device)
+                .find(|t| t.handle() == handle)
+                .map(|t| t.sub.id.clone())
+            {
+                self.handles.insert((device.clone(), handle), id);
+            }
+            online.credit = online.credit.saturating_sub(1);
+            if online
+                .commands
+                .try_send(LinkCommand::Assign(Box::new(assign)))
+                .is_err()
+            {
+                tracing::warn!(%device, handle, "link busy; the task will be dispatched again");
+            }
+        }
+        self.outbox_ready.notify_one();
+        let next = self
+            .queue
+            .ready()
+            .filter_map(|t| match (t.deadline_at_ms, t.not_before_ms) {
+                (Some(d), nb) if nb > now => Some(d.min(nb)),
+                (Some(d), _) => Some(d),
+                (None, nb) if nb > now => Some(nb),
+                _ => None,
+            })
+            .min();
+        Ok(next)
+    }
+}
+
+/// The `Assign` for a task's current attempt; `None` when the task names locks (lock names
+/// need device-advertised lock tables, not in the protocol yet).
+fn assign_for(t: &TaskRecord, now: u64) -> Option<Assign> {
+    if !t.sub.locks.is_empty() {
+        return None;
+    }
+    let remaining = t
+        .deadline_at_ms
+        .map(|d| d.saturating_sub(now).min(u64::from(u32::MAX)) as u32);
+    Some(Assign {
+        handle: t.handle(),
+        priority: t.sub.priority,
+        deadline_ms: remaining,
+        capability: t.sub.capability.as_str().try_into().ok()?,
+        locks: heapless::Vec::new(),
+        payload: heapless::Vec::from_slice(t.sub.payload.as_bytes()).ok()?,
+        trace_id: t.sub.trace_id.as_deref().unwrap_or("").try_into().ok()?,
+    })
+}
+
+/// Where a refused submission is reported: its status topic when its id was readable, the
+/// errors topic otherwise.
+fn rejection_entry(r: api::Rejection, payload: &[u8], now: u64) -> OutboxEntry {
+    match r.id {
+        Some(id) => {
+            let event = api::StatusEvent {
+                id: id.clone(),
+                state: TaskState::Rejected,
+                device: None,
+                attempt: 0,
+                trace_id: r.trace_id,
+                ts_ms: now,
+                result: None,
+                error: Some(r.error),
+            };
+            OutboxEntry {
+                subtopic: format!("tasks/{id}/status"),
+                payload: serde_json::to_string(&event).unwrap_or_default(),
+            }
+        }
+        None => {
+            let received: String = String::from_utf8_lossy(payload).chars().take(200).collect();
+            let event = ErrorEvent {
+                error: r.error,
+                received,
+                ts_ms: now,
+            };
+            OutboxEntry {
+                subtopic: "errors".into(),
+                payload: serde_json::to_string(&event).unwrap_or_default(),
+            }
+        }
+    }
+}
