@@ -78,7 +78,7 @@ struct Online {
 type HandleKey = (String, u32);
 
 /// The core's state.
-pub struct Core {
+pub struct Engine {
     queue: Queue,
     retry: Retry,
     devices: BTreeMap<String, Online>,
@@ -93,16 +93,16 @@ pub struct Core {
     pub expired: u64,
 }
 
-impl std::fmt::Debug for Core {
+impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Core")
+        f.debug_struct("Engine")
             .field("live", &self.queue.len())
             .field("devices", &self.devices.len())
             .finish()
     }
 }
 
-impl Core {
+impl Engine {
     pub fn new(queue: Queue, retry: Retry) -> Self {
         Self {
             queue,
@@ -128,6 +128,31 @@ impl Core {
     /// Notified when the outbox has something new.
     pub fn outbox_ready(&self) -> &tokio::sync::Notify {
         &self.outbox_ready
+    }
+
+    /// The retained `{root}/bridge/stats` document: queue depth per priority, devices with
+    /// their free slots and tasks in flight, tasks that expired.
+    pub fn stats_json(&self) -> String {
+        let mut depth = [0u64; 6];
+        for t in self.queue.ready() {
+            depth[usize::from(t.sub.priority.level())] += 1;
+        }
+        let devices: serde_json::Map<String, Value> = self
+            .devices
+            .iter()
+            .map(|(id, o)| {
+                let in_flight = self.queue.on_device(id).count();
+                (id.clone(), serde_json::json!({ "free_slots": o.credit, "in_flight": in_flight, "slots": o.hello.slots }))
+            })
+            .collect();
+        serde_json::json!({
+            "queued": { "P0": depth[0], "P1": depth[1], "P2": depth[2], "P3": depth[3], "P4": depth[4], "P5": depth[5] },
+            "live": self.queue.len(),
+            "devices": devices,
+            "expired": self.expired,
+            "ts_ms": wall_ms(),
+        })
+        .to_string()
     }
 
     /// Online devices and their hellos.
@@ -229,6 +254,13 @@ impl Core {
                     })
                     .collect();
                 self.queue.apply(stranded, now)?;
+                self.queue.notify(device_document(
+                    &id,
+                    Some(&hello),
+                    true,
+                    &format!("connected from {peer}"),
+                    now,
+                ))?;
                 self.links.insert(link, id.clone());
                 self.devices.insert(
                     id,
@@ -297,8 +329,16 @@ impl Core {
             LinkEvent::Down { link, reason } => {
                 if let Some(device) = self.links.remove(&link) {
                     if self.devices.get(&device).is_some_and(|o| o.link == link) {
-                        self.devices.remove(&device);
+                        let old = self.devices.remove(&device);
                         tracing::info!(%device, %reason, "device offline");
+                        let doc = device_document(
+                            &device,
+                            old.as_ref().map(|o| &o.hello),
+                            false,
+                            &reason,
+                            wall_ms(),
+                        );
+                        self.queue.notify(doc)?;
                         self.requeue_from(&device)?;
                     }
                 }
@@ -531,6 +571,34 @@ fn assign_for(t: &TaskRecord, now: u64) -> Option<Assign> {
     })
 }
 
+/// The retained `{root}/devices/{id}` document: capabilities and online state (an offline
+/// document repeats what the device last said in its `Hello`). `note` says where it
+/// connected from, or why it went offline.
+fn device_document(
+    id: &str,
+    hello: Option<&Hello>,
+    online: bool,
+    note: &str,
+    now: u64,
+) -> OutboxEntry {
+    let doc = serde_json::json!({
+        "device_id": id,
+        "online": online,
+        "capabilities": hello.map(|h| h.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>()),
+        "slots": hello.map(|h| h.slots),
+        "max_payload": hello.map(|h| h.max_payload),
+        "boot_id": hello.map(|h| h.boot_id),
+        "protocol_version": hello.map(|h| h.version),
+        "note": note,
+        "ts_ms": now,
+    });
+    OutboxEntry {
+        subtopic: format!("devices/{id}"),
+        payload: doc.to_string(),
+        retain: true,
+    }
+}
+
 /// Where a refused submission is reported: its status topic when its id was readable, the
 /// errors topic otherwise.
 fn rejection_entry(r: api::Rejection, payload: &[u8], now: u64) -> OutboxEntry {
@@ -546,9 +614,11 @@ fn rejection_entry(r: api::Rejection, payload: &[u8], now: u64) -> OutboxEntry {
                 result: None,
                 error: Some(r.error),
             };
+            let payload = serde_json::to_string(&event).unwrap_or_default();
             OutboxEntry {
                 subtopic: format!("tasks/{id}/status"),
-                payload: serde_json::to_string(&event).unwrap_or_default(),
+                payload,
+                retain: false,
             }
         }
         None => {
@@ -561,6 +631,7 @@ fn rejection_entry(r: api::Rejection, payload: &[u8], now: u64) -> OutboxEntry {
             OutboxEntry {
                 subtopic: "errors".into(),
                 payload: serde_json::to_string(&event).unwrap_or_default(),
+                retain: false,
             }
         }
     }

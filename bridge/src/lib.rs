@@ -2,14 +2,20 @@
 //!
 //! # Layout
 //! - [`api`]: the MQTT API's JSON contract: submissions in, status events out.
+//! - [`broker`]: the embedded MQTT broker (rumqttd).
 //! - [`engine`]: the task that owns the queue and the device registry and decides.
 //! - [`queue`]: the durable task queue and status outbox (redb).
 //! - [`dispatch`]: the dispatch policy (which task to which device, now); no I/O.
 //! - [`link`]: device links: transport tasks driving device-core sessions.
+//! - [`mqtt`]: the MQTT client driver (rumqttc): API in, outbox out.
+//! - [`run`]: `edge-bridge run`: everything wired together.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod broker;
 pub mod dispatch;
 pub mod engine;
 pub mod link;
+pub mod mqtt;
 pub mod queue;
+pub mod run;

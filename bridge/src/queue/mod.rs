@@ -112,6 +112,9 @@ pub struct OutboxEntry {
     /// Topic below the root, e.g. `tasks/t-1/status`.
     pub subtopic: String,
     pub payload: String,
+    /// Published retained (device documents).
+    #[serde(default)]
+    pub retain: bool,
 }
 
 impl OutboxEntry {
@@ -119,6 +122,7 @@ impl OutboxEntry {
         Self {
             subtopic: format!("tasks/{}/status", e.id),
             payload: json(e),
+            retain: false,
         }
     }
 }

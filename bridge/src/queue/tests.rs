@@ -277,6 +277,7 @@ fn events_without_a_task_go_through_the_outbox_too() {
     q.notify(OutboxEntry {
         subtopic: "errors".into(),
         payload: "{}".into(),
+        retain: false,
     })
     .unwrap();
     let out = q.outbox(10).unwrap();

@@ -1,0 +1,191 @@
+//! `edge-device-sim`: a device on the host. It runs device-core's runtime and session over a
+//! TCP link, exactly as firmware does over a UART, and reconnects when the bridge goes away.
+//!
+//! Capabilities: `echo` (result = payload), `sleep` (`{"ms":N}`, one step per millisecond, so
+//! preemption and cancellation are observable), `fail` (fails with code 7). 8 task slots.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant as StdInstant};
+
+use clap::Parser;
+use device_core::Instant;
+use device_core::link::Config;
+use device_core::proto::{Deframer, MAX_FRAME};
+use device_core::runtime::{Ctx, Device, Runtime, Step};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A simulated device for the edge bridge.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// The bridge's device link (host:port).
+    #[arg(long)]
+    connect: SocketAddr,
+    /// The device id.
+    #[arg(long)]
+    id: String,
+    /// A capability to offer (echo, sleep, fail); repeat for several.
+    #[arg(long = "capability", required = true)]
+    capabilities: Vec<String>,
+}
+
+const SLOTS: usize = 8;
+type Sim = Device<SLOTS, 4, 4, 8, 4>;
+
+fn echo(ctx: &mut Ctx<'_>) -> Step {
+    match ctx.result.extend_from_slice(ctx.payload) {
+        Ok(()) => Step::Done,
+        Err(_) => Step::Fail(1),
+    }
+}
+
+/// Sleeps `{"ms":N}` in steps: the first step notes the start time in the scratch bytes.
+fn sleep(ctx: &mut Ctx<'_>) -> Step {
+    if ctx.step == 0 {
+        ctx.scratch[..8].copy_from_slice(&ctx.now.as_millis().to_le_bytes());
+    }
+    let mut start = [0u8; 8];
+    start.copy_from_slice(&ctx.scratch[..8]);
+    let ms = serde_json::from_slice::<serde_json::Value>(ctx.payload)
+        .ok()
+        .and_then(|v| v.get("ms").and_then(serde_json::Value::as_u64));
+    let Some(ms) = ms else { return Step::Fail(2) };
+    if ctx
+        .now
+        .as_millis()
+        .saturating_sub(u64::from_le_bytes(start))
+        < ms
+    {
+        return Step::Continue;
+    }
+    let result = format!("{{\"slept_ms\":{ms}}}");
+    match ctx.result.extend_from_slice(result.as_bytes()) {
+        Ok(()) => Step::Done,
+        Err(_) => Step::Fail(1),
+    }
+}
+
+fn fail(_: &mut Ctx<'_>) -> Step {
+    Step::Fail(7)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("edge-device-sim: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let epoch = StdInstant::now();
+    let now = move || Instant::from_millis(epoch.elapsed().as_millis() as u64);
+    // A fresh boot id per process start, as firmware would draw one at boot.
+    let boot_id = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos()) as u32)
+        | 1;
+    let mut failures = 0u32;
+    loop {
+        let mut rt: Runtime<SLOTS, 4, 4> = Runtime::new();
+        for cap in &cli.capabilities {
+            let handler = match cap.as_str() {
+                "echo" => echo,
+                "sleep" => sleep,
+                "fail" => fail,
+                other => {
+                    eprintln!("edge-device-sim: unknown capability {other:?} (echo, sleep, fail)");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if rt.register(cap, handler).is_err() {
+                eprintln!("edge-device-sim: too many capabilities");
+                return ExitCode::FAILURE;
+            }
+        }
+        let Some(mut device) = Sim::new(&cli.id, boot_id, rt, Config::default(), now()) else {
+            eprintln!("edge-device-sim: device id too long");
+            return ExitCode::FAILURE;
+        };
+        match TcpStream::connect(cli.connect).await {
+            Ok(stream) => {
+                failures = 0;
+                let _ = stream.set_nodelay(true);
+                tracing::info!(bridge = %cli.connect, id = %cli.id, "connected");
+                let why = serve(stream, &mut device, now).await;
+                tracing::warn!(%why, "link lost; reconnecting");
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(bridge = %cli.connect, error = %e, "cannot connect");
+            }
+        }
+        let delay = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn serve(stream: TcpStream, device: &mut Sim, now: impl Fn() -> Instant) -> String {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut deframer: Deframer<MAX_FRAME> = Deframer::new();
+    let mut input = vec![0u8; 4096];
+    let mut out = [0u8; MAX_FRAME];
+    loop {
+        // Run one step per pass (more urgent tasks preempt at step boundaries), then send.
+        let busy = device.step(now());
+        while let Some(n) = device.poll_transmit(now(), &mut out) {
+            if let Err(e) = wr.write_all(&out[..n]).await {
+                return format!("write: {e}");
+            }
+        }
+        let wake = device
+            .poll_timeout()
+            .map_or(1_000, |t| t.as_millis().saturating_sub(now().as_millis()));
+        let wait = if busy {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(wake.clamp(1, 1_000))
+        };
+        tokio::select! {
+            read = rd.read(&mut input) => {
+                let n = match read {
+                    Ok(0) => return "bridge closed the connection".into(),
+                    Ok(n) => n,
+                    Err(e) => return format!("read: {e}"),
+                };
+                let mut rest = &input[..n];
+                while !rest.is_empty() {
+                    let (used, frame) = deframer.push_raw(rest);
+                    rest = &rest[used..];
+                    if let Some(Ok(bytes)) = frame {
+                        let bytes = bytes.to_vec();
+                        if let Err(e) = device.handle_bytes(&bytes, now()) {
+                            tracing::warn!(error = %e, "bad frame from the bridge");
+                        }
+                    }
+                }
+            }
+            () = tokio::time::sleep(wait) => {
+                if device.handle_timeout(now()).is_some() {
+                    tracing::warn!("bridge silent; handshaking again");
+                }
+            }
+        }
+    }
+}

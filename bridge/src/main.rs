@@ -1,0 +1,122 @@
+//! The `edge-bridge` binary: command line, logging, and exit codes around [`edge_bridge::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use broker_config::{BrokerConfig, Config, LinkConfig};
+use clap::{Parser, Subcommand};
+
+/// MQTT edge bridge for constrained devices.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the bridge (with the embedded MQTT broker unless the configuration names another).
+    Run {
+        /// Configuration file (TOML); without it every setting has its default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `bridge_id`.
+        #[arg(long)]
+        bridge_id: Option<String>,
+        /// Overrides `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Overrides the embedded broker's listener (port 0: any free port).
+        #[arg(long)]
+        mqtt_listen: Option<SocketAddr>,
+        /// Replaces the device links with one plain TCP listener (port 0: any free port).
+        #[arg(long)]
+        device_listen: Option<SocketAddr>,
+    },
+    /// Print the commented default configuration.
+    GenConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::GenConfig => {
+            print!("{}", broker_config::DEFAULT_CONFIG);
+            ExitCode::SUCCESS
+        }
+        Command::Run {
+            config,
+            bridge_id,
+            data_dir,
+            mqtt_listen,
+            device_listen,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        // rumqttd logs every client disconnect as an error; a broker that dies is
+                        // reported by the bridge itself. RUST_LOG=info,rumqttd=info shows them.
+                        .unwrap_or_else(|_| "info,rumqttd=off".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            match run(config, bridge_id, data_dir, mqtt_listen, device_listen) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("edge-bridge: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(
+    file: Option<PathBuf>,
+    bridge_id: Option<String>,
+    data_dir: Option<PathBuf>,
+    mqtt_listen: Option<SocketAddr>,
+    device_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut config = match &file {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(id) = bridge_id {
+        config.bridge_id = id;
+    }
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(addr) = mqtt_listen {
+        match &mut config.broker {
+            BrokerConfig::Embedded { listen, .. } => *listen = addr,
+            BrokerConfig::External { .. } => anyhow::bail!(
+                "--mqtt-listen applies to the embedded broker, but the configuration names an external one"
+            ),
+        }
+    }
+    if let Some(addr) = device_listen {
+        config.links = vec![LinkConfig::Tcp { listen: addr }];
+    }
+    config
+        .validate()
+        .context("invalid configuration after command-line overrides")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(edge_bridge::run::run(config, |ready| {
+        let devices: Vec<String> = ready.devices.iter().map(ToString::to_string).collect();
+        // One line on stdout for scripts and tests; logs go to stderr.
+        println!(
+            "edge-bridge ready: mqtt={} devices={}",
+            ready.mqtt,
+            devices.join(",")
+        );
+    }))?;
+    Ok(())
+}

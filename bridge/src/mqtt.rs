@@ -1,0 +1,182 @@
+//! The MQTT driver: one task owning the rumqttc event loop.
+//!
+//! - Subscribes (QoS 1, persistent session) to `{root}/tasks/submit` and
+//!   `{root}/tasks/+/cancel`; a submission is acknowledged (manual PUBACK) only when the
+//!   engine says it is committed, so a broker redelivers anything the bridge had not stored.
+//! - Publishes what the engine hands it (outbox entries, QoS 1) and reports each entry's
+//!   key back once the broker's PUBACK arrived, so the outbox forgets only what the broker has.
+//! - Publishes the retained `{root}/bridge/status` on every connection, with a last will
+//!   saying the opposite.
+//! - Reconnects with exponential backoff and jitter; the event loop is polled continuously
+//!   and never waits on its own request channel (requests are sent with `try_*`, or from
+//!   separate tasks).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::ApiInput;
+
+/// Where and how to connect.
+#[derive(Clone, Debug)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub credentials: Option<(String, String)>,
+    pub root: String,
+    pub max_packet_bytes: usize,
+}
+
+/// A message the engine wants published; `key` comes back in [`MqttEvent::Published`].
+#[derive(Clone, Debug)]
+pub struct Publication {
+    pub key: u64,
+    pub topic: String,
+    pub payload: String,
+    pub retain: bool,
+}
+
+/// From the driver to the engine.
+#[derive(Debug)]
+pub enum MqttEvent {
+    /// Connected (again): everything not yet acknowledged may be offered again.
+    Connected,
+    /// The broker acknowledged these outbox keys.
+    Published(Vec<u64>),
+    Disconnected(String),
+}
+
+/// Builds the client and its event loop with the bridge's session settings.
+pub fn connect(s: &MqttSettings) -> (AsyncClient, EventLoop) {
+    let mut opts = MqttOptions::new(&s.client_id, &s.host, s.port);
+    opts.set_keep_alive(Duration::from_secs(15));
+    // Persistent session + manual acks: unacknowledged submissions are redelivered.
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    opts.set_max_packet_size(s.max_packet_bytes, s.max_packet_bytes);
+    if let Some((user, pass)) = &s.credentials {
+        opts.set_credentials(user, pass);
+    }
+    let will = serde_json::json!({ "online": false, "reason": "connection lost" }).to_string();
+    opts.set_last_will(LastWill::new(
+        format!("{}/bridge/status", s.root),
+        will,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    AsyncClient::new(opts, 256)
+}
+
+/// Runs the driver until `publish` closes.
+pub async fn run(
+    settings: MqttSettings,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    api: mpsc::Sender<ApiInput>,
+    events: mpsc::Sender<MqttEvent>,
+    mut publish: mpsc::Receiver<Publication>,
+) {
+    let submit_topic = format!("{}/tasks/submit", settings.root);
+    let cancel_prefix = format!("{}/tasks/", settings.root);
+    // Keys of our publishes in request order, waiting for their packet id.
+    let mut requested: VecDeque<u64> = VecDeque::new();
+    let mut by_pkid: HashMap<u16, u64> = HashMap::new();
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            polled = eventloop.poll() => match polled {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    failures = 0;
+                    tracing::info!(host = %settings.host, port = settings.port, "connected to the MQTT broker");
+                    let status = serde_json::json!({ "online": true, "bridge_id": settings.client_id }).to_string();
+                    for (topic, qos) in [(submit_topic.clone(), QoS::AtLeastOnce), (format!("{cancel_prefix}+/cancel"), QoS::AtLeastOnce)] {
+                        if client.try_subscribe(topic, qos).is_err() {
+                            tracing::warn!("request channel full while subscribing");
+                        }
+                    }
+                    let _ = client.try_publish(format!("{}/bridge/status", settings.root), QoS::AtLeastOnce, true, status);
+                    // The status publish (queued after any pending requests) takes a packet id
+                    // that is not an outbox entry.
+                    requested.push_back(0);
+                    let _ = events.send(MqttEvent::Connected).await;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let topic = p.topic.clone();
+                    if topic == submit_topic {
+                        let (accepted, committed) = oneshot::channel();
+                        if api.send(ApiInput::Submit { payload: p.payload.to_vec(), accepted }).await.is_err() {
+                            return;
+                        }
+                        ack_when(client.clone(), p, committed);
+                    } else if let Some(id) = topic.strip_prefix(&cancel_prefix).and_then(|t| t.strip_suffix("/cancel")) {
+                        let (done, handled) = oneshot::channel();
+                        if api.send(ApiInput::Cancel { id: id.to_owned(), done }).await.is_err() {
+                            return;
+                        }
+                        ack_when(client.clone(), p, handled);
+                    } else {
+                        let _ = client.try_ack(&p);
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                    // A new packet id belongs to the oldest request; a known one is a resend
+                    // after a reconnect.
+                                        if let std::collections::hash_map::Entry::Vacant(slot) = by_pkid.entry(pkid) {
+                        if let Some(key) = requested.pop_front() {
+                            slot.insert(key);
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(key) = by_pkid.remove(&ack.pkid) {
+                        if key != 0 && events.send(MqttEvent::Published(vec![key])).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failures += 1;
+                    let _ = events.send(MqttEvent::Disconnected(e.to_string())).await;
+                    let delay = backoff(failures);
+                    tracing::warn!(error = %e, retry_in = ?delay, "MQTT connection failed");
+                    tokio::time::sleep(delay).await;
+                }
+            },
+            out = publish.recv() => {
+                let Some(out) = out else { return };
+                // The engine offers at most a bounded window of entries, so the channel
+                // cannot fill up; should it, the entry is offered again after a reconnect.
+                if client.try_publish(out.topic, QoS::AtLeastOnce, out.retain, out.payload).is_ok() {
+                    requested.push_back(out.key);
+                } else {
+                    tracing::warn!(key = out.key, "MQTT request channel full; the event stays in the outbox");
+                }
+            }
+        }
+    }
+}
+
+/// Acknowledges `p` once `committed` fires (the engine stored it); never if the engine
+/// dropped it, so the broker redelivers.
+fn ack_when(client: AsyncClient, p: rumqttc::Publish, committed: oneshot::Receiver<()>) {
+    tokio::spawn(async move {
+        if committed.await.is_ok() {
+            if let Err(e) = client.ack(&p).await {
+                tracing::warn!(error = %e, "could not acknowledge a submission; the broker will redeliver it");
+            }
+        }
+    });
+}
+
+/// Reconnection delay: 100 ms doubling to 10 s, plus up to 50 % jitter.
+fn backoff(failures: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << failures.min(7)).min(10_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    Duration::from_millis(base + u64::from(nanos) % (base / 2 + 1))
+}

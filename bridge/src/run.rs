@@ -1,0 +1,260 @@
+//! `edge-bridge run`: wires the queue, the broker, the MQTT driver, the device links and the
+//! engine, and runs until a signal or a fatal error.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use broker_config::{BrokerConfig, Config, LinkConfig};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::engine::{ApiInput, Engine, Retry, wall_ms};
+use crate::link::{self, LinkEvent};
+use crate::mqtt::{self, MqttEvent, MqttSettings, Publication};
+use crate::queue::{Queue, QueueError};
+
+/// Outbox entries handed to the MQTT driver and not yet acknowledged, at most.
+const PUBLISH_WINDOW: usize = 200;
+
+/// Why the bridge stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error("device link {addr}: {source}")]
+    Link {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Stopped(String),
+}
+
+/// The addresses the bridge ended up listening on (port 0 resolved).
+#[derive(Clone, Debug)]
+pub struct Ready {
+    pub mqtt: SocketAddr,
+    pub devices: Vec<SocketAddr>,
+}
+
+/// Runs the bridge; `ready` is called once everything listens.
+pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunError> {
+    let root = config.root();
+    let queue = Queue::open(&config.data_dir, config.queue.limit)?;
+    tracing::info!(data_dir = %config.data_dir.display(), live = queue.len(), "queue opened");
+    let retry = Retry {
+        max_attempts: config.queue.max_attempts,
+        initial: config.queue.retry_initial,
+        max: config.queue.retry_max,
+    };
+    let mut engine = Engine::new(queue, retry);
+
+    let (broker_stopped, settings) = match &config.broker {
+        BrokerConfig::Embedded {
+            listen,
+            max_packet_bytes,
+            max_connections,
+        } => {
+            let (addr, stopped) =
+                crate::broker::start(*listen, *max_packet_bytes, *max_connections)?;
+            tracing::info!(%addr, "embedded MQTT broker started");
+            let settings = MqttSettings {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                client_id: format!("edge-bridge-{}", config.bridge_id),
+                credentials: None,
+                root: root.clone(),
+                max_packet_bytes: *max_packet_bytes,
+            };
+            (Some(stopped), settings)
+        }
+        BrokerConfig::External {
+            host,
+            port,
+            username,
+            password,
+            tls,
+            max_packet_bytes,
+        } => {
+            if tls.is_some() {
+                return Err(RunError::Stopped(
+                    "broker.tls is not supported by this build yet".into(),
+                ));
+            }
+            let settings = MqttSettings {
+                host: host.clone(),
+                port: *port,
+                client_id: format!("edge-bridge-{}", config.bridge_id),
+                credentials: username
+                    .clone()
+                    .map(|u| (u, password.clone().unwrap_or_default())),
+                root: root.clone(),
+                max_packet_bytes: *max_packet_bytes,
+            };
+            (None, settings)
+        }
+    };
+    let mqtt_addr = format!("{}:{}", settings.host, settings.port)
+        .parse()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], settings.port)));
+
+    let (api_tx, mut api_rx) = mpsc::channel::<ApiInput>(1024);
+    let (mqtt_ev_tx, mut mqtt_ev_rx) = mpsc::channel::<MqttEvent>(1024);
+    let (pub_tx, pub_rx) = mpsc::channel::<Publication>(PUBLISH_WINDOW + 16);
+    let (client, eventloop) = mqtt::connect(&settings);
+    tokio::spawn(mqtt::run(
+        settings,
+        client.clone(),
+        eventloop,
+        api_tx,
+        mqtt_ev_tx,
+        pub_rx,
+    ));
+
+    let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(1024);
+    let mut device_addrs = Vec::new();
+    let mut next_link = 0u64;
+    for link in &config.links {
+        let LinkConfig::Tcp { listen } = link;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| RunError::Link {
+                addr: *listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| RunError::Link {
+            addr: *listen,
+            source,
+        })?;
+        tracing::info!(%addr, "plain TCP device link listening (no authentication)");
+        device_addrs.push(addr);
+        let link_tx = link_tx.clone();
+        let base = next_link;
+        next_link += 1 << 32;
+        tokio::spawn(async move {
+            let mut n = base;
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        n += 1;
+                        let config = device_core::link::Config::default();
+                        tokio::spawn(link::stream::run(
+                            stream,
+                            n,
+                            peer.to_string(),
+                            link_tx.clone(),
+                            config,
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+    ready(&Ready {
+        mqtt: mqtt_addr,
+        devices: device_addrs,
+    });
+
+    let mut broker_stopped = broker_stopped;
+    let mut connected = false;
+    let mut offered: HashSet<u64> = HashSet::new();
+    let mut next_wake: Option<u64> = None;
+    let mut stats = tokio::time::interval(config.stats_interval);
+    loop {
+        let wake_in = next_wake.map_or(Duration::from_secs(3600), |w| {
+            Duration::from_millis(w.saturating_sub(wall_ms()).max(1))
+        });
+        tokio::select! {
+            input = api_rx.recv() => {
+                let Some(input) = input else { return Err(RunError::Stopped("MQTT driver stopped".into())) };
+                // Everything already waiting joins the batch: one commit for all.
+                let mut submits = Vec::new();
+                let mut next = Some(input);
+                while let Some(i) = next.take().or_else(|| api_rx.try_recv().ok()) {
+                    match i {
+                        ApiInput::Submit { payload, accepted } => submits.push((payload, accepted)),
+                        ApiInput::Cancel { id, done } => {
+                            engine.cancel(&id)?;
+                            let _ = done.send(());
+                        }
+                    }
+                    if submits.len() >= 512 {
+                        break;
+                    }
+                }
+                if !submits.is_empty() {
+                    engine.submit_batch(submits)?;
+                }
+            }
+            event = link_rx.recv() => {
+                if let Some(event) = event {
+                    engine.on_link(event)?;
+                }
+            }
+            event = mqtt_ev_rx.recv() => match event {
+                Some(MqttEvent::Connected) => {
+                    connected = true;
+                    offered.clear();
+                }
+                Some(MqttEvent::Published(keys)) => {
+                    engine.queue_mut().published(&keys)?;
+                    for k in keys {
+                        offered.remove(&k);
+                    }
+                }
+                Some(MqttEvent::Disconnected(why)) => {
+                    if connected {
+                        tracing::warn!(%why, "MQTT disconnected; events wait in the outbox");
+                    }
+                    connected = false;
+                }
+                None => return Err(RunError::Stopped("MQTT driver stopped".into())),
+            },
+            _ = stats.tick() => {
+                let stats = engine.stats_json();
+                let _ = pub_tx.try_send(Publication { key: 0, topic: format!("{root}/bridge/stats"), payload: stats, retain: true });
+            }
+            () = tokio::time::sleep(wake_in) => {}
+            why = async { match broker_stopped.as_mut() { Some(s) => s.await.unwrap_or_default(), None => std::future::pending().await } } => {
+                return Err(RunError::Stopped(why));
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupted; stopping");
+                let offline = serde_json::json!({ "online": false, "reason": "stopped" }).to_string();
+                let _ = client.try_publish(format!("{root}/bridge/status"), rumqttc::QoS::AtLeastOnce, true, offline);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok(());
+            }
+        }
+        next_wake = engine.dispatch()?;
+        if connected && offered.len() < PUBLISH_WINDOW {
+            for (key, entry) in engine.queue().outbox(PUBLISH_WINDOW * 2)? {
+                if offered.len() >= PUBLISH_WINDOW {
+                    break;
+                }
+                if offered.insert(key) {
+                    let topic = format!("{root}/{}", entry.subtopic);
+                    let publication = Publication {
+                        key,
+                        topic,
+                        payload: entry.payload,
+                        retain: entry.retain,
+                    };
+                    if pub_tx.try_send(publication).is_err() {
+                        offered.remove(&key);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
