@@ -27,6 +27,13 @@ components=$(rustup component list --installed)
 for c in rustfmt clippy; do
   grep -q "^$c" <<<"$components" || rustup component add "$c"
 done
+# End-to-end tests run a real mosquitto and use its clients.
+if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ] || ! command -v mosquitto_pub >/dev/null; then
+  echo "installing mosquitto and mosquitto-clients"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  $sudo_ apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients
+fi
 # The fuzzers need the nightly toolchain (sanitizer flags) and cargo-fuzz.
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
@@ -39,6 +46,8 @@ step "lint"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "tests"
+# The end-to-end tests run the binaries as users do: build them first.
+cargo build --workspace --bins
 cargo test --workspace
 
 step "device-core stays no_std and allocation-free"

@@ -44,6 +44,8 @@ pub struct Publication {
 pub enum MqttEvent {
     /// Connected (again): everything not yet acknowledged may be offered again.
     Connected,
+    /// The API subscriptions are acknowledged: submissions reach the bridge from now on.
+    Subscribed,
     /// The broker acknowledged these outbox keys.
     Published(Vec<u64>),
     Disconnected(String),
@@ -85,6 +87,8 @@ pub async fn run(
     let mut requested: VecDeque<u64> = VecDeque::new();
     let mut by_pkid: HashMap<u16, u64> = HashMap::new();
     let mut failures = 0u32;
+    // SUBACKs still expected on this connection.
+    let mut subacks_due = 0u32;
     loop {
         tokio::select! {
             polled = eventloop.poll() => match polled {
@@ -92,8 +96,11 @@ pub async fn run(
                     failures = 0;
                     tracing::info!(host = %settings.host, port = settings.port, "connected to the MQTT broker");
                     let status = serde_json::json!({ "online": true, "bridge_id": settings.client_id }).to_string();
+                                        subacks_due = 0;
                     for (topic, qos) in [(submit_topic.clone(), QoS::AtLeastOnce), (format!("{cancel_prefix}+/cancel"), QoS::AtLeastOnce)] {
-                        if client.try_subscribe(topic, qos).is_err() {
+                        if client.try_subscribe(topic, qos).is_ok() {
+                            subacks_due += 1;
+                        } else {
                             tracing::warn!("request channel full while subscribing");
                         }
                     }
@@ -128,6 +135,12 @@ pub async fn run(
                         if let Some(key) = requested.pop_front() {
                             slot.insert(key);
                         }
+                    }
+                }
+                                Ok(Event::Incoming(Packet::SubAck(_))) if subacks_due > 0 => {
+                    subacks_due -= 1;
+                    if subacks_due == 0 && events.send(MqttEvent::Subscribed).await.is_err() {
+                        return;
                     }
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {

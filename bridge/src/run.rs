@@ -41,7 +41,8 @@ pub struct Ready {
     pub devices: Vec<SocketAddr>,
 }
 
-/// Runs the bridge; `ready` is called once everything listens.
+/// Runs the bridge; `ready` is called once everything listens and the MQTT API is live
+/// (subscriptions acknowledged), so a client that sees it can submit at once.
 pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunError> {
     let root = config.root();
     let queue = Queue::open(&config.data_dir, config.queue.limit)?;
@@ -159,10 +160,13 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
             }
         });
     }
-    ready(&Ready {
-        mqtt: mqtt_addr,
-        devices: device_addrs,
-    });
+    let mut ready = Some((
+        ready,
+        Ready {
+            mqtt: mqtt_addr,
+            devices: device_addrs,
+        },
+    ));
 
     let mut broker_stopped = broker_stopped;
     let mut connected = false;
@@ -200,10 +204,15 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
                     engine.on_link(event)?;
                 }
             }
-            event = mqtt_ev_rx.recv() => match event {
+                        event = mqtt_ev_rx.recv() => match event {
                 Some(MqttEvent::Connected) => {
                     connected = true;
                     offered.clear();
+                }
+                Some(MqttEvent::Subscribed) => {
+                    if let Some((announce, addrs)) = ready.take() {
+                        announce(&addrs);
+                    }
                 }
                 Some(MqttEvent::Published(keys)) => {
                     engine.queue_mut().published(&keys)?;

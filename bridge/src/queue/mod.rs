@@ -37,6 +37,9 @@ const DONE_ORDER: TableDefinition<'_, u64, &str> = TableDefinition::new("done_or
 const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
+/// Page cache of the queue database.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Final events kept to answer duplicates of finished tasks.
 pub const DONE_KEPT: u64 = 100_000;
 
@@ -182,7 +185,11 @@ impl Queue {
     pub fn open(dir: &Path, limit: u64) -> Result<Self, QueueError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| QueueError::Db(format!("{}: {e}", dir.display())))?;
-        let db = Database::create(dir.join("queue.redb")).map_err(db_err)?;
+        // redb's page cache may grow to 1 GiB by default; gateways have 256 MB to 2 GB of RAM.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join("queue.redb"))
+            .map_err(db_err)?;
         let mut q = Self {
             db,
             limit,

@@ -1,0 +1,285 @@
+//! Shared harness of the end-to-end tests: the real binaries as child processes, a real MQTT
+//! client, mosquitto when a test needs an external broker. Everything listens on loopback
+//! with ports chosen by the OS, every wait has a deadline, and every child is killed when
+//! its handle drops (also when a test fails).
+//!
+//! The binaries are the ones `cargo build --workspace --bins` put next to the test
+//! executable (`tests/run.sh` builds them first); a missing one fails the test loudly.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// The directory holding the workspace's binaries (target/debug).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/edge_tests-… -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, or a panic telling how to build it.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running bridge.
+#[derive(Debug)]
+pub struct Bridge {
+    pub proc: Proc,
+    pub mqtt: SocketAddr,
+    pub devices: SocketAddr,
+}
+
+/// Starts `edge-bridge run` with `args` (plus port-0 listeners unless given) and waits for
+/// its ready line.
+pub fn start_bridge(data_dir: &Path, extra: &[&str]) -> Bridge {
+    let mut cmd = Command::new(binary("edge-bridge"));
+    cmd.arg("run").arg("--data-dir").arg(data_dir);
+    if !extra.contains(&"--config") {
+        cmd.args(["--mqtt-listen", "127.0.0.1:0"]);
+    }
+    cmd.args(["--device-listen", "127.0.0.1:0"]).args(extra);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("spawn edge-bridge");
+    let stdout = child.stdout.take().expect("stdout");
+    let proc = Proc {
+        child,
+        name: "edge-bridge",
+    };
+    let line = read_line_with_deadline(stdout, Duration::from_secs(30))
+        .expect("edge-bridge printed no ready line in 30 s");
+    let field = |key: &str| -> SocketAddr {
+        let v = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"));
+        v.split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|e| panic!("{key}{v}: {e}"))
+    };
+    Bridge {
+        mqtt: field("mqtt="),
+        devices: field("devices="),
+        proc,
+    }
+}
+
+/// Reads the first line of `out` on a helper thread, with a deadline.
+fn read_line_with_deadline(
+    out: impl std::io::Read + Send + 'static,
+    deadline: Duration,
+) -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(deadline).ok().filter(|l| !l.is_empty())
+}
+
+/// Starts `edge-device-sim`.
+pub fn start_device(bridge: SocketAddr, id: &str, capabilities: &[&str]) -> Proc {
+    let mut cmd = Command::new(binary("edge-device-sim"));
+    cmd.arg("--connect")
+        .arg(bridge.to_string())
+        .arg("--id")
+        .arg(id);
+    for c in capabilities {
+        cmd.arg("--capability").arg(c);
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+    Proc {
+        child: cmd.spawn().expect("spawn edge-device-sim"),
+        name: "edge-device-sim",
+    }
+}
+
+/// A free loopback port (for programs that cannot report the port they bound).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Starts mosquitto on a free loopback port. Fails loudly when it is not installed.
+pub fn start_mosquitto(dir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )
+    .expect("write mosquitto.conf");
+    let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let exe =
+        exe.expect("mosquitto is not installed: apt-get install mosquitto (tests/run.sh does)");
+    let child = Command::new(exe)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mosquitto");
+    let proc = Proc {
+        child,
+        name: "mosquitto",
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto did not listen on {port} within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (proc, port)
+}
+
+/// An MQTT client watching everything under a topic root.
+#[allow(missing_debug_implementations)] // holds a client and a channel; nothing to show
+pub struct Watcher {
+    pub client: AsyncClient,
+    events: mpsc::UnboundedReceiver<(String, Value)>,
+    /// Every (topic, JSON payload) seen, in order.
+    pub seen: Vec<(String, Value)>,
+}
+
+impl Watcher {
+    /// Connects to `broker` and subscribes to `{root}/#`; returns once subscribed.
+    pub async fn connect(broker: SocketAddr, root: &str) -> Self {
+        let mut opts = MqttOptions::new(
+            format!("watcher-{}", std::process::id()),
+            broker.ip().to_string(),
+            broker.port(),
+        );
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        client
+            .subscribe(format!("{root}/#"), QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        let mut subscribed_tx = Some(subscribed_tx);
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(s) = subscribed_tx.take() {
+                            let _ = s.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let v = serde_json::from_slice(&p.payload)
+                            .unwrap_or(Value::String(String::from_utf8_lossy(&p.payload).into()));
+                        if tx.send((p.topic.clone(), v)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(20), subscribed)
+            .await
+            .expect("no SUBACK within 20 s")
+            .expect("event loop ended");
+        Self {
+            client,
+            events: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Publishes a submission (QoS 1).
+    pub async fn submit(&self, root: &str, json: &str) {
+        self.client
+            .publish(
+                format!("{root}/tasks/submit"),
+                QoS::AtLeastOnce,
+                false,
+                json.as_bytes().to_vec(),
+            )
+            .await
+            .expect("publish");
+    }
+
+    /// Waits until `done` holds for what has been seen, or panics after `within`.
+    pub async fn wait_for(
+        &mut self,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&[(String, Value)]) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !done(&self.seen) {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(e)) => self.seen.push(e),
+                Ok(None) => panic!("watcher stopped while waiting for {what}"),
+                Err(_) => panic!(
+                    "timed out after {within:?} waiting for {what}; seen: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// The status events seen for each task id, in order.
+    pub fn states(&self) -> HashMap<String, Vec<Value>> {
+        let mut out: HashMap<String, Vec<Value>> = HashMap::new();
+        for (topic, v) in &self.seen {
+            if topic.ends_with("/status") && topic.contains("/tasks/") {
+                if let Some(id) = v.get("id").and_then(Value::as_str) {
+                    out.entry(id.to_owned()).or_default().push(v.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The last state of `id` among `seen`.
+pub fn last_state(seen: &[(String, Value)], id: &str) -> Option<String> {
+    seen.iter()
+        .rev()
+        .find(|(t, v)| t.ends_with("/status") && v.get("id").and_then(Value::as_str) == Some(id))
+        .and_then(|(_, v)| v.get("state").and_then(Value::as_str).map(str::to_owned))
+}
