@@ -63,7 +63,10 @@ pub fn start(
         router: RouterConfig {
             max_connections,
             max_outgoing_packet_count: 500,
-            max_segment_size: 100 * 1024 * 1024,
+            // rumqttd keeps an in-memory log of up to size x count bytes per topic filter;
+            // 1 MiB x 10 bounds it for gateways (must be >= 1 KiB and >= 1, or the router
+            // thread panics on first use).
+            max_segment_size: 1024 * 1024,
             max_segment_count: 10,
             custom_segment: None,
             initialized_filters: None,

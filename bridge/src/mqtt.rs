@@ -151,7 +151,15 @@ pub async fn run(
                     }
                 }
                 Ok(_) => {}
-                Err(e) => {
+                                Err(e) => {
+                    // Forget every publish in flight: after an error rumqttc may emit stale
+                    // `Outgoing::Publish` events and replay its pending publishes, which
+                    // would misalign packet ids and outbox keys. The engine offers every
+                    // unacknowledged entry again after the reconnect (at least once).
+                    eventloop.state.events.clear();
+                    eventloop.pending.retain(|r| !matches!(r, rumqttc::Request::Publish(_)));
+                    requested.clear();
+                    by_pkid.clear();
                     failures += 1;
                     let _ = events.send(MqttEvent::Disconnected(e.to_string())).await;
                     let delay = backoff(failures);
