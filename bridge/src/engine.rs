@@ -224,6 +224,45 @@ impl Engine {
         Ok(())
     }
 
+    /// Handles a batch of link events with one commit for all their reports and rejects;
+    /// replies on their `committed` channels after it (group commit: a device's reports wait
+    /// for one fsync per batch, not one each).
+    pub fn on_links(&mut self, events: Vec<LinkEvent>) -> Result<(), QueueError> {
+        let mut changes = Vec::new();
+        let mut replies = Vec::new();
+        for event in events {
+            match event {
+                LinkEvent::Report {
+                    link,
+                    report,
+                    committed,
+                } => {
+                    changes.extend(self.report_change(link, report));
+                    replies.push(committed);
+                }
+                LinkEvent::Reject {
+                    link,
+                    reject,
+                    committed,
+                } => {
+                    changes.extend(self.reject_change(link, reject));
+                    replies.push(committed);
+                }
+                other => {
+                    // Membership changes commit on their own, after what came before them.
+                    self.queue.apply(std::mem::take(&mut changes), wall_ms())?;
+                    self.on_link(other)?;
+                }
+            }
+        }
+        self.queue.apply(changes, wall_ms())?;
+        for r in replies {
+            let _ = r.send(());
+        }
+        self.outbox_ready.notify_one();
+        Ok(())
+    }
+
     /// Handles one link event; replies on `committed` channels after the commit.
     pub fn on_link(&mut self, event: LinkEvent) -> Result<(), QueueError> {
         match event {
@@ -282,7 +321,8 @@ impl Engine {
                 report,
                 committed,
             } => {
-                self.on_report(link, report)?;
+                let change = self.report_change(link, report);
+                self.queue.apply(change.into_iter().collect(), wall_ms())?;
                 let _ = committed.send(());
             }
             LinkEvent::Reject {
@@ -290,27 +330,8 @@ impl Engine {
                 reject,
                 committed,
             } => {
-                let device = self.links.get(&link).cloned();
-                if let (Some(device), Some(handle)) = (device, reject.handle) {
-                    if let Some(id) = self.handles.remove(&(device.clone(), handle)) {
-                        let change = match reject.reason {
-                            RejectReason::NoFreeSlot => Change::Requeue {
-                                id,
-                                not_before_ms: wall_ms(),
-                            },
-                            reason => Change::Finished {
-                                id,
-                                state: TaskState::Rejected,
-                                result: None,
-                                error: Some(ApiError::new(
-                                    ErrorCode::DeviceRejected,
-                                    format!("device {device}: {reason}"),
-                                )),
-                            },
-                        };
-                        self.queue.apply(vec![change], wall_ms())?;
-                    }
-                }
+                let change = self.reject_change(link, reject);
+                self.queue.apply(change.into_iter().collect(), wall_ms())?;
                 let _ = committed.send(());
             }
             LinkEvent::Refused { link, handle } => {
@@ -382,14 +403,38 @@ impl Engine {
         }
     }
 
-    fn on_report(&mut self, link: LinkId, report: Report) -> Result<(), QueueError> {
-        let Some(device) = self.links.get(&link).cloned() else {
-            return Ok(());
-        };
+    /// What a device's refusal does to its task.
+    fn reject_change(
+        &mut self,
+        link: LinkId,
+        reject: device_core::proto::Reject,
+    ) -> Option<Change> {
+        let device = self.links.get(&link).cloned()?;
+        let id = self.handles.remove(&(device.clone(), reject.handle?))?;
+        Some(match reject.reason {
+            RejectReason::NoFreeSlot => Change::Requeue {
+                id,
+                not_before_ms: wall_ms(),
+            },
+            reason => Change::Finished {
+                id,
+                state: TaskState::Rejected,
+                result: None,
+                error: Some(ApiError::new(
+                    ErrorCode::DeviceRejected,
+                    format!("device {device}: {reason}"),
+                )),
+            },
+        })
+    }
+
+    /// What a device's report does to its task.
+    fn report_change(&mut self, link: LinkId, report: Report) -> Option<Change> {
+        let device = self.links.get(&link).cloned()?;
         let key = (device.clone(), report.handle);
         let Some(id) = self.handles.get(&key).cloned() else {
             tracing::debug!(%device, handle = report.handle, "report for a handle already settled");
-            return Ok(());
+            return None;
         };
         let change = match report.state {
             TaskReport::Running => Change::Running { id },
@@ -442,8 +487,7 @@ impl Engine {
                 }
             }
         };
-        self.queue.apply(vec![change], wall_ms())?;
-        Ok(())
+        Some(change)
     }
 
     /// Dispatches what can be dispatched now; returns the earliest time worth looking again

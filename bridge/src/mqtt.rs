@@ -19,6 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::ApiInput;
 
+/// rumqttc's outgoing QoS 1 window: above the engine's publish window plus the status and
+/// stats publishes.
+pub const INFLIGHT: u16 = 512;
+
 /// Where and how to connect.
 #[derive(Clone, Debug)]
 pub struct MqttSettings {
@@ -59,6 +63,10 @@ pub fn connect(s: &MqttSettings) -> (AsyncClient, EventLoop) {
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
     opts.set_max_packet_size(s.max_packet_bytes, s.max_packet_bytes);
+    // rumqttc stops taking requests (PUBACKs of submissions included) while its outgoing
+    // QoS 1 window is full; the engine bounds its own publishes to PUBLISH_WINDOW, so a larger
+    // window here means acknowledgements never wait behind status events.
+    opts.set_inflight(INFLIGHT);
     if let Some((user, pass)) = &s.credentials {
         opts.set_credentials(user, pass);
     }
@@ -69,7 +77,8 @@ pub fn connect(s: &MqttSettings) -> (AsyncClient, EventLoop) {
         QoS::AtLeastOnce,
         true,
     ));
-    AsyncClient::new(opts, 256)
+    // Room for a full outbox window plus the acknowledgements of a burst of submissions.
+    AsyncClient::new(opts, 4096)
 }
 
 /// Runs the driver until `publish` closes.
@@ -89,11 +98,20 @@ pub async fn run(
     let mut failures = 0u32;
     // SUBACKs still expected on this connection.
     let mut subacks_due = 0u32;
+    // Acknowledgements go out strictly in arrival order (MQTT requires it; rumqttd drops a
+    // client that acks out of order), each after its commit, and only on the connection the
+    // message came in on: packet ids are reused, so an ack sent on a later connection could
+    // acknowledge a different, redelivered message.
+    let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (acks, pending_acks) =
+        mpsc::unbounded_channel::<(u64, rumqttc::Publish, oneshot::Receiver<()>)>();
+    tokio::spawn(acker(client.clone(), generation.clone(), pending_acks));
     loop {
         tokio::select! {
             polled = eventloop.poll() => match polled {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                                Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     failures = 0;
+                    generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tracing::info!(host = %settings.host, port = settings.port, "connected to the MQTT broker");
                     let status = serde_json::json!({ "online": true, "bridge_id": settings.client_id }).to_string();
                                         subacks_due = 0;
@@ -117,15 +135,17 @@ pub async fn run(
                         if api.send(ApiInput::Submit { payload: p.payload.to_vec(), accepted }).await.is_err() {
                             return;
                         }
-                        ack_when(client.clone(), p, committed);
+                                                let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, committed));
                     } else if let Some(id) = topic.strip_prefix(&cancel_prefix).and_then(|t| t.strip_suffix("/cancel")) {
                         let (done, handled) = oneshot::channel();
                         if api.send(ApiInput::Cancel { id: id.to_owned(), done }).await.is_err() {
                             return;
                         }
-                        ack_when(client.clone(), p, handled);
+                                                let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, handled));
                     } else {
-                        let _ = client.try_ack(&p);
+                        let (done, handled) = oneshot::channel();
+                        let _ = done.send(());
+                        let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, handled));
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
@@ -181,16 +201,24 @@ pub async fn run(
     }
 }
 
-/// Acknowledges `p` once `committed` fires (the engine stored it); never if the engine
-/// dropped it, so the broker redelivers.
-fn ack_when(client: AsyncClient, p: rumqttc::Publish, committed: oneshot::Receiver<()>) {
-    tokio::spawn(async move {
-        if committed.await.is_ok() {
-            if let Err(e) = client.ack(&p).await {
-                tracing::warn!(error = %e, "could not acknowledge a submission; the broker will redeliver it");
-            }
+/// Acknowledges received messages in order, each once the engine has committed it (never if
+/// the engine dropped it, so the broker redelivers), and only on the connection it came in on.
+async fn acker(
+    client: AsyncClient,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    mut pending: mpsc::UnboundedReceiver<(u64, rumqttc::Publish, oneshot::Receiver<()>)>,
+) {
+    while let Some((born, p, committed)) = pending.recv().await {
+        if committed.await.is_err() {
+            continue;
         }
-    });
+        if generation.load(std::sync::atomic::Ordering::SeqCst) != born {
+            continue; // the broker redelivers it on the new connection
+        }
+        if let Err(e) = client.ack(&p).await {
+            tracing::warn!(error = %e, "could not acknowledge a submission; the broker will redeliver it");
+        }
+    }
 }
 
 /// Reconnection delay: 100 ms doubling to 10 s, plus up to 50 % jitter.

@@ -14,7 +14,8 @@ use crate::link::{self, LinkEvent};
 use crate::mqtt::{self, MqttEvent, MqttSettings, Publication};
 use crate::queue::{Queue, QueueError};
 
-/// Outbox entries handed to the MQTT driver and not yet acknowledged, at most.
+/// Outbox entries handed to the MQTT driver and not yet acknowledged, at most (below
+/// `mqtt::INFLIGHT`, so the driver never blocks on its own window).
 const PUBLISH_WINDOW: usize = 200;
 
 /// Why the bridge stopped.
@@ -201,7 +202,13 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
             }
             event = link_rx.recv() => {
                 if let Some(event) = event {
-                    engine.on_link(event)?;
+                    // Everything already waiting joins the batch: one commit for all.
+                    let mut batch = vec![event];
+                    while batch.len() < 512 {
+                        let Ok(e) = link_rx.try_recv() else { break };
+                        batch.push(e);
+                    }
+                    engine.on_links(batch)?;
                 }
             }
                         event = mqtt_ev_rx.recv() => match event {

@@ -65,10 +65,14 @@ pub struct Bridge {
 pub fn start_bridge(data_dir: &Path, extra: &[&str]) -> Bridge {
     let mut cmd = Command::new(binary("edge-bridge"));
     cmd.arg("run").arg("--data-dir").arg(data_dir);
-    if !extra.contains(&"--config") {
+    // Port-0 listeners unless the test chose its own (or a config file names the broker).
+    if !extra.contains(&"--config") && !extra.contains(&"--mqtt-listen") {
         cmd.args(["--mqtt-listen", "127.0.0.1:0"]);
     }
-    cmd.args(["--device-listen", "127.0.0.1:0"]).args(extra);
+    if !extra.contains(&"--device-listen") {
+        cmd.args(["--device-listen", "127.0.0.1:0"]);
+    }
+    cmd.args(extra);
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("spawn edge-bridge");
     let stdout = child.stdout.take().expect("stdout");
@@ -112,7 +116,18 @@ fn read_line_with_deadline(
 
 /// Starts `edge-device-sim`.
 pub fn start_device(bridge: SocketAddr, id: &str, capabilities: &[&str]) -> Proc {
+    start_device_with(bridge, id, capabilities, &[])
+}
+
+/// Starts `edge-device-sim` with extra arguments.
+pub fn start_device_with(
+    bridge: SocketAddr,
+    id: &str,
+    capabilities: &[&str],
+    extra: &[&str],
+) -> Proc {
     let mut cmd = Command::new(binary("edge-device-sim"));
+    cmd.args(extra);
     cmd.arg("--connect")
         .arg(bridge.to_string())
         .arg("--id")
@@ -190,17 +205,19 @@ impl Watcher {
         );
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-        client
-            .subscribe(format!("{root}/#"), QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
+        let (client, mut eventloop) = AsyncClient::new(opts, 4096);
         let (tx, rx) = mpsc::unbounded_channel();
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
         let mut subscribed_tx = Some(subscribed_tx);
+        let resubscribe = client.clone();
+        let filter = format!("{root}/#");
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
+                    // (Re)subscribe on every connection: a broker that restarted forgot us.
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = resubscribe.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                    }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         if let Some(s) = subscribed_tx.take() {
                             let _ = s.send(());

@@ -29,12 +29,31 @@ struct Cli {
     /// A capability to offer (echo, sleep, fail); repeat for several.
     #[arg(long = "capability", required = true)]
     capabilities: Vec<String>,
+    /// Append "boot_id handle" to this file for every task executed (tests use it to show that
+    /// nothing runs twice).
+    #[arg(long)]
+    exec_log: Option<std::path::PathBuf>,
+}
+
+/// Where executions are logged, with this boot's id.
+static EXEC_LOG: std::sync::OnceLock<(std::sync::Mutex<std::fs::File>, u32)> =
+    std::sync::OnceLock::new();
+
+/// Records one execution of `handle` (handlers are plain functions, hence the static).
+fn log_execution(handle: u32) {
+    use std::io::Write;
+    if let Some((file, boot)) = EXEC_LOG.get() {
+        if let Ok(mut f) = file.lock() {
+            let _ = writeln!(f, "{boot} {handle}");
+        }
+    }
 }
 
 const SLOTS: usize = 8;
 type Sim = Device<SLOTS, 4, 4, 8, 4>;
 
 fn echo(ctx: &mut Ctx<'_>) -> Step {
+    log_execution(ctx.handle);
     match ctx.result.extend_from_slice(ctx.payload) {
         Ok(()) => Step::Done,
         Err(_) => Step::Fail(1),
@@ -101,28 +120,45 @@ async fn run(cli: Cli) -> ExitCode {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos()) as u32)
         | 1;
-    let mut failures = 0u32;
-    loop {
-        let mut rt: Runtime<SLOTS, 4, 4> = Runtime::new();
-        for cap in &cli.capabilities {
-            let handler = match cap.as_str() {
-                "echo" => echo,
-                "sleep" => sleep,
-                "fail" => fail,
-                other => {
-                    eprintln!("edge-device-sim: unknown capability {other:?} (echo, sleep, fail)");
-                    return ExitCode::FAILURE;
-                }
-            };
-            if rt.register(cap, handler).is_err() {
-                eprintln!("edge-device-sim: too many capabilities");
+    if let Some(path) = &cli.exec_log {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => {
+                let _ = EXEC_LOG.set((std::sync::Mutex::new(f), boot_id));
+            }
+            Err(e) => {
+                eprintln!("edge-device-sim: --exec-log {}: {e}", path.display());
                 return ExitCode::FAILURE;
             }
         }
-        let Some(mut device) = Sim::new(&cli.id, boot_id, rt, Config::default(), now()) else {
-            eprintln!("edge-device-sim: device id too long");
-            return ExitCode::FAILURE;
+    }
+    let mut rt: Runtime<SLOTS, 4, 4> = Runtime::new();
+    for cap in &cli.capabilities {
+        let handler = match cap.as_str() {
+            "echo" => echo,
+            "sleep" => sleep,
+            "fail" => fail,
+            other => {
+                eprintln!("edge-device-sim: unknown capability {other:?} (echo, sleep, fail)");
+                return ExitCode::FAILURE;
+            }
         };
+        if rt.register(cap, handler).is_err() {
+            eprintln!("edge-device-sim: too many capabilities");
+            return ExitCode::FAILURE;
+        }
+    }
+    // One device for the whole process, like firmware between reboots: its tasks, results
+    // and unacknowledged reports survive link loss (the bridge trusts the boot id for that).
+    let Some(mut device) = Sim::new(&cli.id, boot_id, rt, Config::default(), now()) else {
+        eprintln!("edge-device-sim: device id too long");
+        return ExitCode::FAILURE;
+    };
+    let mut failures = 0u32;
+    loop {
         match TcpStream::connect(cli.connect).await {
             Ok(stream) => {
                 failures = 0;
@@ -130,6 +166,7 @@ async fn run(cli: Cli) -> ExitCode {
                 tracing::info!(bridge = %cli.connect, id = %cli.id, "connected");
                 let why = serve(stream, &mut device, now).await;
                 tracing::warn!(%why, "link lost; reconnecting");
+                device.link_lost(now());
             }
             Err(e) => {
                 failures += 1;

@@ -518,6 +518,16 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
         self.last_tx = now.as_millis();
     }
 
+    /// Device: the transport was lost (a TCP connection closed, a UART re-plugged). Starts a
+    /// new handshake at once, keeping unacknowledged messages for the new session, instead
+    /// of waiting for the liveness timeout. A bridge session simply closes.
+    pub fn link_lost(&mut self, now: Instant) {
+        match S::ROLE {
+            Role::Device => self.reconnect(now),
+            Role::Bridge => self.state = State::Closed,
+        }
+    }
+
     /// Device: abandon the session and handshake again, keeping unacknowledged messages.
     fn reconnect(&mut self, now: Instant) {
         if let Some(h) = self.hello.as_mut() {

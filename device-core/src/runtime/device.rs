@@ -112,6 +112,13 @@ impl<const N: usize, const L: usize, const C: usize, const W: usize, const R: us
         }
     }
 
+    /// The transport was lost: handshake again on the next one, keeping every task, result
+    /// and unacknowledged report (a device keeps its state across link loss; only a reboot,
+    /// with a new boot id, forgets).
+    pub fn link_lost(&mut self, now: Instant) {
+        self.session.link_lost(now);
+    }
+
     /// Acts on the session's timers (retransmission, heartbeat, liveness).
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Event> {
         self.session.handle_timeout(now)
