@@ -74,17 +74,13 @@ struct Online {
     commands: mpsc::Sender<LinkCommand>,
 }
 
-/// A handle on a device's boot: (device id, handle).
-type HandleKey = (String, u32);
-
 /// The core's state.
 pub struct Engine {
     queue: Queue,
     retry: Retry,
     devices: BTreeMap<String, Online>,
     links: HashMap<LinkId, String>,
-    /// Which task a device's handle belongs to.
-    handles: HashMap<HandleKey, String>,
+
     /// Woken whenever the outbox has new entries.
     outbox_ready: tokio::sync::Notify,
     /// Counter for generated ids and jitter.
@@ -109,7 +105,7 @@ impl Engine {
             retry,
             devices: BTreeMap::new(),
             links: HashMap::new(),
-            handles: HashMap::new(),
+
             outbox_ready: tokio::sync::Notify::new(),
             counter: wall_ms(),
             expired: 0,
@@ -335,16 +331,14 @@ impl Engine {
                 let _ = committed.send(());
             }
             LinkEvent::Refused { link, handle } => {
-                if let Some(device) = self.links.get(&link).cloned() {
-                    if let Some(id) = self.handles.remove(&(device, handle)) {
-                        self.queue.apply(
-                            vec![Change::Requeue {
-                                id,
-                                not_before_ms: wall_ms(),
-                            }],
-                            wall_ms(),
-                        )?;
-                    }
+                if let Some((id, _)) = self.task_of(link, handle) {
+                    self.queue.apply(
+                        vec![Change::Requeue {
+                            id,
+                            not_before_ms: wall_ms(),
+                        }],
+                        wall_ms(),
+                    )?;
                 }
             }
             LinkEvent::Down { link, reason } => {
@@ -378,7 +372,7 @@ impl Engine {
             self.counter += 1;
             changes.push(self.retry_change(t, now, self.counter, "device disconnected"));
         }
-        self.handles.retain(|(d, _), _| d != device);
+
         self.queue.apply(changes, now)?;
         Ok(())
     }
@@ -403,14 +397,25 @@ impl Engine {
         }
     }
 
+    /// The live task a device's message about `handle` is about: the task with that handle
+    /// (unique), last dispatched to this device. Found from durable state, so reports that
+    /// arrive after a bridge restart still settle their tasks.
+    fn task_of(&self, link: LinkId, handle: u32) -> Option<(String, String)> {
+        let device = self.links.get(&link)?;
+        let task = self
+            .queue
+            .by_handle(handle)
+            .filter(|t| t.device.as_deref() == Some(device.as_str()))?;
+        Some((task.sub.id.clone(), device.clone()))
+    }
+
     /// What a device's refusal does to its task.
     fn reject_change(
         &mut self,
         link: LinkId,
         reject: device_core::proto::Reject,
     ) -> Option<Change> {
-        let device = self.links.get(&link).cloned()?;
-        let id = self.handles.remove(&(device.clone(), reject.handle?))?;
+        let (id, device) = self.task_of(link, reject.handle?)?;
         Some(match reject.reason {
             RejectReason::NoFreeSlot => Change::Requeue {
                 id,
@@ -430,16 +435,17 @@ impl Engine {
 
     /// What a device's report does to its task.
     fn report_change(&mut self, link: LinkId, report: Report) -> Option<Change> {
-        let device = self.links.get(&link).cloned()?;
-        let key = (device.clone(), report.handle);
-        let Some(id) = self.handles.get(&key).cloned() else {
-            tracing::debug!(%device, handle = report.handle, "report for a handle already settled");
+        let Some((id, device)) = self.task_of(link, report.handle) else {
+            tracing::debug!(
+                link,
+                handle = report.handle,
+                "report for a handle already settled"
+            );
             return None;
         };
         let change = match report.state {
             TaskReport::Running => Change::Running { id },
             TaskReport::Completed => {
-                self.handles.remove(&key);
                 let text = String::from_utf8_lossy(&report.result);
                 // Results are JSON when the device wrote JSON, a string otherwise.
                 let result = serde_json::from_str::<Value>(&text)
@@ -452,7 +458,6 @@ impl Engine {
                 }
             }
             TaskReport::Failed => {
-                self.handles.remove(&key);
                 let code = report.error.unwrap_or(0);
                 Change::Finished {
                     id,
@@ -465,7 +470,6 @@ impl Engine {
                 }
             }
             TaskReport::Expired => {
-                self.handles.remove(&key);
                 self.expired += 1;
                 Change::Finished {
                     id,
@@ -477,15 +481,12 @@ impl Engine {
                     )),
                 }
             }
-            TaskReport::Cancelled => {
-                self.handles.remove(&key);
-                Change::Finished {
-                    id,
-                    state: TaskState::Cancelled,
-                    result: None,
-                    error: Some(ApiError::new(ErrorCode::Cancelled, "cancelled")),
-                }
-            }
+            TaskReport::Cancelled => Change::Finished {
+                id,
+                state: TaskState::Cancelled,
+                result: None,
+                error: Some(ApiError::new(ErrorCode::Cancelled, "cancelled")),
+            },
         };
         Some(change)
     }
@@ -563,14 +564,6 @@ impl Engine {
             let Some(online) = self.devices.get_mut(&device) else {
                 continue;
             };
-            if let Some(id) = self
-                .queue
-                .on_device(&device)
-                .find(|t| t.handle() == handle)
-                .map(|t| t.sub.id.clone())
-            {
-                self.handles.insert((device.clone(), handle), id);
-            }
             online.credit = online.credit.saturating_sub(1);
             if online
                 .commands
@@ -678,5 +671,102 @@ fn rejection_entry(r: api::Rejection, payload: &[u8], now: u64) -> OutboxEntry {
                 retain: false,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use device_core::proto::{DeviceId, Payload};
+
+    fn hello() -> Hello {
+        Hello {
+            version: device_core::proto::PROTOCOL_VERSION,
+            device_id: DeviceId::try_from("dev-1").unwrap(),
+            boot_id: 7,
+            session_id: 0,
+            capabilities: heapless::Vec::from_slice(&["echo".try_into().unwrap()]).unwrap(),
+            slots: 4,
+            max_payload: 256,
+        }
+    }
+
+    fn up(e: &mut Engine, link: LinkId) -> mpsc::Receiver<LinkCommand> {
+        let (commands, rx) = mpsc::channel(16);
+        let event = LinkEvent::Up {
+            link,
+            peer: "test".into(),
+            hello: hello(),
+            rebooted: false,
+            credit: 4,
+            commands,
+        };
+        e.on_links(vec![event]).unwrap();
+        rx
+    }
+
+    fn retry() -> Retry {
+        Retry {
+            max_attempts: 3,
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        }
+    }
+
+    /// A device that ran a task before the bridge crashed reports it to the restarted bridge
+    /// before anything is dispatched again: the report settles the task from durable state
+    /// (found while testing the SIGKILL scenario: an in-memory map lost it, the report was
+    /// acknowledged and ignored, and the result was lost).
+    #[test]
+    fn a_report_after_a_restart_settles_its_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = {
+            let mut e = Engine::new(Queue::open(dir.path(), 10).unwrap(), retry());
+            let (accepted, _) = oneshot::channel();
+            e.submit_batch(vec![(
+                br#"{"id":"t","capability":"echo","payload":1}"#.to_vec(),
+                accepted,
+            )])
+            .unwrap();
+            let mut commands = up(&mut e, 1);
+            e.dispatch().unwrap();
+            match commands.try_recv() {
+                Ok(LinkCommand::Assign(a)) => a.handle,
+                other => panic!("expected an Assign, got {other:?}"),
+            }
+        }; // the bridge dies here
+        let mut e = Engine::new(Queue::open(dir.path(), 10).unwrap(), retry());
+        let _commands = up(&mut e, 2);
+        let (committed, done) = oneshot::channel();
+        let report = Report {
+            handle,
+            state: TaskReport::Completed,
+            result: Payload::from_slice(b"1").unwrap(),
+            error: None,
+        };
+        e.on_links(vec![LinkEvent::Report {
+            link: 2,
+            report,
+            committed,
+        }])
+        .unwrap();
+        assert!(
+            done.blocking_recv().is_ok(),
+            "the report is answered after its commit"
+        );
+        assert!(e.queue().get("t").is_none(), "the task is settled");
+        let finals: Vec<String> = e
+            .queue()
+            .outbox(100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, o)| o.payload)
+            .collect();
+        assert!(
+            finals
+                .iter()
+                .any(|p| p.contains(r#""state":"completed""#) && p.contains(r#""result":1"#)),
+            "{finals:#?}"
+        );
     }
 }

@@ -173,6 +173,9 @@ pub struct Queue {
     live: HashMap<String, TaskRecord>,
     /// Queued tasks in dispatch order.
     ready: BTreeSet<((u8, u64, u64), String)>,
+    /// Live tasks by device handle (unique per task), so a device's report finds its task
+    /// from durable state alone, also right after a restart.
+    by_handle: HashMap<u32, String>,
     next_seq: u64,
     next_outbox: u64,
     next_done: u64,
@@ -195,6 +198,7 @@ impl Queue {
             limit,
             live: HashMap::new(),
             ready: BTreeSet::new(),
+            by_handle: HashMap::new(),
             next_seq: 1,
             next_outbox: 1,
             next_done: 1,
@@ -230,6 +234,7 @@ impl Queue {
                 rec.state = TaskState::Queued;
             }
             q.ready.insert((rec.order_key(), rec.sub.id.clone()));
+            q.by_handle.insert(rec.handle(), rec.sub.id.clone());
             q.live.insert(rec.sub.id.clone(), rec);
         }
         Ok(q)
@@ -247,6 +252,11 @@ impl Queue {
     /// A live task.
     pub fn get(&self, id: &str) -> Option<&TaskRecord> {
         self.live.get(id)
+    }
+
+    /// The live task with this device handle.
+    pub fn by_handle(&self, handle: u32) -> Option<&TaskRecord> {
+        self.by_handle.get(&handle).and_then(|id| self.live.get(id))
     }
 
     /// Queued tasks in dispatch order (priority, deadline, admission).
@@ -354,6 +364,7 @@ impl Queue {
         txn.commit().map_err(db_err)?;
         for rec in added {
             self.ready.insert((rec.order_key(), rec.sub.id.clone()));
+            self.by_handle.insert(rec.handle(), rec.sub.id.clone());
             self.live.insert(rec.sub.id.clone(), rec);
         }
         Ok(outcomes)
@@ -487,7 +498,9 @@ impl Queue {
                     self.live.insert(id, rec);
                 }
                 None => {
-                    self.live.remove(&id);
+                    if let Some(old) = self.live.remove(&id) {
+                        self.by_handle.remove(&old.handle());
+                    }
                 }
             }
         }
