@@ -222,7 +222,8 @@ impl Engine {
 
     /// Handles a batch of link events with one commit for all their reports and rejects;
     /// replies on their `committed` channels after it (group commit: a device's reports wait
-    /// for one fsync per batch, not one each).
+    /// for one fsync per batch, not one each). Membership changes (a device up or down)
+    /// commit on their own, after what came before them.
     pub fn on_links(&mut self, events: Vec<LinkEvent>) -> Result<(), QueueError> {
         let mut changes = Vec::new();
         let mut replies = Vec::new();
@@ -244,10 +245,35 @@ impl Engine {
                     changes.extend(self.reject_change(link, reject));
                     replies.push(committed);
                 }
-                other => {
-                    // Membership changes commit on their own, after what came before them.
+                LinkEvent::Credit { link, credit } => {
+                    if let Some(online) =
+                        self.links.get(&link).and_then(|d| self.devices.get_mut(d))
+                    {
+                        online.credit = u32::from(credit);
+                    }
+                }
+                LinkEvent::Refused { link, handle } => {
+                    if let Some((id, _)) = self.task_of(link, handle) {
+                        changes.push(Change::Requeue {
+                            id,
+                            not_before_ms: wall_ms(),
+                        });
+                    }
+                }
+                LinkEvent::Up {
+                    link,
+                    peer,
+                    hello,
+                    rebooted,
+                    credit,
+                    commands,
+                } => {
                     self.queue.apply(std::mem::take(&mut changes), wall_ms())?;
-                    self.on_link(other)?;
+                    self.device_up(link, peer, hello, rebooted, credit, commands)?;
+                }
+                LinkEvent::Down { link, reason } => {
+                    self.queue.apply(std::mem::take(&mut changes), wall_ms())?;
+                    self.device_down(link, &reason)?;
                 }
             }
         }
@@ -259,107 +285,72 @@ impl Engine {
         Ok(())
     }
 
-    /// Handles one link event; replies on `committed` channels after the commit.
-    pub fn on_link(&mut self, event: LinkEvent) -> Result<(), QueueError> {
-        match event {
-            LinkEvent::Up {
+    /// A device opened a session on `link`.
+    fn device_up(
+        &mut self,
+        link: LinkId,
+        peer: String,
+        hello: Hello,
+        rebooted: bool,
+        credit: u8,
+        commands: mpsc::Sender<LinkCommand>,
+    ) -> Result<(), QueueError> {
+        let id = hello.device_id.to_string();
+        if let Some(old) = self.devices.remove(&id) {
+            tracing::info!(device = %id, old_link = old.link, "device reconnected; closing its previous link");
+            let _ = old.commands.try_send(LinkCommand::Close);
+            self.links.remove(&old.link);
+        }
+        tracing::info!(device = %id, %peer, rebooted, credit, caps = ?hello.capabilities, "device online");
+        // Whatever this device was running is dispatched again: replays are answered
+        // by its dedup table within a boot, and re-run after a reboot.
+        let now = wall_ms();
+        let stranded: Vec<Change> = self
+            .queue
+            .on_device(&id)
+            .map(|t| Change::Requeue {
+                id: t.sub.id.clone(),
+                not_before_ms: now,
+            })
+            .collect();
+        self.queue.apply(stranded, now)?;
+        self.queue.notify(device_document(
+            &id,
+            Some(&hello),
+            true,
+            &format!("connected from {peer}"),
+            now,
+        ))?;
+        self.links.insert(link, id.clone());
+        self.devices.insert(
+            id,
+            Online {
                 link,
-                peer,
                 hello,
-                rebooted,
-                credit,
+                credit: u32::from(credit),
                 commands,
-            } => {
-                let id = hello.device_id.to_string();
-                if let Some(old) = self.devices.remove(&id) {
-                    tracing::info!(device = %id, old_link = old.link, "device reconnected; closing its previous link");
-                    let _ = old.commands.try_send(LinkCommand::Close);
-                    self.links.remove(&old.link);
-                }
-                tracing::info!(device = %id, %peer, rebooted, credit, caps = ?hello.capabilities, "device online");
-                // Whatever this device was running is dispatched again: replays are answered
-                // by its dedup table within a boot, and re-run after a reboot.
-                let now = wall_ms();
-                let stranded: Vec<Change> = self
-                    .queue
-                    .on_device(&id)
-                    .map(|t| Change::Requeue {
-                        id: t.sub.id.clone(),
-                        not_before_ms: now,
-                    })
-                    .collect();
-                self.queue.apply(stranded, now)?;
-                self.queue.notify(device_document(
-                    &id,
-                    Some(&hello),
-                    true,
-                    &format!("connected from {peer}"),
-                    now,
-                ))?;
-                self.links.insert(link, id.clone());
-                self.devices.insert(
-                    id,
-                    Online {
-                        link,
-                        hello,
-                        credit: u32::from(credit),
-                        commands,
-                    },
+            },
+        );
+        Ok(())
+    }
+
+    /// The connection of `link` ended.
+    fn device_down(&mut self, link: LinkId, reason: &str) -> Result<(), QueueError> {
+        if let Some(device) = self.links.remove(&link) {
+            if self.devices.get(&device).is_some_and(|o| o.link == link) {
+                let old = self.devices.remove(&device);
+                tracing::info!(%device, %reason, "device offline");
+                let doc = device_document(
+                    &device,
+                    old.as_ref().map(|o| &o.hello),
+                    false,
+                    reason,
+                    wall_ms(),
                 );
-            }
-            LinkEvent::Credit { link, credit } => {
-                if let Some(online) = self.links.get(&link).and_then(|d| self.devices.get_mut(d)) {
-                    online.credit = u32::from(credit);
-                }
-            }
-            LinkEvent::Report {
-                link,
-                report,
-                committed,
-            } => {
-                let change = self.report_change(link, report);
-                self.queue.apply(change.into_iter().collect(), wall_ms())?;
-                let _ = committed.send(());
-            }
-            LinkEvent::Reject {
-                link,
-                reject,
-                committed,
-            } => {
-                let change = self.reject_change(link, reject);
-                self.queue.apply(change.into_iter().collect(), wall_ms())?;
-                let _ = committed.send(());
-            }
-            LinkEvent::Refused { link, handle } => {
-                if let Some((id, _)) = self.task_of(link, handle) {
-                    self.queue.apply(
-                        vec![Change::Requeue {
-                            id,
-                            not_before_ms: wall_ms(),
-                        }],
-                        wall_ms(),
-                    )?;
-                }
-            }
-            LinkEvent::Down { link, reason } => {
-                if let Some(device) = self.links.remove(&link) {
-                    if self.devices.get(&device).is_some_and(|o| o.link == link) {
-                        let old = self.devices.remove(&device);
-                        tracing::info!(%device, %reason, "device offline");
-                        let doc = device_document(
-                            &device,
-                            old.as_ref().map(|o| &o.hello),
-                            false,
-                            &reason,
-                            wall_ms(),
-                        );
-                        self.queue.notify(doc)?;
-                        self.requeue_from(&device)?;
-                    }
-                }
+                self.queue.notify(doc)?;
+                self.requeue_from(&device)?;
             }
         }
-        self.outbox_ready.notify_one();
         Ok(())
     }
 

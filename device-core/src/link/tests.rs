@@ -35,6 +35,20 @@ fn at(ms: u64) -> Instant {
     Instant::from_millis(ms)
 }
 
+/// The bytes of an unsequenced frame carrying `message`.
+fn unsequenced(message: Message, buf: &mut [u8; MAX_FRAME]) -> usize {
+    proto::encode(
+        &Frame {
+            seq: 0,
+            ack: 0,
+            credit: 0,
+            message,
+        },
+        buf,
+    )
+    .unwrap()
+}
+
 /// Everything `s` wants to send now, decoded.
 fn drain<T: Side>(s: &mut Session<T, 4>, now: Instant) -> Vec<Frame> {
     let mut out = vec![];
@@ -343,16 +357,7 @@ fn other_protocol_version_is_rejected_and_closes() {
     let mut buf = [0u8; MAX_FRAME];
     let mut h = hello(1);
     h.version = 9;
-    let n = proto::encode(
-        &Frame {
-            seq: 0,
-            ack: 0,
-            credit: 0,
-            message: Message::Hello(h),
-        },
-        &mut buf,
-    )
-    .unwrap();
+    let n = unsequenced(Message::Hello(h), &mut buf);
     assert_eq!(
         br.handle_bytes(&buf[..n], at(0)),
         Err(proto::DecodeError::UnsupportedVersion(9))
@@ -446,16 +451,7 @@ fn a_side_refuses_messages_only_the_other_side_receives() {
     // A device never receives Hello or Report; a bridge never receives Assign or Welcome.
     let mut h = hello(3);
     h.version = proto::PROTOCOL_VERSION;
-    let n = proto::encode(
-        &Frame {
-            seq: 0,
-            ack: 0,
-            credit: 0,
-            message: Message::Hello(h),
-        },
-        &mut buf,
-    )
-    .unwrap();
+    let n = unsequenced(Message::Hello(h), &mut buf);
     assert_eq!(
         dev.handle_bytes(&buf[..n], at(1)),
         Err(proto::DecodeError::Unexpected(0))
