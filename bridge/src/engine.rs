@@ -151,13 +151,6 @@ impl Engine {
         .to_string()
     }
 
-    /// Online devices and their hellos.
-    pub fn devices(&self) -> impl Iterator<Item = (&str, &Hello, u32)> {
-        self.devices
-            .iter()
-            .map(|(id, o)| (id.as_str(), &o.hello, o.credit))
-    }
-
     fn next_id(&mut self) -> String {
         self.counter += 1;
         format!("gen-{:x}", self.counter)

@@ -156,26 +156,20 @@ async fn deliver(
             .is_ok()
         }
         Event::Received(Message::Report(report)) => {
-            let (committed, done) = oneshot::channel();
-            core.send(LinkEvent::Report {
+            hand_over(core, |committed| LinkEvent::Report {
                 link,
                 report,
                 committed,
             })
             .await
-            .is_ok()
-                && done.await.is_ok()
         }
         Event::Received(Message::Reject(reject)) => {
-            let (committed, done) = oneshot::channel();
-            core.send(LinkEvent::Reject {
+            hand_over(core, |committed| LinkEvent::Reject {
                 link,
                 reject,
                 committed,
             })
             .await
-            .is_ok()
-                && done.await.is_ok()
         }
         Event::Received(other) => {
             tracing::warn!(link, %peer, message = ?other, "unexpected message from a device, ignored");
@@ -183,4 +177,14 @@ async fn deliver(
         }
         Event::Welcomed | Event::PeerLost => true,
     }
+}
+
+/// Sends an event that carries a `committed` channel and waits until the core has committed
+/// it; `false` when the core is gone.
+async fn hand_over(
+    core: &mpsc::Sender<LinkEvent>,
+    event: impl FnOnce(oneshot::Sender<()>) -> LinkEvent,
+) -> bool {
+    let (committed, done) = oneshot::channel();
+    core.send(event(committed)).await.is_ok() && done.await.is_ok()
 }

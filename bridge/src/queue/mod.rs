@@ -130,6 +130,19 @@ impl OutboxEntry {
     }
 }
 
+/// Appends `entry` to the outbox under key `next`, and advances `next`.
+fn append(
+    outbox: &mut redb::Table<'_, u64, &[u8]>,
+    next: &mut u64,
+    entry: &OutboxEntry,
+) -> Result<(), QueueError> {
+    outbox
+        .insert(*next, json(entry).as_bytes())
+        .map_err(db_err)?;
+    *next += 1;
+    Ok(())
+}
+
 fn json(v: &impl Serialize) -> String {
     // Our own types always serialise.
     serde_json::to_string(v).unwrap_or_default()
@@ -285,13 +298,7 @@ impl Queue {
             let done = txn.open_table(DONE).map_err(db_err)?;
             let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
             let mut next_outbox = self.next_outbox;
-            let mut push = |e: &OutboxEntry| -> Result<(), QueueError> {
-                outbox
-                    .insert(next_outbox, json(e).as_bytes())
-                    .map_err(db_err)?;
-                next_outbox += 1;
-                Ok(())
-            };
+            let mut push = |e: &OutboxEntry| append(&mut outbox, &mut next_outbox, e);
             let mut live = self.live.len() as u64;
             let mut seq = self.next_seq;
             for sub in batch {
@@ -377,12 +384,10 @@ impl Queue {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-            outbox
-                .insert(self.next_outbox, json(&entry).as_bytes())
-                .map_err(db_err)?;
+            let mut next = self.next_outbox;
+            append(&mut outbox, &mut next, &entry)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
-            meta.insert("outbox", self.next_outbox + 1)
-                .map_err(db_err)?;
+            meta.insert("outbox", next).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         self.next_outbox += 1;
@@ -451,10 +456,7 @@ impl Queue {
                             .map_err(db_err)?;
                         done_order.insert(next_done, id.as_str()).map_err(db_err)?;
                         next_done += 1;
-                        outbox
-                            .insert(next_outbox, json(&OutboxEntry::status(&e)).as_bytes())
-                            .map_err(db_err)?;
-                        next_outbox += 1;
+                        append(&mut outbox, &mut next_outbox, &OutboxEntry::status(&e))?;
                         updates.push((id, None));
                         continue;
                     }
@@ -463,10 +465,7 @@ impl Queue {
                     .insert(id.as_str(), json(&rec).as_bytes())
                     .map_err(db_err)?;
                 if let Some(e) = event {
-                    outbox
-                        .insert(next_outbox, json(&OutboxEntry::status(&e)).as_bytes())
-                        .map_err(db_err)?;
-                    next_outbox += 1;
+                    append(&mut outbox, &mut next_outbox, &OutboxEntry::status(&e))?;
                 }
                 updates.push((id, Some(rec)));
             }

@@ -1,7 +1,7 @@
 //! The two ends of a link as types. A `Session<DeviceSide, …>` compiles only the device's half
 //! of the protocol — its handshake, the encoders of what a device sends and the parsers of what
-//! it receives — and a `Session<BridgeSide, …>` only the bridge's: about 1.5 KiB of flash less
-//! than one session type doing both at run time.
+//! it receives — and a `Session<BridgeSide, …>` only the bridge's (measured: a whole
+//! `Device<8, 4, 4, 4>` went from 13,228 to 12,528 bytes of `.text`).
 
 use crate::proto::{self, DecodeError, EncodeError, Frame, Hello, Message, wire};
 

@@ -367,12 +367,6 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
             .any(|t| t.end_owed || (t.running_owed && t.end.is_none()))
     }
 
-    /// The state of a held handle: `Running` once started, its end once finished.
-    pub fn report_state(&self, handle: Handle) -> Option<TaskReport> {
-        let t = self.tasks.iter().flatten().find(|t| t.handle == handle)?;
-        Some(t.end.map_or(TaskReport::Running, |(s, _)| s))
-    }
-
     fn task_mut(&mut self, handle: Handle) -> Option<&mut Task> {
         self.tasks.iter_mut().flatten().find(|t| t.handle == handle)
     }
