@@ -3,7 +3,7 @@
 //!
 //! Rules:
 //! - Tasks are considered in dispatch order (P0 first, then earliest deadline, then FIFO).
-//! - A task whose deadline has passed is expired instead (it never starts late).
+//! - A task whose deadline has passed is never started (the caller expires it first).
 //! - A task waiting for its retry delay is skipped.
 //! - A task naming a `device` goes only there; otherwise to the online device advertising its
 //!   capability with a free slot (credit) and the fewest tasks in flight (least loaded), ties
@@ -14,10 +14,15 @@
 //! - A payload larger than a capable device accepts is skipped for that device; a payload no
 //!   online capable device accepts waits (another device may come), unless a named device
 //!   refuses it, which rejects it.
+//!
+//! The queue hands tasks over in lanes, one per (capability, named device), each in dispatch
+//! order. Planning merges the heads of the lanes some device can serve now and drops a lane
+//! as soon as no device with credit can take its head, so its cost follows the assignments
+//! made and the lanes open, not the length of the queue.
 
 use std::collections::BTreeMap;
 
-use crate::queue::TaskRecord;
+use crate::queue::{Lane, TaskRecord};
 
 /// What the dispatcher knows of an online device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,9 +43,6 @@ pub enum Decision {
         id: String,
         device: String,
     },
-    Expire {
-        id: String,
-    },
     /// The named device cannot ever take this payload.
     TooLarge {
         id: String,
@@ -49,66 +51,121 @@ pub enum Decision {
     },
 }
 
-/// Decides what to do now with the `ready` tasks (in dispatch order) given the online
-/// `devices` (by id). At most one decision per task; never more assignments to a device than
-/// its credit.
-pub fn plan<'a>(
-    ready: impl IntoIterator<Item = &'a TaskRecord>,
-    devices: &BTreeMap<String, DeviceView>,
+/// Where a lane's head task can go now.
+enum Head<'a> {
+    /// To this device; the task's order key ranks it against the other lanes' heads.
+    To((u8, u64, u64), &'a str),
+    /// Nowhere: the lane is empty, or no device with credit serves it.
+    Closed,
+}
+
+/// Decides what to do now with the queued tasks, given as `lanes` (each in dispatch order)
+/// and the online `devices` (by id). At most one decision per task; never more assignments
+/// to a device than its credit.
+pub fn plan<'a, I>(
+    lanes: impl IntoIterator<Item = (&'a Lane, I)>,
+    devices: &'a BTreeMap<String, DeviceView>,
     now_ms: u64,
-) -> Vec<Decision> {
-    let mut credit: BTreeMap<&str, (u32, u32)> = devices
+) -> Vec<Decision>
+where
+    I: Iterator<Item = &'a TaskRecord>,
+{
+    // (credit, in flight) per device, as assignments are made.
+    let mut load: BTreeMap<&str, (u32, u32)> = devices
         .iter()
         .map(|(id, d)| (id.as_str(), (d.credit, d.in_flight)))
         .collect();
-    let mut free: u32 = credit.values().map(|c| c.0).sum();
-    let mut out = Vec::new();
-    for task in ready {
-        if task.deadline_at_ms.is_some_and(|d| d <= now_ms) {
-            out.push(Decision::Expire {
-                id: task.sub.id.clone(),
-            });
-            continue;
-        }
-        if free == 0 || task.not_before_ms > now_ms {
-            // Nothing can be placed; keep going only to expire overdue tasks.
-            continue;
-        }
-        let fits = |id: &str, d: &DeviceView| {
-            d.capabilities.contains(&task.sub.capability)
-                && credit.get(id).is_some_and(|c| c.0 > 0)
-                && task.sub.payload.len() <= d.max_payload
-        };
-        let chosen = match &task.sub.device {
-            Some(named) => match devices.get(named) {
-                Some(d) if task.sub.payload.len() > d.max_payload => {
-                    let max = d.max_payload;
-                    out.push(Decision::TooLarge {
-                        id: task.sub.id.clone(),
-                        device: named.clone(),
-                        max,
-                    });
-                    continue;
-                }
-                Some(d) if fits(named, d) => Some(named.as_str()),
-                _ => None,
-            },
+    let serves = |d: &DeviceView, c: &(u32, u32), cap: &str| {
+        c.0 > 0 && d.capabilities.iter().any(|x| x == cap)
+    };
+    let mut open: Vec<(&Lane, std::iter::Peekable<I>)> = lanes
+        .into_iter()
+        .filter(|((cap, named), _)| match named {
+            Some(n) => devices
+                .get(n)
+                .is_some_and(|d| serves(d, &load[n.as_str()], cap)),
             None => devices
                 .iter()
-                .filter(|(id, d)| fits(id, d))
-                .min_by_key(|(id, _)| (credit[id.as_str()].1, id.as_str()))
-                .map(|(id, _)| id.as_str()),
-        };
-        if let Some(dev) = chosen {
-            let c = credit.get_mut(dev).expect("chosen among known devices");
-            c.0 -= 1;
-            c.1 += 1;
-            free -= 1;
-            out.push(Decision::Assign {
-                id: task.sub.id.clone(),
-                device: dev.to_owned(),
-            });
+                .any(|(id, d)| serves(d, &load[id.as_str()], cap)),
+        })
+        .map(|(lane, tasks)| (lane, tasks.peekable()))
+        .collect();
+    let mut out = Vec::new();
+    loop {
+        let mut best: Option<((u8, u64, u64), usize, &str)> = None;
+        let mut i = 0;
+        while i < open.len() {
+            let ((cap, named), tasks) = &mut open[i];
+            let head = loop {
+                let Some(task) = tasks.peek() else {
+                    break Head::Closed;
+                };
+                if task.not_before_ms > now_ms || task.deadline_at_ms.is_some_and(|d| d <= now_ms) {
+                    tasks.next();
+                    continue;
+                }
+                let size = task.sub.payload.len();
+                match named {
+                    Some(n) => {
+                        let d = &devices[n.as_str()];
+                        if size > d.max_payload {
+                            out.push(Decision::TooLarge {
+                                id: task.sub.id.clone(),
+                                device: n.clone(),
+                                max: d.max_payload,
+                            });
+                            tasks.next();
+                            continue;
+                        }
+                        if !serves(d, &load[n.as_str()], cap) {
+                            break Head::Closed;
+                        }
+                        break Head::To(task.order_key(), n.as_str());
+                    }
+                    None => {
+                        let mut serving = devices
+                            .iter()
+                            .filter(|(id, d)| serves(d, &load[id.as_str()], cap))
+                            .peekable();
+                        if serving.peek().is_none() {
+                            break Head::Closed;
+                        }
+                        let fit = serving
+                            .filter(|(_, d)| size <= d.max_payload)
+                            .min_by_key(|(id, _)| (load[id.as_str()].1, id.as_str()));
+                        match fit {
+                            Some((id, _)) => break Head::To(task.order_key(), id.as_str()),
+                            // Too large for every device serving it now: it waits.
+                            None => {
+                                tasks.next();
+                            }
+                        }
+                    }
+                }
+            };
+            match head {
+                Head::To(key, device) => {
+                    if best.is_none_or(|b| key < b.0) {
+                        best = Some((key, i, device));
+                    }
+                    i += 1;
+                }
+                Head::Closed => {
+                    drop(open.swap_remove(i));
+                }
+            }
         }
+        let Some((_, i, device)) = best else {
+            break;
+        };
+        let task = open[i].1.next().expect("the head just looked at");
+        let l = load.get_mut(device).expect("chosen among known devices");
+        l.0 -= 1;
+        l.1 += 1;
+        out.push(Decision::Assign {
+            id: task.sub.id.clone(),
+            device: device.to_owned(),
+        });
     }
     out
 }
@@ -156,6 +213,27 @@ mod tests {
             .collect()
     }
 
+    /// `plan` over `tasks` grouped into lanes as the queue keeps them.
+    fn plan<'a>(
+        tasks: impl IntoIterator<Item = &'a TaskRecord>,
+        devices: &BTreeMap<String, DeviceView>,
+        now_ms: u64,
+    ) -> Vec<Decision> {
+        let mut lanes: BTreeMap<Lane, Vec<&TaskRecord>> = BTreeMap::new();
+        for t in tasks {
+            let lane = (t.sub.capability.clone(), t.sub.device.clone());
+            lanes.entry(lane).or_default().push(t);
+        }
+        for l in lanes.values_mut() {
+            l.sort_by_key(|t| t.order_key());
+        }
+        super::plan(
+            lanes.iter().map(|(l, ts)| (l, ts.iter().copied())),
+            devices,
+            now_ms,
+        )
+    }
+
     fn assign(id: &str, device: &str) -> Decision {
         Decision::Assign {
             id: id.into(),
@@ -196,6 +274,20 @@ mod tests {
     }
 
     #[test]
+    fn a_free_slot_goes_to_the_most_urgent_task_of_any_lane() {
+        let ds = devices(&[("a", dev(&["echo", "sleep"], 2, 0))]);
+        let mut urgent = task("urgent", "sleep", None, 3);
+        urgent.sub.priority = Priority::P0;
+        let mut named = task("named", "echo", Some("a"), 2);
+        named.sub.priority = Priority::P1;
+        let tasks = [task("old", "echo", None, 1), named, urgent];
+        assert_eq!(
+            plan(&tasks, &ds, 0),
+            [assign("urgent", "a"), assign("named", "a")]
+        );
+    }
+
+    #[test]
     fn a_named_device_is_honoured_even_when_others_are_idle() {
         let ds = devices(&[("a", dev(&["echo"], 1, 0)), ("b", dev(&["echo"], 1, 9))]);
         assert_eq!(
@@ -206,17 +298,14 @@ mod tests {
     }
 
     #[test]
-    fn overdue_tasks_expire_and_retrying_ones_wait() {
-        let ds = devices(&[("a", dev(&["echo"], 0, 0))]);
+    fn overdue_tasks_never_start_and_retrying_ones_wait() {
+        let ds = devices(&[("a", dev(&["echo"], 1, 0))]);
         let mut late = task("late", "echo", None, 1);
         late.deadline_at_ms = Some(100);
         let mut waiting = task("waiting", "echo", None, 2);
         waiting.not_before_ms = 200;
-        assert_eq!(
-            plan([&late, &waiting], &ds, 100),
-            [Decision::Expire { id: "late".into() }]
-        );
-        let ds = devices(&[("a", dev(&["echo"], 1, 0))]);
+        assert_eq!(plan([&late, &waiting], &ds, 100), []);
+        assert_eq!(plan([&late], &ds, 99), [assign("late", "a")]);
         assert_eq!(plan([&waiting], &ds, 199), []);
         assert_eq!(plan([&waiting], &ds, 200), [assign("waiting", "a")]);
     }

@@ -83,6 +83,10 @@ pub struct Engine {
 
     /// Woken whenever the outbox has new entries.
     outbox_ready: tokio::sync::Notify,
+    /// Held back until the next commit: answers that let MQTT messages or device reports
+    /// be acknowledged, and commands to links.
+    replies: Vec<oneshot::Sender<()>>,
+    sends: Vec<(mpsc::Sender<LinkCommand>, LinkCommand)>,
     /// Counter for generated ids and jitter.
     counter: u64,
     /// Statistics: tasks that expired before they could start.
@@ -107,6 +111,8 @@ impl Engine {
             links: HashMap::new(),
 
             outbox_ready: tokio::sync::Notify::new(),
+            replies: Vec::new(),
+            sends: Vec::new(),
             counter: wall_ms(),
             expired: 0,
         }
@@ -129,15 +135,12 @@ impl Engine {
     /// The retained `{root}/bridge/stats` document: queue depth per priority, devices with
     /// their free slots and tasks in flight, tasks that expired.
     pub fn stats_json(&self) -> String {
-        let mut depth = [0u64; 6];
-        for t in self.queue.ready() {
-            depth[usize::from(t.sub.priority.level())] += 1;
-        }
+        let depth = self.queue.depth();
         let devices: serde_json::Map<String, Value> = self
             .devices
             .iter()
             .map(|(id, o)| {
-                let in_flight = self.queue.on_device(id).count();
+                let in_flight = self.queue.in_flight(id);
                 (id.clone(), serde_json::json!({ "free_slots": o.credit, "in_flight": in_flight, "slots": o.hello.slots }))
             })
             .collect();
@@ -156,23 +159,19 @@ impl Engine {
         format!("gen-{:x}", self.counter)
     }
 
-    /// Handles a batch of submissions (one commit) and answers each `accepted` after it.
+    /// Handles a batch of submissions; each `accepted` is answered after the next commit.
     pub fn submit_batch(
         &mut self,
         batch: Vec<(Vec<u8>, oneshot::Sender<()>)>,
     ) -> Result<(), QueueError> {
         let now = wall_ms();
         let mut subs = Vec::new();
-        let mut acks = Vec::new();
         for (payload, accepted) in batch {
             match api::parse_submission(&payload, || self.next_id()) {
                 Ok(s) => subs.push(s),
-                Err(rejection) => {
-                    let entry = rejection_entry(rejection, &payload, now);
-                    self.queue.notify(entry)?;
-                }
+                Err(rejection) => self.queue.notify(rejection_entry(rejection, &payload, now)),
             }
-            acks.push(accepted);
+            self.replies.push(accepted);
         }
         if !subs.is_empty() {
             let outcomes = self.queue.submit(subs, now)?;
@@ -182,24 +181,24 @@ impl Engine {
                 }
             }
         }
-        for a in acks {
-            let _ = a.send(());
-        }
-        self.outbox_ready.notify_one();
         Ok(())
     }
 
-    /// Cancels a task in any non-terminal state.
-    pub fn cancel(&mut self, id: &str) -> Result<(), QueueError> {
+    /// Cancels a task in any non-terminal state; `done` is answered after the next commit.
+    /// A task on a device is cancelled there too (after the commit); if the device finishes
+    /// it first, its report finds the task settled and changes nothing.
+    pub fn cancel(&mut self, id: &str, done: oneshot::Sender<()>) {
+        self.replies.push(done);
         let Some(task) = self.queue.get(id) else {
             tracing::info!(id, "cancel for an unknown or finished task ignored");
-            return Ok(());
+            return;
         };
         if task.state != TaskState::Queued {
             if let Some(online) = task.device.as_ref().and_then(|d| self.devices.get(d)) {
-                let _ = online.commands.try_send(LinkCommand::Cancel(Cancel {
+                let cancel = LinkCommand::Cancel(Cancel {
                     handle: task.handle(),
-                }));
+                });
+                self.sends.push((online.commands.clone(), cancel));
             }
         }
         let change = Change::Finished {
@@ -208,18 +207,13 @@ impl Engine {
             result: None,
             error: Some(ApiError::new(ErrorCode::Cancelled, "cancelled on request")),
         };
-        self.queue.apply(vec![change], wall_ms())?;
-        self.outbox_ready.notify_one();
-        Ok(())
+        self.queue.apply(vec![change], wall_ms());
     }
 
-    /// Handles a batch of link events with one commit for all their reports and rejects;
-    /// replies on their `committed` channels after it (group commit: a device's reports wait
-    /// for one fsync per batch, not one each). Membership changes (a device up or down)
-    /// commit on their own, after what came before them.
-    pub fn on_links(&mut self, events: Vec<LinkEvent>) -> Result<(), QueueError> {
-        let mut changes = Vec::new();
-        let mut replies = Vec::new();
+    /// Handles a batch of link events; their `committed` channels are answered after the
+    /// next commit (group commit: a device's reports wait for one fsync per batch, not one
+    /// each).
+    pub fn on_links(&mut self, events: Vec<LinkEvent>) {
         for event in events {
             match event {
                 LinkEvent::Report {
@@ -227,16 +221,18 @@ impl Engine {
                     report,
                     committed,
                 } => {
-                    changes.extend(self.report_change(link, report));
-                    replies.push(committed);
+                    let change = self.report_change(link, report);
+                    self.queue.apply(change.into_iter().collect(), wall_ms());
+                    self.replies.push(committed);
                 }
                 LinkEvent::Reject {
                     link,
                     reject,
                     committed,
                 } => {
-                    changes.extend(self.reject_change(link, reject));
-                    replies.push(committed);
+                    let change = self.reject_change(link, reject);
+                    self.queue.apply(change.into_iter().collect(), wall_ms());
+                    self.replies.push(committed);
                 }
                 LinkEvent::Credit { link, credit } => {
                     if let Some(online) =
@@ -247,10 +243,12 @@ impl Engine {
                 }
                 LinkEvent::Refused { link, handle } => {
                     if let Some((id, _)) = self.task_of(link, handle) {
-                        changes.push(Change::Requeue {
+                        let now = wall_ms();
+                        let requeue = Change::Requeue {
                             id,
-                            not_before_ms: wall_ms(),
-                        });
+                            not_before_ms: now,
+                        };
+                        self.queue.apply(vec![requeue], now);
                     }
                 }
                 LinkEvent::Up {
@@ -260,21 +258,29 @@ impl Engine {
                     rebooted,
                     credit,
                     commands,
-                } => {
-                    self.queue.apply(std::mem::take(&mut changes), wall_ms())?;
-                    self.device_up(link, peer, hello, rebooted, credit, commands)?;
-                }
-                LinkEvent::Down { link, reason } => {
-                    self.queue.apply(std::mem::take(&mut changes), wall_ms())?;
-                    self.device_down(link, &reason)?;
-                }
+                } => self.device_up(link, peer, hello, rebooted, credit, commands),
+                LinkEvent::Down { link, reason } => self.device_down(link, &reason),
             }
         }
-        self.queue.apply(changes, wall_ms())?;
-        for r in replies {
-            let _ = r.send(());
+    }
+
+    /// Commits everything staged, then lets out what waited for it: acknowledgements of
+    /// MQTT messages and device reports, and commands to links.
+    pub fn commit(&mut self) -> Result<(), QueueError> {
+        if self.queue.has_pending() {
+            self.queue.commit()?;
+            self.outbox_ready.notify_one();
         }
-        self.outbox_ready.notify_one();
+        for reply in self.replies.drain(..) {
+            let _ = reply.send(());
+        }
+        for (link, command) in self.sends.drain(..) {
+            if let Err(e) = link.try_send(command) {
+                // The link is gone or its queue is full: a lost Assign is dispatched again
+                // when the link ends, a lost Cancel leaves a result nobody waits for.
+                tracing::warn!(error = %e, "link command not delivered");
+            }
+        }
         Ok(())
     }
 
@@ -287,7 +293,7 @@ impl Engine {
         rebooted: bool,
         credit: u8,
         commands: mpsc::Sender<LinkCommand>,
-    ) -> Result<(), QueueError> {
+    ) {
         let id = hello.device_id.to_string();
         if let Some(old) = self.devices.remove(&id) {
             tracing::info!(device = %id, old_link = old.link, "device reconnected; closing its previous link");
@@ -306,14 +312,14 @@ impl Engine {
                 not_before_ms: now,
             })
             .collect();
-        self.queue.apply(stranded, now)?;
+        self.queue.apply(stranded, now);
         self.queue.notify(device_document(
             &id,
             Some(&hello),
             true,
             &format!("connected from {peer}"),
             now,
-        ))?;
+        ));
         self.links.insert(link, id.clone());
         self.devices.insert(
             id,
@@ -324,11 +330,10 @@ impl Engine {
                 commands,
             },
         );
-        Ok(())
     }
 
     /// The connection of `link` ended.
-    fn device_down(&mut self, link: LinkId, reason: &str) -> Result<(), QueueError> {
+    fn device_down(&mut self, link: LinkId, reason: &str) {
         if let Some(device) = self.links.remove(&link) {
             if self.devices.get(&device).is_some_and(|o| o.link == link) {
                 let old = self.devices.remove(&device);
@@ -340,25 +345,22 @@ impl Engine {
                     reason,
                     wall_ms(),
                 );
-                self.queue.notify(doc)?;
-                self.requeue_from(&device)?;
+                self.queue.notify(doc);
+                self.requeue_from(&device);
             }
         }
-        Ok(())
     }
 
     /// Tasks of a device that went away start another attempt after the retry delay, or
     /// fail when attempts are exhausted.
-    fn requeue_from(&mut self, device: &str) -> Result<(), QueueError> {
+    fn requeue_from(&mut self, device: &str) {
         let now = wall_ms();
         let mut changes = Vec::new();
         for t in self.queue.on_device(device) {
             self.counter += 1;
             changes.push(self.retry_change(t, now, self.counter, "device disconnected"));
         }
-
-        self.queue.apply(changes, now)?;
-        Ok(())
+        self.queue.apply(changes, now);
     }
 
     fn retry_change(&self, t: &TaskRecord, now: u64, seed: u64, why: &str) -> Change {
@@ -475,100 +477,87 @@ impl Engine {
         Some(change)
     }
 
-    /// Dispatches what can be dispatched now; returns the earliest time worth looking again
+    /// Expires overdue tasks and dispatches what can be dispatched now (staged; the
+    /// `Assign`s go out after the next commit). Returns the earliest time worth looking again
     /// (a retry delay or a deadline), if any.
-    pub fn dispatch(&mut self) -> Result<Option<u64>, QueueError> {
+    pub fn dispatch(&mut self) -> Option<u64> {
         let now = wall_ms();
-        let views: BTreeMap<String, DeviceView> = self
-            .devices
-            .iter()
-            .map(|(id, o)| {
-                let view = DeviceView {
-                    capabilities: o.hello.capabilities.iter().map(|c| c.to_string()).collect(),
-                    credit: o.credit,
-                    in_flight: self.queue.on_device(id).count() as u32,
-                    max_payload: usize::from(o.hello.max_payload),
-                };
-                (id.clone(), view)
+        let overdue: Vec<Change> = self
+            .queue
+            .overdue(now)
+            .map(|id| Change::Finished {
+                id: id.to_owned(),
+                state: TaskState::Expired,
+                result: None,
+                error: Some(ApiError::new(
+                    ErrorCode::DeadlineExpired,
+                    "the deadline passed while the task waited",
+                )),
             })
             .collect();
-        let decisions = dispatch::plan(self.queue.ready(), &views, now);
-        let mut changes = Vec::new();
-        let mut sends = Vec::new();
-        for d in decisions {
-            match d {
-                Decision::Expire { id } => {
-                    self.expired += 1;
-                    changes.push(Change::Finished {
+        self.expired += overdue.len() as u64;
+        self.queue.apply(overdue, now);
+
+        if self.devices.values().any(|o| o.credit > 0) {
+            let views: BTreeMap<String, DeviceView> = self
+                .devices
+                .iter()
+                .map(|(id, o)| {
+                    let view = DeviceView {
+                        capabilities: o.hello.capabilities.iter().map(|c| c.to_string()).collect(),
+                        credit: o.credit,
+                        in_flight: self.queue.in_flight(id) as u32,
+                        max_payload: usize::from(o.hello.max_payload),
+                    };
+                    (id.clone(), view)
+                })
+                .collect();
+            let decisions = dispatch::plan(self.queue.lanes(), &views, now);
+            let mut changes = Vec::with_capacity(decisions.len());
+            for d in decisions {
+                match d {
+                    Decision::TooLarge { id, device, max } => changes.push(Change::Finished {
                         id,
-                        state: TaskState::Expired,
+                        state: TaskState::Rejected,
                         result: None,
                         error: Some(ApiError::new(
-                            ErrorCode::DeadlineExpired,
-                            "the deadline passed while the task waited",
+                            ErrorCode::PayloadTooLarge,
+                            format!("device {device} takes payloads of at most {max} bytes"),
                         )),
-                    });
-                }
-                Decision::TooLarge { id, device, max } => changes.push(Change::Finished {
-                    id,
-                    state: TaskState::Rejected,
-                    result: None,
-                    error: Some(ApiError::new(
-                        ErrorCode::PayloadTooLarge,
-                        format!("device {device} takes payloads of at most {max} bytes"),
-                    )),
-                }),
-                Decision::Assign { id, device } => {
-                    let Some(task) = self.queue.get(&id) else {
-                        continue;
-                    };
-                    match assign_for(task, now) {
-                        Some(assign) => {
-                            sends.push((device.clone(), assign));
-                            changes.push(Change::Dispatched { id, device });
+                    }),
+                    Decision::Assign { id, device } => {
+                        let Some(task) = self.queue.get(&id) else {
+                            continue;
+                        };
+                        let Some(online) = self.devices.get_mut(&device) else {
+                            continue;
+                        };
+                        match assign_for(task, now) {
+                            Some(assign) => {
+                                online.credit = online.credit.saturating_sub(1);
+                                let command = LinkCommand::Assign(Box::new(assign));
+                                self.sends.push((online.commands.clone(), command));
+                                changes.push(Change::Dispatched { id, device });
+                            }
+                            None => changes.push(Change::Finished {
+                                id,
+                                state: TaskState::Rejected,
+                                result: None,
+                                error: Some(ApiError::new(
+                                    ErrorCode::InvalidLocks,
+                                    "lock names are not supported by this bridge yet",
+                                )),
+                            }),
                         }
-                        None => changes.push(Change::Finished {
-                            id,
-                            state: TaskState::Rejected,
-                            result: None,
-                            error: Some(ApiError::new(
-                                ErrorCode::InvalidLocks,
-                                "lock names are not supported by this bridge yet",
-                            )),
-                        }),
                     }
                 }
             }
+            // Staged: the Assigns go out only after the commit that records the dispatch,
+            // so a crash before it never sent anything and a crash after it re-dispatches
+            // (harmless: the device answers replays from its dedup table).
+            self.queue.apply(changes, now);
         }
-        // Commit the dispatch before telling devices: a crash after the commit re-dispatches
-        // (harmless), a crash before it never sent anything.
-        self.queue.apply(changes, now)?;
-        for (device, assign) in sends {
-            let handle = assign.handle;
-            let Some(online) = self.devices.get_mut(&device) else {
-                continue;
-            };
-            online.credit = online.credit.saturating_sub(1);
-            if online
-                .commands
-                .try_send(LinkCommand::Assign(Box::new(assign)))
-                .is_err()
-            {
-                tracing::warn!(%device, handle, "link busy; the task will be dispatched again");
-            }
-        }
-        self.outbox_ready.notify_one();
-        let next = self
-            .queue
-            .ready()
-            .filter_map(|t| match (t.deadline_at_ms, t.not_before_ms) {
-                (Some(d), nb) if nb > now => Some(d.min(nb)),
-                (Some(d), _) => Some(d),
-                (None, nb) if nb > now => Some(nb),
-                _ => None,
-            })
-            .min();
-        Ok(next)
+        self.queue.next_timer(now)
     }
 }
 
@@ -685,7 +674,8 @@ mod tests {
             credit: 4,
             commands,
         };
-        e.on_links(vec![event]).unwrap();
+        e.on_links(vec![event]);
+        e.commit().unwrap();
         rx
     }
 
@@ -695,6 +685,42 @@ mod tests {
             initial: Duration::from_millis(10),
             max: Duration::from_millis(100),
         }
+    }
+
+    /// Nothing leaves the engine before the commit that covers it: the submission's
+    /// acknowledgement and the Assign wait for `commit`, and a bridge that dies before it
+    /// has promised nothing (the submission is not there after a restart, and was never
+    /// acknowledged, so the client sends it again).
+    #[test]
+    fn acknowledgements_and_assigns_wait_for_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut e = Engine::new(Queue::open(dir.path(), 10).unwrap(), retry());
+            let mut commands = up(&mut e, 1);
+            let (accepted, mut answered) = oneshot::channel();
+            let task = br#"{"id":"t","capability":"echo","payload":1}"#.to_vec();
+            e.submit_batch(vec![(task, accepted)]).unwrap();
+            e.dispatch();
+            assert!(
+                answered.try_recv().is_err(),
+                "acknowledged before the commit"
+            );
+            assert!(commands.try_recv().is_err(), "assigned before the commit");
+            assert_eq!(e.queue().get("t").unwrap().state, TaskState::Dispatched);
+        } // the bridge dies here, before committing
+        let mut e = Engine::new(Queue::open(dir.path(), 10).unwrap(), retry());
+        assert!(
+            e.queue().is_empty(),
+            "an uncommitted submission left a trace"
+        );
+        let mut commands = up(&mut e, 1);
+        let (accepted, mut answered) = oneshot::channel();
+        let task = br#"{"id":"t","capability":"echo","payload":1}"#.to_vec();
+        e.submit_batch(vec![(task, accepted)]).unwrap();
+        e.dispatch();
+        e.commit().unwrap();
+        assert!(answered.try_recv().is_ok());
+        assert!(matches!(commands.try_recv(), Ok(LinkCommand::Assign(_))));
     }
 
     /// A device that ran a task before the bridge crashed reports it to the restarted bridge
@@ -713,7 +739,8 @@ mod tests {
             )])
             .unwrap();
             let mut commands = up(&mut e, 1);
-            e.dispatch().unwrap();
+            e.dispatch();
+            e.commit().unwrap();
             match commands.try_recv() {
                 Ok(LinkCommand::Assign(a)) => a.handle,
                 other => panic!("expected an Assign, got {other:?}"),
@@ -732,8 +759,8 @@ mod tests {
             link: 2,
             report,
             committed,
-        }])
-        .unwrap();
+        }]);
+        e.commit().unwrap();
         assert!(
             done.blocking_recv().is_ok(),
             "the report is answered after its commit"

@@ -171,7 +171,10 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
 
     let mut broker_stopped = broker_stopped;
     let mut connected = false;
+    // Outbox keys handed to the MQTT driver and not acknowledged yet, and where the next
+    // read of the outbox starts.
     let mut offered: HashSet<u64> = HashSet::new();
+    let mut next_offer = 0u64;
     let mut next_wake: Option<u64> = None;
     let mut stats = tokio::time::interval(config.stats_interval);
     loop {
@@ -187,10 +190,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
                 while let Some(i) = next.take().or_else(|| api_rx.try_recv().ok()) {
                     match i {
                         ApiInput::Submit { payload, accepted } => submits.push((payload, accepted)),
-                        ApiInput::Cancel { id, done } => {
-                            engine.cancel(&id)?;
-                            let _ = done.send(());
-                        }
+                        ApiInput::Cancel { id, done } => engine.cancel(&id, done),
                     }
                     if submits.len() >= 512 {
                         break;
@@ -208,13 +208,15 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
                         let Ok(e) = link_rx.try_recv() else { break };
                         batch.push(e);
                     }
-                    engine.on_links(batch)?;
+                    engine.on_links(batch);
                 }
             }
                         event = mqtt_ev_rx.recv() => match event {
                 Some(MqttEvent::Connected) => {
                     connected = true;
+                    // A new connection starts over from the oldest unacknowledged event.
                     offered.clear();
+                    next_offer = 0;
                 }
                 Some(MqttEvent::Subscribed) => {
                     if let Some((announce, addrs)) = ready.take() {
@@ -222,7 +224,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
                     }
                 }
                 Some(MqttEvent::Published(keys)) => {
-                    engine.queue_mut().published(&keys)?;
+                    engine.queue_mut().published(&keys);
                     for k in keys {
                         offered.remove(&k);
                     }
@@ -251,25 +253,24 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
                 return Ok(());
             }
         }
-        next_wake = engine.dispatch()?;
+        // One commit per turn of the loop covers the inputs above and the dispatch
+        // decisions; acknowledgements and Assigns go out after it.
+        next_wake = engine.dispatch();
+        engine.commit()?;
         if connected && offered.len() < PUBLISH_WINDOW {
-            for (key, entry) in engine.queue().outbox(PUBLISH_WINDOW * 2)? {
-                if offered.len() >= PUBLISH_WINDOW {
+            let room = PUBLISH_WINDOW - offered.len();
+            for (key, entry) in engine.queue().outbox_from(next_offer, room)? {
+                let publication = Publication {
+                    key,
+                    topic: format!("{root}/{}", entry.subtopic),
+                    payload: entry.payload,
+                    retain: entry.retain,
+                };
+                if pub_tx.try_send(publication).is_err() {
                     break;
                 }
-                if offered.insert(key) {
-                    let topic = format!("{root}/{}", entry.subtopic);
-                    let publication = Publication {
-                        key,
-                        topic,
-                        payload: entry.payload,
-                        retain: entry.retain,
-                    };
-                    if pub_tx.try_send(publication).is_err() {
-                        offered.remove(&key);
-                        break;
-                    }
-                }
+                offered.insert(key);
+                next_offer = key + 1;
             }
         }
     }

@@ -1,8 +1,9 @@
 //! The durable task queue, on redb.
 //!
-//! The database is the truth; live tasks are mirrored in memory so dispatch never reads the
-//! disk. Every method is one write transaction over a whole batch (group commit): callers
-//! collect what arrived and commit it at once, so durability does not cap throughput.
+//! The database is the truth; live tasks are mirrored in memory, with the indexes dispatch
+//! needs, so dispatch never reads the disk. Changes are staged and written by one
+//! transaction per batch ([`Queue::commit`], group commit): callers collect what arrived,
+//! decide, and commit it at once, so durability does not cap throughput.
 //!
 //! Rules (DESIGN.md, "Bridge durability rules"):
 //! - A submission is accepted by the transaction that stores it *and* its `queued` event in
@@ -23,7 +24,7 @@
 //! | `outbox` | event sequence | [`OutboxEntry`] (JSON) |
 //! | `meta` | name | counter |
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -130,19 +131,6 @@ impl OutboxEntry {
     }
 }
 
-/// Appends `entry` to the outbox under key `next`, and advances `next`.
-fn append(
-    outbox: &mut redb::Table<'_, u64, &[u8]>,
-    next: &mut u64,
-    entry: &OutboxEntry,
-) -> Result<(), QueueError> {
-    outbox
-        .insert(*next, json(entry).as_bytes())
-        .map_err(db_err)?;
-    *next += 1;
-    Ok(())
-}
-
 fn json(v: &impl Serialize) -> String {
     // Our own types always serialise.
     serde_json::to_string(v).unwrap_or_default()
@@ -177,21 +165,74 @@ pub enum Change {
     },
 }
 
+/// Where a queued task may go: its capability, and the device it names (if any). Queued
+/// tasks are indexed per lane, so dispatch looks only at lanes an online device can serve.
+pub type Lane = (String, Option<String>);
+
+/// Dispatch order key of a queued task (see [`TaskRecord::order_key`]).
+type OrderKey = (u8, u64, u64);
+
+/// Writes staged since the last [`Queue::commit`].
+#[derive(Debug, Default)]
+struct Pending {
+    /// Task rows to store (`Some`) or delete (`None`); the last write of a batch wins.
+    tasks: HashMap<String, Option<String>>,
+    /// Final events: (finish sequence, id, event JSON).
+    done: Vec<(u64, String, String)>,
+    /// Index into `done` by id, for duplicates submitted before the commit.
+    done_by_id: HashMap<String, usize>,
+    /// New outbox entries: (key, entry JSON).
+    outbox: Vec<(u64, String)>,
+    /// Outbox keys the broker acknowledged.
+    published: Vec<u64>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+            && self.done.is_empty()
+            && self.outbox.is_empty()
+            && self.published.is_empty()
+    }
+
+    /// Whether the batch holds anything that must survive a crash (everything but
+    /// acknowledged outbox keys, whose loss only publishes those events again).
+    fn must_sync(&self) -> bool {
+        !(self.tasks.is_empty() && self.done.is_empty() && self.outbox.is_empty())
+    }
+}
+
 /// The durable queue.
+///
+/// Changes are staged: [`Queue::submit`], [`Queue::apply`], [`Queue::notify`] and
+/// [`Queue::published`] update the in-memory state at once and stage their writes, and
+/// [`Queue::commit`] writes everything staged in one transaction (group commit). Callers let
+/// nothing out — no MQTT acknowledgement, no link acknowledgement, no `Assign` — before the
+/// commit that covers it. If a commit fails, the in-memory state is ahead of the database:
+/// the caller must stop (the next start loads the last committed state).
 #[derive(Debug)]
 pub struct Queue {
     db: Database,
     limit: u64,
     /// Live tasks, mirrored from `tasks`.
     live: HashMap<String, TaskRecord>,
-    /// Queued tasks in dispatch order.
-    ready: BTreeSet<((u8, u64, u64), String)>,
+    /// Queued tasks in dispatch order, per lane.
+    lanes: BTreeMap<Lane, BTreeSet<(OrderKey, String)>>,
+    /// Queued tasks with a deadline, by deadline.
+    deadlines: BTreeSet<(u64, String)>,
+    /// Queued tasks waiting for a retry delay, by the time it ends.
+    delayed: BTreeSet<(u64, String)>,
+    /// Ids of the tasks on each device (dispatched or running).
+    on_device: HashMap<String, BTreeSet<String>>,
+    /// Queued tasks per priority level.
+    depth: [u64; 6],
     /// Live tasks by device handle (unique per task), so a device's report finds its task
     /// from durable state alone, also right after a restart.
     by_handle: HashMap<u32, String>,
     next_seq: u64,
     next_outbox: u64,
     next_done: u64,
+    pending: Pending,
 }
 
 impl Queue {
@@ -210,11 +251,16 @@ impl Queue {
             db,
             limit,
             live: HashMap::new(),
-            ready: BTreeSet::new(),
+            lanes: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            delayed: BTreeSet::new(),
+            on_device: HashMap::new(),
+            depth: [0; 6],
             by_handle: HashMap::new(),
             next_seq: 1,
             next_outbox: 1,
             next_done: 1,
+            pending: Pending::default(),
         };
         // Create every table, so reads never meet a missing one.
         let txn = q.db.begin_write().map_err(db_err)?;
@@ -246,11 +292,74 @@ impl Queue {
                 // its dedup table if it already ran it).
                 rec.state = TaskState::Queued;
             }
-            q.ready.insert((rec.order_key(), rec.sub.id.clone()));
-            q.by_handle.insert(rec.handle(), rec.sub.id.clone());
-            q.live.insert(rec.sub.id.clone(), rec);
+            q.put(rec);
         }
         Ok(q)
+    }
+
+    /// Stores `rec` in memory, replacing and re-indexing the previous record of its id.
+    fn put(&mut self, rec: TaskRecord) {
+        let id = rec.sub.id.clone();
+        self.unindex(&id);
+        if rec.state == TaskState::Queued {
+            let lane = (rec.sub.capability.clone(), rec.sub.device.clone());
+            self.lanes
+                .entry(lane)
+                .or_default()
+                .insert((rec.order_key(), id.clone()));
+            self.depth[usize::from(rec.sub.priority.level())] += 1;
+            if let Some(d) = rec.deadline_at_ms {
+                self.deadlines.insert((d, id.clone()));
+            }
+            if rec.not_before_ms > 0 {
+                self.delayed.insert((rec.not_before_ms, id.clone()));
+            }
+        } else if let Some(device) = &rec.device {
+            self.on_device
+                .entry(device.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        self.by_handle.insert(rec.handle(), id.clone());
+        self.live.insert(id, rec);
+    }
+
+    /// Removes the in-memory record of `id` from every index (it stays in `live`).
+    fn unindex(&mut self, id: &str) {
+        let Some(old) = self.live.get(id) else {
+            return;
+        };
+        if old.state == TaskState::Queued {
+            let lane = (old.sub.capability.clone(), old.sub.device.clone());
+            if let Some(set) = self.lanes.get_mut(&lane) {
+                set.remove(&(old.order_key(), id.to_owned()));
+                if set.is_empty() {
+                    self.lanes.remove(&lane);
+                }
+            }
+            self.depth[usize::from(old.sub.priority.level())] -= 1;
+            if let Some(d) = old.deadline_at_ms {
+                self.deadlines.remove(&(d, id.to_owned()));
+            }
+            if old.not_before_ms > 0 {
+                self.delayed.remove(&(old.not_before_ms, id.to_owned()));
+            }
+        } else if let Some(device) = &old.device {
+            if let Some(set) = self.on_device.get_mut(device) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.on_device.remove(device);
+                }
+            }
+        }
+    }
+
+    /// Forgets the live task `id`.
+    fn forget(&mut self, id: &str) {
+        self.unindex(id);
+        if let Some(old) = self.live.remove(id) {
+            self.by_handle.remove(&old.handle());
+        }
     }
 
     /// Live tasks (queued or on a device).
@@ -272,246 +381,289 @@ impl Queue {
         self.by_handle.get(&handle).and_then(|id| self.live.get(id))
     }
 
-    /// Queued tasks in dispatch order (priority, deadline, admission).
+    /// Queued tasks in dispatch order (priority, deadline, admission), across all lanes.
+    /// Linear in the queue: for tests and tools, not for the dispatch path.
     pub fn ready(&self) -> impl Iterator<Item = &TaskRecord> {
-        self.ready.iter().filter_map(|(_, id)| self.live.get(id))
+        let mut all: Vec<&(OrderKey, String)> = self.lanes.values().flatten().collect();
+        all.sort();
+        all.into_iter().filter_map(|(_, id)| self.live.get(id))
+    }
+
+    /// The lanes with queued tasks, each with its tasks in dispatch order.
+    pub fn lanes(&self) -> impl Iterator<Item = (&Lane, impl Iterator<Item = &TaskRecord> + '_)> {
+        self.lanes
+            .iter()
+            .map(|(lane, set)| (lane, set.iter().filter_map(|(_, id)| self.live.get(id))))
+    }
+
+    /// Queued tasks per priority level (P0 first).
+    pub fn depth(&self) -> [u64; 6] {
+        self.depth
+    }
+
+    /// Queued tasks whose deadline is at or before `now_ms`.
+    pub fn overdue(&self, now_ms: u64) -> impl Iterator<Item = &str> {
+        self.deadlines
+            .iter()
+            .take_while(move |(d, _)| *d <= now_ms)
+            .map(|(_, id)| id.as_str())
+    }
+
+    /// The earliest time after `now_ms` at which a queued task's deadline passes or its retry
+    /// delay ends.
+    pub fn next_timer(&self, now_ms: u64) -> Option<u64> {
+        let after = (now_ms.saturating_add(1), String::new());
+        let deadline = self.deadlines.range(after.clone()..).next().map(|e| e.0);
+        let delay = self.delayed.range(after..).next().map(|e| e.0);
+        deadline.into_iter().chain(delay).min()
     }
 
     /// Live tasks on a device.
-    pub fn on_device<'a>(&'a self, device: &'a str) -> impl Iterator<Item = &'a TaskRecord> + 'a {
-        self.live
-            .values()
-            .filter(move |t| t.state != TaskState::Queued && t.device.as_deref() == Some(device))
+    pub fn on_device<'a>(&'a self, device: &str) -> impl Iterator<Item = &'a TaskRecord> + 'a {
+        self.on_device
+            .get(device)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.live.get(id))
     }
 
-    /// Stores a batch of submissions in one transaction, each with its event in the outbox.
+    /// How many tasks are on a device.
+    pub fn in_flight(&self, device: &str) -> usize {
+        self.on_device.get(device).map_or(0, BTreeSet::len)
+    }
+
+    /// Stages `entry` for the outbox.
+    fn stage_outbox(&mut self, entry: &OutboxEntry) {
+        self.pending.outbox.push((self.next_outbox, json(entry)));
+        self.next_outbox += 1;
+    }
+
+    /// The final event of a finished task, staged or stored.
+    fn final_event(&self, id: &str) -> Result<Option<StatusEvent>, QueueError> {
+        let raw = match self.pending.done_by_id.get(id) {
+            Some(&i) => Some(self.pending.done[i].2.clone().into_bytes()),
+            None => {
+                let read = self.db.begin_read().map_err(db_err)?;
+                let done = read.open_table(DONE).map_err(db_err)?;
+                done.get(id).map_err(db_err)?.map(|v| v.value().to_vec())
+            }
+        };
+        raw.map(|raw| {
+            serde_json::from_slice(&raw).map_err(|e| QueueError::Corrupt {
+                key: id.to_owned(),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Admits a batch of submissions, each with its event for the outbox (staged).
     pub fn submit(
         &mut self,
         batch: Vec<Submission>,
         now_ms: u64,
     ) -> Result<Vec<Admission>, QueueError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut added = Vec::new();
-        {
-            let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
-            let done = txn.open_table(DONE).map_err(db_err)?;
-            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-            let mut next_outbox = self.next_outbox;
-            let mut push = |e: &OutboxEntry| append(&mut outbox, &mut next_outbox, e);
-            let mut live = self.live.len() as u64;
-            let mut seq = self.next_seq;
-            for sub in batch {
-                let known = self
-                    .live
-                    .get(&sub.id)
-                    .or_else(|| added.iter().find(|r: &&TaskRecord| r.sub.id == sub.id));
-                if let Some(rec) = known {
-                    push(&OutboxEntry::status(&rec.event(rec.state, now_ms)))?;
-                    outcomes.push(Admission::Duplicate(rec.state));
-                    continue;
-                }
-                if let Some(fin) = done.get(sub.id.as_str()).map_err(db_err)? {
-                    let event: StatusEvent =
-                        serde_json::from_slice(fin.value()).map_err(|e| QueueError::Corrupt {
-                            key: sub.id.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    push(&OutboxEntry::status(&event))?;
-                    outcomes.push(Admission::Duplicate(event.state));
-                    continue;
-                }
-                if live >= self.limit {
-                    let event = StatusEvent {
-                        id: sub.id.clone(),
-                        state: TaskState::Rejected,
-                        device: None,
-                        attempt: 0,
-                        trace_id: sub.trace_id.clone(),
-                        ts_ms: now_ms,
-                        result: None,
-                        error: Some(ApiError::new(
-                            ErrorCode::QueueFull,
-                            format!(
-                                "the queue holds its limit of {} tasks; resubmit later",
-                                self.limit
-                            ),
-                        )),
-                    };
-                    push(&OutboxEntry::status(&event))?;
-                    outcomes.push(Admission::Rejected(ErrorCode::QueueFull));
-                    continue;
-                }
-                let deadline_at_ms = sub.deadline_ms.map(|d| now_ms.saturating_add(d));
-                let rec = TaskRecord {
-                    seq,
-                    sub,
-                    state: TaskState::Queued,
+        for sub in batch {
+            if let Some(rec) = self.live.get(&sub.id) {
+                let event = rec.event(rec.state, now_ms);
+                outcomes.push(Admission::Duplicate(rec.state));
+                self.stage_outbox(&OutboxEntry::status(&event));
+                continue;
+            }
+            if let Some(event) = self.final_event(&sub.id)? {
+                outcomes.push(Admission::Duplicate(event.state));
+                self.stage_outbox(&OutboxEntry::status(&event));
+                continue;
+            }
+            if self.live.len() as u64 >= self.limit {
+                let event = StatusEvent {
+                    id: sub.id.clone(),
+                    state: TaskState::Rejected,
                     device: None,
                     attempt: 0,
-                    submitted_ms: now_ms,
-                    deadline_at_ms,
-                    not_before_ms: 0,
+                    trace_id: sub.trace_id.clone(),
+                    ts_ms: now_ms,
+                    result: None,
+                    error: Some(ApiError::new(
+                        ErrorCode::QueueFull,
+                        format!(
+                            "the queue holds its limit of {} tasks; resubmit later",
+                            self.limit
+                        ),
+                    )),
                 };
-                seq += 1;
-                live += 1;
-                tasks
-                    .insert(rec.sub.id.as_str(), json(&rec).as_bytes())
-                    .map_err(db_err)?;
-                push(&OutboxEntry::status(&rec.event(TaskState::Queued, now_ms)))?;
-                outcomes.push(Admission::Queued);
-                added.push(rec);
+                self.stage_outbox(&OutboxEntry::status(&event));
+                outcomes.push(Admission::Rejected(ErrorCode::QueueFull));
+                continue;
             }
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            meta.insert("seq", seq).map_err(db_err)?;
-            meta.insert("outbox", next_outbox).map_err(db_err)?;
-            self.next_seq = seq;
-            self.next_outbox = next_outbox;
-        }
-        txn.commit().map_err(db_err)?;
-        for rec in added {
-            self.ready.insert((rec.order_key(), rec.sub.id.clone()));
-            self.by_handle.insert(rec.handle(), rec.sub.id.clone());
-            self.live.insert(rec.sub.id.clone(), rec);
+            let deadline_at_ms = sub.deadline_ms.map(|d| now_ms.saturating_add(d));
+            let rec = TaskRecord {
+                seq: self.next_seq,
+                sub,
+                state: TaskState::Queued,
+                device: None,
+                attempt: 0,
+                submitted_ms: now_ms,
+                deadline_at_ms,
+                not_before_ms: 0,
+            };
+            self.next_seq += 1;
+            self.pending
+                .tasks
+                .insert(rec.sub.id.clone(), Some(json(&rec)));
+            self.stage_outbox(&OutboxEntry::status(&rec.event(TaskState::Queued, now_ms)));
+            outcomes.push(Admission::Queued);
+            self.put(rec);
         }
         Ok(outcomes)
     }
 
-    /// Publishes an event that belongs to no stored task (a submission that could not be
-    /// parsed, or was rejected before it had an id): it still goes through the outbox, so it
-    /// survives a broker outage.
-    pub fn notify(&mut self, entry: OutboxEntry) -> Result<(), QueueError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-            let mut next = self.next_outbox;
-            append(&mut outbox, &mut next, &entry)?;
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            meta.insert("outbox", next).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
-        self.next_outbox += 1;
-        Ok(())
+    /// Stages an event that belongs to no stored task (a submission that could not be
+    /// parsed, or was rejected before it had an id, or a device document): it still goes
+    /// through the outbox, so it survives a broker outage.
+    pub fn notify(&mut self, entry: OutboxEntry) {
+        self.stage_outbox(&entry);
     }
 
-    /// Applies a batch of changes to live tasks in one transaction, each with its event.
-    /// Changes to unknown (or already finished) ids are skipped and returned.
-    pub fn apply(&mut self, batch: Vec<Change>, now_ms: u64) -> Result<Vec<Change>, QueueError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+    /// Applies a batch of changes to live tasks, each with its event (staged). Changes to
+    /// unknown (or already finished) ids are skipped and returned.
+    pub fn apply(&mut self, batch: Vec<Change>, now_ms: u64) -> Vec<Change> {
         let mut skipped = Vec::new();
-        // (id, new record or None when finished)
-        let mut updates: Vec<(String, Option<TaskRecord>)> = Vec::new();
+        for change in batch {
+            let id = match &change {
+                Change::Dispatched { id, .. }
+                | Change::Running { id }
+                | Change::Requeue { id, .. }
+                | Change::Finished { id, .. } => id.clone(),
+            };
+            let Some(mut rec) = self.live.get(&id).cloned() else {
+                skipped.push(change);
+                continue;
+            };
+            let event = match change {
+                Change::Dispatched { device, .. } => {
+                    rec.state = TaskState::Dispatched;
+                    rec.device = Some(device);
+                    rec.attempt += 1;
+                    Some(rec.event(TaskState::Dispatched, now_ms))
+                }
+                Change::Running { .. } => {
+                    rec.state = TaskState::Running;
+                    Some(rec.event(TaskState::Running, now_ms))
+                }
+                Change::Requeue { not_before_ms, .. } => {
+                    // Back to waiting: not a state clients see change (it stays queued
+                    // from their point of view until the next `dispatched`).
+                    rec.state = TaskState::Queued;
+                    rec.not_before_ms = not_before_ms;
+                    None
+                }
+                Change::Finished {
+                    state,
+                    result,
+                    error,
+                    ..
+                } => {
+                    let mut e = rec.event(state, now_ms);
+                    e.result = result;
+                    e.error = error;
+                    let event = json(&e);
+                    self.pending.tasks.insert(id.clone(), None);
+                    self.pending
+                        .done_by_id
+                        .insert(id.clone(), self.pending.done.len());
+                    self.pending.done.push((self.next_done, id.clone(), event));
+                    self.next_done += 1;
+                    self.stage_outbox(&OutboxEntry::status(&e));
+                    self.forget(&id);
+                    continue;
+                }
+            };
+            self.pending.tasks.insert(id, Some(json(&rec)));
+            if let Some(e) = event {
+                self.stage_outbox(&OutboxEntry::status(&e));
+            }
+            self.put(rec);
+        }
+        skipped
+    }
+
+    /// Stages the removal of outbox entries the broker has acknowledged.
+    pub fn published(&mut self, keys: &[u64]) {
+        self.pending.published.extend_from_slice(keys);
+    }
+
+    /// Whether anything is staged.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes everything staged in one transaction: durable (fsync) when it holds task
+    /// changes or new events, not flushed on its own when it only removes acknowledged
+    /// outbox entries (those ride on the next durable commit; losing them in a crash only
+    /// publishes the events again, which at-least-once delivery allows).
+    pub fn commit(&mut self) -> Result<(), QueueError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let p = std::mem::take(&mut self.pending);
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        if !p.must_sync() {
+            txn.set_durability(redb::Durability::None).map_err(db_err)?;
+        }
         {
             let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
+            for (id, row) in &p.tasks {
+                match row {
+                    Some(json) => tasks.insert(id.as_str(), json.as_bytes()).map(drop),
+                    None => tasks.remove(id.as_str()).map(drop),
+                }
+                .map_err(db_err)?;
+            }
             let mut done = txn.open_table(DONE).map_err(db_err)?;
             let mut done_order = txn.open_table(DONE_ORDER).map_err(db_err)?;
-            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-            let mut next_outbox = self.next_outbox;
-            let mut next_done = self.next_done;
-            for change in batch {
-                let id = match &change {
-                    Change::Dispatched { id, .. }
-                    | Change::Running { id }
-                    | Change::Requeue { id, .. }
-                    | Change::Finished { id, .. } => id.clone(),
-                };
-                let current = updates
-                    .iter()
-                    .rev()
-                    .find(|(i, _)| *i == id)
-                    .map(|(_, r)| r.clone());
-                let Some(mut rec) = current.unwrap_or_else(|| self.live.get(&id).cloned()) else {
-                    skipped.push(change);
-                    continue;
-                };
-                let event = match change {
-                    Change::Dispatched { device, .. } => {
-                        rec.state = TaskState::Dispatched;
-                        rec.device = Some(device);
-                        rec.attempt += 1;
-                        Some(rec.event(TaskState::Dispatched, now_ms))
-                    }
-                    Change::Running { .. } => {
-                        rec.state = TaskState::Running;
-                        Some(rec.event(TaskState::Running, now_ms))
-                    }
-                    Change::Requeue { not_before_ms, .. } => {
-                        // Back to waiting: not a state clients see change (it stays queued
-                        // from their point of view until the next `dispatched`).
-                        rec.state = TaskState::Queued;
-                        rec.not_before_ms = not_before_ms;
-                        None
-                    }
-                    Change::Finished {
-                        state,
-                        result,
-                        error,
-                        ..
-                    } => {
-                        let mut e = rec.event(state, now_ms);
-                        e.result = result;
-                        e.error = error;
-                        tasks.remove(id.as_str()).map_err(db_err)?;
-                        done.insert(id.as_str(), json(&e).as_bytes())
-                            .map_err(db_err)?;
-                        done_order.insert(next_done, id.as_str()).map_err(db_err)?;
-                        next_done += 1;
-                        append(&mut outbox, &mut next_outbox, &OutboxEntry::status(&e))?;
-                        updates.push((id, None));
-                        continue;
-                    }
-                };
-                tasks
-                    .insert(id.as_str(), json(&rec).as_bytes())
-                    .map_err(db_err)?;
-                if let Some(e) = event {
-                    append(&mut outbox, &mut next_outbox, &OutboxEntry::status(&e))?;
-                }
-                updates.push((id, Some(rec)));
+            for (n, id, event) in &p.done {
+                done.insert(id.as_str(), event.as_bytes()).map_err(db_err)?;
+                done_order.insert(*n, id.as_str()).map_err(db_err)?;
             }
             // Forget the oldest final events beyond DONE_KEPT.
-            let kept = done_order.len().map_err(db_err)?;
-            for _ in DONE_KEPT..kept {
-                let Some((_, old)) = done_order.pop_first().map_err(db_err)? else {
-                    break;
-                };
-                let old = old.value().to_owned();
-                done.remove(old.as_str()).map_err(db_err)?;
+            if !p.done.is_empty() {
+                let kept = done_order.len().map_err(db_err)?;
+                for _ in DONE_KEPT..kept {
+                    let Some((_, old)) = done_order.pop_first().map_err(db_err)? else {
+                        break;
+                    };
+                    let old = old.value().to_owned();
+                    done.remove(old.as_str()).map_err(db_err)?;
+                }
+            }
+            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+            for (key, entry) in &p.outbox {
+                outbox.insert(*key, entry.as_bytes()).map_err(db_err)?;
+            }
+            for key in &p.published {
+                outbox.remove(key).map_err(db_err)?;
             }
             let mut meta = txn.open_table(META).map_err(db_err)?;
-            meta.insert("outbox", next_outbox).map_err(db_err)?;
-            meta.insert("done", next_done).map_err(db_err)?;
-            self.next_outbox = next_outbox;
-            self.next_done = next_done;
+            meta.insert("seq", self.next_seq).map_err(db_err)?;
+            meta.insert("outbox", self.next_outbox).map_err(db_err)?;
+            meta.insert("done", self.next_done).map_err(db_err)?;
         }
-        txn.commit().map_err(db_err)?;
-        for (id, rec) in updates {
-            if let Some(old) = self.live.get(&id) {
-                self.ready.remove(&(old.order_key(), id.clone()));
-            }
-            match rec {
-                Some(rec) => {
-                    if rec.state == TaskState::Queued {
-                        self.ready.insert((rec.order_key(), id.clone()));
-                    }
-                    self.live.insert(id, rec);
-                }
-                None => {
-                    if let Some(old) = self.live.remove(&id) {
-                        self.by_handle.remove(&old.handle());
-                    }
-                }
-            }
-        }
-        Ok(skipped)
+        txn.commit().map_err(db_err)
     }
 
-    /// Up to `max` outbox entries, oldest first, with their keys for [`Queue::published`].
-    pub fn outbox(&self, max: usize) -> Result<Vec<(u64, OutboxEntry)>, QueueError> {
+    /// Up to `max` committed outbox entries with keys of at least `from`, oldest first, with
+    /// their keys for [`Queue::published`].
+    pub fn outbox_from(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, OutboxEntry)>, QueueError> {
         let read = self.db.begin_read().map_err(db_err)?;
         let outbox = read.open_table(OUTBOX).map_err(db_err)?;
         let mut out = Vec::new();
-        for row in outbox.iter().map_err(db_err)?.take(max) {
+        for row in outbox.range(from..).map_err(db_err)?.take(max) {
             let (k, v) = row.map_err(db_err)?;
             let entry = serde_json::from_slice(v.value()).map_err(|e| QueueError::Corrupt {
                 key: format!("outbox {}", k.value()),
@@ -522,19 +674,9 @@ impl Queue {
         Ok(out)
     }
 
-    /// Removes outbox entries the broker has acknowledged. Not flushed to disk on its own
-    /// (it rides on the next durable commit): losing it in a crash only publishes those
-    /// events again, which at-least-once delivery allows, and it saves an fsync per event.
-    pub fn published(&mut self, keys: &[u64]) -> Result<(), QueueError> {
-        let mut txn = self.db.begin_write().map_err(db_err)?;
-        txn.set_durability(redb::Durability::None).map_err(db_err)?;
-        {
-            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-            for k in keys {
-                outbox.remove(k).map_err(db_err)?;
-            }
-        }
-        txn.commit().map_err(db_err)
+    /// Up to `max` committed outbox entries, oldest first.
+    pub fn outbox(&self, max: usize) -> Result<Vec<(u64, OutboxEntry)>, QueueError> {
+        self.outbox_from(0, max)
     }
 }
 

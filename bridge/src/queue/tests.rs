@@ -15,7 +15,8 @@ fn sub(id: &str, priority: Priority, deadline_ms: Option<u64>) -> Submission {
 }
 
 /// The states of the outbox's status events, in order, as (id, state).
-fn events(q: &Queue) -> Vec<(String, TaskState)> {
+fn events(q: &mut Queue) -> Vec<(String, TaskState)> {
+    q.commit().unwrap();
     q.outbox(1000)
         .unwrap()
         .into_iter()
@@ -35,7 +36,8 @@ fn drain(q: &mut Queue) -> Vec<(String, TaskState)> {
         .into_iter()
         .map(|(k, _)| k)
         .collect();
-    q.published(&keys).unwrap();
+    q.published(&keys);
+    q.commit().unwrap();
     ev
 }
 
@@ -61,8 +63,8 @@ fn accepted_tasks_are_queued_with_an_event_and_ordered_for_dispatch() {
         .unwrap();
     assert!(out.iter().all(|a| *a == Admission::Queued));
     assert_eq!(ids(q.ready()), ["urgent", "early", "late", "none", "low"]);
-    assert_eq!(events(&q).len(), 5);
-    assert!(events(&q).iter().all(|(_, s)| *s == TaskState::Queued));
+    assert_eq!(events(&mut q).len(), 5);
+    assert!(events(&mut q).iter().all(|(_, s)| *s == TaskState::Queued));
     assert_eq!(q.get("early").unwrap().deadline_at_ms, Some(1010));
 }
 
@@ -94,8 +96,8 @@ fn resubmitting_an_id_never_creates_a_second_task() {
             device: "d1".into(),
         }],
         1,
-    )
-    .unwrap();
+    );
+    q.commit().unwrap();
     drain(&mut q);
     assert_eq!(
         q.submit(vec![sub("a", Priority::P3, None)], 2).unwrap(),
@@ -112,13 +114,14 @@ fn resubmitting_an_id_never_creates_a_second_task() {
             error: None,
         }],
         3,
-    )
-    .unwrap();
+    );
+    q.commit().unwrap();
     drain(&mut q);
     assert_eq!(
         q.submit(vec![sub("a", Priority::P3, None)], 4).unwrap(),
         [Admission::Duplicate(TaskState::Completed)]
     );
+    q.commit().unwrap();
     let (_, e) = q.outbox(1).unwrap().remove(0);
     let ev: StatusEvent = serde_json::from_str(&e.payload).unwrap();
     assert_eq!((ev.state, ev.result), (TaskState::Completed, result));
@@ -141,6 +144,7 @@ fn a_full_queue_rejects_with_an_event_and_keeps_what_it_has() {
         .unwrap();
     assert_eq!(out[2], Admission::Rejected(ErrorCode::QueueFull));
     assert_eq!(q.len(), 2);
+    q.commit().unwrap();
     let (_, e) = q.outbox(10).unwrap().pop().unwrap();
     let ev: StatusEvent = serde_json::from_str(&e.payload).unwrap();
     assert_eq!(ev.state, TaskState::Rejected);
@@ -154,8 +158,8 @@ fn a_full_queue_rejects_with_an_event_and_keeps_what_it_has() {
             error: None,
         }],
         1,
-    )
-    .unwrap();
+    );
+    q.commit().unwrap();
     assert_eq!(
         q.submit(vec![sub("c", Priority::P3, None)], 2).unwrap(),
         [Admission::Queued]
@@ -176,8 +180,8 @@ fn a_task_goes_through_its_states_each_with_an_event() {
             Change::Running { id: "t".into() },
         ],
         1,
-    )
-    .unwrap();
+    );
+    q.commit().unwrap();
     assert!(q.ready().next().is_none());
     assert_eq!(ids(q.on_device("d1")), ["t"]);
     // The device is lost: back to the queue, dispatched again as attempt 2 elsewhere.
@@ -187,8 +191,8 @@ fn a_task_goes_through_its_states_each_with_an_event() {
             not_before_ms: 500,
         }],
         2,
-    )
-    .unwrap();
+    );
+    q.commit().unwrap();
     assert_eq!(ids(q.ready()), ["t"]);
     assert_eq!(q.get("t").unwrap().not_before_ms, 500);
     q.apply(
@@ -197,8 +201,8 @@ fn a_task_goes_through_its_states_each_with_an_event() {
             device: "d2".into(),
         }],
         3,
-    )
-    .unwrap();
+    );
+    q.commit().unwrap();
     assert_eq!(q.get("t").unwrap().attempt, 2);
     let skipped = q.apply(
         vec![
@@ -214,7 +218,7 @@ fn a_task_goes_through_its_states_each_with_an_event() {
         4,
     );
     assert_eq!(
-        skipped.unwrap().len(),
+        skipped.len(),
         2,
         "changes after the end, and to unknown ids, are skipped"
     );
@@ -239,10 +243,11 @@ fn everything_survives_a_reopen_and_tasks_on_devices_are_queued_again() {
                 device: "d1".into(),
             }],
             1,
-        )
-        .unwrap();
+        );
+        q.commit().unwrap();
         let keys: Vec<u64> = q.outbox(10).unwrap().iter().map(|e| e.0).collect();
-        q.published(&keys[..1]).unwrap();
+        q.published(&keys[..1]);
+        q.commit().unwrap();
         (q.get("a").unwrap().handle(), keys)
     };
     let mut q = Queue::open(dir.path(), 10).unwrap();
@@ -266,6 +271,7 @@ fn everything_survives_a_reopen_and_tasks_on_devices_are_queued_again() {
     );
     // Counters continue: new keys and handles are never reused.
     q.submit(vec![sub("c", Priority::P3, None)], 2).unwrap();
+    q.commit().unwrap();
     assert!(q.get("c").unwrap().seq > q.get("b").unwrap().seq);
     assert!(q.outbox(10).unwrap().last().unwrap().0 > *keys.last().unwrap());
 }
@@ -278,9 +284,109 @@ fn events_without_a_task_go_through_the_outbox_too() {
         subtopic: "errors".into(),
         payload: "{}".into(),
         retain: false,
-    })
-    .unwrap();
+    });
+    q.commit().unwrap();
     let out = q.outbox(10).unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].1.subtopic, "errors");
+}
+
+#[test]
+fn indexes_follow_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 10).unwrap();
+    let mut named = sub("named", Priority::P1, None);
+    named.device = Some("d2".into());
+    let mut other = sub("other", Priority::P2, Some(50));
+    other.capability = "sleep".into();
+    q.submit(
+        vec![
+            sub("a", Priority::P3, Some(100)),
+            sub("b", Priority::P0, None),
+            named,
+            other,
+        ],
+        0,
+    )
+    .unwrap();
+    let lanes: Vec<(Lane, Vec<&str>)> = q.lanes().map(|(l, ts)| (l.clone(), ids(ts))).collect();
+    assert_eq!(
+        lanes,
+        [
+            (("echo".into(), None), vec!["b", "a"]),
+            (("echo".into(), Some("d2".into())), vec!["named"]),
+            (("sleep".into(), None), vec!["other"]),
+        ]
+    );
+    assert_eq!(q.depth(), [1, 1, 1, 1, 0, 0]);
+    assert_eq!(q.overdue(49).count(), 0);
+    assert_eq!(q.overdue(100).collect::<Vec<_>>(), ["other", "a"]);
+    assert_eq!(q.next_timer(0), Some(50));
+    assert_eq!(q.next_timer(50), Some(100));
+    assert_eq!(q.next_timer(100), None);
+
+    q.apply(
+        vec![
+            Change::Dispatched {
+                id: "a".into(),
+                device: "d1".into(),
+            },
+            Change::Dispatched {
+                id: "b".into(),
+                device: "d1".into(),
+            },
+        ],
+        1,
+    );
+    assert_eq!(q.in_flight("d1"), 2);
+    assert_eq!(q.depth(), [0, 1, 1, 0, 0, 0]);
+    assert_eq!(
+        q.next_timer(0),
+        Some(50),
+        "a dispatched task's deadline no longer counts"
+    );
+    assert_eq!(q.lanes().count(), 2, "an emptied lane is dropped");
+    q.apply(
+        vec![
+            Change::Requeue {
+                id: "a".into(),
+                not_before_ms: 70,
+            },
+            Change::Finished {
+                id: "b".into(),
+                state: TaskState::Completed,
+                result: None,
+                error: None,
+            },
+        ],
+        2,
+    );
+    assert_eq!(q.in_flight("d1"), 0);
+    assert_eq!(q.depth(), [0, 1, 1, 1, 0, 0]);
+    assert_eq!(
+        q.next_timer(60),
+        Some(70),
+        "a retry delay wakes the dispatcher"
+    );
+    assert!(q.by_handle(1).is_some() && q.by_handle(2).is_none());
+}
+
+#[test]
+fn staged_changes_reach_the_outbox_and_the_disk_only_with_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut q = Queue::open(dir.path(), 10).unwrap();
+        q.submit(vec![sub("kept", Priority::P3, None)], 0).unwrap();
+        q.commit().unwrap();
+        q.submit(vec![sub("lost", Priority::P3, None)], 1).unwrap();
+        assert!(q.has_pending());
+        assert_eq!(
+            q.outbox(10).unwrap().len(),
+            1,
+            "an uncommitted event is visible"
+        );
+    }
+    let mut q = Queue::open(dir.path(), 10).unwrap();
+    assert_eq!(ids(q.ready()), ["kept"]);
+    assert_eq!(events(&mut q), [("kept".into(), TaskState::Queued)]);
 }
