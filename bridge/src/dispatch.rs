@@ -195,6 +195,7 @@ mod tests {
             submitted_ms: 0,
             deadline_at_ms: None,
             not_before_ms: 0,
+            retry_handle: None,
         }
     }
 

@@ -12,7 +12,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use device_core::proto::{Assign, Cancel, Hello, RejectReason, Report, TaskReport};
+use device_core::proto::{
+    Assign, Cancel, Hello, RejectReason, Report, TRANSIENT_ERROR, TaskReport,
+};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
@@ -445,6 +447,20 @@ impl Engine {
             }
             TaskReport::Failed => {
                 let code = report.error.unwrap_or(0);
+                if code >= TRANSIENT_ERROR {
+                    self.counter += 1;
+                    let task = self.queue.get(&id)?;
+                    let why = format!("device {device} failed with transient code {code:#06x}");
+                    tracing::info!(%id, attempt = task.attempt, %why, "retrying");
+                    return Some(
+                        match self.retry_change(task, wall_ms(), self.counter, &why) {
+                            Change::Requeue { id, not_before_ms } => {
+                                Change::Retry { id, not_before_ms }
+                            }
+                            finished => finished,
+                        },
+                    );
+                }
                 Change::Finished {
                     id,
                     state: TaskState::Failed,

@@ -259,6 +259,19 @@ impl Watcher {
             .expect("publish");
     }
 
+    /// Publishes a cancel for task `id` (QoS 1).
+    pub async fn cancel(&self, root: &str, id: &str) {
+        self.client
+            .publish(
+                format!("{root}/tasks/{id}/cancel"),
+                QoS::AtLeastOnce,
+                false,
+                Vec::new(),
+            )
+            .await
+            .expect("publish");
+    }
+
     /// Waits until `done` holds for what has been seen, or panics after `within`.
     pub async fn wait_for(
         &mut self,

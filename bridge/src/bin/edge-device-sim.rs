@@ -2,7 +2,8 @@
 //! TCP link, exactly as firmware does over a UART, and reconnects when the bridge goes away.
 //!
 //! Capabilities: `echo` (result = payload), `sleep` (`{"ms":N}`, one step per millisecond, so
-//! preemption and cancellation are observable), `fail` (fails with code 7). 8 task slots.
+//! preemption and cancellation are observable), `fail` (fails with code 7), `flaky` (every other
+//! execution fails with a transient code, the others echo). 8 task slots.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -26,7 +27,7 @@ struct Cli {
     /// The device id.
     #[arg(long)]
     id: String,
-    /// A capability to offer (echo, sleep, fail); repeat for several.
+    /// A capability to offer (echo, sleep, fail, flaky); repeat for several.
     #[arg(long = "capability", required = true)]
     capabilities: Vec<String>,
     /// Append "boot_id handle" to this file for every task executed (tests use it to show that
@@ -90,6 +91,18 @@ fn fail(_: &mut Ctx<'_>) -> Step {
     Step::Fail(7)
 }
 
+/// Executions of `flaky` so far (in this process).
+static FLAKY_RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Fails every other execution with a transient code (as a busy bus would), succeeds with
+/// the payload otherwise: the bridge's retry of transient failures is observable.
+fn flaky(ctx: &mut Ctx<'_>) -> Step {
+    if FLAKY_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0 {
+        return Step::Fail(device_core::proto::TRANSIENT_ERROR + 1);
+    }
+    echo(ctx)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -141,8 +154,11 @@ async fn run(cli: Cli) -> ExitCode {
             "echo" => echo,
             "sleep" => sleep,
             "fail" => fail,
+            "flaky" => flaky,
             other => {
-                eprintln!("edge-device-sim: unknown capability {other:?} (echo, sleep, fail)");
+                eprintln!(
+                    "edge-device-sim: unknown capability {other:?} (echo, sleep, fail, flaky)"
+                );
                 return ExitCode::FAILURE;
             }
         };

@@ -79,12 +79,17 @@ pub struct TaskRecord {
     pub deadline_at_ms: Option<u64>,
     /// Not dispatched again before this wall-clock ms (retry backoff).
     pub not_before_ms: u64,
+    /// The device handle after a retry of a failed execution (a new execution needs a new
+    /// handle, or the device would answer it from its dedup table); the admission sequence
+    /// number until then.
+    #[serde(default)]
+    pub retry_handle: Option<u32>,
 }
 
 impl TaskRecord {
     /// The handle this task has on devices: unique among the last 2^32 tasks.
     pub fn handle(&self) -> u32 {
-        self.seq as u32
+        self.retry_handle.unwrap_or(self.seq as u32)
     }
 
     /// Dispatch order: priority, then deadline, then admission.
@@ -154,8 +159,11 @@ pub enum Change {
     Dispatched { id: String, device: String },
     /// The device started it.
     Running { id: String },
-    /// Back to the queue, not before `not_before_ms` (a lost device, a retryable failure).
+    /// Back to the queue, not before `not_before_ms` (a lost device: dispatched again with
+    /// the same handle, so a device that ran it answers from its dedup table).
     Requeue { id: String, not_before_ms: u64 },
+    /// Back to the queue for a new execution after a transient failure, with a new handle.
+    Retry { id: String, not_before_ms: u64 },
     /// Finished: `state` is terminal.
     Finished {
         id: String,
@@ -301,6 +309,9 @@ impl Queue {
     fn put(&mut self, rec: TaskRecord) {
         let id = rec.sub.id.clone();
         self.unindex(&id);
+        if let Some(old) = self.live.get(&id) {
+            self.by_handle.remove(&old.handle());
+        }
         if rec.state == TaskState::Queued {
             let lane = (rec.sub.capability.clone(), rec.sub.device.clone());
             self.lanes
@@ -507,6 +518,7 @@ impl Queue {
                 submitted_ms: now_ms,
                 deadline_at_ms,
                 not_before_ms: 0,
+                retry_handle: None,
             };
             self.next_seq += 1;
             self.pending
@@ -535,6 +547,7 @@ impl Queue {
                 Change::Dispatched { id, .. }
                 | Change::Running { id }
                 | Change::Requeue { id, .. }
+                | Change::Retry { id, .. }
                 | Change::Finished { id, .. } => id.clone(),
             };
             let Some(mut rec) = self.live.get(&id).cloned() else {
@@ -557,6 +570,14 @@ impl Queue {
                     // from their point of view until the next `dispatched`).
                     rec.state = TaskState::Queued;
                     rec.not_before_ms = not_before_ms;
+                    None
+                }
+                Change::Retry { not_before_ms, .. } => {
+                    rec.state = TaskState::Queued;
+                    rec.not_before_ms = not_before_ms;
+                    // Handles come from the admission sequence, so this one is unique too.
+                    rec.retry_handle = Some(self.next_seq as u32);
+                    self.next_seq += 1;
                     None
                 }
                 Change::Finished {

@@ -177,9 +177,14 @@ pub struct Report {
     pub state: TaskReport,
     /// Output of a completed task; empty otherwise.
     pub result: Payload,
-    /// Handler error code of a failed task.
+    /// Handler error code of a failed task; codes from [`TRANSIENT_ERROR`] up mean the
+    /// failure may pass (a bus busy, a sensor warming up) and the bridge may try again.
     pub error: Option<u16>,
 }
+
+/// The first handler error code that marks a failure as transient: the bridge retries such a
+/// task (with backoff, as a new execution) instead of failing it. Codes below are final.
+pub const TRANSIENT_ERROR: u16 = 0x8000;
 
 /// A refused message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

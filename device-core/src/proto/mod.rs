@@ -20,7 +20,7 @@ use core::fmt;
 pub use crc::{Crc32, crc32};
 pub use message::{
     Assign, Cancel, CapabilityName, DeviceId, Frame, Handle, Hello, Message, Payload, Reject,
-    RejectReason, Report, TaskReport, Welcome,
+    RejectReason, Report, TRANSIENT_ERROR, TaskReport, Welcome,
 };
 
 /// The protocol spoken by this crate.
