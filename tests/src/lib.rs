@@ -153,10 +153,28 @@ pub fn free_port() -> u16 {
 /// Starts mosquitto on a free loopback port. Fails loudly when it is not installed.
 pub fn start_mosquitto(dir: &Path) -> (Proc, u16) {
     let port = free_port();
+    (start_mosquitto_on(dir, port, false), port)
+}
+
+/// Starts mosquitto on `port`; with `persistent`, it keeps sessions and queued messages in
+/// `dir` across a graceful restart.
+pub fn start_mosquitto_on(dir: &Path, port: u16, persistent: bool) -> Proc {
     let conf = dir.join("mosquitto.conf");
+    let persistence = if persistent {
+        format!(
+            "persistence true\npersistence_location {}/\n",
+            dir.display()
+        )
+    } else {
+        "persistence false\n".to_owned()
+    };
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        // mosquitto drops QoS 1 messages beyond 1,000 queued per client by default; the
+        // tests' watchers must see every event the bridge published.
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n{persistence}"
+        ),
     )
     .expect("write mosquitto.conf");
     let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
@@ -183,7 +201,26 @@ pub fn start_mosquitto(dir: &Path) -> (Proc, u16) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    (proc, port)
+    proc
+}
+
+/// Stops a process with SIGTERM (a graceful stop: mosquitto saves its state) and waits for
+/// it, at most 10 s.
+pub fn terminate(mut proc: Proc) {
+    let status = Command::new("kill")
+        .args(["-TERM", &proc.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM {} failed", proc.name);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc.child.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not stop within 10 s of SIGTERM",
+            proc.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// An MQTT client watching everything under a topic root.
@@ -198,11 +235,19 @@ pub struct Watcher {
 impl Watcher {
     /// Connects to `broker` and subscribes to `{root}/#`; returns once subscribed.
     pub async fn connect(broker: SocketAddr, root: &str) -> Self {
+        Self::connect_with(broker, root, false).await
+    }
+
+    /// As [`Watcher::connect`]; with `persistent`, the broker keeps the session and queues
+    /// QoS 1 messages for it while it is away (or while the broker restarts, with
+    /// persistence on).
+    pub async fn connect_with(broker: SocketAddr, root: &str, persistent: bool) -> Self {
         let mut opts = MqttOptions::new(
             format!("watcher-{}", std::process::id()),
             broker.ip().to_string(),
             broker.port(),
         );
+        opts.set_clean_session(!persistent);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(opts, 4096);
