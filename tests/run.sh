@@ -34,6 +34,14 @@ if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ] || ! comman
   $sudo_ apt-get update -qq
   $sudo_ apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients
 fi
+# The QEMU test boots device-core's firmware on an emulated Cortex-M3; its size is read
+# with binutils' size for ARM.
+if ! command -v qemu-system-arm >/dev/null || ! command -v arm-none-eabi-size >/dev/null; then
+  echo "installing qemu-system-arm and binutils-arm-none-eabi"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  $sudo_ apt-get install -y -qq --no-install-recommends qemu-system-arm binutils-arm-none-eabi
+fi
 # The fuzzers need the nightly toolchain (sanitizer flags) and cargo-fuzz.
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
@@ -41,9 +49,12 @@ cargo --version
 
 step "format"
 cargo fmt --all -- --check
+# The firmware is a workspace of its own (another target, another profile).
+(cd device-core/firmware-qemu && cargo fmt -- --check)
 
 step "lint"
 cargo clippy --workspace --all-targets -- -D warnings
+(cd device-core/firmware-qemu && cargo clippy --release --locked -- -D warnings)
 
 step "tests"
 # The end-to-end tests run the binaries as users do: build them first.
@@ -61,6 +72,8 @@ done
 # The footprint image links a whole Scheduler<8, 4> for Cortex-M4F, so a change that pulls
 # in std, alloc or an unlinkable symbol fails here rather than in someone's firmware.
 cargo build -p device-core-footprint --profile footprint --target thumbv7em-none-eabihf
+# The QEMU firmware (built by tests/tests/qemu.rs during `cargo test`): flash and RAM.
+arm-none-eabi-size device-core/firmware-qemu/target/thumbv7m-none-eabi/release/edge-firmware-qemu
 
 step "fuzzing device-core (${FUZZ_SECONDS} s per target)"
 for target in frame_decode session; do
