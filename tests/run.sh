@@ -36,6 +36,13 @@ if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ] || ! comman
 fi
 # The QEMU test boots device-core's firmware on an emulated Cortex-M3; its size is read
 # with binutils' size for ARM.
+# openssl makes the certificates of the TLS tests.
+if ! command -v openssl >/dev/null; then
+  echo "installing openssl"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  $sudo_ apt-get install -y -qq --no-install-recommends openssl
+fi
 if ! command -v qemu-system-arm >/dev/null || ! command -v arm-none-eabi-size >/dev/null; then
   echo "installing qemu-system-arm and binutils-arm-none-eabi"
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"

@@ -19,3 +19,4 @@ pub mod link;
 pub mod mqtt;
 pub mod queue;
 pub mod run;
+pub mod tls;

@@ -32,6 +32,8 @@ pub struct MqttSettings {
     pub credentials: Option<(String, String)>,
     pub root: String,
     pub max_packet_bytes: usize,
+    /// TLS to the broker; plain TCP without.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// A message the engine wants published; `key` comes back in [`MqttEvent::Published`].
@@ -67,6 +69,11 @@ pub fn connect(s: &MqttSettings) -> (AsyncClient, EventLoop) {
     // QoS 1 window is full; the engine bounds its own publishes to PUBLISH_WINDOW, so a larger
     // window here means acknowledgements never wait behind status events.
     opts.set_inflight(INFLIGHT);
+    if let Some(tls) = &s.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
     if let Some((user, pass)) = &s.credentials {
         opts.set_credentials(user, pass);
     }

@@ -31,6 +31,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Stopped(String),
 }
@@ -71,6 +73,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
                 credentials: None,
                 root: root.clone(),
                 max_packet_bytes: *max_packet_bytes,
+                tls: None,
             };
             (Some(stopped), settings)
         }
@@ -82,11 +85,6 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
             tls,
             max_packet_bytes,
         } => {
-            if tls.is_some() {
-                return Err(RunError::Stopped(
-                    "broker.tls is not supported by this build yet".into(),
-                ));
-            }
             let settings = MqttSettings {
                 host: host.clone(),
                 port: *port,
@@ -96,6 +94,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
                     .map(|u| (u, password.clone().unwrap_or_default())),
                 root: root.clone(),
                 max_packet_bytes: *max_packet_bytes,
+                tls: tls.as_ref().map(crate::tls::client_config).transpose()?,
             };
             (None, settings)
         }

@@ -91,7 +91,7 @@ pub struct QueueConfig {
     /// Tasks held at most (queued or on a device); beyond it submissions are `rejected`.
     pub limit: u64,
     /// Attempts per task before it fails (a device disconnecting or failing with a
-    /// retryable code starts another attempt).
+    /// transient code, 0x8000 and above, starts another attempt).
     pub max_attempts: u32,
     /// First retry delay; doubled per attempt up to `retry_max`, with jitter.
     #[serde(with = "humantime_serde")]

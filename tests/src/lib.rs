@@ -171,9 +171,10 @@ pub fn start_mosquitto_on(dir: &Path, port: u16, persistent: bool) -> Proc {
     std::fs::write(
         &conf,
         // mosquitto drops QoS 1 messages beyond 1,000 queued per client by default; the
-        // tests' watchers must see every event the bridge published.
+        // tests' watchers must see every event the bridge published. Started as root, it
+        // would switch to its own user, which cannot write the test's private directory.
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n{persistence}"
+            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n{persistence}"
         ),
     )
     .expect("write mosquitto.conf");

@@ -1,0 +1,202 @@
+//! The bridge reaches an external broker over TLS with a client certificate: mosquitto with a
+//! TLS listener that requires one (certificates made by the `openssl` command for the test),
+//! and a task completes through it.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edge_tests::{Proc, Watcher, free_port, last_state, start_bridge, start_device};
+
+const ROOT: &str = "edge/tls";
+
+/// Runs `openssl` with `args` in `dir`; fails loudly when it is missing or fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is not installed: apt-get install openssl (tests/run.sh does)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+fn make_certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca = [
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=edge test CA",
+        ],
+    ]
+    .concat();
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let (key, csr, pem, extfile) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        std::fs::write(dir.join(&extfile), ext).unwrap();
+        let subj = format!("/CN={name}");
+        let req = [
+            &["req"][..],
+            &ec,
+            &["-keyout", &key, "-out", &csr, "-subj", &subj],
+        ]
+        .concat();
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+            ],
+        );
+    }
+}
+
+/// mosquitto with a plain listener (for the test's own client) and a TLS listener that
+/// requires a client certificate signed by the test CA (for the bridge).
+fn start_tls_mosquitto(dir: &Path, plain: u16, tls: u16) -> Proc {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root\nper_listener_settings false\nallow_anonymous true\nmax_queued_messages 0\n\
+             listener {plain} 127.0.0.1\n\
+             listener {tls} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
+             keyfile {d}/server.key\nrequire_certificate true\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mosquitto is not installed: apt-get install mosquitto (tests/run.sh does)");
+    let child = Command::new(exe)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn mosquitto");
+    let proc = Proc {
+        child,
+        name: "mosquitto",
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for port in [plain, tls] {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    proc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_flow_through_a_broker_reached_over_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let (plain, tls) = (free_port(), free_port());
+    let _mosquitto = start_tls_mosquitto(dir.path(), plain, tls);
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bridge_id = \"tls\"\n[broker]\nmode = \"external\"\nhost = \"127.0.0.1\"\nport = {tls}\n\
+             [broker.tls]\nca_file = \"{d}/ca.pem\"\nclient_cert = \"{d}/client.pem\"\nclient_key = \"{d}/client.key\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    // The ready line comes only once the bridge's subscriptions over TLS are acknowledged.
+    let bridge = start_bridge(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let mut w = Watcher::connect(([127, 0, 0, 1], plain).into(), ROOT).await;
+    let _device = start_device(bridge.devices, "dev-t", &["echo"]);
+    w.submit(
+        ROOT,
+        r#"{"id":"t","capability":"echo","payload":"over tls"}"#,
+    )
+    .await;
+    w.wait_for(Duration::from_secs(30), "t completed", |seen| {
+        last_state(seen, "t").as_deref() == Some("completed")
+    })
+    .await;
+    assert_eq!(w.states()["t"].last().unwrap()["result"], "over tls");
+}
+
+/// A CA file that holds no certificate stops the bridge at start, with a message naming it
+/// (not a silent retry loop).
+#[test]
+fn a_bad_ca_file_stops_the_bridge_with_a_message_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "garbage\n").unwrap();
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nmode = \"external\"\nhost = \"127.0.0.1\"\nport = 1\n[broker.tls]\nca_file = \"{}/ca.pem\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(edge_tests::binary("edge-bridge"))
+        .args(["run", "--config", config.to_str().unwrap(), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--device-listen", "127.0.0.1:0"])
+        .output()
+        .expect("run edge-bridge");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ca.pem") && stderr.contains("no PEM certificate"),
+        "{stderr}"
+    );
+}
