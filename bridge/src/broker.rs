@@ -93,5 +93,11 @@ pub fn start(
             let _ = died.send(why);
         })
         .map_err(BrokerError::Thread)?;
+    // rumqttd binds on its own thread: wait (briefly) until it accepts, so the bridge's
+    // first connection does not fail and log a spurious warning at every start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     Ok((addr, stopped))
 }
