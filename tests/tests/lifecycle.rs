@@ -199,3 +199,39 @@ async fn transient_failures_are_retried_and_final_ones_are_not() {
         2
     );
 }
+
+/// A deadline passes while the task waits (no device has its capability): it ends `expired`
+/// at its deadline, by the engine's own timer (nothing else happens to wake it), and never
+/// starts afterwards, even when a capable device comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_passing_in_the_queue_expires_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = start_bridge(dir.path(), &["--bridge-id", "life"]);
+    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
+    w.submit(
+        ROOT,
+        r#"{"id":"late","capability":"echo","deadline_ms":300}"#,
+    )
+    .await;
+    w.wait_for(WAIT, "late expired", state_is("late", "expired"))
+        .await;
+    let events = w.states()["late"].clone();
+    let (queued, expired) = (&events[0], events.last().unwrap());
+    let waited = expired["ts_ms"].as_u64().unwrap() - queued["ts_ms"].as_u64().unwrap();
+    assert!(
+        waited >= 300,
+        "expired after {waited} ms, before its deadline"
+    );
+    assert_eq!(expired["error"]["code"], "deadline_expired");
+
+    let _device = start_device(bridge.devices, "dev-e", &["echo"]);
+    w.submit(
+        ROOT,
+        r#"{"id":"in-time","capability":"echo","deadline_ms":20000,"payload":2}"#,
+    )
+    .await;
+    w.wait_for(WAIT, "in-time completed", state_is("in-time", "completed"))
+        .await;
+    assert!(events_in(&w, "late", "dispatched").is_empty());
+    assert_eq!(terminal_count(&w, "late"), 1);
+}
