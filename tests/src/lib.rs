@@ -178,6 +178,12 @@ pub fn start_mosquitto_on(dir: &Path, port: u16, persistent: bool) -> Proc {
         ),
     )
     .expect("write mosquitto.conf");
+    run_mosquitto(&conf, &[port])
+}
+
+/// Runs mosquitto with the configuration file `conf` and waits until it listens on every
+/// port of `ports` (loopback). Fails loudly when it is not installed.
+pub fn run_mosquitto(conf: &Path, ports: &[u16]) -> Proc {
     let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .into_iter()
         .find(|p| Path::new(p).exists());
@@ -185,7 +191,7 @@ pub fn start_mosquitto_on(dir: &Path, port: u16, persistent: bool) -> Proc {
         exe.expect("mosquitto is not installed: apt-get install mosquitto (tests/run.sh does)");
     let child = Command::new(exe)
         .arg("-c")
-        .arg(&conf)
+        .arg(conf)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -195,12 +201,14 @@ pub fn start_mosquitto_on(dir: &Path, port: u16, persistent: bool) -> Proc {
         name: "mosquitto",
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "mosquitto did not listen on {port} within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    for port in ports {
+        while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     proc
 }

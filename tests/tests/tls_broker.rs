@@ -3,10 +3,10 @@
 //! and a task completes through it.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use edge_tests::{Proc, Watcher, free_port, last_state, start_bridge, start_device};
+use edge_tests::{Proc, Watcher, free_port, last_state, run_mosquitto, start_bridge, start_device};
 
 const ROOT: &str = "edge/tls";
 
@@ -109,32 +109,7 @@ fn start_tls_mosquitto(dir: &Path, plain: u16, tls: u16) -> Proc {
         ),
     )
     .unwrap();
-    let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("mosquitto is not installed: apt-get install mosquitto (tests/run.sh does)");
-    let child = Command::new(exe)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn mosquitto");
-    let proc = Proc {
-        child,
-        name: "mosquitto",
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for port in [plain, tls] {
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    proc
+    run_mosquitto(&conf, &[plain, tls])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
