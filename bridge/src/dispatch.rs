@@ -14,6 +14,8 @@
 //! - A payload larger than a capable device accepts is skipped for that device; a payload no
 //!   online capable device accepts waits (another device may come), unless a named device
 //!   refuses it, which rejects it.
+//! - Lock names work like capabilities: a task naming locks goes only to a device advertising
+//!   every one of them. With none online it waits; a named device lacking one rejects it.
 //!
 //! The queue hands tasks over in lanes, one per (capability, named device), each in dispatch
 //! order. Planning merges the heads of the lanes some device can serve now and drops a lane
@@ -34,6 +36,18 @@ pub struct DeviceView {
     pub in_flight: u32,
     /// Largest payload it accepts, in bytes.
     pub max_payload: usize,
+    /// The names of its locks (from its `Hello`).
+    pub locks: Vec<String>,
+}
+
+impl DeviceView {
+    /// The first of `locks` the device does not advertise, if any.
+    fn missing_lock<'t>(&self, locks: &'t [String]) -> Option<&'t str> {
+        locks
+            .iter()
+            .find(|l| !self.locks.contains(l))
+            .map(String::as_str)
+    }
 }
 
 /// A decision for one task.
@@ -48,6 +62,12 @@ pub enum Decision {
         id: String,
         device: String,
         max: usize,
+    },
+    /// The named device has no lock of this name, so it cannot ever take the task.
+    MissingLock {
+        id: String,
+        device: String,
+        lock: String,
     },
 }
 
@@ -117,6 +137,15 @@ where
                             tasks.next();
                             continue;
                         }
+                        if let Some(lock) = d.missing_lock(&task.sub.locks) {
+                            out.push(Decision::MissingLock {
+                                id: task.sub.id.clone(),
+                                device: n.clone(),
+                                lock: lock.to_owned(),
+                            });
+                            tasks.next();
+                            continue;
+                        }
                         if !serves(d, &load[n.as_str()], cap) {
                             break Head::Closed;
                         }
@@ -131,11 +160,14 @@ where
                             break Head::Closed;
                         }
                         let fit = serving
-                            .filter(|(_, d)| size <= d.max_payload)
+                            .filter(|(_, d)| {
+                                size <= d.max_payload && d.missing_lock(&task.sub.locks).is_none()
+                            })
                             .min_by_key(|(id, _)| (load[id.as_str()].1, id.as_str()));
                         match fit {
                             Some((id, _)) => break Head::To(task.order_key(), id.as_str()),
-                            // Too large for every device serving it now: it waits.
+                            // Too large for, or naming a lock missing on, every device
+                            // serving it now: it waits.
                             None => {
                                 tasks.next();
                             }
@@ -205,7 +237,18 @@ mod tests {
             credit,
             in_flight,
             max_payload: 256,
+            locks: vec![],
         }
+    }
+
+    fn with_locks(mut d: DeviceView, locks: &[&str]) -> DeviceView {
+        d.locks = locks.iter().map(|l| (*l).into()).collect();
+        d
+    }
+
+    fn locking(mut t: TaskRecord, locks: &[&str]) -> TaskRecord {
+        t.sub.locks = locks.iter().map(|l| (*l).into()).collect();
+        t
     }
 
     fn devices(list: &[(&str, DeviceView)]) -> BTreeMap<String, DeviceView> {
@@ -327,6 +370,89 @@ mod tests {
                 device: "small".into(),
                 max: 4
             }]
+        );
+    }
+
+    #[test]
+    fn a_task_naming_locks_goes_only_to_a_device_advertising_all_of_them() {
+        let ds = devices(&[
+            ("a-idle", dev(&["echo"], 4, 0)),
+            ("bus", with_locks(dev(&["echo"], 4, 3), &["bus"])),
+            ("both", with_locks(dev(&["echo"], 4, 5), &["spi", "bus"])),
+        ]);
+        let tasks = [
+            locking(task("needs-bus", "echo", None, 1), &["bus"]),
+            locking(task("needs-both", "echo", None, 2), &["bus", "spi"]),
+            task("plain", "echo", None, 3),
+        ];
+        assert_eq!(
+            plan(&tasks, &ds, 0),
+            [
+                assign("needs-bus", "bus"),
+                assign("needs-both", "both"),
+                assign("plain", "a-idle"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_task_naming_a_lock_no_device_has_waits_without_blocking_others() {
+        let ds = devices(&[("a", with_locks(dev(&["echo"], 2, 0), &["bus"]))]);
+        let tasks = [
+            locking(task("needs-spi", "echo", None, 1), &["spi"]),
+            task("next", "echo", None, 2),
+        ];
+        assert_eq!(plan(&tasks, &ds, 0), [assign("next", "a")]);
+        // The one device with the lock has no credit now: the task waits for it, and the
+        // credit of a device without the lock goes to other work.
+        let ds = devices(&[
+            ("lockless", dev(&["echo"], 2, 0)),
+            ("bus", with_locks(dev(&["echo"], 0, 4), &["bus"])),
+        ]);
+        let tasks = [
+            locking(task("needs-bus", "echo", None, 1), &["bus"]),
+            task("next", "echo", None, 2),
+        ];
+        assert_eq!(plan(&tasks, &ds, 0), [assign("next", "lockless")]);
+    }
+
+    #[test]
+    fn a_named_device_without_the_lock_rejects_the_task_and_one_with_it_takes_it() {
+        let ds = devices(&[
+            ("plain", dev(&["echo"], 1, 0)),
+            ("bus", with_locks(dev(&["echo"], 1, 0), &["i2c0", "bus"])),
+        ]);
+        let to_plain = locking(task("t1", "echo", Some("plain"), 1), &["bus"]);
+        let to_bus = locking(task("t2", "echo", Some("bus"), 2), &["bus", "i2c0"]);
+        let half = locking(task("t3", "echo", Some("bus"), 3), &["i2c0", "spi"]);
+        assert_eq!(
+            plan([&to_plain, &to_bus, &half], &ds, 0),
+            [
+                Decision::MissingLock {
+                    id: "t1".into(),
+                    device: "plain".into(),
+                    lock: "bus".into(),
+                },
+                assign("t2", "bus"),
+                Decision::MissingLock {
+                    id: "t3".into(),
+                    device: "bus".into(),
+                    lock: "spi".into(),
+                },
+            ]
+        );
+        // Behind a rejected head, the next task of the lane still goes out.
+        let after = task("t4", "echo", Some("plain"), 4);
+        assert_eq!(
+            plan([&to_plain, &after], &ds, 0),
+            [
+                Decision::MissingLock {
+                    id: "t1".into(),
+                    device: "plain".into(),
+                    lock: "bus".into(),
+                },
+                assign("t4", "plain"),
+            ]
         );
     }
 }

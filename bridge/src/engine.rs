@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use device_core::proto::{
-    Assign, Cancel, Hello, RejectReason, Report, TRANSIENT_ERROR, TaskReport,
+    Assign, Cancel, Hello, MAX_TASK_LOCKS, RejectReason, Report, TRANSIENT_ERROR, TaskReport,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -302,7 +302,7 @@ impl Engine {
             let _ = old.commands.try_send(LinkCommand::Close);
             self.links.remove(&old.link);
         }
-        tracing::info!(device = %id, %peer, rebooted, credit, caps = ?hello.capabilities, "device online");
+        tracing::info!(device = %id, %peer, rebooted, credit, caps = ?hello.capabilities, locks = ?hello.locks, "device online");
         // Whatever this device was running is dispatched again: replays are answered
         // by its dedup table within a boot, and re-run after a reboot.
         let now = wall_ms();
@@ -524,6 +524,7 @@ impl Engine {
                         credit: o.credit,
                         in_flight: self.queue.in_flight(id) as u32,
                         max_payload: usize::from(o.hello.max_payload),
+                        locks: o.hello.locks.iter().map(|l| l.to_string()).collect(),
                     };
                     (id.clone(), view)
                 })
@@ -541,6 +542,15 @@ impl Engine {
                             format!("device {device} takes payloads of at most {max} bytes"),
                         )),
                     }),
+                    Decision::MissingLock { id, device, lock } => {
+                        let hello = self.devices.get(&device).map(|o| &o.hello);
+                        changes.push(Change::Finished {
+                            id,
+                            state: TaskState::Rejected,
+                            result: None,
+                            error: Some(no_such_lock(&device, &lock, hello)),
+                        });
+                    }
                     Decision::Assign { id, device } => {
                         let Some(task) = self.queue.get(&id) else {
                             continue;
@@ -548,21 +558,18 @@ impl Engine {
                         let Some(online) = self.devices.get_mut(&device) else {
                             continue;
                         };
-                        match assign_for(task, now) {
-                            Some(assign) => {
+                        match assign_for(task, &online.hello, now) {
+                            Ok(assign) => {
                                 online.credit = online.credit.saturating_sub(1);
                                 let command = LinkCommand::Assign(Box::new(assign));
                                 self.sends.push((online.commands.clone(), command));
                                 changes.push(Change::Dispatched { id, device });
                             }
-                            None => changes.push(Change::Finished {
+                            Err(error) => changes.push(Change::Finished {
                                 id,
                                 state: TaskState::Rejected,
                                 result: None,
-                                error: Some(ApiError::new(
-                                    ErrorCode::InvalidLocks,
-                                    "lock names are not supported by this bridge yet",
-                                )),
+                                error: Some(error),
                             }),
                         }
                     }
@@ -577,29 +584,76 @@ impl Engine {
     }
 }
 
-/// The `Assign` for a task's current attempt; `None` when the task names locks (lock names
-/// need device-advertised lock tables, not in the protocol yet).
-fn assign_for(t: &TaskRecord, now: u64) -> Option<Assign> {
-    if !t.sub.locks.is_empty() {
-        return None;
+/// The `Assign` for a task's current attempt on the device that said `hello`: its lock names
+/// become that device's lock ids, in ascending order (every task takes a device's locks in
+/// one global order, so declared locks never deadlock each other). Fails only for a task the
+/// device cannot take, which dispatch never chooses.
+fn assign_for(t: &TaskRecord, hello: &Hello, now: u64) -> Result<Assign, ApiError> {
+    let mut locks = heapless::Vec::<u8, MAX_TASK_LOCKS>::new();
+    for name in &t.sub.locks {
+        let id = hello
+            .locks
+            .iter()
+            .position(|l| l.as_str() == name)
+            .and_then(|i| u8::try_from(i).ok())
+            .ok_or_else(|| no_such_lock(&hello.device_id, name, Some(hello)))?;
+        locks.push(id).map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidLocks,
+                format!("a task holds at most {MAX_TASK_LOCKS} locks"),
+            )
+        })?;
     }
+    locks.sort_unstable();
     let remaining = t
         .deadline_at_ms
         .map(|d| d.saturating_sub(now).min(u64::from(u32::MAX)) as u32);
-    Some(Assign {
+    let invalid = |code, what: &str| ApiError::new(code, format!("{what} does not fit a device"));
+    Ok(Assign {
         handle: t.handle(),
         priority: t.sub.priority,
         deadline_ms: remaining,
-        capability: t.sub.capability.as_str().try_into().ok()?,
-        locks: heapless::Vec::new(),
-        payload: heapless::Vec::from_slice(t.sub.payload.as_bytes()).ok()?,
-        trace_id: t.sub.trace_id.as_deref().unwrap_or("").try_into().ok()?,
+        capability: t
+            .sub
+            .capability
+            .as_str()
+            .try_into()
+            .map_err(|_| invalid(ErrorCode::InvalidCapability, "the capability name"))?,
+        locks,
+        payload: heapless::Vec::from_slice(t.sub.payload.as_bytes())
+            .map_err(|_| invalid(ErrorCode::PayloadTooLarge, "the payload"))?,
+        trace_id: t
+            .sub
+            .trace_id
+            .as_deref()
+            .unwrap_or("")
+            .try_into()
+            .map_err(|_| invalid(ErrorCode::InvalidTraceId, "the trace id"))?,
     })
 }
 
-/// The retained `{root}/devices/{id}` document: capabilities and online state (an offline
-/// document repeats what the device last said in its `Hello`). `note` says where it
-/// connected from, or why it went offline.
+/// Why a task naming `lock` cannot run on `device`, listing the locks it has (from its
+/// `hello`, when known).
+fn no_such_lock(device: &str, lock: &str, hello: Option<&Hello>) -> ApiError {
+    let names: Vec<String> = hello
+        .into_iter()
+        .flat_map(|h| &h.locks)
+        .map(|l| format!("{:?}", l.as_str()))
+        .collect();
+    let has = if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    };
+    ApiError::new(
+        ErrorCode::InvalidLocks,
+        format!("device {device} has no lock {lock:?} (its locks: {has})"),
+    )
+}
+
+/// The retained `{root}/devices/{id}` document: capabilities, lock names and online state
+/// (an offline document repeats what the device last said in its `Hello`). `note` says where
+/// it connected from, or why it went offline.
 fn device_document(
     id: &str,
     hello: Option<&Hello>,
@@ -611,6 +665,7 @@ fn device_document(
         "device_id": id,
         "online": online,
         "capabilities": hello.map(|h| h.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>()),
+        "locks": hello.map(|h| h.locks.iter().map(|l| l.as_str()).collect::<Vec<_>>()),
         "slots": hello.map(|h| h.slots),
         "max_payload": hello.map(|h| h.max_payload),
         "boot_id": hello.map(|h| h.boot_id),
@@ -675,6 +730,11 @@ mod tests {
             boot_id: 7,
             session_id: 0,
             capabilities: heapless::Vec::from_slice(&["echo".try_into().unwrap()]).unwrap(),
+            locks: heapless::Vec::from_slice(&[
+                "i2c0".try_into().unwrap(),
+                "bus".try_into().unwrap(),
+            ])
+            .unwrap(),
             slots: 4,
             max_payload: 256,
         }
@@ -794,6 +854,57 @@ mod tests {
                 .iter()
                 .any(|p| p.contains(r#""state":"completed""#) && p.contains(r#""result":1"#)),
             "{finals:#?}"
+        );
+    }
+
+    /// Lock names become the device's lock ids, in ascending order whatever the submission's
+    /// order; a named device without the lock rejects the task, saying which lock and what
+    /// it has; the device document lists the locks.
+    #[test]
+    fn lock_names_become_the_devices_lock_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Engine::new(Queue::open(dir.path(), 10).unwrap(), retry());
+        let mut commands = up(&mut e, 1);
+        let tasks = [
+            r#"{"id":"bus","capability":"echo","locks":["bus"]}"#,
+            r#"{"id":"both","capability":"echo","locks":["bus","i2c0"]}"#,
+            r#"{"id":"spi","capability":"echo","device":"dev-1","locks":["i2c0","spi"]}"#,
+        ];
+        let batch = tasks
+            .iter()
+            .map(|t| (t.as_bytes().to_vec(), oneshot::channel().0))
+            .collect();
+        e.submit_batch(batch).unwrap();
+        e.dispatch();
+        e.commit().unwrap();
+        let mut locks = vec![];
+        while let Ok(LinkCommand::Assign(a)) = commands.try_recv() {
+            locks.push(a.locks.to_vec());
+        }
+        assert_eq!(locks, [vec![1], vec![0, 1]]);
+        assert!(e.queue().get("spi").is_none(), "the task is settled");
+        let outbox: Vec<String> = e
+            .queue()
+            .outbox(100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, o)| o.payload)
+            .collect();
+        let rejected = outbox
+            .iter()
+            .find(|p| p.contains(r#""id":"spi""#) && p.contains("rejected"))
+            .unwrap_or_else(|| panic!("{outbox:#?}"));
+        assert!(
+            rejected.contains(r#""code":"invalid_locks""#)
+                && rejected
+                    .contains(r#"device dev-1 has no lock \"spi\" (its locks: \"i2c0\", \"bus\")"#),
+            "{rejected}"
+        );
+        assert!(
+            outbox
+                .iter()
+                .any(|p| p.contains(r#""locks":["i2c0","bus"]"#)),
+            "{outbox:#?}"
         );
     }
 }

@@ -67,6 +67,7 @@ async fn comes_online(w: &mut Watcher) {
         json!(["echo", "crc32", "work", "bus.transfer"])
     );
     assert_eq!(doc["slots"], 8);
+    assert_eq!(doc["locks"], json!(["bus"]));
 }
 
 /// Single-step capabilities, and a handler failure reported with its code.
@@ -146,12 +147,13 @@ async fn p0_overtakes_p4_tasks_queued_on_the_device(w: &mut Watcher) {
 /// A P4 task holds the bus; a P0 task blocks on the bus, then a P2 task arrives. With
 /// priority inheritance the holder runs at P0 until it releases the bus, so it finishes before
 /// the P2 task starts, and the P0 task runs next; without it the P2 task would run first and
-/// keep the P0 task waiting (priority inversion).
+/// keep the P0 task waiting (priority inversion). The two bus tasks name the lock the firmware
+/// advertises (`"locks":["bus"]`); the bridge sends its lock id and the device takes it.
 async fn the_bus_holder_inherits_the_priority_of_its_waiter(w: &mut Watcher) {
-    submit(w, "holder", "bus.transfer", 4, &json!(1000)).await;
+    submit_on_bus(w, "holder", 4, &json!(1000)).await;
     // The device reports `running` from the step that takes the bus: it holds it from now.
     wait_state(w, "holder", "running").await;
-    submit(w, "waiter", "bus.transfer", 0, &json!(50)).await;
+    submit_on_bus(w, "waiter", 0, &json!(50)).await;
     // Picked, and blocked on the bus: the holder now runs at P0.
     wait_state(w, "waiter", "running").await;
     submit(w, "medium", "work", 2, &json!(200)).await;
@@ -207,6 +209,13 @@ impl Timing {
 async fn submit(w: &Watcher, id: &str, capability: &str, priority: u8, payload: &Value) {
     let task = json!({"id": id, "capability": capability, "device": DEVICE,
         "priority": priority, "payload": payload});
+    w.submit(ROOT, &task.to_string()).await;
+}
+
+/// A `bus.transfer` task holding the firmware's bus lock.
+async fn submit_on_bus(w: &Watcher, id: &str, priority: u8, payload: &Value) {
+    let task = json!({"id": id, "capability": "bus.transfer", "device": DEVICE,
+        "priority": priority, "payload": payload, "locks": ["bus"]});
     w.submit(ROOT, &task.to_string()).await;
 }
 

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use device_core::Priority;
-use device_core::proto::{MAX_CAPABILITY_NAME, MAX_PAYLOAD, MAX_TRACE_ID};
+use device_core::proto::{
+    MAX_CAPABILITY_NAME, MAX_LOCK_NAME, MAX_PAYLOAD, MAX_TASK_LOCKS, MAX_TRACE_ID, valid_lock_name,
+};
 
 /// Longest task id accepted (it becomes an MQTT topic level).
 pub const MAX_ID: usize = 128;
@@ -29,6 +31,8 @@ pub enum ErrorCode {
     InvalidPriority,
     InvalidDeadline,
     InvalidDevice,
+    /// `locks` is not an array of distinct lock names, or the device the task names does not
+    /// have one of them.
     InvalidLocks,
     InvalidTraceId,
     /// The payload's JSON text is longer than a device can take.
@@ -76,7 +80,8 @@ pub struct Submission {
     pub deadline_ms: Option<u64>,
     /// The payload's compact JSON text, as sent to the device.
     pub payload: String,
-    /// Device lock names the task holds while it runs.
+    /// Device lock names the task holds while it runs (distinct, valid names): only a device
+    /// advertising every one of them can take the task.
     pub locks: Vec<String>,
     pub trace_id: Option<String>,
 }
@@ -233,30 +238,10 @@ pub fn parse_submission(
             ),
         );
     }
-    let locks = match obj.get("locks") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) if items.len() <= device_core::proto::MAX_TASK_LOCKS => {
-            let names: Option<Vec<String>> = items
-                .iter()
-                .map(|i| i.as_str().filter(|n| !n.is_empty()).map(str::to_owned))
-                .collect();
-            match names {
-                Some(n) => n,
-                None => {
-                    return fail(
-                        ErrorCode::InvalidLocks,
-                        "locks: an array of lock names".into(),
-                    );
-                }
-            }
-        }
-        Some(_) => {
-            let max = device_core::proto::MAX_TASK_LOCKS;
-            return fail(
-                ErrorCode::InvalidLocks,
-                format!("locks: an array of at most {max} lock names"),
-            );
-        }
+    let locks = match obj.get("locks").map(parse_locks) {
+        None => Vec::new(),
+        Some(Ok(locks)) => locks,
+        Some(Err(message)) => return fail(ErrorCode::InvalidLocks, message),
     };
     Ok(Submission {
         id: id.unwrap_or_else(generate_id),
@@ -268,6 +253,34 @@ pub fn parse_submission(
         locks,
         trace_id,
     })
+}
+
+/// The `locks` of a submission: `null` or an array of at most [`MAX_TASK_LOCKS`] distinct
+/// lock names, each as a device can declare it ([`valid_lock_name`]); otherwise what is wrong.
+fn parse_locks(v: &Value) -> Result<Vec<String>, String> {
+    let items = match v {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(items) if items.len() <= MAX_TASK_LOCKS => items,
+        _ => {
+            return Err(format!(
+                "locks: an array of at most {MAX_TASK_LOCKS} lock names, not {v}"
+            ));
+        }
+    };
+    let mut names: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(name) = item.as_str().filter(|n| valid_lock_name(n)) else {
+            return Err(format!(
+                "locks: {item} is not a lock name (1 to {MAX_LOCK_NAME} bytes of ASCII \
+                 letters, digits, '.', '_' or '-')"
+            ));
+        };
+        if names.iter().any(|n| n == name) {
+            return Err(format!("locks: {item} is named twice"));
+        }
+        names.push(name.to_owned());
+    }
+    Ok(names)
 }
 
 fn parse_priority(v: &Value) -> Option<Priority> {

@@ -113,6 +113,45 @@ fn every_bad_field_is_rejected_with_its_code() {
 }
 
 #[test]
+fn lock_names_are_checked_as_a_device_declares_them() {
+    let locks = |json: &str| parse(&format!(r#"{{"capability":"echo","locks":{json}}}"#));
+    assert_eq!(locks("null").unwrap().locks, Vec::<String>::new());
+    assert_eq!(locks("[]").unwrap().locks, Vec::<String>::new());
+    assert_eq!(
+        locks(r#"["i2c0","spi-1","radio_2","a.b"]"#).unwrap().locks,
+        ["i2c0", "spi-1", "radio_2", "a.b"]
+    );
+    assert_eq!(
+        locks(r#"["sixteen-bytes-16"]"#).unwrap().locks,
+        ["sixteen-bytes-16"]
+    );
+    for (bad, says) in [
+        (r#""i2c0""#, "an array of at most 4 lock names"),
+        (r#"{"i2c0":1}"#, "an array"),
+        (r#"["a","b","c","d","e"]"#, "at most 4"),
+        (r#"[""]"#, r#""" is not a lock name"#),
+        (r#"["seventeen-bytes-x"]"#, "1 to 16 bytes"),
+        (r#"["has space"]"#, r#""has space" is not a lock name"#),
+        (r#"["a/b"]"#, "is not a lock name"),
+        (r#"["ü"]"#, "is not a lock name"),
+        (r#"[5]"#, "5 is not a lock name"),
+        (r#"[null]"#, "null is not a lock name"),
+        (r#"["bus","bus"]"#, r#""bus" is named twice"#),
+    ] {
+        let r = locks(bad).unwrap_err();
+        assert_eq!(r.error.code, ErrorCode::InvalidLocks, "{bad}");
+        assert!(
+            r.error.message.contains(says),
+            "{bad}: {:?} should say {says:?}",
+            r.error.message
+        );
+    }
+    // Refused under the task's id, so the client sees it on the task's status topic.
+    let r = parse(r#"{"id":"t-3","capability":"echo","locks":["no way"]}"#).unwrap_err();
+    assert_eq!(r.id.as_deref(), Some("t-3"));
+}
+
+#[test]
 fn a_rejection_keeps_the_id_and_trace_id_when_readable() {
     let r = parse(r#"{"id":"t-9","trace_id":"tr","priority":9,"capability":"echo"}"#).unwrap_err();
     assert_eq!(

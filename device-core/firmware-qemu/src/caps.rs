@@ -6,7 +6,7 @@
 //! | `echo` | anything | the payload | 1 |
 //! | `crc32` | anything | `{"crc32":N}`, CRC-32 (IEEE, as zlib) of the payload's bytes | 1 |
 //! | `work` | a JSON number of milliseconds | the timing record below | one per main-loop pass until the time is up |
-//! | `bus.transfer` | as `work` | as `work` | as `work`, holding the [`BUS`] lock throughout |
+//! | `bus.transfer` | as `work` | as `work` | as `work`; submit it with `"locks":["bus"]` to hold the [`BUS`] lock throughout |
 //!
 //! The timing record is `{"ms":M,"steps":S,"arrived":A,"first":F,"last":L}`: the duration
 //! asked for, the steps run, and the [order log](crate::order) ticks of the task's arrival and
@@ -24,8 +24,11 @@ use device_core::runtime::{Ctx, Handler, Runtime, Step};
 
 use crate::order;
 
-/// The shared resource `bus.transfer` holds: lock 0 of the scheduler.
+/// The shared resource `bus.transfer` tasks name: lock 0 of the scheduler, advertised as
+/// [`BUS_NAME`].
 pub const BUS: LockId = LockId::new(0);
+/// The name tasks give [`BUS`] in their submission's `locks`.
+pub const BUS_NAME: &str = "bus";
 /// Locks in the scheduler.
 pub const LOCKS: usize = 1;
 
@@ -34,20 +37,19 @@ const CAPABILITIES: [(&str, Handler); 4] = [
     ("echo", echo),
     ("crc32", crc),
     ("work", timed),
-    (BUS_TRANSFER, timed),
+    ("bus.transfer", timed),
 ];
 /// Number of capabilities.
 pub const COUNT: usize = CAPABILITIES.len();
-
-const BUS_TRANSFER: &str = "bus.transfer";
 
 /// The payload is not what the capability takes.
 pub const BAD_PAYLOAD: u16 = 1;
 /// The result does not fit in a `Payload`.
 pub const RESULT_TOO_LARGE: u16 = 2;
 
-/// Registers every capability with `runtime`.
-pub fn register<const N: usize, const L: usize>(runtime: &mut Runtime<N, L, COUNT>) {
+/// Registers every capability with `runtime` and declares the bus lock, so that `Hello`
+/// advertises both.
+pub fn register<const N: usize>(runtime: &mut Runtime<N, LOCKS, COUNT>) {
     for (name, handler) in CAPABILITIES {
         // The runtime has room for exactly `COUNT`, so only a name too long can fail, on the
         // first boot of a build that introduced it.
@@ -55,13 +57,10 @@ pub fn register<const N: usize, const L: usize>(runtime: &mut Runtime<N, L, COUN
             panic!("capability name {name} is too long");
         }
     }
-}
-
-/// The locks a task of `capability` holds besides those its `Assign` declares.
-pub fn implied_locks(capability: &str) -> &'static [LockId] {
-    match capability {
-        BUS_TRANSFER => &[BUS],
-        _ => &[],
+    // The first lock declared is lock 0; only an invalid name can fail, as above.
+    match runtime.declare_lock(BUS_NAME) {
+        Ok(id) if id == BUS => {}
+        _ => panic!("lock {BUS_NAME} cannot be declared as lock 0"),
     }
 }
 

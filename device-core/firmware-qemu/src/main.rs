@@ -10,7 +10,6 @@
 //!   device-core's [`Device`] and sleeps when there is nothing to do.
 //! - [`caps`]: the capabilities offered (`echo`, `crc32`, `work`, `bus.transfer`).
 //! - [`order`]: the order log that makes scheduling visible in task results.
-//! - [`implied_locks`]: adds the lock a capability needs to its tasks' `Assign`s.
 //! - [`uart`]: the PL011 UART0, receiving by interrupt.
 //! - [`clock`]: the SysTick millisecond clock, and boot entropy.
 //! - [`host`]: semihosting logs, exit codes, panic and fault handlers.
@@ -20,7 +19,6 @@
 mod caps;
 mod clock;
 mod host;
-mod implied_locks;
 mod order;
 mod uart;
 
@@ -41,8 +39,8 @@ pub(crate) const SLOTS: usize = 8;
 /// Reliable messages in flight to the bridge (reports and rejects) before acks are needed.
 const WINDOW: usize = 4;
 
-/// The device: `SLOTS` tasks, the capabilities' locks, a send window of `WINDOW` and no
-/// reorder buffer (a UART does not reorder).
+/// The device: `SLOTS` tasks, the bus lock, a send window of `WINDOW` and no reorder buffer
+/// (a UART does not reorder).
 type Firmware = Device<SLOTS, { caps::LOCKS }, { caps::COUNT }, WINDOW>;
 
 #[entry]
@@ -77,7 +75,6 @@ fn serve(device: &mut Firmware) -> ! {
     let mut deframer: Deframer<MAX_FRAME> = Deframer::new();
     let mut input = [0u8; 64];
     let mut output = [0u8; MAX_FRAME];
-    let mut rewritten = [0u8; MAX_FRAME];
     loop {
         let now = clock::now();
         let received = uart::receive(&mut input);
@@ -86,7 +83,7 @@ fn serve(device: &mut Firmware) -> ! {
             let (used, frame) = deframer.push_raw(rest);
             rest = &rest[used..];
             match frame {
-                Some(Ok(bytes)) => take(device, implied_locks::apply(bytes, &mut rewritten), now),
+                Some(Ok(bytes)) => take(device, bytes, now),
                 Some(Err(e)) => log!("dropped bytes from the bridge: {e}"),
                 None => {}
             }

@@ -89,6 +89,7 @@ mod whole_device {
     pub(crate) fn new() -> Option<Dev> {
         let mut rt = Runtime::new();
         rt.register("echo", echo).ok()?;
+        rt.declare_lock("bus").ok()?;
         Dev::new(
             "probe",
             black_box(9),
@@ -130,6 +131,7 @@ mod bare {
                 boot_id: core::hint::black_box(5),
                 session_id: 0,
                 capabilities: heapless::Vec::new(),
+                locks: heapless::Vec::new(),
                 slots: 8,
                 max_payload: 256,
             };

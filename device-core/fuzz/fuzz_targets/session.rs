@@ -63,6 +63,9 @@ fn device(boot: u32, now: Instant) -> Dev {
     let mut rt = Runtime::new();
     let _ = rt.register("echo", echo);
     let _ = rt.register("slow", slow);
+    // Named, so that every `Hello` carries lock names; lock 1 stays unnamed, and lock 2 (an
+    // `Assign` may send it) does not exist.
+    let _ = rt.declare_lock("bus");
     Dev::new("fuzz", boot, rt, Config::default(), now).expect("valid id")
 }
 

@@ -110,6 +110,14 @@ pub struct Stats {
     pub fast_retransmits: u32,
 }
 
+/// An unsequenced reply a bridge owes: the `Welcome` to a `Hello`, or a `Reject` of a frame
+/// it cannot take.
+#[derive(Clone, Copy, Debug)]
+enum Control {
+    Welcome(Welcome),
+    Reject(Reject),
+}
+
 /// One reliable message awaiting acknowledgement.
 #[derive(Clone, Debug)]
 struct Unacked {
@@ -167,7 +175,8 @@ pub struct Session<S: Side, const W: usize, const R: usize = 0> {
     hello_at: u64,
     hello_rto: u32,
     /// An unsequenced reply to send at the next transmit: a bridge's `Welcome` or `Reject`.
-    control: Option<Message>,
+    /// Kept as its own small type, not a `Message` (whose size is the largest message's).
+    control: Option<Control>,
 
     /// Sequence number of the next new reliable message.
     next_seq: u32,
@@ -394,7 +403,7 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
                     && self.state == State::Connecting
                 {
                     let reason = RejectReason::UnsupportedVersion;
-                    self.control = Some(Message::Reject(Reject {
+                    self.control = Some(Control::Reject(Reject {
                         handle: None,
                         reason,
                     }));
@@ -425,7 +434,7 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
             (_, message) if self.state != State::Established => {
                 if S::ROLE == Role::Bridge {
                     let reason = RejectReason::NoSession;
-                    self.control = Some(Message::Reject(Reject {
+                    self.control = Some(Control::Reject(Reject {
                         handle: None,
                         reason,
                     }));
@@ -455,7 +464,7 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
             heartbeat_ms: self.config.heartbeat_ms,
             liveness_ms: self.config.liveness_ms,
         };
-        self.control = Some(Message::Welcome(welcome));
+        self.control = Some(Control::Welcome(welcome));
         if known == Some((hello.boot_id, hello.session_id)) && self.state == State::Established {
             // A retransmitted Hello: our Welcome was lost. Answer again, keep the session.
             return None;
@@ -672,7 +681,11 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
         let (ack, credit) = (self.delivered, self.local_credit);
         // Decide what goes out and do the bookkeeping; then encode it where it is kept.
         let n = if let Some(control) = self.control.take() {
-            S::encode(0, ack, credit, &control, out).ok()?
+            let message = match control {
+                Control::Welcome(w) => Message::Welcome(w),
+                Control::Reject(r) => Message::Reject(r),
+            };
+            S::encode(0, ack, credit, &message, out).ok()?
         } else {
             match self.state {
                 State::Closed => return None,

@@ -14,6 +14,7 @@ fn hello(boot: u32) -> Hello {
         boot_id: boot,
         session_id: 0,
         capabilities: heapless::Vec::new(),
+        locks: heapless::Vec::new(),
         slots: 4,
         max_payload: 64,
     }

@@ -8,7 +8,8 @@ use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    MAX_CAPABILITIES, MAX_CAPABILITY_NAME, MAX_DEVICE_ID, MAX_PAYLOAD, MAX_TASK_LOCKS, MAX_TRACE_ID,
+    MAX_CAPABILITIES, MAX_CAPABILITY_NAME, MAX_DEVICE_ID, MAX_LOCK_NAME, MAX_LOCKS, MAX_PAYLOAD,
+    MAX_TASK_LOCKS, MAX_TRACE_ID,
 };
 use crate::Priority;
 
@@ -16,8 +17,30 @@ use crate::Priority;
 pub type DeviceId = String<MAX_DEVICE_ID>;
 /// A capability name such as `sensor.read`.
 pub type CapabilityName = String<MAX_CAPABILITY_NAME>;
+/// A lock name such as `i2c0`: what a task submission names and a device advertises in
+/// `Hello` (see [`valid_lock_name`]).
+pub type LockName = String<MAX_LOCK_NAME>;
 /// Task input or result bytes (the bridge sends the task's JSON payload as UTF-8 text).
 pub type Payload = Vec<u8, MAX_PAYLOAD>;
+
+/// Whether `name` can name a lock: 1 to [`MAX_LOCK_NAME`] bytes of ASCII letters, digits,
+/// `.`, `_` and `-`. The runtime refuses to declare other names and the bridge refuses
+/// submissions naming them, so the two sides always agree on what a name is.
+pub const fn valid_lock_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_LOCK_NAME {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !(b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 /// Identifies one task on one device. The bridge derives it from its durable task number and
 /// never reuses it for another task, so a device can recognise a replayed `Assign`.
@@ -92,6 +115,10 @@ pub struct Hello {
     pub session_id: u32,
     /// What the device can run.
     pub capabilities: Vec<CapabilityName, MAX_CAPABILITIES>,
+    /// The names of the device's locks in lock-id order: the name at index `i` is lock `i`,
+    /// the id an `Assign` carries for it. A device may have more locks than it names (ones
+    /// its firmware keeps to itself); they follow the named ones.
+    pub locks: Vec<LockName, MAX_LOCKS>,
     /// Task slots in total (the free ones travel in the frame header's `credit`).
     pub slots: u8,
     /// Largest payload the device accepts, at most [`MAX_PAYLOAD`].
@@ -120,7 +147,9 @@ pub struct Assign {
     /// sides are not synchronised); `None`: no deadline.
     pub deadline_ms: Option<u32>,
     pub capability: CapabilityName,
-    /// Device lock ids the task holds while it runs, taken in this order.
+    /// Device lock ids (indices into the device's `Hello::locks`) the task holds while it
+    /// runs, taken in this order. The bridge sends them in ascending order, so that tasks
+    /// never take the same locks in opposite orders.
     pub locks: Vec<u8, MAX_TASK_LOCKS>,
     pub payload: Payload,
     /// Correlates device logs with the MQTT submission; may be empty.

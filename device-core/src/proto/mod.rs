@@ -19,8 +19,8 @@ use core::fmt;
 
 pub use crc::{Crc32, crc32};
 pub use message::{
-    Assign, Cancel, CapabilityName, DeviceId, Frame, Handle, Hello, Message, Payload, Reject,
-    RejectReason, Report, TRANSIENT_ERROR, TaskReport, Welcome,
+    Assign, Cancel, CapabilityName, DeviceId, Frame, Handle, Hello, LockName, Message, Payload,
+    Reject, RejectReason, Report, TRANSIENT_ERROR, TaskReport, Welcome, valid_lock_name,
 };
 
 /// The protocol spoken by this crate.
@@ -36,14 +36,29 @@ pub const MAX_CAPABILITY_NAME: usize = 32;
 pub const MAX_CAPABILITIES: usize = 8;
 /// Most locks one task can declare.
 pub const MAX_TASK_LOCKS: usize = 4;
+/// Longest lock name, in bytes (see [`valid_lock_name`]).
+pub const MAX_LOCK_NAME: usize = 16;
+/// Most locks one device can advertise by name: its lock ids `0..MAX_LOCKS`. Kept small
+/// because it sizes `Hello`, the largest message, and with it every [`Message`] a session
+/// keeps (each name costs 20 bytes of RAM in every retained message).
+pub const MAX_LOCKS: usize = 4;
 /// Longest trace id, in bytes.
 pub const MAX_TRACE_ID: usize = 32;
 
 /// Largest postcard encoding of any [`Frame`], in bytes. Varints take at most 5 bytes for a
-/// `u32` and 3 for a `u16`; a length prefix of up to 16383 takes at most 2. The largest message
-/// is `Assign` (checked by a test that encodes the largest value of every message).
+/// `u32` and 3 for a `u16`; a length prefix takes 1 byte up to 127 and 2 up to 16383. The
+/// largest message is `Hello` with every capability and lock name at full length, ahead of
+/// `Assign` (a test encodes the largest value of every message and checks this is tight).
 pub const MAX_MESSAGE: usize = {
     let header = 5 + 5 + 1 + 1; // seq, ack, credit, message tag
+    let hello = 3 // version
+        + 1 + MAX_DEVICE_ID
+        + 5 // boot_id
+        + 5 // session_id
+        + 1 + MAX_CAPABILITIES * (1 + MAX_CAPABILITY_NAME)
+        + 1 + MAX_LOCKS * (1 + MAX_LOCK_NAME)
+        + 1 // slots
+        + 3; // max_payload
     let assign = 5 // handle
         + 1 // priority
         + 1 + 5 // deadline_ms: Option<u32>
@@ -51,7 +66,13 @@ pub const MAX_MESSAGE: usize = {
         + 1 + MAX_TASK_LOCKS
         + 2 + MAX_PAYLOAD
         + 1 + MAX_TRACE_ID;
-    header + assign
+    // The one-byte length prefixes above hold for these limits.
+    assert!(MAX_DEVICE_ID < 128 && MAX_CAPABILITY_NAME < 128 && MAX_LOCK_NAME < 128);
+    assert!(MAX_CAPABILITIES < 128 && MAX_LOCKS < 128 && MAX_TASK_LOCKS < 128);
+    assert!(MAX_TRACE_ID < 128 && MAX_PAYLOAD >= 128 && MAX_PAYLOAD < 16384);
+    // Lock ids travel as `u8`.
+    assert!(MAX_LOCKS <= 256);
+    header + if hello > assign { hello } else { assign }
 };
 
 /// Length of the CRC trailer.

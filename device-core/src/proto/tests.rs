@@ -36,6 +36,7 @@ fn hello() -> Hello {
         boot_id: 0xDEAD_BEEF,
         session_id: 2,
         capabilities: heapless::Vec::from_slice(&[s("echo"), s("sleep")]).unwrap(),
+        locks: heapless::Vec::from_slice(&[s("i2c0"), s("bus")]).unwrap(),
         slots: 8,
         max_payload: 256,
     }
@@ -50,7 +51,7 @@ fn golden_hello() {
             credit: 7,
             message: Message::Hello(hello()),
         },
-        "010102072101056465762d31effdb6f50d0202046563686f05736c656570088002939845af00",
+        "010102072b01056465762d31effdb6f50d0202046563686f05736c65657002046932633003627573088002b637792900",
     );
 }
 
@@ -207,6 +208,43 @@ fn every_corruption_is_a_typed_error() {
 }
 
 #[test]
+fn a_hello_naming_more_locks_than_max_locks_is_malformed() {
+    let mut body = vec![0, 0, 0, 0, 1, 1, b'd', 1, 1, 0];
+    body.push(MAX_LOCKS as u8 + 1);
+    for _ in 0..=MAX_LOCKS {
+        body.extend_from_slice(&[1, b'l']);
+    }
+    body.extend_from_slice(&[1, 0]); // slots, max_payload
+    assert_eq!(decode(&forge(&body)), Err(DecodeError::Malformed));
+    body[10] = MAX_LOCKS as u8;
+    body.drain(11..13);
+    let frame = decode(&forge(&body)).unwrap();
+    let Message::Hello(h) = frame.message else {
+        panic!("{frame:?}")
+    };
+    assert_eq!(h.locks.len(), MAX_LOCKS);
+}
+
+#[test]
+fn lock_names_are_short_ascii_words() {
+    for good in ["bus", "i2c0", "spi-1", "radio_2", "a.b", "sixteen-bytes-16"] {
+        assert!(valid_lock_name(good), "{good:?}");
+    }
+    for bad in [
+        "",
+        "seventeen-bytes-x",
+        "has space",
+        "a/b",
+        "é",
+        "a\0",
+        "+",
+        "#",
+    ] {
+        assert!(!valid_lock_name(bad), "{bad:?}");
+    }
+}
+
+#[test]
 fn seal_refuses_bodies_longer_than_max_message() {
     // Found by the frame_decode fuzzer: a body of MAX_MESSAGE + 1..=4 bytes used to index past
     // the CRC scratch buffer.
@@ -226,11 +264,11 @@ fn seal_refuses_bodies_longer_than_max_message() {
 
 #[test]
 fn the_largest_message_of_every_kind_fits_max_frame() {
-    let full = |c: char, n: usize| {
+    fn full<const N: usize>(c: char, n: usize) -> heapless::String<N> {
         let mut t = heapless::String::new();
         (0..n).for_each(|_| t.push(c).unwrap());
         t
-    };
+    }
     let max_assign = Assign {
         handle: u32::MAX,
         priority: Priority::P5,
@@ -240,13 +278,15 @@ fn the_largest_message_of_every_kind_fits_max_frame() {
         payload: v(&[0xFF; MAX_PAYLOAD]),
         trace_id: full('t', MAX_TRACE_ID),
     };
+    // Any version encodes (only PROTOCOL_VERSION decodes): u16::MAX takes the most bytes.
     let max_hello = Hello {
-        version: PROTOCOL_VERSION,
+        version: u16::MAX,
         device_id: full('d', MAX_DEVICE_ID),
         boot_id: u32::MAX,
         capabilities: (0..MAX_CAPABILITIES)
             .map(|_| full('x', MAX_CAPABILITY_NAME))
             .collect(),
+        locks: (0..MAX_LOCKS).map(|_| full('l', MAX_LOCK_NAME)).collect(),
         session_id: u32::MAX,
         slots: 255,
         max_payload: u16::MAX,
@@ -272,12 +312,30 @@ fn the_largest_message_of_every_kind_fits_max_frame() {
         let mut out = [0u8; MAX_FRAME];
         let n = encode(&frame, &mut out).unwrap();
         assert!(n <= MAX_FRAME);
-        assert_eq!(decode(&out[..n]), Ok(frame));
+        match &frame.message {
+            Message::Hello(h) => {
+                assert_eq!(
+                    decode(&out[..n]),
+                    Err(DecodeError::UnsupportedVersion(u16::MAX))
+                );
+                let current = Hello {
+                    version: PROTOCOL_VERSION,
+                    ..h.clone()
+                };
+                let frame = Frame {
+                    message: Message::Hello(current),
+                    ..frame.clone()
+                };
+                let n = encode(&frame, &mut out).unwrap();
+                assert_eq!(decode(&out[..n]), Ok(frame));
+            }
+            _ => assert_eq!(decode(&out[..n]), Ok(frame.clone())),
+        }
         largest = largest.max(n);
     }
     assert_eq!(
         largest, MAX_FRAME,
-        "MAX_FRAME should be tight for the largest Assign"
+        "MAX_FRAME should be tight for the largest Hello"
     );
 }
 
@@ -368,17 +426,19 @@ mod same_as_postcard {
                 num(),
                 num(),
                 proptest::collection::vec(text(MAX_CAPABILITY_NAME), 0..=MAX_CAPABILITIES),
+                proptest::collection::vec(text(MAX_LOCK_NAME), 0..=MAX_LOCKS),
                 any::<u8>(),
                 any::<u16>()
             )
                 .prop_map(
-                    |(version, device_id, boot_id, session_id, caps, slots, max_payload)| {
+                    |(version, device_id, boot_id, session_id, caps, locks, slots, max_payload)| {
                         Message::Hello(Hello {
                             version,
                             device_id,
                             boot_id,
                             session_id,
                             capabilities: heapless::Vec::from_slice(&caps).unwrap(),
+                            locks: heapless::Vec::from_slice(&locks).unwrap(),
                             slots,
                             max_payload,
                         })

@@ -106,6 +106,16 @@ impl<'a> Reader<'a> {
         String::try_from(text).map_err(|_| Invalid)
     }
 
+    /// A sequence of strings, as `Vec<String<N>, M>`.
+    fn strings<const N: usize, const M: usize>(&mut self) -> Result<Vec<String<N>, M>> {
+        let n = self.len()?;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(self.string()?).map_err(|_| Invalid)?;
+        }
+        Ok(out)
+    }
+
     fn priority(&mut self) -> Result<Priority> {
         Priority::from_level(self.tag(Priority::LEVELS as u32)? as u8).ok_or(Invalid)
     }
@@ -233,6 +243,10 @@ fn write_hello(w: &mut Writer<'_>, h: &Hello) -> Result<()> {
     for c in &h.capabilities {
         w.bytes(c.as_bytes())?;
     }
+    w.varint(h.locks.len() as u32)?;
+    for l in &h.locks {
+        w.bytes(l.as_bytes())?;
+    }
     w.byte(h.slots)?;
     w.varint(u32::from(h.max_payload))
 }
@@ -267,26 +281,29 @@ pub(super) fn write_body<const KINDS: u8>(
         Body::Hello(_) => 0,
         Body::Message(m) => tag_of(m),
     };
-    if KINDS & (1 << tag) == 0 {
+    // As in `read_frame_of`: constant guards leave out the encoders of kinds never sent.
+    let has = |kind: u32| KINDS & (1 << kind) != 0;
+    if !has(tag) {
         return Err(Invalid);
     }
     w.varint(seq)?;
     w.varint(ack)?;
     w.byte(credit)?;
     let message = match body {
-        Body::Hello(h) => return write_hello(w, h),
+        Body::Hello(h) if has(0) => return write_hello(w, h),
+        Body::Hello(_) => return Err(Invalid),
         Body::Message(m) => m,
     };
     match message {
-        Message::Hello(h) => write_hello(w, h),
-        Message::Welcome(x) => {
+        Message::Hello(h) if has(0) => write_hello(w, h),
+        Message::Welcome(x) if has(1) => {
             w.varint(1)?;
             w.varint(u32::from(x.version))?;
             w.varint(x.session_id)?;
             w.varint(x.heartbeat_ms)?;
             w.varint(x.liveness_ms)
         }
-        Message::Assign(a) => {
+        Message::Assign(a) if has(2) => {
             w.varint(2)?;
             w.varint(a.handle)?;
             w.varint(u32::from(a.priority.level()))?;
@@ -296,24 +313,26 @@ pub(super) fn write_body<const KINDS: u8>(
             w.bytes(&a.payload)?;
             w.bytes(a.trace_id.as_bytes())
         }
-        Message::Cancel(c) => {
+        Message::Cancel(c) if has(3) => {
             w.varint(3)?;
             w.varint(c.handle)
         }
-        Message::Report(r) => {
+        Message::Report(r) if has(4) => {
             w.varint(4)?;
             w.varint(r.handle)?;
             w.varint(r.state as u32)?;
             w.bytes(&r.result)?;
             w.option(r.error, |w, e| w.varint(u32::from(e)))
         }
-        Message::Heartbeat => w.varint(5),
-        Message::Ack => w.varint(6),
-        Message::Reject(r) => {
+        Message::Heartbeat if has(5) => w.varint(5),
+        Message::Ack if has(6) => w.varint(6),
+        Message::Reject(r) if has(7) => {
             w.varint(7)?;
             w.option(r.handle, |w, h| w.varint(h))?;
             w.varint(r.reason as u32)
         }
+        // A kind this side never sends (refused above already).
+        _ => Err(Invalid),
     }
 }
 
@@ -333,33 +352,27 @@ pub(super) fn read_frame_of<const KINDS: u8>(r: &mut Reader<'_>) -> Result<Frame
     let ack = r.u32()?;
     let credit = r.byte()?;
     let tag = r.tag(MESSAGES)?;
-    if KINDS & (1 << tag) == 0 {
-        return Err(Invalid);
-    }
+    // Each arm is guarded by a constant, so a side's parser keeps only the kinds it receives
+    // (a range check on `tag` alone does not let the compiler drop the others).
+    let has = |kind: u32| KINDS & (1 << kind) != 0;
     let message = match tag {
-        0 => Message::Hello(Hello {
+        0 if has(0) => Message::Hello(Hello {
             version: r.u16()?,
             device_id: r.string()?,
             boot_id: r.u32()?,
             session_id: r.u32()?,
-            capabilities: {
-                let n = r.len()?;
-                let mut caps = Vec::new();
-                for _ in 0..n {
-                    caps.push(r.string()?).map_err(|_| Invalid)?;
-                }
-                caps
-            },
+            capabilities: r.strings()?,
+            locks: r.strings()?,
             slots: r.byte()?,
             max_payload: r.u16()?,
         }),
-        1 => Message::Welcome(Welcome {
+        1 if has(1) => Message::Welcome(Welcome {
             version: r.u16()?,
             session_id: r.u32()?,
             heartbeat_ms: r.u32()?,
             liveness_ms: r.u32()?,
         }),
-        2 => Message::Assign(Assign {
+        2 if has(2) => Message::Assign(Assign {
             handle: r.u32()?,
             priority: r.priority()?,
             deadline_ms: if r.option()? { Some(r.u32()?) } else { None },
@@ -368,19 +381,21 @@ pub(super) fn read_frame_of<const KINDS: u8>(r: &mut Reader<'_>) -> Result<Frame
             payload: r.bytes()?,
             trace_id: r.string()?,
         }),
-        3 => Message::Cancel(Cancel { handle: r.u32()? }),
-        4 => Message::Report(Report {
+        3 if has(3) => Message::Cancel(Cancel { handle: r.u32()? }),
+        4 if has(4) => Message::Report(Report {
             handle: r.u32()?,
             state: TaskReport::from_index(r.tag(TaskReport::COUNT)?).ok_or(Invalid)?,
             result: r.bytes()?,
             error: if r.option()? { Some(r.u16()?) } else { None },
         }),
-        5 => Message::Heartbeat,
-        6 => Message::Ack,
-        _ => Message::Reject(Reject {
+        5 if has(5) => Message::Heartbeat,
+        6 if has(6) => Message::Ack,
+        7 if has(7) => Message::Reject(Reject {
             handle: if r.option()? { Some(r.u32()?) } else { None },
             reason: RejectReason::from_index(r.tag(RejectReason::COUNT)?).ok_or(Invalid)?,
         }),
+        // A kind this side never receives.
+        _ => return Err(Invalid),
     };
     if r.is_empty() {
         Ok(Frame {

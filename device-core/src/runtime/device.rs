@@ -6,7 +6,7 @@ use super::Runtime;
 use crate::Instant;
 use crate::link::{Config, DeviceSide, Event, Session};
 use crate::proto::{
-    DecodeError, DeviceId, Hello, MAX_CAPABILITIES, Message, PROTOCOL_VERSION, Reject,
+    DecodeError, DeviceId, Hello, MAX_CAPABILITIES, MAX_LOCKS, Message, PROTOCOL_VERSION, Reject,
 };
 
 /// Rejects waiting for room in the session window. While it is full the session stops
@@ -53,6 +53,8 @@ impl<const N: usize, const L: usize, const C: usize, const W: usize, const R: us
             boot_id,
             session_id: 0,
             capabilities: runtime.capabilities().cloned().collect(),
+            // At most `MAX_LOCKS`: `declare_lock` names no more.
+            locks: runtime.lock_names().take(MAX_LOCKS).cloned().collect(),
             slots: N.min(255) as u8,
             max_payload: runtime.max_payload() as u16,
         };

@@ -5,7 +5,9 @@
 //!   urgent one (so a more urgent task preempts at the next step boundary), takes the locks a
 //!   task declares through the scheduler (priority inheritance applies), and produces the
 //!   `Report`s: `Running` when a task starts, then exactly one of `Completed`, `Failed`,
-//!   `Expired` or `Cancelled`.
+//!   `Expired` or `Cancelled`. Locks that tasks may name are declared by name
+//!   ([`Runtime::declare_lock`]); the device advertises the names in `Hello`, in lock-id
+//!   order, and the bridge turns a task's lock names into those ids.
 //! - [`Device`] joins a runtime and a [`Session`](crate::link::Session): it is the whole
 //!   device side of the protocol, with flow control and dedup.
 //!
@@ -24,11 +26,13 @@ mod tests;
 
 pub use device::Device;
 
+use core::fmt;
+
 use heapless::{Deque, Vec};
 
 use crate::proto::{
-    Assign, CapabilityName, Handle, MAX_PAYLOAD, MAX_TASK_LOCKS, Payload, Reject, RejectReason,
-    Report, TaskReport,
+    Assign, CapabilityName, Handle, LockName, MAX_LOCK_NAME, MAX_LOCKS, MAX_PAYLOAD,
+    MAX_TASK_LOCKS, Payload, Reject, RejectReason, Report, TaskReport, valid_lock_name,
 };
 use crate::{Acquire, Event, Instant, LockId, Scheduler, TaskId, TaskSpec};
 
@@ -74,6 +78,31 @@ pub struct Ctx<'a> {
 /// A capability handler: one step of work per call, never blocking.
 pub type Handler = fn(&mut Ctx<'_>) -> Step;
 
+/// Why [`Runtime::declare_lock`] refused a name. Nothing was declared.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum LockNameError {
+    /// Not a lock name (see [`valid_lock_name`]).
+    Invalid,
+    /// Every lock of the table (`L`), or as many as `Hello` can advertise
+    /// ([`MAX_LOCKS`]), already has a name.
+    NoRoom,
+}
+
+impl fmt::Display for LockNameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Invalid => write!(
+                f,
+                "not a lock name (1 to {MAX_LOCK_NAME} bytes of ASCII letters, digits, '.', '_', '-')"
+            ),
+            Self::NoRoom => f.write_str("every lock that can be advertised already has a name"),
+        }
+    }
+}
+
+impl core::error::Error for LockNameError {}
+
 /// A task's runtime data, in the slot the scheduler gave it.
 #[derive(Debug)]
 pub(crate) struct Task {
@@ -102,6 +131,8 @@ pub(crate) struct Task {
 pub struct Runtime<const N: usize, const L: usize, const C: usize> {
     sched: Scheduler<N, L>,
     handlers: Vec<(CapabilityName, Handler), C>,
+    /// Names of locks `0..len`, in id order: advertised in `Hello` so that tasks can name them.
+    lock_names: Vec<LockName, L>,
     tasks: [Option<Task>; N],
     recent: Deque<Handle, RECENT_HANDLES>,
     max_payload: usize,
@@ -120,6 +151,7 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
         Self {
             sched: Scheduler::new(),
             handlers: Vec::new(),
+            lock_names: Vec::new(),
             tasks: [const { None }; N],
             recent: Deque::new(),
             max_payload: MAX_PAYLOAD,
@@ -150,6 +182,36 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
     /// The registered capability names.
     pub fn capabilities(&self) -> impl Iterator<Item = &CapabilityName> {
         self.handlers.iter().map(|(n, _)| n)
+    }
+
+    /// Names the next lock of the table (lock 0 first) and returns its id, which the bridge
+    /// puts in the `Assign` of every task naming it; declaring a name again returns the id it
+    /// already has. Tasks take their declared locks through the scheduler, so policies set
+    /// with [`scheduler_mut`](Self::scheduler_mut) apply. Locks beyond the named ones remain
+    /// the firmware's own.
+    pub fn declare_lock(&mut self, name: &str) -> Result<crate::LockId, LockNameError> {
+        if !valid_lock_name(name) {
+            return Err(LockNameError::Invalid);
+        }
+        let position = self.lock_names.iter().position(|n| n == name);
+        let index = match position {
+            Some(i) => i,
+            None if self.lock_names.len() < MAX_LOCKS => {
+                let name = LockName::try_from(name).map_err(|_| LockNameError::Invalid)?;
+                self.lock_names
+                    .push(name)
+                    .map_err(|_| LockNameError::NoRoom)?;
+                self.lock_names.len() - 1
+            }
+            None => return Err(LockNameError::NoRoom),
+        };
+        // Below `L <= 255` (the scheduler's bound) or `MAX_LOCKS`: it fits a `u8`.
+        Ok(LockId::new(index as u8))
+    }
+
+    /// The declared lock names, in lock-id order.
+    pub fn lock_names(&self) -> impl Iterator<Item = &LockName> {
+        self.lock_names.iter()
     }
 
     /// The scheduler, to set lock policies at start-up.

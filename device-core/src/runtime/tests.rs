@@ -261,3 +261,38 @@ fn declared_locks_are_taken_before_the_first_step_with_inheritance() {
         ]
     );
 }
+
+#[test]
+fn locks_are_declared_by_name_in_id_order() {
+    let mut r = runtime();
+    assert_eq!(r.declare_lock("i2c0"), Ok(LockId::new(0)));
+    assert_eq!(r.declare_lock("spi-1"), Ok(LockId::new(1)));
+    // Declaring a name again is asking for its id.
+    assert_eq!(r.declare_lock("i2c0"), Ok(LockId::new(0)));
+    // R has two locks: both are named now.
+    assert_eq!(r.declare_lock("radio"), Err(LockNameError::NoRoom));
+    for bad in ["", "has space", "ü", "seventeen-bytes-x", "a/b"] {
+        assert_eq!(r.declare_lock(bad), Err(LockNameError::Invalid), "{bad:?}");
+    }
+    let names: std::vec::Vec<&str> = r.lock_names().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["i2c0", "spi-1"]);
+}
+
+#[test]
+fn a_device_advertises_its_lock_names_in_hello() {
+    use crate::link::{BridgeSide, Config, Event, Session};
+    let mut r = runtime();
+    r.declare_lock("bus").unwrap();
+    let mut device: Device<3, 2, 4, 2> =
+        Device::new("dev", 1, r, Config::default(), at(0)).unwrap();
+    let mut buf = [0u8; crate::proto::MAX_FRAME];
+    let n = device.poll_transmit(at(0), &mut buf).unwrap();
+    let mut bridge = Session::<BridgeSide, 2>::bridge(Config::default(), at(0));
+    match bridge.handle_bytes(&buf[..n], at(0)) {
+        Ok(Some(Event::Connected { hello, .. })) => {
+            assert_eq!(hello.locks.len(), 1);
+            assert_eq!(hello.locks[0], "bus");
+        }
+        other => panic!("expected a Hello, got {other:?}"),
+    }
+}
