@@ -33,6 +33,9 @@ pub enum RunError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// A TLS device link's certificate, key or client CA cannot be used.
+    #[error(transparent)]
+    LinkTls(#[from] link::tls::LinkTlsError),
     #[error("{0}")]
     Stopped(String),
 }
@@ -120,45 +123,54 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
     let mut device_addrs = Vec::new();
     let mut next_link = 0u64;
     for link in &config.links {
-        let LinkConfig::Tcp { listen } = link;
+        let listen = link.listen();
+        // Files first: a bad one stops the bridge before anything listens.
+        let acceptor = match link {
+            LinkConfig::Tcp { .. } => None,
+            LinkConfig::Tls {
+                cert_file,
+                key_file,
+                client_ca_file,
+                handshake_timeout,
+                ..
+            } => Some((
+                link::tls::acceptor(listen, cert_file, key_file, client_ca_file)?,
+                *handshake_timeout,
+            )),
+        };
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| RunError::Link {
-                addr: *listen,
+                addr: listen,
                 source,
             })?;
         let addr = listener.local_addr().map_err(|source| RunError::Link {
-            addr: *listen,
+            addr: listen,
             source,
         })?;
-        tracing::info!(%addr, "plain TCP device link listening (no authentication)");
         device_addrs.push(addr);
-        let link_tx = link_tx.clone();
         let base = next_link;
         next_link += 1 << 32;
-        tokio::spawn(async move {
-            let mut n = base;
-            loop {
-                match listener.accept().await {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        n += 1;
-                        let config = device_core::link::Config::default();
-                        tokio::spawn(link::stream::run(
-                            stream,
-                            n,
-                            peer.to_string(),
-                            link_tx.clone(),
-                            config,
-                        ));
-                    }
-                    Err(e) => {
-                        tracing::warn!(%addr, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+        match acceptor {
+            None => {
+                if addr.ip().is_loopback() {
+                    tracing::info!(%addr, "plain TCP device link listening (no authentication)");
+                } else {
+                    tracing::warn!(%addr, "plain TCP device link listening beyond loopback: any host can claim any device id");
                 }
+                tokio::spawn(link::tcp::serve(listener, base, link_tx.clone()));
             }
-        });
+            Some((acceptor, handshake_timeout)) => {
+                tracing::info!(%addr, "TLS device link listening (client certificates required)");
+                tokio::spawn(link::tls::serve(
+                    listener,
+                    base,
+                    link_tx.clone(),
+                    acceptor,
+                    handshake_timeout,
+                ));
+            }
+        }
     }
     let mut ready = Some((
         ready,
@@ -210,32 +222,47 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
                     engine.on_links(batch);
                 }
             }
-                        event = mqtt_ev_rx.recv() => match event {
-                Some(MqttEvent::Connected) => {
-                    connected = true;
-                    // A new connection starts over from the oldest unacknowledged event.
-                    offered.clear();
-                    next_offer = 0;
-                }
-                Some(MqttEvent::Subscribed) => {
-                    if let Some((announce, addrs)) = ready.take() {
-                        announce(&addrs);
+            event = mqtt_ev_rx.recv() => {
+                let Some(event) = event else {
+                    return Err(RunError::Stopped("MQTT driver stopped".into()));
+                };
+                // Everything already waiting joins the turn: the broker's acknowledgements
+                // come one per event, and each turn is a commit.
+                let mut next = Some(event);
+                let mut taken = 0;
+                while let Some(event) = next.take().or_else(|| mqtt_ev_rx.try_recv().ok()) {
+                    match event {
+                        MqttEvent::Connected => {
+                            connected = true;
+                            // A new connection starts over from the oldest unacknowledged
+                            // event.
+                            offered.clear();
+                            next_offer = 0;
+                        }
+                        MqttEvent::Subscribed => {
+                            if let Some((announce, addrs)) = ready.take() {
+                                announce(&addrs);
+                            }
+                        }
+                        MqttEvent::Published(keys) => {
+                            engine.queue_mut().published(&keys);
+                            for k in keys {
+                                offered.remove(&k);
+                            }
+                        }
+                        MqttEvent::Disconnected(why) => {
+                            if connected {
+                                tracing::warn!(%why, "MQTT disconnected; events wait in the outbox");
+                            }
+                            connected = false;
+                        }
+                    }
+                    taken += 1;
+                    if taken >= 1024 {
+                        break;
                     }
                 }
-                Some(MqttEvent::Published(keys)) => {
-                    engine.queue_mut().published(&keys);
-                    for k in keys {
-                        offered.remove(&k);
-                    }
-                }
-                Some(MqttEvent::Disconnected(why)) => {
-                    if connected {
-                        tracing::warn!(%why, "MQTT disconnected; events wait in the outbox");
-                    }
-                    connected = false;
-                }
-                None => return Err(RunError::Stopped("MQTT driver stopped".into())),
-            },
+            }
             _ = stats.tick() => {
                 let stats = engine.stats_json();
                 let _ = pub_tx.try_send(Publication { key: 0, topic: format!("{root}/bridge/stats"), payload: stats, retain: true });

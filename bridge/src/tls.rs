@@ -1,5 +1,6 @@
 //! TLS towards an external broker: rustls with its ring provider, the broker's CA from a PEM
-//! file, and optionally a client certificate for brokers that require one.
+//! file, and optionally a client certificate for brokers that require one. The PEM readers
+//! here serve the TLS device link (`link::tls`) too.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -43,7 +44,7 @@ pub fn client_config(t: &TlsConfig) -> Result<Arc<ClientConfig>, TlsError> {
         .with_root_certificates(roots);
     let config = match (&t.client_cert, &t.client_key) {
         (Some(cert), Some(key)) => {
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
+            let key = pem_private_key(key).map_err(|e| file_error(key, e))?;
             builder
                 .with_client_auth_cert(certificates(cert)?, key)
                 .map_err(|e| TlsError::Config(format!("client certificate: {e}")))?
@@ -56,14 +57,24 @@ pub fn client_config(t: &TlsConfig) -> Result<Arc<ClientConfig>, TlsError> {
 
 /// Every certificate of a PEM file; at least one.
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    pem_certificates(path).map_err(|e| file_error(path, e))
+}
+
+/// Every certificate of a PEM file (at least one), or why not; the caller names the file.
+pub fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(path, e))?
+        .map_err(|e| e.to_string())?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(path, e))?;
+        .map_err(|e| e.to_string())?;
     if certs.is_empty() {
-        return Err(file_error(path, "no PEM certificate in it"));
+        return Err("no PEM certificate in it".into());
     }
     Ok(certs)
+}
+
+/// The first private key of a PEM file, or why not; the caller names the file.
+pub fn pem_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

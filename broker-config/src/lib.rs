@@ -173,14 +173,75 @@ pub struct TlsConfig {
     pub client_key: Option<PathBuf>,
 }
 
-/// A way for devices to reach the bridge.
+/// A way for devices to reach the bridge. A file that lists `[[link]]` tables replaces the
+/// default list, so plain TCP exists only where it is listed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum LinkConfig {
     /// Plain TCP carrying the device framing. No authentication: for labs, simulators and
-    /// emulated MCUs; secure links come with DTLS and TLS.
+    /// emulated MCUs.
     Tcp { listen: SocketAddr },
+    /// TLS over TCP carrying the device framing, with a client certificate required: the
+    /// device id in a device's `Hello` must be the certificate's subject CN or one of its DNS
+    /// subject alternative names, or the link is closed.
+    Tls {
+        listen: SocketAddr,
+        /// PEM: the bridge's certificate chain, its own certificate first.
+        cert_file: PathBuf,
+        /// PEM: the private key of `cert_file` (PKCS#8, SEC1 or PKCS#1).
+        key_file: PathBuf,
+        /// PEM: the CA certificate(s) that sign device certificates; a device must present a
+        /// certificate chaining to one of them.
+        client_ca_file: PathBuf,
+        /// A connection whose handshake has not finished by then is dropped, so a stalled or
+        /// malicious peer cannot hold a socket and a task forever.
+        #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+        handshake_timeout: Duration,
+    },
 }
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl LinkConfig {
+    /// The address the link listens on.
+    pub fn listen(&self) -> SocketAddr {
+        match self {
+            Self::Tcp { listen } | Self::Tls { listen, .. } => *listen,
+        }
+    }
+
+    /// Checks the values of one link; the error names the field.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let Self::Tls {
+            cert_file,
+            key_file,
+            client_ca_file,
+            handshake_timeout,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        for (field, path) in [
+            ("link.cert_file", cert_file),
+            ("link.key_file", key_file),
+            ("link.client_ca_file", client_ca_file),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(invalid(field, "must not be empty"));
+            }
+        }
+        if *handshake_timeout < Duration::from_millis(100) || *handshake_timeout > MAX_HANDSHAKE {
+            return Err(invalid("link.handshake_timeout", "100ms to 5m"));
+        }
+        Ok(())
+    }
+}
+
+/// Longest TLS handshake deadline accepted: beyond it the deadline no longer protects anything.
+const MAX_HANDSHAKE: Duration = Duration::from_secs(300);
 
 impl Config {
     /// Parses TOML (`origin` names the source in errors) and validates it.
@@ -301,14 +362,16 @@ impl Config {
         }
         let mut seen = Vec::new();
         for link in &self.links {
-            let LinkConfig::Tcp { listen } = link;
-            if seen.contains(listen) {
+            let listen = link.listen();
+            // Port 0 asks for any free port: two of them never collide.
+            if listen.port() != 0 && seen.contains(&listen) {
                 return Err(invalid(
                     "link.listen",
                     format!("{listen} is configured twice"),
                 ));
             }
-            seen.push(*listen);
+            seen.push(listen);
+            link.validate()?;
         }
         Ok(())
     }

@@ -9,6 +9,21 @@ fn the_default_file_is_the_default_config() {
     Config::default().validate().unwrap();
 }
 
+/// The commented TLS link example of the default file, uncommented, is a valid link.
+#[test]
+fn the_default_files_tls_link_example_is_valid() {
+    let start = DEFAULT_CONFIG
+        .find("# [[link]]\n# kind = \"tls\"")
+        .expect("a commented TLS link example");
+    let example: String = DEFAULT_CONFIG[start..]
+        .lines()
+        .map_while(|l| l.strip_prefix("# "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = Config::from_toml(&example, "example").unwrap();
+    assert!(matches!(c.links[..], [LinkConfig::Tls { .. }]), "{example}");
+}
+
 #[test]
 fn an_empty_file_is_the_default_config() {
     assert_eq!(Config::from_toml("", "empty").unwrap(), Config::default());
@@ -33,6 +48,57 @@ fn a_file_overrides_what_it_names_only() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A TLS device link on 127.0.0.1:8883, without its files.
+const TLS_LINK: &str = "[[link]]\nkind = \"tls\"\nlisten = \"127.0.0.1:8883\"\n";
+/// The files every TLS link names.
+const TLS_FILES: &str =
+    "cert_file = \"s.pem\"\nkey_file = \"s.key\"\nclient_ca_file = \"ca.pem\"\n";
+/// A plain TCP device link on 127.0.0.1:1.
+const TCP_1: &str = "[[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:1\"\n";
+
+#[test]
+fn a_tls_link_parses_with_its_files_and_a_default_handshake_timeout() {
+    let c = Config::from_toml(&format!("{TLS_LINK}{TLS_FILES}"), "t").unwrap();
+    assert_eq!(
+        c.links,
+        [LinkConfig::Tls {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            cert_file: "s.pem".into(),
+            key_file: "s.key".into(),
+            client_ca_file: "ca.pem".into(),
+            handshake_timeout: Duration::from_secs(10),
+        }],
+        "a file's [[link]] tables replace the default plain TCP link"
+    );
+    let c = Config::from_toml(
+        &format!("{TLS_LINK}{TLS_FILES}handshake_timeout = \"2s\"\n"),
+        "t",
+    )
+    .unwrap();
+    assert!(matches!(
+        c.links[..],
+        [LinkConfig::Tls { handshake_timeout, .. }] if handshake_timeout == Duration::from_secs(2)
+    ));
+}
+
+#[test]
+fn a_tls_link_without_a_file_is_an_error_naming_it() {
+    let e = error(&format!(
+        "{TLS_LINK}cert_file = \"s.pem\"\nkey_file = \"s.key\"\n"
+    ));
+    assert!(e.contains("client_ca_file"), "{e}");
+    let e = error(&format!("{TLS_LINK}{TLS_FILES}ca_file = \"x\"\n"));
+    assert!(e.contains("ca_file"), "{e}");
+}
+
+#[test]
+fn links_on_port_0_never_collide() {
+    let text = format!(
+        "[[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:0\"\n[[link]]\nkind = \"tls\"\nlisten = \"127.0.0.1:0\"\n{TLS_FILES}"
+    );
+    assert_eq!(Config::from_toml(&text, "t").unwrap().links.len(), 2);
 }
 
 /// The error message for `text`.
@@ -86,6 +152,30 @@ fn invalid_values_name_the_field() {
         (
             "[[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:1\"\n[[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:1\"",
             "link.listen",
+        ),
+        (
+            &format!("{TCP_1}[[link]]\nkind = \"tls\"\nlisten = \"127.0.0.1:1\"\n{TLS_FILES}"),
+            "link.listen",
+        ),
+        (
+            &format!("{TLS_LINK}{TLS_FILES}").replace("cert_file = \"s.pem\"", "cert_file = \"\""),
+            "link.cert_file",
+        ),
+        (
+            &format!("{TLS_LINK}{TLS_FILES}").replace("key_file = \"s.key\"", "key_file = \"\""),
+            "link.key_file",
+        ),
+        (
+            &format!("{TLS_LINK}{TLS_FILES}").replace("\"ca.pem\"", "\"\""),
+            "link.client_ca_file",
+        ),
+        (
+            &format!("{TLS_LINK}{TLS_FILES}handshake_timeout = \"0s\"\n"),
+            "link.handshake_timeout",
+        ),
+        (
+            &format!("{TLS_LINK}{TLS_FILES}handshake_timeout = \"1h\"\n"),
+            "link.handshake_timeout",
         ),
     ];
     for (text, field) in cases {

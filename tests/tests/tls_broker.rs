@@ -6,23 +6,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use edge_tests::{Proc, Watcher, free_port, last_state, run_mosquitto, start_bridge, start_device};
+use edge_tests::{
+    Proc, Watcher, free_port, last_state, openssl, run_mosquitto, start_bridge, start_device,
+};
 
 const ROOT: &str = "edge/tls";
-
-/// Runs `openssl` with `args` in `dir`; fails loudly when it is missing or fails.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is not installed: apt-get install openssl (tests/run.sh does)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
 fn make_certificates(dir: &Path) {

@@ -1,9 +1,15 @@
 //! `edge-device-sim`: a device on the host. It runs device-core's runtime and session over a
-//! TCP link, exactly as firmware does over a UART, and reconnects when the bridge goes away.
+//! TCP link (or TLS with a client certificate: `--tls-ca`, `--tls-cert`, `--tls-key`),
+//! exactly as firmware does over a UART, and reconnects when the bridge goes away.
 //!
 //! Capabilities: `echo` (result = payload), `sleep` (`{"ms":N}`, one step per millisecond, so
 //! preemption and cancellation are observable), `fail` (fails with code 7), `flaky` (every other
 //! execution fails with a transient code, the others echo). 8 task slots.
+//!
+//! Locks: `--lock NAME` (repeatable) declares a lock, advertised in `Hello`, that tasks may
+//! name in their submission's `locks`. The runtime takes a task's locks before its first step
+//! and holds them until it ends, with priority inheritance: a P0 `sleep` naming a lock that a
+//! P4 `sleep` holds waits for it (the holder running at P0) instead of preempting it.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -14,8 +20,10 @@ use device_core::Instant;
 use device_core::link::Config;
 use device_core::proto::{Deframer, MAX_FRAME};
 use device_core::runtime::{Ctx, Device, Runtime, Step};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 /// A simulated device for the edge bridge.
 #[derive(Parser, Debug)]
@@ -30,10 +38,73 @@ struct Cli {
     /// A capability to offer (echo, sleep, fail, flaky); repeat for several.
     #[arg(long = "capability", required = true)]
     capabilities: Vec<String>,
+    /// A lock tasks may name (lock ids in the order given); repeat for several, at most 4.
+    #[arg(long = "lock")]
+    locks: Vec<String>,
     /// Append "boot_id handle" to this file for every task executed (tests use it to show that
     /// nothing runs twice).
     #[arg(long)]
     exec_log: Option<std::path::PathBuf>,
+    /// Connect over TLS, trusting the CA certificate(s) of this PEM file for the bridge.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate (chain) proving the device id: its CN or a DNS name must be
+    /// `--id`.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The name the bridge's certificate must carry; the address of `--connect` by default.
+    #[arg(long, requires = "tls_ca")]
+    tls_server_name: Option<String>,
+}
+
+/// TLS towards the bridge: rustls with its ring provider.
+struct Tls {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl Tls {
+    /// The TLS settings of the command line, if any; the error names the file.
+    fn from_cli(cli: &Cli) -> Result<Option<Self>, String> {
+        use edge_bridge::tls::{pem_certificates, pem_private_key};
+        use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+        let Some(ca) = &cli.tls_ca else {
+            return Ok(None);
+        };
+        let named = |flag: &str, path: &std::path::Path| {
+            let path = path.display().to_string();
+            let flag = flag.to_owned();
+            move |e: String| format!("{flag} {path}: {e}")
+        };
+        let mut roots = RootCertStore::empty();
+        roots.add_parsable_certificates(pem_certificates(ca).map_err(named("--tls-ca", ca))?);
+        let builder = ClientConfig::builder_with_provider(ring::default_provider().into())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let config = match (&cli.tls_cert, &cli.tls_key) {
+            (Some(cert), Some(key)) => builder
+                .with_client_auth_cert(
+                    pem_certificates(cert).map_err(named("--tls-cert", cert))?,
+                    pem_private_key(key).map_err(named("--tls-key", key))?,
+                )
+                .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?,
+            // Only to show that the bridge refuses it.
+            _ => builder.with_no_client_auth(),
+        };
+        let server_name = match &cli.tls_server_name {
+            Some(name) => ServerName::try_from(name.clone())
+                .map_err(|e| format!("--tls-server-name {name}: {e}"))?,
+            None => ServerName::IpAddress(cli.connect.ip().into()),
+        };
+        Ok(Some(Self {
+            connector: TlsConnector::from(std::sync::Arc::new(config)),
+            server_name,
+        }))
+    }
 }
 
 /// Where executions are logged, with this boot's id.
@@ -51,7 +122,9 @@ fn log_execution(handle: u32) {
 }
 
 const SLOTS: usize = 8;
-type Sim = Device<SLOTS, 4, 4, 8, 4>;
+/// Locks in the scheduler, every one of which `--lock` can name.
+const LOCKS: usize = device_core::proto::MAX_LOCKS;
+type Sim = Device<SLOTS, LOCKS, 4, 8, 4>;
 
 fn echo(ctx: &mut Ctx<'_>) -> Step {
     log_execution(ctx.handle);
@@ -148,7 +221,13 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
     }
-    let mut rt: Runtime<SLOTS, 4, 4> = Runtime::new();
+    let mut rt: Runtime<SLOTS, LOCKS, 4> = Runtime::new();
+    for name in &cli.locks {
+        if let Err(e) = rt.declare_lock(name) {
+            eprintln!("edge-device-sim: --lock {name:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     for cap in &cli.capabilities {
         let handler = match cap.as_str() {
             "echo" => echo,
@@ -173,14 +252,31 @@ async fn run(cli: Cli) -> ExitCode {
         eprintln!("edge-device-sim: device id too long");
         return ExitCode::FAILURE;
     };
+    let tls = match Tls::from_cli(&cli) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("edge-device-sim: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut failures = 0u32;
     loop {
         match TcpStream::connect(cli.connect).await {
             Ok(stream) => {
                 failures = 0;
                 let _ = stream.set_nodelay(true);
-                tracing::info!(bridge = %cli.connect, id = %cli.id, "connected");
-                let why = serve(stream, &mut device, now).await;
+                tracing::info!(bridge = %cli.connect, id = %cli.id, tls = tls.is_some(), "connected");
+                let why = match &tls {
+                    None => serve(stream, &mut device, now).await,
+                    Some(tls) => match tls.connector.connect(tls.server_name.clone(), stream).await
+                    {
+                        Ok(stream) => serve(stream, &mut device, now).await,
+                        Err(e) => {
+                            failures += 1;
+                            format!("TLS handshake failed: {e}")
+                        }
+                    },
+                };
                 tracing::warn!(%why, "link lost; reconnecting");
                 device.link_lost(now());
             }
@@ -194,8 +290,12 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-async fn serve(stream: TcpStream, device: &mut Sim, now: impl Fn() -> Instant) -> String {
-    let (mut rd, mut wr) = stream.into_split();
+async fn serve(
+    stream: impl AsyncRead + AsyncWrite,
+    device: &mut Sim,
+    now: impl Fn() -> Instant,
+) -> String {
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut deframer: Deframer<MAX_FRAME> = Deframer::new();
     let mut input = vec![0u8; 4096];
     let mut out = [0u8; MAX_FRAME];

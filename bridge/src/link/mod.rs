@@ -1,9 +1,18 @@
 //! Device links: tasks that move bytes between a transport and a device-core session.
 //!
 //! Every link kind ends in the same place: a `Session<BridgeSide>` per device connection,
-//! driven by [`stream::run`] for byte streams (TCP now; TLS and serial reuse it) and, later,
-//! a datagram driver for UDP/DTLS. A link talks to the bridge core only through
+//! driven by [`stream::run`] for byte streams (plain TCP, TLS; serial will reuse it) and,
+//! later, a datagram driver for UDP/DTLS. A link talks to the bridge core only through
 //! [`LinkEvent`]s and [`LinkCommand`]s, so the core never waits on a socket.
+//!
+//! # Layout
+//! - [`stream`]: the byte-stream driver, generic over the stream; checks [`Identity`].
+//! - [`tcp`]: plain TCP listener: no credential, any device id.
+//! - [`tls`]: TLS listener requiring client certificates: the certificate names the device.
+//!
+//! Identity: a link kind with a credential hands the driver the [`Identity`] it proved, and
+//! the driver checks every `Hello` against it before the core hears of the device (one place
+//! for every link kind; see [`Identity::admits`]).
 //!
 //! Acknowledgement after commit: when a device's `Report` or `Reject` arrives, the link hands
 //! it to the core with a `committed` channel and sends nothing — in particular not the
@@ -12,6 +21,8 @@
 //! this).
 
 pub mod stream;
+pub mod tcp;
+pub mod tls;
 
 use device_core::proto::{Assign, Cancel, Hello, Reject, Report};
 use tokio::sync::{mpsc, oneshot};
@@ -19,7 +30,32 @@ use tokio::sync::{mpsc, oneshot};
 /// Identifies one connection (a device may reconnect on a new one).
 pub type LinkId = u64;
 
+/// What a link's credential proved about its peer: the device ids it may use.
+///
+/// The identity rule: the device id in a device's `Hello` must be one of `names`; otherwise
+/// the link is closed and the attempt logged, and the core never hears of the device. Links
+/// without a credential (plain TCP) have no `Identity` and accept any id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// How the names were proven, for the log ("TLS client certificate").
+    pub credential: &'static str,
+    /// The ids the credential allows, compared exactly (a certificate's subject CN and DNS
+    /// subject alternative names).
+    pub names: Vec<String>,
+}
+
+impl Identity {
+    /// Whether a device that proved this identity may call itself `device_id`.
+    pub fn admits(&self, device_id: &str) -> bool {
+        self.names.iter().any(|n| n == device_id)
+    }
+}
+
 /// From a link task to the core.
+// `Up` carries the whole `Hello` (capability and lock names, ~0.5 KB) once per connection;
+// the other events are small but go through a bounded channel of 1,024 slots, so the size is
+// paid in that channel's buffer (~0.5 MB at worst), not per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum LinkEvent {
     /// A device opened a session. `rebooted`: its boot id changed, so everything it ran is
@@ -59,4 +95,27 @@ pub enum LinkCommand {
     Cancel(Cancel),
     /// Close the connection (a newer connection of the same device took over).
     Close,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Identity;
+
+    #[test]
+    fn an_identity_admits_exactly_its_names() {
+        let id = Identity {
+            credential: "test",
+            names: vec!["dev-a".into(), "dev-a.example".into()],
+        };
+        assert!(id.admits("dev-a"));
+        assert!(id.admits("dev-a.example"));
+        for other in ["dev-b", "DEV-A", "dev-a ", "", "dev"] {
+            assert!(!id.admits(other), "{other:?}");
+        }
+        let none = Identity {
+            credential: "test",
+            names: Vec::new(),
+        };
+        assert!(!none.admits(""));
+    }
 }

@@ -1,4 +1,5 @@
-//! The byte-stream link driver: TCP, and later TLS and serial, through the same code.
+//! The byte-stream link driver: plain TCP and TLS (later serial) through the same code,
+//! generic over the stream. It also enforces the identity rule (see [`super::Identity`]).
 
 use std::time::Instant as StdInstant;
 
@@ -9,42 +10,68 @@ use device_core::proto::{MAX_FRAME, Message};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{LinkCommand, LinkEvent, LinkId};
+use super::{Identity, LinkCommand, LinkEvent, LinkId};
 
 /// Send window and reorder buffer of a bridge-side session.
 pub type BridgeSession = Session<BridgeSide, 16, 16>;
 
 /// Drives one device connection until it ends; the last event sent is [`LinkEvent::Down`].
+/// `identity`: what the link's credential proved, if it has one; a `Hello` with another
+/// device id closes the link before the core hears of the device.
 pub async fn run<S>(
     stream: S,
     link: LinkId,
     peer: String,
+    identity: Option<Identity>,
     core: mpsc::Sender<LinkEvent>,
     config: Config,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let reason = match drive(stream, link, &peer, &core, config).await {
+    let on = Link {
+        link,
+        peer: &peer,
+        identity: identity.as_ref(),
+        core: &core,
+    };
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let reason = match drive(&mut rd, &mut wr, &on, config).await {
         Ok(reason) => reason,
         Err(e) => format!("i/o error: {e}"),
     };
     tracing::info!(link, %peer, %reason, "device link closed");
     let _ = core.send(LinkEvent::Down { link, reason }).await;
+    // A clean close where the stream has one (TLS: close_notify), bounded: a peer that reads
+    // nothing must not keep the task alive.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
 }
 
-async fn drive<S>(
-    stream: S,
+/// How long closing a stream cleanly may take before it is simply dropped.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What every step of [`drive`] needs to know about its connection.
+struct Link<'a> {
     link: LinkId,
-    peer: &str,
-    core: &mpsc::Sender<LinkEvent>,
+    peer: &'a str,
+    identity: Option<&'a Identity>,
+    core: &'a mpsc::Sender<LinkEvent>,
+}
+
+async fn drive<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    on: &Link<'_>,
     config: Config,
 ) -> std::io::Result<String>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
+    let Link {
+        link, peer, core, ..
+    } = *on;
     let epoch = StdInstant::now();
     let now = || Instant::from_millis(epoch.elapsed().as_millis() as u64);
-    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut session = BridgeSession::bridge(config, now());
     let mut deframer: Deframer<MAX_FRAME> = Deframer::new();
     // The link keeps a sender, so `commands` ends only on `Close`; each session gets a clone.
@@ -102,8 +129,10 @@ where
                         events.push(e);
                     }
                     for e in events {
-                                                if !deliver(e, link, peer, core, &mut session, &commands_tx).await {
-                            return Ok("bridge shutting down".into());
+                        // The session's answer to this input (a Welcome) is not sent yet: a
+                        // link closed here has told the device nothing.
+                        if let Err(reason) = deliver(e, on, &mut session, &commands_tx).await {
+                            return Ok(reason);
                         }
                     }
                 }
@@ -130,17 +159,36 @@ where
 }
 
 /// Hands one session event to the core; for reports and rejects, waits until the core has
-/// committed them (see the module docs). `false` when the core is gone.
+/// committed them (see the module docs). `Err(why)` when the link must close: the core is
+/// gone, or a `Hello` claims an id the link's credential did not prove.
 async fn deliver(
     event: Event,
-    link: LinkId,
-    peer: &str,
-    core: &mpsc::Sender<LinkEvent>,
+    on: &Link<'_>,
     session: &mut BridgeSession,
     commands: &mpsc::Sender<LinkCommand>,
-) -> bool {
-    match event {
+) -> Result<(), String> {
+    let Link {
+        link, peer, core, ..
+    } = *on;
+    let delivered = match event {
         Event::Connected { hello, rebooted } => {
+            if let Some(identity) = on.identity {
+                if !identity.admits(&hello.device_id) {
+                    tracing::warn!(
+                        link,
+                        %peer,
+                        claimed = %hello.device_id,
+                        proven = ?identity.names,
+                        credential = identity.credential,
+                        "device id in Hello is not the identity its credential proved; closing the link"
+                    );
+                    return Err(format!(
+                        "device id {:?} not proven by the {}",
+                        hello.device_id.as_str(),
+                        identity.credential
+                    ));
+                }
+            }
             tracing::info!(link, %peer, device = %hello.device_id, rebooted, "device connected");
             let commands = commands.clone();
             let credit = session.credit();
@@ -176,6 +224,11 @@ async fn deliver(
             true
         }
         Event::Welcomed | Event::PeerLost => true,
+    };
+    if delivered {
+        Ok(())
+    } else {
+        Err("bridge shutting down".into())
     }
 }
 
@@ -187,4 +240,86 @@ async fn hand_over(
 ) -> bool {
     let (committed, done) = oneshot::channel();
     core.send(event(committed)).await.is_ok() && done.await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use device_core::runtime::{Device, Runtime};
+    use tokio::io::DuplexStream;
+
+    use super::*;
+
+    /// A device called `id` connecting over an in-memory stream to a link driver that was
+    /// handed `identity`; returns the device's end and the core's receiver.
+    async fn connect(
+        id: &str,
+        identity: Option<Identity>,
+    ) -> (DuplexStream, mpsc::Receiver<LinkEvent>) {
+        let (bridge_end, mut device_end) = tokio::io::duplex(4096);
+        let (core_tx, core_rx) = mpsc::channel(16);
+        tokio::spawn(run(
+            bridge_end,
+            7,
+            "peer-7".into(),
+            identity,
+            core_tx,
+            Config::default(),
+        ));
+        let at = Instant::from_millis(0);
+        let mut device: Device<1, 1, 1, 4, 4> =
+            Device::new(id, 1, Runtime::new(), Config::default(), at).unwrap();
+        let mut out = [0u8; MAX_FRAME];
+        while let Some(n) = device.poll_transmit(at, &mut out) {
+            device_end.write_all(&out[..n]).await.unwrap();
+        }
+        (device_end, core_rx)
+    }
+
+    async fn next(core: &mut mpsc::Receiver<LinkEvent>) -> LinkEvent {
+        tokio::time::timeout(Duration::from_secs(10), core.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("the link task sends Down last")
+    }
+
+    fn proving(names: &[&str]) -> Option<Identity> {
+        Some(Identity {
+            credential: "test credential",
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_hello_with_an_unproven_id_closes_the_link_before_the_core_hears_of_it() {
+        let (mut device_end, mut core) = connect("dev-b", proving(&["dev-a"])).await;
+        match next(&mut core).await {
+            LinkEvent::Down { link: 7, reason } => {
+                assert!(
+                    reason.contains("dev-b") && reason.contains("test credential"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected Down first, got {other:?}"),
+        }
+        // The device was told nothing (no Welcome) and the stream is closed.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), device_end.read_to_end(&mut rest))
+            .await
+            .expect("closed within 10 s")
+            .unwrap();
+        assert!(rest.is_empty(), "{} bytes sent to the device", rest.len());
+    }
+
+    #[tokio::test]
+    async fn a_hello_with_a_proven_id_or_on_a_link_without_credential_opens_the_session() {
+        for (id, identity) in [("dev-a", proving(&["other", "dev-a"])), ("anyone", None)] {
+            let (_device_end, mut core) = connect(id, identity).await;
+            match next(&mut core).await {
+                LinkEvent::Up { link: 7, hello, .. } => assert_eq!(hello.device_id.as_str(), id),
+                other => panic!("expected Up for {id}, got {other:?}"),
+            }
+        }
+    }
 }
