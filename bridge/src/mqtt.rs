@@ -85,7 +85,13 @@ pub fn connect(s: &MqttSettings) -> (AsyncClient, EventLoop) {
         true,
     ));
     // Room for a full outbox window plus the acknowledgements of a burst of submissions.
-    AsyncClient::new(opts, 4096)
+    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
+    // Status events are small writes: without TCP_NODELAY each waits for the previous one's
+    // TCP acknowledgement (Nagle + delayed ACK, ~40 ms on Linux).
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    (client, eventloop)
 }
 
 /// Runs the driver until `publish` closes.
@@ -116,12 +122,12 @@ pub async fn run(
     loop {
         tokio::select! {
             polled = eventloop.poll() => match polled {
-                                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     failures = 0;
                     generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tracing::info!(host = %settings.host, port = settings.port, "connected to the MQTT broker");
                     let status = serde_json::json!({ "online": true, "bridge_id": settings.client_id }).to_string();
-                                        subacks_due = 0;
+                    subacks_due = 0;
                     for (topic, qos) in [(submit_topic.clone(), QoS::AtLeastOnce), (format!("{cancel_prefix}+/cancel"), QoS::AtLeastOnce)] {
                         if client.try_subscribe(topic, qos).is_ok() {
                             subacks_due += 1;
@@ -142,13 +148,13 @@ pub async fn run(
                         if api.send(ApiInput::Submit { payload: p.payload.to_vec(), accepted }).await.is_err() {
                             return;
                         }
-                                                let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, committed));
+                        let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, committed));
                     } else if let Some(id) = topic.strip_prefix(&cancel_prefix).and_then(|t| t.strip_suffix("/cancel")) {
                         let (done, handled) = oneshot::channel();
                         if api.send(ApiInput::Cancel { id: id.to_owned(), done }).await.is_err() {
                             return;
                         }
-                                                let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, handled));
+                        let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, handled));
                     } else {
                         let (done, handled) = oneshot::channel();
                         let _ = done.send(());
@@ -158,13 +164,13 @@ pub async fn run(
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
                     // A new packet id belongs to the oldest request; a known one is a resend
                     // after a reconnect.
-                                        if let std::collections::hash_map::Entry::Vacant(slot) = by_pkid.entry(pkid) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = by_pkid.entry(pkid) {
                         if let Some(key) = requested.pop_front() {
                             slot.insert(key);
                         }
                     }
                 }
-                                Ok(Event::Incoming(Packet::SubAck(_))) if subacks_due > 0 => {
+                Ok(Event::Incoming(Packet::SubAck(_))) if subacks_due > 0 => {
                     subacks_due -= 1;
                     if subacks_due == 0 && events.send(MqttEvent::Subscribed).await.is_err() {
                         return;
@@ -178,7 +184,7 @@ pub async fn run(
                     }
                 }
                 Ok(_) => {}
-                                Err(e) => {
+                Err(e) => {
                     // Forget every publish in flight: after an error rumqttc may emit stale
                     // `Outgoing::Publish` events and replay its pending publishes, which
                     // would misalign packet ids and outbox keys. The engine offers every

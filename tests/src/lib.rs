@@ -5,6 +5,13 @@
 //!
 //! The binaries are the ones `cargo build --workspace --bins` put next to the test
 //! executable (`tests/run.sh` builds them first); a missing one fails the test loudly.
+//!
+//! # Layout
+//! - this file: processes (bridge, device simulators, mosquitto) and the [`Watcher`] client
+//!   the end-to-end tests share;
+//! - [`bench`](mod@bench): the benchmark behind the `edge-bench` binary (and its smoke test).
+
+pub mod bench;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -17,22 +24,31 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-/// The directory holding the workspace's binaries (target/debug).
+/// The directory holding the workspace's binaries (target/debug or target/release).
 fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/edge_tests-… -> target/debug
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    // Test executables live in target/{profile}/deps, binaries (edge-bench) in
+    // target/{profile} itself.
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary, or a panic telling how to build it.
 pub fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
+    let dir = bin_dir();
+    let path = dir.join(name);
+    let release = if dir.file_name().is_some_and(|n| n == "release") {
+        " --release"
+    } else {
+        ""
+    };
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` (tests/run.sh does)",
+        "{} is missing: run `cargo build{release} --workspace --bins` (tests/run.sh does)",
         path.display()
     );
     path
@@ -74,7 +90,31 @@ pub fn start_bridge(data_dir: &Path, extra: &[&str]) -> Bridge {
     }
     cmd.args(extra);
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut child = cmd.spawn().expect("spawn edge-bridge");
+    wait_ready(cmd.spawn().expect("spawn edge-bridge"))
+}
+
+/// Starts `edge-bridge run --config FILE` with nothing else but `--data-dir`, so the file
+/// alone chooses the broker and the device links (use port 0 for each listener), and
+/// captures its log (stderr, still echoed to the test's stderr) for the test to wait on.
+pub fn start_bridge_with_log(data_dir: &Path, config: &Path) -> (Bridge, LogLines) {
+    let mut child = Command::new(binary("edge-bridge"))
+        .arg("run")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--config")
+        .arg(config)
+        // Plain log lines, not coloured ones, for the tests to match.
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn edge-bridge");
+    let log = LogLines::capture(child.stderr.take().expect("stderr"));
+    (wait_ready(child), log)
+}
+
+/// Waits for a bridge's ready line (its stdout must be piped) and reads its addresses.
+fn wait_ready(mut child: Child) -> Bridge {
     let stdout = child.stdout.take().expect("stdout");
     let proc = Proc {
         child,
@@ -98,6 +138,79 @@ pub fn start_bridge(data_dir: &Path, extra: &[&str]) -> Bridge {
         devices: field("devices="),
         proc,
     }
+}
+
+/// A child's log, line by line, as it comes: read on a helper thread that also echoes each
+/// line to the test's stderr and keeps reading to the end (a full pipe must never block the
+/// child).
+#[derive(Debug)]
+pub struct LogLines {
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Every line read so far, in order.
+    pub seen: Vec<String>,
+}
+
+impl LogLines {
+    /// Starts reading `out`.
+    pub fn capture(out: impl std::io::Read + Send + 'static) -> Self {
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                let _ = tx.send(strip_ansi(&line));
+            }
+        });
+        Self {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line for which `matches` holds (among those seen or still to come) and
+    /// returns it; panics after `within`, or when the log ends first.
+    pub async fn wait_for(
+        &mut self,
+        within: Duration,
+        what: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> String {
+        if let Some(line) = self.seen.iter().find(|l| matches(l)) {
+            return line.clone();
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) => {
+                    self.seen.push(line.clone());
+                    if matches(&line) {
+                        return line;
+                    }
+                }
+                Ok(None) => panic!("the log ended while waiting for {what}"),
+                Err(_) => panic!("timed out after {within:?} waiting for {what} in the log"),
+            }
+        }
+    }
+}
+
+/// `line` without ANSI colour sequences (in case a child colours its log anyway).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Reads the first line of `out` on a helper thread, with a deadline.
@@ -140,6 +253,21 @@ pub fn start_device_with(
         child: cmd.spawn().expect("spawn edge-device-sim"),
         name: "edge-device-sim",
     }
+}
+
+/// Runs `openssl` with `args` in `dir` (tests make their certificates with it); fails
+/// loudly when it is missing or fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is not installed: apt-get install openssl (tests/run.sh does)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A free loopback port (for programs that cannot report the port they bound).
@@ -338,10 +466,15 @@ impl Watcher {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(e)) => self.seen.push(e),
                 Ok(None) => panic!("watcher stopped while waiting for {what}"),
-                Err(_) => panic!(
-                    "timed out after {within:?} waiting for {what}; seen: {:#?}",
-                    self.seen
-                ),
+                Err(_) => {
+                    // The whole history can be thousands of events: show its tail.
+                    let tail = &self.seen[self.seen.len().saturating_sub(40)..];
+                    panic!(
+                        "timed out after {within:?} waiting for {what}; {} events seen, the last {}: {tail:#?}",
+                        self.seen.len(),
+                        tail.len()
+                    )
+                }
             }
         }
     }

@@ -1,0 +1,180 @@
+//! The benchmark run by `edge-bench`: the real `edge-bridge` and `N` real `edge-device-sim`
+//! processes, driven over MQTT by clients in this process.
+//!
+//! Phases, in one run:
+//! 0. the data directory's fsync rate (the bridge commits every batch with an fsync);
+//! 1. the broker's raw relay rate: QoS 1 request/response round trips through the bridge's own
+//!    embedded broker, with no bridge logic in the path;
+//! 2. bridge throughput: echo tasks of mixed priorities P0..P5 with a bounded number
+//!    outstanding, tasks/s and submit→`completed` latency per priority;
+//! 3. P0 latency under a backlog: a fresh bridge holds `--queued-p4` P4 tasks submitted while
+//!    no device was online; the devices connect and drain it while P0 tasks arrive
+//!    periodically.
+//!
+//! Latencies are measured with local clocks in this process: from just before a submission is
+//! handed to the MQTT client to the moment the client's event loop received the event. Their
+//! breakdown by stage compares the `ts_ms` the bridge stamps on each event with this process's
+//! wall clock (the same machine's clock, 1 ms resolution). CPU use per phase comes from
+//! `/proc` (bridge, devices, this process).
+//!
+//! # Layout
+//! - `client`: an MQTT client that stamps every message it receives;
+//! - `stats`: percentiles, CPU time from `/proc`, the fsync probe;
+//! - `relay`: phase 1;
+//! - `tasks`: phases 2 and 3, and the bookkeeping of submitted tasks;
+//! - `report`: the figures and how they are printed.
+
+mod client;
+mod relay;
+mod report;
+mod stats;
+mod tasks;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use report::{BacklogFigures, CpuUse, RelayFigures, Report, Stages, ThroughputFigures};
+pub use stats::Latencies;
+
+/// What to run. Every flag has a default, so `edge-bench` alone runs the standard benchmark.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(
+    name = "edge-bench",
+    about = "Benchmark of edge-bridge: throughput, latency per priority, P0 under a backlog, \
+             relative to the broker's raw relay rate"
+)]
+pub struct Options {
+    /// Simulated devices (each an `edge-device-sim` process with 8 task slots).
+    #[arg(long, default_value_t = 4)]
+    pub devices: usize,
+    /// Echo tasks submitted in the throughput phase (priorities P0..P5 in turn).
+    #[arg(long, default_value_t = 5_000)]
+    pub tasks: usize,
+    /// P4 tasks queued before the devices connect, in the P0-under-load phase.
+    #[arg(long, default_value_t = 10_000)]
+    pub queued_p4: usize,
+    /// Tasks (or relay requests) outstanding at most: submitted and not yet finished.
+    #[arg(long, alias = "window", default_value_t = 64)]
+    pub concurrency: usize,
+    /// Round trips measured in the raw relay phase.
+    #[arg(long, default_value_t = 20_000)]
+    pub relay_messages: usize,
+    /// A P0 task is submitted this often (milliseconds) while the P4 backlog drains.
+    #[arg(long, default_value_t = 50)]
+    pub p0_interval_ms: u64,
+    /// Where the bridges keep their queues (default: a temporary directory, removed after).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Each phase fails after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout_s: u64,
+}
+
+/// A phase fails when nothing at all arrives for this long while it waits for something.
+const STALL: Duration = Duration::from_secs(60);
+
+impl Options {
+    fn phase_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_s)
+    }
+}
+
+/// Why a benchmark run stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BenchError {
+    /// The options cannot make a meaningful run.
+    #[error("invalid option: {0}")]
+    Options(String),
+    /// An MQTT client of the bench could not connect, subscribe or publish.
+    #[error("MQTT client {client}: {reason}")]
+    Mqtt { client: String, reason: String },
+    /// A phase did not finish in time, or nothing happened for too long.
+    #[error("{phase}: {what}")]
+    Timeout { phase: &'static str, what: String },
+    /// The data directory could not be created or written.
+    #[error("data directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs every phase and returns the figures. Progress goes to stderr.
+pub async fn run(opts: &Options) -> Result<Report, BenchError> {
+    let counts = [
+        opts.devices,
+        opts.tasks,
+        opts.queued_p4,
+        opts.concurrency,
+        opts.relay_messages,
+    ];
+    if counts.contains(&0) {
+        return Err(BenchError::Options(
+            "--devices, --tasks, --queued-p4, --concurrency and --relay-messages must be at \
+             least 1"
+                .into(),
+        ));
+    }
+    if opts.p0_interval_ms == 0 {
+        return Err(BenchError::Options(
+            "--p0-interval-ms must be at least 1".into(),
+        ));
+    }
+    let temp;
+    let data_dir = match &opts.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::tempdir().map_err(|source| BenchError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+            temp.path().to_path_buf()
+        }
+    };
+    std::fs::create_dir_all(&data_dir).map_err(|source| BenchError::Io {
+        path: data_dir.clone(),
+        source,
+    })?;
+    // Ids unique per run, so a reused --data-dir never answers with old tasks' states.
+    let nonce = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64 & 0xffff_ffff)
+    );
+
+    eprintln!("[disk] measuring fsync rate in the data directory");
+    let fsync_per_s =
+        stats::fsync_rate(&data_dir, Duration::from_secs(2)).map_err(|source| BenchError::Io {
+            path: data_dir.clone(),
+            source,
+        })?;
+
+    let bridge = crate::start_bridge(
+        &data_dir.join("bridge-throughput"),
+        &["--bridge-id", tasks::BRIDGE_ID],
+    );
+    eprintln!("[relay] bridge up: MQTT on {}", bridge.mqtt);
+    let relay = relay::run(&bridge, opts, &nonce).await?;
+    let throughput = tasks::throughput(&bridge, opts, &nonce).await?;
+    drop(bridge);
+
+    let bridge = crate::start_bridge(
+        &data_dir.join("bridge-backlog"),
+        &["--bridge-id", tasks::BRIDGE_ID],
+    );
+    let backlog = tasks::backlog(&bridge, opts, &nonce).await?;
+    drop(bridge);
+
+    Ok(Report {
+        options: opts.clone(),
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        arch: std::env::consts::ARCH,
+        fsync_per_s,
+        relay,
+        throughput,
+        backlog,
+    })
+}

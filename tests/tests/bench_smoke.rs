@@ -1,0 +1,53 @@
+//! The benchmark (`edge-bench`) with tiny numbers, so it keeps working: every phase runs, every
+//! task completes, and every figure is a positive number.
+
+use clap::Parser;
+use edge_tests::bench::{self, Options};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let opts = Options::parse_from([
+        "edge-bench",
+        "--devices",
+        "1",
+        "--tasks",
+        "24",
+        "--queued-p4",
+        "50",
+        "--concurrency",
+        "8",
+        "--relay-messages",
+        "200",
+        "--p0-interval-ms",
+        "10",
+        "--timeout-s",
+        "60",
+        "--data-dir",
+        data,
+    ]);
+    let report = bench::run(&opts).await.expect("the benchmark runs");
+    println!("{report}");
+
+    assert!(report.fsync_per_s > 0.0);
+    assert_eq!(report.relay.round_trips, 200);
+    assert_eq!(report.relay.latency.len(), 200);
+    assert!(report.relay.per_s > 0.0);
+
+    let t = &report.throughput;
+    assert_eq!((t.completed, t.failed), (24, 0), "{:?}", t.failures);
+    assert!(t.tasks_per_s > 0.0 && report.ratio() > 0.0);
+    for (p, l) in t.per_priority.iter().enumerate() {
+        assert_eq!(l.len(), 4, "P{p}: four tasks of each priority");
+        assert!(l.p50().is_some_and(|d| !d.is_zero()));
+    }
+    assert_eq!(t.stages.wait.len(), 24);
+
+    let b = &report.backlog;
+    assert_eq!((b.p4_completed, b.failed), (50, 0), "{:?}", b.failures);
+    assert!(b.accepted_per_s > 0.0 && b.drained_per_s > 0.0);
+    assert!(b.p0_submitted >= 1);
+    assert_eq!(b.p0_completed, b.p0_submitted);
+    assert!(b.p0.p99().is_some_and(|d| !d.is_zero()));
+}
