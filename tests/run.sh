@@ -43,6 +43,22 @@ if ! command -v openssl >/dev/null; then
   $sudo_ apt-get update -qq
   $sudo_ apt-get install -y -qq --no-install-recommends openssl
 fi
+# The DTLS link links the system's OpenSSL (libssl-dev, found with pkg-config); its tests
+# use gnutls-cli (gnutls-bin) as a second DTLS peer besides openssl s_client.
+if ! command -v gnutls-cli >/dev/null || ! command -v pkg-config >/dev/null \
+  || ! pkg-config --exists openssl; then
+  echo "installing gnutls-bin, libssl-dev and pkg-config"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  $sudo_ apt-get install -y -qq --no-install-recommends gnutls-bin libssl-dev pkg-config
+fi
+# socat makes the pseudo-terminal pairs of the serial link test.
+if ! command -v socat >/dev/null; then
+  echo "installing socat"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  $sudo_ apt-get install -y -qq --no-install-recommends socat
+fi
 if ! command -v qemu-system-arm >/dev/null || ! command -v arm-none-eabi-size >/dev/null; then
   echo "installing qemu-system-arm and binutils-arm-none-eabi"
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"

@@ -297,9 +297,21 @@ impl Engine {
         commands: mpsc::Sender<LinkCommand>,
     ) {
         let id = hello.device_id.to_string();
+        // A link carries one device at a time: a session for another id on it (a serial
+        // port whose device was swapped) ends the previous device's.
+        if let Some(previous) = self.links.get(&link).filter(|d| **d != id).cloned() {
+            tracing::info!(device = %previous, link, by = %id, "another device took over the link");
+            self.device_down(link, &format!("{id} opened a session on its link"));
+        }
         if let Some(old) = self.devices.remove(&id) {
-            tracing::info!(device = %id, old_link = old.link, "device reconnected; closing its previous link");
-            let _ = old.commands.try_send(LinkCommand::Close);
+            if old.link == link {
+                // A new session on the same link (a device that restarted behind a serial
+                // port, or handshook again after the bridge went silent): the link stays.
+                tracing::info!(device = %id, link, "device started a new session on its link");
+            } else {
+                tracing::info!(device = %id, old_link = old.link, "device reconnected; closing its previous link");
+                let _ = old.commands.try_send(LinkCommand::Close);
+            }
             self.links.remove(&old.link);
         }
         tracing::info!(device = %id, %peer, rebooted, credit, caps = ?hello.capabilities, locks = ?hello.locks, "device online");
@@ -741,11 +753,15 @@ mod tests {
     }
 
     fn up(e: &mut Engine, link: LinkId) -> mpsc::Receiver<LinkCommand> {
+        up_with(e, link, hello())
+    }
+
+    fn up_with(e: &mut Engine, link: LinkId, hello: Hello) -> mpsc::Receiver<LinkCommand> {
         let (commands, rx) = mpsc::channel(16);
         let event = LinkEvent::Up {
             link,
             peer: "test".into(),
-            hello: hello(),
+            hello,
             rebooted: false,
             credit: 4,
             commands,
@@ -906,5 +922,81 @@ mod tests {
                 .any(|p| p.contains(r#""locks":["i2c0","bus"]"#)),
             "{outbox:#?}"
         );
+    }
+
+    /// The device documents in the outbox, as (device id, online), in order.
+    fn documents(e: &Engine) -> Vec<(String, bool)> {
+        e.queue()
+            .outbox(100)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, o)| o.subtopic.starts_with("devices/"))
+            .map(|(_, o)| {
+                let doc: serde_json::Value = serde_json::from_str(&o.payload).unwrap();
+                (
+                    o.subtopic["devices/".len()..].to_owned(),
+                    doc["online"] == true,
+                )
+            })
+            .collect()
+    }
+
+    /// A byte stream without connections of its own (a serial port) carries a device's next
+    /// session on the same link: the link is not closed under it, and the device stays online.
+    #[test]
+    fn a_new_session_of_the_same_device_on_its_link_keeps_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Engine::new(Queue::open(dir.path(), 10).unwrap(), retry());
+        let mut first = up(&mut e, 1);
+        let mut restarted = hello();
+        restarted.boot_id += 1;
+        let mut second = up_with(&mut e, 1, restarted);
+        assert!(
+            first.try_recv().is_err(),
+            "the link was closed under its new session"
+        );
+        assert_eq!(
+            documents(&e),
+            [("dev-1".into(), true), ("dev-1".into(), true)]
+        );
+        // It is the device on the link: tasks reach it there.
+        let task = br#"{"id":"t","capability":"echo"}"#.to_vec();
+        e.submit_batch(vec![(task, oneshot::channel().0)]).unwrap();
+        e.dispatch();
+        e.commit().unwrap();
+        assert!(matches!(second.try_recv(), Ok(LinkCommand::Assign(_))));
+        // Elsewhere, a new session still closes the old link.
+        let _third = up(&mut e, 2);
+        assert!(matches!(second.try_recv(), Ok(LinkCommand::Close)));
+    }
+
+    /// Another device opening a session on a link (a serial port whose device was swapped)
+    /// takes the previous one offline; its tasks go back to the queue.
+    #[test]
+    fn another_device_on_a_link_takes_the_previous_one_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Engine::new(Queue::open(dir.path(), 10).unwrap(), retry());
+        let mut first = up(&mut e, 1);
+        let task = br#"{"id":"t","capability":"echo","device":"dev-1"}"#.to_vec();
+        e.submit_batch(vec![(task, oneshot::channel().0)]).unwrap();
+        e.dispatch();
+        e.commit().unwrap();
+        assert!(matches!(first.try_recv(), Ok(LinkCommand::Assign(_))));
+        let mut other = hello();
+        other.device_id = DeviceId::try_from("dev-2").unwrap();
+        let mut second = up_with(&mut e, 1, other);
+        assert_eq!(
+            documents(&e),
+            [
+                ("dev-1".into(), true),
+                ("dev-1".into(), false),
+                ("dev-2".into(), true)
+            ]
+        );
+        assert_eq!(e.queue().get("t").unwrap().state, TaskState::Queued);
+        // dev-1's task is not handed to dev-2 on the link dev-1 used.
+        e.dispatch();
+        e.commit().unwrap();
+        assert!(second.try_recv().is_err());
     }
 }

@@ -6,12 +6,14 @@
 //! - [`engine`]: the task that owns the queue and the device registry and decides.
 //! - [`queue`]: the durable task queue and status outbox (redb).
 //! - [`dispatch`]: the dispatch policy (which task to which device, now); no I/O.
-//! - [`link`]: device links (plain TCP, TLS with client certificates): transport tasks
-//!   driving device-core sessions, and the identity rule.
+//! - [`link`]: device links (plain TCP, TLS with client certificates, serial ports):
+//!   transport tasks driving device-core sessions, and the identity rule.
 //! - [`mqtt`]: the MQTT client driver (rumqttc): API in, outbox out.
 //! - [`run`]: `edge-bridge run`: everything wired together.
 //! - [`tls`]: rustls client settings for an external broker, and the PEM readers.
-#![forbid(unsafe_code)]
+// No unsafe code, but for the few OpenSSL calls the `openssl` crate does not wrap (DTLS
+// timer and stateless cookie exchange), in `link::dtls::session::ffi`.
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod broker;

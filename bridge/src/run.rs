@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use broker_config::{BrokerConfig, Config, LinkConfig};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::engine::{ApiInput, Engine, Retry, wall_ms};
@@ -36,6 +36,9 @@ pub enum RunError {
     /// A TLS device link's certificate, key or client CA cannot be used.
     #[error(transparent)]
     LinkTls(#[from] link::tls::LinkTlsError),
+    /// A DTLS device link's keys, certificates or cipher list cannot be used.
+    #[error(transparent)]
+    LinkDtls(#[from] link::dtls::LinkDtlsError),
     #[error("{0}")]
     Stopped(String),
 }
@@ -123,7 +126,48 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
     let mut device_addrs = Vec::new();
     let mut next_link = 0u64;
     for link in &config.links {
-        let listen = link.listen();
+        if let LinkConfig::Dtls { .. } = link {
+            let settings = link::dtls::settings(link)?;
+            let context = link::dtls::context(&settings)?;
+            let socket =
+                UdpSocket::bind(settings.listen)
+                    .await
+                    .map_err(|source| RunError::Link {
+                        addr: settings.listen,
+                        source,
+                    })?;
+            let addr = socket.local_addr().map_err(|source| RunError::Link {
+                addr: settings.listen,
+                source,
+            })?;
+            tracing::info!(%addr, psk_devices = settings.psk.len(), certificates = settings.certificates.is_some(), "DTLS device link listening");
+            device_addrs.push(addr);
+            let base = next_link;
+            next_link += 1 << 32;
+            tokio::spawn(link::dtls::serve(
+                socket,
+                base,
+                link_tx.clone(),
+                context,
+                settings,
+            ));
+            continue;
+        }
+        if let LinkConfig::Serial { path, baud } = link {
+            // Opened by its task, not here: a port missing at start (a USB adapter not
+            // plugged in yet) is retried, not fatal.
+            tracing::info!(port = %path.display(), baud, "serial device link (no authentication: the cable is the credential)");
+            let base = next_link;
+            next_link += 1 << 32;
+            tokio::spawn(link::serial::serve(
+                path.clone(),
+                *baud,
+                base,
+                link_tx.clone(),
+            ));
+            continue;
+        }
+        let listen = link.listen().expect("serial links are handled above");
         // Files first: a bad one stops the bridge before anything listens.
         let acceptor = match link {
             LinkConfig::Tcp { .. } => None,
@@ -137,6 +181,9 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
                 link::tls::acceptor(listen, cert_file, key_file, client_ca_file)?,
                 *handshake_timeout,
             )),
+            LinkConfig::Dtls { .. } | LinkConfig::Serial { .. } => {
+                unreachable!("handled above")
+            }
         };
         let listener = TcpListener::bind(listen)
             .await

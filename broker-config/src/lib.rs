@@ -12,6 +12,7 @@
 //! - [`QueueConfig`]: the durable queue's bound and retry policy.
 //! - [`ConfigError`]: what can be wrong, naming the field.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -198,6 +199,88 @@ pub enum LinkConfig {
         #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
         handshake_timeout: Duration,
     },
+    /// UDP with DTLS 1.2, one device frame per datagram. Devices prove their id with a
+    /// pre-shared key (the PSK identity is the device id) or with a client certificate (as for
+    /// `tls`); at least one of the two must be configured.
+    Dtls {
+        listen: SocketAddr,
+        /// Pre-shared keys inline: device id = hex key. Prefer `psk_file` outside labs.
+        #[serde(default)]
+        psk: BTreeMap<String, String>,
+        /// A key file of `device-id:hexkey` lines (`#` starts a comment; the format of
+        /// GnuTLS's `psktool`). Must not be readable by other users.
+        psk_file: Option<PathBuf>,
+        /// Certificate mode, all three or none: the bridge's chain, its key, and the CA that
+        /// signs device certificates (CN or DNS SAN = device id).
+        cert_file: Option<PathBuf>,
+        key_file: Option<PathBuf>,
+        client_ca_file: Option<PathBuf>,
+        /// OpenSSL cipher list; the default is RFC 7925's CCM_8 suites plus GCM.
+        #[serde(default = "default_dtls_ciphers")]
+        ciphers: String,
+        /// Largest datagram the bridge sends, in bytes (handshake messages are fragmented
+        /// to fit; a device frame always fits).
+        #[serde(default = "default_dtls_mtu")]
+        mtu: u16,
+        /// A handshake unfinished by then is dropped (a wrong PSK makes the peer go silent,
+        /// not fail).
+        #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+        handshake_timeout: Duration,
+        /// A session that receives nothing for this long is dropped (UDP has no close).
+        #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+        idle_timeout: Duration,
+        /// Sessions at most, established or not.
+        #[serde(default = "default_max_sessions")]
+        max_sessions: usize,
+        /// Sessions still in their handshake at most; a peer must first return a stateless
+        /// cookie (HelloVerifyRequest) to start one, so spoofed addresses cost nothing.
+        #[serde(default = "default_max_half_open")]
+        max_half_open: usize,
+        /// New handshakes started per second at most (burst of the same size).
+        #[serde(default = "default_handshake_rate")]
+        handshakes_per_second: u32,
+    },
+    /// A serial port (UART) carrying the device framing, one device per port. A cable is
+    /// the credential: any device id is accepted. Reopened with backoff when it goes away.
+    Serial {
+        /// The port, e.g. `/dev/ttyUSB0`.
+        path: PathBuf,
+        #[serde(default = "default_baud")]
+        baud: u32,
+    },
+}
+
+/// RFC 7925's mandatory suites (AES-128-CCM-8 with PSK or ECDHE-ECDSA) first, then GCM.
+pub const DEFAULT_DTLS_CIPHERS: &str = "PSK-AES128-CCM8:ECDHE-ECDSA-AES128-CCM8:\
+PSK-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+PSK-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384";
+
+fn default_dtls_ciphers() -> String {
+    DEFAULT_DTLS_CIPHERS.to_owned()
+}
+
+fn default_dtls_mtu() -> u16 {
+    1200
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_sessions() -> usize {
+    4096
+}
+
+fn default_max_half_open() -> usize {
+    128
+}
+
+fn default_handshake_rate() -> u32 {
+    200
+}
+
+fn default_baud() -> u32 {
+    115_200
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -205,39 +288,187 @@ fn default_handshake_timeout() -> Duration {
 }
 
 impl LinkConfig {
-    /// The address the link listens on.
-    pub fn listen(&self) -> SocketAddr {
+    /// The address the link listens on; `None` for a serial port.
+    pub fn listen(&self) -> Option<SocketAddr> {
         match self {
-            Self::Tcp { listen } | Self::Tls { listen, .. } => *listen,
+            Self::Tcp { listen } | Self::Tls { listen, .. } | Self::Dtls { listen, .. } => {
+                Some(*listen)
+            }
+            Self::Serial { .. } => None,
+        }
+    }
+
+    /// What the link occupies, for duplicate checks: TCP and UDP ports are distinct.
+    fn endpoint(&self) -> String {
+        match self {
+            Self::Tcp { listen } | Self::Tls { listen, .. } => format!("tcp {listen}"),
+            Self::Dtls { listen, .. } => format!("udp {listen}"),
+            Self::Serial { path, .. } => format!("serial {}", path.display()),
         }
     }
 
     /// Checks the values of one link; the error names the field.
     fn validate(&self) -> Result<(), ConfigError> {
-        let Self::Tls {
-            cert_file,
-            key_file,
-            client_ca_file,
-            handshake_timeout,
-            ..
-        } = self
-        else {
-            return Ok(());
-        };
-        for (field, path) in [
-            ("link.cert_file", cert_file),
-            ("link.key_file", key_file),
-            ("link.client_ca_file", client_ca_file),
-        ] {
-            if path.as_os_str().is_empty() {
-                return Err(invalid(field, "must not be empty"));
+        match self {
+            Self::Tcp { .. } => Ok(()),
+            Self::Tls {
+                cert_file,
+                key_file,
+                client_ca_file,
+                handshake_timeout,
+                ..
+            } => {
+                for (field, path) in [
+                    ("link.cert_file", cert_file),
+                    ("link.key_file", key_file),
+                    ("link.client_ca_file", client_ca_file),
+                ] {
+                    if path.as_os_str().is_empty() {
+                        return Err(invalid(field, "must not be empty"));
+                    }
+                }
+                check_handshake_timeout(*handshake_timeout)
+            }
+            Self::Dtls {
+                psk,
+                psk_file,
+                cert_file,
+                key_file,
+                client_ca_file,
+                ciphers,
+                mtu,
+                handshake_timeout,
+                idle_timeout,
+                max_sessions,
+                max_half_open,
+                handshakes_per_second,
+                ..
+            } => {
+                for (id, key) in psk {
+                    if id.is_empty() || id.len() > 32 {
+                        return Err(invalid("link.psk", "device ids of 1 to 32 bytes"));
+                    }
+                    parse_psk(key).map_err(|why| invalid("link.psk", format!("{id}: {why}")))?;
+                }
+                let certs = [cert_file, key_file, client_ca_file];
+                let named = certs.iter().filter(|c| c.is_some()).count();
+                if named != 0 && named != 3 {
+                    return Err(invalid(
+                        "link.cert_file",
+                        "cert_file, key_file and client_ca_file go together",
+                    ));
+                }
+                if psk.is_empty() && psk_file.is_none() && named == 0 {
+                    return Err(invalid(
+                        "link.psk",
+                        "a DTLS link needs psk, psk_file or certificates",
+                    ));
+                }
+                if ciphers.trim().is_empty() {
+                    return Err(invalid("link.ciphers", "must not be empty"));
+                }
+                if !(256..=9000).contains(mtu) {
+                    return Err(invalid("link.mtu", "256 to 9000 bytes"));
+                }
+                check_handshake_timeout(*handshake_timeout)?;
+                if *idle_timeout < Duration::from_secs(1) {
+                    return Err(invalid("link.idle_timeout", "at least 1s"));
+                }
+                if *max_sessions == 0 || *max_half_open == 0 || *handshakes_per_second == 0 {
+                    return Err(invalid(
+                        "link.max_half_open",
+                        "max_sessions, max_half_open and handshakes_per_second must be above 0",
+                    ));
+                }
+                Ok(())
+            }
+            Self::Serial { path, baud } => {
+                if path.as_os_str().is_empty() {
+                    return Err(invalid("link.path", "must not be empty"));
+                }
+                if *baud == 0 {
+                    return Err(invalid("link.baud", "must be above 0"));
+                }
+                Ok(())
             }
         }
-        if *handshake_timeout < Duration::from_millis(100) || *handshake_timeout > MAX_HANDSHAKE {
-            return Err(invalid("link.handshake_timeout", "100ms to 5m"));
-        }
-        Ok(())
     }
+}
+
+fn check_handshake_timeout(t: Duration) -> Result<(), ConfigError> {
+    if t < Duration::from_millis(100) || t > MAX_HANDSHAKE {
+        return Err(invalid("link.handshake_timeout", "100ms to 5m"));
+    }
+    Ok(())
+}
+
+/// Longest pre-shared key accepted, in bytes (OpenSSL's limit).
+pub const MAX_PSK_BYTES: usize = 256;
+
+/// Decodes a hex-encoded pre-shared key (1 to 256 bytes).
+pub fn parse_psk(hex: &str) -> Result<Vec<u8>, String> {
+    let hex = hex.trim();
+    if hex.is_empty() || hex.len() % 2 != 0 {
+        return Err("a key is an even number of hex digits".into());
+    }
+    let key: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "a key is hex digits only".to_owned())?;
+    if key.len() > MAX_PSK_BYTES {
+        return Err(format!("a key has at most {MAX_PSK_BYTES} bytes"));
+    }
+    Ok(key)
+}
+
+/// Reads a PSK file: `device-id:hexkey` per line, `#` comments and blank lines ignored.
+/// Refuses a file other users may read. Errors name the file and the line.
+pub fn load_psk_file(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, ConfigError> {
+    let bad = |reason: String| ConfigError::Invalid {
+        field: "link.psk_file",
+        reason: format!("{}: {reason}", path.display()),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(bad(format!(
+                "readable by other users (mode {:o}); chmod 600 it",
+                meta.permissions().mode() & 0o777
+            )));
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut keys = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (id, key) = line
+            .split_once(':')
+            .ok_or_else(|| bad(format!("line {}: expected device-id:hexkey", n + 1)))?;
+        let id = id.trim();
+        if id.is_empty() || id.len() > 32 {
+            return Err(bad(format!(
+                "line {}: device ids have 1 to 32 bytes",
+                n + 1
+            )));
+        }
+        let key = parse_psk(key).map_err(|why| bad(format!("line {}: {why}", n + 1)))?;
+        if keys.insert(id.to_owned(), key).is_some() {
+            return Err(bad(format!("line {}: {id} is listed twice", n + 1)));
+        }
+    }
+    Ok(keys)
 }
 
 /// Longest TLS handshake deadline accepted: beyond it the deadline no longer protects anything.
@@ -362,15 +593,16 @@ impl Config {
         }
         let mut seen = Vec::new();
         for link in &self.links {
-            let listen = link.listen();
+            let endpoint = link.endpoint();
             // Port 0 asks for any free port: two of them never collide.
-            if listen.port() != 0 && seen.contains(&listen) {
+            let any_port = link.listen().is_some_and(|l| l.port() == 0);
+            if !any_port && seen.contains(&endpoint) {
                 return Err(invalid(
                     "link.listen",
-                    format!("{listen} is configured twice"),
+                    format!("{endpoint} is configured twice"),
                 ));
             }
-            seen.push(listen);
+            seen.push(endpoint);
             link.validate()?;
         }
         Ok(())

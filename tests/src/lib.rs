@@ -167,6 +167,14 @@ impl LogLines {
         }
     }
 
+    /// Moves every line read so far into `seen`, without waiting, and returns them all.
+    pub fn drain(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
     /// Waits for a line for which `matches` holds (among those seen or still to come) and
     /// returns it; panics after `within`, or when the log ends first.
     pub async fn wait_for(

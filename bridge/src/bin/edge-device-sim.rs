@@ -1,6 +1,12 @@
 //! `edge-device-sim`: a device on the host. It runs device-core's runtime and session over a
-//! TCP link (or TLS with a client certificate: `--tls-ca`, `--tls-cert`, `--tls-key`),
-//! exactly as firmware does over a UART, and reconnects when the bridge goes away.
+//! TCP link (or TLS with a client certificate: `--tls-ca`, `--tls-cert`, `--tls-key`; or
+//! UDP + DTLS with `--dtls` and `--psk HEX` or those certificate flags), exactly as firmware
+//! does over a UART, and reconnects when the bridge goes away.
+//!
+//! Serial: `--serial PATH [--baud N]` instead of `--connect` talks to the bridge's serial link
+//! over a port (a USB serial adapter, or one end of a pseudo-terminal pair made by
+//! `socat -d -d pty,raw,echo=0 pty,raw,echo=0`), raw 8N1 without flow control, reopened
+//! with backoff when it fails or is not there yet.
 //!
 //! Capabilities: `echo` (result = payload), `sleep` (`{"ms":N}`, one step per millisecond, so
 //! preemption and cancellation are observable), `fail` (fails with code 7), `flaky` (every other
@@ -20,6 +26,7 @@ use device_core::Instant;
 use device_core::link::Config;
 use device_core::proto::{Deframer, MAX_FRAME};
 use device_core::runtime::{Ctx, Device, Runtime, Step};
+use edge_bridge::link::dtls::client as dtls_client;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -28,10 +35,18 @@ use tokio_rustls::rustls::pki_types::ServerName;
 /// A simulated device for the edge bridge.
 #[derive(Parser, Debug)]
 #[command(version, about)]
+// Exactly one way to the bridge.
+#[command(group(clap::ArgGroup::new("transport").required(true).args(["connect", "serial"])))]
 struct Cli {
     /// The bridge's device link (host:port).
     #[arg(long)]
-    connect: SocketAddr,
+    connect: Option<SocketAddr>,
+    /// A serial port to the bridge's serial link, instead of `--connect`.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["tls_ca", "dtls"])]
+    serial: Option<std::path::PathBuf>,
+    /// The baud rate of `--serial` [default: 115200, as the bridge's].
+    #[arg(long, value_name = "N", conflicts_with = "connect")]
+    baud: Option<u32>,
     /// The device id.
     #[arg(long)]
     id: String,
@@ -58,6 +73,65 @@ struct Cli {
     /// The name the bridge's certificate must carry; the address of `--connect` by default.
     #[arg(long, requires = "tls_ca")]
     tls_server_name: Option<String>,
+    /// Connect over UDP + DTLS 1.2 instead of TCP: with `--psk`, or with a certificate
+    /// (`--tls-ca`, `--tls-cert`, `--tls-key` apply to DTLS then).
+    #[arg(long)]
+    dtls: bool,
+    /// Hex pre-shared key for DTLS; the PSK identity is `--id`.
+    #[arg(
+        long,
+        value_name = "HEX",
+        requires = "dtls",
+        conflicts_with = "tls_cert"
+    )]
+    psk: Option<String>,
+    /// The PSK identity, when it is not `--id` (the bridge then refuses the device: for
+    /// testing the identity rule).
+    #[arg(long, requires = "psk")]
+    psk_identity: Option<String>,
+    /// The local UDP port for DTLS (a device that reboots keeps its port); any by default.
+    #[arg(long, requires = "dtls")]
+    local_port: Option<u16>,
+}
+
+/// DTLS towards the bridge: OpenSSL.
+struct Dtls {
+    context: openssl::ssl::SslContext,
+    settings: dtls_client::ClientSettings,
+}
+
+impl Dtls {
+    /// The DTLS settings of the command line, if any; the error names the flag or file.
+    fn from_cli(cli: &Cli) -> Result<Option<Self>, String> {
+        use dtls_client::Credential;
+        if !cli.dtls {
+            return Ok(None);
+        }
+        let credential = match (&cli.psk, &cli.tls_ca, &cli.tls_cert, &cli.tls_key) {
+            (Some(hex), None, None, None) => Credential::Psk {
+                identity: cli.psk_identity.clone().unwrap_or_else(|| cli.id.clone()),
+                key: broker_config::parse_psk(hex).map_err(|e| format!("--psk: {e}"))?,
+            },
+            (None, Some(ca), Some(cert), Some(key)) => Credential::Certificate {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+                server_name: cli.tls_server_name.clone(),
+            },
+            _ => {
+                return Err("--dtls needs --psk HEX, or --tls-ca, --tls-cert and --tls-key".into());
+            }
+        };
+        let settings = dtls_client::ClientSettings {
+            credential,
+            ciphers: broker_config::DEFAULT_DTLS_CIPHERS.to_owned(),
+            mtu: 1200,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let context = dtls_client::context(&settings)?;
+        Ok(Some(Self { context, settings }))
+    }
 }
 
 /// TLS towards the bridge: rustls with its ring provider.
@@ -71,6 +145,10 @@ impl Tls {
     fn from_cli(cli: &Cli) -> Result<Option<Self>, String> {
         use edge_bridge::tls::{pem_certificates, pem_private_key};
         use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+        // With --dtls the certificate flags are DTLS's (OpenSSL), not TLS's.
+        if cli.dtls {
+            return Ok(None);
+        }
         let Some(ca) = &cli.tls_ca else {
             return Ok(None);
         };
@@ -98,7 +176,10 @@ impl Tls {
         let server_name = match &cli.tls_server_name {
             Some(name) => ServerName::try_from(name.clone())
                 .map_err(|e| format!("--tls-server-name {name}: {e}"))?,
-            None => ServerName::IpAddress(cli.connect.ip().into()),
+            None => match cli.connect {
+                Some(bridge) => ServerName::IpAddress(bridge.ip().into()),
+                None => return Err("--tls-ca applies to --connect".into()),
+            },
         };
         Ok(Some(Self {
             connector: TlsConnector::from(std::sync::Arc::new(config)),
@@ -252,6 +333,17 @@ async fn run(cli: Cli) -> ExitCode {
         eprintln!("edge-device-sim: device id too long");
         return ExitCode::FAILURE;
     };
+    let bridge = match (&cli.serial, cli.connect) {
+        (Some(path), _) => {
+            let baud = cli.baud.unwrap_or(115_200);
+            return serve_serial(path, baud, &mut device, now).await;
+        }
+        (None, Some(bridge)) => bridge,
+        (None, None) => {
+            eprintln!("edge-device-sim: --connect ADDR or --serial PATH is required");
+            return ExitCode::FAILURE;
+        }
+    };
     let tls = match Tls::from_cli(&cli) {
         Ok(tls) => tls,
         Err(e) => {
@@ -259,13 +351,40 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let dtls = match Dtls::from_cli(&cli) {
+        Ok(dtls) => dtls,
+        Err(e) => {
+            eprintln!("edge-device-sim: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut failures = 0u32;
     loop {
-        match TcpStream::connect(cli.connect).await {
+        if let Some(dtls) = &dtls {
+            match dtls_connect(dtls, bridge, cli.local_port).await {
+                Ok(connected) => {
+                    failures = 0;
+                    tracing::info!(bridge = %bridge, id = %cli.id, "connected over DTLS");
+                    let why = serve(connected.pipe, &mut device, now).await;
+                    // The relay ends once the pipe is gone (a close_notify to the bridge).
+                    let _ = connected.task.await;
+                    tracing::warn!(%why, "link lost; reconnecting");
+                    device.link_lost(now());
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(bridge = %bridge, error = %e, "DTLS connection failed");
+                }
+            }
+            let delay = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+            tokio::time::sleep(delay).await;
+            continue;
+        }
+        match TcpStream::connect(bridge).await {
             Ok(stream) => {
                 failures = 0;
                 let _ = stream.set_nodelay(true);
-                tracing::info!(bridge = %cli.connect, id = %cli.id, tls = tls.is_some(), "connected");
+                tracing::info!(bridge = %bridge, id = %cli.id, tls = tls.is_some(), "connected");
                 let why = match &tls {
                     None => serve(stream, &mut device, now).await,
                     Some(tls) => match tls.connector.connect(tls.server_name.clone(), stream).await
@@ -282,11 +401,62 @@ async fn run(cli: Cli) -> ExitCode {
             }
             Err(e) => {
                 failures += 1;
-                tracing::warn!(bridge = %cli.connect, error = %e, "cannot connect");
+                tracing::warn!(bridge = %bridge, error = %e, "cannot connect");
             }
         }
         let delay = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// One DTLS session to the bridge, from `local_port` if given.
+async fn dtls_connect(
+    dtls: &Dtls,
+    bridge: SocketAddr,
+    local_port: Option<u16>,
+) -> Result<dtls_client::Connected, String> {
+    let Some(port) = local_port else {
+        return dtls_client::connect(&dtls.context, &dtls.settings, bridge).await;
+    };
+    let local = SocketAddr::new(
+        if bridge.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        },
+        port,
+    );
+    let socket = tokio::net::UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("UDP bind {local}: {e}"))?;
+    dtls_client::connect_on(&dtls.context, &dtls.settings, bridge, socket).await
+}
+
+/// Talks to the bridge over the serial port at `path` forever, reopening it with backoff
+/// when it fails (unplugged) or cannot be opened (not there yet).
+async fn serve_serial(
+    path: &std::path::Path,
+    baud: u32,
+    device: &mut Sim,
+    now: impl Fn() -> Instant + Copy,
+) -> ExitCode {
+    use edge_bridge::link::serial::{self, Backoff};
+    let mut backoff = Backoff::default();
+    loop {
+        match serial::open(path, baud) {
+            Ok(port) => {
+                let opened = StdInstant::now();
+                tracing::info!(port = %path.display(), baud, "serial port open");
+                let why = serve(port, device, now).await;
+                tracing::warn!(%why, "link lost; reopening the port");
+                device.link_lost(now());
+                backoff.lasted(opened.elapsed());
+            }
+            Err(e) => {
+                tracing::warn!(port = %path.display(), error = %e, "cannot open the serial port");
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

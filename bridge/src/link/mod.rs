@@ -1,7 +1,7 @@
 //! Device links: tasks that move bytes between a transport and a device-core session.
 //!
 //! Every link kind ends in the same place: a `Session<BridgeSide>` per device connection,
-//! driven by [`stream::run`] for byte streams (plain TCP, TLS; serial will reuse it) and,
+//! driven by [`stream::run`] for byte streams (plain TCP, TLS, serial) and,
 //! later, a datagram driver for UDP/DTLS. A link talks to the bridge core only through
 //! [`LinkEvent`]s and [`LinkCommand`]s, so the core never waits on a socket.
 //!
@@ -9,6 +9,10 @@
 //! - [`stream`]: the byte-stream driver, generic over the stream; checks [`Identity`].
 //! - [`tcp`]: plain TCP listener: no credential, any device id.
 //! - [`tls`]: TLS listener requiring client certificates: the certificate names the device.
+//! - [`serial`]: a serial port (UART), one device per port: no credential (the cable is one),
+//!   reopened with backoff when it fails or is not there yet.
+//! - [`dtls`]: UDP + DTLS 1.2 listener (OpenSSL): PSK identity or client certificate names the
+//!   device; each session feeds the byte-stream driver through a pipe, one frame per datagram.
 //!
 //! Identity: a link kind with a credential hands the driver the [`Identity`] it proved, and
 //! the driver checks every `Hello` against it before the core hears of the device (one place
@@ -20,6 +24,8 @@
 //! task only once the bridge can no longer lose it (device-core's at-most-once rule relies on
 //! this).
 
+pub mod dtls;
+pub mod serial;
 pub mod stream;
 pub mod tcp;
 pub mod tls;

@@ -1,4 +1,4 @@
-//! The byte-stream link driver: plain TCP and TLS (later serial) through the same code,
+//! The byte-stream link driver: plain TCP, TLS and serial ports through the same code,
 //! generic over the stream. It also enforces the identity rule (see [`super::Identity`]).
 
 use std::time::Instant as StdInstant;

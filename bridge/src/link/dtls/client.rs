@@ -1,0 +1,166 @@
+//! The device side of a DTLS link, for `edge-device-sim` and tests: connects to a bridge's
+//! DTLS listener with a PSK or a client certificate and hands back a byte pipe carrying
+//! device frames (one frame per record per datagram underneath).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openssl::ssl::{
+    Ssl, SslContext, SslFiletype, SslMethod, SslOptions, SslStream, SslVerifyMode, SslVersion,
+};
+use tokio::io::DuplexStream;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::session::{Datagrams, MAX_DATAGRAM, Role, Session, Wire, file_error};
+
+/// How a device proves its id.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// A pre-shared key; the PSK identity is the device id.
+    Psk { identity: String, key: Vec<u8> },
+    /// A certificate naming the device, and the CA that signed the bridge's certificate.
+    Certificate {
+        cert: PathBuf,
+        key: PathBuf,
+        ca: PathBuf,
+        /// The name the bridge's certificate must carry; not checked when `None`.
+        server_name: Option<String>,
+    },
+}
+
+/// A client's settings.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    pub credential: Credential,
+    pub ciphers: String,
+    pub mtu: u16,
+    pub handshake_timeout: Duration,
+    /// Nothing received for this long ends the session (the device session's keepalives
+    /// keep a live link well inside it).
+    pub idle_timeout: Duration,
+}
+
+/// Builds the client context; errors name the file or the setting.
+pub fn context(s: &ClientSettings) -> Result<SslContext, String> {
+    let ssl = |what: &'static str| move |e: openssl::error::ErrorStack| format!("{what}: {e}");
+    let mut b = SslContext::builder(SslMethod::dtls_client()).map_err(ssl("OpenSSL"))?;
+    b.set_min_proto_version(Some(SslVersion::DTLS1_2))
+        .map_err(ssl("DTLS 1.2"))?;
+    b.set_max_proto_version(Some(SslVersion::DTLS1_2))
+        .map_err(ssl("DTLS 1.2"))?;
+    b.set_cipher_list(&s.ciphers).map_err(ssl("ciphers"))?;
+    b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
+    match &s.credential {
+        Credential::Psk { identity, key } => {
+            let (identity, key) = (identity.clone(), key.clone());
+            b.set_psk_client_callback(move |_, _hint, id_out, key_out| {
+                // The identity is written NUL-terminated.
+                if identity.len() >= id_out.len() || key.len() > key_out.len() {
+                    return Err(openssl::error::ErrorStack::get());
+                }
+                id_out[..identity.len()].copy_from_slice(identity.as_bytes());
+                id_out[identity.len()] = 0;
+                key_out[..key.len()].copy_from_slice(&key);
+                Ok(key.len())
+            });
+            // Without certificates, only PSK suites can be agreed.
+            b.set_verify(SslVerifyMode::NONE);
+        }
+        Credential::Certificate { cert, key, ca, .. } => {
+            b.set_certificate_chain_file(cert)
+                .map_err(|e| file_error("certificate", cert, &e))?;
+            b.set_private_key_file(key, SslFiletype::PEM)
+                .map_err(|e| file_error("key", key, &e))?;
+            b.check_private_key()
+                .map_err(|e| file_error("key (does not match the certificate)", key, &e))?;
+            b.set_ca_file(ca).map_err(|e| file_error("CA", ca, &e))?;
+            b.set_verify(SslVerifyMode::PEER);
+        }
+    }
+    Ok(b.build())
+}
+
+/// An established DTLS session to a bridge: `pipe` carries device frames; `task` relays
+/// until the session ends (its output is why).
+#[derive(Debug)]
+pub struct Connected {
+    pub pipe: DuplexStream,
+    pub task: JoinHandle<String>,
+}
+
+/// Connects to `bridge` from a fresh UDP port and completes the handshake.
+pub async fn connect(
+    context: &SslContext,
+    settings: &ClientSettings,
+    bridge: SocketAddr,
+) -> Result<Connected, String> {
+    let local: SocketAddr = if bridge.is_ipv4() {
+        "0.0.0.0:0".parse().expect("address")
+    } else {
+        "[::]:0".parse().expect("address")
+    };
+    let socket = UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("UDP bind: {e}"))?;
+    connect_on(context, settings, bridge, socket).await
+}
+
+/// As [`connect`], from a socket the caller bound (a device that reboots keeps its port).
+pub async fn connect_on(
+    context: &SslContext,
+    settings: &ClientSettings,
+    bridge: SocketAddr,
+    socket: UdpSocket,
+) -> Result<Connected, String> {
+    let socket = Arc::new(socket);
+    let mut ssl = Ssl::new(context).map_err(|e| format!("OpenSSL: {e}"))?;
+    ssl.set_mtu(u32::from(settings.mtu))
+        .map_err(|e| format!("mtu: {e}"))?;
+    if let Credential::Certificate {
+        server_name: Some(name),
+        ..
+    } = &settings.credential
+    {
+        ssl.param_mut()
+            .set_host(name)
+            .map_err(|e| format!("server name {name}: {e}"))?;
+    }
+    let tls = SslStream::new(ssl, Datagrams::default()).map_err(|e| format!("OpenSSL: {e}"))?;
+    // Datagrams from the bridge's address only.
+    let (tx, inbound) = mpsc::channel(64);
+    let reader = socket.clone();
+    let receive = tokio::spawn(async move {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        while let Ok((n, from)) = reader.recv_from(&mut buf).await {
+            if from == bridge && tx.send(buf[..n].to_vec()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut session = Session {
+        tls,
+        wire: Wire {
+            socket,
+            peer: bridge,
+            inbound,
+        },
+    };
+    let deadline = Instant::now() + settings.handshake_timeout;
+    if let Err(why) = session.handshake(Role::Client, deadline).await {
+        receive.abort();
+        return Err(why);
+    }
+    let (pipe, app) = tokio::io::duplex(16 * 1024);
+    let idle = settings.idle_timeout;
+    let task = tokio::spawn(async move {
+        let why = session.relay(app, idle).await;
+        receive.abort();
+        why
+    });
+    Ok(Connected { pipe, task })
+}

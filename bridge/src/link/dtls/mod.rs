@@ -1,0 +1,522 @@
+//! The DTLS device link: UDP with DTLS 1.2 (OpenSSL), one device frame per datagram.
+//!
+//! One socket task reads every datagram and hands it to the session of its source address.
+//! A datagram from an address without a session goes through OpenSSL's stateless cookie
+//! exchange (`DTLSv1_listen`, cookies keyed on the address): a ClientHello without a valid
+//! cookie is answered with a HelloVerifyRequest and forgotten, so spoofed or flooding sources
+//! cost a reply and no memory. Only a peer that returns its cookie gets a session, within
+//! `max_sessions`, `max_half_open` handshakes in progress and `handshakes_per_second`.
+//!
+//! Each session runs in its own task ([`session::Session`]): the handshake with OpenSSL's
+//! retransmission timer and a deadline (a wrong PSK makes a client go silent, not fail),
+//! then a relay between the DTLS records and the byte-stream driver ([`super::stream`]),
+//! which checks the device's `Hello` against the identity the handshake proved: the PSK
+//! identity, or the client certificate's CN or DNS names. A session that hears nothing for
+//! `idle_timeout` ends, and every ended session leaves the map.
+//!
+//! A new epoch-0 ClientHello from an address whose session is established is a device that
+//! rebooted and kept its address and port: it goes through the cookie exchange again, and a
+//! valid one replaces the old session.
+
+pub mod client;
+pub mod session;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::sign::Signer;
+use openssl::ssl::{
+    Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslOptions, SslStream,
+    SslVerifyMode, SslVersion,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use self::session::{Datagrams, MAX_DATAGRAM, Role, Session, Wire};
+use super::{Identity, LinkEvent, LinkId, stream};
+
+/// The settings of one DTLS listener, from its `[[link]]` table.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    /// Device id → key.
+    pub psk: BTreeMap<String, Vec<u8>>,
+    /// The bridge's chain, its key, the CA of device certificates.
+    pub certificates: Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)>,
+    pub ciphers: String,
+    pub mtu: u16,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_sessions: usize,
+    pub max_half_open: usize,
+    pub handshakes_per_second: u32,
+}
+
+/// The settings of a `kind = "dtls"` link, with its PSK file read.
+pub fn settings(link: &broker_config::LinkConfig) -> Result<Settings, LinkDtlsError> {
+    let broker_config::LinkConfig::Dtls {
+        listen,
+        psk,
+        psk_file,
+        cert_file,
+        key_file,
+        client_ca_file,
+        ciphers,
+        mtu,
+        handshake_timeout,
+        idle_timeout,
+        max_sessions,
+        max_half_open,
+        handshakes_per_second,
+    } = link
+    else {
+        unreachable!("settings() is called for DTLS links only");
+    };
+    let fail = |reason: String| LinkDtlsError {
+        listen: *listen,
+        reason,
+    };
+    let mut keys = BTreeMap::new();
+    if let Some(path) = psk_file {
+        keys = broker_config::load_psk_file(path).map_err(|e| fail(e.to_string()))?;
+    }
+    for (id, hex) in psk {
+        let key = broker_config::parse_psk(hex).map_err(|why| fail(format!("psk {id}: {why}")))?;
+        keys.insert(id.clone(), key);
+    }
+    let certificates = match (cert_file, key_file, client_ca_file) {
+        (Some(c), Some(k), Some(a)) => Some((c.clone(), k.clone(), a.clone())),
+        _ => None,
+    };
+    Ok(Settings {
+        listen: *listen,
+        psk: keys,
+        certificates,
+        ciphers: ciphers.clone(),
+        mtu: *mtu,
+        handshake_timeout: *handshake_timeout,
+        idle_timeout: *idle_timeout,
+        max_sessions: *max_sessions,
+        max_half_open: *max_half_open,
+        handshakes_per_second: *handshakes_per_second,
+    })
+}
+
+/// Why a DTLS link's settings cannot be used; names the link and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("DTLS link {listen}: {reason}")]
+pub struct LinkDtlsError {
+    pub listen: SocketAddr,
+    pub reason: String,
+}
+
+/// Names the credentials in logs and in the reason a link closed.
+const PSK_CREDENTIAL: &str = "DTLS PSK identity";
+const CERT_CREDENTIAL: &str = "DTLS client certificate";
+
+/// Per-connection data the OpenSSL callbacks read and write.
+struct Indexes {
+    /// The source address of the datagram being answered (cookie callbacks).
+    peer: openssl::ex_data::Index<Ssl, SocketAddr>,
+    /// The PSK identity the handshake proved.
+    psk_identity: openssl::ex_data::Index<Ssl, String>,
+}
+
+fn indexes() -> &'static Indexes {
+    static INDEXES: std::sync::OnceLock<Indexes> = std::sync::OnceLock::new();
+    INDEXES.get_or_init(|| Indexes {
+        peer: Ssl::new_ex_index().expect("OpenSSL ex_data index"),
+        psk_identity: Ssl::new_ex_index().expect("OpenSSL ex_data index"),
+    })
+}
+
+/// Cookies: HMAC-SHA256 over a per-process secret, the current minute and the peer address;
+/// a cookie from this minute or the last one is accepted.
+struct Cookies {
+    key: PKey<openssl::pkey::Private>,
+}
+
+impl Cookies {
+    fn new() -> Result<Self, openssl::error::ErrorStack> {
+        let mut secret = [0u8; 32];
+        openssl::rand::rand_bytes(&mut secret)?;
+        Ok(Self {
+            key: PKey::hmac(&secret)?,
+        })
+    }
+
+    fn minute() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 60)
+    }
+
+    fn cookie(&self, peer: &SocketAddr, minute: u64) -> Option<Vec<u8>> {
+        let mut signer = Signer::new(MessageDigest::sha256(), &self.key).ok()?;
+        signer.update(&minute.to_be_bytes()).ok()?;
+        signer.update(peer.to_string().as_bytes()).ok()?;
+        signer.sign_to_vec().ok()
+    }
+
+    fn verify(&self, peer: &SocketAddr, cookie: &[u8]) -> bool {
+        let now = Self::minute();
+        [now, now.saturating_sub(1)].into_iter().any(|m| {
+            self.cookie(peer, m).is_some_and(|expected| {
+                expected.len() == cookie.len() && openssl::memcmp::eq(&expected, cookie)
+            })
+        })
+    }
+}
+
+/// Builds the OpenSSL context of a listener: DTLS 1.2 only, its cipher list, cookies, the PSK
+/// callback and/or certificates. Errors name the file or the setting.
+pub fn context(s: &Settings) -> Result<SslContext, LinkDtlsError> {
+    let fail = |reason: String| LinkDtlsError {
+        listen: s.listen,
+        reason,
+    };
+    let ssl = |what: &str| {
+        let what = what.to_owned();
+        move |e: openssl::error::ErrorStack| fail(format!("{what}: {e}"))
+    };
+    let mut b = SslContext::builder(SslMethod::dtls_server()).map_err(ssl("OpenSSL"))?;
+    b.set_min_proto_version(Some(SslVersion::DTLS1_2))
+        .map_err(ssl("DTLS 1.2"))?;
+    b.set_max_proto_version(Some(SslVersion::DTLS1_2))
+        .map_err(ssl("DTLS 1.2"))?;
+    b.set_cipher_list(&s.ciphers).map_err(ssl("ciphers"))?;
+    // The datagram queue reports no MTU: the configured one is set on every session.
+    b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::COOKIE_EXCHANGE | SslOptions::NO_TICKET);
+    let cookies = Arc::new(Cookies::new().map_err(ssl("cookie secret"))?);
+    let generate = cookies.clone();
+    b.set_cookie_generate_cb(move |ssl, out| {
+        let peer = ssl.ex_data(indexes().peer).copied();
+        let cookie = peer
+            .and_then(|p| generate.cookie(&p, Cookies::minute()))
+            .filter(|c| c.len() <= out.len())
+            .ok_or_else(openssl::error::ErrorStack::get)?;
+        out[..cookie.len()].copy_from_slice(&cookie);
+        Ok(cookie.len())
+    });
+    b.set_cookie_verify_cb(move |ssl, cookie| {
+        ssl.ex_data(indexes().peer)
+            .is_some_and(|p| cookies.verify(p, cookie))
+    });
+    if !s.psk.is_empty() {
+        let keys = s.psk.clone();
+        b.set_psk_server_callback(move |ssl, identity, out| {
+            let Some(id) = identity.and_then(|i| std::str::from_utf8(i).ok()) else {
+                return Ok(0);
+            };
+            match keys.get(id) {
+                Some(key) if key.len() <= out.len() => {
+                    out[..key.len()].copy_from_slice(key);
+                    ssl.set_ex_data(indexes().psk_identity, id.to_owned());
+                    Ok(key.len())
+                }
+                // Unknown identity: no key, the handshake fails.
+                _ => Ok(0),
+            }
+        });
+    }
+    if let Some((cert, key, ca)) = &s.certificates {
+        load_certificates(&mut b, cert, key, ca).map_err(fail)?;
+        // PSK suites never ask for a certificate; certificate suites require one.
+        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    }
+    Ok(b.build())
+}
+
+fn load_certificates(
+    b: &mut SslContextBuilder,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
+) -> Result<(), String> {
+    use session::file_error;
+    b.set_certificate_chain_file(cert)
+        .map_err(|e| file_error("cert_file", cert, &e))?;
+    b.set_private_key_file(key, SslFiletype::PEM)
+        .map_err(|e| file_error("key_file", key, &e))?;
+    b.check_private_key()
+        .map_err(|e| file_error("key_file (does not match cert_file)", key, &e))?;
+    b.set_ca_file(ca)
+        .map_err(|e| file_error("client_ca_file", ca, &e))?;
+    Ok(())
+}
+
+/// One peer address in the socket task's map.
+#[derive(Debug)]
+struct Peer {
+    datagrams: mpsc::Sender<Vec<u8>>,
+    established: Arc<AtomicBool>,
+    generation: u64,
+}
+
+/// Datagrams queued per session before more are dropped (UDP semantics: the peer
+/// retransmits).
+const SESSION_QUEUE: usize = 64;
+
+/// A token bucket: `rate` per second, bursts of `rate`.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Serves one DTLS listener forever; link ids follow `base`.
+pub async fn serve(
+    socket: UdpSocket,
+    base: LinkId,
+    core: mpsc::Sender<LinkEvent>,
+    context: SslContext,
+    settings: Settings,
+) {
+    let socket = Arc::new(socket);
+    let local = socket.local_addr().ok();
+    let mut peers: HashMap<SocketAddr, Peer> = HashMap::new();
+    let (gone_tx, mut gone) = mpsc::unbounded_channel::<(SocketAddr, u64, String)>();
+    let mut bucket = Bucket::new(settings.handshakes_per_second);
+    let mut next_link = base;
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    // Refusals are counted and logged at most once per second, so a flood cannot flood the log.
+    let mut refused = 0u64;
+    let mut refusal_logged = Instant::now();
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let (n, from) = match received {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(?local, error = %e, "DTLS socket receive failed");
+                        continue;
+                    }
+                };
+                let datagram = &buf[..n];
+                if let Some(peer) = peers.get(&from) {
+                    let restart = peer.established.load(Ordering::Acquire)
+                        && session::is_client_hello(datagram);
+                    if !restart {
+                        // A full queue drops the datagram, as a busy network would.
+                        let _ = peer.datagrams.try_send(datagram.to_vec());
+                        continue;
+                    }
+                }
+                match listen(&context, &settings, datagram, from) {
+                    Listened::Answered(replies) => {
+                        for d in replies {
+                            let _ = socket.send_to(&d, from).await;
+                        }
+                    }
+                    Listened::Ignored => {}
+                    Listened::Verified(tls) => {
+                        let half_open = peers
+                            .values()
+                            .filter(|p| !p.established.load(Ordering::Acquire))
+                            .count();
+                        let full = if peers.len() >= settings.max_sessions && !peers.contains_key(&from) {
+                            Some("max_sessions")
+                        } else if half_open >= settings.max_half_open {
+                            Some("max_half_open")
+                        } else if !bucket.take(Instant::now()) {
+                            Some("handshakes_per_second")
+                        } else {
+                            None
+                        };
+                        if let Some(limit) = full {
+                            refused += 1;
+                            if refusal_logged.elapsed() >= Duration::from_secs(1) {
+                                refusal_logged = Instant::now();
+                                tracing::warn!(?local, %from, limit, refused, sessions = peers.len(), half_open, "DTLS handshake refused: limit reached");
+                            }
+                            continue;
+                        }
+                        next_link += 1;
+                        let (datagrams, inbound) = mpsc::channel(SESSION_QUEUE);
+                        let established = Arc::new(AtomicBool::new(false));
+                        if let Some(old) = peers.insert(from, Peer { datagrams, established: established.clone(), generation: next_link }) {
+                            tracing::info!(%from, "new DTLS handshake from an address with a session: the device restarted; replacing it");
+                            drop(old);
+                        }
+                        let session = Session {
+                            tls,
+                            wire: Wire { socket: socket.clone(), peer: from, inbound },
+                        };
+                        tokio::spawn(run_session(
+                            session,
+                            next_link,
+                            established,
+                            core.clone(),
+                            settings.clone(),
+                            gone_tx.clone(),
+                        ));
+                    }
+                }
+            }
+            Some((from, generation, reason)) = gone.recv() => {
+                if peers.get(&from).is_some_and(|p| p.generation == generation) {
+                    peers.remove(&from);
+                }
+                let half_open = peers.values().filter(|p| !p.established.load(Ordering::Acquire)).count();
+                tracing::info!(?local, %from, %reason, sessions = peers.len(), half_open, "DTLS session ended");
+            }
+        }
+    }
+}
+
+/// What the stateless cookie exchange made of one datagram.
+enum Listened {
+    /// HelloVerifyRequest(s) to send back; nothing kept.
+    Answered(Vec<Vec<u8>>),
+    /// Not a ClientHello, or malformed: dropped.
+    Ignored,
+    /// A ClientHello with a valid cookie: the session, ready to continue its handshake.
+    Verified(SslStream<Datagrams>),
+}
+
+fn listen(context: &SslContext, s: &Settings, datagram: &[u8], from: SocketAddr) -> Listened {
+    let Ok(mut ssl) = Ssl::new(context) else {
+        return Listened::Ignored;
+    };
+    ssl.set_ex_data(indexes().peer, from);
+    if ssl.set_mtu(u32::from(s.mtu)).is_err() {
+        return Listened::Ignored;
+    }
+    let Ok(mut tls) = SslStream::new(ssl, Datagrams::with(datagram)) else {
+        return Listened::Ignored;
+    };
+    match session::ffi::listen(tls.ssl()) {
+        session::ffi::Listen::Verified => Listened::Verified(tls),
+        session::ffi::Listen::NotYet => {
+            let replies = tls.get_mut().take_outbound();
+            if replies.is_empty() {
+                Listened::Ignored
+            } else {
+                Listened::Answered(replies)
+            }
+        }
+        session::ffi::Listen::Failed => Listened::Ignored,
+    }
+}
+
+/// One session: handshake, identity, then the device link until it ends.
+async fn run_session(
+    mut session: Session,
+    link: LinkId,
+    established: Arc<AtomicBool>,
+    core: mpsc::Sender<LinkEvent>,
+    settings: Settings,
+    gone: mpsc::UnboundedSender<(SocketAddr, u64, String)>,
+) {
+    let peer = session.wire.peer;
+    let deadline = Instant::now() + settings.handshake_timeout;
+    let reason = match session.handshake(Role::Server, deadline).await {
+        Err(why) => {
+            tracing::warn!(%peer, reason = %why, "DTLS handshake failed");
+            format!("handshake failed: {why}")
+        }
+        Ok(()) => match proven(session.tls.ssl()) {
+            None => {
+                tracing::warn!(%peer, "DTLS handshake proved no device identity; closing");
+                "no identity".into()
+            }
+            Some(identity) => {
+                established.store(true, Ordering::Release);
+                tracing::info!(%peer, credential = identity.credential, names = ?identity.names, cipher = session.tls.ssl().current_cipher().map_or("?", |c| c.name()), "DTLS session established");
+                let (app, driver_end) = tokio::io::duplex(16 * 1024);
+                let driver = tokio::spawn(stream::run(
+                    driver_end,
+                    link,
+                    peer.to_string(),
+                    Some(identity),
+                    core,
+                    device_core::link::Config::default(),
+                ));
+                let reason = session.relay(app, settings.idle_timeout).await;
+                // The driver sees the pipe close and reports the link down.
+                let _ = driver.await;
+                reason
+            }
+        },
+    };
+    let _ = gone.send((peer, link, reason));
+}
+
+/// What the handshake proved: the PSK identity, or the client certificate's names.
+fn proven(ssl: &openssl::ssl::SslRef) -> Option<Identity> {
+    if let Some(id) = ssl.ex_data(indexes().psk_identity) {
+        return Some(Identity {
+            credential: PSK_CREDENTIAL,
+            names: vec![id.clone()],
+        });
+    }
+    session::peer_names(ssl).map(|names| Identity {
+        credential: CERT_CREDENTIAL,
+        names,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_bound_to_the_address_and_expire() {
+        let cookies = Cookies::new().unwrap();
+        let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+        let now = Cookies::minute();
+        let c = cookies.cookie(&a, now).unwrap();
+        assert!(cookies.verify(&a, &c));
+        assert!(!cookies.verify(&b, &c), "another port");
+        let last_minute = cookies.cookie(&a, now - 1).unwrap();
+        assert!(cookies.verify(&a, &last_minute));
+        let older = cookies.cookie(&a, now - 2).unwrap();
+        assert!(!cookies.verify(&a, &older), "two minutes old");
+        assert!(!cookies.verify(&a, &c[..16]), "truncated");
+        let other_secret = Cookies::new().unwrap().cookie(&a, now).unwrap();
+        assert!(
+            !cookies.verify(&a, &other_secret),
+            "another process's secret"
+        );
+    }
+
+    #[test]
+    fn the_bucket_allows_its_rate_and_refills() {
+        let mut b = Bucket::new(3);
+        let t = b.at;
+        assert!(b.take(t) && b.take(t) && b.take(t));
+        assert!(!b.take(t));
+        assert!(b.take(t + Duration::from_millis(400)), "1.2 tokens back");
+        assert!(!b.take(t + Duration::from_millis(400)));
+    }
+}

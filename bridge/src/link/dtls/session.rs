@@ -1,0 +1,407 @@
+//! One DTLS session over datagrams, for either side: OpenSSL reads and writes through an
+//! in-memory datagram queue ([`Datagrams`]), and [`Session`] moves datagrams between that
+//! queue and a UDP socket, drives the handshake and OpenSSL's retransmission timer, and
+//! relays records to and from a byte pipe that carries device frames.
+//!
+//! One record per datagram and one device frame per record: a frame read from the pipe (its
+//! bytes up to and including the `0x00` that ends it) becomes one `SSL_write`, which OpenSSL
+//! hands to the queue as one datagram; each datagram received is one `SSL_read`.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openssl::ssl::{ErrorCode, SslRef, SslStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Largest datagram accepted (and the read buffer's size).
+pub const MAX_DATAGRAM: usize = 16 * 1024 + 512;
+
+/// The datagrams between OpenSSL and the socket: one `read` returns one whole datagram (a
+/// larger datagram than the buffer is cut, as a UDP socket would), one `write` is one datagram.
+#[derive(Debug, Default)]
+pub struct Datagrams {
+    inbound: VecDeque<Vec<u8>>,
+    outbound: Vec<Vec<u8>>,
+}
+
+impl Datagrams {
+    /// A queue holding one received datagram.
+    pub fn with(datagram: &[u8]) -> Self {
+        let mut d = Self::default();
+        d.inbound.push_back(datagram.to_vec());
+        d
+    }
+
+    /// Queues a received datagram for OpenSSL.
+    pub fn push(&mut self, datagram: Vec<u8>) {
+        self.inbound.push_back(datagram);
+    }
+
+    /// The datagrams OpenSSL wrote since the last call.
+    pub fn take_outbound(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.outbound)
+    }
+}
+
+impl Read for Datagrams {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inbound.pop_front() {
+            Some(d) => {
+                let n = d.len().min(buf.len());
+                buf[..n].copy_from_slice(&d[..n]);
+                Ok(n)
+            }
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl Write for Datagrams {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.outbound.push(buf.to_vec());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the `openssl` crate does not wrap: the DTLS timer and the stateless cookie exchange.
+#[allow(unsafe_code)]
+pub mod ffi {
+    use std::os::raw::{c_int, c_long, c_void};
+    use std::time::Duration;
+
+    use foreign_types::ForeignTypeRef;
+    use openssl::ssl::SslRef;
+
+    // From OpenSSL's ssl.h: DTLSv1_get_timeout and DTLSv1_handle_timeout are macros over
+    // SSL_ctrl with these commands.
+    const DTLS_CTRL_GET_TIMEOUT: c_int = 73;
+    const DTLS_CTRL_HANDLE_TIMEOUT: c_int = 74;
+
+    /// OpenSSL's opaque `BIO_ADDR`.
+    #[repr(C)]
+    struct BioAddr {
+        _opaque: [u8; 0],
+    }
+
+    // Declared in OpenSSL's ssl.h and bio.h; libssl and libcrypto are linked by openssl-sys.
+    unsafe extern "C" {
+        fn DTLSv1_listen(ssl: *mut openssl_sys::SSL, client: *mut BioAddr) -> c_int;
+        fn BIO_ADDR_new() -> *mut BioAddr;
+        fn BIO_ADDR_free(addr: *mut BioAddr);
+    }
+
+    /// How long until OpenSSL wants [`handle_timeout`] called (a flight to retransmit), if
+    /// a timer runs.
+    pub fn timeout(ssl: &SslRef) -> Option<Duration> {
+        let mut tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        };
+        // SAFETY: `ssl` is a live SSL object (borrowed for the call); DTLS_CTRL_GET_TIMEOUT
+        // writes one `struct timeval` through the pointer, which points at `tv`.
+        let running = unsafe {
+            openssl_sys::SSL_ctrl(
+                ssl.as_ptr(),
+                DTLS_CTRL_GET_TIMEOUT,
+                0,
+                (&raw mut tv).cast::<c_void>(),
+            )
+        };
+        (running > 0).then(|| {
+            Duration::from_secs(tv.tv_sec.max(0) as u64)
+                + Duration::from_micros(tv.tv_usec.max(0) as u64)
+        })
+    }
+
+    /// Lets OpenSSL retransmit its last flight if the timer expired. `false` when it gave up
+    /// (too many retransmissions).
+    pub fn handle_timeout(ssl: &SslRef) -> bool {
+        // SAFETY: `ssl` is a live SSL object; DTLS_CTRL_HANDLE_TIMEOUT takes no argument.
+        let r = unsafe {
+            openssl_sys::SSL_ctrl(
+                ssl.as_ptr(),
+                DTLS_CTRL_HANDLE_TIMEOUT,
+                0 as c_long,
+                std::ptr::null_mut(),
+            )
+        };
+        r >= 0
+    }
+
+    /// What [`listen`] made of the datagram.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Listen {
+        /// A ClientHello with a valid cookie: continue with `SSL_accept`.
+        Verified,
+        /// Answered (HelloVerifyRequest written to the BIO) or ignored; nothing kept.
+        NotYet,
+        /// OpenSSL failed (malformed input among others).
+        Failed,
+    }
+
+    /// `DTLSv1_listen` on the datagram(s) queued in `ssl`'s BIO: answers a ClientHello without
+    /// a valid cookie with a HelloVerifyRequest (written to the BIO), keeping no state, and
+    /// says [`Listen::Verified`] once a ClientHello carries a valid cookie: `ssl` is then
+    /// ready for `SSL_accept` to continue that handshake.
+    pub fn listen(ssl: &SslRef) -> Listen {
+        // SAFETY: BIO_ADDR_new returns an owned, zeroed address or null (checked); it is
+        // freed below on every path. `ssl` is a live SSL object whose BIOs are set (the
+        // `SslStream` that owns it installed them).
+        unsafe {
+            let addr = BIO_ADDR_new();
+            if addr.is_null() {
+                return Listen::Failed;
+            }
+            let r = DTLSv1_listen(ssl.as_ptr(), addr);
+            BIO_ADDR_free(addr);
+            match r {
+                1 => Listen::Verified,
+                0 => Listen::NotYet,
+                _ => Listen::Failed,
+            }
+        }
+    }
+}
+
+/// Where a session's datagrams go and come from.
+#[derive(Debug)]
+pub struct Wire {
+    pub socket: Arc<UdpSocket>,
+    pub peer: SocketAddr,
+    /// Datagrams from `peer`, demultiplexed by whoever reads the socket.
+    pub inbound: mpsc::Receiver<Vec<u8>>,
+}
+
+/// A DTLS session and its wire.
+#[derive(Debug)]
+pub struct Session {
+    pub tls: SslStream<Datagrams>,
+    pub wire: Wire,
+}
+
+/// Which side of the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+impl Session {
+    /// Sends what OpenSSL wrote. UDP: a failed send is a lost datagram, which DTLS (handshake)
+    /// and the device session (frames) retransmit.
+    pub async fn flush(&mut self) {
+        for d in self.tls.get_mut().take_outbound() {
+            if let Err(e) = self.wire.socket.send_to(&d, self.wire.peer).await {
+                tracing::debug!(peer = %self.wire.peer, error = %e, "DTLS send failed");
+            }
+        }
+    }
+
+    fn timer(&self) -> Option<Instant> {
+        ffi::timeout(self.tls.ssl()).map(|d| Instant::now() + d)
+    }
+
+    /// Runs the handshake to its end, retransmitting on OpenSSL's timer, until `deadline`.
+    pub async fn handshake(&mut self, role: Role, deadline: Instant) -> Result<(), String> {
+        loop {
+            let step = match role {
+                Role::Server => self.tls.accept(),
+                Role::Client => self.tls.connect(),
+            };
+            self.flush().await;
+            match step {
+                Ok(()) => return Ok(()),
+                Err(e) if e.code() == ErrorCode::WANT_READ => {}
+                Err(e) => return Err(describe(&e)),
+            }
+            let timer = self.timer();
+            tokio::select! {
+                d = self.wire.inbound.recv() => match d {
+                    Some(d) => self.tls.get_mut().push(d),
+                    None => return Err("replaced by a new handshake from the same address".into()),
+                },
+                () = sleep_until(timer) => {
+                    if !ffi::handle_timeout(self.tls.ssl()) {
+                        return Err("peer silent: retransmissions exhausted".into());
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err("handshake deadline passed".into());
+                }
+            }
+        }
+    }
+
+    /// Relays device frames between the established session and `app` until either side
+    /// ends or nothing arrives for `idle`; returns why it ended. Closing `app` sends the peer
+    /// a close_notify.
+    pub async fn relay(mut self, app: DuplexStream, idle: Duration) -> String {
+        let (mut app_rd, mut app_wr) = tokio::io::split(app);
+        let mut plain = vec![0u8; MAX_DATAGRAM];
+        let mut from_app = vec![0u8; 4096];
+        // Bytes of a frame from `app` whose terminating 0x00 has not come yet.
+        let mut partial: Vec<u8> = Vec::new();
+        let mut last_heard = Instant::now();
+        loop {
+            let timer = self.timer();
+            tokio::select! {
+                d = self.wire.inbound.recv() => {
+                    let Some(d) = d else {
+                        return "replaced by a new handshake from the same address".into();
+                    };
+                    last_heard = Instant::now();
+                    self.tls.get_mut().push(d);
+                    loop {
+                        match self.tls.ssl_read(&mut plain) {
+                            Ok(n) => {
+                                if app_wr.write_all(&plain[..n]).await.is_err() {
+                                    return "link closed".into();
+                                }
+                            }
+                            Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                            Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
+                                self.flush().await;
+                                return "peer closed the session (close_notify)".into();
+                            }
+                            Err(e) => {
+                                self.flush().await;
+                                return describe(&e);
+                            }
+                        }
+                    }
+                    // Alerts, retransmitted handshake flights.
+                    self.flush().await;
+                }
+                read = app_rd.read(&mut from_app) => {
+                    let n = match read {
+                        Ok(0) | Err(_) => {
+                            let _ = self.tls.shutdown();
+                            self.flush().await;
+                            return "closed by the bridge".into();
+                        }
+                        Ok(n) => n,
+                    };
+                    let mut rest = &from_app[..n];
+                    while let Some(end) = rest.iter().position(|&b| b == 0) {
+                        partial.extend_from_slice(&rest[..=end]);
+                        rest = &rest[end + 1..];
+                        if let Err(e) = self.tls.ssl_write(&partial) {
+                            return describe(&e);
+                        }
+                        partial.clear();
+                    }
+                    partial.extend_from_slice(rest);
+                    if partial.len() > MAX_DATAGRAM {
+                        return "a frame larger than a datagram".into();
+                    }
+                    self.flush().await;
+                }
+                () = sleep_until(timer) => {
+                    ffi::handle_timeout(self.tls.ssl());
+                    self.flush().await;
+                }
+                () = tokio::time::sleep_until(last_heard + idle) => {
+                    let _ = self.tls.shutdown();
+                    self.flush().await;
+                    return format!("nothing received for {idle:?}");
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without a timer.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An OpenSSL error as one line: the SSL error code and OpenSSL's reasons.
+pub fn describe(e: &openssl::ssl::Error) -> String {
+    match e.ssl_error() {
+        Some(stack) => {
+            let reasons: Vec<String> = stack
+                .errors()
+                .iter()
+                .map(|e| e.reason().unwrap_or("unknown").to_owned())
+                .collect();
+            format!("DTLS error: {}", reasons.join("; "))
+        }
+        None => format!("DTLS error: {e}"),
+    }
+}
+
+/// The PEM file error as one line, naming the file.
+pub fn file_error(what: &str, path: &std::path::Path, e: &openssl::error::ErrorStack) -> String {
+    format!("{what} {}: {e}", path.display())
+}
+
+/// Whether `datagram` starts with a DTLS record carrying a ClientHello in epoch 0: a peer
+/// starting over (a device that rebooted keeps its address and port).
+pub fn is_client_hello(datagram: &[u8]) -> bool {
+    // Record: type (22 = handshake), version (2), epoch (2), sequence (6), length (2); then
+    // the handshake message type (1 = ClientHello).
+    datagram.len() > 13 && datagram[0] == 22 && datagram[3..5] == [0, 0] && datagram[13] == 1
+}
+
+/// The role-independent part of a session: what [`SslRef`] proves about the peer.
+pub fn peer_names(ssl: &SslRef) -> Option<Vec<String>> {
+    let cert = ssl.peer_certificate()?;
+    let der = cert.to_der().ok()?;
+    let der = rustls_pki_types::CertificateDer::from(der);
+    crate::link::tls::identity(&der).ok().map(|i| i.names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_read_is_one_datagram_and_one_write_is_one_datagram() {
+        let mut d = Datagrams::with(b"first");
+        d.push(b"second datagram".to_vec());
+        let mut buf = [0u8; 8];
+        assert_eq!(d.read(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"first");
+        // A datagram longer than the buffer is cut, not split across reads.
+        assert_eq!(d.read(&mut buf).unwrap(), 8);
+        assert_eq!(&buf, b"second d");
+        assert_eq!(
+            d.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        d.write_all(b"a").unwrap();
+        d.write_all(b"bc").unwrap();
+        assert_eq!(d.take_outbound(), vec![b"a".to_vec(), b"bc".to_vec()]);
+        assert!(d.take_outbound().is_empty());
+    }
+
+    #[test]
+    fn client_hellos_are_told_from_other_records() {
+        let mut hello = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 50, 1];
+        hello.extend_from_slice(&[0; 50]);
+        assert!(is_client_hello(&hello));
+        let mut later_epoch = hello.clone();
+        later_epoch[4] = 1;
+        assert!(!is_client_hello(&later_epoch));
+        let mut application_data = hello.clone();
+        application_data[0] = 23;
+        assert!(!is_client_hello(&application_data));
+        let mut server_hello = hello.clone();
+        server_hello[13] = 2;
+        assert!(!is_client_hello(&server_hello));
+        assert!(!is_client_hello(&hello[..13]));
+    }
+}

@@ -1,0 +1,559 @@
+//! The DTLS device link (UDP + DTLS 1.2, OpenSSL), against the real bridge process:
+//! - `openssl s_client -dtls1_2` and `gnutls-cli --udp` complete a PSK-AES128-CCM8 handshake;
+//! - a device proving its id with a PSK, or with a certificate, completes tasks;
+//! - a wrong PSK and an unknown identity are dropped within the handshake deadline and leave
+//!   no session;
+//! - a valid credential for one device with a Hello claiming another is refused;
+//! - a device that reboots on the same address and port reconnects;
+//! - through a UDP proxy that loses 20 % of the datagrams each way, every task completes;
+//! - a flood of 1,000 ClientHellos from many source ports costs no memory and does not stop a
+//!   legitimate device.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_tests::{
+    Bridge, LogLines, Proc, Watcher, last_state, openssl, start_bridge_with_log, start_device_with,
+};
+use tokio::net::UdpSocket;
+
+const ROOT: &str = "edge/dtlslink";
+const WAIT: Duration = Duration::from_secs(30);
+const KEY_A: &str = "00112233445566778899aabbccddeeff";
+const KEY_B: &str = "ffeeddccbbaa99887766554433221100";
+
+/// Starts a bridge whose only device link is DTLS with PSKs for dev-a and dev-b (and, with
+/// `certificates`, device certificates signed by a test CA), `extra` appended to the link.
+fn start(dir: &Path, certificates: bool, extra: &str) -> (Bridge, LogLines) {
+    let config = dir.join("bridge.toml");
+    let mut link = format!(
+        "[[link]]\nkind = \"dtls\"\nlisten = \"127.0.0.1:0\"\n\
+         psk = {{ \"dev-a\" = \"{KEY_A}\", \"dev-b\" = \"{KEY_B}\" }}\n{extra}\n"
+    );
+    if certificates {
+        make_certificates(dir);
+        let file = |name: &str| dir.join(name).display().to_string();
+        link.push_str(&format!(
+            "cert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
+            file("bridge.pem"),
+            file("bridge.key"),
+            file("ca.pem")
+        ));
+    }
+    std::fs::write(
+        &config,
+        format!(
+            "bridge_id = \"dtlslink\"\n\
+             [broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:0\"\n{link}"
+        ),
+    )
+    .unwrap();
+    start_bridge_with_log(&dir.join("data"), &config)
+}
+
+/// A CA, the bridge's certificate (ECDSA P-256, CN 127.0.0.1) and one for device dev-c.
+fn make_certificates(dir: &Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+    ];
+    ca.extend_from_slice(&ec);
+    ca.extend_from_slice(&["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    for name in ["bridge", "dev-c"] {
+        let cn = if name == "bridge" { "127.0.0.1" } else { name };
+        let subject = format!("/CN={cn}");
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let mut req = vec![
+            "req", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
+        ];
+        req.extend_from_slice(&ec);
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-days",
+                "2",
+                "-set_serial",
+                "7",
+                "-out",
+                &pem,
+            ],
+        );
+    }
+}
+
+/// `edge-device-sim` over DTLS to `addr` with `extra` (the credential).
+fn dtls_device(addr: SocketAddr, id: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["--dtls"];
+    args.extend_from_slice(extra);
+    start_device_with(addr, id, &["echo"], &args)
+}
+
+/// Submits an echo task for `device` and waits until it completed with its payload back.
+async fn completes(w: &mut Watcher, id: &str, device: &str) {
+    let payload = format!("payload of {id}");
+    w.submit(
+        ROOT,
+        &serde_json::json!({"id": id, "capability": "echo", "device": device, "payload": payload})
+            .to_string(),
+    )
+    .await;
+    w.wait_for(WAIT, &format!("{id} completed"), |seen| {
+        last_state(seen, id).as_deref() == Some("completed")
+    })
+    .await;
+    assert_eq!(w.states()[id].last().unwrap()["result"], payload.as_str());
+}
+
+/// Runs an external tool to its end (bounded by `timeout`, the coreutils command) and
+/// returns its exit status and both outputs; fails loudly when it is missing.
+fn run_tool(program: &str, args: &[&str], stdin: &str) -> (bool, String) {
+    let mut child = Command::new("timeout")
+        .arg("20")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("timeout (coreutils) is missing");
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        let _ = input.write_all(stdin.as_bytes());
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(127),
+        "{program} is not installed: tests/run.sh installs it (apt-get install {})",
+        if program == "gnutls-cli" {
+            "gnutls-bin"
+        } else {
+            program
+        }
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_and_gnutls_complete_a_psk_ccm8_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bridge, mut log) = start(dir.path(), false, "");
+    let port = bridge.devices.port().to_string();
+    let addr = bridge.devices.to_string();
+
+    // openssl s_client: the handshake completes on PSK-AES128-CCM8, then Q closes it.
+    let (_, out) = run_tool(
+        "openssl",
+        &[
+            "s_client",
+            "-dtls1_2",
+            "-connect",
+            &addr,
+            "-psk",
+            KEY_A,
+            "-psk_identity",
+            "dev-a",
+            "-cipher",
+            "PSK-AES128-CCM8",
+        ],
+        "Q\n",
+    );
+    assert!(
+        out.contains("Cipher is PSK-AES128-CCM8") && out.contains("DTLSv1.2"),
+        "openssl s_client:\n{out}"
+    );
+    log.wait_for(WAIT, "the s_client session", |l| {
+        l.contains("DTLS session established")
+            && l.contains("\"dev-a\"")
+            && l.contains("PSK-AES128-CCM8")
+    })
+    .await;
+
+    // gnutls-cli, restricted to AES-128-CCM-8 with PSK key exchange.
+    let (_, out) = run_tool(
+        "gnutls-cli",
+        &[
+            "--udp",
+            "--port",
+            &port,
+            "--pskusername",
+            "dev-b",
+            "--pskkey",
+            KEY_B,
+            "--priority",
+            "NORMAL:-VERS-ALL:+VERS-DTLS1.2:-CIPHER-ALL:+AES-128-CCM-8:-KX-ALL:+PSK",
+            "127.0.0.1",
+        ],
+        "",
+    );
+    assert!(
+        out.contains("Handshake was completed") && out.contains("AES-128-CCM-8"),
+        "gnutls-cli:\n{out}"
+    );
+    log.wait_for(WAIT, "the gnutls-cli session", |l| {
+        l.contains("DTLS session established")
+            && l.contains("\"dev-b\"")
+            && l.contains("PSK-AES128-CCM8")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_proving_their_id_by_psk_or_certificate_complete_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bridge, _log) = start(dir.path(), true, "");
+    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
+    let _a = dtls_device(bridge.devices, "dev-a", &["--psk", KEY_A]);
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let (ca, pem, key) = (file("ca.pem"), file("dev-c.pem"), file("dev-c.key"));
+    let _c = dtls_device(
+        bridge.devices,
+        "dev-c",
+        &[
+            "--tls-ca",
+            &ca,
+            "--tls-cert",
+            &pem,
+            "--tls-key",
+            &key,
+            "--tls-server-name",
+            "127.0.0.1",
+        ],
+    );
+    completes(&mut w, "psk-1", "dev-a").await;
+    completes(&mut w, "cert-1", "dev-c").await;
+    for device in ["dev-a", "dev-c"] {
+        let doc = w
+            .seen
+            .iter()
+            .rev()
+            .find(|(t, _)| t.ends_with(&format!("/devices/{device}")))
+            .unwrap_or_else(|| panic!("{device}'s device document"));
+        assert_eq!(doc.1["online"], true, "{device}");
+    }
+}
+
+/// Waits for the log line saying the session from a peer ended for `reason`, with no
+/// session left.
+async fn ended_with_nothing_left(log: &mut LogLines, reason: &str) -> String {
+    log.wait_for(WAIT, reason, |l| {
+        l.contains("DTLS session ended")
+            && l.contains(reason)
+            && l.contains("sessions=0")
+            && l.contains("half_open=0")
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_psk_or_an_unknown_identity_is_dropped_within_the_handshake_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bridge, mut log) = start(dir.path(), false, "handshake_timeout = \"2s\"");
+    let addr = bridge.devices.to_string();
+    for (identity, key, reason) in [
+        // A wrong key: the bridge cannot decrypt the client's Finished and DTLS drops bad
+        // records silently, so only the deadline ends it.
+        ("dev-a", KEY_B, "handshake deadline passed"),
+        // An unknown identity: no key, the handshake fails at once.
+        ("nobody", KEY_A, "psk identity not found"),
+    ] {
+        let started = std::time::Instant::now();
+        // s_client waits silently for a reply that never comes: killed when done with.
+        let _client = Proc {
+            child: Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-dtls1_2",
+                    "-connect",
+                    &addr,
+                    "-psk",
+                    key,
+                    "-psk_identity",
+                    identity,
+                    "-cipher",
+                    "PSK-AES128-CCM8",
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("openssl is not installed: tests/run.sh installs it"),
+            name: "openssl s_client",
+        };
+        let line = ended_with_nothing_left(&mut log, reason).await;
+        // Within the deadline (2 s) and a margin for a loaded machine.
+        assert!(
+            started.elapsed() < Duration::from_secs(2 + 8),
+            "{identity}: dropped after {:?}: {line}",
+            started.elapsed()
+        );
+        assert!(
+            !log.drain()
+                .iter()
+                .any(|l| l.contains("DTLS session established")),
+            "{identity}: a session was established"
+        );
+        log.seen.clear();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_psk_for_one_device_cannot_speak_for_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bridge, mut log) = start(dir.path(), false, "");
+    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
+    w.submit(
+        ROOT,
+        r#"{"id":"b1","capability":"echo","device":"dev-b","payload":"for b"}"#,
+    )
+    .await;
+    // dev-a's identity and key, a Hello that says dev-b.
+    let _impostor = dtls_device(
+        bridge.devices,
+        "dev-b",
+        &["--psk", KEY_A, "--psk-identity", "dev-a"],
+    );
+    let line = log
+        .wait_for(WAIT, "the refused Hello", |l| {
+            l.contains("WARN") && l.contains("claimed=dev-b")
+        })
+        .await;
+    assert!(
+        line.contains("dev-a") && line.contains("DTLS PSK identity"),
+        "{line}"
+    );
+    // The real dev-a is served meanwhile; nothing was ever published for dev-b.
+    let _a = dtls_device(bridge.devices, "dev-a", &["--psk", KEY_A]);
+    completes(&mut w, "a1", "dev-a").await;
+    assert!(
+        !w.seen.iter().any(|(t, _)| t.ends_with("/devices/dev-b")),
+        "a device document for the unproven id"
+    );
+    assert!(
+        w.states()["b1"].iter().all(|e| e["state"] == "queued"),
+        "b1 must stay queued"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_reboots_on_the_same_port_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bridge, mut log) = start(dir.path(), false, "");
+    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
+    // A port for the device that stays the same across its reboot.
+    let port = {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port().to_string()
+    };
+    let args = ["--psk", KEY_A, "--local-port", port.as_str()];
+    let mut device = dtls_device(bridge.devices, "dev-a", &args);
+    completes(&mut w, "before", "dev-a").await;
+    // SIGKILL: no close_notify; the bridge still holds the established session.
+    device.child.kill().unwrap();
+    device.child.wait().unwrap();
+    let _device = dtls_device(bridge.devices, "dev-a", &args);
+    log.wait_for(WAIT, "the old session replaced", |l| {
+        l.contains("the device restarted")
+    })
+    .await;
+    completes(&mut w, "after", "dev-a").await;
+}
+
+/// Forwards datagrams between `device_side` (whoever talks to it first is the device) and
+/// `bridge`, dropping `loss_percent` of them in each direction with a fixed-seed generator.
+/// Returns the address devices should connect to.
+async fn lossy_proxy(bridge: SocketAddr, loss_percent: u32) -> SocketAddr {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    back.connect(bridge).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let device: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+    // xorshift32: the same losses every run.
+    let drop_next = move |state: &mut u32| {
+        *state ^= *state << 13;
+        *state ^= *state >> 17;
+        *state ^= *state << 5;
+        *state % 100 < loss_percent
+    };
+    {
+        let (front, back, device) = (front.clone(), back.clone(), device.clone());
+        tokio::spawn(async move {
+            let mut seed = 0x9e37_79b9u32;
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                *device.lock().unwrap() = Some(from);
+                if !drop_next(&mut seed) {
+                    let _ = back.send(&buf[..n]).await;
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        let mut seed = 0x85eb_ca6bu32;
+        let mut buf = vec![0u8; 65_536];
+        while let Ok(n) = back.recv(&mut buf).await {
+            let to = *device.lock().unwrap();
+            if let Some(to) = to {
+                if !drop_next(&mut seed) {
+                    let _ = front.send_to(&buf[..n], to).await;
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_completes_through_a_link_losing_a_fifth_of_its_datagrams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bridge, _log) = start(dir.path(), false, "");
+    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
+    let proxy = lossy_proxy(bridge.devices, 20).await;
+    let _a = dtls_device(proxy, "dev-a", &["--psk", KEY_A]);
+    const TASKS: usize = 30;
+    for i in 0..TASKS {
+        w.submit(
+            ROOT,
+            &serde_json::json!({"id": format!("lossy-{i}"), "capability": "echo", "device": "dev-a", "payload": {"i": i}})
+                .to_string(),
+        )
+        .await;
+    }
+    w.wait_for(Duration::from_secs(120), "every task completed", |seen| {
+        (0..TASKS).all(|i| last_state(seen, &format!("lossy-{i}")).as_deref() == Some("completed"))
+    })
+    .await;
+    let states = w.states();
+    for i in 0..TASKS {
+        let last = states[&format!("lossy-{i}")].last().unwrap().clone();
+        assert_eq!(last["result"], serde_json::json!({"i": i}));
+    }
+}
+
+/// The first flight of a DTLS 1.2 client: one ClientHello datagram (no cookie yet).
+fn client_hello() -> Vec<u8> {
+    use edge_bridge::link::dtls::session::Datagrams;
+    use openssl::ssl::{Ssl, SslContext, SslMethod, SslStream};
+    let mut ctx = SslContext::builder(SslMethod::dtls_client()).unwrap();
+    ctx.set_cipher_list("PSK-AES128-CCM8").unwrap();
+    ctx.set_psk_client_callback(|_, _, id, key| {
+        id[..6].copy_from_slice(b"flood\0");
+        key[..16].fill(7);
+        Ok(16)
+    });
+    let ssl = Ssl::new(&ctx.build()).unwrap();
+    let mut tls = SslStream::new(ssl, Datagrams::default()).unwrap();
+    assert!(tls.connect().is_err(), "no reply yet: WANT_READ");
+    let flight = tls.get_mut().take_outbound();
+    assert_eq!(flight.len(), 1, "one ClientHello datagram");
+    flight.into_iter().next().unwrap()
+}
+
+/// The bridge process's resident memory, in KiB.
+fn rss_kib(bridge: &Bridge) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", bridge.proc.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_client_hellos_costs_no_memory_and_stops_no_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bridge, mut log) = start(dir.path(), false, "");
+    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
+    let hello = client_hello();
+    let before = rss_kib(&bridge);
+
+    // 1,000 ClientHellos from 250 source ports, 4 each; every one is answered statelessly.
+    const PORTS: usize = 250;
+    const EACH: usize = 4;
+    let mut sockets = Vec::new();
+    for _ in 0..PORTS {
+        sockets.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    for _ in 0..EACH {
+        for s in &sockets {
+            s.send_to(&hello, bridge.devices).await.unwrap();
+        }
+    }
+    // A legitimate device during the flood's aftermath.
+    let _a = dtls_device(bridge.devices, "dev-a", &["--psk", KEY_A]);
+    completes(&mut w, "during-flood", "dev-a").await;
+
+    // Every flooding port got HelloVerifyRequests (content type 22, handshake type 3), and
+    // nothing else: no ServerHello, so no session was started for it.
+    let mut answered = 0;
+    let mut buf = [0u8; 2048];
+    for s in &sockets {
+        let mut got = 0;
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), s.recv(&mut buf)).await
+        {
+            assert!(
+                n > 13 && buf[0] == 22 && buf[13] == 3,
+                "not a HelloVerifyRequest"
+            );
+            got += 1;
+            if got == EACH {
+                break;
+            }
+        }
+        if got > 0 {
+            answered += 1;
+        }
+    }
+    // UDP on loopback may drop some under a burst; most ports must have been answered.
+    assert!(
+        answered > PORTS * 9 / 10,
+        "{answered} of {PORTS} ports answered"
+    );
+    let after = rss_kib(&bridge);
+    assert!(
+        after < before + 8 * 1024,
+        "resident memory grew from {before} KiB to {after} KiB"
+    );
+    assert!(
+        !log.drain().iter().any(|l| l.contains("limit reached")),
+        "no cookie-less ClientHello may take a handshake slot"
+    );
+    let established = log
+        .seen
+        .iter()
+        .filter(|l| l.contains("DTLS session established"))
+        .count();
+    assert_eq!(established, 1, "only the device's session");
+}
