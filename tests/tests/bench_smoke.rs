@@ -1,5 +1,5 @@
-//! The benchmark (`edge-bench`) with tiny numbers, so it keeps working: every phase runs, every
-//! task completes, and every figure is a positive number.
+//! The benchmark (`edge-bench`) with tiny numbers, so it keeps working: every phase runs (the
+//! DTLS ones too), every task and handshake completes, and every figure is a positive number.
 
 use clap::Parser;
 use edge_tests::bench::{self, Options};
@@ -22,6 +22,14 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         "200",
         "--p0-interval-ms",
         "10",
+        "--dtls-handshakes",
+        "20",
+        "--dtls-sessions",
+        "10",
+        "--dtls-concurrency",
+        "4",
+        "--dtls-keys",
+        "40",
         "--timeout-s",
         "60",
         "--data-dir",
@@ -50,4 +58,27 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
     assert!(b.p0_submitted >= 1);
     assert_eq!(b.p0_completed, b.p0_submitted);
     assert!(b.p0.p99().is_some_and(|d| !d.is_zero()));
+
+    let d = report
+        .dtls
+        .as_ref()
+        .expect("the DTLS phases run by default");
+    assert_eq!((d.refused, d.failed_logged, d.keys), (0, 0, 40));
+    let h = &d.handshakes;
+    assert_eq!((h.completed, h.failed), (20, 0), "{:?}", h.failures);
+    assert_eq!((h.concurrency, h.latency.len()), (4, 20));
+    assert!(h.per_s > 0.0 && h.latency.p50().is_some_and(|d| !d.is_zero()));
+    for m in [&d.memory_dtls, &d.memory_tcp] {
+        assert_eq!(m.sessions, 10);
+        assert!(m.rss_before_kib > 0 && m.rss_held_kib > 0);
+    }
+    for t in [&d.tcp, &d.dtls] {
+        assert_eq!((t.completed, t.failed), (24, 0), "{:?}", t.failures);
+        assert!(t.per_priority.iter().all(|l| l.len() == 4));
+    }
+    assert!(d.ratio() > 0.0);
+    let text = report.to_string();
+    for section in ["4. DTLS handshakes", "5. memory per", "6. tasks over DTLS"] {
+        assert!(text.contains(section), "{section} missing from the report");
+    }
 }

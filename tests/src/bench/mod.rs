@@ -9,7 +9,17 @@
 //!    outstanding, tasks/s and submit→`completed` latency per priority;
 //! 3. P0 latency under a backlog: a fresh bridge holds `--queued-p4` P4 tasks submitted while
 //!    no device was online; the devices connect and drain it while P0 tasks arrive
-//!    periodically.
+//!    periodically;
+//! 4. DTLS handshakes per second: full DTLS 1.2 PSK handshakes from clients in this process
+//!    (`edge_bridge::link::dtls::client`), a bounded number at a time, each session closed
+//!    after its handshake;
+//! 5. memory per established session: the bridge's resident memory while `--dtls-sessions`
+//!    DTLS sessions are held, then as many plain TCP connections;
+//! 6. phase 2 again with the devices over plain TCP, then over DTLS (`edge-device-sim
+//!    --dtls`), and the ratio of the two.
+//!
+//! Phases 4 to 6 run on bridges with both a plain TCP and a DTLS device link, a fresh one per
+//! measurement, with the DTLS link's limits far above the load (`--no-dtls` skips them).
 //!
 //! Latencies are measured with local clocks in this process: from just before a submission is
 //! handed to the MQTT client to the moment the client's event loop received the event. Their
@@ -21,19 +31,31 @@
 //! - `client`: an MQTT client that stamps every message it receives;
 //! - `stats`: percentiles, CPU time from `/proc`, the fsync probe;
 //! - `relay`: phase 1;
-//! - `tasks`: phases 2 and 3, and the bookkeeping of submitted tasks;
+//! - `tasks`: phases 2 and 3 (and 6), and the bookkeeping of submitted tasks;
+//! - `links`: the bridge with a plain TCP and a DTLS link, its keys and in-process DTLS
+//!   clients;
+//! - `handshakes`: phase 4;
+//! - `memory`: phase 5;
 //! - `report`: the figures and how they are printed.
 
 mod client;
+mod handshakes;
+mod links;
+mod memory;
 mod relay;
 mod report;
 mod stats;
 mod tasks;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use report::{BacklogFigures, CpuUse, RelayFigures, Report, Stages, ThroughputFigures};
+pub use links::DtlsLimits;
+pub use report::{
+    BacklogFigures, CpuUse, DtlsFigures, HandshakeFigures, MemoryFigures, RelayFigures, Report,
+    Stages, ThroughputFigures,
+};
 pub use stats::Latencies;
 
 /// What to run. Every flag has a default, so `edge-bench` alone runs the standard benchmark.
@@ -41,7 +63,8 @@ pub use stats::Latencies;
 #[command(
     name = "edge-bench",
     about = "Benchmark of edge-bridge: throughput, latency per priority, P0 under a backlog, \
-             relative to the broker's raw relay rate"
+             relative to the broker's raw relay rate; DTLS handshakes/s, memory per session and \
+             tasks/s over DTLS relative to plain TCP"
 )]
 pub struct Options {
     /// Simulated devices (each an `edge-device-sim` process with 8 task slots).
@@ -65,6 +88,24 @@ pub struct Options {
     /// Where the bridges keep their queues (default: a temporary directory, removed after).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Full DTLS handshakes measured in phase 4.
+    #[arg(long, default_value_t = 10_000)]
+    pub dtls_handshakes: usize,
+    /// Sessions held open in phase 5 (DTLS, then as many plain TCP connections). They send no
+    /// device Hello, so the bridge closes them 7 s after they opened: all must open well
+    /// within that.
+    #[arg(long, default_value_t = 1_000)]
+    pub dtls_sessions: usize,
+    /// PSK keys the DTLS link is configured with, as a gateway holds one per device it
+    /// serves: the bench's own identities and as many more as needed to reach this number.
+    #[arg(long, default_value_t = 1_000)]
+    pub dtls_keys: usize,
+    /// DTLS clients handshaking at once in phases 4 and 5 (one PSK identity each).
+    #[arg(long, default_value_t = 16)]
+    pub dtls_concurrency: usize,
+    /// Skips phases 4 to 6 (the DTLS link).
+    #[arg(long)]
+    pub no_dtls: bool,
     /// Each phase fails after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout_s: u64,
@@ -92,6 +133,12 @@ pub enum BenchError {
     /// A phase did not finish in time, or nothing happened for too long.
     #[error("{phase}: {what}")]
     Timeout { phase: &'static str, what: String },
+    /// A bridge of phases 4 to 6 did not start or did not do what the phase needs.
+    #[error("bridge: {0}")]
+    Bridge(String),
+    /// An in-process DTLS client could not be set up or could not connect.
+    #[error("DTLS client: {0}")]
+    Dtls(String),
     /// The data directory could not be created or written.
     #[error("data directory {path}: {source}")]
     Io {
@@ -114,6 +161,20 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         return Err(BenchError::Options(
             "--devices, --tasks, --queued-p4, --concurrency and --relay-messages must be at \
              least 1"
+                .into(),
+        ));
+    }
+    if !opts.no_dtls
+        && [
+            opts.dtls_handshakes,
+            opts.dtls_sessions,
+            opts.dtls_concurrency,
+        ]
+        .contains(&0)
+    {
+        return Err(BenchError::Options(
+            "--dtls-handshakes, --dtls-sessions and --dtls-concurrency must be at least 1 \
+             (--no-dtls skips those phases)"
                 .into(),
         ));
     }
@@ -158,7 +219,12 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
     );
     eprintln!("[relay] bridge up: MQTT on {}", bridge.mqtt);
     let relay = relay::run(&bridge, opts, &nonce).await?;
-    let throughput = tasks::throughput(&bridge, opts, &nonce).await?;
+    let plain = tasks::ThroughputRun {
+        phase: "throughput",
+        tag: "t",
+        link: tasks::DeviceLink::Tcp,
+    };
+    let throughput = tasks::throughput(&bridge, opts, &nonce, plain).await?;
     drop(bridge);
 
     let bridge = crate::start_bridge(
@@ -168,6 +234,12 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
     let backlog = tasks::backlog(&bridge, opts, &nonce).await?;
     drop(bridge);
 
+    let dtls = if opts.no_dtls {
+        None
+    } else {
+        Some(dtls(opts, &data_dir, &nonce).await?)
+    };
+
     Ok(Report {
         options: opts.clone(),
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
@@ -176,5 +248,95 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         relay,
         throughput,
         backlog,
+        dtls,
+    })
+}
+
+/// Phases 4 to 6, each measurement on a fresh bridge with both links in `data_dir/bridge-*`.
+async fn dtls(opts: &Options, data_dir: &Path, nonce: &str) -> Result<DtlsFigures, BenchError> {
+    let client_keys = (0..opts.dtls_concurrency)
+        .map(|w| links::Psk::random(format!("bench-client-{w}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let device_keys = (1..=opts.devices)
+        .map(|k| links::Psk::random(format!("dtls-dev-{k}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let clients = client_keys
+        .iter()
+        .map(|k| links::DtlsClient::new(k).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Keys of devices that do not connect: the rest of the gateway's fleet.
+    let own = client_keys.len() + device_keys.len();
+    let fleet = (0..opts.dtls_keys.saturating_sub(own))
+        .map(|i| links::Psk::random(format!("fleet-{i}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys: Vec<&links::Psk> = client_keys
+        .iter()
+        .chain(&device_keys)
+        .chain(&fleet)
+        .collect();
+    let start = |name: &str| -> Result<links::LinkedBridge, BenchError> {
+        let dir = data_dir.join(format!("bridge-{name}"));
+        let lb = links::LinkedBridge::start(&dir, tasks::BRIDGE_ID, &keys)?;
+        eprintln!(
+            "[{name}] bridge up: MQTT on {}, TCP devices on {}, DTLS on {}; its log: {}",
+            lb.bridge.mqtt,
+            lb.bridge.devices,
+            lb.udp,
+            lb.log.display()
+        );
+        Ok(lb)
+    };
+    // What every bridge logged, read before it stops.
+    let (mut refused, mut failed_logged) = (0, 0);
+    let mut tally = |lb: &links::LinkedBridge| {
+        refused += lb.refused();
+        failed_logged += lb.log_lines("DTLS handshake failed").len();
+    };
+
+    let lb = start("dtls-handshakes")?;
+    let handshakes = handshakes::run(&lb, &clients, opts).await?;
+    tally(&lb);
+    drop(lb);
+
+    let lb = start("dtls-memory")?;
+    let memory_dtls = memory::dtls(&lb, &clients, opts).await?;
+    tally(&lb);
+    drop(lb);
+    let lb = start("tcp-memory")?;
+    let memory_tcp = memory::tcp(&lb, opts).await?;
+    tally(&lb);
+    drop(lb);
+
+    let lb = start("tcp-tasks")?;
+    let run = tasks::ThroughputRun {
+        phase: "tcp-tasks",
+        tag: "tcp",
+        link: tasks::DeviceLink::Tcp,
+    };
+    let tcp = tasks::throughput(&lb.bridge, opts, nonce, run).await?;
+    tally(&lb);
+    drop(lb);
+    let lb = start("dtls-tasks")?;
+    let run = tasks::ThroughputRun {
+        phase: "dtls-tasks",
+        tag: "dtls",
+        link: tasks::DeviceLink::Dtls {
+            addr: lb.udp,
+            keys: &device_keys,
+        },
+    };
+    let dtls = tasks::throughput(&lb.bridge, opts, nonce, run).await?;
+    tally(&lb);
+    drop(lb);
+    Ok(DtlsFigures {
+        limits: links::LIMITS,
+        keys: keys.len(),
+        refused,
+        failed_logged,
+        handshakes,
+        memory_dtls,
+        memory_tcp,
+        tcp,
+        dtls,
     })
 }

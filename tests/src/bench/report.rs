@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::Options;
+use super::links::{CIPHER, DtlsLimits};
 use super::stats::Latencies;
 
 /// CPU used during a phase, as shares of one core (1.0 = one core busy all the time); `None`
@@ -106,6 +107,76 @@ pub struct BacklogFigures {
     pub reconnects: u64,
 }
 
+/// Phase 4: full DTLS handshakes, each session closed right after.
+#[derive(Clone, Debug)]
+pub struct HandshakeFigures {
+    pub handshakes: usize,
+    /// Clients handshaking at once.
+    pub concurrency: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub failures: Vec<String>,
+    /// From the first handshake's start to the last client's end (its close included).
+    pub seconds: f64,
+    pub per_s: f64,
+    /// From the client's first datagram (a fresh UDP port) to its handshake's end: the cookie
+    /// exchange and the full handshake, three round trips.
+    pub latency: Latencies,
+    pub cpu: CpuUse,
+}
+
+/// Phase 5: one kind of session held open, and the bridge's resident memory.
+#[derive(Clone, Debug)]
+pub struct MemoryFigures {
+    pub sessions: usize,
+    /// How long opening all of them took.
+    pub open_seconds: f64,
+    /// The bridge's `VmRSS` before the first was opened and while all were held.
+    pub rss_before_kib: u64,
+    pub rss_held_kib: u64,
+}
+
+impl MemoryFigures {
+    pub(crate) fn new(sessions: usize, open_seconds: f64, before: u64, held: u64) -> Self {
+        Self {
+            sessions,
+            open_seconds,
+            rss_before_kib: before,
+            rss_held_kib: held,
+        }
+    }
+
+    /// Growth of the resident memory per session, in KiB (negative if it shrank).
+    pub fn per_session_kib(&self) -> f64 {
+        (self.rss_held_kib as f64 - self.rss_before_kib as f64) / self.sessions.max(1) as f64
+    }
+}
+
+/// Phases 4 to 6, on bridges with both a plain TCP and a DTLS device link.
+#[derive(Clone, Debug)]
+pub struct DtlsFigures {
+    pub limits: DtlsLimits,
+    /// PSK keys the DTLS link was configured with.
+    pub keys: usize,
+    /// Limiter refusals the bridges logged over phases 4 to 6 (0 in a valid run).
+    pub refused: u64,
+    /// Handshakes the bridges logged as failed.
+    pub failed_logged: usize,
+    pub handshakes: HandshakeFigures,
+    pub memory_dtls: MemoryFigures,
+    pub memory_tcp: MemoryFigures,
+    /// Phase 2 again, devices over plain TCP, then over DTLS.
+    pub tcp: ThroughputFigures,
+    pub dtls: ThroughputFigures,
+}
+
+impl DtlsFigures {
+    /// Tasks/s over DTLS as a fraction of tasks/s over plain TCP, in the same run.
+    pub fn ratio(&self) -> f64 {
+        self.dtls.tasks_per_s / self.tcp.tasks_per_s
+    }
+}
+
 /// Everything one run measured.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -117,6 +188,8 @@ pub struct Report {
     pub relay: RelayFigures,
     pub throughput: ThroughputFigures,
     pub backlog: BacklogFigures,
+    /// Phases 4 to 6; `None` with `--no-dtls`.
+    pub dtls: Option<DtlsFigures>,
 }
 
 impl Report {
@@ -132,6 +205,15 @@ fn ms(d: Option<Duration>) -> String {
         || "-".to_owned(),
         |d| format!("{:.1} ms", d.as_secs_f64() * 1_000.0),
     )
+}
+
+/// CPU time per item in microseconds: a share of one core over `wall_s`, spread over `n`.
+fn per_item_us(share: Option<f64>, wall_s: f64, n: usize) -> Option<f64> {
+    Some(share? * wall_s * 1e6 / n.max(1) as f64)
+}
+
+fn us(v: Option<f64>) -> String {
+    v.map_or_else(|| "?".to_owned(), |v| format!("{v:.0} us"))
 }
 
 fn share(s: Option<f64>) -> String {
@@ -175,6 +257,19 @@ fn header(f: &mut fmt::Formatter<'_>) -> fmt::Result {
         "  {:<22} {:>6} {:>10} {:>10} {:>10}",
         "", "n", "p50", "p99", "max"
     )
+}
+
+/// Everything of a throughput run after its first line.
+fn throughput_table(f: &mut fmt::Formatter<'_>, t: &ThroughputFigures) -> fmt::Result {
+    writeln!(f, "  status events received: {:.0}/s", t.events_per_s)?;
+    header(f)?;
+    for (p, l) in t.per_priority.iter().enumerate() {
+        latency_line(f, &format!("P{p} submit -> completed"), l)?;
+    }
+    latency_line(f, "all submit -> completed", &t.all)?;
+    stages(f, &t.stages)?;
+    writeln!(f, "  CPU: {}", t.cpu)?;
+    failures(f, t.failed, &t.failures, t.reconnects)
 }
 
 fn failures(
@@ -243,15 +338,7 @@ impl fmt::Display for Report {
             t.tasks_per_s,
             self.ratio()
         )?;
-        writeln!(f, "  status events received: {:.0}/s", t.events_per_s)?;
-        header(f)?;
-        for (p, l) in t.per_priority.iter().enumerate() {
-            latency_line(f, &format!("P{p} submit -> completed"), l)?;
-        }
-        latency_line(f, "all submit -> completed", &t.all)?;
-        stages(f, &t.stages)?;
-        writeln!(f, "  CPU: {}", t.cpu)?;
-        failures(f, t.failed, &t.failures, t.reconnects)?;
+        throughput_table(f, t)?;
 
         let b = &self.backlog;
         writeln!(f)?;
@@ -288,6 +375,127 @@ impl fmt::Display for Report {
         header(f)?;
         latency_line(f, "P0 submit -> completed", &b.p0)?;
         stages(f, &b.p0_stages)?;
-        failures(f, b.failed, &b.failures, b.reconnects)
+        failures(f, b.failed, &b.failures, b.reconnects)?;
+        match &self.dtls {
+            Some(d) => d.fmt_with(f, o),
+            None => Ok(()),
+        }
+    }
+}
+
+impl DtlsFigures {
+    /// Sections 4 to 6 of the report.
+    fn fmt_with(&self, f: &mut fmt::Formatter<'_>, o: &Options) -> fmt::Result {
+        let l = &self.limits;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "DTLS link (phases 4-6): a fresh bridge per measurement with a plain TCP and a DTLS \
+             link; {CIPHER} only, {} PSK keys in its psk_file; limits far above the load so the \
+             limiter is not measured (handshakes_per_second = {}, max_half_open = {}, \
+             max_sessions = {}, idle_timeout = {} s): {} handshakes refused for a limit, {} \
+             failed handshakes logged",
+            self.keys,
+            l.handshakes_per_second,
+            l.max_half_open,
+            l.max_sessions,
+            l.idle_timeout.as_secs(),
+            self.refused,
+            self.failed_logged
+        )?;
+
+        let h = &self.handshakes;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "4. DTLS handshakes (full DTLS 1.2 PSK handshakes with the cookie exchange, each from \
+             a fresh UDP port, {} clients in this process at a time; each session closed right \
+             after its handshake)",
+            h.concurrency
+        )?;
+        writeln!(
+            f,
+            "  {} of {} completed in {:.2} s: {:.0} handshakes/s",
+            h.completed, h.handshakes, h.seconds, h.per_s
+        )?;
+        header(f)?;
+        latency_line(f, "handshake", &h.latency)?;
+        writeln!(
+            f,
+            "  CPU: bridge {}, bench clients {} (of one core, over {:.1} s); per handshake: \
+             bridge {}, bench clients {}",
+            share(h.cpu.bridge),
+            share(h.cpu.bench),
+            h.cpu.wall_s,
+            us(per_item_us(h.cpu.bridge, h.cpu.wall_s, h.completed)),
+            us(per_item_us(h.cpu.bench, h.cpu.wall_s, h.completed))
+        )?;
+        failures(f, h.failed, &h.failures, 0)?;
+
+        writeln!(f)?;
+        writeln!(
+            f,
+            "5. memory per established session (growth of the bridge's VmRSS while the sessions \
+             are opened and held, divided by their number; a fresh bridge for each kind; no \
+             device Hello is sent, and all were still open when VmRSS was read)"
+        )?;
+        for (what, m) in [
+            ("DTLS sessions (handshake done)", &self.memory_dtls),
+            ("plain TCP connections (accepted)", &self.memory_tcp),
+        ] {
+            writeln!(
+                f,
+                "  {} {what}, opened in {:.2} s: VmRSS {} -> {} KiB: {:.1} KiB each",
+                m.sessions,
+                m.open_seconds,
+                m.rss_before_kib,
+                m.rss_held_kib,
+                m.per_session_kib()
+            )?;
+        }
+
+        writeln!(f)?;
+        writeln!(
+            f,
+            "6. tasks over DTLS vs plain TCP (phase 2 again, {} echo tasks with {} outstanding \
+             and {} devices, on a fresh bridge each: devices over plain TCP, then over DTLS)",
+            o.tasks, o.concurrency, o.devices
+        )?;
+        for (what, t) in [("plain TCP", &self.tcp), ("DTLS", &self.dtls)] {
+            writeln!(
+                f,
+                "  {what}: {} of {} completed in {:.2} s: {:.0} tasks/s",
+                t.completed, t.submitted, t.seconds, t.tasks_per_s
+            )?;
+            throughput_table(f, t)?;
+        }
+        writeln!(f, "  DTLS / plain TCP = {:.3}", self.ratio())?;
+        // CPU time per task varies less with the machine's other load than tasks/s does.
+        let per_task =
+            |t: &ThroughputFigures, s: Option<f64>| per_item_us(s, t.cpu.wall_s, t.completed);
+        for (what, tcp, dtls) in [
+            (
+                "bridge",
+                per_task(&self.tcp, self.tcp.cpu.bridge),
+                per_task(&self.dtls, self.dtls.cpu.bridge),
+            ),
+            (
+                "devices",
+                per_task(&self.tcp, self.tcp.cpu.devices),
+                per_task(&self.dtls, self.dtls.cpu.devices),
+            ),
+        ] {
+            let ratio = tcp
+                .zip(dtls)
+                .map_or_else(|| "?".to_owned(), |(t, d)| format!("{:.2}", d / t));
+            writeln!(
+                f,
+                "  CPU per task, {what}: {} over plain TCP, {} over DTLS (DTLS / plain TCP = \
+                 {ratio})",
+                us(tcp),
+                us(dtls)
+            )?;
+        }
+        Ok(())
     }
 }

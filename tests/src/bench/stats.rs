@@ -78,6 +78,25 @@ pub(crate) fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// A process's resident memory (`VmRSS` in `/proc/{pid}/status`), in KiB; `None` where there
+/// is no procfs.
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// How many file descriptors a process has open (`/proc/{pid}/fd`); `None` where there is no
+/// procfs.
+pub(crate) fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 /// CPU seconds of a group of processes at one moment.
 #[derive(Clone, Debug)]
 pub(crate) struct CpuSnapshot {

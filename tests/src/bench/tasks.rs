@@ -5,15 +5,17 @@
 //! are recorded.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::client::{Client, Received, wall_ms};
+use super::links::Psk;
 use super::report::{BacklogFigures, Stages, ThroughputFigures};
 use super::stats::{CpuSnapshot, Latencies, Progress};
 use super::{BenchError, Options, STALL};
-use crate::{Bridge, Proc, start_device};
+use crate::{Bridge, Proc, start_device, start_device_with};
 
 /// The bridge id of the bench's bridges, and their topic root.
 pub(crate) const BRIDGE_ID: &str = "bench";
@@ -313,14 +315,47 @@ impl Observer {
     }
 }
 
+/// How the simulated devices reach the bridge.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum DeviceLink<'a> {
+    /// Plain TCP to the bridge's device listener; ids `dev-1`, `dev-2`, ...
+    Tcp,
+    /// UDP + DTLS to `addr`, one pre-shared key per device (`--dtls --psk`); the PSK
+    /// identities are the device ids.
+    Dtls { addr: SocketAddr, keys: &'a [Psk] },
+}
+
+/// One run of the throughput phase: its name in progress lines, a tag that keeps its client
+/// names and task ids apart from other runs on the same broker, and how its devices connect.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ThroughputRun<'a> {
+    pub(crate) phase: &'static str,
+    pub(crate) tag: &'static str,
+    pub(crate) link: DeviceLink<'a>,
+}
+
 /// Starts `n` device simulators offering `echo` and `sleep`.
-fn start_devices(bridge: &Bridge, n: usize) -> (Vec<Proc>, Vec<String>) {
-    let ids: Vec<String> = (1..=n).map(|k| format!("dev-{k}")).collect();
-    let procs = ids
-        .iter()
-        .map(|id| start_device(bridge.devices, id, &["echo", "sleep"]))
-        .collect();
-    (procs, ids)
+fn start_devices(bridge: &Bridge, n: usize, link: DeviceLink<'_>) -> (Vec<Proc>, Vec<String>) {
+    const CAPABILITIES: [&str; 2] = ["echo", "sleep"];
+    match link {
+        DeviceLink::Tcp => {
+            let ids: Vec<String> = (1..=n).map(|k| format!("dev-{k}")).collect();
+            let procs = ids
+                .iter()
+                .map(|id| start_device(bridge.devices, id, &CAPABILITIES))
+                .collect();
+            (procs, ids)
+        }
+        DeviceLink::Dtls { addr, keys } => keys
+            .iter()
+            .take(n)
+            .map(|k| {
+                let args = ["--dtls", "--psk", &k.hex()];
+                let proc = start_device_with(addr, &k.identity, &CAPABILITIES, &args);
+                (proc, k.identity.clone())
+            })
+            .unzip(),
+    }
 }
 
 fn pids(devices: &[Proc]) -> Vec<u32> {
@@ -331,30 +366,32 @@ fn submit_topic() -> String {
     format!("{ROOT}/tasks/submit")
 }
 
-/// Phase 2: `--tasks` echo tasks, priorities P0..P5 in turn, at most `--concurrency`
-/// outstanding; tasks/s from the first submission to the last terminal event.
+/// Phase 2 (and phase 6, once per device link): `--tasks` echo tasks, priorities P0..P5 in
+/// turn, at most `--concurrency` outstanding; tasks/s from the first submission to the last
+/// terminal event.
 pub(crate) async fn throughput(
     bridge: &Bridge,
     opts: &Options,
     nonce: &str,
+    run: ThroughputRun<'_>,
 ) -> Result<ThroughputFigures, BenchError> {
-    const PHASE: &str = "throughput";
-    let mut progress = Progress::new(PHASE);
+    let ThroughputRun { phase, tag, link } = run;
+    let mut progress = Progress::new(phase);
     let window = opts.concurrency;
     let deadline = Instant::now() + opts.phase_timeout();
     let mut observer =
-        Observer::connect(bridge, &format!("bench-watcher-{nonce}-t"), window).await?;
+        Observer::connect(bridge, &format!("bench-watcher-{nonce}-{tag}"), window).await?;
     let submitter = Client::connect(
         bridge.mqtt,
-        &format!("bench-submitter-{nonce}-t"),
+        &format!("bench-submitter-{nonce}-{tag}"),
         window,
         &[],
     )
     .await?;
-    let (devices, ids) = start_devices(bridge, opts.devices);
-    let mut batch = Batch::new(format!("b{nonce}-t-"));
+    let (devices, ids) = start_devices(bridge, opts.devices, link);
+    let mut batch = Batch::new(format!("b{nonce}-{tag}-"));
     observer
-        .wait_online(&ids, &mut [&mut batch], PHASE, deadline)
+        .wait_online(&ids, &mut [&mut batch], phase, deadline)
         .await?;
     let n = opts.tasks;
     progress.say(&format!(
@@ -374,7 +411,7 @@ pub(crate) async fn throughput(
         }
         let finished = batch.finished;
         observer
-            .next(&mut [&mut batch], PHASE, deadline, || {
+            .next(&mut [&mut batch], phase, deadline, || {
                 format!("{finished} of {n} tasks finished")
             })
             .await?;
@@ -473,7 +510,7 @@ pub(crate) async fn backlog(
         opts.devices
     ));
 
-    let (devices, ids) = start_devices(bridge, opts.devices);
+    let (devices, ids) = start_devices(bridge, opts.devices, DeviceLink::Tcp);
     let device_pids = pids(&devices);
     let cpu_drain_start = CpuSnapshot::take(bridge_pid, &device_pids);
     let drain_start = Instant::now();

@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo build --release --workspace --bins
 //! cargo run --release -p edge-tests --bin edge-bench -- --devices 4 --tasks 5000
+//! cargo run --release -p edge-tests --bin edge-bench -- --dtls-handshakes 10000 --dtls-sessions 1000
 //! ```
 //!
 //! Progress goes to stderr, the report to stdout.

@@ -193,6 +193,9 @@ pub fn context(s: &Settings) -> Result<SslContext, LinkDtlsError> {
     b.set_cipher_list(&s.ciphers).map_err(ssl("ciphers"))?;
     // The datagram queue reports no MTU: the configured one is set on every session.
     b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::COOKIE_EXCHANGE | SslOptions::NO_TICKET);
+    // Idle sessions give their record buffers back (most device links are idle most of the
+    // time; thousands of sessions otherwise hold ~32 KiB each).
+    b.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
     let cookies = Arc::new(Cookies::new().map_err(ssl("cookie secret"))?);
     let generate = cookies.clone();
     b.set_cookie_generate_cb(move |ssl, out| {
@@ -376,7 +379,10 @@ pub async fn serve(
                             next_link,
                             established,
                             core.clone(),
-                            settings.clone(),
+                            Timeouts {
+                                handshake: settings.handshake_timeout,
+                                idle: settings.idle_timeout,
+                            },
                             gone_tx.clone(),
                         ));
                     }
@@ -428,17 +434,25 @@ fn listen(context: &SslContext, s: &Settings, datagram: &[u8], from: SocketAddr)
     }
 }
 
+/// What a session needs of its listener's settings (not the keys: a session must not carry
+/// a copy of every device's PSK).
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    handshake: Duration,
+    idle: Duration,
+}
+
 /// One session: handshake, identity, then the device link until it ends.
 async fn run_session(
     mut session: Session,
     link: LinkId,
     established: Arc<AtomicBool>,
     core: mpsc::Sender<LinkEvent>,
-    settings: Settings,
+    timeouts: Timeouts,
     gone: mpsc::UnboundedSender<(SocketAddr, u64, String)>,
 ) {
     let peer = session.wire.peer;
-    let deadline = Instant::now() + settings.handshake_timeout;
+    let deadline = Instant::now() + timeouts.handshake;
     let reason = match session.handshake(Role::Server, deadline).await {
         Err(why) => {
             tracing::warn!(%peer, reason = %why, "DTLS handshake failed");
@@ -461,7 +475,7 @@ async fn run_session(
                     core,
                     device_core::link::Config::default(),
                 ));
-                let reason = session.relay(app, settings.idle_timeout).await;
+                let reason = session.relay(app, timeouts.idle).await;
                 // The driver sees the pipe close and reports the link down.
                 let _ = driver.await;
                 reason

@@ -247,7 +247,8 @@ impl Session {
     /// a close_notify.
     pub async fn relay(mut self, app: DuplexStream, idle: Duration) -> String {
         let (mut app_rd, mut app_wr) = tokio::io::split(app);
-        let mut plain = vec![0u8; MAX_DATAGRAM];
+        // Device frames are at most a few hundred bytes; a larger record is read in pieces.
+        let mut plain = vec![0u8; 2048];
         let mut from_app = vec![0u8; 4096];
         // Bytes of a frame from `app` whose terminating 0x00 has not come yet.
         let mut partial: Vec<u8> = Vec::new();

@@ -1,0 +1,220 @@
+//! The bridge of phases 4 to 6: two device links, plain TCP and DTLS with pre-shared keys,
+//! written to a configuration file; its log goes to a file in its directory, so the bench can
+//! count what the bridge says about sessions and refusals without flooding the terminal.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use edge_bridge::link::dtls::client::{self, ClientSettings, Connected, Credential};
+use openssl::ssl::SslContext;
+
+use super::BenchError;
+use crate::{Bridge, Proc};
+
+/// The only cipher suite of the bench's DTLS link and clients: RFC 7925's mandatory PSK suite.
+pub(crate) const CIPHER: &str = "PSK-AES128-CCM8";
+
+/// The DTLS link's limits, set far above anything the bench asks for so that the limiter is
+/// never what is measured; the report prints them with the refusals the bridge logged.
+#[derive(Clone, Copy, Debug)]
+pub struct DtlsLimits {
+    pub handshakes_per_second: u32,
+    pub max_half_open: usize,
+    pub max_sessions: usize,
+    /// Longer than any phase: an established session is never dropped for idleness.
+    pub idle_timeout: Duration,
+}
+
+pub(crate) const LIMITS: DtlsLimits = DtlsLimits {
+    handshakes_per_second: 1_000_000,
+    max_half_open: 100_000,
+    max_sessions: 1_000_000,
+    idle_timeout: Duration::from_secs(3_600),
+};
+
+/// A PSK identity and its key (16 random bytes).
+#[derive(Clone, Debug)]
+pub(crate) struct Psk {
+    pub(crate) identity: String,
+    pub(crate) key: Vec<u8>,
+}
+
+impl Psk {
+    pub(crate) fn random(identity: String) -> Result<Self, BenchError> {
+        let mut key = vec![0u8; 16];
+        openssl::rand::rand_bytes(&mut key).map_err(|e| BenchError::Dtls(e.to_string()))?;
+        Ok(Self { identity, key })
+    }
+
+    pub(crate) fn hex(&self) -> String {
+        self.key.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The settings of an in-process client with this key.
+    pub(crate) fn client_settings(&self) -> ClientSettings {
+        ClientSettings {
+            credential: Credential::Psk {
+                identity: self.identity.clone(),
+                key: self.key.clone(),
+            },
+            ciphers: CIPHER.to_owned(),
+            mtu: 1200,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: LIMITS.idle_timeout,
+        }
+    }
+}
+
+/// An in-process DTLS client of one identity: its OpenSSL context is built once and serves
+/// every handshake it makes.
+#[derive(Debug)]
+pub(crate) struct DtlsClient {
+    pub(crate) context: SslContext,
+    pub(crate) settings: ClientSettings,
+}
+
+impl DtlsClient {
+    pub(crate) fn new(psk: &Psk) -> Result<Self, BenchError> {
+        let settings = psk.client_settings();
+        let context = client::context(&settings).map_err(BenchError::Dtls)?;
+        Ok(Self { context, settings })
+    }
+
+    /// A full handshake from a fresh UDP port.
+    pub(crate) async fn connect(&self, bridge: SocketAddr) -> Result<Connected, String> {
+        client::connect(&self.context, &self.settings, bridge).await
+    }
+}
+
+/// A running bridge with both links.
+#[derive(Debug)]
+pub(crate) struct LinkedBridge {
+    /// `devices` is the plain TCP link.
+    pub(crate) bridge: Bridge,
+    /// The DTLS link.
+    pub(crate) udp: SocketAddr,
+    /// The bridge's log (stderr).
+    pub(crate) log: PathBuf,
+}
+
+impl LinkedBridge {
+    /// Starts a bridge in `dir` whose DTLS link knows `keys` (from a key file).
+    pub(crate) fn start(dir: &Path, bridge_id: &str, keys: &[&Psk]) -> Result<Self, BenchError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BenchError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // A key file, as operators configure it (`device-id:hexkey`, readable by the owner only).
+        let psk_file = dir.join("devices.psk");
+        let lines: String = keys
+            .iter()
+            .map(|k| format!("{}:{}\n", k.identity, k.hex()))
+            .collect();
+        std::fs::write(&psk_file, lines).map_err(io(&psk_file))?;
+        std::fs::set_permissions(&psk_file, std::fs::Permissions::from_mode(0o600))
+            .map_err(io(&psk_file))?;
+        let config = format!(
+            "bridge_id = \"{bridge_id}\"\n\
+             [broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:0\"\n\
+             [[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:0\"\n\
+             [[link]]\nkind = \"dtls\"\nlisten = \"127.0.0.1:0\"\nciphers = \"{CIPHER}\"\n\
+             idle_timeout = \"{}s\"\nhandshakes_per_second = {}\nmax_half_open = {}\n\
+             max_sessions = {}\npsk_file = {:?}\n",
+            LIMITS.idle_timeout.as_secs(),
+            LIMITS.handshakes_per_second,
+            LIMITS.max_half_open,
+            LIMITS.max_sessions,
+            psk_file.display().to_string()
+        );
+        let config_path = dir.join("bridge.toml");
+        std::fs::write(&config_path, config).map_err(io(&config_path))?;
+        let log = dir.join("bridge.log");
+        let log_file = std::fs::File::create(&log).map_err(io(&log))?;
+        let exe = crate::binary("edge-bridge");
+        let mut child = Command::new(&exe)
+            .arg("run")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--config")
+            .arg(&config_path)
+            // Plain lines in the log file, for the bench to match.
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| BenchError::Bridge(format!("{}: {e}", exe.display())))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let proc = Proc {
+            child,
+            name: "edge-bridge",
+        };
+        let fail = |why: String| BenchError::Bridge(format!("{why}; its log: {}", log.display()));
+        let line = first_line(stdout, Duration::from_secs(30))
+            .ok_or_else(|| fail("no ready line within 30 s".into()))?;
+        let field = |key: &str| -> Vec<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(|v| v.split(',').filter_map(|a| a.parse().ok()).collect())
+                .unwrap_or_default()
+        };
+        // The ready line lists the device links in the order of the file: TCP, then DTLS.
+        let (mqtt, devices) = (field("mqtt="), field("devices="));
+        let (Some(&mqtt), [tcp, udp]) = (mqtt.first(), devices.as_slice()) else {
+            return Err(fail(format!("unexpected ready line {line:?}")));
+        };
+        Ok(Self {
+            bridge: Bridge {
+                proc,
+                mqtt,
+                devices: *tcp,
+            },
+            udp: *udp,
+            log,
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.bridge.proc.child.id()
+    }
+
+    /// Lines of the log so far that contain `needle`.
+    pub(crate) fn log_lines(&self, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Handshakes the DTLS link refused for a limit (`max_sessions`, `max_half_open`,
+    /// `handshakes_per_second`). The bridge logs refusals at most once a second with a running
+    /// count, so this is the largest count logged.
+    pub(crate) fn refused(&self) -> u64 {
+        self.log_lines("limit reached")
+            .iter()
+            .filter_map(|l| {
+                let rest = &l[l.find("refused=")? + "refused=".len()..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The first line of `out`, read on a helper thread, or `None` after `within`.
+fn first_line(out: impl std::io::Read + Send + 'static, within: Duration) -> Option<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(within).ok().filter(|l| !l.is_empty())
+}
