@@ -185,12 +185,10 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
                 unreachable!("handled above")
             }
         };
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| RunError::Link {
-                addr: listen,
-                source,
-            })?;
+        let listener = device_listener(listen).map_err(|source| RunError::Link {
+            addr: listen,
+            source,
+        })?;
         let addr = listener.local_addr().map_err(|source| RunError::Link {
             addr: listen,
             source,
@@ -347,4 +345,23 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
             }
         }
     }
+}
+
+/// Connections a device listener queues before it accepts them. A fleet reconnecting at
+/// once after a restart overflows the usual 128 (each overflow costs a device a 1 s SYN
+/// retransmission).
+const DEVICE_BACKLOG: u32 = 1024;
+
+/// A TCP listener for device links with a [`DEVICE_BACKLOG`]-deep accept queue.
+fn device_listener(listen: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's and tokio's `bind` do on Unix: a restarted bridge can listen again at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    socket.listen(DEVICE_BACKLOG)
 }
