@@ -263,6 +263,71 @@ pub fn start_device_with(
     }
 }
 
+/// The `openssl req` arguments of a new ECDSA P-256 key without a passphrase.
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// A self-signed ECDSA P-256 CA in `dir`: `{name}.pem` and `{name}.key`, valid two days.
+pub fn make_ca(dir: &Path, name: &str, subject: &str) {
+    let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+    let args = [
+        &["req", "-x509"][..],
+        &EC_KEY,
+        &[
+            "-keyout", &key, "-out", &pem, "-days", "2", "-subj", subject,
+        ],
+    ]
+    .concat();
+    openssl(dir, &args);
+}
+
+/// An ECDSA P-256 certificate in `dir`, `{name}.pem` and `{name}.key`, for subject CN `cn`,
+/// signed by the CA `{ca}.pem`/`{ca}.key` (see [`make_ca`]), with the X.509 v3 extensions
+/// `ext` (lines of an openssl extension file, e.g. `extendedKeyUsage=clientAuth`).
+pub fn issue_certificate(dir: &Path, name: &str, cn: &str, ca: &str, ext: &str) {
+    let (key, csr, pem, extfile) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.ext"),
+    );
+    std::fs::write(dir.join(&extfile), ext).expect("write the extension file");
+    let subject = format!("/CN={cn}");
+    let req = [
+        &["req"][..],
+        &EC_KEY,
+        &["-keyout", &key, "-out", &csr, "-subj", &subject],
+    ]
+    .concat();
+    openssl(dir, &req);
+    let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &extfile,
+        ],
+    );
+}
+
 /// Runs `openssl` with `args` in `dir` (tests make their certificates with it); fails
 /// loudly when it is missing or fails.
 pub fn openssl(dir: &Path, args: &[&str]) {

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edge_tests::{
-    Bridge, LogLines, Proc, Watcher, last_state, openssl, start_bridge_with_log, start_device_with,
+    Bridge, LogLines, Proc, Watcher, issue_certificate, last_state, make_ca, start_bridge_with_log,
+    start_device_with,
 };
 use tokio::net::UdpSocket;
 
@@ -54,54 +55,17 @@ fn start(dir: &Path, certificates: bool, extra: &str) -> (Bridge, LogLines) {
     start_bridge_with_log(&dir.join("data"), &config)
 }
 
-/// A CA, the bridge's certificate (ECDSA P-256, CN 127.0.0.1) and one for device dev-c.
+/// A CA, the bridge's certificate (ECDSA P-256, for 127.0.0.1) and one for device dev-c.
 fn make_certificates(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test CA",
-    ];
-    ca.extend_from_slice(&ec);
-    ca.extend_from_slice(&["-keyout", "ca.key", "-out", "ca.pem"]);
-    openssl(dir, &ca);
-    for name in ["bridge", "dev-c"] {
-        let cn = if name == "bridge" { "127.0.0.1" } else { name };
-        let subject = format!("/CN={cn}");
-        let (key, csr, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        let mut req = vec![
-            "req", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
-        ];
-        req.extend_from_slice(&ec);
-        openssl(dir, &req);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-days",
-                "2",
-                "-set_serial",
-                "7",
-                "-out",
-                &pem,
-            ],
-        );
-    }
+    make_ca(dir, "ca", "/CN=test CA");
+    issue_certificate(
+        dir,
+        "bridge",
+        "bridge",
+        "ca",
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    issue_certificate(dir, "dev-c", "dev-c", "ca", "extendedKeyUsage=clientAuth\n");
 }
 
 /// `edge-device-sim` over DTLS to `addr` with `extra` (the credential).

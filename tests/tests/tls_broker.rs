@@ -7,36 +7,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use edge_tests::{
-    Proc, Watcher, free_port, last_state, openssl, run_mosquitto, start_bridge, start_device,
+    Proc, Watcher, free_port, issue_certificate, last_state, make_ca, run_mosquitto, start_bridge,
+    start_device,
 };
 
 const ROOT: &str = "edge/tls";
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
 fn make_certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let ca = [
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=edge test CA",
-        ],
-    ]
-    .concat();
-    openssl(dir, &ca);
+    make_ca(dir, "ca", "/CN=edge test CA");
     for (name, ext) in [
         (
             "server",
@@ -44,41 +23,7 @@ fn make_certificates(dir: &Path) {
         ),
         ("client", "extendedKeyUsage=clientAuth\n"),
     ] {
-        let (key, csr, pem, extfile) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        std::fs::write(dir.join(&extfile), ext).unwrap();
-        let subj = format!("/CN={name}");
-        let req = [
-            &["req"][..],
-            &ec,
-            &["-keyout", &key, "-out", &csr, "-subj", &subj],
-        ]
-        .concat();
-        openssl(dir, &req);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &extfile,
-            ],
-        );
+        issue_certificate(dir, name, name, "ca", ext);
     }
 }
 

@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edge_tests::{
-    Bridge, LogLines, Proc, Watcher, last_state, openssl, start_bridge_with_log, start_device_with,
+    Bridge, LogLines, Proc, Watcher, issue_certificate, last_state, make_ca, start_bridge_with_log,
+    start_device_with,
 };
 use tokio::io::AsyncReadExt;
 
@@ -23,25 +24,8 @@ const WAIT: Duration = Duration::from_secs(30);
 /// certificate for 127.0.0.1, and device certificates `dev-a` (from `ca`) and `dev-r` (from
 /// `rogue`), as PEM files `NAME.pem` / `NAME.key` in `dir`.
 fn make_certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for (ca, subject) in [("ca", "/CN=edge devices CA"), ("rogue", "/CN=another CA")] {
-        let (key, pem) = (format!("{ca}.key"), format!("{ca}.pem"));
-        let args = [
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout", &key, "-out", &pem, "-days", "2", "-subj", subject,
-            ],
-        ]
-        .concat();
-        openssl(dir, &args);
-    }
+    make_ca(dir, "ca", "/CN=edge devices CA");
+    make_ca(dir, "rogue", "/CN=another CA");
     for (name, ca, ext) in [
         (
             "bridge",
@@ -51,42 +35,7 @@ fn make_certificates(dir: &Path) {
         ("dev-a", "ca", "extendedKeyUsage=clientAuth\n"),
         ("dev-r", "rogue", "extendedKeyUsage=clientAuth\n"),
     ] {
-        let (key, csr, pem, extfile) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        std::fs::write(dir.join(&extfile), ext).unwrap();
-        let subject = format!("/CN={name}");
-        let req = [
-            &["req"][..],
-            &ec,
-            &["-keyout", &key, "-out", &csr, "-subj", &subject],
-        ]
-        .concat();
-        openssl(dir, &req);
-        let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &ca_pem,
-                "-CAkey",
-                &ca_key,
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &extfile,
-            ],
-        );
+        issue_certificate(dir, name, name, ca, ext);
     }
 }
 

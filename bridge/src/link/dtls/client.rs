@@ -126,9 +126,13 @@ pub async fn connect_on(
         ..
     } = &settings.credential
     {
-        ssl.param_mut()
-            .set_host(name)
-            .map_err(|e| format!("server name {name}: {e}"))?;
+        // An address is checked against the certificate's IP addresses, a name against its
+        // DNS names (and CN).
+        let checked = match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => ssl.param_mut().set_ip(ip),
+            Err(_) => ssl.param_mut().set_host(name),
+        };
+        checked.map_err(|e| format!("server name {name}: {e}"))?;
     }
     let tls = SslStream::new(ssl, Datagrams::default()).map_err(|e| format!("OpenSSL: {e}"))?;
     // Datagrams from the bridge's address only.
