@@ -539,3 +539,68 @@ async fn a_flood_of_client_hellos_costs_no_memory_and_stops_no_device() {
         .count();
     assert_eq!(established, 1, "only the device's session");
 }
+
+/// A client that returns its cookie and then goes silent after the bridge's first flight: it
+/// holds a half-open session until the bridge's handshake deadline. `Some(socket)` once the
+/// bridge answered the cookie (kept open so the port stays the client's); `None` when the
+/// bridge started no handshake for it.
+async fn stall_after_cookie(bridge: SocketAddr) -> Option<UdpSocket> {
+    use edge_bridge::link::dtls::session::Datagrams;
+    use openssl::ssl::{Ssl, SslContext, SslMethod, SslStream};
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut ctx = SslContext::builder(SslMethod::dtls_client()).unwrap();
+    ctx.set_cipher_list("PSK-AES128-CCM8").unwrap();
+    ctx.set_psk_client_callback(|_, _, id, key| {
+        id[..6].copy_from_slice(b"dev-a\0");
+        key[..16].fill(1);
+        Ok(16)
+    });
+    let mut tls = SslStream::new(Ssl::new(&ctx.build()).unwrap(), Datagrams::default()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // ClientHello, HelloVerifyRequest, ClientHello with the cookie.
+    for _ in 0..2 {
+        assert!(tls.connect().is_err(), "the handshake cannot finish here");
+        for d in tls.get_mut().take_outbound() {
+            socket.send_to(&d, bridge).await.unwrap();
+        }
+        let reply = tokio::time::timeout(Duration::from_secs(3), socket.recv(&mut buf)).await;
+        let Ok(Ok(n)) = reply else {
+            return None;
+        };
+        tls.get_mut().push(buf[..n].to_vec());
+    }
+    // The bridge's ServerHello flight arrived: a session holds a half-open slot for us.
+    Some(socket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_handshakes_are_capped_and_freed_at_their_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bridge, mut log) = start(
+        dir.path(),
+        false,
+        "max_half_open = 1\nhandshake_timeout = \"3s\"",
+    );
+    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
+    let _first = stall_after_cookie(bridge.devices)
+        .await
+        .expect("the first stalled client gets a handshake");
+    // The only half-open slot is taken: a second client still gets its cookie (stateless) but
+    // no handshake, and the refusal is logged.
+    assert!(
+        stall_after_cookie(bridge.devices).await.is_none(),
+        "a second half-open session beyond max_half_open = 1"
+    );
+    log.wait_for(WAIT, "the refusal", |l| {
+        l.contains("DTLS handshake refused: limit reached") && l.contains("limit=\"max_half_open\"")
+    })
+    .await;
+    // A real device gets in once the stalled handshake reaches its deadline (its own client
+    // retransmits the ClientHello meanwhile), and is served.
+    let _a = dtls_device(bridge.devices, "dev-a", &["--psk", KEY_A]);
+    log.wait_for(WAIT, "the stalled handshake dropped", |l| {
+        l.contains("DTLS session ended") && l.contains("handshake deadline passed")
+    })
+    .await;
+    completes(&mut w, "after-the-stall", "dev-a").await;
+}

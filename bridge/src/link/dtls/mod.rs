@@ -313,7 +313,7 @@ pub async fn serve(
     let mut buf = vec![0u8; MAX_DATAGRAM];
     // Refusals are counted and logged at most once per second, so a flood cannot flood the log.
     let mut refused = 0u64;
-    let mut refusal_logged = Instant::now();
+    let mut refusal_logged: Option<Instant> = None;
     loop {
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
@@ -357,8 +357,8 @@ pub async fn serve(
                         };
                         if let Some(limit) = full {
                             refused += 1;
-                            if refusal_logged.elapsed() >= Duration::from_secs(1) {
-                                refusal_logged = Instant::now();
+                            if refusal_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                                refusal_logged = Some(Instant::now());
                                 tracing::warn!(?local, %from, limit, refused, sessions = peers.len(), half_open, "DTLS handshake refused: limit reached");
                             }
                             continue;
