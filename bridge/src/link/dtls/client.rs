@@ -54,6 +54,7 @@ pub fn context(s: &ClientSettings) -> Result<SslContext, String> {
     b.set_max_proto_version(Some(SslVersion::DTLS1_2))
         .map_err(ssl("DTLS 1.2"))?;
     b.set_cipher_list(&s.ciphers).map_err(ssl("ciphers"))?;
+    super::session::allow_ccm8(&mut b, &s.ciphers);
     b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
     match &s.credential {
         Credential::Psk { identity, key } => {

@@ -200,6 +200,7 @@ pub fn context(s: &Settings) -> Result<SslContext, LinkDtlsError> {
     b.set_max_proto_version(Some(SslVersion::DTLS1_2))
         .map_err(ssl("DTLS 1.2"))?;
     b.set_cipher_list(&s.ciphers).map_err(ssl("ciphers"))?;
+    session::allow_ccm8(&mut b, &s.ciphers);
     // The datagram queue reports no MTU: the configured one is set on every session.
     b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::COOKIE_EXCHANGE | SslOptions::NO_TICKET);
     // Idle sessions give their record buffers back (most device links are idle most of the
@@ -531,6 +532,33 @@ mod tests {
             !cookies.verify(&a, &other_secret),
             "another process's secret"
         );
+    }
+
+    fn psk_settings(ciphers: &str) -> Settings {
+        Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            psk: BTreeMap::from([("dev-1".to_owned(), vec![7; 16])]),
+            certificates: None,
+            ciphers: ciphers.to_owned(),
+            mtu: 1200,
+            handshake_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_sessions: 1,
+            max_half_open: 1,
+            handshakes_per_second: 1,
+        }
+    }
+
+    /// OpenSSL 3.2+ rates CCM_8 below the default security level and drops it silently: a
+    /// list naming it runs at level 0 (the list decides); any other list keeps the default.
+    #[test]
+    fn ccm8_suites_are_not_dropped_by_the_security_level() {
+        let ccm8 = context(&psk_settings(broker_config::DEFAULT_DTLS_CIPHERS)).unwrap();
+        assert_eq!(ccm8.security_level(), 0);
+        let gcm = context(&psk_settings("PSK-AES128-GCM-SHA256")).unwrap();
+        assert!(gcm.security_level() >= 1, "{}", gcm.security_level());
+        let bad = context(&psk_settings("NO-SUCH-CIPHER")).unwrap_err();
+        assert!(bad.to_string().contains("ciphers"), "{bad}");
     }
 
     #[test]

@@ -321,6 +321,17 @@ impl Session {
     }
 }
 
+/// Lets OpenSSL offer the cipher list's CCM_8 suites. RFC 7925 makes `*-AES128-CCM8` the
+/// mandatory suites of constrained devices, but OpenSSL 3.2 and later rate their 64-bit tag as
+/// 64 bits of security, below the default security level (1: 80 bits), and silently leave
+/// them out ("no shared cipher"). With a CCM_8 suite listed, the context runs at level 0: the
+/// explicit cipher list, not the level, then decides what is offered.
+pub fn allow_ccm8(b: &mut openssl::ssl::SslContextBuilder, ciphers: &str) {
+    if ciphers.to_ascii_uppercase().contains("CCM8") {
+        b.set_security_level(0);
+    }
+}
+
 /// Sleeps until `at`, or forever without a timer.
 async fn sleep_until(at: Option<Instant>) {
     match at {
