@@ -236,6 +236,10 @@ pub enum LinkConfig {
         /// cookie (HelloVerifyRequest) to start one, so spoofed addresses cost nothing.
         #[serde(default = "default_max_half_open")]
         max_half_open: usize,
+        /// Of those, from one IP address at most: peers that do return their cookie cannot
+        /// take every slot from one host.
+        #[serde(default = "default_max_half_open_per_address")]
+        max_half_open_per_address: usize,
         /// New handshakes started per second at most (burst of the same size).
         #[serde(default = "default_handshake_rate")]
         handshakes_per_second: u32,
@@ -273,6 +277,10 @@ fn default_max_sessions() -> usize {
 
 fn default_max_half_open() -> usize {
     128
+}
+
+fn default_max_half_open_per_address() -> usize {
+    16
 }
 
 fn default_handshake_rate() -> u32 {
@@ -341,6 +349,7 @@ impl LinkConfig {
                 idle_timeout,
                 max_sessions,
                 max_half_open,
+                max_half_open_per_address,
                 handshakes_per_second,
                 ..
             } => {
@@ -374,10 +383,15 @@ impl LinkConfig {
                 if *idle_timeout < Duration::from_secs(1) {
                     return Err(invalid("link.idle_timeout", "at least 1s"));
                 }
-                if *max_sessions == 0 || *max_half_open == 0 || *handshakes_per_second == 0 {
+                if *max_sessions == 0
+                    || *max_half_open == 0
+                    || *max_half_open_per_address == 0
+                    || *handshakes_per_second == 0
+                {
                     return Err(invalid(
                         "link.max_half_open",
-                        "max_sessions, max_half_open and handshakes_per_second must be above 0",
+                        "max_sessions, max_half_open, max_half_open_per_address and \
+                         handshakes_per_second must be above 0",
                     ));
                 }
                 Ok(())

@@ -544,10 +544,10 @@ async fn a_flood_of_client_hellos_costs_no_memory_and_stops_no_device() {
 /// holds a half-open session until the bridge's handshake deadline. `Some(socket)` once the
 /// bridge answered the cookie (kept open so the port stays the client's); `None` when the
 /// bridge started no handshake for it.
-async fn stall_after_cookie(bridge: SocketAddr) -> Option<UdpSocket> {
+async fn stall_after_cookie(bridge: SocketAddr, from: &str) -> Option<UdpSocket> {
     use edge_bridge::link::dtls::session::Datagrams;
     use openssl::ssl::{Ssl, SslContext, SslMethod, SslStream};
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let socket = UdpSocket::bind((from, 0)).await.unwrap();
     let mut ctx = SslContext::builder(SslMethod::dtls_client()).unwrap();
     ctx.set_cipher_list("PSK-AES128-CCM8").unwrap();
     ctx.set_psk_client_callback(|_, _, id, key| {
@@ -582,13 +582,15 @@ async fn half_open_handshakes_are_capped_and_freed_at_their_deadline() {
         "max_half_open = 1\nhandshake_timeout = \"3s\"",
     );
     let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
-    let _first = stall_after_cookie(bridge.devices)
+    let _first = stall_after_cookie(bridge.devices, "127.0.0.1")
         .await
         .expect("the first stalled client gets a handshake");
     // The only half-open slot is taken: a second client still gets its cookie (stateless) but
     // no handshake, and the refusal is logged.
     assert!(
-        stall_after_cookie(bridge.devices).await.is_none(),
+        stall_after_cookie(bridge.devices, "127.0.0.1")
+            .await
+            .is_none(),
         "a second half-open session beyond max_half_open = 1"
     );
     log.wait_for(WAIT, "the refusal", |l| {
@@ -603,4 +605,36 @@ async fn half_open_handshakes_are_capped_and_freed_at_their_deadline() {
     })
     .await;
     completes(&mut w, "after-the-stall", "dev-a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_half_open_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bridge, mut log) = start(
+        dir.path(),
+        false,
+        "max_half_open_per_address = 1\nhandshake_timeout = \"10s\"",
+    );
+    let _first = stall_after_cookie(bridge.devices, "127.0.0.1")
+        .await
+        .expect("the first stalled client gets a handshake");
+    assert!(
+        stall_after_cookie(bridge.devices, "127.0.0.1")
+            .await
+            .is_none(),
+        "a second half-open session from the same address"
+    );
+    log.wait_for(WAIT, "the refusal", |l| {
+        l.contains("DTLS handshake refused: limit reached")
+            && l.contains("limit=\"max_half_open_per_address\"")
+            && l.contains("from=127.0.0.1:")
+    })
+    .await;
+    // Another host (127.0.0.2 is loopback too) still gets in.
+    assert!(
+        stall_after_cookie(bridge.devices, "127.0.0.2")
+            .await
+            .is_some(),
+        "another address refused"
+    );
 }

@@ -123,9 +123,11 @@ impl LinkedBridge {
              [[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:0\"\n\
              [[link]]\nkind = \"dtls\"\nlisten = \"127.0.0.1:0\"\nciphers = \"{CIPHER}\"\n\
              idle_timeout = \"{}s\"\nhandshakes_per_second = {}\nmax_half_open = {}\n\
-             max_sessions = {}\npsk_file = {:?}\n",
+             max_half_open_per_address = {}\nmax_sessions = {}\npsk_file = {:?}\n",
             LIMITS.idle_timeout.as_secs(),
             LIMITS.handshakes_per_second,
+            LIMITS.max_half_open,
+            // Every bench client is on 127.0.0.1.
             LIMITS.max_half_open,
             LIMITS.max_sessions,
             psk_file.display().to_string()

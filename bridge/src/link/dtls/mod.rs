@@ -52,6 +52,7 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub max_sessions: usize,
     pub max_half_open: usize,
+    pub max_half_open_per_address: usize,
     pub handshakes_per_second: u32,
 }
 
@@ -70,6 +71,7 @@ pub fn settings(link: &broker_config::LinkConfig) -> Result<Settings, LinkDtlsEr
         idle_timeout,
         max_sessions,
         max_half_open,
+        max_half_open_per_address,
         handshakes_per_second,
     } = link
     else {
@@ -101,6 +103,7 @@ pub fn settings(link: &broker_config::LinkConfig) -> Result<Settings, LinkDtlsEr
         idle_timeout: *idle_timeout,
         max_sessions: *max_sessions,
         max_half_open: *max_half_open,
+        max_half_open_per_address: *max_half_open_per_address,
         handshakes_per_second: *handshakes_per_second,
     })
 }
@@ -352,14 +355,19 @@ pub async fn serve(
                     }
                     Listened::Ignored => {}
                     Listened::Verified(tls) => {
-                        let half_open = peers
-                            .values()
-                            .filter(|p| !p.established.load(Ordering::Acquire))
-                            .count();
+                        let (mut half_open, mut half_open_here) = (0, 0);
+                        for (addr, p) in &peers {
+                            if !p.established.load(Ordering::Acquire) {
+                                half_open += 1;
+                                half_open_here += usize::from(addr.ip() == from.ip());
+                            }
+                        }
                         let full = if peers.len() >= settings.max_sessions && !peers.contains_key(&from) {
                             Some("max_sessions")
                         } else if half_open >= settings.max_half_open {
                             Some("max_half_open")
+                        } else if half_open_here >= settings.max_half_open_per_address {
+                            Some("max_half_open_per_address")
                         } else if !bucket.take(Instant::now()) {
                             Some("handshakes_per_second")
                         } else {
@@ -545,6 +553,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             max_sessions: 1,
             max_half_open: 1,
+            max_half_open_per_address: 1,
             handshakes_per_second: 1,
         }
     }
