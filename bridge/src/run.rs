@@ -143,7 +143,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
             tracing::info!(%addr, psk_devices = settings.psk.len(), certificates = settings.certificates.is_some(), "DTLS device link listening");
             device_addrs.push(addr);
             let base = next_link;
-            next_link += 1 << 32;
+            next_link += LINK_ID_SPAN;
             tokio::spawn(link::dtls::serve(
                 socket,
                 base,
@@ -158,7 +158,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
             // plugged in yet) is retried, not fatal.
             tracing::info!(port = %path.display(), baud, "serial device link (no authentication: the cable is the credential)");
             let base = next_link;
-            next_link += 1 << 32;
+            next_link += LINK_ID_SPAN;
             tokio::spawn(link::serial::serve(
                 path.clone(),
                 *baud,
@@ -195,7 +195,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Ready)) -> Result<(), RunEr
         })?;
         device_addrs.push(addr);
         let base = next_link;
-        next_link += 1 << 32;
+        next_link += LINK_ID_SPAN;
         match acceptor {
             None => {
                 if addr.ip().is_loopback() {
@@ -365,3 +365,7 @@ fn device_listener(listen: std::net::SocketAddr) -> std::io::Result<TcpListener>
     socket.bind(listen)?;
     socket.listen(DEVICE_BACKLOG)
 }
+
+/// Link ids each listener may use, from its base: 2^48 connections (2^32 ran out after
+/// about 248 days at 200 DTLS handshakes a second and spilled into the next listener's ids).
+const LINK_ID_SPAN: u64 = 1 << 48;

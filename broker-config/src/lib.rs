@@ -218,8 +218,9 @@ pub enum LinkConfig {
         /// OpenSSL cipher list; the default is RFC 7925's CCM_8 suites plus GCM.
         #[serde(default = "default_dtls_ciphers")]
         ciphers: String,
-        /// Largest datagram the bridge sends, in bytes (handshake messages are fragmented
-        /// to fit; a device frame always fits).
+        /// Largest datagram the bridge sends, in bytes: handshake messages are fragmented
+        /// to fit; a device frame (at most 403 bytes, plus up to 37 of DTLS record) is not,
+        /// hence at least 512.
         #[serde(default = "default_dtls_mtu")]
         mtu: u16,
         /// A handshake unfinished by then is dropped (a wrong PSK makes the peer go silent,
@@ -376,8 +377,8 @@ impl LinkConfig {
                 if ciphers.trim().is_empty() {
                     return Err(invalid("link.ciphers", "must not be empty"));
                 }
-                if !(256..=9000).contains(mtu) {
-                    return Err(invalid("link.mtu", "256 to 9000 bytes"));
+                if !(512..=9000).contains(mtu) {
+                    return Err(invalid("link.mtu", "512 to 9000 bytes"));
                 }
                 check_handshake_timeout(*handshake_timeout)?;
                 if *idle_timeout < Duration::from_secs(1) {

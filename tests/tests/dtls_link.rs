@@ -162,6 +162,14 @@ async fn openssl_and_gnutls_complete_a_psk_ccm8_handshake() {
     })
     .await;
 
+    // The bridge offers no session to resume (a resumed session would prove no identity):
+    // the session id it gave s_client is empty.
+    let session_id = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Session-ID:"))
+        .unwrap_or_else(|| panic!("no Session-ID line:\n{out}"));
+    assert_eq!(session_id.trim(), "", "a resumable session was offered");
+
     // gnutls-cli, restricted to AES-128-CCM-8 with PSK key exchange.
     let (_, out) = run_tool(
         "gnutls-cli",

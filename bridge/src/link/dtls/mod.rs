@@ -209,6 +209,10 @@ pub fn context(s: &Settings) -> Result<SslContext, LinkDtlsError> {
     // Idle sessions give their record buffers back (most device links are idle most of the
     // time; thousands of sessions otherwise hold ~32 KiB each).
     b.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
+    // No session resumption: a resumed PSK session never calls the PSK callback (no identity
+    // proven) and a resumed certificate session has no verified peer to name the device; the
+    // cache would also hold sessions beyond max_sessions. Every device does a full handshake.
+    b.set_session_cache_mode(openssl::ssl::SslSessionCacheMode::OFF);
     let cookies = Arc::new(Cookies::new().map_err(ssl("cookie secret"))?);
     let generate = cookies.clone();
     b.set_cookie_generate_cb(move |ssl, out| {
@@ -265,6 +269,22 @@ fn load_certificates(
     b.set_ca_file(ca)
         .map_err(|e| file_error("client_ca_file", ca, &e))?;
     Ok(())
+}
+
+/// The host an address belongs to, for per-host limits: an IPv4 address (IPv4-mapped IPv6
+/// included) is one host; an IPv6 address counts by its /64, which one subscriber usually
+/// holds whole.
+fn host(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.into(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.into(),
+            None => {
+                let s = v6.segments();
+                std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0).into()
+            }
+        },
+    }
 }
 
 /// One peer address in the socket task's map.
@@ -347,6 +367,11 @@ pub async fn serve(
                         continue;
                     }
                 }
+                // Only a ClientHello can start anything: other datagrams from unknown
+                // addresses cost nothing more than this check.
+                if !session::is_client_hello(datagram) {
+                    continue;
+                }
                 match listen(&context, &settings, datagram, from) {
                     Listened::Answered(replies) => {
                         for d in replies {
@@ -359,7 +384,7 @@ pub async fn serve(
                         for (addr, p) in &peers {
                             if !p.established.load(Ordering::Acquire) {
                                 half_open += 1;
-                                half_open_here += usize::from(addr.ip() == from.ip());
+                                half_open_here += usize::from(host(addr.ip()) == host(from.ip()));
                             }
                         }
                         let full = if peers.len() >= settings.max_sessions && !peers.contains_key(&from) {
@@ -568,6 +593,19 @@ mod tests {
         assert!(gcm.security_level() >= 1, "{}", gcm.security_level());
         let bad = context(&psk_settings("NO-SUCH-CIPHER")).unwrap_err();
         assert!(bad.to_string().contains("ciphers"), "{bad}");
+    }
+
+    #[test]
+    fn hosts_are_ipv4_addresses_and_ipv6_prefixes() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(host(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_ne!(host(ip("192.0.2.7")), host(ip("192.0.2.8")));
+        assert_eq!(host(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            host(ip("2001:db8:1:2::5")),
+            host(ip("2001:db8:1:2:aaaa::9"))
+        );
+        assert_ne!(host(ip("2001:db8:1:2::5")), host(ip("2001:db8:1:3::5")));
     }
 
     #[test]

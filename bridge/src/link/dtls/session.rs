@@ -308,7 +308,10 @@ impl Session {
                     self.flush().await;
                 }
                 () = sleep_until(timer) => {
-                    ffi::handle_timeout(self.tls.ssl());
+                    // A failed retransmission leaves the timer expired: end rather than spin.
+                    if !ffi::handle_timeout(self.tls.ssl()) {
+                        return "DTLS retransmission failed".into();
+                    }
                     self.flush().await;
                 }
                 () = tokio::time::sleep_until(last_heard + idle) => {
