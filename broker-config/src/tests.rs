@@ -192,3 +192,96 @@ fn a_missing_file_is_a_read_error_with_the_path() {
     assert!(matches!(e, ConfigError::Read { .. }));
     assert!(e.to_string().contains("does/not/exist.toml"), "{e}");
 }
+
+/// A file in the system's temporary directory, removed when dropped.
+#[cfg(unix)]
+struct TempFile(std::path::PathBuf);
+
+#[cfg(unix)]
+impl TempFile {
+    fn new(name: &str, text: &str, mode: u32) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        Self(path)
+    }
+}
+
+#[cfg(unix)]
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn psk_files_are_read_and_refused_when_others_may_read_them() {
+    let good = TempFile::new(
+        "good.psk",
+        "# devices\n\ndev-1:00112233445566778899aabbccddeeff\n dev-2 : 0a0b \n",
+        0o600,
+    );
+    let keys = load_psk_file(&good.0).unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys["dev-1"].len(), 16);
+    assert_eq!(keys["dev-2"], vec![0x0a, 0x0b]);
+
+    let open = TempFile::new("open.psk", "dev-1:00\n", 0o644);
+    let e = load_psk_file(&open.0).unwrap_err();
+    assert!(matches!(
+        e,
+        ConfigError::Invalid {
+            field: "link.psk_file",
+            ..
+        }
+    ));
+    assert!(e.to_string().contains("readable by other users"), "{e}");
+
+    for (name, text, says) in [
+        ("hex.psk", "# x\ndev-1:00\ndev-2:zz\n", "line 3"),
+        ("odd.psk", "dev-1:abc\n", "even number"),
+        ("twice.psk", "dev-1:00\ndev-1:01\n", "listed twice"),
+        ("colon.psk", "dev-1 00\n", "device-id:hexkey"),
+    ] {
+        let f = TempFile::new(name, text, 0o600);
+        let e = load_psk_file(&f.0).unwrap_err();
+        assert!(e.to_string().contains(says), "{name}: {e}");
+    }
+}
+
+#[test]
+fn dtls_links_need_a_credential_and_sane_limits() {
+    const DTLS: &str = "[[link]]\nkind = \"dtls\"\nlisten = \"127.0.0.1:5684\"\n";
+    const PSK: &str = "psk = { \"dev-1\" = \"00112233445566778899aabbccddeeff\" }\n";
+    let ok = Config::from_toml(&format!("{DTLS}{PSK}"), "t").unwrap();
+    assert!(matches!(&ok.links[0], LinkConfig::Dtls { mtu: 1200, .. }));
+    // The same port over TCP and UDP is two endpoints.
+    let both = format!("{DTLS}{PSK}[[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:5684\"\n");
+    Config::from_toml(&both, "t").unwrap();
+    let cases = [
+        (DTLS.to_owned(), "link.psk"),
+        (
+            format!("{DTLS}psk = {{ \"dev-1\" = \"xyz\" }}\n"),
+            "link.psk",
+        ),
+        (format!("{DTLS}{PSK}mtu = 300\n"), "link.mtu"),
+        (
+            format!("{DTLS}{PSK}cert_file = \"c.pem\"\n"),
+            "link.cert_file",
+        ),
+        (
+            format!("{DTLS}{PSK}max_half_open = 0\n"),
+            "link.max_half_open",
+        ),
+        (format!("{DTLS}{PSK}ciphers = \" \"\n"), "link.ciphers"),
+        (format!("{DTLS}{PSK}{DTLS}{PSK}"), "link.listen"),
+    ];
+    for (text, field) in cases {
+        match Config::from_toml(&text, "t") {
+            Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+            other => panic!("{text}: expected an invalid {field}, got {other:?}"),
+        }
+    }
+}
