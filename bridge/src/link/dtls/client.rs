@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openssl::ssl::{
-    Ssl, SslContext, SslFiletype, SslMethod, SslOptions, SslStream, SslVerifyMode, SslVersion,
-};
+use openssl::ssl::{Ssl, SslContext, SslFiletype, SslMethod, SslStream, SslVerifyMode};
 use tokio::io::DuplexStream;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -47,15 +45,7 @@ pub struct ClientSettings {
 
 /// Builds the client context; errors name the file or the setting.
 pub fn context(s: &ClientSettings) -> Result<SslContext, String> {
-    let ssl = |what: &'static str| move |e: openssl::error::ErrorStack| format!("{what}: {e}");
-    let mut b = SslContext::builder(SslMethod::dtls_client()).map_err(ssl("OpenSSL"))?;
-    b.set_min_proto_version(Some(SslVersion::DTLS1_2))
-        .map_err(ssl("DTLS 1.2"))?;
-    b.set_max_proto_version(Some(SslVersion::DTLS1_2))
-        .map_err(ssl("DTLS 1.2"))?;
-    b.set_cipher_list(&s.ciphers).map_err(ssl("ciphers"))?;
-    super::session::allow_ccm8(&mut b, &s.ciphers);
-    b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
+    let mut b = super::session::builder(SslMethod::dtls_client(), &s.ciphers)?;
     match &s.credential {
         Credential::Psk { identity, key } => {
             let (identity, key) = (identity.clone(), key.clone());

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use openssl::ssl::{
     Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslOptions, SslStream,
-    SslVerifyMode, SslVersion,
+    SslVerifyMode,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -197,15 +197,8 @@ pub fn context(s: &Settings) -> Result<SslContext, LinkDtlsError> {
         let what = what.to_owned();
         move |e: openssl::error::ErrorStack| fail(format!("{what}: {e}"))
     };
-    let mut b = SslContext::builder(SslMethod::dtls_server()).map_err(ssl("OpenSSL"))?;
-    b.set_min_proto_version(Some(SslVersion::DTLS1_2))
-        .map_err(ssl("DTLS 1.2"))?;
-    b.set_max_proto_version(Some(SslVersion::DTLS1_2))
-        .map_err(ssl("DTLS 1.2"))?;
-    b.set_cipher_list(&s.ciphers).map_err(ssl("ciphers"))?;
-    session::allow_ccm8(&mut b, &s.ciphers);
-    // The datagram queue reports no MTU: the configured one is set on every session.
-    b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::COOKIE_EXCHANGE | SslOptions::NO_TICKET);
+    let mut b = session::builder(SslMethod::dtls_server(), &s.ciphers).map_err(fail)?;
+    b.set_options(SslOptions::COOKIE_EXCHANGE);
     // Idle sessions give their record buffers back (most device links are idle most of the
     // time; thousands of sessions otherwise hold ~32 KiB each).
     b.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);

@@ -324,12 +324,32 @@ impl Session {
     }
 }
 
+/// The part of a DTLS context both sides share: DTLS 1.2 only, `ciphers` (CCM_8 allowed, see
+/// [`allow_ccm8`]), no MTU probing (the datagram queue reports none; sessions set theirs) and
+/// no session tickets. Errors name the setting.
+pub fn builder(
+    method: openssl::ssl::SslMethod,
+    ciphers: &str,
+) -> Result<openssl::ssl::SslContextBuilder, String> {
+    use openssl::ssl::{SslContext, SslOptions, SslVersion};
+    let ssl = |what: &'static str| move |e: openssl::error::ErrorStack| format!("{what}: {e}");
+    let mut b = SslContext::builder(method).map_err(ssl("OpenSSL"))?;
+    b.set_min_proto_version(Some(SslVersion::DTLS1_2))
+        .map_err(ssl("DTLS 1.2"))?;
+    b.set_max_proto_version(Some(SslVersion::DTLS1_2))
+        .map_err(ssl("DTLS 1.2"))?;
+    b.set_cipher_list(ciphers).map_err(ssl("ciphers"))?;
+    allow_ccm8(&mut b, ciphers);
+    b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
+    Ok(b)
+}
+
 /// Lets OpenSSL offer the cipher list's CCM_8 suites. RFC 7925 makes `*-AES128-CCM8` the
 /// mandatory suites of constrained devices, but OpenSSL 3.2 and later rate their 64-bit tag as
 /// 64 bits of security, below the default security level (1: 80 bits), and silently leave
 /// them out ("no shared cipher"). With a CCM_8 suite listed, the context runs at level 0: the
 /// explicit cipher list, not the level, then decides what is offered.
-pub fn allow_ccm8(b: &mut openssl::ssl::SslContextBuilder, ciphers: &str) {
+fn allow_ccm8(b: &mut openssl::ssl::SslContextBuilder, ciphers: &str) {
     if ciphers.to_ascii_uppercase().contains("CCM8") {
         b.set_security_level(0);
     }
