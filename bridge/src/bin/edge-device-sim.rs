@@ -376,32 +376,31 @@ async fn run(cli: Cli) -> ExitCode {
                     tracing::warn!(bridge = %bridge, error = %e, "DTLS connection failed");
                 }
             }
-            let delay = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
-            tokio::time::sleep(delay).await;
-            continue;
-        }
-        match TcpStream::connect(bridge).await {
-            Ok(stream) => {
-                failures = 0;
-                let _ = stream.set_nodelay(true);
-                tracing::info!(bridge = %bridge, id = %cli.id, tls = tls.is_some(), "connected");
-                let why = match &tls {
-                    None => serve(stream, &mut device, now).await,
-                    Some(tls) => match tls.connector.connect(tls.server_name.clone(), stream).await
-                    {
-                        Ok(stream) => serve(stream, &mut device, now).await,
-                        Err(e) => {
-                            failures += 1;
-                            format!("TLS handshake failed: {e}")
+        } else {
+            match TcpStream::connect(bridge).await {
+                Ok(stream) => {
+                    failures = 0;
+                    let _ = stream.set_nodelay(true);
+                    tracing::info!(bridge = %bridge, id = %cli.id, tls = tls.is_some(), "connected");
+                    let why = match &tls {
+                        None => serve(stream, &mut device, now).await,
+                        Some(tls) => {
+                            match tls.connector.connect(tls.server_name.clone(), stream).await {
+                                Ok(stream) => serve(stream, &mut device, now).await,
+                                Err(e) => {
+                                    failures += 1;
+                                    format!("TLS handshake failed: {e}")
+                                }
+                            }
                         }
-                    },
-                };
-                tracing::warn!(%why, "link lost; reconnecting");
-                device.link_lost(now());
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(bridge = %bridge, error = %e, "cannot connect");
+                    };
+                    tracing::warn!(%why, "link lost; reconnecting");
+                    device.link_lost(now());
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(bridge = %bridge, error = %e, "cannot connect");
+                }
             }
         }
         let delay = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
