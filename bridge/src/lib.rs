@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod backoff;
 pub mod broker;
 pub mod dispatch;
 pub mod engine;
