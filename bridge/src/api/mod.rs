@@ -12,6 +12,9 @@ use device_core::proto::{
     MAX_CAPABILITY_NAME, MAX_LOCK_NAME, MAX_PAYLOAD, MAX_TASK_LOCKS, MAX_TRACE_ID, valid_lock_name,
 };
 
+mod documents;
+pub use documents::*;
+
 /// Longest task id accepted (it becomes an MQTT topic level).
 pub const MAX_ID: usize = 128;
 

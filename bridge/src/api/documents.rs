@@ -1,0 +1,347 @@
+//! The retained documents the bridge publishes about itself and its devices:
+//! `{root}/devices/{id}`, `{root}/bridge/stats` and `{root}/bridge/status`.
+//!
+//! They are part of the MQTT contract, so each is a type with a golden-JSON test: a renamed or
+//! reordered field breaks a test, not a subscriber. Fields are declared in alphabetical order
+//! because that is the order the documents had when they were built with `serde_json::json!`
+//! (whose maps sort their keys), and serde writes fields in declaration order.
+
+use std::collections::BTreeMap;
+
+use device_core::Priority;
+use device_core::proto::Hello;
+use serde::{Serialize, Serializer};
+
+/// The JSON text of a document.
+fn to_json(doc: &impl Serialize) -> String {
+    // serde_json fails only on a map key that is not a string, or on a `Serialize` impl that
+    // reports an error; none of these documents has either.
+    serde_json::to_string(doc).expect("documents serialise to JSON")
+}
+
+/// The retained `{root}/devices/{id}` document: a device's capabilities, lock names and
+/// online state, kept for subscribers that arrive later.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeviceDocument {
+    /// The `boot_id` of the device's last `Hello`: a new value means the device rebooted.
+    pub boot_id: Option<u32>,
+    pub capabilities: Option<Vec<String>>,
+    pub device_id: String,
+    /// Lock names in lock-id order, as in the `Hello`.
+    pub locks: Option<Vec<String>>,
+    pub max_payload: Option<u16>,
+    /// Where the device connected from, or why it went offline.
+    pub note: String,
+    pub online: bool,
+    pub protocol_version: Option<u16>,
+    pub slots: Option<u8>,
+    /// Wall-clock milliseconds since the Unix epoch when the document was made.
+    pub ts_ms: u64,
+}
+
+impl DeviceDocument {
+    /// The document for device `id`. The `Hello` fields are `null` without a `Hello` (an
+    /// offline document for a device the bridge never heard from since it started); an
+    /// offline document otherwise repeats what the device last said.
+    pub fn new(id: &str, hello: Option<&Hello>, online: bool, note: &str, ts_ms: u64) -> Self {
+        Self {
+            boot_id: hello.map(|h| h.boot_id),
+            capabilities: hello.map(|h| {
+                h.capabilities
+                    .iter()
+                    .map(|c| c.as_str().to_owned())
+                    .collect()
+            }),
+            device_id: id.to_owned(),
+            locks: hello.map(|h| h.locks.iter().map(|l| l.as_str().to_owned()).collect()),
+            max_payload: hello.map(|h| h.max_payload),
+            note: note.to_owned(),
+            online,
+            protocol_version: hello.map(|h| h.version),
+            slots: hello.map(|h| h.slots),
+            ts_ms,
+        }
+    }
+
+    /// The JSON text published.
+    pub fn to_json(&self) -> String {
+        to_json(self)
+    }
+}
+
+/// The retained `{root}/bridge/stats` document: how much work waits and where it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BridgeStats {
+    /// Online devices by id (sorted, as a JSON object's keys are).
+    pub devices: BTreeMap<String, DeviceStats>,
+    /// Tasks that expired before they could start, since the bridge started.
+    pub expired: u64,
+    /// Tasks not yet finished (queued, dispatched or running).
+    pub live: usize,
+    /// Queued tasks per priority, written as `{"P0": n, …, "P5": n}`.
+    #[serde(serialize_with = "per_priority")]
+    pub queued: [u64; Priority::LEVELS],
+    /// Wall-clock milliseconds since the Unix epoch when the document was made.
+    pub ts_ms: u64,
+}
+
+impl BridgeStats {
+    /// The JSON text published.
+    pub fn to_json(&self) -> String {
+        to_json(self)
+    }
+}
+
+/// One online device in [`BridgeStats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DeviceStats {
+    /// Slots the device last said were free (its credit).
+    pub free_slots: u32,
+    /// Tasks the bridge has dispatched to it that have not finished.
+    pub in_flight: usize,
+    /// Its task slots in total, from its `Hello`.
+    pub slots: u8,
+}
+
+/// Writes one count per priority as an object keyed by the priority's name.
+fn per_priority<S: Serializer>(
+    counts: &[u64; Priority::LEVELS],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(Priority::ALL.iter().zip(counts))
+}
+
+/// The retained `{root}/bridge/status` document: whether the bridge is connected to the
+/// broker. Published online on every connection; the last will and a clean stop publish it
+/// offline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BridgeStatus {
+    /// The bridge's MQTT client id, when online: which bridge this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge_id: Option<String>,
+    pub online: bool,
+    /// Why the bridge is offline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<OfflineReason>,
+}
+
+impl BridgeStatus {
+    /// Connected, as the bridge with MQTT client id `bridge_id`.
+    pub fn online(bridge_id: &str) -> Self {
+        Self {
+            bridge_id: Some(bridge_id.to_owned()),
+            online: true,
+            reason: None,
+        }
+    }
+
+    /// Not connected, for `reason`.
+    pub fn offline(reason: OfflineReason) -> Self {
+        Self {
+            bridge_id: None,
+            online: false,
+            reason: Some(reason),
+        }
+    }
+
+    /// The JSON text published.
+    pub fn to_json(&self) -> String {
+        to_json(self)
+    }
+}
+
+/// Why `{root}/bridge/status` says offline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub enum OfflineReason {
+    /// The broker lost the connection and published the bridge's last will.
+    #[serde(rename = "connection lost")]
+    ConnectionLost,
+    /// The bridge was stopped and said so before disconnecting.
+    #[serde(rename = "stopped")]
+    Stopped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use device_core::proto::DeviceId;
+
+    fn hello() -> Hello {
+        Hello {
+            // Not PROTOCOL_VERSION: the documents are pinned, not the protocol.
+            version: 1,
+            device_id: DeviceId::try_from("dev-1").unwrap(),
+            boot_id: 7,
+            session_id: 3,
+            capabilities: heapless::Vec::from_slice(&[
+                "echo".try_into().unwrap(),
+                "sleep".try_into().unwrap(),
+            ])
+            .unwrap(),
+            locks: heapless::Vec::from_slice(&[
+                "i2c0".try_into().unwrap(),
+                "bus".try_into().unwrap(),
+            ])
+            .unwrap(),
+            slots: 4,
+            max_payload: 256,
+        }
+    }
+
+    /// How the engine built the device document before this type existed.
+    fn device_document_by_json_macro(
+        id: &str,
+        hello: Option<&Hello>,
+        online: bool,
+        note: &str,
+        now: u64,
+    ) -> String {
+        serde_json::json!({
+            "device_id": id,
+            "online": online,
+            "capabilities": hello.map(|h| h.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>()),
+            "locks": hello.map(|h| h.locks.iter().map(|l| l.as_str()).collect::<Vec<_>>()),
+            "slots": hello.map(|h| h.slots),
+            "max_payload": hello.map(|h| h.max_payload),
+            "boot_id": hello.map(|h| h.boot_id),
+            "protocol_version": hello.map(|h| h.version),
+            "note": note,
+            "ts_ms": now,
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn an_online_device_document_lists_what_its_hello_said() {
+        let doc = DeviceDocument::new(
+            "dev-1",
+            Some(&hello()),
+            true,
+            "tcp 127.0.0.1:5000",
+            1_700_000_000_123,
+        );
+        assert_eq!(
+            doc.to_json(),
+            r#"{"boot_id":7,"capabilities":["echo","sleep"],"device_id":"dev-1","locks":["i2c0","bus"],"max_payload":256,"note":"tcp 127.0.0.1:5000","online":true,"protocol_version":1,"slots":4,"ts_ms":1700000000123}"#
+        );
+    }
+
+    #[test]
+    fn an_offline_device_document_without_a_hello_has_nulls() {
+        let doc = DeviceDocument::new("dev-2", None, false, "link lost", 5);
+        assert_eq!(
+            doc.to_json(),
+            r#"{"boot_id":null,"capabilities":null,"device_id":"dev-2","locks":null,"max_payload":null,"note":"link lost","online":false,"protocol_version":null,"slots":null,"ts_ms":5}"#
+        );
+    }
+
+    #[test]
+    fn the_device_document_is_the_text_the_json_macro_made() {
+        let h = hello();
+        let empty = Hello {
+            capabilities: heapless::Vec::new(),
+            locks: heapless::Vec::new(),
+            ..hello()
+        };
+        for (id, hello, online, note) in [
+            ("dev-1", Some(&h), true, "tcp 127.0.0.1:5000"),
+            ("dev-1", Some(&h), false, "replaced by a new connection"),
+            ("d", Some(&empty), true, ""),
+            ("dev-\"quoted\"", None, false, "note with \\ and \n and ü"),
+        ] {
+            assert_eq!(
+                DeviceDocument::new(id, hello, online, note, u64::MAX).to_json(),
+                device_document_by_json_macro(id, hello, online, note, u64::MAX)
+            );
+        }
+    }
+
+    #[test]
+    fn bridge_stats_count_queued_tasks_per_priority_and_devices_by_id() {
+        let stats = BridgeStats {
+            devices: BTreeMap::from([
+                (
+                    "dev-b".to_owned(),
+                    DeviceStats {
+                        free_slots: 3,
+                        in_flight: 1,
+                        slots: 4,
+                    },
+                ),
+                (
+                    "dev-a".to_owned(),
+                    DeviceStats {
+                        free_slots: 0,
+                        in_flight: 8,
+                        slots: 8,
+                    },
+                ),
+            ]),
+            expired: 2,
+            live: 21,
+            queued: [1, 2, 3, 4, 5, 6],
+            ts_ms: 1_700_000_000_123,
+        };
+        assert_eq!(
+            stats.to_json(),
+            r#"{"devices":{"dev-a":{"free_slots":0,"in_flight":8,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"slots":4}},"expired":2,"live":21,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"ts_ms":1700000000123}"#
+        );
+        // As the engine built it with `serde_json::json!` before this type existed.
+        let by_macro = serde_json::json!({
+            "queued": { "P0": 1, "P1": 2, "P2": 3, "P3": 4, "P4": 5, "P5": 6 },
+            "live": 21,
+            "devices": {
+                "dev-b": { "free_slots": 3, "in_flight": 1, "slots": 4 },
+                "dev-a": { "free_slots": 0, "in_flight": 8, "slots": 8 },
+            },
+            "expired": 2,
+            "ts_ms": 1_700_000_000_123_u64,
+        });
+        assert_eq!(stats.to_json(), by_macro.to_string());
+    }
+
+    #[test]
+    fn bridge_stats_without_devices_have_an_empty_object() {
+        let stats = BridgeStats {
+            devices: BTreeMap::new(),
+            expired: 0,
+            live: 0,
+            queued: [0; Priority::LEVELS],
+            ts_ms: 0,
+        };
+        assert_eq!(
+            stats.to_json(),
+            r#"{"devices":{},"expired":0,"live":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"ts_ms":0}"#
+        );
+    }
+
+    #[test]
+    fn the_bridge_status_names_the_bridge_when_online_and_the_reason_when_offline() {
+        assert_eq!(
+            BridgeStatus::online("edge-bridge-1").to_json(),
+            r#"{"bridge_id":"edge-bridge-1","online":true}"#
+        );
+        assert_eq!(
+            BridgeStatus::offline(OfflineReason::ConnectionLost).to_json(),
+            r#"{"online":false,"reason":"connection lost"}"#
+        );
+        assert_eq!(
+            BridgeStatus::offline(OfflineReason::Stopped).to_json(),
+            r#"{"online":false,"reason":"stopped"}"#
+        );
+        // As mqtt.rs and run.rs built them with `serde_json::json!` before this type existed.
+        assert_eq!(
+            BridgeStatus::online("edge-bridge-1").to_json(),
+            serde_json::json!({ "online": true, "bridge_id": "edge-bridge-1" }).to_string()
+        );
+        assert_eq!(
+            BridgeStatus::offline(OfflineReason::ConnectionLost).to_json(),
+            serde_json::json!({ "online": false, "reason": "connection lost" }).to_string()
+        );
+        assert_eq!(
+            BridgeStatus::offline(OfflineReason::Stopped).to_json(),
+            serde_json::json!({ "online": false, "reason": "stopped" }).to_string()
+        );
+    }
+}
