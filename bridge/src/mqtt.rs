@@ -17,6 +17,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backoff::{Backoff, SplitMix64, seed_from_clock};
 use crate::engine::ApiInput;
 
 /// rumqttc's outgoing QoS 1 window: above the engine's publish window plus the status and
@@ -109,6 +110,8 @@ pub async fn run(
     let mut requested: VecDeque<u64> = VecDeque::new();
     let mut by_pkid: HashMap<u16, u64> = HashMap::new();
     let mut failures = 0u32;
+    // Jitter for the reconnection delays, seeded once.
+    let mut random = SplitMix64::new(seed_from_clock());
     // SUBACKs still expected on this connection.
     let mut subacks_due = 0u32;
     // Acknowledgements go out strictly in arrival order (MQTT requires it; rumqttd drops a
@@ -193,9 +196,9 @@ pub async fn run(
                     eventloop.pending.retain(|r| !matches!(r, rumqttc::Request::Publish(_)));
                     requested.clear();
                     by_pkid.clear();
-                    failures += 1;
+                    failures = failures.saturating_add(1);
                     let _ = events.send(MqttEvent::Disconnected(e.to_string())).await;
-                    let delay = backoff(failures);
+                    let delay = RECONNECT.delay(failures, random.next_u64());
                     tracing::warn!(error = %e, retry_in = ?delay, "MQTT connection failed");
                     tokio::time::sleep(delay).await;
                 }
@@ -234,11 +237,33 @@ async fn acker(
     }
 }
 
-/// Reconnection delay: 100 ms doubling to 10 s, plus up to 50 % jitter.
-fn backoff(failures: u32) -> Duration {
-    let base = 100u64.saturating_mul(1 << failures.min(7)).min(10_000);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    Duration::from_millis(base + u64::from(nanos) % (base / 2 + 1))
+/// Delays between reconnection attempts: 200 ms after the first failure, doubling to 10 s,
+/// plus up to 50 % jitter so that bridges cut off together do not return in lockstep.
+const RECONNECT: Backoff = Backoff {
+    initial: Duration::from_millis(200),
+    max: Duration::from_secs(10),
+    jitter_percent: 50,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnection_delays_are_200_ms_doubling_to_10_s_plus_up_to_half_again() {
+        let base: Vec<_> = (1..=8).map(|f| RECONNECT.delay(f, 0).as_millis()).collect();
+        assert_eq!(base, [200, 400, 800, 1_600, 3_200, 6_400, 10_000, 10_000]);
+        assert_eq!(RECONNECT.delay(u32::MAX, 0), Duration::from_secs(10));
+        let mut random = SplitMix64::new(9);
+        for failures in 1..=8 {
+            let base = RECONNECT.delay(failures, 0);
+            for _ in 0..1_000 {
+                let d = RECONNECT.delay(failures, random.next_u64());
+                assert!(
+                    d >= base && d < base + base / 2,
+                    "{failures} failures: {d:?}"
+                );
+            }
+        }
+    }
 }

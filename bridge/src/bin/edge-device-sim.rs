@@ -26,6 +26,7 @@ use device_core::Instant;
 use device_core::link::Config;
 use device_core::proto::{Deframer, MAX_FRAME};
 use device_core::runtime::{Ctx, Device, Runtime, Step};
+use edge_bridge::backoff::Backoff;
 use edge_bridge::link::dtls::client as dtls_client;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -403,10 +404,17 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        let delay = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(RECONNECT.delay(failures.saturating_add(1), 0)).await;
     }
 }
+
+/// Delays before reconnecting to the bridge (attempt `failures + 1`): 100 ms after a link
+/// that worked, doubling per failed attempt to 5 s.
+const RECONNECT: Backoff = Backoff {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+    jitter_percent: 0,
+};
 
 /// One DTLS session to the bridge, from `local_port` if given.
 async fn dtls_connect(
@@ -439,23 +447,26 @@ async fn serve_serial(
     device: &mut Sim,
     now: impl Fn() -> Instant + Copy,
 ) -> ExitCode {
-    use edge_bridge::link::serial::{self, Backoff};
-    let mut backoff = Backoff::default();
+    use edge_bridge::link::serial;
+    // Failures since the last port that lasted, as the bridge's serial link counts them.
+    let mut failures = 0u32;
     loop {
-        match serial::open(path, baud) {
+        let open_for = match serial::open(path, baud) {
             Ok(port) => {
                 let opened = StdInstant::now();
                 tracing::info!(port = %path.display(), baud, "serial port open");
                 let why = serve(port, device, now).await;
                 tracing::warn!(%why, "link lost; reopening the port");
                 device.link_lost(now());
-                backoff.lasted(opened.elapsed());
+                Some(opened.elapsed())
             }
             Err(e) => {
                 tracing::warn!(port = %path.display(), error = %e, "cannot open the serial port");
+                None
             }
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
+        };
+        failures = serial::failures_after(failures, open_for);
+        tokio::time::sleep(serial::REOPEN.delay(failures, 0)).await;
     }
 }
 

@@ -8,7 +8,8 @@
 //! instead of opening and timing out a session every liveness period. A session that ends
 //! (the device went silent, or the bridge closed it) leaves the port open for the next one; a
 //! port that fails (end of file or an I/O error: the adapter was unplugged) is closed and
-//! reopened, and one that cannot be opened (not there yet) is retried, both with [`Backoff`].
+//! reopened, and one that cannot be opened (not there yet) is retried, both after [`REOPEN`]'s
+//! delays.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -23,6 +24,7 @@ use tokio_serial::{
 };
 
 use super::{LinkEvent, LinkId, stream};
+use crate::backoff::Backoff;
 
 /// Opens `path` as a raw 8N1 port without flow control at `baud`. Exclusively (TIOCEXCL, which
 /// root may override, and an advisory lock): a second opener, another bridge or a terminal
@@ -48,7 +50,8 @@ pub fn open(path: &Path, baud: u32) -> tokio_serial::Result<SerialStream> {
 pub async fn serve(path: PathBuf, baud: u32, base: LinkId, core: mpsc::Sender<LinkEvent>) {
     let name = path.display().to_string();
     let mut last_link = base;
-    let mut backoff = Backoff::default();
+    // Failures since the last port that lasted (the attempt number for `REOPEN`).
+    let mut failures = 0u32;
     // Why the last attempt to open failed: a reason is logged as a warning once, not at every
     // retry (a port may be missing for days).
     let mut open_error: Option<String> = None;
@@ -56,7 +59,8 @@ pub async fn serve(path: PathBuf, baud: u32, base: LinkId, core: mpsc::Sender<Li
         let port = match open(&path, baud) {
             Ok(port) => port,
             Err(e) => {
-                let delay = backoff.next_delay();
+                failures = failures_after(failures, None);
+                let delay = REOPEN.delay(failures, 0);
                 let reason = e.to_string();
                 if open_error.as_deref() == Some(reason.as_str()) {
                     tracing::debug!(port = %name, error = %reason, retry_in = ?delay, "serial port still cannot be opened");
@@ -100,8 +104,8 @@ pub async fn serve(path: PathBuf, baud: u32, base: LinkId, core: mpsc::Sender<Li
                 break why;
             }
         };
-        backoff.lasted(opened.elapsed());
-        let delay = backoff.next_delay();
+        failures = failures_after(failures, Some(opened.elapsed()));
+        let delay = REOPEN.delay(failures, 0);
         tracing::warn!(port = %name, reason = %failure, retry_in = ?delay, "serial port failed (device unplugged?); reopening");
         drop(port);
         if !pause(delay, &core).await {
@@ -118,36 +122,25 @@ async fn pause(delay: Duration, core: &mpsc::Sender<LinkEvent>) -> bool {
     }
 }
 
-/// Delays between attempts to open a port: [`Backoff::INITIAL`] doubling to [`Backoff::MAX`],
-/// and back to the start once a port lasted [`Backoff::STABLE`]. It reads no clock: the
-/// caller says how long a port lasted.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    /// Failures since the last port that lasted.
-    failures: u32,
-}
+/// Delays between attempts to open a port: 100 ms doubling to 5 s, so a device plugged in is
+/// served within 5 s. No jitter: a port has one opener.
+pub const REOPEN: Backoff = Backoff {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+    jitter_percent: 0,
+};
 
-impl Backoff {
-    /// The first delay.
-    pub const INITIAL: Duration = Duration::from_millis(100);
-    /// The longest delay: a device plugged in is served within this.
-    pub const MAX: Duration = Duration::from_secs(5);
-    /// A port open at least this long worked: its failure starts the delays over.
-    pub const STABLE: Duration = Duration::from_secs(10);
+/// A port open at least this long worked: its failure starts the delays over.
+pub const STABLE: Duration = Duration::from_secs(10);
 
-    /// Counts one more failure; the delay before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
-        // Past 2^16 the product would only be capped anyway.
-        let factor = 1u32 << self.failures.min(16);
-        self.failures = self.failures.saturating_add(1);
-        Self::INITIAL.saturating_mul(factor).min(Self::MAX)
-    }
-
-    /// A port (or a connection) that was open for `open_for` ended.
-    pub fn lasted(&mut self, open_for: Duration) {
-        if open_for >= Self::STABLE {
-            self.failures = 0;
-        }
+/// The failure count (the attempt number for [`REOPEN`]) after one more failure: of a port
+/// that was open for `open_for`, or, for `None`, of an attempt to open it. A port that lasted
+/// [`STABLE`] counts as the first failure again. It reads no clock: the caller says how long a
+/// port lasted.
+pub fn failures_after(failures: u32, open_for: Option<Duration>) -> u32 {
+    match open_for {
+        Some(lasted) if lasted >= STABLE => 1,
+        _ => failures.saturating_add(1),
     }
 }
 
@@ -254,31 +247,42 @@ mod tests {
 
     use super::*;
 
+    /// The delay after one more failure, as `serve` computes it.
+    fn next_delay(failures: &mut u32, open_for: Option<Duration>) -> Duration {
+        *failures = failures_after(*failures, open_for);
+        REOPEN.delay(*failures, 0)
+    }
+
     #[test]
     fn delays_double_from_100_ms_to_5_s() {
-        let mut b = Backoff::default();
-        let delays: Vec<u64> = (0..9).map(|_| b.next_delay().as_millis() as u64).collect();
+        let mut failures = 0;
+        let delays: Vec<u64> = (0..9)
+            .map(|_| next_delay(&mut failures, None).as_millis() as u64)
+            .collect();
         assert_eq!(
             delays,
             [100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000]
         );
         // However long a port stays missing.
         for _ in 0..100 {
-            assert_eq!(b.next_delay(), Backoff::MAX);
+            assert_eq!(next_delay(&mut failures, None), REOPEN.max);
         }
+        assert_eq!(REOPEN.delay(u32::MAX, u64::MAX), REOPEN.max);
     }
 
     #[test]
     fn a_port_that_lasted_starts_the_delays_over_and_a_short_lived_one_does_not() {
-        let mut b = Backoff::default();
+        let mut failures = 0;
         for _ in 0..4 {
-            b.next_delay();
+            next_delay(&mut failures, None);
         }
-        b.lasted(Backoff::STABLE - Duration::from_millis(1));
-        assert_eq!(b.next_delay(), Duration::from_millis(1_600));
-        b.lasted(Backoff::STABLE);
-        assert_eq!(b.next_delay(), Backoff::INITIAL);
-        assert_eq!(b.next_delay(), Duration::from_millis(200));
+        let short = Some(STABLE - Duration::from_millis(1));
+        assert_eq!(
+            next_delay(&mut failures, short),
+            Duration::from_millis(1_600)
+        );
+        assert_eq!(next_delay(&mut failures, Some(STABLE)), REOPEN.initial);
+        assert_eq!(next_delay(&mut failures, None), Duration::from_millis(200));
     }
 
     #[tokio::test]
