@@ -17,6 +17,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::api::{BridgeStatus, OfflineReason};
 use crate::backoff::{Backoff, SplitMix64, seed_from_clock};
 use crate::engine::ApiInput;
 
@@ -78,7 +79,7 @@ pub fn connect(s: &MqttSettings) -> (AsyncClient, EventLoop) {
     if let Some((user, pass)) = &s.credentials {
         opts.set_credentials(user, pass);
     }
-    let will = serde_json::json!({ "online": false, "reason": "connection lost" }).to_string();
+    let will = BridgeStatus::offline(OfflineReason::ConnectionLost).to_json();
     opts.set_last_will(LastWill::new(
         format!("{}/bridge/status", s.root),
         will,
@@ -129,7 +130,7 @@ pub async fn run(
                     failures = 0;
                     generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tracing::info!(host = %settings.host, port = settings.port, "connected to the MQTT broker");
-                    let status = serde_json::json!({ "online": true, "bridge_id": settings.client_id }).to_string();
+                    let status = BridgeStatus::online(&settings.client_id).to_json();
                     subacks_due = 0;
                     for (topic, qos) in [(submit_topic.clone(), QoS::AtLeastOnce), (format!("{cancel_prefix}+/cancel"), QoS::AtLeastOnce)] {
                         if client.try_subscribe(topic, qos).is_ok() {
