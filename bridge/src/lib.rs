@@ -24,4 +24,5 @@ pub mod link;
 pub mod mqtt;
 pub mod queue;
 pub mod run;
+pub mod time;
 pub mod tls;

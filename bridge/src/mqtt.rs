@@ -19,7 +19,22 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{BridgeStatus, OfflineReason};
 use crate::backoff::{Backoff, SplitMix64, seed_from_clock};
-use crate::engine::ApiInput;
+
+/// What the driver hands the run loop from the MQTT API. Each carries the answer that
+/// releases the message's acknowledgement (PUBACK): sent after the commit that covers it.
+#[derive(Debug)]
+pub enum ApiInput {
+    /// A message on `{root}/tasks/submit`.
+    Submit {
+        payload: Vec<u8>,
+        accepted: oneshot::Sender<()>,
+    },
+    /// A message on `{root}/tasks/{id}/cancel`.
+    Cancel {
+        id: String,
+        done: oneshot::Sender<()>,
+    },
+}
 
 /// rumqttc's outgoing QoS 1 window: above the engine's publish window plus the status and
 /// stats publishes.

@@ -340,6 +340,22 @@ pub struct StatusEvent {
     pub error: Option<ApiError>,
 }
 
+impl StatusEvent {
+    /// The `rejected` event of a submission that never became a task.
+    pub fn rejected(id: String, trace_id: Option<String>, error: ApiError, ts_ms: u64) -> Self {
+        Self {
+            id,
+            state: TaskState::Rejected,
+            device: None,
+            attempt: 0,
+            trace_id,
+            ts_ms,
+            result: None,
+            error: Some(error),
+        }
+    }
+}
+
 /// One message on `{root}/errors`: a submission that could not be parsed into a task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ErrorEvent {

@@ -22,7 +22,7 @@
 //! | `done` | task id | final [`StatusEvent`] (JSON) |
 //! | `done_order` | finish sequence | task id, to forget the oldest beyond `DONE_KEPT` |
 //! | `outbox` | event sequence | [`OutboxEntry`] (JSON) |
-//! | `meta` | name | counter |
+//! | `meta` | name | counter (`seq`, `outbox`, `done`, `gen` for generated ids) |
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -31,6 +31,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ErrorCode, StatusEvent, Submission, TaskState};
+use crate::time::Now;
 
 const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
 const DONE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("done");
@@ -73,11 +74,11 @@ pub struct TaskRecord {
     pub device: Option<String>,
     /// Attempts started (0 while never dispatched).
     pub attempt: u32,
-    /// Wall-clock ms of acceptance.
+    /// Wall-clock ms of acceptance (for people reading the database).
     pub submitted_ms: u64,
-    /// Wall-clock ms by which the task must have started.
+    /// Timer-clock ms ([`Now::ms`]) by which the task must have started.
     pub deadline_at_ms: Option<u64>,
-    /// Not dispatched again before this wall-clock ms (retry backoff).
+    /// Not dispatched again before this timer-clock ms (retry backoff).
     pub not_before_ms: u64,
     /// The device handle after a retry of a failed execution (a new execution needs a new
     /// handle, or the device would answer it from its dedup table); the admission sequence
@@ -127,12 +128,18 @@ pub struct OutboxEntry {
 }
 
 impl OutboxEntry {
-    fn status(e: &StatusEvent) -> Self {
+    /// `document` as JSON on `{root}/{subtopic}`.
+    pub fn new(subtopic: String, document: &impl Serialize, retain: bool) -> Self {
         Self {
-            subtopic: format!("tasks/{}/status", e.id),
-            payload: json(e),
-            retain: false,
+            subtopic,
+            payload: json(document),
+            retain,
         }
+    }
+
+    /// A status event on `{root}/tasks/{id}/status`.
+    pub fn status(e: &StatusEvent) -> Self {
+        Self::new(format!("tasks/{}/status", e.id), e, false)
     }
 }
 
@@ -171,6 +178,34 @@ pub enum Change {
         result: Option<serde_json::Value>,
         error: Option<ApiError>,
     },
+}
+
+impl Change {
+    /// The task ended in `state` (terminal, without a result) for the reason in `message`.
+    pub fn finished(
+        id: &str,
+        state: TaskState,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Finished {
+            id: id.to_owned(),
+            state,
+            result: None,
+            error: Some(ApiError::new(code, message)),
+        }
+    }
+
+    /// The task this change is about.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Dispatched { id, .. }
+            | Self::Running { id }
+            | Self::Requeue { id, .. }
+            | Self::Retry { id, .. }
+            | Self::Finished { id, .. } => id,
+        }
+    }
 }
 
 /// Where a queued task may go: its capability, and the device it names (if any). Queued
@@ -240,7 +275,13 @@ pub struct Queue {
     next_seq: u64,
     next_outbox: u64,
     next_done: u64,
+    /// The next generated task id's number: durable, so ids never repeat across restarts
+    /// (an id generated before a crash was never committed, so never seen by anyone).
+    next_gen: u64,
     pending: Pending,
+    /// Tests: the next commit fails as a full disk would make it.
+    #[cfg(test)]
+    fail_next_commit: bool,
 }
 
 impl Queue {
@@ -268,7 +309,10 @@ impl Queue {
             next_seq: 1,
             next_outbox: 1,
             next_done: 1,
+            next_gen: 1,
             pending: Pending::default(),
+            #[cfg(test)]
+            fail_next_commit: false,
         };
         // Create every table, so reads never meet a missing one.
         let txn = q.db.begin_write().map_err(db_err)?;
@@ -287,6 +331,7 @@ impl Queue {
         q.next_seq = counter("seq")?;
         q.next_outbox = counter("outbox")?;
         q.next_done = counter("done")?;
+        q.next_gen = counter("gen")?;
         let tasks = read.open_table(TASKS).map_err(db_err)?;
         for row in tasks.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
@@ -468,12 +513,21 @@ impl Queue {
         .transpose()
     }
 
+    /// A task id for a submission without one: `gen-` and a durable counter, so it never
+    /// names an earlier task, whatever the clocks do (stored with the next commit).
+    pub fn generate_id(&mut self) -> String {
+        let n = self.next_gen;
+        self.next_gen += 1;
+        format!("gen-{n}")
+    }
+
     /// Admits a batch of submissions, each with its event for the outbox (staged).
     pub fn submit(
         &mut self,
         batch: Vec<Submission>,
-        now_ms: u64,
+        now: Now,
     ) -> Result<Vec<Admission>, QueueError> {
+        let now_ms = now.wall_ms;
         let mut outcomes = Vec::with_capacity(batch.len());
         for sub in batch {
             if let Some(rec) = self.live.get(&sub.id) {
@@ -488,27 +542,20 @@ impl Queue {
                 continue;
             }
             if self.live.len() as u64 >= self.limit {
-                let event = StatusEvent {
-                    id: sub.id.clone(),
-                    state: TaskState::Rejected,
-                    device: None,
-                    attempt: 0,
-                    trace_id: sub.trace_id.clone(),
-                    ts_ms: now_ms,
-                    result: None,
-                    error: Some(ApiError::new(
-                        ErrorCode::QueueFull,
-                        format!(
-                            "the queue holds its limit of {} tasks; resubmit later",
-                            self.limit
-                        ),
-                    )),
-                };
+                let error = ApiError::new(
+                    ErrorCode::QueueFull,
+                    format!(
+                        "the queue holds its limit of {} tasks; resubmit later",
+                        self.limit
+                    ),
+                );
+                let event =
+                    StatusEvent::rejected(sub.id.clone(), sub.trace_id.clone(), error, now_ms);
                 self.stage_outbox(&OutboxEntry::status(&event));
                 outcomes.push(Admission::Rejected(ErrorCode::QueueFull));
                 continue;
             }
-            let deadline_at_ms = sub.deadline_ms.map(|d| now_ms.saturating_add(d));
+            let deadline_at_ms = sub.deadline_ms.map(|d| now.ms.saturating_add(d));
             let rec = TaskRecord {
                 seq: self.next_seq,
                 sub,
@@ -540,16 +587,11 @@ impl Queue {
 
     /// Applies a batch of changes to live tasks, each with its event (staged). Changes to
     /// unknown (or already finished) ids are skipped and returned.
-    pub fn apply(&mut self, batch: Vec<Change>, now_ms: u64) -> Vec<Change> {
+    pub fn apply(&mut self, batch: Vec<Change>, now: Now) -> Vec<Change> {
+        let now_ms = now.wall_ms;
         let mut skipped = Vec::new();
         for change in batch {
-            let id = match &change {
-                Change::Dispatched { id, .. }
-                | Change::Running { id }
-                | Change::Requeue { id, .. }
-                | Change::Retry { id, .. }
-                | Change::Finished { id, .. } => id.clone(),
-            };
+            let id = change.id().to_owned();
             let Some(mut rec) = self.live.get(&id).cloned() else {
                 skipped.push(change);
                 continue;
@@ -628,6 +670,10 @@ impl Queue {
         if self.pending.is_empty() {
             return Ok(());
         }
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_commit) {
+            return Err(QueueError::Db("commit failed (injected by a test)".into()));
+        }
         let p = std::mem::take(&mut self.pending);
         let mut txn = self.db.begin_write().map_err(db_err)?;
         if !p.must_sync() {
@@ -670,6 +716,7 @@ impl Queue {
             meta.insert("seq", self.next_seq).map_err(db_err)?;
             meta.insert("outbox", self.next_outbox).map_err(db_err)?;
             meta.insert("done", self.next_done).map_err(db_err)?;
+            meta.insert("gen", self.next_gen).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }
@@ -693,6 +740,12 @@ impl Queue {
             out.push((k.value(), entry));
         }
         Ok(out)
+    }
+
+    /// Makes the next commit fail (tests of what a failed commit lets out).
+    #[cfg(test)]
+    pub(crate) fn fail_next_commit(&mut self) {
+        self.fail_next_commit = true;
     }
 
     /// Up to `max` committed outbox entries, oldest first.

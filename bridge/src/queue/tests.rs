@@ -58,7 +58,7 @@ fn accepted_tasks_are_queued_with_an_event_and_ordered_for_dispatch() {
                 sub("urgent", Priority::P0, None),
                 sub("low", Priority::P5, Some(1)),
             ],
-            10,
+            Now::at(10),
         )
         .unwrap();
     assert!(out.iter().all(|a| *a == Admission::Queued));
@@ -75,7 +75,7 @@ fn resubmitting_an_id_never_creates_a_second_task() {
     let out = q
         .submit(
             vec![sub("a", Priority::P3, None), sub("a", Priority::P0, None)],
-            0,
+            Now::at(0),
         )
         .unwrap();
     assert_eq!(
@@ -95,12 +95,13 @@ fn resubmitting_an_id_never_creates_a_second_task() {
             id: "a".into(),
             device: "d1".into(),
         }],
-        1,
+        Now::at(1),
     );
     q.commit().unwrap();
     drain(&mut q);
     assert_eq!(
-        q.submit(vec![sub("a", Priority::P3, None)], 2).unwrap(),
+        q.submit(vec![sub("a", Priority::P3, None)], Now::at(2))
+            .unwrap(),
         [Admission::Duplicate(TaskState::Dispatched)]
     );
     assert_eq!(drain(&mut q), [("a".into(), TaskState::Dispatched)]);
@@ -113,12 +114,13 @@ fn resubmitting_an_id_never_creates_a_second_task() {
             result: result.clone(),
             error: None,
         }],
-        3,
+        Now::at(3),
     );
     q.commit().unwrap();
     drain(&mut q);
     assert_eq!(
-        q.submit(vec![sub("a", Priority::P3, None)], 4).unwrap(),
+        q.submit(vec![sub("a", Priority::P3, None)], Now::at(4))
+            .unwrap(),
         [Admission::Duplicate(TaskState::Completed)]
     );
     q.commit().unwrap();
@@ -139,7 +141,7 @@ fn a_full_queue_rejects_with_an_event_and_keeps_what_it_has() {
                 sub("b", Priority::P3, None),
                 sub("c", Priority::P3, None),
             ],
-            0,
+            Now::at(0),
         )
         .unwrap();
     assert_eq!(out[2], Admission::Rejected(ErrorCode::QueueFull));
@@ -157,11 +159,12 @@ fn a_full_queue_rejects_with_an_event_and_keeps_what_it_has() {
             result: None,
             error: None,
         }],
-        1,
+        Now::at(1),
     );
     q.commit().unwrap();
     assert_eq!(
-        q.submit(vec![sub("c", Priority::P3, None)], 2).unwrap(),
+        q.submit(vec![sub("c", Priority::P3, None)], Now::at(2))
+            .unwrap(),
         [Admission::Queued]
     );
 }
@@ -170,7 +173,8 @@ fn a_full_queue_rejects_with_an_event_and_keeps_what_it_has() {
 fn a_task_goes_through_its_states_each_with_an_event() {
     let dir = tempfile::tempdir().unwrap();
     let mut q = Queue::open(dir.path(), 10).unwrap();
-    q.submit(vec![sub("t", Priority::P3, None)], 0).unwrap();
+    q.submit(vec![sub("t", Priority::P3, None)], Now::at(0))
+        .unwrap();
     q.apply(
         vec![
             Change::Dispatched {
@@ -179,7 +183,7 @@ fn a_task_goes_through_its_states_each_with_an_event() {
             },
             Change::Running { id: "t".into() },
         ],
-        1,
+        Now::at(1),
     );
     q.commit().unwrap();
     assert!(q.ready().next().is_none());
@@ -190,7 +194,7 @@ fn a_task_goes_through_its_states_each_with_an_event() {
             id: "t".into(),
             not_before_ms: 500,
         }],
-        2,
+        Now::at(2),
     );
     q.commit().unwrap();
     assert_eq!(ids(q.ready()), ["t"]);
@@ -200,7 +204,7 @@ fn a_task_goes_through_its_states_each_with_an_event() {
             id: "t".into(),
             device: "d2".into(),
         }],
-        3,
+        Now::at(3),
     );
     q.commit().unwrap();
     assert_eq!(q.get("t").unwrap().attempt, 2);
@@ -215,7 +219,7 @@ fn a_task_goes_through_its_states_each_with_an_event() {
             Change::Running { id: "t".into() },
             Change::Running { id: "ghost".into() },
         ],
-        4,
+        Now::at(4),
     );
     assert_eq!(
         skipped.len(),
@@ -234,7 +238,7 @@ fn everything_survives_a_reopen_and_tasks_on_devices_are_queued_again() {
         let mut q = Queue::open(dir.path(), 10).unwrap();
         q.submit(
             vec![sub("a", Priority::P3, None), sub("b", Priority::P1, None)],
-            0,
+            Now::at(0),
         )
         .unwrap();
         q.apply(
@@ -242,7 +246,7 @@ fn everything_survives_a_reopen_and_tasks_on_devices_are_queued_again() {
                 id: "a".into(),
                 device: "d1".into(),
             }],
-            1,
+            Now::at(1),
         );
         q.commit().unwrap();
         let keys: Vec<u64> = q.outbox(10).unwrap().iter().map(|e| e.0).collect();
@@ -270,7 +274,8 @@ fn everything_survives_a_reopen_and_tasks_on_devices_are_queued_again() {
         "only the unacknowledged events remain, in order"
     );
     // Counters continue: new keys and handles are never reused.
-    q.submit(vec![sub("c", Priority::P3, None)], 2).unwrap();
+    q.submit(vec![sub("c", Priority::P3, None)], Now::at(2))
+        .unwrap();
     q.commit().unwrap();
     assert!(q.get("c").unwrap().seq > q.get("b").unwrap().seq);
     assert!(q.outbox(10).unwrap().last().unwrap().0 > *keys.last().unwrap());
@@ -306,7 +311,7 @@ fn indexes_follow_every_change() {
             named,
             other,
         ],
-        0,
+        Now::at(0),
     )
     .unwrap();
     let lanes: Vec<(Lane, Vec<&str>)> = q.lanes().map(|(l, ts)| (l.clone(), ids(ts))).collect();
@@ -336,7 +341,7 @@ fn indexes_follow_every_change() {
                 device: "d1".into(),
             },
         ],
-        1,
+        Now::at(1),
     );
     assert_eq!(q.in_flight("d1"), 2);
     assert_eq!(q.depth(), [0, 1, 1, 0, 0, 0]);
@@ -359,7 +364,7 @@ fn indexes_follow_every_change() {
                 error: None,
             },
         ],
-        2,
+        Now::at(2),
     );
     assert_eq!(q.in_flight("d1"), 0);
     assert_eq!(q.depth(), [0, 1, 1, 1, 0, 0]);
@@ -376,9 +381,11 @@ fn staged_changes_reach_the_outbox_and_the_disk_only_with_the_commit() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut q = Queue::open(dir.path(), 10).unwrap();
-        q.submit(vec![sub("kept", Priority::P3, None)], 0).unwrap();
+        q.submit(vec![sub("kept", Priority::P3, None)], Now::at(0))
+            .unwrap();
         q.commit().unwrap();
-        q.submit(vec![sub("lost", Priority::P3, None)], 1).unwrap();
+        q.submit(vec![sub("lost", Priority::P3, None)], Now::at(1))
+            .unwrap();
         assert!(q.has_pending());
         assert_eq!(
             q.outbox(10).unwrap().len(),

@@ -1,0 +1,181 @@
+//! The registry of online devices: sessions opening and ending, a device moving to a new
+//! link, another device taking over a link.
+
+use std::collections::{BTreeMap, HashMap};
+
+use device_core::proto::Hello;
+
+use super::Engine;
+use crate::api::DeviceDocument;
+use crate::dispatch::DeviceView;
+use crate::link::{LinkCommand, LinkId};
+use crate::queue::{Change, OutboxEntry};
+use crate::time::Now;
+
+/// An online device.
+#[derive(Debug)]
+pub(super) struct Online {
+    /// The link its current session runs on: where its commands go.
+    pub(super) link: LinkId,
+    /// What it declared: capabilities, locks, slots, largest payload.
+    pub(super) hello: Hello,
+    /// `Assign`s its session can take now (its free slots, as last reported, less the
+    /// `Assign`s sent since).
+    pub(super) credit: u32,
+}
+
+impl Online {
+    /// What the dispatch policy needs to know of it.
+    pub(super) fn view(&self, in_flight: u32) -> DeviceView {
+        DeviceView {
+            capabilities: self
+                .hello
+                .capabilities
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            credit: self.credit,
+            in_flight,
+            max_payload: usize::from(self.hello.max_payload),
+            locks: self.hello.locks.iter().map(|l| l.to_string()).collect(),
+        }
+    }
+}
+
+/// Online devices by id, and which device each link carries. Two maps because both questions
+/// are asked: dispatch goes from a device to its link, a link's events from the link to its
+/// device (and a link may carry a device's earlier session while its new one is elsewhere).
+#[derive(Debug, Default)]
+pub(super) struct Registry {
+    by_id: BTreeMap<String, Online>,
+    by_link: HashMap<LinkId, String>,
+}
+
+impl Registry {
+    pub(super) fn get(&self, id: &str) -> Option<&Online> {
+        self.by_id.get(id)
+    }
+
+    pub(super) fn get_mut(&mut self, id: &str) -> Option<&mut Online> {
+        self.by_id.get_mut(id)
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&String, &Online)> {
+        self.by_id.iter()
+    }
+
+    /// The device `link` carries.
+    pub(super) fn device_on(&self, link: LinkId) -> Option<&String> {
+        self.by_link.get(&link)
+    }
+
+    /// The link device `id` is online on.
+    pub(super) fn link_of(&self, id: &str) -> Option<LinkId> {
+        self.by_id.get(id).map(|o| o.link)
+    }
+
+    pub(super) fn set_credit(&mut self, link: LinkId, credit: u8) {
+        if let Some(online) = self.by_link.get(&link).and_then(|d| self.by_id.get_mut(d)) {
+            online.credit = u32::from(credit);
+        }
+    }
+
+    /// Whether some device could take an `Assign` now.
+    pub(super) fn any_credit(&self) -> bool {
+        self.by_id.values().any(|o| o.credit > 0)
+    }
+}
+
+impl Engine {
+    /// A device opened a session on `link`.
+    pub(super) fn device_up(
+        &mut self,
+        link: LinkId,
+        peer: &str,
+        hello: Hello,
+        rebooted: bool,
+        credit: u8,
+        now: Now,
+    ) {
+        let id = hello.device_id.to_string();
+        // A link carries one device at a time: a session for another id on it (a serial
+        // port whose device was swapped) ends the previous device's.
+        if let Some(previous) = self
+            .devices
+            .by_link
+            .get(&link)
+            .filter(|d| **d != id)
+            .cloned()
+        {
+            tracing::info!(device = %previous, link, by = %id, "another device took over the link");
+            self.device_down(link, &format!("{id} opened a session on its link"), now);
+        }
+        if let Some(old) = self.devices.by_id.remove(&id) {
+            if old.link == link {
+                // A new session on the same link (a device that restarted behind a serial
+                // port, or handshook again after the bridge went silent): the link stays.
+                tracing::info!(device = %id, link, "device started a new session on its link");
+            } else {
+                tracing::info!(device = %id, old_link = old.link, "device reconnected; closing its previous link");
+                self.staged.commands.push((old.link, LinkCommand::Close));
+            }
+            self.devices.by_link.remove(&old.link);
+        }
+        tracing::info!(device = %id, %peer, rebooted, credit, caps = ?hello.capabilities, locks = ?hello.locks, "device online");
+        // Whatever this device was running is dispatched again: replays are answered
+        // by its dedup table within a boot, and re-run after a reboot.
+        let stranded: Vec<Change> = self
+            .queue
+            .on_device(&id)
+            .map(|t| Change::Requeue {
+                id: t.sub.id.clone(),
+                not_before_ms: now.ms,
+            })
+            .collect();
+        self.queue.apply(stranded, now);
+        let doc = DeviceDocument::new(
+            &id,
+            Some(&hello),
+            true,
+            &format!("connected from {peer}"),
+            now.wall_ms,
+        );
+        self.queue
+            .notify(OutboxEntry::new(format!("devices/{id}"), &doc, true));
+        self.devices.by_link.insert(link, id.clone());
+        self.devices.by_id.insert(
+            id,
+            Online {
+                link,
+                hello,
+                credit: u32::from(credit),
+            },
+        );
+    }
+
+    /// The connection of `link` ended.
+    pub(super) fn device_down(&mut self, link: LinkId, reason: &str, now: Now) {
+        let Some(device) = self.devices.by_link.remove(&link) else {
+            return;
+        };
+        if self
+            .devices
+            .by_id
+            .get(&device)
+            .is_some_and(|o| o.link == link)
+        {
+            let old = self.devices.by_id.remove(&device);
+            tracing::info!(%device, %reason, "device offline");
+            let doc = DeviceDocument::new(
+                &device,
+                old.as_ref().map(|o| &o.hello),
+                false,
+                reason,
+                now.wall_ms,
+            );
+            self.queue
+                .notify(OutboxEntry::new(format!("devices/{device}"), &doc, true));
+            self.requeue_from(&device, now);
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The bridge engine: the queue, the registry of online devices and every decision about a
+//! task, as a deterministic state machine.
+//!
+//! It does no I/O of its own but through its [`Queue`], reads no clock, holds no channel and
+//! spawns nothing — in the shape of quinn-proto's `Connection`:
+//! - **Inputs** go in through `handle_*` with the time they are handled at ([`Now`], read by
+//!   the caller): submissions and cancels from MQTT, events from device links, the broker's
+//!   acknowledgements of published events.
+//! - [`Engine::dispatch`] expires overdue tasks and decides which queued task goes to which
+//!   device now.
+//! - [`Engine::commit`] writes everything staged in one transaction, and only then hands out
+//!   what waited for it ([`Released`]): the tickets of inputs that may now be acknowledged (the
+//!   MQTT PUBACK of a submission, the link-level ack of a device's report) and the commands
+//!   for links (`Assign`, `Cancel`, `Close`). Nothing is told before the commit that covers it,
+//!   so a crash at any point loses nothing anyone was told about.
+//! - [`Engine::poll_timeout`] says when the engine must be woken next (a retry delay ends or
+//!   a deadline passes), on the same timer clock.
+//!
+//! Submissions and link events are handled in batches (whatever arrived while the last commit
+//! ran), so the queue commits in groups.
+//!
+//! # Layout
+//! - `mod.rs`: the engine's inputs, outputs and turn (this file).
+//! - [`devices`]: the registry of online devices: sessions opening, ending, taking over links.
+//! - [`outcome`]: what a device's report or refusal, a lost device or a retry does to a task.
+//! - [`assign`]: the `Assign` message for a task on a device (lock names to lock ids).
+
+mod assign;
+mod devices;
+mod outcome;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use device_core::proto::{Cancel, Hello, Reject, Report};
+
+use crate::api::{
+    self, ApiError, BridgeStats, DeviceStats, ErrorCode, ErrorEvent, StatusEvent, TaskState,
+};
+use crate::backoff::{Backoff, SplitMix64};
+use crate::dispatch::{self, Decision, DeviceView};
+use crate::link::{LinkCommand, LinkId};
+use crate::queue::{Admission, Change, OutboxEntry, Queue, QueueError};
+use crate::time::Now;
+
+use devices::Registry;
+
+/// Names an input whose acknowledgement waits for the commit that covers it; handed back in
+/// [`Released::tickets`]. The caller chooses the numbers (and keeps what to acknowledge).
+pub type Ticket = u64;
+
+/// What a device link reports, as the engine sees it (the link's channels stay with the
+/// caller).
+// `Up` carries the whole `Hello` (~0.5 KB) once per connection; the others are small.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum LinkInput {
+    /// A device opened a session. `rebooted`: its boot id changed, so everything it ran is
+    /// gone. `credit`: the `Assign`s it can take now.
+    Up {
+        peer: String,
+        hello: Hello,
+        rebooted: bool,
+        credit: u8,
+    },
+    /// The device can take `credit` more tasks (after acks, reports, slots freed).
+    Credit { credit: u8 },
+    /// A task's state changed on the device; `ticket` is released once that is committed.
+    Report { report: Report, ticket: Ticket },
+    /// The device refused something; `ticket` is released once that is committed.
+    Reject { reject: Reject, ticket: Ticket },
+    /// An `Assign` the link's session would not take (no credit, window full).
+    Refused { handle: u32 },
+    /// The connection ended.
+    Down { reason: String },
+}
+
+/// What a commit let out.
+#[derive(Debug, Default)]
+pub struct Released {
+    /// Inputs that may be acknowledged now, in the order they were handled.
+    pub tickets: Vec<Ticket>,
+    /// Commands for links, in the order they were decided.
+    pub commands: Vec<(LinkId, LinkCommand)>,
+}
+
+impl Released {
+    pub fn is_empty(&self) -> bool {
+        self.tickets.is_empty() && self.commands.is_empty()
+    }
+}
+
+/// Retry policy for tasks whose attempt ended without a result.
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    /// Attempts (executions started) before a task fails with `attempts_exhausted`.
+    pub max_attempts: u32,
+    /// Delay before each new attempt: doubling from the first, with up to 25 % jitter so
+    /// that tasks of devices lost together do not come back in lockstep.
+    pub backoff: Backoff,
+}
+
+impl Retry {
+    /// Doubling from `initial`, capped at `max`, with up to 25 % jitter.
+    pub fn new(max_attempts: u32, initial: Duration, max: Duration) -> Self {
+        Self {
+            max_attempts,
+            backoff: Backoff {
+                initial,
+                max,
+                jitter_percent: 25,
+            },
+        }
+    }
+}
+
+/// The engine's state.
+#[derive(Debug)]
+pub struct Engine {
+    queue: Queue,
+    retry: Retry,
+    devices: Registry,
+    /// Held back until the next commit: tickets to release and commands for links.
+    staged: Released,
+    /// Jitter for retry delays; seeded by the caller, so a simulation replays exactly.
+    rng: SplitMix64,
+    /// When [`Engine::dispatch`] last found something worth waking for.
+    timer: Option<u64>,
+    /// Statistics: tasks that expired before they could start.
+    expired: u64,
+}
+
+impl Engine {
+    /// An engine over `queue`; `seed` drives the retry jitter.
+    pub fn new(queue: Queue, retry: Retry, seed: u64) -> Self {
+        Self {
+            queue,
+            retry,
+            devices: Registry::default(),
+            staged: Released::default(),
+            rng: SplitMix64::new(seed),
+            timer: None,
+            expired: 0,
+        }
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Tasks that expired before they could start, since the engine started.
+    pub fn expired(&self) -> u64 {
+        self.expired
+    }
+
+    /// Handles a batch of submissions (the raw MQTT payloads); each ticket is released by the
+    /// next commit. Fails only when the queue cannot be read.
+    pub fn handle_submissions(
+        &mut self,
+        batch: Vec<(Vec<u8>, Ticket)>,
+        now: Now,
+    ) -> Result<(), QueueError> {
+        let mut subs = Vec::new();
+        for (payload, ticket) in batch {
+            let queue = &mut self.queue;
+            match api::parse_submission(&payload, || queue.generate_id()) {
+                Ok(s) => subs.push(s),
+                Err(rejection) => {
+                    let entry = rejection_entry(rejection, &payload, now.wall_ms);
+                    self.queue.notify(entry);
+                }
+            }
+            self.staged.tickets.push(ticket);
+        }
+        if !subs.is_empty() {
+            for outcome in self.queue.submit(subs, now)? {
+                if let Admission::Rejected(code) = outcome {
+                    tracing::warn!(?code, "submission rejected");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels a task in any non-terminal state; the ticket is released by the next commit.
+    /// A task on a device is cancelled there too (after the commit); if the device finishes
+    /// it first, its report finds the task settled and changes nothing.
+    pub fn handle_cancel(&mut self, id: &str, ticket: Ticket, now: Now) {
+        self.staged.tickets.push(ticket);
+        let Some(task) = self.queue.get(id) else {
+            tracing::info!(id, "cancel for an unknown or finished task ignored");
+            return;
+        };
+        if task.state != TaskState::Queued {
+            if let Some(link) = task.device.as_deref().and_then(|d| self.devices.link_of(d)) {
+                let cancel = Cancel {
+                    handle: task.handle(),
+                };
+                self.staged
+                    .commands
+                    .push((link, LinkCommand::Cancel(cancel)));
+            }
+        }
+        let change = Change::finished(
+            id,
+            TaskState::Cancelled,
+            ErrorCode::Cancelled,
+            "cancelled on request",
+        );
+        self.queue.apply(vec![change], now);
+    }
+
+    /// Handles an event of device link `link`.
+    pub fn handle_link(&mut self, link: LinkId, input: LinkInput, now: Now) {
+        match input {
+            LinkInput::Report { report, ticket } => {
+                let change = self.report_change(link, report, now);
+                self.queue.apply(change.into_iter().collect(), now);
+                self.staged.tickets.push(ticket);
+            }
+            LinkInput::Reject { reject, ticket } => {
+                let change = self.reject_change(link, reject, now);
+                self.queue.apply(change.into_iter().collect(), now);
+                self.staged.tickets.push(ticket);
+            }
+            LinkInput::Credit { credit } => self.devices.set_credit(link, credit),
+            LinkInput::Refused { handle } => {
+                if let Some((id, _)) = self.task_of(link, handle) {
+                    let requeue = Change::Requeue {
+                        id,
+                        not_before_ms: now.ms,
+                    };
+                    self.queue.apply(vec![requeue], now);
+                }
+            }
+            LinkInput::Up {
+                peer,
+                hello,
+                rebooted,
+                credit,
+            } => self.device_up(link, &peer, hello, rebooted, credit, now),
+            LinkInput::Down { reason } => self.device_down(link, &reason, now),
+        }
+    }
+
+    /// The broker acknowledged these outbox entries: they leave the outbox with the next
+    /// commit.
+    pub fn handle_published(&mut self, keys: &[u64]) {
+        self.queue.published(keys);
+    }
+
+    /// Expires overdue tasks and dispatches what can be dispatched now (staged: the `Assign`s
+    /// go out after the next commit). Then [`Engine::poll_timeout`] says when to look again.
+    pub fn dispatch(&mut self, now: Now) {
+        let overdue: Vec<Change> = self
+            .queue
+            .overdue(now.ms)
+            .map(|id| {
+                Change::finished(
+                    id,
+                    TaskState::Expired,
+                    ErrorCode::DeadlineExpired,
+                    "the deadline passed while the task waited",
+                )
+            })
+            .collect();
+        self.expired += overdue.len() as u64;
+        self.queue.apply(overdue, now);
+
+        if self.devices.any_credit() {
+            let views: BTreeMap<String, DeviceView> = self
+                .devices
+                .iter()
+                .map(|(id, o)| (id.clone(), o.view(self.queue.in_flight(id) as u32)))
+                .collect();
+            let decisions = dispatch::plan(self.queue.lanes(), &views, now.ms);
+            let mut changes = Vec::with_capacity(decisions.len());
+            for d in decisions {
+                changes.extend(self.decide(d, now));
+            }
+            // Staged: the Assigns go out only after the commit that records the dispatch,
+            // so a crash before it never sent anything and a crash after it re-dispatches
+            // (harmless: the device answers replays from its dedup table).
+            self.queue.apply(changes, now);
+        }
+        self.timer = self.queue.next_timer(now.ms);
+    }
+
+    /// The change one dispatch decision makes, staging the `Assign` it sends.
+    fn decide(&mut self, decision: Decision, now: Now) -> Option<Change> {
+        let rejected = |id: String, error| Change::Finished {
+            id,
+            state: TaskState::Rejected,
+            result: None,
+            error: Some(error),
+        };
+        match decision {
+            Decision::TooLarge { id, device, max } => Some(rejected(
+                id,
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("device {device} takes payloads of at most {max} bytes"),
+                ),
+            )),
+            Decision::MissingLock { id, device, lock } => {
+                let hello = self.devices.get(&device).map(|o| &o.hello);
+                Some(rejected(id, assign::no_such_lock(&device, &lock, hello)))
+            }
+            Decision::Assign { id, device } => {
+                let task = self.queue.get(&id)?;
+                let online = self.devices.get_mut(&device)?;
+                match assign::assign_for(task, &online.hello, now.ms) {
+                    Ok(assign) => {
+                        online.credit = online.credit.saturating_sub(1);
+                        let command = LinkCommand::Assign(Box::new(assign));
+                        self.staged.commands.push((online.link, command));
+                        Some(Change::Dispatched { id, device })
+                    }
+                    Err(error) => Some(rejected(id, error)),
+                }
+            }
+        }
+    }
+
+    /// Commits everything staged, then lets out what waited for it. On an error nothing is
+    /// let out, and the engine must not be used again: its memory is ahead of the database
+    /// (the next start loads the last committed state).
+    pub fn commit(&mut self) -> Result<Released, QueueError> {
+        if self.queue.has_pending() {
+            self.queue.commit()?;
+        }
+        Ok(std::mem::take(&mut self.staged))
+    }
+
+    /// The timer-clock time at which the engine must be dispatched again, if any: when a
+    /// queued task's retry delay ends or its deadline passes (as of the last dispatch).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timer
+    }
+
+    /// The `{root}/bridge/stats` document.
+    pub fn stats(&self, now: Now) -> BridgeStats {
+        let devices = self
+            .devices
+            .iter()
+            .map(|(id, o)| {
+                let stats = DeviceStats {
+                    free_slots: o.credit,
+                    in_flight: self.queue.in_flight(id),
+                    slots: o.hello.slots,
+                };
+                (id.clone(), stats)
+            })
+            .collect();
+        BridgeStats {
+            devices,
+            expired: self.expired,
+            live: self.queue.len(),
+            queued: self.queue.depth(),
+            ts_ms: now.wall_ms,
+        }
+    }
+}
+
+/// Where a refused submission is reported: its status topic when its id was readable, the
+/// errors topic otherwise (with the start of what was received, to find the sender).
+fn rejection_entry(r: api::Rejection, payload: &[u8], wall_ms: u64) -> OutboxEntry {
+    match r.id {
+        Some(id) => OutboxEntry::status(&StatusEvent::rejected(id, r.trace_id, r.error, wall_ms)),
+        None => {
+            let received: String = String::from_utf8_lossy(payload).chars().take(200).collect();
+            let event = ErrorEvent {
+                error: r.error,
+                received,
+                ts_ms: wall_ms,
+            };
+            OutboxEntry::new("errors".into(), &event, false)
+        }
+    }
+}

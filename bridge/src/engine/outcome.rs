@@ -1,0 +1,147 @@
+//! What a device's report or refusal, a lost device or a transient failure does to a task.
+
+use device_core::proto::{Reject, RejectReason, Report, TRANSIENT_ERROR, TaskReport};
+use serde_json::Value;
+
+use super::Engine;
+use crate::api::{ErrorCode, TaskState};
+use crate::link::LinkId;
+use crate::queue::{Change, TaskRecord};
+use crate::time::Now;
+
+impl Engine {
+    /// The live task a device's message about `handle` is about, with the device: the task
+    /// with that handle (unique), last dispatched to the device on `link`. Found from durable
+    /// state, so reports that arrive after a bridge restart still settle their tasks.
+    pub(super) fn task_of(&self, link: LinkId, handle: u32) -> Option<(String, String)> {
+        let device = self.devices.device_on(link)?;
+        let task = self
+            .queue
+            .by_handle(handle)
+            .filter(|t| t.device.as_deref() == Some(device.as_str()))?;
+        Some((task.sub.id.clone(), device.clone()))
+    }
+
+    /// What a device's refusal does to its task: no free slot sends it back to the queue
+    /// (another slot or device takes it), anything else rejects it.
+    pub(super) fn reject_change(
+        &mut self,
+        link: LinkId,
+        reject: Reject,
+        now: Now,
+    ) -> Option<Change> {
+        let (id, device) = self.task_of(link, reject.handle?)?;
+        Some(match reject.reason {
+            RejectReason::NoFreeSlot => Change::Requeue {
+                id,
+                not_before_ms: now.ms,
+            },
+            reason => Change::finished(
+                &id,
+                TaskState::Rejected,
+                ErrorCode::DeviceRejected,
+                format!("device {device}: {reason}"),
+            ),
+        })
+    }
+
+    /// What a device's report does to its task.
+    pub(super) fn report_change(
+        &mut self,
+        link: LinkId,
+        report: Report,
+        now: Now,
+    ) -> Option<Change> {
+        let Some((id, device)) = self.task_of(link, report.handle) else {
+            tracing::debug!(
+                link,
+                handle = report.handle,
+                "report for a handle already settled"
+            );
+            return None;
+        };
+        let change = match report.state {
+            TaskReport::Running => Change::Running { id },
+            TaskReport::Completed => {
+                let text = String::from_utf8_lossy(&report.result);
+                // Results are JSON when the device wrote JSON, a string otherwise.
+                let result = serde_json::from_str::<Value>(&text)
+                    .unwrap_or(Value::String(text.into_owned()));
+                Change::Finished {
+                    id,
+                    state: TaskState::Completed,
+                    result: Some(result),
+                    error: None,
+                }
+            }
+            TaskReport::Failed => {
+                let code = report.error.unwrap_or(0);
+                if code >= TRANSIENT_ERROR {
+                    let why = format!("device {device} failed with transient code {code:#06x}");
+                    let task = self.queue.get(&id)?;
+                    tracing::info!(%id, attempt = task.attempt, %why, "retrying");
+                    // A new execution (a new handle), unless attempts are exhausted.
+                    return Some(match self.retry_change(&id, now, &why)? {
+                        Change::Requeue { id, not_before_ms } => {
+                            Change::Retry { id, not_before_ms }
+                        }
+                        finished => finished,
+                    });
+                }
+                Change::finished(
+                    &id,
+                    TaskState::Failed,
+                    ErrorCode::DeviceFailed,
+                    format!("device {device} failed with code {code}"),
+                )
+            }
+            TaskReport::Expired => {
+                self.expired += 1;
+                Change::finished(
+                    &id,
+                    TaskState::Expired,
+                    ErrorCode::DeadlineExpired,
+                    "the deadline passed before the device could start it",
+                )
+            }
+            TaskReport::Cancelled => {
+                Change::finished(&id, TaskState::Cancelled, ErrorCode::Cancelled, "cancelled")
+            }
+        };
+        Some(change)
+    }
+
+    /// Tasks of a device that went away start another attempt after the retry delay, or
+    /// fail when attempts are exhausted.
+    pub(super) fn requeue_from(&mut self, device: &str, now: Now) {
+        let ids: Vec<String> = self
+            .queue
+            .on_device(device)
+            .map(|t| t.sub.id.clone())
+            .collect();
+        let changes = ids
+            .iter()
+            .filter_map(|id| self.retry_change(id, now, "device disconnected"))
+            .collect();
+        self.queue.apply(changes, now);
+    }
+
+    /// Another attempt of live task `id` after the retry delay (a `Requeue`), or `failed`
+    /// when it has had its attempts; `why` says what ended this one.
+    fn retry_change(&mut self, id: &str, now: Now, why: &str) -> Option<Change> {
+        let t: &TaskRecord = self.queue.get(id)?;
+        if t.attempt >= self.retry.max_attempts {
+            return Some(Change::finished(
+                id,
+                TaskState::Failed,
+                ErrorCode::AttemptsExhausted,
+                format!("{why}; {} attempts made", t.attempt),
+            ));
+        }
+        let delay = self.retry.backoff.delay(t.attempt, self.rng.next_u64());
+        Some(Change::Requeue {
+            id: id.to_owned(),
+            not_before_ms: now.ms + delay.as_millis() as u64,
+        })
+    }
+}

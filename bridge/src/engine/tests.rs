@@ -1,0 +1,794 @@
+//! The engine on a simulated clock: every timing rule tested step by step, with time moved by
+//! the test (no sleeps, no wall clock).
+
+use device_core::proto::{
+    Assign, DeviceId, Payload, Reject, RejectReason, Report, TRANSIENT_ERROR, TaskReport,
+};
+
+use super::*;
+use crate::api::StatusEvent;
+
+const LINK: LinkId = 1;
+
+fn hello() -> Hello {
+    hello_of("dev-1")
+}
+
+fn hello_of(id: &str) -> Hello {
+    Hello {
+        version: device_core::proto::PROTOCOL_VERSION,
+        device_id: DeviceId::try_from(id).unwrap(),
+        boot_id: 7,
+        session_id: 0,
+        capabilities: heapless::Vec::from_slice(&["echo".try_into().unwrap()]).unwrap(),
+        locks: heapless::Vec::from_slice(&["i2c0".try_into().unwrap(), "bus".try_into().unwrap()])
+            .unwrap(),
+        slots: 4,
+        max_payload: 256,
+    }
+}
+
+/// Retries: 3 attempts, 100 ms doubling to 1 s, 25 % jitter.
+fn retry() -> Retry {
+    Retry::new(3, Duration::from_millis(100), Duration::from_millis(1000))
+}
+
+/// An engine over a queue in a temporary directory, on a clock the test moves.
+struct Sim {
+    dir: tempfile::TempDir,
+    e: Engine,
+    now: u64,
+    tickets: Ticket,
+}
+
+impl Sim {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::new(Queue::open(dir.path(), 100).unwrap(), retry(), 7);
+        Self {
+            dir,
+            e,
+            now: 1_000,
+            tickets: 0,
+        }
+    }
+
+    /// The bridge crashes (nothing staged survives) and starts again on the same queue file.
+    fn restart(&mut self) {
+        // The old engine must let go of the file first: a stand-in takes its place meanwhile.
+        let stand_in = tempfile::tempdir().unwrap();
+        self.e = Engine::new(Queue::open(stand_in.path(), 1).unwrap(), retry(), 0);
+        self.e = Engine::new(Queue::open(self.dir.path(), 100).unwrap(), retry(), 8);
+    }
+
+    fn now(&self) -> Now {
+        Now::at(self.now)
+    }
+
+    fn ticket(&mut self) -> Ticket {
+        self.tickets += 1;
+        self.tickets
+    }
+
+    /// Stages a submission; returns its ticket.
+    fn submit(&mut self, json: &str) -> Ticket {
+        let ticket = self.ticket();
+        let now = self.now();
+        self.e
+            .handle_submissions(vec![(json.as_bytes().to_vec(), ticket)], now)
+            .unwrap();
+        ticket
+    }
+
+    fn link(&mut self, link: LinkId, input: LinkInput) {
+        let now = self.now();
+        self.e.handle_link(link, input, now);
+    }
+
+    fn up(&mut self, link: LinkId, hello: Hello, credit: u8) -> Released {
+        let peer = "test".into();
+        self.link(
+            link,
+            LinkInput::Up {
+                peer,
+                hello,
+                rebooted: false,
+                credit,
+            },
+        );
+        self.turn()
+    }
+
+    fn report(
+        &mut self,
+        link: LinkId,
+        handle: u32,
+        state: TaskReport,
+        error: Option<u16>,
+    ) -> Ticket {
+        let ticket = self.ticket();
+        let report = Report {
+            handle,
+            state,
+            result: Payload::from_slice(b"{\"v\":1}").unwrap(),
+            error,
+        };
+        self.link(link, LinkInput::Report { report, ticket });
+        ticket
+    }
+
+    /// One turn of the run loop: dispatch, then commit.
+    fn turn(&mut self) -> Released {
+        let now = self.now();
+        self.e.dispatch(now);
+        self.e.commit().unwrap()
+    }
+
+    fn task(&self, id: &str) -> Option<&crate::queue::TaskRecord> {
+        self.e.queue().get(id)
+    }
+
+    /// The committed status events so far, oldest first (and forgets them).
+    fn events(&mut self) -> Vec<StatusEvent> {
+        let entries = self.e.queue().outbox(10_000).unwrap();
+        let keys: Vec<u64> = entries.iter().map(|(k, _)| *k).collect();
+        self.e.handle_published(&keys);
+        self.e.commit().unwrap();
+        entries
+            .into_iter()
+            .filter(|(_, o)| o.subtopic.starts_with("tasks/"))
+            .map(|(_, o)| serde_json::from_str(&o.payload).unwrap())
+            .collect()
+    }
+
+    /// The (id, state) of the committed status events so far.
+    fn states(&mut self) -> Vec<(String, TaskState)> {
+        self.events().into_iter().map(|e| (e.id, e.state)).collect()
+    }
+}
+
+fn assigns(released: &Released, link: LinkId) -> Vec<Assign> {
+    released
+        .commands
+        .iter()
+        .filter(|(l, _)| *l == link)
+        .filter_map(|(_, c)| match c {
+            LinkCommand::Assign(a) => Some((**a).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cancels(released: &Released, link: LinkId) -> Vec<u32> {
+    released
+        .commands
+        .iter()
+        .filter(|(l, _)| *l == link)
+        .filter_map(|(_, c)| match c {
+            LinkCommand::Cancel(c) => Some(c.handle),
+            _ => None,
+        })
+        .collect()
+}
+
+fn last_error(events: &[StatusEvent], id: &str) -> (TaskState, ApiError) {
+    let e = events.iter().rev().find(|e| e.id == id).expect("an event");
+    (e.state, e.error.clone().expect("an error"))
+}
+
+// ----- commit, then tell -----
+
+/// Nothing leaves the engine before the commit that covers it: the submission's ticket and
+/// the Assign come out of `commit`, and a bridge that dies before it has promised nothing
+/// (the submission is not there after a restart, and was never acknowledged, so the client
+/// sends it again).
+#[test]
+fn acknowledgements_and_assigns_wait_for_the_commit() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    let ticket = s.submit(r#"{"id":"t","capability":"echo","payload":1}"#);
+    s.e.dispatch(s.now());
+    assert_eq!(s.task("t").unwrap().state, TaskState::Dispatched);
+    s.restart(); // the bridge dies here, before committing
+    assert!(
+        s.e.queue().is_empty(),
+        "an uncommitted submission left a trace"
+    );
+    s.up(LINK, hello(), 4);
+    let again = s.submit(r#"{"id":"t","capability":"echo","payload":1}"#);
+    let released = s.turn();
+    assert_eq!(released.tickets, [again]);
+    assert!(!released.tickets.contains(&ticket));
+    assert_eq!(assigns(&released, LINK).len(), 1);
+}
+
+/// A failed commit lets nothing out: not the ticket of the input, not the Assign decided in
+/// the same turn.
+#[test]
+fn a_failed_commit_releases_nothing() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    s.submit(r#"{"id":"t","capability":"echo"}"#);
+    s.e.dispatch(s.now());
+    s.e.queue.fail_next_commit();
+    assert!(s.e.commit().is_err());
+    s.restart();
+    assert!(s.e.queue().is_empty());
+}
+
+/// Every kind of input is told only after its commit, step by step: a report's ticket, a
+/// cancel's ticket and the Cancel it sends, a reject's ticket. After a crash before the commit,
+/// the restarted engine shows the state before the step.
+#[test]
+fn each_step_is_told_only_after_its_commit() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    s.submit(r#"{"id":"a","capability":"echo"}"#);
+    s.submit(r#"{"id":"b","capability":"echo"}"#);
+    let released = s.turn();
+    let handles: Vec<u32> = assigns(&released, LINK).iter().map(|a| a.handle).collect();
+    assert_eq!(handles.len(), 2);
+
+    // A report staged, then a crash: the task is still live after the restart.
+    let t = s.report(LINK, handles[0], TaskReport::Completed, None);
+    assert!(s.task("a").is_none(), "settled in memory at once");
+    s.restart();
+    assert!(
+        s.task("a").is_some(),
+        "the report was not committed: the task is live"
+    );
+    s.up(LINK, hello(), 4);
+    let t2 = s.report(LINK, handles[0], TaskReport::Completed, None);
+    let released = s.turn();
+    assert_eq!(released.tickets, [t2]);
+    assert_ne!(t, t2);
+    assert!(s.task("a").is_none());
+
+    // A cancel of a dispatched task: its ticket and the Cancel come with the commit.
+    let c = s.ticket();
+    s.e.handle_cancel("b", c, s.now());
+    s.restart();
+    assert!(s.task("b").is_some(), "the cancel was not committed");
+    s.up(LINK, hello(), 4);
+    let b = s.task("b").unwrap().handle();
+    let c = s.ticket();
+    s.e.handle_cancel("b", c, s.now());
+    let released = s.turn();
+    assert_eq!(released.tickets, [c]);
+    assert!(s.task("b").is_none());
+    // The task was queued again by the restart and dispatched at `up`, so the device has it.
+    assert!(cancels(&released, LINK).contains(&b) || assigns(&released, LINK).is_empty());
+}
+
+// ----- retries -----
+
+/// A device lost with a task on it: the task waits the retry delay — the initial delay plus
+/// at most 25 % jitter, doubling with each attempt — and is dispatched again the moment it
+/// ends, not a millisecond before.
+#[test]
+fn a_lost_device_s_task_waits_the_backoff_then_runs_again() {
+    for seed in 0..50 {
+        let mut s = Sim::new();
+        s.e.rng = SplitMix64::new(seed);
+        s.up(LINK, hello(), 4);
+        s.submit(r#"{"id":"t","capability":"echo"}"#);
+        assert_eq!(assigns(&s.turn(), LINK).len(), 1);
+        for (attempt, base) in [(1u64, 100u64), (2, 200)] {
+            let lost_at = s.now;
+            s.link(
+                LINK,
+                LinkInput::Down {
+                    reason: "gone".into(),
+                },
+            );
+            s.turn();
+            let t = s.task("t").unwrap();
+            assert_eq!(
+                (t.state, u64::from(t.attempt)),
+                (TaskState::Queued, attempt)
+            );
+            let delay = t.not_before_ms - lost_at;
+            assert!(
+                (base..base + base / 4).contains(&delay),
+                "seed {seed}, attempt {attempt}: delay {delay} ms outside [{base}, {})",
+                base + base / 4
+            );
+            // The device is back at once, but the task waits for its delay.
+            s.up(LINK, hello(), 4);
+            assert_eq!(s.e.poll_timeout(), Some(lost_at + delay));
+            s.now = lost_at + delay - 1;
+            assert!(
+                assigns(&s.turn(), LINK).is_empty(),
+                "dispatched before its delay ended"
+            );
+            s.now = lost_at + delay;
+            assert_eq!(
+                assigns(&s.turn(), LINK).len(),
+                1,
+                "not dispatched when its delay ended"
+            );
+            s.now += 10;
+        }
+    }
+}
+
+/// The jitter spreads tasks lost together: 50 tasks of one device get many different
+/// delays, all within the bounds.
+#[test]
+fn tasks_lost_together_come_back_spread_out() {
+    let mut s = Sim::new();
+    s.up(LINK, hello_of("dev-1"), 50);
+    for i in 0..50 {
+        s.submit(&format!(r#"{{"id":"t{i}","capability":"echo"}}"#));
+    }
+    assert_eq!(assigns(&s.turn(), LINK).len(), 50);
+    let lost_at = s.now;
+    s.link(
+        LINK,
+        LinkInput::Down {
+            reason: "gone".into(),
+        },
+    );
+    s.turn();
+    let delays: std::collections::BTreeSet<u64> = (0..50)
+        .map(|i| s.task(&format!("t{i}")).unwrap().not_before_ms - lost_at)
+        .collect();
+    assert!(delays.len() >= 10, "{delays:?}");
+    assert!(delays.iter().all(|d| (100..125).contains(d)), "{delays:?}");
+}
+
+/// After `max_attempts` attempts without a result the task fails, saying why and how many
+/// attempts were made; it is not dispatched again.
+#[test]
+fn a_task_fails_when_its_attempts_are_exhausted() {
+    let mut s = Sim::new();
+    s.submit(r#"{"id":"t","capability":"echo"}"#);
+    for attempt in 1..=3 {
+        s.now += 10_000;
+        let released = s.up(LINK, hello(), 4);
+        assert_eq!(assigns(&released, LINK).len(), 1, "attempt {attempt}");
+        s.link(
+            LINK,
+            LinkInput::Down {
+                reason: "gone".into(),
+            },
+        );
+        s.turn();
+    }
+    assert!(s.task("t").is_none());
+    let events = s.events();
+    let (state, error) = last_error(&events, "t");
+    assert_eq!(state, TaskState::Failed);
+    assert_eq!(error.code, ErrorCode::AttemptsExhausted);
+    assert_eq!(error.message, "device disconnected; 3 attempts made");
+    s.now += 10_000;
+    assert!(assigns(&s.up(LINK, hello(), 4), LINK).is_empty());
+}
+
+/// A failure code from `TRANSIENT_ERROR` up is retried as a new execution, with a new handle
+/// (the device would answer the old one from its dedup table) and the attempt counted; a code
+/// below it fails the task at once.
+#[test]
+fn transient_failures_are_retried_with_a_new_handle_and_final_ones_are_not() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    s.submit(r#"{"id":"transient","capability":"echo"}"#);
+    s.submit(r#"{"id":"final","capability":"echo"}"#);
+    assert_eq!(assigns(&s.turn(), LINK).len(), 2);
+    let h_transient = s.task("transient").unwrap().handle();
+    let h_final = s.task("final").unwrap().handle();
+    s.report(LINK, h_transient, TaskReport::Failed, Some(TRANSIENT_ERROR));
+    s.report(LINK, h_final, TaskReport::Failed, Some(7));
+    s.turn();
+    let t = s.task("transient").unwrap();
+    assert_eq!((t.state, t.attempt), (TaskState::Queued, 1));
+    assert_ne!(
+        t.handle(),
+        h_transient,
+        "a new execution needs a new handle"
+    );
+    let events = s.events();
+    let (state, error) = last_error(&events, "final");
+    assert_eq!(
+        (state, error.code),
+        (TaskState::Failed, ErrorCode::DeviceFailed)
+    );
+    assert_eq!(error.message, "device dev-1 failed with code 7");
+    // After its delay the transient one runs again, as attempt 2 with its new handle.
+    s.now = s.e.poll_timeout().unwrap();
+    let again = assigns(&s.turn(), LINK);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].handle, s.task("transient").unwrap().handle());
+    assert_eq!(s.task("transient").unwrap().attempt, 2);
+    // A transient failure on the last attempt fails it.
+    let h = again[0].handle;
+    s.report(LINK, h, TaskReport::Failed, Some(TRANSIENT_ERROR + 1));
+    s.turn();
+    s.now = s.e.poll_timeout().unwrap();
+    let h = assigns(&s.turn(), LINK)[0].handle;
+    s.report(LINK, h, TaskReport::Failed, Some(TRANSIENT_ERROR + 1));
+    s.turn();
+    let events = s.events();
+    let (state, error) = last_error(&events, "transient");
+    assert_eq!(
+        (state, error.code),
+        (TaskState::Failed, ErrorCode::AttemptsExhausted)
+    );
+    assert!(
+        error
+            .message
+            .contains("transient code 0x8001; 3 attempts made"),
+        "{}",
+        error.message
+    );
+}
+
+// ----- deadlines -----
+
+/// A queued task whose deadline passes expires by the engine's timer: `poll_timeout` names
+/// the deadline, the task is still queued a millisecond before and expired at it.
+#[test]
+fn a_queued_task_expires_when_its_deadline_passes() {
+    let mut s = Sim::new();
+    s.submit(r#"{"id":"t","capability":"echo","deadline_ms":500}"#);
+    s.turn();
+    assert_eq!(s.e.poll_timeout(), Some(1_500));
+    s.now = 1_499;
+    s.turn();
+    assert_eq!(s.task("t").unwrap().state, TaskState::Queued);
+    s.now = 1_500;
+    s.turn();
+    assert!(s.task("t").is_none());
+    assert_eq!(s.e.expired(), 1);
+    let events = s.events();
+    let (state, error) = last_error(&events, "t");
+    assert_eq!(
+        (state, error.code),
+        (TaskState::Expired, ErrorCode::DeadlineExpired)
+    );
+    assert_eq!(s.e.poll_timeout(), None);
+}
+
+/// A task is never started after its deadline: a device that gets a free slot just as the
+/// deadline passes does not get the task; one that gets it earlier is told the time left.
+#[test]
+fn a_task_is_never_started_after_its_deadline() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 0);
+    s.submit(r#"{"id":"late","capability":"echo","deadline_ms":500}"#);
+    s.submit(r#"{"id":"early","capability":"echo","deadline_ms":900}"#);
+    s.turn();
+    s.now = 1_500;
+    s.link(LINK, LinkInput::Credit { credit: 4 });
+    let released = s.turn();
+    let sent = assigns(&released, LINK);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].deadline_ms,
+        Some(400),
+        "the time left, not the original 900 ms"
+    );
+    assert!(s.task("late").is_none());
+    assert_eq!(s.task("early").unwrap().state, TaskState::Dispatched);
+    let states = s.states();
+    assert!(
+        states.contains(&("late".into(), TaskState::Expired)),
+        "{states:?}"
+    );
+    assert!(
+        !states.contains(&("late".into(), TaskState::Dispatched)),
+        "{states:?}"
+    );
+}
+
+// ----- cancel -----
+
+/// Cancel works in every state: a queued task ends at once with nothing sent; a dispatched or
+/// running task ends and its device is told (after the commit); a finished or unknown task is
+/// left alone (no second terminal event). A device report after the cancel changes nothing.
+#[test]
+fn cancel_ends_a_task_in_every_state() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 2);
+    for id in ["dispatched", "running", "queued", "done"] {
+        s.submit(&format!(r#"{{"id":"{id}","capability":"echo"}}"#));
+    }
+    s.turn();
+    let h = |s: &Sim, id: &str| s.task(id).unwrap().handle();
+    let (hd, hr) = (h(&s, "dispatched"), h(&s, "running"));
+    s.report(LINK, hr, TaskReport::Running, None);
+    s.turn();
+    assert_eq!(s.task("running").unwrap().state, TaskState::Running);
+    assert_eq!(s.task("queued").unwrap().state, TaskState::Queued);
+    s.events();
+
+    for id in ["queued", "dispatched", "running", "unknown"] {
+        let ticket = s.ticket();
+        s.e.handle_cancel(id, ticket, s.now());
+    }
+    let released = s.turn();
+    assert_eq!(released.tickets.len(), 4, "every cancel is acknowledged");
+    let mut sent = cancels(&released, LINK);
+    sent.sort_unstable();
+    let mut expect = vec![hd, hr];
+    expect.sort_unstable();
+    assert_eq!(sent, expect, "only tasks on the device are cancelled there");
+    let states = s.states();
+    for id in ["queued", "dispatched", "running"] {
+        assert!(
+            states.contains(&(id.into(), TaskState::Cancelled)),
+            "{id}: {states:?}"
+        );
+    }
+    assert_eq!(states.len(), 3, "{states:?}");
+    // The device finishes a cancelled task anyway: the report is acknowledged, nothing changes.
+    let t = s.report(LINK, hr, TaskReport::Completed, None);
+    assert_eq!(s.turn().tickets, [t]);
+    // A freed slot takes "done"; it finishes, then a cancel for it changes nothing.
+    s.link(LINK, LinkInput::Credit { credit: 1 });
+    assert_eq!(assigns(&s.turn(), LINK).len(), 1);
+    let hdone = h(&s, "done");
+    s.report(LINK, hdone, TaskReport::Completed, None);
+    s.turn();
+    s.events();
+    let ticket = s.ticket();
+    s.e.handle_cancel("done", ticket, s.now());
+    let released = s.turn();
+    assert!(released.commands.is_empty());
+    assert!(
+        s.states().is_empty(),
+        "a finished task got a second terminal event"
+    );
+}
+
+// ----- refusals -----
+
+/// A device's `NoFreeSlot` sends the task back to the queue (dispatched again, same handle);
+/// any other refusal rejects it, naming the device and the reason.
+#[test]
+fn no_free_slot_requeues_and_other_refusals_reject() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 2);
+    s.submit(r#"{"id":"full","capability":"echo"}"#);
+    s.submit(r#"{"id":"unknown","capability":"echo"}"#);
+    s.turn();
+    let (hf, hu) = (
+        s.task("full").unwrap().handle(),
+        s.task("unknown").unwrap().handle(),
+    );
+    for (handle, reason) in [
+        (hf, RejectReason::NoFreeSlot),
+        (hu, RejectReason::UnknownCapability),
+    ] {
+        let ticket = s.ticket();
+        let reject = Reject {
+            handle: Some(handle),
+            reason,
+        };
+        s.link(LINK, LinkInput::Reject { reject, ticket });
+    }
+    s.link(LINK, LinkInput::Credit { credit: 1 });
+    let released = s.turn();
+    assert_eq!(released.tickets.len(), 2);
+    let again = assigns(&released, LINK);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].handle, hf, "the same execution, the same handle");
+    let events = s.events();
+    let (state, error) = last_error(&events, "unknown");
+    assert_eq!(
+        (state, error.code),
+        (TaskState::Rejected, ErrorCode::DeviceRejected)
+    );
+    assert!(
+        error.message.starts_with("device dev-1: "),
+        "{}",
+        error.message
+    );
+}
+
+/// An `Assign` the link's session would not take (`Refused`) goes back to the queue and out
+/// again with the same handle once the device has room.
+#[test]
+fn a_refused_assign_goes_back_to_the_queue() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 1);
+    s.submit(r#"{"id":"t","capability":"echo"}"#);
+    let h = assigns(&s.turn(), LINK)[0].handle;
+    s.link(LINK, LinkInput::Refused { handle: h });
+    s.link(LINK, LinkInput::Credit { credit: 0 });
+    assert!(assigns(&s.turn(), LINK).is_empty());
+    assert_eq!(s.task("t").unwrap().state, TaskState::Queued);
+    s.link(LINK, LinkInput::Credit { credit: 1 });
+    let again = assigns(&s.turn(), LINK);
+    assert_eq!(again.iter().map(|a| a.handle).collect::<Vec<_>>(), [h]);
+}
+
+// ----- restarts -----
+
+/// Tasks dispatched when the bridge stopped are dispatched again after a restart, with the
+/// same handle (the device answers a replay from its dedup table), and keep their attempt.
+#[test]
+fn a_restart_dispatches_dispatched_tasks_again_with_the_same_handle() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    s.submit(r#"{"id":"t","capability":"echo"}"#);
+    let h = assigns(&s.turn(), LINK)[0].handle;
+    s.restart();
+    let t = s.task("t").unwrap();
+    assert_eq!((t.state, t.attempt), (TaskState::Queued, 1));
+    let again = assigns(&s.up(2, hello(), 4), 2);
+    assert_eq!(again.iter().map(|a| a.handle).collect::<Vec<_>>(), [h]);
+}
+
+/// A device that ran a task before the bridge crashed reports it to the restarted bridge
+/// before anything is dispatched again: the report settles the task from durable state
+/// (found while testing the SIGKILL scenario: an in-memory map lost it, the report was
+/// acknowledged and ignored, and the result was lost).
+#[test]
+fn a_report_after_a_restart_settles_its_task() {
+    let mut s = Sim::new();
+    s.submit(r#"{"id":"t","capability":"echo","payload":1}"#);
+    s.turn();
+    let h = assigns(&s.up(LINK, hello(), 4), LINK)[0].handle;
+    s.restart();
+    s.link(
+        2,
+        LinkInput::Up {
+            peer: "p".into(),
+            hello: hello(),
+            rebooted: false,
+            credit: 0,
+        },
+    );
+    let t = s.report(2, h, TaskReport::Completed, None);
+    assert_eq!(s.turn().tickets, [t]);
+    assert!(s.task("t").is_none(), "the task is settled");
+    let events = s.events();
+    let done = events
+        .iter()
+        .find(|e| e.state == TaskState::Completed)
+        .expect("completed");
+    assert_eq!(done.result, Some(serde_json::json!({"v": 1})));
+}
+
+/// Generated ids come from a durable counter: a restart (or a clock reset) never generates
+/// the id of an earlier task, so id-less submissions are never taken for duplicates.
+#[test]
+fn generated_ids_never_repeat_across_restarts() {
+    let mut s = Sim::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for round in 0..3 {
+        for _ in 0..5 {
+            s.submit(r#"{"capability":"echo"}"#);
+        }
+        s.turn();
+        s.restart();
+        s.now = 0; // the clock went back
+        assert_eq!(
+            s.e.queue().len(),
+            5 * (round + 1),
+            "every id-less submission is a task"
+        );
+    }
+    for e in s.events() {
+        ids.insert(e.id);
+    }
+    assert_eq!(ids.len(), 15);
+}
+
+// ----- devices and locks -----
+
+/// Lock names become the device's lock ids, in ascending order whatever the submission's
+/// order; a named device without the lock rejects the task, saying which lock and what
+/// it has; the device document lists the locks.
+#[test]
+fn lock_names_become_the_devices_lock_ids() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    s.submit(r#"{"id":"bus","capability":"echo","locks":["bus"]}"#);
+    s.submit(r#"{"id":"both","capability":"echo","locks":["bus","i2c0"]}"#);
+    s.submit(r#"{"id":"spi","capability":"echo","device":"dev-1","locks":["i2c0","spi"]}"#);
+    let released = s.turn();
+    let locks: Vec<Vec<u8>> = assigns(&released, LINK)
+        .iter()
+        .map(|a| a.locks.to_vec())
+        .collect();
+    assert_eq!(locks, [vec![1], vec![0, 1]]);
+    assert!(s.task("spi").is_none(), "the task is settled");
+    let outbox: Vec<String> =
+        s.e.queue()
+            .outbox(100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, o)| o.payload)
+            .collect();
+    let rejected = outbox
+        .iter()
+        .find(|p| p.contains(r#""id":"spi""#) && p.contains("rejected"))
+        .unwrap_or_else(|| panic!("{outbox:#?}"));
+    assert!(
+        rejected.contains(r#""code":"invalid_locks""#)
+            && rejected
+                .contains(r#"device dev-1 has no lock \"spi\" (its locks: \"i2c0\", \"bus\")"#),
+        "{rejected}"
+    );
+    assert!(
+        outbox
+            .iter()
+            .any(|p| p.contains(r#""locks":["i2c0","bus"]"#)),
+        "{outbox:#?}"
+    );
+}
+
+/// The device documents in the outbox, as (device id, online), in order.
+fn documents(s: &Sim) -> Vec<(String, bool)> {
+    s.e.queue()
+        .outbox(100)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, o)| o.subtopic.starts_with("devices/"))
+        .map(|(_, o)| {
+            let doc: serde_json::Value = serde_json::from_str(&o.payload).unwrap();
+            (
+                o.subtopic["devices/".len()..].to_owned(),
+                doc["online"] == true,
+            )
+        })
+        .collect()
+}
+
+/// A byte stream without connections of its own (a serial port) carries a device's next
+/// session on the same link: the link is not closed under it, and the device stays online.
+#[test]
+fn a_new_session_of_the_same_device_on_its_link_keeps_the_link() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    let mut restarted = hello();
+    restarted.boot_id += 1;
+    let released = s.up(LINK, restarted, 4);
+    assert!(
+        released.commands.is_empty(),
+        "the link was closed under its new session"
+    );
+    assert_eq!(
+        documents(&s),
+        [("dev-1".into(), true), ("dev-1".into(), true)]
+    );
+    // It is the device on the link: tasks reach it there.
+    s.submit(r#"{"id":"t","capability":"echo"}"#);
+    assert_eq!(assigns(&s.turn(), LINK).len(), 1);
+    // Elsewhere, a new session still closes the old link.
+    let released = s.up(2, hello(), 4);
+    assert!(
+        released
+            .commands
+            .iter()
+            .any(|(l, c)| *l == LINK && matches!(c, LinkCommand::Close)),
+        "{:?}",
+        released.commands
+    );
+}
+
+/// Another device opening a session on a link (a serial port whose device was swapped)
+/// takes the previous one offline; its tasks go back to the queue.
+#[test]
+fn another_device_on_a_link_takes_the_previous_one_offline() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    s.submit(r#"{"id":"t","capability":"echo","device":"dev-1"}"#);
+    assert_eq!(assigns(&s.turn(), LINK).len(), 1);
+    let released = s.up(LINK, hello_of("dev-2"), 4);
+    assert_eq!(
+        documents(&s),
+        [
+            ("dev-1".into(), true),
+            ("dev-1".into(), false),
+            ("dev-2".into(), true)
+        ]
+    );
+    assert_eq!(s.task("t").unwrap().state, TaskState::Queued);
+    // dev-1's task is not handed to dev-2 on the link dev-1 used.
+    assert!(assigns(&released, LINK).is_empty());
+    s.now += 10_000;
+    assert!(assigns(&s.turn(), LINK).is_empty());
+}

@@ -1,0 +1,486 @@
+//! `edge-bridge run`: wires the queue, the broker, the MQTT driver, the device links and the
+//! engine, and runs until a stop signal or a fatal error.
+//!
+//! The run loop only moves messages: it takes inputs from the MQTT driver and the links, hands
+//! them to the [`Engine`] with the time, commits once per turn, and delivers what the commit
+//! released (acknowledgements, commands for links) and what the outbox holds (to the MQTT
+//! driver). Every decision is the engine's.
+//!
+//! # Layout
+//! - `mod.rs`: start-up and the run loop (this file).
+//! - [`links`]: starting the configured device links, one function per kind.
+//! - [`pump`]: which outbox entries to hand the MQTT driver next.
+//! - [`signals`]: SIGTERM and SIGINT.
+
+mod links;
+mod pump;
+mod signals;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use broker_config::{BrokerConfig, Config};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{BridgeStatus, OfflineReason};
+use crate::engine::{Engine, LinkInput, Released, Retry, Ticket};
+use crate::link::{self, LinkCommand, LinkEvent, LinkId};
+use crate::mqtt::{self, ApiInput, MqttEvent, MqttSettings, Publication};
+use crate::queue::{Queue, QueueError};
+use crate::time::Clock;
+
+use pump::OutboxPump;
+use signals::StopSignals;
+
+/// Outbox entries handed to the MQTT driver and not yet acknowledged, at most (below
+/// `mqtt::INFLIGHT`, so the driver never blocks on its own window).
+const PUBLISH_WINDOW: usize = 200;
+
+/// Inputs of one kind taken into one turn, at most: a turn is one commit, and a flood of one
+/// kind must not keep the others waiting for long.
+const TURN_BATCH: usize = 512;
+
+/// How long a stopping bridge waits for the broker to take its "offline" status, and then
+/// for the connection to close cleanly (so the broker discards the last will).
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The outbox key of the "offline" status published on a stop: no outbox entry has it.
+const STOPPING_KEY: u64 = u64::MAX;
+
+/// Why the bridge stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+    /// A device link's socket could not be opened.
+    #[error("device link {addr}: {source}")]
+    Link {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// A TLS device link's certificate, key or client CA cannot be used.
+    #[error(transparent)]
+    LinkTls(#[from] link::tls::LinkTlsError),
+    /// A DTLS device link's keys, certificates or cipher list cannot be used.
+    #[error(transparent)]
+    LinkDtls(#[from] link::dtls::LinkDtlsError),
+    /// The stop signals could not be installed.
+    #[error("installing the SIGTERM/SIGINT handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The embedded broker stopped on its own.
+    #[error("the embedded MQTT broker stopped: {0}")]
+    BrokerStopped(String),
+    /// The MQTT driver's task ended (it ends only when the bridge does).
+    #[error("the MQTT driver stopped")]
+    MqttStopped,
+}
+
+/// The addresses the bridge ended up listening on (port 0 resolved).
+#[derive(Clone, Debug)]
+pub struct Ready {
+    pub mqtt: SocketAddr,
+    pub devices: Vec<SocketAddr>,
+}
+
+/// Runs the bridge; `ready` is called once everything listens and the MQTT API is live
+/// (subscriptions acknowledged), so a client that sees it can submit at once. Returns `Ok`
+/// after a stop signal, once the bridge said it is offline.
+pub async fn run(config: Config, announce: impl FnOnce(&Ready)) -> Result<(), RunError> {
+    let signals = StopSignals::listen().map_err(RunError::Signals)?;
+    let clock = Clock::start();
+    let queue = Queue::open(&config.data_dir, config.queue.limit)?;
+    tracing::info!(data_dir = %config.data_dir.display(), live = queue.len(), "queue opened");
+    let retry = Retry::new(
+        config.queue.max_attempts,
+        config.queue.retry_initial,
+        config.queue.retry_max,
+    );
+    let engine = Engine::new(queue, retry, crate::backoff::seed_from_clock());
+
+    let (broker_stopped, settings) = start_broker(&config)?;
+    let mqtt_addr = format!("{}:{}", settings.host, settings.port)
+        .parse()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], settings.port)));
+    let root = settings.root.clone();
+    let (api_tx, api) = mpsc::channel::<ApiInput>(1024);
+    let (mqtt_tx, mqtt_events) = mpsc::channel::<MqttEvent>(1024);
+    let (publish, pub_rx) = mpsc::channel::<Publication>(PUBLISH_WINDOW + 16);
+    let (client, eventloop) = mqtt::connect(&settings);
+    tokio::spawn(mqtt::run(
+        settings,
+        client.clone(),
+        eventloop,
+        api_tx,
+        mqtt_tx,
+        pub_rx,
+    ));
+
+    let (link_tx, link_events) = mpsc::channel::<LinkEvent>(1024);
+    let devices = links::start(&config.links, &link_tx).await?;
+    drop(link_tx);
+    let ready = Ready {
+        mqtt: mqtt_addr,
+        devices,
+    };
+
+    let mut driver = Driver {
+        engine,
+        clock,
+        root,
+        tickets: Tickets::default(),
+        links: HashMap::new(),
+        pump: OutboxPump::new(PUBLISH_WINDOW),
+        publish,
+        client,
+    };
+    let inputs = Inputs {
+        api,
+        links: link_events,
+        mqtt: mqtt_events,
+        broker_stopped,
+        signals,
+        stats: tokio::time::interval(config.stats_interval),
+    };
+    driver.run(inputs, Some((announce, ready))).await
+}
+
+/// Starts the embedded broker if the configuration asks for it; the MQTT driver's settings
+/// either way.
+fn start_broker(
+    config: &Config,
+) -> Result<(Option<oneshot::Receiver<String>>, MqttSettings), RunError> {
+    let client_id = format!("edge-bridge-{}", config.bridge_id);
+    let root = config.root();
+    Ok(match &config.broker {
+        BrokerConfig::Embedded {
+            listen,
+            max_packet_bytes,
+            max_connections,
+        } => {
+            let (addr, stopped) =
+                crate::broker::start(*listen, *max_packet_bytes, *max_connections)?;
+            tracing::info!(%addr, "embedded MQTT broker started");
+            let settings = MqttSettings {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                client_id,
+                credentials: None,
+                root,
+                max_packet_bytes: *max_packet_bytes,
+                tls: None,
+            };
+            (Some(stopped), settings)
+        }
+        BrokerConfig::External {
+            host,
+            port,
+            username,
+            password,
+            tls,
+            max_packet_bytes,
+        } => {
+            let settings = MqttSettings {
+                host: host.clone(),
+                port: *port,
+                client_id,
+                credentials: username
+                    .clone()
+                    .map(|u| (u, password.clone().unwrap_or_default())),
+                root,
+                max_packet_bytes: *max_packet_bytes,
+                tls: tls.as_ref().map(crate::tls::client_config).transpose()?,
+            };
+            (None, settings)
+        }
+    })
+}
+
+/// Where the run loop's inputs come from.
+struct Inputs {
+    api: mpsc::Receiver<ApiInput>,
+    links: mpsc::Receiver<LinkEvent>,
+    mqtt: mpsc::Receiver<MqttEvent>,
+    /// Answered if the embedded broker dies (none with an external broker).
+    broker_stopped: Option<oneshot::Receiver<String>>,
+    signals: StopSignals,
+    stats: tokio::time::Interval,
+}
+
+/// Answers waiting for a commit, by the ticket the engine knows them by.
+#[derive(Debug, Default)]
+struct Tickets {
+    next: Ticket,
+    waiting: HashMap<Ticket, oneshot::Sender<()>>,
+}
+
+impl Tickets {
+    fn issue(&mut self, answer: oneshot::Sender<()>) -> Ticket {
+        self.next += 1;
+        self.waiting.insert(self.next, answer);
+        self.next
+    }
+
+    fn release(&mut self, ticket: Ticket) {
+        if let Some(answer) = self.waiting.remove(&ticket) {
+            // The receiver may be gone (its link closed): nothing left to acknowledge.
+            let _ = answer.send(());
+        }
+    }
+}
+
+/// The run loop's state: the engine and what stands between it and the channels.
+struct Driver {
+    engine: Engine,
+    clock: Clock,
+    root: String,
+    tickets: Tickets,
+    /// Where each open link takes its commands.
+    links: HashMap<LinkId, mpsc::Sender<LinkCommand>>,
+    pump: OutboxPump,
+    publish: mpsc::Sender<Publication>,
+    /// For the stop: the last publish and a clean disconnect.
+    client: rumqttc::AsyncClient,
+}
+
+impl Driver {
+    async fn run(
+        &mut self,
+        mut inputs: Inputs,
+        mut ready: Option<(impl FnOnce(&Ready), Ready)>,
+    ) -> Result<(), RunError> {
+        loop {
+            let wake = self
+                .engine
+                .poll_timeout()
+                .map(|ms| self.clock.instant_at(ms))
+                .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                input = inputs.api.recv() => {
+                    let first = input.ok_or(RunError::MqttStopped)?;
+                    self.on_api(first, &mut inputs.api)?;
+                }
+                Some(event) = inputs.links.recv() => self.on_links(event, &mut inputs.links),
+                event = inputs.mqtt.recv() => {
+                    let first = event.ok_or(RunError::MqttStopped)?;
+                    for event in batch(first, &mut inputs.mqtt, 2 * TURN_BATCH) {
+                        if let (MqttEvent::Subscribed, Some((announce, addrs))) = (&event, ready.take()) {
+                            announce(&addrs);
+                        }
+                        self.on_mqtt(event);
+                    }
+                }
+                _ = inputs.stats.tick() => {
+                    let stats = self.engine.stats(self.clock.now());
+                    let publication = Publication {
+                        key: 0,
+                        topic: format!("{}/bridge/stats", self.root),
+                        payload: stats.to_json(),
+                        retain: true,
+                    };
+                    // Periodic and retained: a stats document that finds the channel full
+                    // is replaced by the next.
+                    let _ = self.publish.try_send(publication);
+                }
+                () = tokio::time::sleep_until(wake.into()) => {}
+                why = async {
+                    match inputs.broker_stopped.as_mut() {
+                        Some(s) => s.await.unwrap_or_default(),
+                        None => std::future::pending().await,
+                    }
+                } => return Err(RunError::BrokerStopped(why)),
+                signal = inputs.signals.requested() => {
+                    tracing::info!(signal, "stop requested; stopping");
+                    return self.stop(&mut inputs.mqtt).await;
+                }
+            }
+            self.turn()?;
+        }
+    }
+
+    /// Submissions and cancels: everything already waiting joins the turn.
+    fn on_api(
+        &mut self,
+        first: ApiInput,
+        more: &mut mpsc::Receiver<ApiInput>,
+    ) -> Result<(), RunError> {
+        let now = self.clock.now();
+        let mut submissions = Vec::new();
+        for input in batch(first, more, TURN_BATCH) {
+            match input {
+                ApiInput::Submit { payload, accepted } => {
+                    submissions.push((payload, self.tickets.issue(accepted)));
+                }
+                ApiInput::Cancel { id, done } => {
+                    let ticket = self.tickets.issue(done);
+                    self.engine.handle_cancel(&id, ticket, now);
+                }
+            }
+        }
+        if !submissions.is_empty() {
+            self.engine.handle_submissions(submissions, now)?;
+        }
+        Ok(())
+    }
+
+    /// Link events: everything already waiting joins the turn. The link's channels stay
+    /// here; the engine gets tickets and link ids.
+    fn on_links(&mut self, first: LinkEvent, more: &mut mpsc::Receiver<LinkEvent>) {
+        let now = self.clock.now();
+        for event in batch(first, more, TURN_BATCH) {
+            let (link, input) = match event {
+                LinkEvent::Up {
+                    link,
+                    peer,
+                    hello,
+                    rebooted,
+                    credit,
+                    commands,
+                } => {
+                    self.links.insert(link, commands);
+                    (
+                        link,
+                        LinkInput::Up {
+                            peer,
+                            hello,
+                            rebooted,
+                            credit,
+                        },
+                    )
+                }
+                LinkEvent::Credit { link, credit } => (link, LinkInput::Credit { credit }),
+                LinkEvent::Report {
+                    link,
+                    report,
+                    committed,
+                } => {
+                    let ticket = self.tickets.issue(committed);
+                    (link, LinkInput::Report { report, ticket })
+                }
+                LinkEvent::Reject {
+                    link,
+                    reject,
+                    committed,
+                } => {
+                    let ticket = self.tickets.issue(committed);
+                    (link, LinkInput::Reject { reject, ticket })
+                }
+                LinkEvent::Refused { link, handle } => (link, LinkInput::Refused { handle }),
+                LinkEvent::Down { link, reason } => {
+                    self.links.remove(&link);
+                    (link, LinkInput::Down { reason })
+                }
+            };
+            self.engine.handle_link(link, input, now);
+        }
+    }
+
+    fn on_mqtt(&mut self, event: MqttEvent) {
+        match event {
+            MqttEvent::Connected => self.pump.connected(),
+            MqttEvent::Subscribed => {}
+            MqttEvent::Published(mut keys) => {
+                keys.retain(|k| *k != STOPPING_KEY);
+                self.pump.published(&keys);
+                self.engine.handle_published(&keys);
+            }
+            MqttEvent::Disconnected(why) => {
+                if self.pump.disconnected() {
+                    tracing::warn!(%why, "MQTT disconnected; events wait in the outbox");
+                }
+            }
+        }
+    }
+
+    /// The end of a turn: dispatch, one commit for everything the turn handled, then what it
+    /// released, then what the outbox holds.
+    fn turn(&mut self) -> Result<(), RunError> {
+        self.engine.dispatch(self.clock.now());
+        let released = self.engine.commit()?;
+        self.deliver(released);
+        if let Some((from, max)) = self.pump.want() {
+            for (key, entry) in self.engine.queue().outbox_from(from, max)? {
+                let publication = Publication {
+                    key,
+                    topic: format!("{}/{}", self.root, entry.subtopic),
+                    payload: entry.payload,
+                    retain: entry.retain,
+                };
+                if self.publish.try_send(publication).is_err() {
+                    break;
+                }
+                self.pump.offered(key);
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, released: Released) {
+        for ticket in released.tickets {
+            self.tickets.release(ticket);
+        }
+        for (link, command) in released.commands {
+            let sent = self.links.get(&link).map(|tx| tx.try_send(command));
+            if !matches!(sent, Some(Ok(()))) {
+                // The link is gone or its queue is full: a lost Assign is dispatched again
+                // when the link ends, a lost Cancel leaves a result nobody waits for.
+                tracing::warn!(link, "link command not delivered");
+            }
+        }
+    }
+
+    /// A clean stop: the retained status says "offline" (once the broker has it), and the
+    /// connection closes with a DISCONNECT, so the broker discards the last will.
+    async fn stop(&mut self, mqtt: &mut mpsc::Receiver<MqttEvent>) -> Result<(), RunError> {
+        let offline = Publication {
+            key: STOPPING_KEY,
+            topic: format!("{}/bridge/status", self.root),
+            payload: BridgeStatus::offline(OfflineReason::Stopped).to_json(),
+            retain: true,
+        };
+        if !self.pump.is_connected() || self.publish.try_send(offline).is_err() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        let mut taken = false;
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, mqtt.recv()).await {
+            match event {
+                MqttEvent::Published(keys) if keys.contains(&STOPPING_KEY) => {
+                    taken = true;
+                    break;
+                }
+                MqttEvent::Disconnected(_) => break,
+                _ => {}
+            }
+        }
+        if !taken {
+            tracing::warn!("the broker did not take the offline status in time");
+            return Ok(());
+        }
+        if self.client.try_disconnect().is_ok() {
+            let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+            while let Ok(Some(event)) = tokio::time::timeout_at(deadline, mqtt.recv()).await {
+                if matches!(event, MqttEvent::Disconnected(_)) {
+                    break;
+                }
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// `first` and whatever is already waiting behind it in `more`, up to `max` in all.
+fn batch<T>(first: T, more: &mut mpsc::Receiver<T>, max: usize) -> Vec<T> {
+    let mut all = vec![first];
+    while all.len() < max {
+        let Ok(next) = more.try_recv() else { break };
+        all.push(next);
+    }
+    all
+}
