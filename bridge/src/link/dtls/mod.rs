@@ -19,6 +19,7 @@
 //! valid one replaces the old session.
 
 pub mod client;
+pub mod ffi;
 pub mod session;
 
 use std::collections::{BTreeMap, HashMap};
@@ -456,9 +457,9 @@ fn listen(context: &SslContext, s: &Settings, datagram: &[u8], from: SocketAddr)
     let Ok(mut tls) = SslStream::new(ssl, Datagrams::with(datagram)) else {
         return Listened::Ignored;
     };
-    match session::ffi::listen(tls.ssl()) {
-        session::ffi::Listen::Verified => Listened::Verified(tls),
-        session::ffi::Listen::NotYet => {
+    match ffi::listen(tls.ssl()) {
+        ffi::Listen::Verified => Listened::Verified(tls),
+        ffi::Listen::NotYet => {
             let replies = tls.get_mut().take_outbound();
             if replies.is_empty() {
                 Listened::Ignored
@@ -466,7 +467,7 @@ fn listen(context: &SslContext, s: &Settings, datagram: &[u8], from: SocketAddr)
                 Listened::Answered(replies)
             }
         }
-        session::ffi::Listen::Failed => Listened::Ignored,
+        ffi::Listen::Failed => Listened::Ignored,
     }
 }
 
