@@ -155,7 +155,7 @@ impl Tls {
         let named = |flag: &str, path: &std::path::Path| {
             let path = path.display().to_string();
             let flag = flag.to_owned();
-            move |e: String| format!("{flag} {path}: {e}")
+            move |e: edge_bridge::tls::PemError| format!("{flag} {path}: {e}")
         };
         let mut roots = RootCertStore::empty();
         roots.add_parsable_certificates(pem_certificates(ca).map_err(named("--tls-ca", ca))?);
