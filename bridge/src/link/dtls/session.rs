@@ -10,9 +10,11 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openssl::error::ErrorStack;
 use openssl::ssl::{ErrorCode, SslRef, SslStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::UdpSocket;
@@ -91,6 +93,26 @@ pub struct Session {
     pub wire: Wire,
 }
 
+/// Why a DTLS handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// OpenSSL ended the handshake: an alert from the peer, no shared cipher, a certificate
+    /// that does not verify, a malformed record.
+    #[error("{}", describe(.0))]
+    Tls(#[source] openssl::ssl::Error),
+    /// A new handshake from the same address took this one's place.
+    #[error("replaced by a new handshake from the same address")]
+    Replaced,
+    /// The peer stopped answering (a wrong PSK makes a client go silent): OpenSSL gave up
+    /// retransmitting its flight.
+    #[error("peer silent: retransmissions exhausted")]
+    PeerSilent,
+    /// The handshake did not finish before its deadline.
+    #[error("handshake deadline passed")]
+    Deadline,
+}
+
 /// Which side of the handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -114,7 +136,7 @@ impl Session {
     }
 
     /// Runs the handshake to its end, retransmitting on OpenSSL's timer, until `deadline`.
-    pub async fn handshake(&mut self, role: Role, deadline: Instant) -> Result<(), String> {
+    pub async fn handshake(&mut self, role: Role, deadline: Instant) -> Result<(), HandshakeError> {
         loop {
             let step = match role {
                 Role::Server => self.tls.accept(),
@@ -124,21 +146,21 @@ impl Session {
             match step {
                 Ok(()) => return Ok(()),
                 Err(e) if e.code() == ErrorCode::WANT_READ => {}
-                Err(e) => return Err(describe(&e)),
+                Err(e) => return Err(HandshakeError::Tls(e)),
             }
             let timer = self.timer();
             tokio::select! {
                 d = self.wire.inbound.recv() => match d {
                     Some(d) => self.tls.get_mut().push(d),
-                    None => return Err("replaced by a new handshake from the same address".into()),
+                    None => return Err(HandshakeError::Replaced),
                 },
                 () = sleep_until(timer) => {
                     if !ffi::handle_timeout(self.tls.ssl()) {
-                        return Err("peer silent: retransmissions exhausted".into());
+                        return Err(HandshakeError::PeerSilent);
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    return Err("handshake deadline passed".into());
+                    return Err(HandshakeError::Deadline);
                 }
             }
         }
@@ -232,15 +254,14 @@ impl Session {
 pub fn builder(
     method: openssl::ssl::SslMethod,
     ciphers: &str,
-) -> Result<openssl::ssl::SslContextBuilder, String> {
+) -> Result<openssl::ssl::SslContextBuilder, ContextError> {
     use openssl::ssl::{SslContext, SslOptions, SslVersion};
-    let ssl = |what: &'static str| move |e: openssl::error::ErrorStack| format!("{what}: {e}");
-    let mut b = SslContext::builder(method).map_err(ssl("OpenSSL"))?;
+    let mut b = SslContext::builder(method).map_err(ContextError::OpenSsl)?;
     b.set_min_proto_version(Some(SslVersion::DTLS1_2))
-        .map_err(ssl("DTLS 1.2"))?;
+        .map_err(ContextError::Version)?;
     b.set_max_proto_version(Some(SslVersion::DTLS1_2))
-        .map_err(ssl("DTLS 1.2"))?;
-    b.set_cipher_list(ciphers).map_err(ssl("ciphers"))?;
+        .map_err(ContextError::Version)?;
+    b.set_cipher_list(ciphers).map_err(ContextError::Ciphers)?;
     allow_ccm8(&mut b, ciphers);
     b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
     Ok(b)
@@ -280,9 +301,43 @@ pub fn describe(e: &openssl::ssl::Error) -> String {
     }
 }
 
-/// The PEM file error as one line, naming the file.
-pub fn file_error(what: &str, path: &std::path::Path, e: &openssl::error::ErrorStack) -> String {
-    format!("{what} {}: {e}", path.display())
+/// Why a DTLS context (either side's) cannot be built; names the setting or the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContextError {
+    /// OpenSSL cannot make a context (out of memory, a broken library).
+    #[error("OpenSSL: {0}")]
+    OpenSsl(#[source] ErrorStack),
+    /// OpenSSL cannot restrict the context to DTLS 1.2 (a library built without it).
+    #[error("DTLS 1.2: {0}")]
+    Version(#[source] ErrorStack),
+    /// The cipher list names no cipher this OpenSSL knows.
+    #[error("ciphers: {0}")]
+    Ciphers(#[source] ErrorStack),
+    /// A certificate, key or CA file cannot be read or holds nothing usable; `setting` names
+    /// it as the configuration (or the command line) does.
+    #[error("{setting} {}: {source}", path.display())]
+    File {
+        setting: &'static str,
+        path: PathBuf,
+        #[source]
+        source: ErrorStack,
+    },
+    /// The private key is not the certificate's.
+    #[error("{key} (does not match {certificate}) {}: {source}", path.display())]
+    KeyMismatch {
+        /// The key's setting.
+        key: &'static str,
+        /// The certificate, as the error names it.
+        certificate: &'static str,
+        /// The key file.
+        path: PathBuf,
+        #[source]
+        source: ErrorStack,
+    },
+    /// OpenSSL's random generator could not draw the cookie secret.
+    #[error("cookie secret: {0}")]
+    CookieSecret(#[source] ErrorStack),
 }
 
 /// Whether `datagram` starts with a DTLS record carrying a ClientHello in epoch 0: a peer
@@ -323,6 +378,22 @@ mod tests {
         d.write_all(b"bc").unwrap();
         assert_eq!(d.take_outbound(), vec![b"a".to_vec(), b"bc".to_vec()]);
         assert!(d.take_outbound().is_empty());
+    }
+
+    #[test]
+    fn a_failed_handshake_says_why_for_the_log() {
+        assert_eq!(
+            HandshakeError::Deadline.to_string(),
+            "handshake deadline passed"
+        );
+        assert_eq!(
+            HandshakeError::PeerSilent.to_string(),
+            "peer silent: retransmissions exhausted"
+        );
+        assert_eq!(
+            HandshakeError::Replaced.to_string(),
+            "replaced by a new handshake from the same address"
+        );
     }
 
     #[test]
