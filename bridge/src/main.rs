@@ -66,12 +66,30 @@ fn main() -> ExitCode {
             match run(config, bridge_id, data_dir, mqtt_listen, device_listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("edge-bridge: {e:#}");
+                    eprintln!("edge-bridge: {}", report(&e));
                     ExitCode::FAILURE
                 }
             }
         }
     }
+}
+
+/// The error and its causes on one line. A cause whose text the line already ends with is
+/// left out: the library's errors put their source in their own message (a log line shows
+/// only that message) and return it as `source()` too, which `{:#}` would print twice.
+fn report(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(
@@ -119,4 +137,30 @@ fn run(
         );
     }))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_printed_once() {
+        let path = PathBuf::from("/nowhere/bridge.toml");
+        let e = Config::load(&path).unwrap_err();
+        let io = std::error::Error::source(&e).unwrap().to_string();
+        let e = anyhow::Error::from(e);
+        let line = report(&e);
+        assert!(
+            line.starts_with("cannot read /nowhere/bridge.toml: "),
+            "{line}"
+        );
+        assert_eq!(line.matches(&io).count(), 1, "{line}");
+        // A context that does not repeat its cause keeps it.
+        let e = e.context("loading the configuration");
+        assert!(
+            report(&e).starts_with("loading the configuration: cannot read /nowhere/"),
+            "{}",
+            report(&e)
+        );
+    }
 }

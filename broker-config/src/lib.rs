@@ -40,6 +40,48 @@ pub enum ConfigError {
     /// A value parsed but is not acceptable.
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// A line of a PSK file (`link.psk_file`) is not `device-id:hexkey`, or repeats an id.
+    #[error("link.psk_file: {}: line {line}: {source}", path.display())]
+    PskFile {
+        path: PathBuf,
+        /// Counted from 1.
+        line: usize,
+        #[source]
+        source: PskLineError,
+    },
+}
+
+/// Why a hex-encoded pre-shared key is unusable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PskError {
+    /// Empty, or an odd number of characters.
+    #[error("a key is an even number of hex digits")]
+    OddLength,
+    /// A character that is not a hex digit.
+    #[error("a key is hex digits only")]
+    NotHex,
+    /// More than [`MAX_PSK_BYTES`] bytes.
+    #[error("a key has at most {MAX_PSK_BYTES} bytes")]
+    TooLong,
+}
+
+/// What is wrong with one line of a PSK file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PskLineError {
+    /// No `:` between the device id and the key.
+    #[error("expected device-id:hexkey")]
+    NoColon,
+    /// A device id of 0 or more than 32 bytes.
+    #[error("device ids have 1 to 32 bytes")]
+    DeviceId,
+    /// The key is not a usable hex key.
+    #[error(transparent)]
+    Key(#[from] PskError),
+    /// The device id was on an earlier line too.
+    #[error("{id} is listed twice")]
+    Twice { id: String },
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -421,18 +463,18 @@ fn check_handshake_timeout(t: Duration) -> Result<(), ConfigError> {
 pub const MAX_PSK_BYTES: usize = 256;
 
 /// Decodes a hex-encoded pre-shared key (1 to 256 bytes).
-pub fn parse_psk(hex: &str) -> Result<Vec<u8>, String> {
+pub fn parse_psk(hex: &str) -> Result<Vec<u8>, PskError> {
     let hex = hex.trim();
     if hex.is_empty() || hex.len() % 2 != 0 {
-        return Err("a key is an even number of hex digits".into());
+        return Err(PskError::OddLength);
     }
     let key: Vec<u8> = (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
         .collect::<Result<_, _>>()
-        .map_err(|_| "a key is hex digits only".to_owned())?;
+        .map_err(|_| PskError::NotHex)?;
     if key.len() > MAX_PSK_BYTES {
-        return Err(format!("a key has at most {MAX_PSK_BYTES} bytes"));
+        return Err(PskError::TooLong);
     }
     Ok(key)
 }
@@ -440,10 +482,6 @@ pub fn parse_psk(hex: &str) -> Result<Vec<u8>, String> {
 /// Reads a PSK file: `device-id:hexkey` per line, `#` comments and blank lines ignored.
 /// Refuses a file other users may read. Errors name the file and the line.
 pub fn load_psk_file(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, ConfigError> {
-    let bad = |reason: String| ConfigError::Invalid {
-        field: "link.psk_file",
-        reason: format!("{}: {reason}", path.display()),
-    };
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -452,10 +490,14 @@ pub fn load_psk_file(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, ConfigErr
             source,
         })?;
         if meta.permissions().mode() & 0o077 != 0 {
-            return Err(bad(format!(
-                "readable by other users (mode {:o}); chmod 600 it",
-                meta.permissions().mode() & 0o777
-            )));
+            return Err(invalid(
+                "link.psk_file",
+                format!(
+                    "{}: readable by other users (mode {:o}); chmod 600 it",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                ),
+            ));
         }
     }
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -464,23 +506,25 @@ pub fn load_psk_file(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, ConfigErr
     })?;
     let mut keys = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
+        let line_error = |source: PskLineError| ConfigError::PskFile {
+            path: path.to_owned(),
+            line: n + 1,
+            source,
+        };
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let (id, key) = line
             .split_once(':')
-            .ok_or_else(|| bad(format!("line {}: expected device-id:hexkey", n + 1)))?;
+            .ok_or_else(|| line_error(PskLineError::NoColon))?;
         let id = id.trim();
         if id.is_empty() || id.len() > 32 {
-            return Err(bad(format!(
-                "line {}: device ids have 1 to 32 bytes",
-                n + 1
-            )));
+            return Err(line_error(PskLineError::DeviceId));
         }
-        let key = parse_psk(key).map_err(|why| bad(format!("line {}: {why}", n + 1)))?;
+        let key = parse_psk(key).map_err(|e| line_error(e.into()))?;
         if keys.insert(id.to_owned(), key).is_some() {
-            return Err(bad(format!("line {}: {id} is listed twice", n + 1)));
+            return Err(line_error(PskLineError::Twice { id: id.to_owned() }));
         }
     }
     Ok(keys)

@@ -285,3 +285,54 @@ fn dtls_links_need_a_credential_and_sane_limits() {
         }
     }
 }
+
+#[test]
+fn a_bad_key_says_what_is_wrong_with_it() {
+    assert_eq!(parse_psk("0a0B").unwrap(), vec![0x0a, 0x0b]);
+    assert_eq!(parse_psk("abc"), Err(PskError::OddLength));
+    assert_eq!(parse_psk(""), Err(PskError::OddLength));
+    assert_eq!(parse_psk("zz"), Err(PskError::NotHex));
+    assert_eq!(
+        parse_psk(&"00".repeat(MAX_PSK_BYTES + 1)),
+        Err(PskError::TooLong)
+    );
+    assert_eq!(PskError::TooLong.to_string(), "a key has at most 256 bytes");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_bad_psk_file_line_names_the_file_the_line_and_the_reason() {
+    let f = TempFile::new("line.psk", "# keys\ndev-1:00\n\ndev-2:0g\n", 0o600);
+    let e = load_psk_file(&f.0).unwrap_err();
+    match &e {
+        ConfigError::PskFile { path, line, source } => {
+            assert_eq!(path, &f.0);
+            assert_eq!(*line, 4);
+            assert_eq!(source, &PskLineError::Key(PskError::NotHex));
+        }
+        other => panic!("expected a PSK file line error, got {other:?}"),
+    }
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "link.psk_file: {}: line 4: a key is hex digits only",
+            f.0.display()
+        )
+    );
+    assert!(std::error::Error::source(&e).is_some());
+
+    let f = TempFile::new("id.psk", ":00\n", 0o600);
+    let e = load_psk_file(&f.0).unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("id.psk: line 1: device ids have 1 to 32 bytes"),
+        "{e}"
+    );
+    let f = TempFile::new("twice2.psk", "dev-1:00\ndev-1:01\n", 0o600);
+    let e = load_psk_file(&f.0).unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("twice2.psk: line 2: dev-1 is listed twice"),
+        "{e}"
+    );
+}

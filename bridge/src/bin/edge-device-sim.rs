@@ -130,7 +130,7 @@ impl Dtls {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
         };
-        let context = dtls_client::context(&settings)?;
+        let context = dtls_client::context(&settings).map_err(|e| e.to_string())?;
         Ok(Some(Self { context, settings }))
     }
 }
@@ -156,7 +156,7 @@ impl Tls {
         let named = |flag: &str, path: &std::path::Path| {
             let path = path.display().to_string();
             let flag = flag.to_owned();
-            move |e: String| format!("{flag} {path}: {e}")
+            move |e: edge_bridge::tls::PemError| format!("{flag} {path}: {e}")
         };
         let mut roots = RootCertStore::empty();
         roots.add_parsable_certificates(pem_certificates(ca).map_err(named("--tls-ca", ca))?);
@@ -423,7 +423,9 @@ async fn dtls_connect(
     local_port: Option<u16>,
 ) -> Result<dtls_client::Connected, String> {
     let Some(port) = local_port else {
-        return dtls_client::connect(&dtls.context, &dtls.settings, bridge).await;
+        return dtls_client::connect(&dtls.context, &dtls.settings, bridge)
+            .await
+            .map_err(|e| e.to_string());
     };
     let local = SocketAddr::new(
         if bridge.is_ipv4() {
@@ -436,7 +438,9 @@ async fn dtls_connect(
     let socket = tokio::net::UdpSocket::bind(local)
         .await
         .map_err(|e| format!("UDP bind {local}: {e}"))?;
-    dtls_client::connect_on(&dtls.context, &dtls.settings, bridge, socket).await
+    dtls_client::connect_on(&dtls.context, &dtls.settings, bridge, socket)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Talks to the bridge over the serial port at `path` forever, reopening it with backoff

@@ -153,7 +153,24 @@ struct Port<S> {
     first: Vec<u8>,
     /// Why the port itself failed (end of file, I/O error): the session ends on it and the
     /// link reopens the port, whereas a session that merely ends leaves the port open.
-    failure: Option<String>,
+    failure: Option<PortFailure>,
+}
+
+/// Why a port itself failed, not merely a session on it: the link closes and reopens it.
+#[derive(Debug, thiserror::Error)]
+enum PortFailure {
+    /// End of file: a tty reads it only when it hung up.
+    #[error("end of file (the port hung up)")]
+    HungUp,
+    /// Reading failed (an unplugged USB adapter: EIO).
+    #[error("read: {0}")]
+    Read(#[source] std::io::Error),
+    /// Writing failed.
+    #[error("write: {0}")]
+    Write(#[source] std::io::Error),
+    /// A write of some bytes took none.
+    #[error("write: the port took no bytes")]
+    WroteNothing,
 }
 
 impl<S: AsyncRead + Unpin> Port<S> {
@@ -167,21 +184,18 @@ impl<S: AsyncRead + Unpin> Port<S> {
 
     /// Waits until the device sends something (kept for the session to read); `Err(why)`
     /// when the port fails instead. Cancel-safe: bytes read are kept.
-    async fn wait_for_input(&mut self) -> Result<(), String> {
+    async fn wait_for_input(&mut self) -> Result<(), PortFailure> {
         let mut buf = [0u8; 256];
         while self.first.is_empty() {
             match self.inner.read(&mut buf).await {
-                Ok(0) => return Err(HUNG_UP.into()),
+                Ok(0) => return Err(PortFailure::HungUp),
                 Ok(n) => self.first.extend_from_slice(&buf[..n]),
-                Err(e) => return Err(format!("read: {e}")),
+                Err(e) => return Err(PortFailure::Read(e)),
             }
         }
         Ok(())
     }
 }
-
-/// Why a port that reads end of file failed: a tty does so only when it hung up.
-const HUNG_UP: &str = "end of file (the port hung up)";
 
 impl<S: AsyncRead + Unpin> AsyncRead for Port<S> {
     fn poll_read(
@@ -200,9 +214,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Port<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         match &polled {
-            Poll::Ready(Err(e)) => this.failure = Some(format!("read: {e}")),
+            Poll::Ready(Err(e)) => {
+                this.failure = Some(PortFailure::Read(std::io::Error::new(
+                    e.kind(),
+                    e.to_string(),
+                )));
+            }
             Poll::Ready(Ok(())) if wanted && buf.filled().len() == before => {
-                this.failure = Some(HUNG_UP.into());
+                this.failure = Some(PortFailure::HungUp);
             }
             _ => {}
         }
@@ -219,9 +238,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Port<S> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, data);
         match &polled {
-            Poll::Ready(Err(e)) => this.failure = Some(format!("write: {e}")),
+            Poll::Ready(Err(e)) => {
+                this.failure = Some(PortFailure::Write(std::io::Error::new(
+                    e.kind(),
+                    e.to_string(),
+                )));
+            }
             Poll::Ready(Ok(0)) if !data.is_empty() => {
-                this.failure = Some("write: the port took no bytes".into());
+                this.failure = Some(PortFailure::WroteNothing);
             }
             _ => {}
         }
@@ -300,7 +324,11 @@ mod tests {
         port.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"lo world");
         // The end of the bytes is the port's failure, not just a session's end.
-        assert_eq!(port.failure.as_deref(), Some(HUNG_UP));
+        assert!(
+            matches!(port.failure, Some(PortFailure::HungUp)),
+            "{:?}",
+            port.failure
+        );
     }
 
     #[tokio::test]
@@ -308,7 +336,8 @@ mod tests {
         let (inner, device) = tokio::io::duplex(64);
         let mut port = Port::new(inner);
         drop(device);
-        assert_eq!(port.wait_for_input().await, Err(HUNG_UP.to_owned()));
+        let failure = port.wait_for_input().await;
+        assert!(matches!(failure, Err(PortFailure::HungUp)), "{failure:?}");
     }
 
     #[tokio::test]
@@ -322,7 +351,23 @@ mod tests {
         let mut got = [0u8; 8];
         device.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"12345678");
-        assert_eq!(port.failure, None);
+        assert!(port.failure.is_none(), "{:?}", port.failure);
+    }
+
+    #[test]
+    fn a_port_failure_says_what_failed_for_the_log() {
+        assert_eq!(
+            PortFailure::HungUp.to_string(),
+            "end of file (the port hung up)"
+        );
+        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+        let read = PortFailure::Read(eio);
+        assert!(read.to_string().starts_with("read: "), "{read}");
+        assert!(std::error::Error::source(&read).is_some());
+        assert_eq!(
+            PortFailure::WroteNothing.to_string(),
+            "write: the port took no bytes"
+        );
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@
 //! configured deadline closes the connection with a warning naming the peer.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 
 use super::{Identity, LinkEvent, LinkId, stream};
-use crate::tls::{pem_certificates, pem_private_key};
+use crate::tls::{PemError, pem_certificates, pem_private_key};
 
 /// Names the credential in logs and in the reason a link closed.
 const CREDENTIAL: &str = "TLS client certificate";
@@ -34,13 +34,26 @@ const CREDENTIAL: &str = "TLS client certificate";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LinkTlsError {
-    /// A file named by the link's configuration cannot be read or holds nothing usable.
-    #[error("link {listen}: {field} {path}: {reason}")]
+    /// A file named by the link's configuration cannot be read or holds no PEM item of the
+    /// kind wanted.
+    #[error("link {listen}: {field} {}: {source}", path.display())]
     File {
         listen: SocketAddr,
         field: &'static str,
-        path: String,
-        reason: String,
+        path: PathBuf,
+        #[source]
+        source: PemError,
+    },
+    /// The client CA file holds certificates, but none that rustls can use as a CA.
+    #[error(
+        "link {listen}: client_ca_file {}: none of its {ignored} certificates is a usable CA \
+         certificate",
+        path.display()
+    )]
+    NoUsableCa {
+        listen: SocketAddr,
+        path: PathBuf,
+        ignored: usize,
     },
     /// rustls refused the settings (a key that does not match the certificate, …).
     #[error("link {listen}: {reason}")]
@@ -68,12 +81,12 @@ pub fn acceptor(
     client_ca_file: &Path,
 ) -> Result<TlsAcceptor, LinkTlsError> {
     let file_error = |field: &'static str, path: &Path| {
-        let path = path.display().to_string();
-        move |reason: String| LinkTlsError::File {
+        let path = path.to_owned();
+        move |source| LinkTlsError::File {
             listen,
             field,
             path,
-            reason,
+            source,
         }
     };
     let config_error = |reason: String| LinkTlsError::Config { listen, reason };
@@ -84,9 +97,11 @@ pub fn acceptor(
         pem_certificates(client_ca_file).map_err(file_error("client_ca_file", client_ca_file))?,
     );
     if added == 0 {
-        return Err(file_error("client_ca_file", client_ca_file)(format!(
-            "none of its {ignored} certificates is a usable CA certificate"
-        )));
+        return Err(LinkTlsError::NoUsableCa {
+            listen,
+            path: client_ca_file.to_owned(),
+            ignored,
+        });
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // Client authentication is mandatory: the builder is not told to allow anonymous peers.

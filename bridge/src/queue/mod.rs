@@ -49,17 +49,33 @@ pub const DONE_KEPT: u64 = 100_000;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueueError {
-    /// The database could not be opened, read or written.
+    /// The queue's directory cannot be created.
+    #[error("queue database: {}: {source}", path.display())]
+    Dir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database file cannot be opened or created (another bridge holds it, it is damaged
+    /// or of a newer format, the disk failed).
+    #[error("queue database: {}: {source}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    /// A transaction, table or storage operation on the open database failed.
     #[error("queue database: {0}")]
-    Db(String),
+    Db(#[source] redb::Error),
     /// A stored record does not decode: the file was written by an incompatible version or
     /// damaged.
     #[error("queue record {key}: {reason}")]
     Corrupt { key: String, reason: String },
 }
 
-fn db_err(e: impl std::fmt::Display) -> QueueError {
-    QueueError::Db(e.to_string())
+/// Any of redb's transaction, table, storage or commit errors (all convert into `redb::Error`).
+fn db_err(e: impl Into<redb::Error>) -> QueueError {
+    QueueError::Db(e.into())
 }
 
 /// A live task: everything needed to dispatch it and report on it.
@@ -289,13 +305,16 @@ impl Queue {
     /// device when the bridge stopped go back to the queue (the device's dedup makes the
     /// replay harmless).
     pub fn open(dir: &Path, limit: u64) -> Result<Self, QueueError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| QueueError::Db(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|source| QueueError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join("queue.redb");
         // redb's page cache may grow to 1 GiB by default; gateways have 256 MB to 2 GB of RAM.
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
-            .create(dir.join("queue.redb"))
-            .map_err(db_err)?;
+            .create(&path)
+            .map_err(|source| QueueError::Open { path, source })?;
         let mut q = Self {
             db,
             limit,

@@ -397,3 +397,29 @@ fn staged_changes_reach_the_outbox_and_the_disk_only_with_the_commit() {
     assert_eq!(ids(q.ready()), ["kept"]);
     assert_eq!(events(&mut q), [("kept".into(), TaskState::Queued)]);
 }
+
+#[test]
+fn a_queue_that_cannot_open_its_database_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Queue::open(dir.path(), 10).unwrap();
+    // A second bridge on the same data directory.
+    let Err(e) = Queue::open(dir.path(), 10) else {
+        panic!("the database was opened twice");
+    };
+    assert!(matches!(e, QueueError::Open { .. }), "{e}");
+    let text = e.to_string();
+    let file = dir.path().join("queue.redb");
+    assert!(
+        text.starts_with(&format!("queue database: {}: ", file.display())),
+        "{text}"
+    );
+    assert!(std::error::Error::source(&e).is_some());
+
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let Err(e) = Queue::open(&blocker.join("queue"), 10) else {
+        panic!("a directory was created under a file");
+    };
+    assert!(matches!(e, QueueError::Dir { .. }), "{e}");
+    assert!(e.to_string().contains("a-file"), "{e}");
+}

@@ -79,13 +79,15 @@ pub(crate) struct DtlsClient {
 impl DtlsClient {
     pub(crate) fn new(psk: &Psk) -> Result<Self, BenchError> {
         let settings = psk.client_settings();
-        let context = client::context(&settings).map_err(BenchError::Dtls)?;
+        let context = client::context(&settings).map_err(|e| BenchError::Dtls(e.to_string()))?;
         Ok(Self { context, settings })
     }
 
     /// A full handshake from a fresh UDP port.
     pub(crate) async fn connect(&self, bridge: SocketAddr) -> Result<Connected, String> {
-        client::connect(&self.context, &self.settings, bridge).await
+        client::connect(&self.context, &self.settings, bridge)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openssl::error::ErrorStack;
 use openssl::ssl::{Ssl, SslContext, SslFiletype, SslMethod, SslStream, SslVerifyMode};
 use tokio::io::DuplexStream;
 use tokio::net::UdpSocket;
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::session::{Datagrams, MAX_DATAGRAM, Role, Session, Wire, file_error};
+use super::session::{ContextError, Datagrams, HandshakeError, MAX_DATAGRAM, Role, Session, Wire};
 
 /// How a device proves its id.
 #[derive(Clone, Debug)]
@@ -44,7 +45,7 @@ pub struct ClientSettings {
 }
 
 /// Builds the client context; errors name the file or the setting.
-pub fn context(s: &ClientSettings) -> Result<SslContext, String> {
+pub fn context(s: &ClientSettings) -> Result<SslContext, ContextError> {
     let mut b = super::session::builder(SslMethod::dtls_client(), &s.ciphers)?;
     match &s.credential {
         Credential::Psk { identity, key } => {
@@ -63,17 +64,55 @@ pub fn context(s: &ClientSettings) -> Result<SslContext, String> {
             b.set_verify(SslVerifyMode::NONE);
         }
         Credential::Certificate { cert, key, ca, .. } => {
+            let file = |setting: &'static str, path: &PathBuf| {
+                let path = path.clone();
+                move |source| ContextError::File {
+                    setting,
+                    path,
+                    source,
+                }
+            };
             b.set_certificate_chain_file(cert)
-                .map_err(|e| file_error("certificate", cert, &e))?;
+                .map_err(file("certificate", cert))?;
             b.set_private_key_file(key, SslFiletype::PEM)
-                .map_err(|e| file_error("key", key, &e))?;
+                .map_err(file("key", key))?;
             b.check_private_key()
-                .map_err(|e| file_error("key (does not match the certificate)", key, &e))?;
-            b.set_ca_file(ca).map_err(|e| file_error("CA", ca, &e))?;
+                .map_err(|source| ContextError::KeyMismatch {
+                    key: "key",
+                    certificate: "the certificate",
+                    path: key.clone(),
+                    source,
+                })?;
+            b.set_ca_file(ca).map_err(file("CA", ca))?;
             b.set_verify(SslVerifyMode::PEER);
         }
     }
     Ok(b.build())
+}
+
+/// Why a device could not connect to a bridge over DTLS.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// No local UDP port could be bound.
+    #[error("UDP bind: {0}")]
+    Bind(#[source] std::io::Error),
+    /// OpenSSL cannot make the session (out of memory, a broken library).
+    #[error("OpenSSL: {0}")]
+    OpenSsl(#[source] ErrorStack),
+    /// OpenSSL refused the configured MTU.
+    #[error("mtu: {0}")]
+    Mtu(#[source] ErrorStack),
+    /// The name (or address) the bridge's certificate must carry cannot be set.
+    #[error("server name {name}: {source}")]
+    ServerName {
+        name: String,
+        #[source]
+        source: ErrorStack,
+    },
+    /// The handshake failed or did not finish in time.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
 }
 
 /// An established DTLS session to a bridge: `pipe` carries device frames; `task` relays
@@ -89,15 +128,13 @@ pub async fn connect(
     context: &SslContext,
     settings: &ClientSettings,
     bridge: SocketAddr,
-) -> Result<Connected, String> {
+) -> Result<Connected, ConnectError> {
     let local: SocketAddr = if bridge.is_ipv4() {
         "0.0.0.0:0".parse().expect("address")
     } else {
         "[::]:0".parse().expect("address")
     };
-    let socket = UdpSocket::bind(local)
-        .await
-        .map_err(|e| format!("UDP bind: {e}"))?;
+    let socket = UdpSocket::bind(local).await.map_err(ConnectError::Bind)?;
     connect_on(context, settings, bridge, socket).await
 }
 
@@ -107,11 +144,11 @@ pub async fn connect_on(
     settings: &ClientSettings,
     bridge: SocketAddr,
     socket: UdpSocket,
-) -> Result<Connected, String> {
+) -> Result<Connected, ConnectError> {
     let socket = Arc::new(socket);
-    let mut ssl = Ssl::new(context).map_err(|e| format!("OpenSSL: {e}"))?;
+    let mut ssl = Ssl::new(context).map_err(ConnectError::OpenSsl)?;
     ssl.set_mtu(u32::from(settings.mtu))
-        .map_err(|e| format!("mtu: {e}"))?;
+        .map_err(ConnectError::Mtu)?;
     if let Credential::Certificate {
         server_name: Some(name),
         ..
@@ -123,9 +160,12 @@ pub async fn connect_on(
             Ok(ip) => ssl.param_mut().set_ip(ip),
             Err(_) => ssl.param_mut().set_host(name),
         };
-        checked.map_err(|e| format!("server name {name}: {e}"))?;
+        checked.map_err(|source| ConnectError::ServerName {
+            name: name.clone(),
+            source,
+        })?;
     }
-    let tls = SslStream::new(ssl, Datagrams::default()).map_err(|e| format!("OpenSSL: {e}"))?;
+    let tls = SslStream::new(ssl, Datagrams::default()).map_err(ConnectError::OpenSsl)?;
     // Datagrams from the bridge's address only.
     let (tx, inbound) = mpsc::channel(64);
     let reader = socket.clone();
@@ -148,7 +188,7 @@ pub async fn connect_on(
     let deadline = Instant::now() + settings.handshake_timeout;
     if let Err(why) = session.handshake(Role::Client, deadline).await {
         receive.abort();
-        return Err(why);
+        return Err(why.into());
     }
     let (pipe, app) = tokio::io::duplex(16 * 1024);
     let idle = settings.idle_timeout;
@@ -158,4 +198,19 @@ pub async fn connect_on(
         why
     });
     Ok(Connected { pipe, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_connection_says_which_step_failed() {
+        let bind = ConnectError::Bind(std::io::ErrorKind::AddrInUse.into());
+        assert!(bind.to_string().starts_with("UDP bind: "), "{bind}");
+        assert!(std::error::Error::source(&bind).is_some());
+        // The handshake's reason is the whole message, as the bridge logs it.
+        let handshake = ConnectError::from(HandshakeError::Deadline);
+        assert_eq!(handshake.to_string(), "handshake deadline passed");
+    }
 }

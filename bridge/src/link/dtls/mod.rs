@@ -19,6 +19,7 @@
 //! valid one replaces the old session.
 
 pub mod client;
+pub mod ffi;
 pub mod session;
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,7 +36,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use self::session::{Datagrams, MAX_DATAGRAM, Role, Session, Wire};
+use self::session::{ContextError, Datagrams, MAX_DATAGRAM, Role, Session, Wire};
 use super::{Identity, LinkEvent, LinkId, stream};
 
 /// The settings of one DTLS listener, from its `[[link]]` table.
@@ -77,16 +78,19 @@ pub fn settings(link: &broker_config::LinkConfig) -> Result<Settings, LinkDtlsEr
     else {
         unreachable!("settings() is called for DTLS links only");
     };
-    let fail = |reason: String| LinkDtlsError {
-        listen: *listen,
-        reason,
-    };
     let mut keys = BTreeMap::new();
     if let Some(path) = psk_file {
-        keys = broker_config::load_psk_file(path).map_err(|e| fail(e.to_string()))?;
+        keys = broker_config::load_psk_file(path).map_err(|source| LinkDtlsError::PskFile {
+            listen: *listen,
+            source,
+        })?;
     }
     for (id, hex) in psk {
-        let key = broker_config::parse_psk(hex).map_err(|why| fail(format!("psk {id}: {why}")))?;
+        let key = broker_config::parse_psk(hex).map_err(|source| LinkDtlsError::Psk {
+            listen: *listen,
+            id: id.clone(),
+            source,
+        })?;
         keys.insert(id.clone(), key);
     }
     let certificates = match (cert_file, key_file, client_ca_file) {
@@ -110,10 +114,32 @@ pub fn settings(link: &broker_config::LinkConfig) -> Result<Settings, LinkDtlsEr
 
 /// Why a DTLS link's settings cannot be used; names the link and what is wrong.
 #[derive(Debug, thiserror::Error)]
-#[error("DTLS link {listen}: {reason}")]
-pub struct LinkDtlsError {
-    pub listen: SocketAddr,
-    pub reason: String,
+#[non_exhaustive]
+pub enum LinkDtlsError {
+    /// The link's PSK file cannot be read, may be read by other users, or has a bad line (the
+    /// error names the file and the line).
+    #[error("DTLS link {listen}: {source}")]
+    PskFile {
+        listen: SocketAddr,
+        #[source]
+        source: broker_config::ConfigError,
+    },
+    /// A key of the link's `psk` table is not a usable hex key.
+    #[error("DTLS link {listen}: psk {id}: {source}")]
+    Psk {
+        listen: SocketAddr,
+        /// The device id the key belongs to.
+        id: String,
+        #[source]
+        source: broker_config::PskError,
+    },
+    /// OpenSSL refused a setting or a file: the cipher list, a certificate, key or CA file.
+    #[error("DTLS link {listen}: {source}")]
+    Context {
+        listen: SocketAddr,
+        #[source]
+        source: ContextError,
+    },
 }
 
 /// Names the credentials in logs and in the reason a link closed.
@@ -189,13 +215,9 @@ impl Cookies {
 /// Builds the OpenSSL context of a listener: DTLS 1.2 only, its cipher list, cookies, the PSK
 /// callback and/or certificates. Errors name the file or the setting.
 pub fn context(s: &Settings) -> Result<SslContext, LinkDtlsError> {
-    let fail = |reason: String| LinkDtlsError {
+    let fail = |source: ContextError| LinkDtlsError::Context {
         listen: s.listen,
-        reason,
-    };
-    let ssl = |what: &str| {
-        let what = what.to_owned();
-        move |e: openssl::error::ErrorStack| fail(format!("{what}: {e}"))
+        source,
     };
     let mut b = session::builder(SslMethod::dtls_server(), &s.ciphers).map_err(fail)?;
     b.set_options(SslOptions::COOKIE_EXCHANGE);
@@ -206,7 +228,11 @@ pub fn context(s: &Settings) -> Result<SslContext, LinkDtlsError> {
     // proven) and a resumed certificate session has no verified peer to name the device; the
     // cache would also hold sessions beyond max_sessions. Every device does a full handshake.
     b.set_session_cache_mode(openssl::ssl::SslSessionCacheMode::OFF);
-    let cookies = Arc::new(Cookies::new().map_err(ssl("cookie secret"))?);
+    let cookies = Arc::new(
+        Cookies::new()
+            .map_err(ContextError::CookieSecret)
+            .map_err(fail)?,
+    );
     let generate = cookies.clone();
     b.set_cookie_generate_cb(move |ssl, out| {
         let peer = ssl.ex_data(indexes().peer).copied();
@@ -251,16 +277,27 @@ fn load_certificates(
     cert: &std::path::Path,
     key: &std::path::Path,
     ca: &std::path::Path,
-) -> Result<(), String> {
-    use session::file_error;
+) -> Result<(), ContextError> {
+    let file = |setting: &'static str, path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| ContextError::File {
+            setting,
+            path,
+            source,
+        }
+    };
     b.set_certificate_chain_file(cert)
-        .map_err(|e| file_error("cert_file", cert, &e))?;
+        .map_err(file("cert_file", cert))?;
     b.set_private_key_file(key, SslFiletype::PEM)
-        .map_err(|e| file_error("key_file", key, &e))?;
+        .map_err(file("key_file", key))?;
     b.check_private_key()
-        .map_err(|e| file_error("key_file (does not match cert_file)", key, &e))?;
-    b.set_ca_file(ca)
-        .map_err(|e| file_error("client_ca_file", ca, &e))?;
+        .map_err(|source| ContextError::KeyMismatch {
+            key: "key_file",
+            certificate: "cert_file",
+            path: key.to_owned(),
+            source,
+        })?;
+    b.set_ca_file(ca).map_err(file("client_ca_file", ca))?;
     Ok(())
 }
 
@@ -456,9 +493,9 @@ fn listen(context: &SslContext, s: &Settings, datagram: &[u8], from: SocketAddr)
     let Ok(mut tls) = SslStream::new(ssl, Datagrams::with(datagram)) else {
         return Listened::Ignored;
     };
-    match session::ffi::listen(tls.ssl()) {
-        session::ffi::Listen::Verified => Listened::Verified(tls),
-        session::ffi::Listen::NotYet => {
+    match ffi::listen(tls.ssl()) {
+        ffi::Listen::Verified => Listened::Verified(tls),
+        ffi::Listen::NotYet => {
             let replies = tls.get_mut().take_outbound();
             if replies.is_empty() {
                 Listened::Ignored
@@ -466,7 +503,7 @@ fn listen(context: &SslContext, s: &Settings, datagram: &[u8], from: SocketAddr)
                 Listened::Answered(replies)
             }
         }
-        session::ffi::Listen::Failed => Listened::Ignored,
+        ffi::Listen::Failed => Listened::Ignored,
     }
 }
 
@@ -586,6 +623,163 @@ mod tests {
         assert!(gcm.security_level() >= 1, "{}", gcm.security_level());
         let bad = context(&psk_settings("NO-SUCH-CIPHER")).unwrap_err();
         assert!(bad.to_string().contains("ciphers"), "{bad}");
+    }
+
+    /// A DTLS link from TOML (validated), with `extra` lines added to its table.
+    fn dtls_link(extra: &str) -> broker_config::LinkConfig {
+        let toml = format!("[[link]]\nkind = \"dtls\"\nlisten = \"127.0.0.1:5684\"\n{extra}");
+        let mut config = broker_config::Config::from_toml(&toml, "test").unwrap();
+        config.links.remove(0)
+    }
+
+    #[test]
+    fn a_bad_key_is_named_with_its_device_and_a_bad_psk_file_with_its_line() {
+        let mut link = dtls_link("psk = { \"dev-1\" = \"00112233\" }\n");
+        if let broker_config::LinkConfig::Dtls { psk, .. } = &mut link {
+            psk.insert("dev-9".into(), "0g".into());
+        }
+        let e = settings(&link).unwrap_err();
+        assert!(
+            matches!(&e, LinkDtlsError::Psk { id, .. } if id == "dev-9"),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "DTLS link 127.0.0.1:5684: psk dev-9: a key is hex digits only"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("devices.psk");
+        std::fs::write(&file, "dev-1:00\ndev-2\n").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let link = dtls_link(&format!("psk_file = {:?}\n", file.display().to_string()));
+        let e = settings(&link).unwrap_err();
+        assert!(matches!(e, LinkDtlsError::PskFile { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "DTLS link 127.0.0.1:5684: link.psk_file: {}: line 2: expected device-id:hexkey",
+                file.display()
+            )
+        );
+    }
+
+    /// A self-signed certificate for `key`.
+    fn self_signed(key: &openssl::pkey::PKey<openssl::pkey::Private>) -> openssl::x509::X509 {
+        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "bridge").unwrap();
+        let name = name.build();
+        let mut b = openssl::x509::X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(key).unwrap();
+        let now = openssl::asn1::Asn1Time::days_from_now(0).unwrap();
+        let later = openssl::asn1::Asn1Time::days_from_now(1).unwrap();
+        b.set_not_before(&now).unwrap();
+        b.set_not_after(&later).unwrap();
+        b.sign(key, openssl::hash::MessageDigest::sha256()).unwrap();
+        b.build()
+    }
+
+    #[test]
+    fn unusable_certificate_files_and_keys_of_another_certificate_are_named() {
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::nid::Nid;
+        use openssl::pkey::PKey;
+        let dir = tempfile::tempdir().unwrap();
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key_a = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let key_b = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let cert = dir.path().join("bridge.pem");
+        std::fs::write(&cert, self_signed(&key_a).to_pem().unwrap()).unwrap();
+        let key = dir.path().join("bridge.key");
+        std::fs::write(&key, key_a.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        let other_key = dir.path().join("other.key");
+        std::fs::write(&other_key, key_b.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        let missing = dir.path().join("missing.pem");
+        let error = |files: [&std::path::Path; 3]| {
+            let [c, k, a] = files.map(std::path::Path::to_owned);
+            let s = Settings {
+                certificates: Some((c, k, a)),
+                ..psk_settings(broker_config::DEFAULT_DTLS_CIPHERS)
+            };
+            let Err(LinkDtlsError::Context { source, .. }) = context(&s) else {
+                panic!("{files:?}: expected a context error");
+            };
+            source
+        };
+        context(&Settings {
+            certificates: Some((cert.clone(), key.clone(), cert.clone())),
+            ..psk_settings(broker_config::DEFAULT_DTLS_CIPHERS)
+        })
+        .unwrap();
+        let e = error([&missing, &key, &cert]);
+        assert!(
+            matches!(
+                e,
+                ContextError::File {
+                    setting: "cert_file",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cert_file {}: ", missing.display())),
+            "{e}"
+        );
+        let e = error([&cert, &missing, &cert]);
+        assert!(
+            matches!(
+                e,
+                ContextError::File {
+                    setting: "key_file",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // OpenSSL checks the key against the certificate as it loads it.
+        let e = error([&cert, &other_key, &cert]);
+        assert!(
+            matches!(
+                e,
+                ContextError::File {
+                    setting: "key_file",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("other.key"), "{e}");
+        let mismatch = ContextError::KeyMismatch {
+            key: "key_file",
+            certificate: "cert_file",
+            path: other_key.clone(),
+            source: openssl::error::ErrorStack::get(),
+        };
+        assert!(
+            mismatch.to_string().starts_with(&format!(
+                "key_file (does not match cert_file) {}: ",
+                other_key.display()
+            )),
+            "{mismatch}"
+        );
+        let e = error([&cert, &key, &missing]);
+        assert!(
+            matches!(
+                e,
+                ContextError::File {
+                    setting: "client_ca_file",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]

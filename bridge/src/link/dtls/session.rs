@@ -10,14 +10,18 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openssl::error::ErrorStack;
 use openssl::ssl::{ErrorCode, SslRef, SslStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+use super::ffi;
 
 /// Largest datagram accepted (and the read buffer's size).
 pub const MAX_DATAGRAM: usize = 16 * 1024 + 512;
@@ -73,106 +77,6 @@ impl Write for Datagrams {
     }
 }
 
-/// What the `openssl` crate does not wrap: the DTLS timer and the stateless cookie exchange.
-#[allow(unsafe_code)]
-pub mod ffi {
-    use std::os::raw::{c_int, c_long, c_void};
-    use std::time::Duration;
-
-    use foreign_types::ForeignTypeRef;
-    use openssl::ssl::SslRef;
-
-    // From OpenSSL's ssl.h: DTLSv1_get_timeout and DTLSv1_handle_timeout are macros over
-    // SSL_ctrl with these commands.
-    const DTLS_CTRL_GET_TIMEOUT: c_int = 73;
-    const DTLS_CTRL_HANDLE_TIMEOUT: c_int = 74;
-
-    /// OpenSSL's opaque `BIO_ADDR`.
-    #[repr(C)]
-    struct BioAddr {
-        _opaque: [u8; 0],
-    }
-
-    // Declared in OpenSSL's ssl.h and bio.h; libssl and libcrypto are linked by openssl-sys.
-    unsafe extern "C" {
-        fn DTLSv1_listen(ssl: *mut openssl_sys::SSL, client: *mut BioAddr) -> c_int;
-        fn BIO_ADDR_new() -> *mut BioAddr;
-        fn BIO_ADDR_free(addr: *mut BioAddr);
-    }
-
-    /// How long until OpenSSL wants [`handle_timeout`] called (a flight to retransmit), if
-    /// a timer runs.
-    pub fn timeout(ssl: &SslRef) -> Option<Duration> {
-        let mut tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        };
-        // SAFETY: `ssl` is a live SSL object (borrowed for the call); DTLS_CTRL_GET_TIMEOUT
-        // writes one `struct timeval` through the pointer, which points at `tv`.
-        let running = unsafe {
-            openssl_sys::SSL_ctrl(
-                ssl.as_ptr(),
-                DTLS_CTRL_GET_TIMEOUT,
-                0,
-                (&raw mut tv).cast::<c_void>(),
-            )
-        };
-        (running > 0).then(|| {
-            Duration::from_secs(tv.tv_sec.max(0) as u64)
-                + Duration::from_micros(tv.tv_usec.max(0) as u64)
-        })
-    }
-
-    /// Lets OpenSSL retransmit its last flight if the timer expired. `false` when it gave up
-    /// (too many retransmissions).
-    pub fn handle_timeout(ssl: &SslRef) -> bool {
-        // SAFETY: `ssl` is a live SSL object; DTLS_CTRL_HANDLE_TIMEOUT takes no argument.
-        let r = unsafe {
-            openssl_sys::SSL_ctrl(
-                ssl.as_ptr(),
-                DTLS_CTRL_HANDLE_TIMEOUT,
-                0 as c_long,
-                std::ptr::null_mut(),
-            )
-        };
-        r >= 0
-    }
-
-    /// What [`listen`] made of the datagram.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Listen {
-        /// A ClientHello with a valid cookie: continue with `SSL_accept`.
-        Verified,
-        /// Answered (HelloVerifyRequest written to the BIO) or ignored; nothing kept.
-        NotYet,
-        /// OpenSSL failed (malformed input among others).
-        Failed,
-    }
-
-    /// `DTLSv1_listen` on the datagram(s) queued in `ssl`'s BIO: answers a ClientHello without
-    /// a valid cookie with a HelloVerifyRequest (written to the BIO), keeping no state, and
-    /// says [`Listen::Verified`] once a ClientHello carries a valid cookie: `ssl` is then
-    /// ready for `SSL_accept` to continue that handshake.
-    pub fn listen(ssl: &SslRef) -> Listen {
-        // SAFETY: BIO_ADDR_new returns an owned, zeroed address or null (checked); it is
-        // freed below on every path. `ssl` is a live SSL object whose BIOs are set (the
-        // `SslStream` that owns it installed them).
-        unsafe {
-            let addr = BIO_ADDR_new();
-            if addr.is_null() {
-                return Listen::Failed;
-            }
-            let r = DTLSv1_listen(ssl.as_ptr(), addr);
-            BIO_ADDR_free(addr);
-            match r {
-                1 => Listen::Verified,
-                0 => Listen::NotYet,
-                _ => Listen::Failed,
-            }
-        }
-    }
-}
-
 /// Where a session's datagrams go and come from.
 #[derive(Debug)]
 pub struct Wire {
@@ -187,6 +91,26 @@ pub struct Wire {
 pub struct Session {
     pub tls: SslStream<Datagrams>,
     pub wire: Wire,
+}
+
+/// Why a DTLS handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// OpenSSL ended the handshake: an alert from the peer, no shared cipher, a certificate
+    /// that does not verify, a malformed record.
+    #[error("{}", describe(.0))]
+    Tls(#[source] openssl::ssl::Error),
+    /// A new handshake from the same address took this one's place.
+    #[error("replaced by a new handshake from the same address")]
+    Replaced,
+    /// The peer stopped answering (a wrong PSK makes a client go silent): OpenSSL gave up
+    /// retransmitting its flight.
+    #[error("peer silent: retransmissions exhausted")]
+    PeerSilent,
+    /// The handshake did not finish before its deadline.
+    #[error("handshake deadline passed")]
+    Deadline,
 }
 
 /// Which side of the handshake.
@@ -212,7 +136,7 @@ impl Session {
     }
 
     /// Runs the handshake to its end, retransmitting on OpenSSL's timer, until `deadline`.
-    pub async fn handshake(&mut self, role: Role, deadline: Instant) -> Result<(), String> {
+    pub async fn handshake(&mut self, role: Role, deadline: Instant) -> Result<(), HandshakeError> {
         loop {
             let step = match role {
                 Role::Server => self.tls.accept(),
@@ -222,21 +146,21 @@ impl Session {
             match step {
                 Ok(()) => return Ok(()),
                 Err(e) if e.code() == ErrorCode::WANT_READ => {}
-                Err(e) => return Err(describe(&e)),
+                Err(e) => return Err(HandshakeError::Tls(e)),
             }
             let timer = self.timer();
             tokio::select! {
                 d = self.wire.inbound.recv() => match d {
                     Some(d) => self.tls.get_mut().push(d),
-                    None => return Err("replaced by a new handshake from the same address".into()),
+                    None => return Err(HandshakeError::Replaced),
                 },
                 () = sleep_until(timer) => {
                     if !ffi::handle_timeout(self.tls.ssl()) {
-                        return Err("peer silent: retransmissions exhausted".into());
+                        return Err(HandshakeError::PeerSilent);
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    return Err("handshake deadline passed".into());
+                    return Err(HandshakeError::Deadline);
                 }
             }
         }
@@ -330,15 +254,14 @@ impl Session {
 pub fn builder(
     method: openssl::ssl::SslMethod,
     ciphers: &str,
-) -> Result<openssl::ssl::SslContextBuilder, String> {
+) -> Result<openssl::ssl::SslContextBuilder, ContextError> {
     use openssl::ssl::{SslContext, SslOptions, SslVersion};
-    let ssl = |what: &'static str| move |e: openssl::error::ErrorStack| format!("{what}: {e}");
-    let mut b = SslContext::builder(method).map_err(ssl("OpenSSL"))?;
+    let mut b = SslContext::builder(method).map_err(ContextError::OpenSsl)?;
     b.set_min_proto_version(Some(SslVersion::DTLS1_2))
-        .map_err(ssl("DTLS 1.2"))?;
+        .map_err(ContextError::Version)?;
     b.set_max_proto_version(Some(SslVersion::DTLS1_2))
-        .map_err(ssl("DTLS 1.2"))?;
-    b.set_cipher_list(ciphers).map_err(ssl("ciphers"))?;
+        .map_err(ContextError::Version)?;
+    b.set_cipher_list(ciphers).map_err(ContextError::Ciphers)?;
     allow_ccm8(&mut b, ciphers);
     b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
     Ok(b)
@@ -378,9 +301,43 @@ pub fn describe(e: &openssl::ssl::Error) -> String {
     }
 }
 
-/// The PEM file error as one line, naming the file.
-pub fn file_error(what: &str, path: &std::path::Path, e: &openssl::error::ErrorStack) -> String {
-    format!("{what} {}: {e}", path.display())
+/// Why a DTLS context (either side's) cannot be built; names the setting or the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContextError {
+    /// OpenSSL cannot make a context (out of memory, a broken library).
+    #[error("OpenSSL: {0}")]
+    OpenSsl(#[source] ErrorStack),
+    /// OpenSSL cannot restrict the context to DTLS 1.2 (a library built without it).
+    #[error("DTLS 1.2: {0}")]
+    Version(#[source] ErrorStack),
+    /// The cipher list names no cipher this OpenSSL knows.
+    #[error("ciphers: {0}")]
+    Ciphers(#[source] ErrorStack),
+    /// A certificate, key or CA file cannot be read or holds nothing usable; `setting` names
+    /// it as the configuration (or the command line) does.
+    #[error("{setting} {}: {source}", path.display())]
+    File {
+        setting: &'static str,
+        path: PathBuf,
+        #[source]
+        source: ErrorStack,
+    },
+    /// The private key is not the certificate's.
+    #[error("{key} (does not match {certificate}) {}: {source}", path.display())]
+    KeyMismatch {
+        /// The key's setting.
+        key: &'static str,
+        /// The certificate, as the error names it.
+        certificate: &'static str,
+        /// The key file.
+        path: PathBuf,
+        #[source]
+        source: ErrorStack,
+    },
+    /// OpenSSL's random generator could not draw the cookie secret.
+    #[error("cookie secret: {0}")]
+    CookieSecret(#[source] ErrorStack),
 }
 
 /// Whether `datagram` starts with a DTLS record carrying a ClientHello in epoch 0: a peer
@@ -421,6 +378,22 @@ mod tests {
         d.write_all(b"bc").unwrap();
         assert_eq!(d.take_outbound(), vec![b"a".to_vec(), b"bc".to_vec()]);
         assert!(d.take_outbound().is_empty());
+    }
+
+    #[test]
+    fn a_failed_handshake_says_why_for_the_log() {
+        assert_eq!(
+            HandshakeError::Deadline.to_string(),
+            "handshake deadline passed"
+        );
+        assert_eq!(
+            HandshakeError::PeerSilent.to_string(),
+            "peer silent: retransmissions exhausted"
+        );
+        assert_eq!(
+            HandshakeError::Replaced.to_string(),
+            "replaced by a new handshake from the same address"
+        );
     }
 
     #[test]
