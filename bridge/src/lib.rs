@@ -12,7 +12,7 @@
 //! - [`run`]: `edge-bridge run`: everything wired together.
 //! - [`tls`]: rustls client settings for an external broker, and the PEM readers.
 // No unsafe code, but for the few OpenSSL calls the `openssl` crate does not wrap (DTLS
-// timer and stateless cookie exchange), in `link::dtls::session::ffi`.
+// timer and stateless cookie exchange), in `link::dtls::ffi`.
 #![deny(unsafe_code)]
 
 pub mod api;

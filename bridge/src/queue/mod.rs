@@ -691,7 +691,8 @@ impl Queue {
         }
         #[cfg(test)]
         if std::mem::take(&mut self.fail_next_commit) {
-            return Err(QueueError::Db("commit failed (injected by a test)".into()));
+            let injected = std::io::Error::other("commit failed (injected by a test)");
+            return Err(QueueError::Db(redb::Error::Io(injected)));
         }
         let p = std::mem::take(&mut self.pending);
         let mut txn = self.db.begin_write().map_err(db_err)?;
