@@ -269,8 +269,10 @@ impl Driver {
                 event = inputs.mqtt.recv() => {
                     let first = event.ok_or(RunError::MqttStopped)?;
                     for event in batch(first, &mut inputs.mqtt, 2 * TURN_BATCH) {
-                        if let (MqttEvent::Subscribed, Some((announce, addrs))) = (&event, ready.take()) {
-                            announce(&addrs);
+                        if matches!(event, MqttEvent::Subscribed) {
+                            if let Some((announce, addrs)) = ready.take() {
+                                announce(&addrs);
+                            }
                         }
                         self.on_mqtt(event);
                     }
