@@ -1,15 +1,40 @@
 //! `edge-bridge`: the agent that runs beside an MQTT broker and proxies tasks to devices.
 //!
+//! # Where to start reading
+//! [`engine`] first: every decision about a task is there, in a state machine that does no
+//! I/O of its own and reads no clock (its unit tests drive it on a simulated clock, and
+//! `tests/sim.rs` runs it with real device-core devices over lossy links). Then [`run`], the
+//! loop that feeds it; then the two drivers at its edges, [`mqtt`] and [`link`].
+//!
+//! # Data flow
+//! ```text
+//!  MQTT clients ── broker ──> mqtt (driver) ──ApiInput──> run loop ──handle_*(now)──> Engine
+//!                                                                                       │
+//!        PUBACK after commit <── tickets <── Released <── commit (queue: redb) <────────┘
+//!                                                │
+//!  device <── device-core Session <── link driver <── LinkCommand (Assign, Cancel, Close)
+//!  device ──> device-core Session ──> link driver ──LinkEvent──> run loop ──handle_link──> Engine
+//!  outbox (committed status events) ──> run loop's pump ──> mqtt driver ──> broker ──> clients
+//! ```
+//! One turn of the run loop: take what arrived (batched), hand it to the engine with the time,
+//! `dispatch`, **commit once**, then release what the commit covers (acknowledgements of MQTT
+//! messages and device reports, commands for links) and offer new outbox entries to MQTT.
+//!
 //! # Layout
-//! - [`api`]: the MQTT API's JSON contract: submissions in, status events out.
-//! - [`broker`]: the embedded MQTT broker (rumqttd).
-//! - [`engine`]: the task that owns the queue and the device registry and decides.
+//! - [`api`]: the MQTT API's JSON contract: submissions in; status events, device documents,
+//!   stats and bridge status out.
+//! - [`engine`]: the queue, the device registry and every decision; sans-IO.
 //! - [`queue`]: the durable task queue and status outbox (redb).
-//! - [`dispatch`]: the dispatch policy (which task to which device, now); no I/O.
-//! - [`link`]: device links (plain TCP, TLS with client certificates, serial ports):
-//!   transport tasks driving device-core sessions, and the identity rule.
-//! - [`mqtt`]: the MQTT client driver (rumqttc): API in, outbox out.
-//! - [`run`]: `edge-bridge run`: everything wired together.
+//! - [`dispatch`]: the dispatch policy (which task to which device, now); a pure function.
+//! - [`time`]: [`time::Now`] (passed into the engine) and the run loop's clock.
+//! - [`backoff`]: the one backoff policy (task retries, MQTT and device reconnects) and its
+//!   seeded jitter source.
+//! - [`run`]: `edge-bridge run`: start-up, the run loop, link start-up, the outbox pump,
+//!   stop signals.
+//! - [`mqtt`]: the MQTT client driver (rumqttc): API in, outbox out, PUBACK after commit.
+//! - [`link`]: device links (plain TCP, TLS with client certificates, UDP + DTLS, serial
+//!   ports): transport tasks driving device-core sessions, and the identity rule.
+//! - [`broker`]: the embedded MQTT broker (rumqttd).
 //! - [`tls`]: rustls client settings for an external broker, and the PEM readers.
 // No unsafe code, but for the few OpenSSL calls the `openssl` crate does not wrap (DTLS
 // timer and stateless cookie exchange), in `link::dtls::ffi`.

@@ -67,7 +67,7 @@ fn echo(ctx: &mut Ctx<'_>) -> Step {
         RUNS.with(|r| {
             *r.borrow_mut()
                 .entry((device, boot, ctx.handle))
-                .or_default() += 1
+                .or_default() += 1;
         });
     }
     if ctx.step < ctx.handle % 3 {

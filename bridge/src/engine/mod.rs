@@ -21,9 +21,9 @@
 //!
 //! # Layout
 //! - `mod.rs`: the engine's inputs, outputs and turn (this file).
-//! - [`devices`]: the registry of online devices: sessions opening, ending, taking over links.
-//! - [`outcome`]: what a device's report or refusal, a lost device or a retry does to a task.
-//! - [`assign`]: the `Assign` message for a task on a device (lock names to lock ids).
+//! - `devices`: the registry of online devices: sessions opening, ending, taking over links.
+//! - `outcome`: what a device's report or refusal, a lost device or a retry does to a task.
+//! - `assign`: the `Assign` message for a task on a device (lock names to lock ids).
 
 mod assign;
 mod devices;

@@ -8,9 +8,9 @@
 //!
 //! # Layout
 //! - `mod.rs`: start-up and the run loop (this file).
-//! - [`links`]: starting the configured device links, one function per kind.
-//! - [`pump`]: which outbox entries to hand the MQTT driver next.
-//! - [`signals`]: SIGTERM and SIGINT.
+//! - `links`: starting the configured device links, one function per kind.
+//! - `pump`: which outbox entries to hand the MQTT driver next.
+//! - `signals`: SIGTERM and SIGINT.
 
 mod links;
 mod pump;
