@@ -58,8 +58,8 @@ pub struct Settings {
 }
 
 /// The settings of a `kind = "dtls"` link, with its PSK file read.
-pub fn settings(link: &broker_config::LinkConfig) -> Result<Settings, LinkDtlsError> {
-    let broker_config::LinkConfig::Dtls {
+pub fn settings(link: &broker_config::DtlsLink) -> Result<Settings, LinkDtlsError> {
+    let broker_config::DtlsLink {
         listen,
         psk,
         psk_file,
@@ -74,10 +74,7 @@ pub fn settings(link: &broker_config::LinkConfig) -> Result<Settings, LinkDtlsEr
         max_half_open,
         max_half_open_per_address,
         handshakes_per_second,
-    } = link
-    else {
-        unreachable!("settings() is called for DTLS links only");
-    };
+    } = link;
     let mut keys = BTreeMap::new();
     if let Some(path) = psk_file {
         keys = broker_config::load_psk_file(path).map_err(|source| LinkDtlsError::PskFile {
@@ -626,18 +623,19 @@ mod tests {
     }
 
     /// A DTLS link from TOML (validated), with `extra` lines added to its table.
-    fn dtls_link(extra: &str) -> broker_config::LinkConfig {
+    fn dtls_link(extra: &str) -> broker_config::DtlsLink {
         let toml = format!("[[link]]\nkind = \"dtls\"\nlisten = \"127.0.0.1:5684\"\n{extra}");
         let mut config = broker_config::Config::from_toml(&toml, "test").unwrap();
-        config.links.remove(0)
+        match config.links.remove(0) {
+            broker_config::LinkConfig::Dtls(link) => link,
+            other => panic!("not a DTLS link: {other:?}"),
+        }
     }
 
     #[test]
     fn a_bad_key_is_named_with_its_device_and_a_bad_psk_file_with_its_line() {
         let mut link = dtls_link("psk = { \"dev-1\" = \"00112233\" }\n");
-        if let broker_config::LinkConfig::Dtls { psk, .. } = &mut link {
-            psk.insert("dev-9".into(), "0g".into());
-        }
+        link.psk.insert("dev-9".into(), "0g".into());
         let e = settings(&link).unwrap_err();
         assert!(
             matches!(&e, LinkDtlsError::Psk { id, .. } if id == "dev-9"),
