@@ -202,7 +202,12 @@ impl Cookies {
     /// Whether `cookie` was made for `peer` this minute or the last (compared in constant
     /// time).
     fn verify(&self, peer: &SocketAddr, cookie: &[u8]) -> bool {
-        let now = Self::minute();
+        self.verify_at(peer, cookie, Self::minute())
+    }
+
+    /// Whether `cookie` is one this listener gave `peer` in minute `now` or the one before
+    /// (the clock read by the caller, so a test cannot race the minute's end).
+    fn verify_at(&self, peer: &SocketAddr, cookie: &[u8], now: u64) -> bool {
         [now, now.saturating_sub(1)]
             .into_iter()
             .any(|m| ring::hmac::verify(&self.key, &Self::message(peer, m), cookie).is_ok())
@@ -580,16 +585,16 @@ mod tests {
         let b: SocketAddr = "127.0.0.1:4001".parse().unwrap();
         let now = Cookies::minute();
         let c = cookies.cookie(&a, now);
-        assert!(cookies.verify(&a, &c));
-        assert!(!cookies.verify(&b, &c), "another port");
+        assert!(cookies.verify_at(&a, &c, now));
+        assert!(!cookies.verify_at(&b, &c, now), "another port");
         let last_minute = cookies.cookie(&a, now - 1);
-        assert!(cookies.verify(&a, &last_minute));
+        assert!(cookies.verify_at(&a, &last_minute, now));
         let older = cookies.cookie(&a, now - 2);
-        assert!(!cookies.verify(&a, &older), "two minutes old");
-        assert!(!cookies.verify(&a, &c[..16]), "truncated");
+        assert!(!cookies.verify_at(&a, &older, now), "two minutes old");
+        assert!(!cookies.verify_at(&a, &c[..16], now), "truncated");
         let other_secret = Cookies::new().unwrap().cookie(&a, now);
         assert!(
-            !cookies.verify(&a, &other_secret),
+            !cookies.verify_at(&a, &other_secret, now),
             "another process's secret"
         );
     }
