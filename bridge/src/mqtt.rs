@@ -126,6 +126,9 @@ pub async fn run(
     let mut requested: VecDeque<u64> = VecDeque::new();
     let mut by_pkid: HashMap<u16, u64> = HashMap::new();
     let mut failures = 0u32;
+    // Set once the bridge sent DISCONNECT (a clean stop): the connection's end is then the
+    // end of the driver, not a failure to retry.
+    let mut disconnecting = false;
     // Jitter for the reconnection delays, seeded once.
     let mut random = SplitMix64::new(seed_from_clock());
     // SUBACKs still expected on this connection.
@@ -202,7 +205,13 @@ pub async fn run(
                         }
                     }
                 }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => disconnecting = true,
                 Ok(_) => {}
+                Err(e) if disconnecting => {
+                    tracing::info!(reason = %e, "MQTT connection closed after DISCONNECT");
+                    let _ = events.send(MqttEvent::Disconnected("disconnected on request".into())).await;
+                    return;
+                }
                 Err(e) => {
                     // Forget every publish in flight: after an error rumqttc may emit stale
                     // `Outgoing::Publish` events and replay its pending publishes, which

@@ -244,49 +244,7 @@ pub enum LinkConfig {
     /// UDP with DTLS 1.2, one device frame per datagram. Devices prove their id with a
     /// pre-shared key (the PSK identity is the device id) or with a client certificate (as for
     /// `tls`); at least one of the two must be configured.
-    Dtls {
-        listen: SocketAddr,
-        /// Pre-shared keys inline: device id = hex key. Prefer `psk_file` outside labs.
-        #[serde(default)]
-        psk: BTreeMap<String, String>,
-        /// A key file of `device-id:hexkey` lines (`#` starts a comment; the format of
-        /// GnuTLS's `psktool`). Must not be readable by other users.
-        psk_file: Option<PathBuf>,
-        /// Certificate mode, all three or none: the bridge's chain, its key, and the CA that
-        /// signs device certificates (CN or DNS SAN = device id).
-        cert_file: Option<PathBuf>,
-        key_file: Option<PathBuf>,
-        client_ca_file: Option<PathBuf>,
-        /// OpenSSL cipher list; the default is RFC 7925's CCM_8 suites plus GCM.
-        #[serde(default = "default_dtls_ciphers")]
-        ciphers: String,
-        /// Largest datagram the bridge sends, in bytes: handshake messages are fragmented
-        /// to fit; a device frame (at most 403 bytes, plus up to 37 of DTLS record) is not,
-        /// hence at least 512.
-        #[serde(default = "default_dtls_mtu")]
-        mtu: u16,
-        /// A handshake unfinished by then is dropped (a wrong PSK makes the peer go silent,
-        /// not fail).
-        #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
-        handshake_timeout: Duration,
-        /// A session that receives nothing for this long is dropped (UDP has no close).
-        #[serde(default = "default_idle_timeout", with = "humantime_serde")]
-        idle_timeout: Duration,
-        /// Sessions at most, established or not.
-        #[serde(default = "default_max_sessions")]
-        max_sessions: usize,
-        /// Sessions still in their handshake at most; a peer must first return a stateless
-        /// cookie (HelloVerifyRequest) to start one, so spoofed addresses cost nothing.
-        #[serde(default = "default_max_half_open")]
-        max_half_open: usize,
-        /// Of those, from one IP address at most: peers that do return their cookie cannot
-        /// take every slot from one host.
-        #[serde(default = "default_max_half_open_per_address")]
-        max_half_open_per_address: usize,
-        /// New handshakes started per second at most (burst of the same size).
-        #[serde(default = "default_handshake_rate")]
-        handshakes_per_second: u32,
-    },
+    Dtls(DtlsLink),
     /// A serial port (UART) carrying the device framing, one device per port. A cable is
     /// the credential: any device id is accepted. Reopened with backoff when it goes away.
     Serial {
@@ -301,6 +259,54 @@ pub enum LinkConfig {
 pub const DEFAULT_DTLS_CIPHERS: &str = "PSK-AES128-CCM8:ECDHE-ECDSA-AES128-CCM8:\
 PSK-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
 PSK-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384";
+
+/// A `kind = "dtls"` link: UDP with DTLS 1.2, one device frame per datagram (see
+/// [`LinkConfig::Dtls`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DtlsLink {
+    pub listen: SocketAddr,
+    /// Pre-shared keys inline: device id = hex key. Prefer `psk_file` outside labs.
+    #[serde(default)]
+    pub psk: BTreeMap<String, String>,
+    /// A key file of `device-id:hexkey` lines (`#` starts a comment; the format of
+    /// GnuTLS's `psktool`). Must not be readable by other users.
+    pub psk_file: Option<PathBuf>,
+    /// Certificate mode, all three or none: the bridge's chain, its key, and the CA that
+    /// signs device certificates (CN or DNS SAN = device id).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
+    /// OpenSSL cipher list; the default is RFC 7925's CCM_8 suites plus GCM.
+    #[serde(default = "default_dtls_ciphers")]
+    pub ciphers: String,
+    /// Largest datagram the bridge sends, in bytes: handshake messages are fragmented
+    /// to fit; a device frame (at most 403 bytes, plus up to 37 of DTLS record) is not,
+    /// hence at least 512.
+    #[serde(default = "default_dtls_mtu")]
+    pub mtu: u16,
+    /// A handshake unfinished by then is dropped (a wrong PSK makes the peer go silent,
+    /// not fail).
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A session that receives nothing for this long is dropped (UDP has no close).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Sessions at most, established or not.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Sessions still in their handshake at most; a peer must first return a stateless
+    /// cookie (HelloVerifyRequest) to start one, so spoofed addresses cost nothing.
+    #[serde(default = "default_max_half_open")]
+    pub max_half_open: usize,
+    /// Of those, from one IP address at most: peers that do return their cookie cannot
+    /// take every slot from one host.
+    #[serde(default = "default_max_half_open_per_address")]
+    pub max_half_open_per_address: usize,
+    /// New handshakes started per second at most (burst of the same size).
+    #[serde(default = "default_handshake_rate")]
+    pub handshakes_per_second: u32,
+}
 
 fn default_dtls_ciphers() -> String {
     DEFAULT_DTLS_CIPHERS.to_owned()
@@ -342,9 +348,9 @@ impl LinkConfig {
     /// The address the link listens on; `None` for a serial port.
     pub fn listen(&self) -> Option<SocketAddr> {
         match self {
-            Self::Tcp { listen } | Self::Tls { listen, .. } | Self::Dtls { listen, .. } => {
-                Some(*listen)
-            }
+            Self::Tcp { listen }
+            | Self::Tls { listen, .. }
+            | Self::Dtls(DtlsLink { listen, .. }) => Some(*listen),
             Self::Serial { .. } => None,
         }
     }
@@ -353,7 +359,7 @@ impl LinkConfig {
     fn endpoint(&self) -> String {
         match self {
             Self::Tcp { listen } | Self::Tls { listen, .. } => format!("tcp {listen}"),
-            Self::Dtls { listen, .. } => format!("udp {listen}"),
+            Self::Dtls(DtlsLink { listen, .. }) => format!("udp {listen}"),
             Self::Serial { path, .. } => format!("serial {}", path.display()),
         }
     }
@@ -380,7 +386,7 @@ impl LinkConfig {
                 }
                 check_handshake_timeout(*handshake_timeout)
             }
-            Self::Dtls {
+            Self::Dtls(DtlsLink {
                 psk,
                 psk_file,
                 cert_file,
@@ -395,7 +401,7 @@ impl LinkConfig {
                 max_half_open_per_address,
                 handshakes_per_second,
                 ..
-            } => {
+            }) => {
                 for (id, key) in psk {
                     if id.is_empty() || id.len() > 32 {
                         return Err(invalid("link.psk", "device ids of 1 to 32 bytes"));

@@ -256,7 +256,16 @@ fn dtls_links_need_a_credential_and_sane_limits() {
     const DTLS: &str = "[[link]]\nkind = \"dtls\"\nlisten = \"127.0.0.1:5684\"\n";
     const PSK: &str = "psk = { \"dev-1\" = \"00112233445566778899aabbccddeeff\" }\n";
     let ok = Config::from_toml(&format!("{DTLS}{PSK}"), "t").unwrap();
-    assert!(matches!(&ok.links[0], LinkConfig::Dtls { mtu: 1200, .. }));
+    assert!(matches!(
+        &ok.links[0],
+        LinkConfig::Dtls(DtlsLink { mtu: 1200, .. })
+    ));
+    // A typo inside a DTLS link is an error naming the key, as in every other table.
+    let e = Config::from_toml(&format!("{DTLS}{PSK}mtuu = 1200\n"), "t").unwrap_err();
+    assert!(e.to_string().contains("mtuu"), "{e}");
+    // Written back, a DTLS link reads the same (the default file and tests serialise configs).
+    let text = toml::to_string(&ok).unwrap();
+    assert_eq!(Config::from_toml(&text, "t").unwrap(), ok, "{text}");
     // The same port over TCP and UDP is two endpoints.
     let both = format!("{DTLS}{PSK}[[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:5684\"\n");
     Config::from_toml(&both, "t").unwrap();

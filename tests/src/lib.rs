@@ -416,14 +416,17 @@ pub fn run_mosquitto(conf: &Path, ports: &[u16]) -> Proc {
 
 /// Stops a process with SIGTERM (a graceful stop: mosquitto saves its state) and waits for
 /// it, at most 10 s.
-pub fn terminate(mut proc: Proc) {
+pub fn terminate(mut proc: Proc) -> std::process::ExitStatus {
     let status = Command::new("kill")
         .args(["-TERM", &proc.child.id().to_string()])
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -TERM {} failed", proc.name);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while proc.child.try_wait().expect("wait").is_none() {
+    loop {
+        if let Some(status) = proc.child.try_wait().expect("wait") {
+            return status;
+        }
         assert!(
             Instant::now() < deadline,
             "{} did not stop within 10 s of SIGTERM",

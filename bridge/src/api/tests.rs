@@ -199,3 +199,30 @@ fn status_events_serialise_as_documented() {
     );
     assert!(TaskState::Rejected.is_terminal() && !TaskState::Running.is_terminal());
 }
+
+/// A submission refused before it became a task: its `rejected` event (the id was readable)
+/// and its `{root}/errors` entry (it was not), pinned byte for byte.
+#[test]
+fn rejections_and_error_entries_serialise_as_documented() {
+    let error = ApiError::new(
+        ErrorCode::InvalidPriority,
+        "priority must be 0..5 or \"P0\"..\"P5\"",
+    );
+    let event = StatusEvent::rejected("t-9".into(), Some("tr-1".into()), error.clone(), 5);
+    assert_eq!(
+        serde_json::to_string(&event).unwrap(),
+        r#"{"id":"t-9","state":"rejected","device":null,"attempt":0,"trace_id":"tr-1","ts_ms":5,"error":{"code":"invalid_priority","message":"priority must be 0..5 or \"P0\"..\"P5\""}}"#
+    );
+    let entry = ErrorEvent {
+        error: ApiError::new(
+            ErrorCode::MalformedJson,
+            "expected value at line 1 column 1",
+        ),
+        received: "not json".into(),
+        ts_ms: 6,
+    };
+    assert_eq!(
+        serde_json::to_string(&entry).unwrap(),
+        r#"{"error":{"code":"malformed_json","message":"expected value at line 1 column 1"},"received":"not json","ts_ms":6}"#
+    );
+}

@@ -53,7 +53,7 @@ pub(super) async fn start(
                     events,
                 )?);
             }
-            LinkConfig::Dtls { .. } => addrs.push(start_dtls(config, base, events).await?),
+            LinkConfig::Dtls(dtls) => addrs.push(start_dtls(dtls, base, events).await?),
             LinkConfig::Serial { path, baud } => start_serial(path, *baud, base, events),
         }
     }
@@ -104,7 +104,7 @@ fn start_tls(
 }
 
 async fn start_dtls(
-    config: &LinkConfig,
+    config: &broker_config::DtlsLink,
     base: LinkId,
     events: mpsc::Sender<LinkEvent>,
 ) -> Result<SocketAddr, RunError> {

@@ -58,8 +58,8 @@ pub struct Settings {
 }
 
 /// The settings of a `kind = "dtls"` link, with its PSK file read.
-pub fn settings(link: &broker_config::LinkConfig) -> Result<Settings, LinkDtlsError> {
-    let broker_config::LinkConfig::Dtls {
+pub fn settings(link: &broker_config::DtlsLink) -> Result<Settings, LinkDtlsError> {
+    let broker_config::DtlsLink {
         listen,
         psk,
         psk_file,
@@ -74,10 +74,7 @@ pub fn settings(link: &broker_config::LinkConfig) -> Result<Settings, LinkDtlsEr
         max_half_open,
         max_half_open_per_address,
         handshakes_per_second,
-    } = link
-    else {
-        unreachable!("settings() is called for DTLS links only");
-    };
+    } = link;
     let mut keys = BTreeMap::new();
     if let Some(path) = psk_file {
         keys = broker_config::load_psk_file(path).map_err(|source| LinkDtlsError::PskFile {
@@ -205,7 +202,12 @@ impl Cookies {
     /// Whether `cookie` was made for `peer` this minute or the last (compared in constant
     /// time).
     fn verify(&self, peer: &SocketAddr, cookie: &[u8]) -> bool {
-        let now = Self::minute();
+        self.verify_at(peer, cookie, Self::minute())
+    }
+
+    /// Whether `cookie` is one this listener gave `peer` in minute `now` or the one before
+    /// (the clock read by the caller, so a test cannot race the minute's end).
+    fn verify_at(&self, peer: &SocketAddr, cookie: &[u8], now: u64) -> bool {
         [now, now.saturating_sub(1)]
             .into_iter()
             .any(|m| ring::hmac::verify(&self.key, &Self::message(peer, m), cookie).is_ok())
@@ -583,16 +585,16 @@ mod tests {
         let b: SocketAddr = "127.0.0.1:4001".parse().unwrap();
         let now = Cookies::minute();
         let c = cookies.cookie(&a, now);
-        assert!(cookies.verify(&a, &c));
-        assert!(!cookies.verify(&b, &c), "another port");
+        assert!(cookies.verify_at(&a, &c, now));
+        assert!(!cookies.verify_at(&b, &c, now), "another port");
         let last_minute = cookies.cookie(&a, now - 1);
-        assert!(cookies.verify(&a, &last_minute));
+        assert!(cookies.verify_at(&a, &last_minute, now));
         let older = cookies.cookie(&a, now - 2);
-        assert!(!cookies.verify(&a, &older), "two minutes old");
-        assert!(!cookies.verify(&a, &c[..16]), "truncated");
+        assert!(!cookies.verify_at(&a, &older, now), "two minutes old");
+        assert!(!cookies.verify_at(&a, &c[..16], now), "truncated");
         let other_secret = Cookies::new().unwrap().cookie(&a, now);
         assert!(
-            !cookies.verify(&a, &other_secret),
+            !cookies.verify_at(&a, &other_secret, now),
             "another process's secret"
         );
     }
@@ -626,18 +628,19 @@ mod tests {
     }
 
     /// A DTLS link from TOML (validated), with `extra` lines added to its table.
-    fn dtls_link(extra: &str) -> broker_config::LinkConfig {
+    fn dtls_link(extra: &str) -> broker_config::DtlsLink {
         let toml = format!("[[link]]\nkind = \"dtls\"\nlisten = \"127.0.0.1:5684\"\n{extra}");
         let mut config = broker_config::Config::from_toml(&toml, "test").unwrap();
-        config.links.remove(0)
+        match config.links.remove(0) {
+            broker_config::LinkConfig::Dtls(link) => link,
+            other => panic!("not a DTLS link: {other:?}"),
+        }
     }
 
     #[test]
     fn a_bad_key_is_named_with_its_device_and_a_bad_psk_file_with_its_line() {
         let mut link = dtls_link("psk = { \"dev-1\" = \"00112233\" }\n");
-        if let broker_config::LinkConfig::Dtls { psk, .. } = &mut link {
-            psk.insert("dev-9".into(), "0g".into());
-        }
+        link.psk.insert("dev-9".into(), "0g".into());
         let e = settings(&link).unwrap_err();
         assert!(
             matches!(&e, LinkDtlsError::Psk { id, .. } if id == "dev-9"),
