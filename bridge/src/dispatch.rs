@@ -14,6 +14,10 @@
 //! - A payload larger than a capable device accepts is skipped for that device; a payload no
 //!   online capable device accepts waits (another device may come), unless a named device
 //!   refuses it, which rejects it.
+//! - Reservation (urgent work never waits): a device keeps `reserve` slots for urgent tasks
+//!   (priority `urgent_at` or more urgent). Urgent tasks use the reserve first; any other task
+//!   goes to a device only while it has more free slots than the reserve not yet held by
+//!   urgent tasks, so long low-priority work cannot take every slot an urgent task could use.
 //! - Lock names work like capabilities: a task naming locks goes only to a device advertising
 //!   every one of them. With none online it waits; a named device lacking one rejects it.
 //!
@@ -24,6 +28,8 @@
 
 use std::collections::BTreeMap;
 
+use device_core::Priority;
+
 use crate::queue::{Lane, TaskRecord};
 
 /// What the dispatcher knows of an online device.
@@ -32,6 +38,9 @@ pub struct DeviceView {
     pub capabilities: Vec<String>,
     /// `Assign`s the device can take now (its session's credit).
     pub credit: u32,
+    /// Of those, how many only urgent tasks may take: its reserved slots not already held by
+    /// urgent tasks (urgent work uses the reserve first, so low-priority work keeps the rest).
+    pub reserve: u32,
     /// Tasks on the device (dispatched and not finished).
     pub in_flight: u32,
     /// Largest payload it accepts, in bytes.
@@ -80,33 +89,39 @@ enum Head<'a> {
 }
 
 /// Decides what to do now with the queued tasks, given as `lanes` (each in dispatch order)
-/// and the online `devices` (by id). At most one decision per task; never more assignments
-/// to a device than its credit.
+/// and the online `devices` (by id); tasks of priority `urgent_at` or more urgent may take
+/// reserved slots. At most one decision per task; never more assignments to a device than its
+/// credit.
 pub fn plan<'a, I>(
     lanes: impl IntoIterator<Item = (&'a Lane, I)>,
     devices: &'a BTreeMap<String, DeviceView>,
+    urgent_at: Priority,
     now_ms: u64,
 ) -> Vec<Decision>
 where
     I: Iterator<Item = &'a TaskRecord>,
 {
-    // (credit, in flight) per device, as assignments are made.
-    let mut load: BTreeMap<&str, (u32, u32)> = devices
+    // (credit, in flight, reserve left) per device, as assignments are made.
+    let mut load: BTreeMap<&str, (u32, u32, u32)> = devices
         .iter()
-        .map(|(id, d)| (id.as_str(), (d.credit, d.in_flight)))
+        .map(|(id, d)| (id.as_str(), (d.credit, d.in_flight, d.reserve)))
         .collect();
-    let serves = |d: &DeviceView, c: &(u32, u32), cap: &str| {
-        c.0 > 0 && d.capabilities.iter().any(|x| x == cap)
+    // Whether device `d`, with (credit, in flight) `c` now, can take a task of `cap` that is
+    // urgent or not (a lane's head is its most urgent task, so a lane no device serves for its
+    // head is closed for every task behind it too).
+    let serves = |d: &DeviceView, c: &(u32, u32, u32), cap: &str, urgent: bool| {
+        let kept = if urgent { 0 } else { c.2 };
+        c.0 > kept && d.capabilities.iter().any(|x| x == cap)
     };
     let mut open: Vec<(&Lane, std::iter::Peekable<I>)> = lanes
         .into_iter()
         .filter(|((cap, named), _)| match named {
             Some(n) => devices
                 .get(n)
-                .is_some_and(|d| serves(d, &load[n.as_str()], cap)),
+                .is_some_and(|d| serves(d, &load[n.as_str()], cap, true)),
             None => devices
                 .iter()
-                .any(|(id, d)| serves(d, &load[id.as_str()], cap)),
+                .any(|(id, d)| serves(d, &load[id.as_str()], cap, true)),
         })
         .map(|(lane, tasks)| (lane, tasks.peekable()))
         .collect();
@@ -125,6 +140,7 @@ where
                     continue;
                 }
                 let size = task.sub.payload.len();
+                let urgent = !urgent_at.outranks(task.sub.priority);
                 match named {
                     Some(n) => {
                         let d = &devices[n.as_str()];
@@ -146,7 +162,7 @@ where
                             tasks.next();
                             continue;
                         }
-                        if !serves(d, &load[n.as_str()], cap) {
+                        if !serves(d, &load[n.as_str()], cap, urgent) {
                             break Head::Closed;
                         }
                         break Head::To(task.order_key(), n.as_str());
@@ -154,7 +170,7 @@ where
                     None => {
                         let mut serving = devices
                             .iter()
-                            .filter(|(id, d)| serves(d, &load[id.as_str()], cap))
+                            .filter(|(id, d)| serves(d, &load[id.as_str()], cap, urgent))
                             .peekable();
                         if serving.peek().is_none() {
                             break Head::Closed;
@@ -194,6 +210,9 @@ where
         let l = load.get_mut(device).expect("chosen among known devices");
         l.0 -= 1;
         l.1 += 1;
+        if !urgent_at.outranks(task.sub.priority) {
+            l.2 = l.2.saturating_sub(1);
+        }
         out.push(Decision::Assign {
             id: task.sub.id.clone(),
             device: device.to_owned(),
@@ -235,6 +254,7 @@ mod tests {
         DeviceView {
             capabilities: caps.iter().map(|c| (*c).into()).collect(),
             credit,
+            reserve: 0,
             in_flight,
             max_payload: 256,
             locks: vec![],
@@ -274,6 +294,7 @@ mod tests {
         super::plan(
             lanes.iter().map(|(l, ts)| (l, ts.iter().copied())),
             devices,
+            Priority::P1,
             now_ms,
         )
     }
@@ -454,5 +475,59 @@ mod tests {
                 assign("t4", "plain"),
             ]
         );
+    }
+
+    fn at(mut t: TaskRecord, p: Priority) -> TaskRecord {
+        t.sub.priority = p;
+        t
+    }
+
+    fn reserving(mut d: DeviceView, reserve: u32) -> DeviceView {
+        d.reserve = reserve;
+        d
+    }
+
+    /// A device's reserved slots go only to urgent tasks (P1 and P0 here): low-priority work
+    /// stops while the device has no more free slots than it reserves, and an urgent task
+    /// still finds one; an urgent task takes the reserve first, leaving the other slots to
+    /// low-priority work.
+    #[test]
+    fn reserved_slots_are_kept_for_urgent_tasks() {
+        let ds = devices(&[("a", reserving(dev(&["echo"], 2, 0), 1))]);
+        let low = [
+            at(task("p4-1", "echo", None, 1), Priority::P4),
+            at(task("p4-2", "echo", None, 2), Priority::P4),
+        ];
+        assert_eq!(
+            plan(&low, &ds, 0),
+            [assign("p4-1", "a")],
+            "one slot stays free"
+        );
+        let urgent = at(task("p1", "echo", None, 3), Priority::P1);
+        assert_eq!(
+            plan([&low[0], &low[1], &urgent], &ds, 0),
+            [assign("p1", "a"), assign("p4-1", "a")],
+            "the urgent task first, then low work down to the reserve"
+        );
+        // With only the reserved slot free, P2 waits and P0 takes it.
+        let ds = devices(&[("a", reserving(dev(&["echo"], 1, 1), 1))]);
+        let p2 = at(task("p2", "echo", Some("a"), 4), Priority::P2);
+        let p0 = at(task("p0", "echo", None, 5), Priority::P0);
+        assert_eq!(plan([&p2], &ds, 0), []);
+        assert_eq!(plan([&p2, &p0], &ds, 0), [assign("p0", "a")]);
+    }
+
+    /// Reservation prefers a device with unreserved room for low-priority work, and leaves
+    /// every device's reserve alone.
+    #[test]
+    fn low_priority_work_uses_only_unreserved_slots_on_every_device() {
+        let ds = devices(&[
+            ("a", reserving(dev(&["echo"], 1, 0), 1)),
+            ("b", reserving(dev(&["echo"], 3, 0), 1)),
+        ]);
+        let tasks: Vec<TaskRecord> = (1..=4)
+            .map(|i| at(task(&format!("t{i}"), "echo", None, i), Priority::P3))
+            .collect();
+        assert_eq!(plan(&tasks, &ds, 0), [assign("t1", "b"), assign("t2", "b")]);
     }
 }

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use device_core::Priority;
 use serde::{Deserialize, Serialize};
 
 /// The commented default configuration file; parsing it gives [`Config::default`].
@@ -105,6 +106,7 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub stats_interval: Duration,
     pub queue: QueueConfig,
+    pub urgent: UrgentConfig,
     pub broker: BrokerConfig,
     /// Device links; plain TCP on 127.0.0.1:7878 by default.
     #[serde(rename = "link")]
@@ -119,6 +121,7 @@ impl Default for Config {
             data_dir: PathBuf::from("edge-bridge-data"),
             stats_interval: Duration::from_secs(10),
             queue: QueueConfig::default(),
+            urgent: UrgentConfig::default(),
             broker: BrokerConfig::default(),
             links: vec![LinkConfig::Tcp {
                 listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
@@ -152,6 +155,39 @@ impl Default for QueueConfig {
             retry_max: Duration::from_secs(60),
         }
     }
+}
+
+/// Urgent work never waits: which tasks are urgent, and the task slots every device keeps
+/// for them so that long low-priority work cannot hold them all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UrgentConfig {
+    /// Tasks of this priority or more urgent are urgent ("P0" is the most urgent).
+    pub urgent_at: Priority,
+    /// Task slots per device that only urgent tasks may take. A device always keeps at least
+    /// one slot for any task, so a one-slot device reserves none; 0 turns reservation off.
+    pub reserve: u8,
+    /// `reserve` for particular devices, by device id (e.g. more on a large device, 0 on one
+    /// that never runs urgent work).
+    pub devices: BTreeMap<String, DeviceUrgentConfig>,
+}
+
+impl Default for UrgentConfig {
+    fn default() -> Self {
+        Self {
+            urgent_at: Priority::P1,
+            reserve: 1,
+            devices: BTreeMap::new(),
+        }
+    }
+}
+
+/// A device's own urgency settings (`[urgent.devices.ID]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceUrgentConfig {
+    /// Slots of this device that only urgent tasks may take.
+    pub reserve: u8,
 }
 
 /// Which MQTT broker the bridge uses.
@@ -609,6 +645,17 @@ impl Config {
         }
         if q.retry_max < q.retry_initial {
             return Err(invalid("queue.retry_max", "at least queue.retry_initial"));
+        }
+        for id in self.urgent.devices.keys() {
+            if id.is_empty() || id.len() > device_core::proto::MAX_DEVICE_ID {
+                return Err(invalid(
+                    "urgent.devices",
+                    format!(
+                        "{id:?}: device ids of 1 to {} bytes",
+                        device_core::proto::MAX_DEVICE_ID
+                    ),
+                ));
+            }
         }
         match &self.broker {
             BrokerConfig::Embedded {

@@ -345,3 +345,27 @@ fn a_bad_psk_file_line_names_the_file_the_line_and_the_reason() {
         "{e}"
     );
 }
+
+#[test]
+fn urgency_is_on_by_default_and_set_per_device() {
+    let d = Config::default();
+    assert_eq!((d.urgent.urgent_at, d.urgent.reserve), (Priority::P1, 1));
+    let c = Config::from_toml(
+        "[urgent]\nurgent_at = \"P0\"\nreserve = 2\n[urgent.devices.dev-1]\nreserve = 0\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!((c.urgent.urgent_at, c.urgent.reserve), (Priority::P0, 2));
+    assert_eq!(c.urgent.devices["dev-1"].reserve, 0);
+    for (text, says) in [
+        ("[urgent]\nurgent_at = \"P9\"\n", "urgent_at"),
+        ("[urgent]\nreserv = 1\n", "reserv"),
+        ("[urgent.devices.dev-1]\nreserve = 1\nslots = 2\n", "slots"),
+    ] {
+        let e = Config::from_toml(text, "t").unwrap_err();
+        assert!(e.to_string().contains(says), "{text}: {e}");
+    }
+    let long = format!("[urgent.devices.{}]\nreserve = 1\n", "d".repeat(33));
+    let e = Config::from_toml(&long, "t").unwrap_err();
+    assert!(e.to_string().contains("urgent.devices"), "{e}");
+}

@@ -99,6 +99,8 @@ pub struct DeviceStats {
     pub free_slots: u32,
     /// Tasks the bridge has dispatched to it that have not finished.
     pub in_flight: usize,
+    /// Of its slots, how many only urgent tasks may take.
+    pub reserved: u32,
     /// Its task slots in total, from its `Hello`.
     pub slots: u8,
 }
@@ -266,6 +268,7 @@ mod tests {
                     DeviceStats {
                         free_slots: 3,
                         in_flight: 1,
+                        reserved: 1,
                         slots: 4,
                     },
                 ),
@@ -274,6 +277,7 @@ mod tests {
                     DeviceStats {
                         free_slots: 0,
                         in_flight: 8,
+                        reserved: 2,
                         slots: 8,
                     },
                 ),
@@ -285,15 +289,16 @@ mod tests {
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"devices":{"dev-a":{"free_slots":0,"in_flight":8,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"slots":4}},"expired":2,"live":21,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"ts_ms":1700000000123}"#
+            r#"{"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"expired":2,"live":21,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"ts_ms":1700000000123}"#
         );
-        // As the engine built it with `serde_json::json!` before this type existed.
+        // As the engine built it with `serde_json::json!` before this type existed (plus the
+        // reserved slots, since reservation).
         let by_macro = serde_json::json!({
             "queued": { "P0": 1, "P1": 2, "P2": 3, "P3": 4, "P4": 5, "P5": 6 },
             "live": 21,
             "devices": {
-                "dev-b": { "free_slots": 3, "in_flight": 1, "slots": 4 },
-                "dev-a": { "free_slots": 0, "in_flight": 8, "slots": 8 },
+                "dev-b": { "free_slots": 3, "in_flight": 1, "reserved": 1, "slots": 4 },
+                "dev-a": { "free_slots": 0, "in_flight": 8, "reserved": 2, "slots": 8 },
             },
             "expired": 2,
             "ts_ms": 1_700_000_000_123_u64,

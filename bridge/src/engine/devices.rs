@@ -22,11 +22,15 @@ pub(super) struct Online {
     /// `Assign`s its session can take now (its free slots, as last reported, less the
     /// `Assign`s sent since).
     pub(super) credit: u32,
+    /// Of its slots, how many only urgent tasks may take (from the urgency policy, fixed for
+    /// the session).
+    pub(super) reserve: u32,
 }
 
 impl Online {
     /// What the dispatch policy needs to know of it.
-    pub(super) fn view(&self, in_flight: u32) -> DeviceView {
+    /// `reserve_left`: its reserved slots not held by urgent tasks now.
+    pub(super) fn view(&self, in_flight: u32, reserve_left: u32) -> DeviceView {
         DeviceView {
             capabilities: self
                 .hello
@@ -35,6 +39,7 @@ impl Online {
                 .map(|c| c.to_string())
                 .collect(),
             credit: self.credit,
+            reserve: reserve_left,
             in_flight,
             max_payload: usize::from(self.hello.max_payload),
             locks: self.hello.locks.iter().map(|l| l.to_string()).collect(),
@@ -143,12 +148,14 @@ impl Engine {
         self.queue
             .notify(OutboxEntry::new(format!("devices/{id}"), &doc, true));
         self.devices.by_link.insert(link, id.clone());
+        let reserve = self.urgency.reserve_for(&id, hello.slots);
         self.devices.by_id.insert(
             id,
             Online {
                 link,
                 hello,
                 credit: u32::from(credit),
+                reserve,
             },
         );
     }

@@ -34,6 +34,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use device_core::Priority;
 use device_core::proto::{Cancel, Hello, Reject, Report};
 
 use crate::api::{
@@ -116,11 +117,53 @@ impl Retry {
     }
 }
 
+/// Urgent work never waits (DESIGN.md): which tasks are urgent, and the slots each device keeps
+/// free for them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Urgency {
+    /// Tasks of this priority or more urgent are urgent.
+    pub urgent_at: Priority,
+    /// Slots per device that only urgent tasks may take.
+    pub reserve: u8,
+    /// `reserve` for particular devices, by id.
+    pub per_device: BTreeMap<String, u8>,
+}
+
+impl Default for Urgency {
+    /// P0 and P1 are urgent; one slot kept on every device with two or more.
+    fn default() -> Self {
+        Self {
+            urgent_at: Priority::P1,
+            reserve: 1,
+            per_device: BTreeMap::new(),
+        }
+    }
+}
+
+impl Urgency {
+    /// No slot kept for anything.
+    pub fn off() -> Self {
+        Self {
+            reserve: 0,
+            ..Self::default()
+        }
+    }
+
+    /// The slots device `id` with `slots` in all keeps for urgent tasks: what it is configured
+    /// with, but always leaving one slot for any task, so low-priority work is never shut out
+    /// of a device that serves it (a one-slot device reserves none).
+    pub fn reserve_for(&self, id: &str, slots: u8) -> u32 {
+        let configured = self.per_device.get(id).copied().unwrap_or(self.reserve);
+        u32::from(configured.min(slots.saturating_sub(1)))
+    }
+}
+
 /// The engine's state.
 #[derive(Debug)]
 pub struct Engine {
     queue: Queue,
     retry: Retry,
+    urgency: Urgency,
     devices: Registry,
     /// Held back until the next commit: tickets to release and commands for links.
     staged: Released,
@@ -138,6 +181,7 @@ impl Engine {
         Self {
             queue,
             retry,
+            urgency: Urgency::default(),
             devices: Registry::default(),
             staged: Released::default(),
             rng: SplitMix64::new(seed),
@@ -148,6 +192,12 @@ impl Engine {
 
     pub fn queue(&self) -> &Queue {
         &self.queue
+    }
+
+    /// Replaces the urgency policy (reservation is on by default: [`Urgency::default`]). Devices
+    /// online already keep their reserve until their next session.
+    pub fn set_urgency(&mut self, urgency: Urgency) {
+        self.urgency = urgency;
     }
 
     /// Tasks that expired before they could start, since the engine started.
@@ -270,12 +320,24 @@ impl Engine {
         self.queue.apply(overdue, now);
 
         if self.devices.any_credit() {
+            let urgent_at = self.urgency.urgent_at;
             let views: BTreeMap<String, DeviceView> = self
                 .devices
                 .iter()
-                .map(|(id, o)| (id.clone(), o.view(self.queue.in_flight(id) as u32)))
+                .map(|(id, o)| {
+                    let urgent_on = self
+                        .queue
+                        .on_device(id)
+                        .filter(|t| !urgent_at.outranks(t.sub.priority))
+                        .count() as u32;
+                    let reserve_left = o.reserve.saturating_sub(urgent_on);
+                    (
+                        id.clone(),
+                        o.view(self.queue.in_flight(id) as u32, reserve_left),
+                    )
+                })
                 .collect();
-            let decisions = dispatch::plan(self.queue.lanes(), &views, now.ms);
+            let decisions = dispatch::plan(self.queue.lanes(), &views, urgent_at, now.ms);
             let mut changes = Vec::with_capacity(decisions.len());
             for d in decisions {
                 changes.extend(self.decide(d, now));
@@ -348,6 +410,7 @@ impl Engine {
             .map(|(id, o)| {
                 let stats = DeviceStats {
                     free_slots: o.credit,
+                    reserved: o.reserve,
                     in_flight: self.queue.in_flight(id),
                     slots: o.hello.slots,
                 };

@@ -44,7 +44,9 @@ struct Sim {
 impl Sim {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let e = Engine::new(Queue::open(dir.path(), 100).unwrap(), retry(), 7);
+        let mut e = Engine::new(Queue::open(dir.path(), 100).unwrap(), retry(), 7);
+        // Reservation has tests of its own; the others count every slot.
+        e.set_urgency(Urgency::off());
         Self {
             dir,
             e,
@@ -59,6 +61,7 @@ impl Sim {
         let stand_in = tempfile::tempdir().unwrap();
         self.e = Engine::new(Queue::open(stand_in.path(), 1).unwrap(), retry(), 0);
         self.e = Engine::new(Queue::open(self.dir.path(), 100).unwrap(), retry(), 8);
+        self.e.set_urgency(Urgency::off());
     }
 
     fn now(&self) -> Now {
@@ -791,4 +794,48 @@ fn another_device_on_a_link_takes_the_previous_one_offline() {
     assert!(assigns(&released, LINK).is_empty());
     s.now += 10_000;
     assert!(assigns(&s.turn(), LINK).is_empty());
+}
+
+// ----- urgent work -----
+
+/// With reservation on (the default), a device of 4 slots takes 3 long low-priority tasks and
+/// keeps its last slot: a P0 submitted after them is dispatched at once, ahead of the P4s
+/// still queued. Per device, the reserve can be changed; a one-slot device reserves nothing.
+#[test]
+fn a_reserved_slot_waits_for_urgent_work() {
+    let mut s = Sim::new();
+    s.e.set_urgency(Urgency::default());
+    s.up(LINK, hello(), 4);
+    for i in 0..6 {
+        s.submit(&format!(
+            r#"{{"id":"low-{i}","capability":"echo","priority":4}}"#
+        ));
+    }
+    assert_eq!(
+        assigns(&s.turn(), LINK).len(),
+        3,
+        "one slot of four is kept"
+    );
+    s.link(LINK, LinkInput::Credit { credit: 1 });
+    assert!(
+        assigns(&s.turn(), LINK).is_empty(),
+        "P4 never takes the reserved slot"
+    );
+    s.submit(r#"{"id":"urgent","capability":"echo","priority":0}"#);
+    let sent = assigns(&s.turn(), LINK);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].handle, s.task("urgent").unwrap().handle());
+    let stats = s.e.stats(s.now());
+    assert_eq!(stats.devices["dev-1"].reserved, 1);
+
+    let mut per_device = Urgency::default();
+    per_device.per_device.insert("dev-2".into(), 3);
+    s.e.set_urgency(per_device.clone());
+    assert_eq!(per_device.reserve_for("dev-2", 8), 3);
+    assert_eq!(
+        per_device.reserve_for("dev-2", 2),
+        1,
+        "one slot always stays for any task"
+    );
+    assert_eq!(per_device.reserve_for("dev-1", 1), 0);
 }

@@ -24,7 +24,7 @@ use broker_config::{BrokerConfig, Config};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{BridgeStatus, OfflineReason};
-use crate::engine::{Engine, LinkInput, Released, Retry, Ticket};
+use crate::engine::{Engine, LinkInput, Released, Retry, Ticket, Urgency};
 use crate::link::{self, LinkCommand, LinkEvent, LinkId};
 use crate::mqtt::{self, ApiInput, MqttEvent, MqttSettings, Publication};
 use crate::queue::{Queue, QueueError};
@@ -101,7 +101,8 @@ pub async fn run(config: Config, announce: impl FnOnce(&Ready)) -> Result<(), Ru
         config.queue.retry_initial,
         config.queue.retry_max,
     );
-    let engine = Engine::new(queue, retry, crate::backoff::seed_from_clock());
+    let mut engine = Engine::new(queue, retry, crate::backoff::seed_from_clock());
+    engine.set_urgency(urgency(&config.urgent));
 
     let (broker_stopped, settings) = start_broker(&config)?;
     let mqtt_addr = format!("{}:{}", settings.host, settings.port)
@@ -148,6 +149,19 @@ pub async fn run(config: Config, announce: impl FnOnce(&Ready)) -> Result<(), Ru
         stats: tokio::time::interval(config.stats_interval),
     };
     driver.run(inputs, Some((announce, ready))).await
+}
+
+/// The engine's urgency policy from the `[urgent]` settings.
+fn urgency(config: &broker_config::UrgentConfig) -> Urgency {
+    Urgency {
+        urgent_at: config.urgent_at,
+        reserve: config.reserve,
+        per_device: config
+            .devices
+            .iter()
+            .map(|(id, d)| (id.clone(), d.reserve))
+            .collect(),
+    }
 }
 
 /// Starts the embedded broker if the configuration asks for it; the MQTT driver's settings
