@@ -247,6 +247,7 @@ mod tests {
             deadline_at_ms: None,
             not_before_ms: 0,
             retry_handle: None,
+            preemptions: 0,
         }
     }
 

@@ -403,6 +403,8 @@ impl World {
             let message = match command {
                 LinkCommand::Assign(a) => Message::Assign(*a),
                 LinkCommand::Cancel(c) => Message::Cancel(c),
+                // The simulated devices speak protocol version 1: never asked to give back.
+                LinkCommand::Preempt { .. } => continue,
                 LinkCommand::Close => {
                     self.engine.handle_link(
                         link,

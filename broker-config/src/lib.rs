@@ -170,6 +170,10 @@ pub struct UrgentConfig {
     /// `reserve` for particular devices, by device id (e.g. more on a large device, 0 on one
     /// that never runs urgent work).
     pub devices: BTreeMap<String, DeviceUrgentConfig>,
+    /// Times one task may be given back by its device to make room for an urgent task (a
+    /// device gives back only tasks it has not started); bounded so that low-priority work
+    /// always finishes. 0 turns taking back off.
+    pub max_preemptions: u32,
 }
 
 impl Default for UrgentConfig {
@@ -178,6 +182,7 @@ impl Default for UrgentConfig {
             urgent_at: Priority::P1,
             reserve: 1,
             devices: BTreeMap::new(),
+            max_preemptions: 3,
         }
     }
 }

@@ -78,6 +78,8 @@ pub struct BridgeStats {
     pub expired: u64,
     /// Tasks not yet finished (queued, dispatched or running).
     pub live: usize,
+    /// Tasks devices gave back for urgent work, since the bridge started.
+    pub preemptions: u64,
     /// Queued tasks per priority, written as `{"P0": n, …, "P5": n}`.
     #[serde(serialize_with = "per_priority")]
     pub queued: [u64; Priority::LEVELS],
@@ -284,18 +286,20 @@ mod tests {
             ]),
             expired: 2,
             live: 21,
+            preemptions: 4,
             queued: [1, 2, 3, 4, 5, 6],
             ts_ms: 1_700_000_000_123,
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"expired":2,"live":21,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"ts_ms":1700000000123}"#
+            r#"{"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"expired":2,"live":21,"preemptions":4,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"ts_ms":1700000000123}"#
         );
         // As the engine built it with `serde_json::json!` before this type existed (plus the
         // reserved slots, since reservation).
         let by_macro = serde_json::json!({
             "queued": { "P0": 1, "P1": 2, "P2": 3, "P3": 4, "P4": 5, "P5": 6 },
             "live": 21,
+            "preemptions": 4,
             "devices": {
                 "dev-b": { "free_slots": 3, "in_flight": 1, "reserved": 1, "slots": 4 },
                 "dev-a": { "free_slots": 0, "in_flight": 8, "reserved": 2, "slots": 8 },
@@ -312,12 +316,13 @@ mod tests {
             devices: BTreeMap::new(),
             expired: 0,
             live: 0,
+            preemptions: 0,
             queued: [0; Priority::LEVELS],
             ts_ms: 0,
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"devices":{},"expired":0,"live":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"ts_ms":0}"#
+            r#"{"devices":{},"expired":0,"live":0,"preemptions":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"ts_ms":0}"#
         );
     }
 

@@ -307,6 +307,9 @@ pub enum TaskState {
     Queued,
     Dispatched,
     Running,
+    /// Given back by its device (to make room for more urgent work): queued again, ahead of
+    /// later tasks of its priority. Not final.
+    Preempted,
     Completed,
     Failed,
     Expired,

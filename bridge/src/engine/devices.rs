@@ -173,6 +173,14 @@ impl Engine {
         {
             let old = self.devices.by_id.remove(&device);
             tracing::info!(%device, %reason, "device offline");
+            let left: Vec<String> = self
+                .queue
+                .on_device(&device)
+                .map(|t| t.sub.id.clone())
+                .collect();
+            for id in &left {
+                self.take_back_over(id);
+            }
             let doc = DeviceDocument::new(
                 &device,
                 old.as_ref().map(|o| &o.hello),

@@ -24,10 +24,12 @@
 //! - `devices`: the registry of online devices: sessions opening, ending, taking over links.
 //! - `outcome`: what a device's report or refusal, a lost device or a retry does to a task.
 //! - `assign`: the `Assign` message for a task on a device (lock names to lock ids).
+//! - `preempt`: taking back unstarted work for urgent tasks that found no slot.
 
 mod assign;
 mod devices;
 mod outcome;
+mod preempt;
 #[cfg(test)]
 mod tests;
 
@@ -74,6 +76,9 @@ pub enum LinkInput {
     Reject { reject: Reject, ticket: Ticket },
     /// An `Assign` the link's session would not take (no credit, window full).
     Refused { handle: u32 },
+    /// The device gave a task back (asked to, with `Preempt`): its slot is free and it will not
+    /// run that handle again. `ticket` is released once that is committed.
+    Suspended { handle: u32, ticket: Ticket },
     /// The connection ended.
     Down { reason: String },
 }
@@ -127,6 +132,9 @@ pub struct Urgency {
     pub reserve: u8,
     /// `reserve` for particular devices, by id.
     pub per_device: BTreeMap<String, u8>,
+    /// Times one task may be given back for urgent work (so low-priority work always
+    /// finishes); 0 turns taking back off.
+    pub max_preemptions: u32,
 }
 
 impl Default for Urgency {
@@ -136,15 +144,17 @@ impl Default for Urgency {
             urgent_at: Priority::P1,
             reserve: 1,
             per_device: BTreeMap::new(),
+            max_preemptions: 3,
         }
     }
 }
 
 impl Urgency {
-    /// No slot kept for anything.
+    /// No slot kept and nothing taken back.
     pub fn off() -> Self {
         Self {
             reserve: 0,
+            max_preemptions: 0,
             ..Self::default()
         }
     }
@@ -173,6 +183,11 @@ pub struct Engine {
     timer: Option<u64>,
     /// Statistics: tasks that expired before they could start.
     expired: u64,
+    /// Take-backs asked for and not answered yet: victim id -> the urgent task it makes room
+    /// for. In memory only: after a restart every dispatched task is dispatched again anyway.
+    preempting: BTreeMap<String, String>,
+    /// Statistics: tasks given back for urgent work.
+    preemptions: u64,
 }
 
 impl Engine {
@@ -187,6 +202,8 @@ impl Engine {
             rng: SplitMix64::new(seed),
             timer: None,
             expired: 0,
+            preempting: BTreeMap::new(),
+            preemptions: 0,
         }
     }
 
@@ -253,6 +270,7 @@ impl Engine {
                     .push((link, LinkCommand::Cancel(cancel)));
             }
         }
+        self.take_back_over(id);
         let change = Change::finished(
             id,
             TaskState::Cancelled,
@@ -267,6 +285,10 @@ impl Engine {
         match input {
             LinkInput::Report { report, ticket } => {
                 let change = self.report_change(link, report, now);
+                if let Some(Change::Finished { id, .. }) = &change {
+                    let id = id.clone();
+                    self.take_back_over(&id);
+                }
                 self.queue.apply(change.into_iter().collect(), now);
                 self.staged.tickets.push(ticket);
             }
@@ -276,6 +298,15 @@ impl Engine {
                 self.staged.tickets.push(ticket);
             }
             LinkInput::Credit { credit } => self.devices.set_credit(link, credit),
+            LinkInput::Suspended { handle, ticket } => {
+                if let Some((id, device)) = self.task_of(link, handle) {
+                    tracing::info!(%id, %device, "task given back");
+                    self.take_back_over(&id);
+                    self.preemptions += 1;
+                    self.queue.apply(vec![Change::Preempted { id }], now);
+                }
+                self.staged.tickets.push(ticket);
+            }
             LinkInput::Refused { handle } => {
                 if let Some((id, _)) = self.task_of(link, handle) {
                     let requeue = Change::Requeue {
@@ -347,6 +378,7 @@ impl Engine {
             // (harmless: the device answers replays from its dedup table).
             self.queue.apply(changes, now);
         }
+        self.take_back(now);
         self.timer = self.queue.next_timer(now.ms);
     }
 
@@ -420,6 +452,7 @@ impl Engine {
         BridgeStats {
             devices,
             expired: self.expired,
+            preemptions: self.preemptions,
             live: self.queue.len(),
             queued: self.queue.depth(),
             ts_ms: now.wall_ms,

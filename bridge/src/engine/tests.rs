@@ -839,3 +839,207 @@ fn a_reserved_slot_waits_for_urgent_work() {
     );
     assert_eq!(per_device.reserve_for("dev-1", 1), 0);
 }
+
+/// A device of protocol version 2 (it can give unstarted tasks back), with `slots`.
+fn hello_v2(slots: u8) -> Hello {
+    let mut h = hello();
+    h.version = 2;
+    h.slots = slots;
+    h
+}
+
+fn preempts(released: &Released, link: LinkId) -> Vec<u32> {
+    released
+        .commands
+        .iter()
+        .filter(|(l, _)| *l == link)
+        .filter_map(|(_, c)| match c {
+            LinkCommand::Preempt { handle } => Some(*handle),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Taking back only (no reservation), so that the slots fill up.
+fn take_back_only() -> Urgency {
+    Urgency {
+        reserve: 0,
+        ..Urgency::default()
+    }
+}
+
+/// Every slot holds low-priority work, one task started and one not: an urgent task asks the
+/// device to give back the unstarted one (never the started one), gets its slot once the
+/// device did, and the given-back task is queued again with a new handle and its attempt not
+/// counted, `preempted` in its events, and runs after.
+#[test]
+fn an_urgent_task_without_a_slot_takes_back_an_unstarted_task() {
+    let mut s = Sim::new();
+    s.e.set_urgency(take_back_only());
+    s.up(LINK, hello_v2(2), 2);
+    s.submit(r#"{"id":"started","capability":"echo","priority":4}"#);
+    s.submit(r#"{"id":"waiting","capability":"echo","priority":4}"#);
+    assert_eq!(assigns(&s.turn(), LINK).len(), 2);
+    let started = s.task("started").unwrap().handle();
+    let unstarted = s.task("waiting").unwrap().handle();
+    s.report(LINK, started, TaskReport::Running, None);
+    s.link(LINK, LinkInput::Credit { credit: 0 });
+    s.turn();
+    s.events();
+
+    s.submit(r#"{"id":"urgent","capability":"echo","priority":0}"#);
+    let released = s.turn();
+    assert_eq!(
+        preempts(&released, LINK),
+        [unstarted],
+        "only the unstarted task"
+    );
+    assert!(
+        preempts(&s.turn(), LINK).is_empty(),
+        "one take-back per waiting task"
+    );
+
+    let ticket = s.ticket();
+    s.link(
+        LINK,
+        LinkInput::Suspended {
+            handle: unstarted,
+            ticket,
+        },
+    );
+    s.link(LINK, LinkInput::Credit { credit: 1 });
+    let released = s.turn();
+    assert_eq!(released.tickets, [ticket]);
+    let sent = assigns(&released, LINK);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].handle,
+        s.task("urgent").unwrap().handle(),
+        "the urgent task got the slot"
+    );
+    let back = s.task("waiting").unwrap();
+    assert_eq!(
+        (back.state, back.attempt, back.preemptions),
+        (TaskState::Queued, 0, 1)
+    );
+    assert_ne!(
+        back.handle(),
+        unstarted,
+        "the device will not run the old handle again"
+    );
+    let states = s.states();
+    assert!(
+        states.contains(&("waiting".into(), TaskState::Preempted)),
+        "{states:?}"
+    );
+    assert_eq!(s.e.stats(s.now()).preemptions, 1);
+
+    // The urgent task finishes; the given-back task runs, with its new handle, as attempt 1.
+    let h = s.task("urgent").unwrap().handle();
+    s.report(LINK, h, TaskReport::Completed, None);
+    s.link(LINK, LinkInput::Credit { credit: 1 });
+    let sent = assigns(&s.turn(), LINK);
+    assert_eq!(
+        sent.iter().map(|a| a.handle).collect::<Vec<_>>(),
+        [s.task("waiting").unwrap().handle()]
+    );
+    assert_eq!(s.task("waiting").unwrap().attempt, 1);
+}
+
+/// The victim is the least urgent unstarted task strictly below the waiting one (then the
+/// latest deadline, then the latest admitted); a task as urgent as the waiting one is never
+/// taken back, and a non-urgent waiting task takes back nothing.
+#[test]
+fn the_victim_is_the_least_urgent_unstarted_task_strictly_below() {
+    let mut s = Sim::new();
+    s.e.set_urgency(take_back_only());
+    s.up(LINK, hello_v2(4), 4);
+    s.submit(r#"{"id":"p1","capability":"echo","priority":1}"#);
+    s.submit(r#"{"id":"p3","capability":"echo","priority":3}"#);
+    s.submit(r#"{"id":"p4-early","capability":"echo","priority":4,"deadline_ms":60000}"#);
+    s.submit(r#"{"id":"p4-late","capability":"echo","priority":4,"deadline_ms":90000}"#);
+    assert_eq!(assigns(&s.turn(), LINK).len(), 4);
+    s.link(LINK, LinkInput::Credit { credit: 0 });
+    s.submit(r#"{"id":"p2","capability":"echo","priority":2}"#);
+    assert!(preempts(&s.turn(), LINK).is_empty(), "P2 is not urgent");
+    s.submit(r#"{"id":"a","capability":"echo","priority":1}"#);
+    let h = |s: &Sim, id: &str| s.task(id).unwrap().handle();
+    assert_eq!(preempts(&s.turn(), LINK), [h(&s, "p4-late")]);
+    s.submit(r#"{"id":"b","capability":"echo","priority":1}"#);
+    assert_eq!(preempts(&s.turn(), LINK), [h(&s, "p4-early")]);
+    s.submit(r#"{"id":"c","capability":"echo","priority":1}"#);
+    assert_eq!(preempts(&s.turn(), LINK), [h(&s, "p3")]);
+    s.submit(r#"{"id":"d","capability":"echo","priority":1}"#);
+    assert!(preempts(&s.turn(), LINK).is_empty(), "p1 is as urgent as d");
+    s.submit(r#"{"id":"e","capability":"echo","priority":0}"#);
+    assert_eq!(
+        preempts(&s.turn(), LINK),
+        [h(&s, "p1")],
+        "a P0 may take back a P1"
+    );
+}
+
+/// A task is given back at most `max_preemptions` times; a device of protocol version 1 is
+/// never asked (it has reservation only); a victim that starts first refuses, and a victim that
+/// finishes first ends the take-back, so the waiting task may choose again.
+#[test]
+fn take_backs_are_bounded_and_only_asked_of_devices_that_can() {
+    let mut s = Sim::new();
+    s.e.set_urgency(Urgency {
+        max_preemptions: 1,
+        ..take_back_only()
+    });
+    s.up(LINK, hello(), 1); // version 1
+    s.submit(r#"{"id":"low","capability":"echo","priority":4}"#);
+    assert_eq!(assigns(&s.turn(), LINK).len(), 1);
+    s.link(LINK, LinkInput::Credit { credit: 0 });
+    s.submit(r#"{"id":"u1","capability":"echo","priority":0}"#);
+    assert!(
+        preempts(&s.turn(), LINK).is_empty(),
+        "a version 1 device is never asked"
+    );
+
+    s.up(LINK, hello_v2(1), 0); // the same device, upgraded, reconnects: "low" is requeued
+    s.link(LINK, LinkInput::Credit { credit: 1 });
+    let sent = assigns(&s.turn(), LINK);
+    assert_eq!(sent.len(), 1, "u1 first");
+    let u1 = sent[0].handle;
+    s.submit(r#"{"id":"low2","capability":"echo","priority":4}"#);
+    s.report(LINK, u1, TaskReport::Completed, None);
+    s.link(LINK, LinkInput::Credit { credit: 1 });
+    let sent = assigns(&s.turn(), LINK);
+    assert_eq!(sent.len(), 1);
+    let low = sent[0].handle;
+    s.link(LINK, LinkInput::Credit { credit: 0 });
+    s.submit(r#"{"id":"u2","capability":"echo","priority":0}"#);
+    let asked = preempts(&s.turn(), LINK);
+    assert_eq!(asked, [low]);
+    let ticket = s.ticket();
+    s.link(
+        LINK,
+        LinkInput::Suspended {
+            handle: low,
+            ticket,
+        },
+    );
+    s.link(LINK, LinkInput::Credit { credit: 1 });
+    let sent = assigns(&s.turn(), LINK);
+    let u2 = sent[0].handle;
+    s.report(LINK, u2, TaskReport::Completed, None);
+    s.link(LINK, LinkInput::Credit { credit: 1 });
+    let sent = assigns(&s.turn(), LINK);
+    assert_eq!(sent.len(), 1, "the given-back task runs again");
+    let given_back = sent[0].handle;
+    s.link(LINK, LinkInput::Credit { credit: 0 });
+    s.submit(r#"{"id":"u3","capability":"echo","priority":0}"#);
+    let asked = preempts(&s.turn(), LINK);
+    assert!(
+        !asked.contains(&given_back),
+        "a task given back max_preemptions times is not asked again: {asked:?}"
+    );
+    // A victim that finishes first ends its take-back.
+    s.report(LINK, given_back, TaskReport::Completed, None);
+    s.link(LINK, LinkInput::Credit { credit: 1 });
+    let sent = assigns(&s.turn(), LINK);
+    assert_eq!(sent.len(), 1, "u3 takes the freed slot");
+}

@@ -99,6 +99,10 @@ pub enum LinkEvent {
 pub enum LinkCommand {
     Assign(Box<Assign>),
     Cancel(Cancel),
+    /// Give back the task with this handle if it has not started (urgent work needs its slot).
+    Preempt {
+        handle: u32,
+    },
     /// Close the connection (a newer connection of the same device took over).
     Close,
 }

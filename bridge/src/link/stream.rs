@@ -141,6 +141,11 @@ where
                 let message = match cmd {
                     Some(LinkCommand::Assign(a)) => Message::Assign(*a),
                     Some(LinkCommand::Cancel(c)) => Message::Cancel(c),
+                    // Sent only to devices whose protocol has it (none before version 2).
+                    Some(LinkCommand::Preempt { handle }) => {
+                        tracing::debug!(link, handle, "take-back not supported by this link");
+                        continue;
+                    }
                     Some(LinkCommand::Close) | None => return Ok("closed by the bridge".into()),
                 };
                 if let Err(e) = session.send(message) {

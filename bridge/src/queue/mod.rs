@@ -101,6 +101,9 @@ pub struct TaskRecord {
     /// number until then.
     #[serde(default)]
     pub retry_handle: Option<u32>,
+    /// Times a device gave it back for more urgent work (bounded, so it always finishes).
+    #[serde(default)]
+    pub preemptions: u32,
 }
 
 impl TaskRecord {
@@ -187,6 +190,10 @@ pub enum Change {
     Requeue { id: String, not_before_ms: u64 },
     /// Back to the queue for a new execution after a transient failure, with a new handle.
     Retry { id: String, not_before_ms: u64 },
+    /// Given back by its device before it started, to make room for more urgent work: queued
+    /// again at once with a new handle (the device will not run the old one again), the
+    /// attempt not counted, its `preempted` event published.
+    Preempted { id: String },
     /// Finished: `state` is terminal.
     Finished {
         id: String,
@@ -219,6 +226,7 @@ impl Change {
             | Self::Running { id }
             | Self::Requeue { id, .. }
             | Self::Retry { id, .. }
+            | Self::Preempted { id }
             | Self::Finished { id, .. } => id,
         }
     }
@@ -585,6 +593,7 @@ impl Queue {
                 deadline_at_ms,
                 not_before_ms: 0,
                 retry_handle: None,
+                preemptions: 0,
             };
             self.next_seq += 1;
             self.pending
@@ -632,6 +641,16 @@ impl Queue {
                     rec.state = TaskState::Queued;
                     rec.not_before_ms = not_before_ms;
                     None
+                }
+                Change::Preempted { .. } => {
+                    let event = rec.event(TaskState::Preempted, now_ms);
+                    rec.state = TaskState::Queued;
+                    rec.not_before_ms = 0;
+                    rec.attempt = rec.attempt.saturating_sub(1);
+                    rec.preemptions += 1;
+                    rec.retry_handle = Some(self.next_seq as u32);
+                    self.next_seq += 1;
+                    Some(event)
                 }
                 Change::Retry { not_before_ms, .. } => {
                     rec.state = TaskState::Queued;

@@ -161,6 +161,7 @@ fn urgency(config: &broker_config::UrgentConfig) -> Urgency {
             .iter()
             .map(|(id, d)| (id.clone(), d.reserve))
             .collect(),
+        max_preemptions: config.max_preemptions,
     }
 }
 

@@ -1,0 +1,134 @@
+//! Taking back unstarted work: when an urgent task finds no free slot on any device that could
+//! run it, the bridge asks a device to give back a task it has not started yet, strictly less
+//! urgent than the waiting one (DESIGN.md, "Urgent work never waits", mechanism 2).
+//!
+//! Victim: among the tasks dispatched to a capable device and not started there (no `running`
+//! report), strictly less urgent than the waiting task and given back fewer than
+//! `max_preemptions` times, the least urgent, then the latest deadline, then the most recently
+//! admitted. One victim per waiting task at a time; the freed slot goes to the most urgent
+//! waiting task by the ordinary dispatch.
+
+use device_core::Priority;
+
+use super::Engine;
+use crate::api::TaskState;
+use crate::link::{LinkCommand, LinkId};
+use crate::time::Now;
+
+/// A task that could be given back, and where it is.
+struct Candidate {
+    id: String,
+    device: String,
+    link: LinkId,
+    handle: u32,
+    priority: Priority,
+    /// (priority level, deadline, admission): larger is a better victim.
+    rank: (u8, u64, u64),
+}
+
+impl Engine {
+    /// Asks devices to give back unstarted tasks for urgent tasks that found no slot (staged:
+    /// the `Preempt`s go out after the next commit). Called after the turn's dispatch.
+    pub(super) fn take_back(&mut self, now: Now) {
+        if self.urgency.max_preemptions == 0 {
+            return;
+        }
+        let mut candidates = self.candidates();
+        if candidates.is_empty() {
+            return;
+        }
+        let waiting_for: std::collections::HashSet<&String> = self.preempting.values().collect();
+        let urgent_at = self.urgency.urgent_at;
+        let mut chosen: Vec<(String, Candidate)> = Vec::new();
+        'lanes: for ((capability, named), tasks) in self.queue.lanes() {
+            for task in tasks {
+                if candidates.is_empty() {
+                    break 'lanes;
+                }
+                if urgent_at.outranks(task.sub.priority) {
+                    break; // the rest of the lane is less urgent still
+                }
+                let ready =
+                    task.not_before_ms <= now.ms && task.deadline_at_ms.is_none_or(|d| d > now.ms);
+                if !ready || waiting_for.contains(&task.sub.id) {
+                    continue;
+                }
+                let fits = |c: &Candidate| {
+                    task.sub.priority.outranks(c.priority)
+                        && named.as_ref().is_none_or(|n| *n == c.device)
+                        && self.devices.get(&c.device).is_some_and(|o| {
+                            o.hello
+                                .capabilities
+                                .iter()
+                                .any(|x| x.as_str() == capability)
+                                && usize::from(o.hello.max_payload) >= task.sub.payload.len()
+                                && task
+                                    .sub
+                                    .locks
+                                    .iter()
+                                    .all(|l| o.hello.locks.iter().any(|x| x.as_str() == l))
+                        })
+                };
+                let best = candidates
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| fits(c))
+                    .max_by_key(|(_, c)| c.rank)
+                    .map(|(i, _)| i);
+                if let Some(i) = best {
+                    chosen.push((task.sub.id.clone(), candidates.swap_remove(i)));
+                }
+            }
+        }
+        for (waiting, victim) in chosen {
+            tracing::info!(task = %victim.id, device = %victim.device, for_task = %waiting, "taking back an unstarted task for urgent work");
+            self.staged.commands.push((
+                victim.link,
+                LinkCommand::Preempt {
+                    handle: victim.handle,
+                },
+            ));
+            self.preempting.insert(victim.id, waiting);
+        }
+    }
+
+    /// Unstarted tasks on devices that can give them back, not already being taken back.
+    fn candidates(&self) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        for (device, online) in self.devices.iter() {
+            if online.hello.version < TAKE_BACK_SINCE {
+                continue;
+            }
+            for t in self.queue.on_device(device) {
+                if t.state != TaskState::Dispatched
+                    || t.preemptions >= self.urgency.max_preemptions
+                    || self.preempting.contains_key(&t.sub.id)
+                {
+                    continue;
+                }
+                out.push(Candidate {
+                    id: t.sub.id.clone(),
+                    device: device.clone(),
+                    link: online.link,
+                    handle: t.handle(),
+                    priority: t.sub.priority,
+                    rank: (
+                        t.sub.priority.level(),
+                        t.deadline_at_ms.unwrap_or(u64::MAX),
+                        t.seq,
+                    ),
+                });
+            }
+        }
+        out
+    }
+
+    /// The take-back of `id` is over (given back, refused because it started, finished, or its
+    /// device left): its waiting task may choose another victim.
+    pub(super) fn take_back_over(&mut self, id: &str) {
+        self.preempting.remove(id);
+    }
+}
+
+/// The device protocol version that has `Preempt` (older devices get reservation only).
+const TAKE_BACK_SINCE: u16 = 2;
