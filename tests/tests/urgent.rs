@@ -69,3 +69,57 @@ async fn a_p0_runs_at_once_on_a_device_full_of_long_p4_work() {
     })
     .await;
 }
+
+/// Every slot taken: seven minute-long P4s and a minute-long P1 in the reserved slot. A P0
+/// arrives: the device gives back one P4 it has not started (`preempted`, queued again), the
+/// P0 takes its slot and completes while the P1 and every other P4 are still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_p0_takes_back_an_unstarted_p4_when_no_slot_is_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = start_bridge(dir.path(), &["--bridge-id", "urgent"]);
+    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
+    let _device = start_device(bridge.devices, "dev-1", &["sleep", "echo"]);
+    for i in 0..7 {
+        let task = json!({"id": format!("p4-{i}"), "capability": "sleep", "priority": 4, "payload": {"ms": 60_000}});
+        w.submit(ROOT, &task.to_string()).await;
+    }
+    let p1 = json!({"id": "p1", "capability": "sleep", "priority": 1, "payload": {"ms": 60_000}});
+    w.submit(ROOT, &p1.to_string()).await;
+    w.wait_for(
+        Duration::from_secs(30),
+        "the P1 running in the reserved slot",
+        |seen| last_state(seen, "p1").as_deref() == Some("running"),
+    )
+    .await;
+    w.submit(
+        ROOT,
+        r#"{"id":"urgent","capability":"echo","priority":"P0","payload":"now"}"#,
+    )
+    .await;
+    w.wait_for(Duration::from_secs(30), "the P0 task completed", |seen| {
+        last_state(seen, "urgent").as_deref() == Some("completed")
+    })
+    .await;
+    let preempted: Vec<String> = w
+        .seen
+        .iter()
+        .filter(|(t, v)| t.ends_with("/status") && v["state"] == "preempted")
+        .map(|(_, v)| v["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(preempted.len(), 1, "{preempted:?}");
+    assert!(preempted[0].starts_with("p4-"), "{preempted:?}");
+    assert_eq!(last_state(&w.seen, "p1").as_deref(), Some("running"));
+    for i in 0..7 {
+        let state = last_state(&w.seen, &format!("p4-{i}"));
+        assert_ne!(state.as_deref(), Some("completed"), "p4-{i}");
+    }
+    w.wait_for(
+        Duration::from_secs(30),
+        "stats counting the take-back",
+        |seen| {
+            seen.iter()
+                .any(|(t, v)| t.ends_with("/bridge/stats") && v["preemptions"] == 1)
+        },
+    )
+    .await;
+}
