@@ -30,6 +30,16 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         "4",
         "--dtls-keys",
         "40",
+        "--incident-devices",
+        "1",
+        "--incident-long-ms",
+        "1000",
+        "--incident-p4",
+        "4",
+        "--incident-seconds",
+        "2",
+        "--incident-urgent-ms",
+        "200",
         "--timeout-s",
         "60",
         "--data-dir",
@@ -77,8 +87,29 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         assert!(t.per_priority.iter().all(|l| l.len() == 4));
     }
     assert!(d.ratio() > 0.0);
+    let runs = report
+        .incident
+        .as_ref()
+        .expect("the incident runs by default");
+    for (r, on) in runs.iter().zip([false, true]) {
+        assert_eq!(r.protocol, on);
+        assert!(r.urgent_submitted >= 2, "{r:?}");
+        assert_eq!(
+            (r.urgent_completed, r.failed),
+            (r.urgent_submitted, 0),
+            "{:?}",
+            r.failures
+        );
+        assert!(r.running[0].p50().is_some() && r.completed[1].p99().is_some());
+        assert_eq!(r.low_slots, if on { 7 } else { 8 });
+    }
     let text = report.to_string();
-    for section in ["4. DTLS handshakes", "5. memory per", "6. tasks over DTLS"] {
+    for section in [
+        "4. DTLS handshakes",
+        "5. memory per",
+        "6. tasks over DTLS",
+        "7. The Harness incident",
+    ] {
         assert!(text.contains(section), "{section} missing from the report");
     }
 }

@@ -18,6 +18,10 @@
 //! 6. phase 2 again with the devices over plain TCP, then over DTLS (`edge-device-sim
 //!    --dtls`), and the ratio of the two.
 //!
+//! 7. the Harness incident (`incident`): urgent P0/P1 tasks arriving while long P3 work holds
+//!    every slot and P4 work waits, with the urgent-work protocol off and on, on fresh bridges
+//!    (`--no-incident` skips it).
+//!
 //! Phases 4 to 6 run on bridges with both a plain TCP and a DTLS device link, a fresh one per
 //! measurement, with the DTLS link's limits far above the load (`--no-dtls` skips them).
 //!
@@ -40,6 +44,7 @@
 
 mod client;
 mod handshakes;
+mod incident;
 mod links;
 mod memory;
 mod relay;
@@ -53,8 +58,8 @@ use std::time::Duration;
 
 pub use links::DtlsLimits;
 pub use report::{
-    BacklogFigures, CpuUse, DtlsFigures, HandshakeFigures, MemoryFigures, RelayFigures, Report,
-    Stages, ThroughputFigures,
+    BacklogFigures, CpuUse, DtlsFigures, HandshakeFigures, IncidentFigures, MemoryFigures,
+    RelayFigures, Report, Stages, ThroughputFigures,
 };
 pub use stats::Latencies;
 
@@ -106,6 +111,24 @@ pub struct Options {
     /// Skips phases 4 to 6 (the DTLS link).
     #[arg(long)]
     pub no_dtls: bool,
+    /// Phase 7: devices (8 slots each) whose slots long P3 work holds.
+    #[arg(long, default_value_t = 16)]
+    pub incident_devices: usize,
+    /// Phase 7: how long each P3 and P4 task sleeps on its device (milliseconds).
+    #[arg(long, default_value_t = 5_000)]
+    pub incident_long_ms: u64,
+    /// Phase 7: P4 tasks queued behind the P3s.
+    #[arg(long, default_value_t = 500)]
+    pub incident_p4: usize,
+    /// Phase 7: how long urgent tasks arrive (seconds).
+    #[arg(long, default_value_t = 60)]
+    pub incident_seconds: u64,
+    /// Phase 7: a P0 or P1 task (in turn) arrives this often (milliseconds).
+    #[arg(long, default_value_t = 500)]
+    pub incident_urgent_ms: u64,
+    /// Skips phase 7.
+    #[arg(long)]
+    pub no_incident: bool,
     /// Each phase fails after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout_s: u64,
@@ -178,6 +201,16 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
                 .into(),
         ));
     }
+    if !opts.no_incident
+        && (opts.incident_devices == 0
+            || opts.incident_seconds == 0
+            || opts.incident_urgent_ms == 0)
+    {
+        return Err(BenchError::Options(
+            "--incident-devices, --incident-seconds and --incident-urgent-ms must be at least 1 (--no-incident skips that phase)"
+                .into(),
+        ));
+    }
     if opts.p0_interval_ms == 0 {
         return Err(BenchError::Options(
             "--p0-interval-ms must be at least 1".into(),
@@ -240,6 +273,14 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         Some(dtls(opts, &data_dir, &nonce).await?)
     };
 
+    let incident = if opts.no_incident {
+        None
+    } else {
+        let off = incident::run(&data_dir, opts, &nonce, false).await?;
+        let on = incident::run(&data_dir, opts, &nonce, true).await?;
+        Some([off, on])
+    };
+
     Ok(Report {
         options: opts.clone(),
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
@@ -249,6 +290,7 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         throughput,
         backlog,
         dtls,
+        incident,
     })
 }
 

@@ -177,6 +177,34 @@ impl DtlsFigures {
     }
 }
 
+/// Phase 7: one run of the Harness incident (urgent tasks arriving while long low-priority
+/// work holds every slot), with the urgent-work protocol on or off.
+#[derive(Clone, Debug)]
+pub struct IncidentFigures {
+    /// Reservation and taking back on (the defaults), or both off.
+    pub protocol: bool,
+    pub devices: usize,
+    /// Slots low-priority work could hold (all of them without the protocol).
+    pub low_slots: usize,
+    /// How long each low-priority task sleeps on its device.
+    pub long_ms: u64,
+    /// P4 tasks queued behind the P3s filling the slots.
+    pub p4: usize,
+    /// The window in which urgent tasks arrived.
+    pub seconds: f64,
+    pub urgent_submitted: usize,
+    pub urgent_completed: usize,
+    /// Submit → `running` received, P0 then P1.
+    pub running: [Latencies; 2],
+    /// Submit → `completed` received, P0 then P1.
+    pub completed: [Latencies; 2],
+    /// P3 and P4 tasks completed during the window, and per second.
+    pub low_completed: usize,
+    pub low_per_s: f64,
+    pub failed: usize,
+    pub failures: Vec<String>,
+}
+
 /// Everything one run measured.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -190,6 +218,8 @@ pub struct Report {
     pub backlog: BacklogFigures,
     /// Phases 4 to 6; `None` with `--no-dtls`.
     pub dtls: Option<DtlsFigures>,
+    /// Phase 7, protocol off then on; `None` with `--no-incident`.
+    pub incident: Option<[IncidentFigures; 2]>,
 }
 
 impl Report {
@@ -376,11 +406,54 @@ impl fmt::Display for Report {
         latency_line(f, "P0 submit -> completed", &b.p0)?;
         stages(f, &b.p0_stages)?;
         failures(f, b.failed, &b.failures, b.reconnects)?;
-        match &self.dtls {
-            Some(d) => d.fmt_with(f, o),
-            None => Ok(()),
+        if let Some(d) = &self.dtls {
+            d.fmt_with(f, o)?;
         }
+        if let Some(runs) = &self.incident {
+            incident(f, o, runs)?;
+        }
+        Ok(())
     }
+}
+
+/// Section 7 of the report: the incident without and with the protocol.
+fn incident(f: &mut fmt::Formatter<'_>, o: &Options, runs: &[IncidentFigures; 2]) -> fmt::Result {
+    let [off, on] = runs;
+    writeln!(f)?;
+    writeln!(
+        f,
+        "7. The Harness incident: {} devices of 8 slots, every slot low-priority work can take holding a P3 `sleep` of {} ms, {} P4 queued behind; for {} s a P0 or P1 `sleep` of 20 ms every {} ms, in turn; a fresh bridge per run",
+        on.devices, on.long_ms, on.p4, o.incident_seconds, o.incident_urgent_ms
+    )?;
+    for r in runs {
+        writeln!(f)?;
+        writeln!(
+            f,
+            "  protocol {} ({} slots for low-priority work): {} urgent submitted, {} completed; {} P3/P4 completed in {:.1} s ({:.2}/s)",
+            if r.protocol { "on " } else { "off" },
+            r.low_slots,
+            r.urgent_submitted,
+            r.urgent_completed,
+            r.low_completed,
+            r.seconds,
+            r.low_per_s
+        )?;
+        header(f)?;
+        latency_line(f, "P0 submit -> running", &r.running[0])?;
+        latency_line(f, "P1 submit -> running", &r.running[1])?;
+        latency_line(f, "P0 submit -> completed", &r.completed[0])?;
+        latency_line(f, "P1 submit -> completed", &r.completed[1])?;
+        failures(f, r.failed, &r.failures, 0)?;
+    }
+    let loss = if off.low_per_s > 0.0 {
+        (1.0 - on.low_per_s / off.low_per_s) * 100.0
+    } else {
+        0.0
+    };
+    writeln!(
+        f,
+        "  low-priority throughput with the protocol: {loss:+.1} % lost against without (goal: at most 5 %)"
+    )
 }
 
 impl DtlsFigures {

@@ -19,46 +19,48 @@ use crate::{Bridge, Proc, start_device, start_device_with};
 
 /// The bridge id of the bench's bridges, and their topic root.
 pub(crate) const BRIDGE_ID: &str = "bench";
-const ROOT: &str = "edge/bench";
+pub(super) const ROOT: &str = "edge/bench";
 
 /// Failures listed in the report at most (the count is always complete).
 const FAILURES_SHOWN: usize = 5;
 
 /// One submitted task.
 #[derive(Clone, Debug)]
-struct Task {
-    priority: u8,
-    submitted: Instant,
+pub(super) struct Task {
+    pub(super) priority: u8,
+    pub(super) submitted: Instant,
     /// The submission's moment on the wall clock, to compare with the bridge's `ts_ms`.
     submitted_ms: u64,
     /// `ts_ms` of the `queued` event.
     queued: Option<u64>,
     /// `ts_ms` of the first `dispatched` event (a retry would send another).
     dispatched: Option<u64>,
+    /// When the first `running` event was received.
+    pub(super) running: Option<Instant>,
     /// The first terminal event: received when, `ts_ms`, and whether it was `completed`.
     end: Option<End>,
 }
 
 /// A task's terminal event.
 #[derive(Clone, Copy, Debug)]
-struct End {
-    at: Instant,
+pub(super) struct End {
+    pub(super) at: Instant,
     at_ms: u64,
     ts_ms: u64,
-    completed: bool,
+    pub(super) completed: bool,
 }
 
 /// Tasks of one kind, with ids `{prefix}{index}`.
 #[derive(Debug)]
-struct Batch {
+pub(super) struct Batch {
     prefix: String,
-    tasks: Vec<Task>,
-    queued: usize,
-    finished: usize,
-    completed: usize,
+    pub(super) tasks: Vec<Task>,
+    pub(super) queued: usize,
+    pub(super) finished: usize,
+    pub(super) completed: usize,
     /// Tasks that ended otherwise, as "id: state (code)".
-    failures: Vec<String>,
-    failed: usize,
+    pub(super) failures: Vec<String>,
+    pub(super) failed: usize,
     last_queued: Option<Instant>,
     last_end: Option<Instant>,
     /// The latest `ts_ms` of a `queued` event.
@@ -68,7 +70,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(prefix: String) -> Self {
+    pub(super) fn new(prefix: String) -> Self {
         Self {
             prefix,
             tasks: Vec::new(),
@@ -84,17 +86,24 @@ impl Batch {
         }
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.tasks.len()
     }
 
     /// Tasks submitted and not finished.
-    fn outstanding(&self) -> usize {
+    pub(super) fn outstanding(&self) -> usize {
         self.tasks.len() - self.finished
     }
 
     /// Records a submission made now and returns its JSON: an echo task of `priority`.
     fn submit(&mut self, priority: u8) -> Vec<u8> {
+        let i = self.tasks.len();
+        self.submit_task(priority, "echo", &format!(r#"{{"i":{i}}}"#))
+    }
+
+    /// Records a submission made now and returns its JSON: a task of `capability` with the
+    /// JSON `payload`.
+    pub(super) fn submit_task(&mut self, priority: u8, capability: &str, payload: &str) -> Vec<u8> {
         let i = self.tasks.len();
         self.tasks.push(Task {
             priority,
@@ -102,10 +111,11 @@ impl Batch {
             submitted_ms: wall_ms(),
             queued: None,
             dispatched: None,
+            running: None,
             end: None,
         });
         format!(
-            r#"{{"id":"{}{i}","capability":"echo","priority":{priority},"payload":{{"i":{i}}}}}"#,
+            r#"{{"id":"{}{i}","capability":"{capability}","priority":{priority},"payload":{payload}}}"#,
             self.prefix
         )
         .into_bytes()
@@ -129,6 +139,7 @@ impl Batch {
                 self.last_queued_ts_ms = self.last_queued_ts_ms.max(event.ts_ms);
             }
             "dispatched" if task.dispatched.is_none() => task.dispatched = Some(event.ts_ms),
+            "running" if task.running.is_none() => task.running = Some(event.at),
             "completed" | "failed" | "expired" | "cancelled" | "rejected" if task.end.is_none() => {
                 let completed = event.state == "completed";
                 task.end = Some(End {
@@ -159,7 +170,7 @@ impl Batch {
     }
 
     /// Submit→completed latencies of completed tasks, for those `pick` selects.
-    fn latencies(&self, pick: impl Fn(&Task) -> bool) -> Latencies {
+    pub(super) fn latencies(&self, pick: impl Fn(&Task) -> bool) -> Latencies {
         let mut l = Latencies::default();
         for t in self.tasks.iter().filter(|t| pick(t)) {
             if let Some(end) = t.end.filter(|e| e.completed) {
@@ -209,15 +220,19 @@ struct Status<'a> {
 
 /// The watcher's view: the batches it feeds and which devices are online.
 #[derive(Debug)]
-struct Observer {
-    watcher: Client,
+pub(super) struct Observer {
+    pub(super) watcher: Client,
     online: HashSet<String>,
     /// Status events received (each a message the bridge's outbox published).
     events: usize,
 }
 
 impl Observer {
-    async fn connect(bridge: &Bridge, name: &str, window: usize) -> Result<Self, BenchError> {
+    pub(super) async fn connect(
+        bridge: &Bridge,
+        name: &str,
+        window: usize,
+    ) -> Result<Self, BenchError> {
         let filters = [
             format!("{ROOT}/tasks/+/status"),
             format!("{ROOT}/devices/+"),
@@ -231,7 +246,7 @@ impl Observer {
 
     /// Waits for the next message (at most until `deadline`, or [`STALL`] from now) and feeds it
     /// to `batches`.
-    async fn next(
+    pub(super) async fn next(
         &mut self,
         batches: &mut [&mut Batch],
         phase: &'static str,
@@ -244,7 +259,7 @@ impl Observer {
     }
 
     /// The next message, at most until `deadline` or [`STALL`] from now.
-    async fn recv(
+    pub(super) async fn recv(
         &mut self,
         phase: &'static str,
         deadline: Instant,
@@ -263,7 +278,7 @@ impl Observer {
             })
     }
 
-    fn observe(&mut self, m: &Received, batches: &mut [&mut Batch]) {
+    pub(super) fn observe(&mut self, m: &Received, batches: &mut [&mut Batch]) {
         let Some(rest) = m.topic.strip_prefix(ROOT) else {
             return;
         };
@@ -296,7 +311,7 @@ impl Observer {
     }
 
     /// Waits until every device in `ids` is online, feeding `batches` meanwhile.
-    async fn wait_online(
+    pub(super) async fn wait_online(
         &mut self,
         ids: &[String],
         batches: &mut [&mut Batch],
@@ -335,7 +350,11 @@ pub(crate) struct ThroughputRun<'a> {
 }
 
 /// Starts `n` device simulators offering `echo` and `sleep`.
-fn start_devices(bridge: &Bridge, n: usize, link: DeviceLink<'_>) -> (Vec<Proc>, Vec<String>) {
+pub(super) fn start_devices(
+    bridge: &Bridge,
+    n: usize,
+    link: DeviceLink<'_>,
+) -> (Vec<Proc>, Vec<String>) {
     const CAPABILITIES: [&str; 2] = ["echo", "sleep"];
     match link {
         DeviceLink::Tcp => {
@@ -358,11 +377,11 @@ fn start_devices(bridge: &Bridge, n: usize, link: DeviceLink<'_>) -> (Vec<Proc>,
     }
 }
 
-fn pids(devices: &[Proc]) -> Vec<u32> {
+pub(super) fn pids(devices: &[Proc]) -> Vec<u32> {
     devices.iter().map(|p| p.child.id()).collect()
 }
 
-fn submit_topic() -> String {
+pub(super) fn submit_topic() -> String {
     format!("{ROOT}/tasks/submit")
 }
 
