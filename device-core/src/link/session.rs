@@ -369,13 +369,17 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
     // `heapless::Vec::push` does.
     #[allow(clippy::result_large_err)]
     pub fn send(&mut self, message: Message) -> Result<(), SendError> {
+        // A kind the peer's version predates. A device is welcomed only in its own version,
+        // so only a bridge checks (and the device's firmware leaves the check out).
+        let too_new =
+            S::ROLE == Role::Bridge && self.peer_version().is_none_or(|v| v < message.since());
         let reason = if !message.is_reliable() {
             Some(Refusal::NotReliable)
         } else if S::SENDS & (1 << crate::proto::wire::tag_of(&message)) == 0 {
             Some(Refusal::WrongSide)
         } else if self.state != State::Established {
             Some(Refusal::NotEstablished)
-        } else if self.peer_version().is_none_or(|v| v < message.since()) {
+        } else if too_new {
             Some(Refusal::Unsupported)
         } else if matches!(message, Message::Assign(_)) && self.credit() == 0 {
             Some(Refusal::NoCredit)
@@ -441,18 +445,19 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
         if self.state == State::Closed {
             return None;
         }
-        let oldest = match S::ROLE {
-            Role::Device => PROTOCOL_VERSION,
-            Role::Bridge => MIN_PROTOCOL_VERSION,
-        };
-        if let Message::Hello(Hello { version, .. }) | Message::Welcome(Welcome { version, .. }) =
-            &frame.message
-        {
-            if !(oldest..=PROTOCOL_VERSION).contains(version) {
-                self.stats.bad_frames = self.stats.bad_frames.saturating_add(1);
-                self.refuse_version();
-                return None;
+        // As `S::decode` does for bytes (a device: only its own version; a bridge: every
+        // version it serves). Only the kind this side receives is looked at.
+        let unserved = match (S::ROLE, &frame.message) {
+            (Role::Bridge, Message::Hello(h)) => {
+                !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.version)
             }
+            (Role::Device, Message::Welcome(w)) => w.version != PROTOCOL_VERSION,
+            _ => false,
+        };
+        if unserved {
+            self.stats.bad_frames = self.stats.bad_frames.saturating_add(1);
+            self.refuse_version();
+            return None;
         }
         self.last_rx = now.as_millis();
         match (S::ROLE, frame.message) {
