@@ -208,7 +208,7 @@ fn rejections_and_error_entries_serialise_as_documented() {
         ErrorCode::InvalidPriority,
         "priority must be 0..5 or \"P0\"..\"P5\"",
     );
-    let event = StatusEvent::rejected("t-9".into(), Some("tr-1".into()), error.clone(), 5);
+    let event = StatusEvent::rejected("t-9".into(), Some("tr-1".into()), error, 5);
     assert_eq!(
         serde_json::to_string(&event).unwrap(),
         r#"{"id":"t-9","state":"rejected","device":null,"attempt":0,"trace_id":"tr-1","ts_ms":5,"error":{"code":"invalid_priority","message":"priority must be 0..5 or \"P0\"..\"P5\""}}"#
