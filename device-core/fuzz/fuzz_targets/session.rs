@@ -1,14 +1,15 @@
 //! A bridge session and a device (session + runtime) talking over a link the fuzzer controls:
 //! it delivers, drops, duplicates, reorders and corrupts frames, injects arbitrary bytes,
-//! moves the clock, submits and cancels tasks, and reboots the device. Nothing may panic,
-//! `poll_transmit` must run dry, and the flow-control and window bounds must hold.
+//! moves the clock, submits, cancels and takes back (`Preempt`) tasks, and reboots the
+//! device. Nothing may panic, `poll_transmit` must run dry, the flow-control and window
+//! bounds must hold, and the bridge never finds its version 2 device too old for `Preempt`.
 #![no_main]
 
 use std::collections::VecDeque;
 
 use arbitrary::Arbitrary;
-use device_core::link::{BridgeSide, Config, Session};
-use device_core::proto::{Assign, Cancel, MAX_FRAME, Message, Payload};
+use device_core::link::{BridgeSide, Config, Refusal, Session};
+use device_core::proto::{Assign, Cancel, MAX_FRAME, Message, Payload, Preempt};
 use device_core::runtime::{Ctx, Device, Runtime, Step};
 use device_core::{Instant, Priority};
 use libfuzzer_sys::fuzz_target;
@@ -55,6 +56,7 @@ enum Op {
         lock: Option<u8>,
     },
     Cancel(u8),
+    Preempt(u8),
     Steps(u8),
     Reboot,
 }
@@ -203,6 +205,12 @@ fuzz_target!(|ops: Vec<Op>| {
                 let _ = w.br.send(Message::Cancel(Cancel {
                     handle: u32::from(h),
                 }));
+            }
+            Op::Preempt(h) => {
+                let handle = u32::from(h);
+                if let Err(e) = w.br.send(Message::Preempt(Preempt { handle })) {
+                    assert_ne!(e.reason, Refusal::Unsupported, "the device speaks version 2");
+                }
             }
             Op::Steps(n) => {
                 for _ in 0..n % 16 {

@@ -9,10 +9,15 @@
 //! - **Handshake**: the device repeats `Hello` (with backoff) until a `Welcome` for that
 //!   handshake arrives. A `Hello` with a new boot id or a new session id starts a fresh
 //!   session on the bridge; a repeated `Hello` (its `Welcome` was lost) is answered again.
-//! - **Reliable, in-order, exactly-once delivery** of `Assign`, `Cancel`, `Report` and
-//!   `Reject`: sequence numbers, cumulative acks piggybacked on every frame, a send window of
-//!   `W` messages, go-back-N retransmission on timeout with exponential backoff, and duplicate
-//!   and out-of-order frames dropped (and re-acked) by the receiver.
+//! - **Versions**: a bridge serves devices of every version from
+//!   [`MIN_PROTOCOL_VERSION`](crate::proto::MIN_PROTOCOL_VERSION) up, answers each in its own
+//!   version ([`Session::peer_version`]) and refuses to send it a kind it does not know
+//!   ([`Refusal::Unsupported`]).
+//! - **Reliable, in-order, exactly-once delivery** of `Assign`, `Cancel`, `Report`,
+//!   `Reject`, `Preempt` and `Suspended`: sequence numbers, cumulative acks piggybacked on
+//!   every frame, a send window of `W` messages, go-back-N retransmission on timeout with
+//!   exponential backoff, and duplicate and out-of-order frames dropped (and re-acked) by the
+//!   receiver.
 //! - **Liveness**: a `Heartbeat` after each idle heartbeat interval; silence for the liveness
 //!   timeout ends the session ([`Event::PeerLost`]). A device then starts a new handshake and
 //!   re-sends what was still unacknowledged; a bridge drops the session.

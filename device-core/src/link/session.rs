@@ -2,7 +2,8 @@ use heapless::Deque;
 
 use crate::Instant;
 use crate::proto::{
-    DecodeError, Frame, Hello, Message, PROTOCOL_VERSION, Reject, RejectReason, Welcome,
+    DecodeError, Frame, Hello, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Reject,
+    RejectReason, Welcome,
 };
 
 use super::side::{BridgeSide, DeviceSide, Role, Side};
@@ -71,10 +72,13 @@ pub enum Refusal {
     WindowFull,
     /// An `Assign` beyond the device's advertised free slots.
     NoCredit,
-    /// Only reliable messages (`Assign`, `Cancel`, `Report`, `Reject`) are sent this way.
+    /// Only reliable messages (see [`Message::is_reliable`]) are sent this way.
     NotReliable,
     /// This side never sends this kind (a bridge sending `Report`, a device `Assign`).
     WrongSide,
+    /// The peer's protocol version predates this kind ([`Message::since`]): a `Preempt` to a
+    /// device that said version 1 in its `Hello`.
+    Unsupported,
 }
 
 /// A refused message, handed back with the reason.
@@ -299,6 +303,14 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
         self.hello.as_ref().filter(|_| S::ROLE == Role::Bridge)
     }
 
+    /// The protocol version the peer speaks, once it has said: on a bridge the version of
+    /// the connected device's `Hello` (the one its `Welcome` answered in); on a device, while
+    /// established, its own version (it accepts a `Welcome` of no other).
+    pub fn peer_version(&self) -> Option<u16> {
+        let known = S::ROLE == Role::Bridge || self.state == State::Established;
+        self.hello.as_ref().filter(|_| known).map(|h| h.version)
+    }
+
     /// Sets the credit this side advertises (a device: its free task slots). It travels in the
     /// header of every frame from now on.
     pub fn set_credit(&mut self, credit: u8) {
@@ -351,17 +363,24 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
     }
 
     /// Queues a reliable message. Refused, and handed back, when no session is established,
-    /// when the window is full, or for an `Assign` beyond the peer's credit.
+    /// when the peer's version predates the kind, when the window is full, or for an
+    /// `Assign` beyond the peer's credit.
     // The refused message is handed back by value (there is no heap to box it in), as
     // `heapless::Vec::push` does.
     #[allow(clippy::result_large_err)]
     pub fn send(&mut self, message: Message) -> Result<(), SendError> {
+        // A kind the peer's version predates. A device is welcomed only in its own version,
+        // so only a bridge checks (and the device's firmware leaves the check out).
+        let too_new =
+            S::ROLE == Role::Bridge && self.peer_version().is_none_or(|v| v < message.since());
         let reason = if !message.is_reliable() {
             Some(Refusal::NotReliable)
         } else if S::SENDS & (1 << crate::proto::wire::tag_of(&message)) == 0 {
             Some(Refusal::WrongSide)
         } else if self.state != State::Established {
             Some(Refusal::NotEstablished)
+        } else if too_new {
+            Some(Refusal::Unsupported)
         } else if matches!(message, Message::Assign(_)) && self.credit() == 0 {
             Some(Refusal::NoCredit)
         } else if self.window.is_full() {
@@ -398,25 +417,46 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
             Ok(frame) => Ok(self.handle_frame(frame, now)),
             Err(e) => {
                 self.stats.bad_frames = self.stats.bad_frames.saturating_add(1);
-                if matches!(e, DecodeError::UnsupportedVersion(_))
-                    && S::ROLE == Role::Bridge
-                    && self.state == State::Connecting
-                {
-                    let reason = RejectReason::UnsupportedVersion;
-                    self.control = Some(Control::Reject(Reject {
-                        handle: None,
-                        reason,
-                    }));
-                    self.state = State::Closed;
+                if matches!(e, DecodeError::UnsupportedVersion(_)) {
+                    self.refuse_version();
                 }
                 Err(e)
             }
         }
     }
 
-    /// Handles one decoded frame.
+    /// A bridge waiting for a `Hello` got one of a version it does not serve: it answers
+    /// `Reject(UnsupportedVersion)` and closes.
+    fn refuse_version(&mut self) {
+        if S::ROLE == Role::Bridge && self.state == State::Connecting {
+            let reason = RejectReason::UnsupportedVersion;
+            self.control = Some(Control::Reject(Reject {
+                handle: None,
+                reason,
+            }));
+            self.state = State::Closed;
+        }
+    }
+
+    /// Handles one decoded frame. A `Hello` or `Welcome` of a version this side does not
+    /// accept is dropped as [`handle_bytes`](Self::handle_bytes) drops it (counted, and a
+    /// connecting bridge rejects it and closes).
     pub fn handle_frame(&mut self, frame: Frame, now: Instant) -> Option<Event> {
         if self.state == State::Closed {
+            return None;
+        }
+        // As `S::decode` does for bytes (a device: only its own version; a bridge: every
+        // version it serves). Only the kind this side receives is looked at.
+        let unserved = match (S::ROLE, &frame.message) {
+            (Role::Bridge, Message::Hello(h)) => {
+                !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.version)
+            }
+            (Role::Device, Message::Welcome(w)) => w.version != PROTOCOL_VERSION,
+            _ => false,
+        };
+        if unserved {
+            self.stats.bad_frames = self.stats.bad_frames.saturating_add(1);
+            self.refuse_version();
             return None;
         }
         self.last_rx = now.as_millis();
@@ -458,8 +498,10 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
 
     fn on_hello(&mut self, hello: Hello, credit: u8, now: Instant) -> Option<Event> {
         let known = self.hello.as_ref().map(|h| (h.boot_id, h.session_id));
+        // Answered in the device's own version (checked in range already), so that a device
+        // of an older version keeps working.
         let welcome = Welcome {
-            version: PROTOCOL_VERSION,
+            version: hello.version,
             session_id: hello.session_id,
             heartbeat_ms: self.config.heartbeat_ms,
             liveness_ms: self.config.liveness_ms,

@@ -15,18 +15,20 @@ pub enum Role {
 }
 
 /// Message kinds as `1 << tag` bits (tags in `Message` order).
-const HELLO: u8 = 1 << 0;
-const WELCOME: u8 = 1 << 1;
-const ASSIGN: u8 = 1 << 2;
-const CANCEL: u8 = 1 << 3;
-const REPORT: u8 = 1 << 4;
-const HEARTBEAT: u8 = 1 << 5;
-const ACK: u8 = 1 << 6;
-const REJECT: u8 = 1 << 7;
+const HELLO: u16 = 1 << 0;
+const WELCOME: u16 = 1 << 1;
+const ASSIGN: u16 = 1 << 2;
+const CANCEL: u16 = 1 << 3;
+const REPORT: u16 = 1 << 4;
+const HEARTBEAT: u16 = 1 << 5;
+const ACK: u16 = 1 << 6;
+const REJECT: u16 = 1 << 7;
+const PREEMPT: u16 = 1 << 8;
+const SUSPENDED: u16 = 1 << 9;
 /// What a device sends and a bridge receives.
-const DEVICE_TO_BRIDGE: u8 = HELLO | REPORT | HEARTBEAT | ACK | REJECT;
+const DEVICE_TO_BRIDGE: u16 = HELLO | REPORT | HEARTBEAT | ACK | REJECT | SUSPENDED;
 /// What a bridge sends and a device receives.
-const BRIDGE_TO_DEVICE: u8 = WELCOME | ASSIGN | CANCEL | HEARTBEAT | ACK | REJECT;
+const BRIDGE_TO_DEVICE: u16 = WELCOME | ASSIGN | CANCEL | HEARTBEAT | ACK | REJECT | PREEMPT;
 
 /// One end of the link: [`DeviceSide`] or [`BridgeSide`].
 pub trait Side: sealed::Codec + Copy + core::fmt::Debug {
@@ -58,7 +60,7 @@ pub(crate) mod sealed {
     #[allow(unreachable_pub)] // the sealed-trait pattern: public in a private module
     pub trait Codec {
         /// The message kinds this side sends (`1 << tag` each).
-        const SENDS: u8;
+        const SENDS: u16;
         fn decode(bytes: &[u8]) -> Result<Frame, DecodeError>;
         fn encode(
             seq: u32,
@@ -75,14 +77,15 @@ pub(crate) mod sealed {
         ) -> Result<usize, EncodeError>;
     }
 
-    /// A side's codec: it decodes the kinds in `$receives` and encodes those in `$sends`
-    /// (a bridge's `encode_hello` is refused by its mask like any kind it never sends).
+    /// A side's codec: it decodes the kinds in `$receives`, with a `Hello` or `Welcome` of
+    /// a version from `$oldest` up, and encodes those in `$sends` (a bridge's `encode_hello`
+    /// is refused by its mask like any kind it never sends).
     macro_rules! codec {
-        ($side:ty, receives: $receives:expr, sends: $sends:expr) => {
+        ($side:ty, receives: $receives:expr, oldest: $oldest:expr, sends: $sends:expr) => {
             impl Codec for $side {
-                const SENDS: u8 = $sends;
+                const SENDS: u16 = $sends;
                 fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
-                    proto::decode_of::<{ $receives }>(bytes)
+                    proto::decode_of::<{ $receives }, { $oldest }>(bytes)
                 }
                 fn encode(
                     seq: u32,
@@ -105,6 +108,18 @@ pub(crate) mod sealed {
         };
     }
 
-    codec!(DeviceSide, receives: BRIDGE_TO_DEVICE, sends: DEVICE_TO_BRIDGE);
-    codec!(BridgeSide, receives: DEVICE_TO_BRIDGE, sends: BRIDGE_TO_DEVICE);
+    // A device accepts only a `Welcome` of the version it sent (always `PROTOCOL_VERSION`);
+    // a bridge serves every version from `MIN_PROTOCOL_VERSION` up.
+    codec!(
+        DeviceSide,
+        receives: BRIDGE_TO_DEVICE,
+        oldest: proto::PROTOCOL_VERSION,
+        sends: DEVICE_TO_BRIDGE
+    );
+    codec!(
+        BridgeSide,
+        receives: DEVICE_TO_BRIDGE,
+        oldest: proto::MIN_PROTOCOL_VERSION,
+        sends: BRIDGE_TO_DEVICE
+    );
 }

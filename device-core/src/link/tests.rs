@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::Instant;
-use crate::proto::{self, Assign, Cancel, Frame, Hello, MAX_FRAME, Message, Reject, RejectReason};
+use crate::proto::{
+    self, Assign, Cancel, Frame, Hello, MAX_FRAME, Message, Preempt, Reject, RejectReason, Welcome,
+};
 
 type Dev = Session<DeviceSide, 4>;
 type Br = Session<BridgeSide, 4>;
@@ -488,4 +490,149 @@ fn a_side_refuses_messages_only_the_other_side_receives() {
         Err(Refusal::WrongSide)
     );
     assert_eq!((br.unacknowledged(), dev.unacknowledged()), (0, 0));
+}
+
+#[test]
+fn both_ends_know_the_version_and_a_v2_device_can_be_preempted() {
+    let (dev, mut br) = connected(1);
+    assert_eq!(br.peer_version(), Some(proto::PROTOCOL_VERSION));
+    assert_eq!(dev.peer_version(), Some(proto::PROTOCOL_VERSION));
+    assert_eq!(
+        Dev::device(hello(7), Config::default(), at(0)).peer_version(),
+        None
+    );
+    br.send(Message::Preempt(Preempt { handle: 1 })).unwrap();
+    assert_eq!(br.unacknowledged(), 1);
+}
+
+/// The frame a version 1 device (one that predates this crate's version 2) would send:
+/// built by hand, since a device session always speaks the current version.
+fn v1_frame(seq: u32, ack: u32, credit: u8, message: Message) -> Vec<u8> {
+    let mut buf = [0u8; MAX_FRAME];
+    let frame = Frame {
+        seq,
+        ack,
+        credit,
+        message,
+    };
+    let n = proto::encode(&frame, &mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+#[test]
+fn a_version_1_device_keeps_working_with_a_version_2_bridge() {
+    use super::session::{initial_seq, prev_seq};
+    let mut br = Br::bridge(Config::default(), at(0));
+    let mut h = hello(7);
+    h.version = 1;
+    let ev = br.handle_bytes(&v1_frame(0, 0, 2, Message::Hello(h.clone())), at(0));
+    assert!(matches!(ev, Ok(Some(Event::Connected { hello, .. })) if hello == h));
+    assert_eq!(br.peer_version(), Some(1));
+    // Answered in version 1, whose layout is unchanged (golden `welcome_v1` in proto).
+    let welcome = drain(&mut br, at(0));
+    assert!(
+        matches!(&welcome[..], [Frame { message: Message::Welcome(w), .. }] if w.version == 1),
+        "{welcome:?}"
+    );
+    // Its Report arrives (sequenced as a version 1 device numbers it)...
+    let device_seq = initial_seq(7, 0, Role::Device);
+    let bridge_before = prev_seq(initial_seq(7, 0, Role::Bridge));
+    let report = Message::Report(proto::Report {
+        handle: 3,
+        state: proto::TaskReport::Completed,
+        result: heapless::Vec::from_slice(b"ok").unwrap(),
+        error: None,
+    });
+    let ev = br.handle_bytes(
+        &v1_frame(device_seq, bridge_before, 2, report.clone()),
+        at(1),
+    );
+    assert_eq!(ev, Ok(Some(Event::Received(report))));
+    // ...an Assign goes out to it...
+    br.send(assign(4)).unwrap();
+    let sent = drain(&mut br, at(1));
+    assert!(matches!(&sent[..], [f] if f.message == assign(4) && f.ack == device_seq));
+    // ...and a Preempt, which it would not understand, is refused and handed back.
+    let preempt = Message::Preempt(Preempt { handle: 4 });
+    let refused = br.send(preempt.clone()).unwrap_err();
+    assert_eq!(
+        (refused.reason, refused.message),
+        (Refusal::Unsupported, preempt)
+    );
+    assert_eq!(br.unacknowledged(), 1, "only the Assign is pending");
+}
+
+#[test]
+fn a_device_accepts_only_a_welcome_of_its_own_version() {
+    let mut dev = Dev::device(hello(7), Config::default(), at(0));
+    let sent = drain(&mut dev, at(0));
+    assert!(matches!(&sent[..], [Frame { message: Message::Hello(h), .. }] if h.version == 2));
+    let old = Welcome {
+        version: 1,
+        session_id: 0,
+        heartbeat_ms: 2000,
+        liveness_ms: 7000,
+    };
+    let mut buf = [0u8; MAX_FRAME];
+    let n = unsequenced(Message::Welcome(old), &mut buf);
+    assert_eq!(
+        dev.handle_bytes(&buf[..n], at(1)),
+        Err(proto::DecodeError::UnsupportedVersion(1))
+    );
+    let frame = |version| Frame {
+        seq: 0,
+        ack: 0,
+        credit: 0,
+        message: Message::Welcome(Welcome { version, ..old }),
+    };
+    assert_eq!(dev.handle_frame(frame(1), at(1)), None);
+    assert_eq!(dev.state(), State::Connecting);
+    assert_eq!(dev.stats().bad_frames, 2);
+    assert_eq!(dev.handle_frame(frame(2), at(1)), Some(Event::Welcomed));
+}
+
+#[test]
+fn a_bridge_serves_versions_1_and_2_only() {
+    for (version, served) in [(0, false), (1, true), (2, true), (3, false)] {
+        let mut h = hello(7);
+        h.version = version;
+        let mut br = Br::bridge(Config::default(), at(0));
+        let by_bytes = br.handle_bytes(&v1_frame(0, 0, 1, Message::Hello(h.clone())), at(0));
+        assert_eq!(by_bytes.is_ok(), served, "version {version}");
+        // A frame handed over decoded gets the same verdict.
+        let mut br2 = Br::bridge(Config::default(), at(0));
+        let frame = Frame {
+            seq: 0,
+            ack: 0,
+            credit: 1,
+            message: Message::Hello(h),
+        };
+        assert_eq!(br2.handle_frame(frame, at(0)).is_some(), served);
+        for b in [&mut br, &mut br2] {
+            let state = if served {
+                State::Established
+            } else {
+                State::Closed
+            };
+            assert_eq!(b.state(), state, "version {version}");
+            let reply = drain(b, at(0));
+            match &reply[..] {
+                [
+                    Frame {
+                        message: Message::Welcome(w),
+                        ..
+                    },
+                ] if served => {
+                    assert_eq!(w.version, version);
+                }
+                [
+                    Frame {
+                        message: Message::Reject(r),
+                        ..
+                    },
+                ] if !served => assert_eq!(r.reason, RejectReason::UnsupportedVersion),
+                other => panic!("version {version}: {other:?}"),
+            }
+        }
+    }
 }

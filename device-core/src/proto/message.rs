@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     MAX_CAPABILITIES, MAX_CAPABILITY_NAME, MAX_DEVICE_ID, MAX_LOCK_NAME, MAX_LOCKS, MAX_PAYLOAD,
-    MAX_TASK_LOCKS, MAX_TRACE_ID,
+    MAX_SCRATCH, MAX_TASK_LOCKS, MAX_TRACE_ID,
 };
 use crate::Priority;
 
@@ -49,7 +49,7 @@ pub type Handle = u32;
 /// One frame: reliability header plus a message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frame {
-    /// Sequence number of a reliable message (`Assign`, `Cancel`, `Report`, `Reject`); each
+    /// Sequence number of a reliable message (see [`Message::is_reliable`]); each
     /// side starts a session at a number derived from (boot id, session id, role) and wraps
     /// from `u32::MAX` to 1. 0 for messages that are not acknowledged (`Hello`, `Welcome`,
     /// `Heartbeat`, `Ack`).
@@ -68,7 +68,8 @@ pub struct Frame {
     pub message: Message,
 }
 
-/// Everything either side can say.
+/// Everything either side can say. New kinds are appended (the variant index is the wire
+/// tag); each says in [`since`](Self::since) which protocol version introduced it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// Device → bridge, first message of every session.
@@ -88,6 +89,10 @@ pub enum Message {
     Ack,
     /// Either way: a message was refused, with the reason.
     Reject(Reject),
+    /// Bridge → device (version 2): give this task back.
+    Preempt(Preempt),
+    /// Device → bridge (version 2): a task stopped at a step boundary and its slot is free.
+    Suspended(Suspended),
 }
 
 impl Message {
@@ -95,8 +100,22 @@ impl Message {
     pub const fn is_reliable(&self) -> bool {
         matches!(
             self,
-            Self::Assign(_) | Self::Cancel(_) | Self::Report(_) | Self::Reject(_)
+            Self::Assign(_)
+                | Self::Cancel(_)
+                | Self::Report(_)
+                | Self::Reject(_)
+                | Self::Preempt(_)
+                | Self::Suspended(_)
         )
+    }
+
+    /// The protocol version that introduced this kind of message: a session never sends it
+    /// to a peer of an older version.
+    pub const fn since(&self) -> u16 {
+        match self {
+            Self::Preempt(_) | Self::Suspended(_) => 2,
+            _ => 1,
+        }
     }
 }
 
@@ -160,6 +179,32 @@ pub struct Assign {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cancel {
     pub handle: Handle,
+}
+
+/// Give a task back (version 2). A task the device has not started (no step run, no lock
+/// taken) is returned at once and answered with [`Suspended`]; a started one is refused with
+/// [`RejectReason::Started`] in this version (later versions stop it at its next step
+/// boundary and return it with a checkpoint). A handle that already finished is left alone,
+/// as by `Cancel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preempt {
+    pub handle: Handle,
+}
+
+/// A task stopped at a step boundary and its slot is free (version 2); the fields are its
+/// checkpoint, from which the bridge may resume it elsewhere under a new handle. The handle
+/// counts as finished on this device once this message is acknowledged: an `Assign` of it
+/// again is refused [`RejectReason::Finished`]. In version 2 only tasks that had not started
+/// are suspended: `steps` 0, `scratch` and `result` empty.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspended {
+    pub handle: Handle,
+    /// Steps the task had run (the handler's `Ctx::step` at its next step).
+    pub steps: u32,
+    /// The handler's scratch bytes at that boundary; empty when it had not started.
+    pub scratch: Vec<u8, MAX_SCRATCH>,
+    /// The partial result written so far.
+    pub result: Payload,
 }
 
 /// A task's state on the device.
@@ -243,13 +288,16 @@ pub enum RejectReason {
     /// An `Assign` for a handle that already finished on this device and whose report was
     /// acknowledged: it is not run again.
     Finished,
-    /// A `Cancel` for a handle the device does not have.
+    /// A `Cancel` or `Preempt` for a handle the device does not have.
     UnknownTask,
+    /// A `Preempt` for a task that has started (run a step or taken a lock): this version
+    /// gives back only unstarted tasks.
+    Started,
 }
 
 impl RejectReason {
     /// Number of variants.
-    pub(crate) const COUNT: u32 = 8;
+    pub(crate) const COUNT: u32 = 9;
 
     /// The variant with wire index `i`.
     pub(crate) const fn from_index(i: u32) -> Option<Self> {
@@ -262,6 +310,7 @@ impl RejectReason {
             5 => Self::NoSession,
             6 => Self::Finished,
             7 => Self::UnknownTask,
+            8 => Self::Started,
             _ => return None,
         })
     }
@@ -278,6 +327,7 @@ impl core::fmt::Display for RejectReason {
             Self::NoSession => "no session established",
             Self::Finished => "task already finished and reported",
             Self::UnknownTask => "no such task on the device",
+            Self::Started => "task already started",
         })
     }
 }

@@ -4,9 +4,19 @@
 //! one frame travels per datagram; on byte streams (TCP, TLS, UART) [`Deframer`] splits on
 //! `0x00`. Decoding never panics: every rejection is a [`DecodeError`].
 //!
-//! Versioning: `Hello` and `Welcome` carry [`PROTOCOL_VERSION`] as their first field, and the
+//! Versioning: `Hello` and `Welcome` carry the protocol version as their first field, and the
 //! decoder reads it *before* the rest of the message, so a peer of another version gets
-//! [`DecodeError::UnsupportedVersion`] even when the remaining layout differs.
+//! [`DecodeError::UnsupportedVersion`] even when the remaining layout differs. A device speaks
+//! [`PROTOCOL_VERSION`] and accepts only a `Welcome` of that version; a bridge accepts a
+//! `Hello` of any version from [`MIN_PROTOCOL_VERSION`] up and answers in the device's
+//! version. A new version only appends message kinds and reasons, so every older message
+//! keeps its bytes; a session never sends a kind newer than its peer's version
+//! ([`Message::since`]).
+//!
+//! | version | adds |
+//! |---|---|
+//! | 1 | `Hello`, `Welcome`, `Assign`, `Cancel`, `Report`, `Heartbeat`, `Ack`, `Reject` (tags 0–7) |
+//! | 2 | `Preempt` (tag 8), `Suspended` (tag 9), `RejectReason::Started` (index 8) |
 
 mod cobs;
 mod crc;
@@ -20,11 +30,15 @@ use core::fmt;
 pub use crc::{Crc32, crc32};
 pub use message::{
     Assign, Cancel, CapabilityName, DeviceId, Frame, Handle, Hello, LockName, Message, Payload,
-    Reject, RejectReason, Report, TRANSIENT_ERROR, TaskReport, Welcome, valid_lock_name,
+    Preempt, Reject, RejectReason, Report, Suspended, TRANSIENT_ERROR, TaskReport, Welcome,
+    valid_lock_name,
 };
 
-/// The protocol spoken by this crate.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol spoken by this crate: what a device sends in `Hello`.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest protocol a bridge still serves: it accepts a `Hello` of any version in
+/// `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION` and answers in that version.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// Largest task payload or result, in bytes.
 pub const MAX_PAYLOAD: usize = 256;
@@ -44,11 +58,15 @@ pub const MAX_LOCK_NAME: usize = 16;
 pub const MAX_LOCKS: usize = 4;
 /// Longest trace id, in bytes.
 pub const MAX_TRACE_ID: usize = 32;
+/// Per-task bytes a handler keeps across its steps, and so the largest checkpoint scratch a
+/// `Suspended` carries (the runtime's `SCRATCH_BYTES` is this number).
+pub const MAX_SCRATCH: usize = 16;
 
 /// Largest postcard encoding of any [`Frame`], in bytes. Varints take at most 5 bytes for a
 /// `u32` and 3 for a `u16`; a length prefix takes 1 byte up to 127 and 2 up to 16383. The
 /// largest message is `Hello` with every capability and lock name at full length, ahead of
-/// `Assign` (a test encodes the largest value of every message and checks this is tight).
+/// `Assign` and `Suspended` (a test encodes the largest value of every message and checks
+/// this is tight).
 pub const MAX_MESSAGE: usize = {
     let header = 5 + 5 + 1 + 1; // seq, ack, credit, message tag
     let hello = 3 // version
@@ -66,13 +84,25 @@ pub const MAX_MESSAGE: usize = {
         + 1 + MAX_TASK_LOCKS
         + 2 + MAX_PAYLOAD
         + 1 + MAX_TRACE_ID;
+    let suspended = 5 // handle
+        + 5 // steps
+        + 1 + MAX_SCRATCH
+        + 2 + MAX_PAYLOAD;
     // The one-byte length prefixes above hold for these limits.
     assert!(MAX_DEVICE_ID < 128 && MAX_CAPABILITY_NAME < 128 && MAX_LOCK_NAME < 128);
     assert!(MAX_CAPABILITIES < 128 && MAX_LOCKS < 128 && MAX_TASK_LOCKS < 128);
     assert!(MAX_TRACE_ID < 128 && MAX_PAYLOAD >= 128 && MAX_PAYLOAD < 16384);
+    assert!(MAX_SCRATCH < 128);
     // Lock ids travel as `u8`.
     assert!(MAX_LOCKS <= 256);
-    header + if hello > assign { hello } else { assign }
+    let mut largest = hello;
+    if assign > largest {
+        largest = assign;
+    }
+    if suspended > largest {
+        largest = suspended;
+    }
+    header + largest
 };
 
 /// Length of the CRC trailer.
@@ -115,7 +145,7 @@ pub enum DecodeError {
     Truncated,
     /// The CRC does not match: corrupted on the way.
     BadCrc,
-    /// A `Hello` or `Welcome` of another protocol version.
+    /// A `Hello` or `Welcome` of a protocol version this side does not speak.
     UnsupportedVersion(u16),
     /// A message tag this version does not know.
     UnknownMessage(u32),
@@ -133,12 +163,11 @@ impl fmt::Display for DecodeError {
             Self::BadCobs => f.write_str("invalid COBS framing"),
             Self::Truncated => f.write_str("frame shorter than its CRC"),
             Self::BadCrc => f.write_str("CRC mismatch"),
-            Self::UnsupportedVersion(v) => {
-                write!(
-                    f,
-                    "protocol version {v} (this side speaks {PROTOCOL_VERSION})"
-                )
-            }
+            Self::UnsupportedVersion(v) => write!(
+                f,
+                "protocol version {v} (devices speak {PROTOCOL_VERSION}, \
+                 bridges {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})"
+            ),
             Self::UnknownMessage(t) => write!(f, "unknown message tag {t}"),
             Self::Unexpected(t) => write!(f, "message tag {t} is never sent to this side"),
             Self::Malformed => f.write_str("malformed message"),
@@ -168,7 +197,7 @@ pub fn encode_message(
 /// As [`encode_message`], for a body borrowed in any form, of a kind in the mask `KINDS`
 /// (`1 << tag` per kind): a side instantiates it with the kinds it sends, and the encoders
 /// of the others are left out of its firmware.
-pub(crate) fn encode_body<const KINDS: u8>(
+pub(crate) fn encode_body<const KINDS: u16>(
     seq: u32,
     ack: u32,
     credit: u8,
@@ -199,15 +228,20 @@ pub fn seal(body: &[u8], out: &mut [u8]) -> Result<usize, EncodeError> {
 }
 
 /// Decodes one frame: `bytes` is everything between two delimiters (a trailing `0x00`, if
-/// present, is ignored).
+/// present, is ignored). Any kind, and a `Hello` or `Welcome` of any version a bridge serves
+/// (`MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION`).
 pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
-    decode_of::<{ wire::ALL }>(bytes)
+    decode_of::<{ wire::ALL }, MIN_PROTOCOL_VERSION>(bytes)
 }
 
 /// As [`decode`], accepting only the message kinds in the mask `KINDS` (`1 << tag` per
-/// kind); others are [`DecodeError::Unexpected`]. A side instantiates it with the kinds it
-/// receives, and the parsers of the others are left out of its firmware.
-pub(crate) fn decode_of<const KINDS: u8>(bytes: &[u8]) -> Result<Frame, DecodeError> {
+/// kind), others being [`DecodeError::Unexpected`], and only a `Hello` or `Welcome` of a
+/// version in `OLDEST..=PROTOCOL_VERSION`. A side instantiates it with the kinds it
+/// receives, and the parsers of the others are left out of its firmware; a device with
+/// `OLDEST = PROTOCOL_VERSION` (the version it sends), a bridge with `MIN_PROTOCOL_VERSION`.
+pub(crate) fn decode_of<const KINDS: u16, const OLDEST: u16>(
+    bytes: &[u8],
+) -> Result<Frame, DecodeError> {
     let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
     if bytes.len() >= MAX_FRAME {
         return Err(DecodeError::Oversize);
@@ -226,16 +260,16 @@ pub(crate) fn decode_of<const KINDS: u8>(bytes: &[u8]) -> Result<Frame, DecodeEr
     if crc32(body) != u32::from_le_bytes(sent) {
         return Err(DecodeError::BadCrc);
     }
-    let tag = check_header(body)?;
+    let tag = check_header(body, OLDEST)?;
     if KINDS & (1 << tag) == 0 {
         return Err(DecodeError::Unexpected(tag));
     }
     wire::read_frame_of::<KINDS>(&mut wire::Reader::new(body)).map_err(|_| DecodeError::Malformed)
 }
 
-/// Reads the header and, for `Hello`/`Welcome`, the version, before the full decode; returns
-/// the message tag.
-fn check_header(body: &[u8]) -> Result<u32, DecodeError> {
+/// Reads the header and, for `Hello`/`Welcome`, the version (refused outside
+/// `oldest..=PROTOCOL_VERSION`), before the full decode; returns the message tag.
+fn check_header(body: &[u8], oldest: u16) -> Result<u32, DecodeError> {
     const HELLO: u32 = 0;
     const WELCOME: u32 = 1;
     let mut r = wire::Reader::new(body);
@@ -249,7 +283,7 @@ fn check_header(body: &[u8]) -> Result<u32, DecodeError> {
     }
     if tag == HELLO || tag == WELCOME {
         let version = r.u16().map_err(malformed)?;
-        if version != PROTOCOL_VERSION {
+        if !(oldest..=PROTOCOL_VERSION).contains(&version) {
             return Err(DecodeError::UnsupportedVersion(version));
         }
     }

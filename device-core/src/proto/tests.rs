@@ -29,9 +29,9 @@ fn golden(frame: Frame, expected: &str) {
     assert_eq!(decode(&out[..n]), Ok(frame));
 }
 
-fn hello() -> Hello {
+fn hello(version: u16) -> Hello {
     Hello {
-        version: PROTOCOL_VERSION,
+        version,
         device_id: s("dev-1"),
         boot_id: 0xDEAD_BEEF,
         session_id: 2,
@@ -42,17 +42,25 @@ fn hello() -> Hello {
     }
 }
 
+/// Version 1's bytes, unchanged by version 2 (a version 1 device keeps working with a
+/// version 2 bridge), and version 2's, which differ in the version byte only.
 #[test]
-fn golden_hello() {
+fn golden_hello_of_each_version() {
+    let frame = |version| Frame {
+        seq: 0,
+        ack: 0,
+        credit: 7,
+        message: Message::Hello(hello(version)),
+    };
     golden(
-        Frame {
-            seq: 0,
-            ack: 0,
-            credit: 7,
-            message: Message::Hello(hello()),
-        },
+        frame(1),
         "010102072b01056465762d31effdb6f50d0202046563686f05736c65657002046932633003627573088002b637792900",
     );
+    golden(
+        frame(2),
+        "010102072b02056465762d31effdb6f50d0202046563686f05736c65657002046932633003627573088002d137916400",
+    );
+    assert_eq!(PROTOCOL_VERSION, 2);
 }
 
 fn assign() -> Assign {
@@ -76,8 +84,9 @@ fn report() -> Report {
     }
 }
 
-const FRAMES: [(&str, &str); 9] = [
-    ("welcome", "0101010c010102d00fd8362dc7325f00"),
+const FRAMES: [(&str, &str); 15] = [
+    ("welcome_v1", "0101010c010102d00fd8362dc7325f00"),
+    ("welcome", "0101010c010202d00fd83683b5a6d900"),
     (
         "assign",
         "0201011502ac02010188270b73656e736f722e72656164021302087b226368223a337d03742d391df3813f00",
@@ -89,19 +98,29 @@ const FRAMES: [(&str, &str); 9] = [
     ("ack", "01038101060641e9667b00"),
     ("reject", "0303020a0701ad0201f1ee3fe200"),
     ("reject_hello", "0101010207010526b78db400"),
+    ("reject_started", "0d0403010701ac02086aedcffd00"),
+    ("preempt", "0203010808ac027c10f9d500"),
+    ("suspended", "0705030209ac02010105ffac5f8d00"),
+    (
+        "suspended_checkpoint",
+        "0b06030209ac028201050101010b2a045b312c329e843e9800",
+    ),
+    (
+        "suspended_max_handle",
+        "2007030209ffffffff0fffffffff0f10ffffffffffffffffffffffffffffffff05e362e49d00",
+    ),
 ];
 
 fn frame(name: &str) -> Frame {
+    let welcome = |version| Welcome {
+        version,
+        session_id: 2,
+        heartbeat_ms: 2000,
+        liveness_ms: 7000,
+    };
     let (seq, ack, credit, message) = match name {
-        "welcome" => {
-            let w = Welcome {
-                version: PROTOCOL_VERSION,
-                session_id: 2,
-                heartbeat_ms: 2000,
-                liveness_ms: 7000,
-            };
-            (0, 0, 0, Message::Welcome(w))
-        }
+        "welcome_v1" => (0, 0, 0, Message::Welcome(welcome(1))),
+        "welcome" => (0, 0, 0, Message::Welcome(welcome(2))),
         "assign" => (1, 0, 0, Message::Assign(assign())),
         "cancel" => (2, 0, 0, Message::Cancel(Cancel { handle: 300 })),
         "report" => (1, 2, 3, Message::Report(report())),
@@ -130,6 +149,43 @@ fn frame(name: &str) -> Frame {
             };
             (0, 0, 0, Message::Reject(r))
         }
+        "reject_started" => {
+            let r = Reject {
+                handle: Some(300),
+                reason: RejectReason::Started,
+            };
+            (4, 3, 1, Message::Reject(r))
+        }
+        "preempt" => (3, 0, 0, Message::Preempt(Preempt { handle: 300 })),
+        // What version 2 sends: a task given back unstarted.
+        "suspended" => {
+            let s = Suspended {
+                handle: 300,
+                steps: 0,
+                scratch: v(b""),
+                result: v(b""),
+            };
+            (5, 3, 2, Message::Suspended(s))
+        }
+        // What later versions will send for a started task.
+        "suspended_checkpoint" => {
+            let s = Suspended {
+                handle: 300,
+                steps: 130,
+                scratch: v(&[1, 0, 0, 0, 0x2A]),
+                result: v(b"[1,2"),
+            };
+            (6, 3, 2, Message::Suspended(s))
+        }
+        "suspended_max_handle" => {
+            let s = Suspended {
+                handle: u32::MAX,
+                steps: u32::MAX,
+                scratch: v(&[0xFF; MAX_SCRATCH]),
+                result: v(b""),
+            };
+            (7, 3, 2, Message::Suspended(s))
+        }
         _ => unreachable!(),
     };
     Frame {
@@ -145,6 +201,33 @@ fn golden_every_message() {
     for (name, expected) in FRAMES {
         golden(frame(name), expected);
     }
+}
+
+#[test]
+fn version_2_kinds_are_reliable_and_never_sent_to_a_version_1_peer() {
+    let preempt = Message::Preempt(Preempt { handle: 1 });
+    let suspended = Message::Suspended(Suspended {
+        handle: 1,
+        steps: 0,
+        scratch: v(b""),
+        result: v(b""),
+    });
+    for m in [&preempt, &suspended] {
+        assert!(m.is_reliable());
+        assert_eq!(m.since(), 2);
+    }
+    for name in [
+        "welcome",
+        "assign",
+        "cancel",
+        "report",
+        "heartbeat",
+        "ack",
+        "reject",
+    ] {
+        assert_eq!(frame(name).message.since(), 1, "{name}");
+    }
+    assert_eq!(RejectReason::Started.to_string(), "task already started");
 }
 
 /// Encodes `frame` and returns its bytes without the delimiter, for corruption tests.
@@ -176,14 +259,14 @@ fn every_corruption_is_a_typed_error() {
     assert_eq!(decode(&good[..good.len() - 3]), Err(DecodeError::BadCobs));
     assert_eq!(decode(&[0x02, 0x05]), Err(DecodeError::Truncated));
     assert_eq!(decode(&[0x11; MAX_FRAME]), Err(DecodeError::Oversize));
-    // Tag 8 does not exist; a Hello of version 2; a Welcome of version 0.
+    // Tag 10 does not exist; a Hello of version 3; a Welcome of version 0.
     assert_eq!(
-        decode(&forge(&[0, 0, 0, 8])),
-        Err(DecodeError::UnknownMessage(8))
+        decode(&forge(&[0, 0, 0, 10])),
+        Err(DecodeError::UnknownMessage(10))
     );
     assert_eq!(
-        decode(&forge(&[0, 0, 0, 0, 2, 1, b'x'])),
-        Err(DecodeError::UnsupportedVersion(2))
+        decode(&forge(&[0, 0, 0, 0, 3, 1, b'x'])),
+        Err(DecodeError::UnsupportedVersion(3))
     );
     assert_eq!(
         decode(&forge(&[0, 0, 0, 1, 0])),
@@ -199,6 +282,21 @@ fn every_corruption_is_a_typed_error() {
         Err(DecodeError::Malformed)
     );
     assert_eq!(decode(&forge(&[0, 0, 0, 4])), Err(DecodeError::Malformed));
+    // Reject reason 9 does not exist; a checkpoint's scratch beyond MAX_SCRATCH.
+    assert_eq!(
+        decode(&forge(&[1, 0, 0, 7, 0, 9])),
+        Err(DecodeError::Malformed)
+    );
+    let mut scratch = vec![1, 0, 0, 9, 1, 0, MAX_SCRATCH as u8 + 1];
+    scratch.extend_from_slice(&[0; MAX_SCRATCH + 1]);
+    scratch.push(0);
+    assert_eq!(decode(&forge(&scratch)), Err(DecodeError::Malformed));
+    scratch.remove(7);
+    scratch[6] = MAX_SCRATCH as u8;
+    assert!(matches!(
+        decode(&forge(&scratch)).map(|f| f.message),
+        Ok(Message::Suspended(s)) if s.scratch.len() == MAX_SCRATCH
+    ));
     // Payload length beyond MAX_PAYLOAD.
     let mut big = vec![1, 0, 0, 2, 1, 1, 0, 1, b'e', 0];
     big.extend_from_slice(&[0x81, 0x02]); // 257
@@ -278,7 +376,8 @@ fn the_largest_message_of_every_kind_fits_max_frame() {
         payload: v(&[0xFF; MAX_PAYLOAD]),
         trace_id: full('t', MAX_TRACE_ID),
     };
-    // Any version encodes (only PROTOCOL_VERSION decodes): u16::MAX takes the most bytes.
+    // Any version encodes (only MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION decodes): u16::MAX
+    // takes the most bytes.
     let max_hello = Hello {
         version: u16::MAX,
         device_id: full('d', MAX_DEVICE_ID),
@@ -297,11 +396,19 @@ fn the_largest_message_of_every_kind_fits_max_frame() {
         result: v(&[0xFF; MAX_PAYLOAD]),
         error: Some(u16::MAX),
     };
+    let max_suspended = Suspended {
+        handle: u32::MAX,
+        steps: u32::MAX,
+        scratch: v(&[0xFF; MAX_SCRATCH]),
+        result: v(&[0xFF; MAX_PAYLOAD]),
+    };
     let mut largest = 0;
     for message in [
         Message::Assign(max_assign),
         Message::Hello(max_hello),
         Message::Report(max_report),
+        Message::Suspended(max_suspended),
+        Message::Preempt(Preempt { handle: u32::MAX }),
     ] {
         let frame = Frame {
             seq: u32::MAX,
@@ -499,6 +606,15 @@ mod same_as_postcard {
                     reason: RejectReason::from_index(r).unwrap(),
                 })
             }),
+            num().prop_map(|handle| Message::Preempt(Preempt { handle })),
+            (num(), num(), bytes(), bytes()).prop_map(|(handle, steps, scratch, result)| {
+                Message::Suspended(Suspended {
+                    handle,
+                    steps,
+                    scratch,
+                    result,
+                })
+            }),
         ]
     }
 
@@ -549,11 +665,14 @@ mod same_as_postcard {
     }
 
     /// Varints at the edges of what u16, u32 and usize accept, and one past the last variant
-    /// of each enum (TaskReport 5, Priority 6, Message and RejectReason 8).
-    const EDGE_VARINTS: [&[u8]; 11] = [
+    /// of each enum (TaskReport 5, Priority 6, RejectReason 9, Message 10), and the last of
+    /// version 1 (Message and RejectReason 8).
+    const EDGE_VARINTS: [&[u8]; 13] = [
         &[0x05],
         &[0x06],
         &[0x08],
+        &[0x09],
+        &[0x0A],
         &[0xFF, 0xFF, 0x03],                   // u16::MAX
         &[0xFF, 0xFF, 0x04],                   // u16 overflow
         &[0xFF, 0xFF, 0xFF, 0xFF, 0x0F],       // u32::MAX

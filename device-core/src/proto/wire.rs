@@ -11,7 +11,8 @@
 use heapless::{String, Vec};
 
 use super::message::{
-    Assign, Cancel, Frame, Hello, Message, Reject, RejectReason, Report, TaskReport, Welcome,
+    Assign, Cancel, Frame, Hello, Message, Preempt, Reject, RejectReason, Report, Suspended,
+    TaskReport, Welcome,
 };
 use crate::Priority;
 
@@ -252,7 +253,7 @@ fn write_hello(w: &mut Writer<'_>, h: &Hello) -> Result<()> {
 }
 
 /// Every message kind, as a mask of `1 << tag` bits.
-pub(crate) const ALL: u8 = 0xFF;
+pub(crate) const ALL: u16 = (1 << MESSAGES) - 1;
 
 /// The tag of a message kind.
 pub(crate) const fn tag_of(m: &Message) -> u32 {
@@ -265,12 +266,14 @@ pub(crate) const fn tag_of(m: &Message) -> u32 {
         Message::Heartbeat => 5,
         Message::Ack => 6,
         Message::Reject(_) => 7,
+        Message::Preempt(_) => 8,
+        Message::Suspended(_) => 9,
     }
 }
 
 /// Writes a frame header and a borrowed body whose kind is in the mask `KINDS` (other kinds
 /// are refused; a side that never sends a kind instantiates this without its encoder).
-pub(super) fn write_body<const KINDS: u8>(
+pub(super) fn write_body<const KINDS: u16>(
     w: &mut Writer<'_>,
     seq: u32,
     ack: u32,
@@ -331,13 +334,24 @@ pub(super) fn write_body<const KINDS: u8>(
             w.option(r.handle, |w, h| w.varint(h))?;
             w.varint(r.reason as u32)
         }
+        Message::Preempt(p) if has(8) => {
+            w.varint(8)?;
+            w.varint(p.handle)
+        }
+        Message::Suspended(s) if has(9) => {
+            w.varint(9)?;
+            w.varint(s.handle)?;
+            w.varint(s.steps)?;
+            w.bytes(&s.scratch)?;
+            w.bytes(&s.result)
+        }
         // A kind this side never sends (refused above already).
         _ => Err(Invalid),
     }
 }
 
 /// Number of `Message` variants.
-pub(super) const MESSAGES: u32 = 8;
+pub(super) const MESSAGES: u32 = 10;
 
 /// Reads a whole frame; trailing bytes are invalid.
 #[cfg(test)]
@@ -347,7 +361,7 @@ pub(super) fn read_frame(r: &mut Reader<'_>) -> Result<Frame> {
 
 /// Reads a whole frame whose kind is in the mask `KINDS` (a side that never receives a kind
 /// instantiates this without its parser).
-pub(super) fn read_frame_of<const KINDS: u8>(r: &mut Reader<'_>) -> Result<Frame> {
+pub(super) fn read_frame_of<const KINDS: u16>(r: &mut Reader<'_>) -> Result<Frame> {
     let seq = r.u32()?;
     let ack = r.u32()?;
     let credit = r.byte()?;
@@ -393,6 +407,13 @@ pub(super) fn read_frame_of<const KINDS: u8>(r: &mut Reader<'_>) -> Result<Frame
         7 if has(7) => Message::Reject(Reject {
             handle: if r.option()? { Some(r.u32()?) } else { None },
             reason: RejectReason::from_index(r.tag(RejectReason::COUNT)?).ok_or(Invalid)?,
+        }),
+        8 if has(8) => Message::Preempt(Preempt { handle: r.u32()? }),
+        9 if has(9) => Message::Suspended(Suspended {
+            handle: r.u32()?,
+            steps: r.u32()?,
+            scratch: r.bytes()?,
+            result: r.bytes()?,
         }),
         // A kind this side never receives.
         _ => return Err(Invalid),

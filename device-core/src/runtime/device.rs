@@ -77,8 +77,8 @@ impl<const N: usize, const L: usize, const C: usize, const W: usize, const R: us
         &self.runtime
     }
 
-    /// Handles a received frame: `Assign`s and `Cancel`s go to the runtime; the session event,
-    /// if any, is returned for logging.
+    /// Handles a received frame: `Assign`s, `Cancel`s and `Preempt`s go to the runtime; the
+    /// session event, if any, is returned for logging.
     pub fn handle_bytes(
         &mut self,
         bytes: &[u8],
@@ -101,11 +101,13 @@ impl<const N: usize, const L: usize, const C: usize, const W: usize, const R: us
         Ok(event)
     }
 
-    /// Hands a delivered `Assign` or `Cancel` to the runtime, keeping its refusal for sending.
+    /// Hands a delivered `Assign`, `Cancel` or `Preempt` to the runtime, keeping its refusal
+    /// for sending.
     fn take(&mut self, event: &Event, now: Instant) {
         let refused = match event {
             Event::Received(Message::Assign(a)) => self.runtime.assign(a.clone(), now).err(),
             Event::Received(Message::Cancel(c)) => self.runtime.cancel(c.handle).err(),
+            Event::Received(Message::Preempt(p)) => self.runtime.preempt(p.handle).err(),
             _ => None,
         };
         if let Some(r) = refused {
@@ -131,22 +133,24 @@ impl<const N: usize, const L: usize, const C: usize, const W: usize, const R: us
         self.runtime.step(now)
     }
 
-    /// The next frame to send, as [`Session::poll_transmit`]; owed reports and rejects are
-    /// handed to the session first, as far as its window allows.
+    /// The next frame to send, as [`Session::poll_transmit`]; owed rejects, `Suspended`s and
+    /// reports are handed to the session first, as far as its window allows (a `Suspended`
+    /// ahead of reports: the bridge is waiting for that slot for an urgent task).
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
         self.runtime.on_acked(self.session.acked_total());
         while self.session.can_send() {
+            let ticket = self.session.sent_total().wrapping_add(1);
             let message = if let Some(r) = self.rejects.pop_front() {
                 Message::Reject(r)
-            } else if let Some(r) = self
-                .runtime
-                .poll_report(self.session.sent_total().wrapping_add(1))
-            {
+            } else if let Some(s) = self.runtime.poll_suspended(ticket) {
+                Message::Suspended(s)
+            } else if let Some(r) = self.runtime.poll_report(ticket) {
                 Message::Report(r)
             } else {
                 break;
             };
-            // Cannot fail: `can_send` was checked and neither kind needs credit.
+            // Cannot fail: `can_send` was checked, no kind here needs credit, and the peer
+            // speaks our version (a device is welcomed only in its own).
             let _ = self.session.send(message);
         }
         // The credit goes out with the ack of every Assign already taken.

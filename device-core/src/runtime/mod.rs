@@ -5,9 +5,11 @@
 //!   urgent one (so a more urgent task preempts at the next step boundary), takes the locks a
 //!   task declares through the scheduler (priority inheritance applies), and produces the
 //!   `Report`s: `Running` when a task starts, then exactly one of `Completed`, `Failed`,
-//!   `Expired` or `Cancelled`. Locks that tasks may name are declared by name
-//!   ([`Runtime::declare_lock`]); the device advertises the names in `Hello`, in lock-id
-//!   order, and the bridge turns a task's lock names into those ids.
+//!   `Expired` or `Cancelled` — or, for a task given back to the bridge before it started
+//!   ([`Runtime::preempt`]), a `Suspended` instead of any terminal report. Locks that tasks
+//!   may name are declared by name ([`Runtime::declare_lock`]); the device advertises the
+//!   names in `Hello`, in lock-id order, and the bridge turns a task's lock names into those
+//!   ids.
 //! - [`Device`] joins a runtime and a [`Session`](crate::link::Session): it is the whole
 //!   device side of the protocol, with flow control and dedup.
 //!
@@ -18,7 +20,9 @@
 //! handle cannot come back; a ring of recently acknowledged handles refuses it anyway
 //! (`Reject` with [`RejectReason::Finished`]). Keeping the slot until the ack also makes
 //! flow control push back: a device whose reports are not getting through advertises no free
-//! slots, so the bridge stops sending.
+//! slots, so the bridge stops sending. A `Suspended` ends a handle on the device the same way:
+//! the slot is freed, and the handle remembered, once it is acknowledged (the bridge gives a
+//! returned task a new handle).
 
 mod device;
 #[cfg(test)]
@@ -31,13 +35,14 @@ use core::fmt;
 use heapless::{Deque, Vec};
 
 use crate::proto::{
-    Assign, CapabilityName, Handle, LockName, MAX_LOCK_NAME, MAX_LOCKS, MAX_PAYLOAD,
-    MAX_TASK_LOCKS, Payload, Reject, RejectReason, Report, TaskReport, valid_lock_name,
+    Assign, CapabilityName, Handle, LockName, MAX_LOCK_NAME, MAX_LOCKS, MAX_PAYLOAD, MAX_SCRATCH,
+    MAX_TASK_LOCKS, Payload, Reject, RejectReason, Report, Suspended, TaskReport, valid_lock_name,
 };
 use crate::{Acquire, Event, Instant, LockId, Scheduler, TaskId, TaskSpec};
 
-/// Per-task bytes a handler keeps across its steps (a counter, a start time, a state byte).
-pub const SCRATCH_BYTES: usize = 16;
+/// Per-task bytes a handler keeps across its steps (a counter, a start time, a state byte):
+/// the protocol's [`MAX_SCRATCH`], since a checkpoint carries them in `Suspended`.
+pub const SCRATCH_BYTES: usize = MAX_SCRATCH;
 /// Acknowledged handles remembered to refuse replays (see the module docs).
 pub const RECENT_HANDLES: usize = 16;
 
@@ -119,11 +124,21 @@ pub(crate) struct Task {
     /// The `Running` report is owed.
     running_owed: bool,
     /// How the task ended, once it has.
-    end: Option<(TaskReport, Option<u16>)>,
-    /// The terminal report is owed.
+    end: Option<End>,
+    /// The terminal report (or `Suspended`) is owed.
     end_owed: bool,
-    /// Ticket of the terminal report handed to the session; the slot is freed once acked.
+    /// Ticket of the terminal report (or `Suspended`) handed to the session; the slot is
+    /// freed once acked.
     ticket: Option<u32>,
+}
+
+/// How a task ended on this device: the last message the device owes for its handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Finished: a terminal `Report` with this state and error code.
+    Report(TaskReport, Option<u16>),
+    /// Given back to the bridge: a `Suspended` with the task's checkpoint.
+    Suspended,
 }
 
 /// The cooperative runtime: `N` task slots, `L` locks, `C` capabilities.
@@ -286,7 +301,7 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
     }
 
     /// Cancels a task that has not finished; it ends `Cancelled` and is reported. A task
-    /// already finished is left alone (its report stands).
+    /// already finished (or given back) is left alone (its report stands).
     pub fn cancel(&mut self, handle: Handle) -> Result<(), Reject> {
         let Some(task) = self.task_mut(handle) else {
             if self.recent.iter().any(|&h| h == handle) {
@@ -300,7 +315,46 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
         if task.end.is_none() {
             let id = task.id;
             let _ = self.sched.cancel(id);
-            self.end(id.slot(), TaskReport::Cancelled, None);
+            self.end(id.slot(), End::Report(TaskReport::Cancelled, None));
+        }
+        Ok(())
+    }
+
+    /// Gives a task back to the bridge (`Preempt`). A task that has not started — no step
+    /// run, no lock taken — leaves the scheduler at once and a `Suspended` with an empty
+    /// checkpoint is owed ([`poll_suspended`](Self::poll_suspended)); its slot stays taken
+    /// until that is acknowledged, and its handle then counts as finished. A task that has
+    /// started is refused [`RejectReason::Started`]. As with [`cancel`](Self::cancel), a
+    /// task that already ended is left alone (its report stands), and an unknown handle is
+    /// refused [`RejectReason::UnknownTask`]. A replay for a task already given back owes the
+    /// same `Suspended` again. A task waiting for its first lock has not started (it holds
+    /// nothing and ran nothing), though its `Running` may have been reported already.
+    pub fn preempt(&mut self, handle: Handle) -> Result<(), Reject> {
+        let Some(task) = self.task_mut(handle) else {
+            if self.recent.iter().any(|&h| h == handle) {
+                return Ok(());
+            }
+            return Err(Reject {
+                handle: Some(handle),
+                reason: RejectReason::UnknownTask,
+            });
+        };
+        match task.end {
+            Some(End::Suspended) => task.end_owed = true,
+            Some(End::Report(..)) => {}
+            None if task.steps > 0 || task.locked > 0 => {
+                return Err(Reject {
+                    handle: Some(handle),
+                    reason: RejectReason::Started,
+                });
+            }
+            None => {
+                // Out of the scheduler (a task blocked on its first lock leaves the wait
+                // queue, and what it lent the holder goes); the slot stays until the ack.
+                let id = task.id;
+                let _ = self.sched.cancel(id);
+                self.end(id.slot(), End::Suspended);
+            }
         }
         Ok(())
     }
@@ -336,7 +390,7 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
                         codes::LOCK_CEILING
                     };
                     let _ = self.sched.fail(id);
-                    self.end(id.slot(), TaskReport::Failed, Some(code));
+                    self.end(id.slot(), End::Report(TaskReport::Failed, Some(code)));
                 }
             }
             return true;
@@ -355,11 +409,11 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
             Step::Continue => {}
             Step::Done => {
                 let _ = self.sched.complete(id);
-                self.end(id.slot(), TaskReport::Completed, None);
+                self.end(id.slot(), End::Report(TaskReport::Completed, None));
             }
             Step::Fail(code) => {
                 let _ = self.sched.fail(id);
-                self.end(id.slot(), TaskReport::Failed, Some(code));
+                self.end(id.slot(), End::Report(TaskReport::Failed, Some(code)));
             }
         }
         true
@@ -374,8 +428,11 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
     /// session's `sent_total() + 1`); the caller must send it. Terminal reports go first, and
     /// a task's `Running` report is dropped once its end is known.
     pub fn poll_report(&mut self, ticket: u32) -> Option<Report> {
-        if let Some(t) = self.tasks.iter_mut().flatten().find(|t| t.end_owed) {
-            let (state, error) = t.end?;
+        let terminal = self.tasks.iter_mut().flatten().find_map(|t| match t.end {
+            Some(End::Report(state, error)) if t.end_owed => Some((t, state, error)),
+            _ => None,
+        });
+        if let Some((t, state, error)) = terminal {
             t.end_owed = false;
             t.running_owed = false;
             t.ticket = Some(ticket);
@@ -401,8 +458,29 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
         })
     }
 
-    /// Frees the slots of tasks whose terminal report the peer acknowledged (`acked_total`
-    /// from the session) and remembers their handles.
+    /// The next `Suspended` owed (a task given back by [`preempt`](Self::preempt)), to be
+    /// sent as the reliable message numbered `ticket`, as for
+    /// [`poll_report`](Self::poll_report); the caller must send it.
+    pub fn poll_suspended(&mut self, ticket: u32) -> Option<Suspended> {
+        let owed = |t: &&mut Task| t.end_owed && t.end == Some(End::Suspended);
+        let t = self.tasks.iter_mut().flatten().find(owed)?;
+        t.end_owed = false;
+        t.ticket = Some(ticket);
+        // The checkpoint at the step boundary: nothing yet for a task that never ran.
+        let mut scratch = heapless::Vec::new();
+        if t.steps > 0 {
+            let _ = scratch.extend_from_slice(&t.scratch);
+        }
+        Some(Suspended {
+            handle: t.handle,
+            steps: t.steps,
+            scratch,
+            result: t.result.clone(),
+        })
+    }
+
+    /// Frees the slots of tasks whose terminal report or `Suspended` the peer acknowledged
+    /// (`acked_total` from the session) and remembers their handles.
     pub fn on_acked(&mut self, acked_total: u32) {
         for slot in self.tasks.iter_mut() {
             let done = slot.as_ref().is_some_and(|t| {
@@ -421,7 +499,7 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
         }
     }
 
-    /// Whether a report is owed.
+    /// Whether a report or a `Suspended` is owed.
     pub fn has_reports(&self) -> bool {
         self.tasks
             .iter()
@@ -433,12 +511,13 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
         self.tasks.iter_mut().flatten().find(|t| t.handle == handle)
     }
 
-    fn end(&mut self, slot: usize, state: TaskReport, error: Option<u16>) {
+    fn end(&mut self, slot: usize, end: End) {
         if let Some(t) = self.tasks[slot].as_mut() {
-            t.end = Some((state, error));
+            t.end = Some(end);
             t.end_owed = true;
             t.running_owed = false;
-            if state != TaskReport::Completed {
+            // A suspended task keeps its partial result: it is part of the checkpoint.
+            if !matches!(end, End::Report(TaskReport::Completed, _) | End::Suspended) {
                 t.result.clear();
             }
         }
@@ -449,7 +528,7 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
     fn collect_events(&mut self) {
         while let Some(e) = self.sched.poll_event() {
             if let Event::Expired(id) = e {
-                self.end(id.slot(), TaskReport::Expired, None);
+                self.end(id.slot(), End::Report(TaskReport::Expired, None));
             }
         }
     }

@@ -296,3 +296,220 @@ fn a_device_advertises_its_lock_names_in_hello() {
         other => panic!("expected a Hello, got {other:?}"),
     }
 }
+
+/// The `Suspended` owed with ticket `ticket`, as (handle, steps, scratch, result).
+fn suspended(
+    r: &mut R,
+    ticket: u32,
+) -> Option<(Handle, u32, std::vec::Vec<u8>, std::vec::Vec<u8>)> {
+    r.poll_suspended(ticket)
+        .map(|s| (s.handle, s.steps, s.scratch.to_vec(), s.result.to_vec()))
+}
+
+#[test]
+fn an_unstarted_task_is_given_back_and_its_slot_freed_once_the_suspended_is_acknowledged() {
+    let mut r = runtime();
+    r.assign(assign(1, "work", Priority::P4, &[3]), at(0))
+        .unwrap();
+    r.assign(assign(2, "work", Priority::P5, &[3]), at(0))
+        .unwrap();
+    r.step(at(0)); // 1 starts; 2 has not
+    assert_eq!(r.preempt(2), Ok(()));
+    assert_eq!(
+        r.free_slots(),
+        1,
+        "the slot is held until the Suspended is acknowledged"
+    );
+    assert!(r.has_reports());
+    assert_eq!(suspended(&mut r, 1), Some((2, 0, vec![], vec![])));
+    assert_eq!(suspended(&mut r, 2), None);
+    let mut ticket = 1;
+    assert_eq!(
+        reports(&mut r, &mut ticket),
+        [(1, TaskReport::Running)],
+        "no report for the task given back"
+    );
+    run_all(&mut r, at(0));
+    assert!(
+        trace().iter().all(|t| t.0 == 1),
+        "the task given back never runs: {:?}",
+        trace()
+    );
+    r.on_acked(1);
+    assert_eq!(r.free_slots(), 2, "1 still holds its slot");
+    // The handle now counts as finished here: the bridge gives the task a new handle.
+    assert_eq!(
+        r.assign(assign(2, "work", Priority::P5, &[3]), at(1)),
+        Err(Reject {
+            handle: Some(2),
+            reason: RejectReason::Finished
+        })
+    );
+    assert_eq!(r.preempt(2), Ok(()), "a late Preempt of it is ignored");
+    assert!(suspended(&mut r, 9).is_none());
+}
+
+#[test]
+fn a_started_task_is_not_given_back() {
+    let mut r = runtime();
+    r.assign(assign(1, "work", Priority::P3, &[5]), at(0))
+        .unwrap();
+    let mut holder = assign(2, "work", Priority::P2, &[5]);
+    holder.locks.push(0).unwrap();
+    r.assign(holder, at(0)).unwrap();
+    r.step(at(0)); // 2 takes its lock: started, though it has run no step
+    r.step(at(0)); // 2 runs a step
+    r.cancel(2).unwrap(); // 1 runs next
+    r.step(at(0));
+    let started = |h| Reject {
+        handle: Some(h),
+        reason: RejectReason::Started,
+    };
+    assert_eq!(r.preempt(1), Err(started(1)));
+    let mut locked = assign(3, "work", Priority::P0, &[5]);
+    locked.locks.push(1).unwrap();
+    r.assign(locked, at(0)).unwrap();
+    r.step(at(0)); // 3 takes lock 1, runs no step
+    assert_eq!(r.preempt(3), Err(started(3)));
+    assert!(suspended(&mut r, 1).is_none());
+    run_all(&mut r, at(0));
+    let mut ticket = 0;
+    let got = reports(&mut r, &mut ticket);
+    assert!(got.contains(&(1, TaskReport::Completed)) && got.contains(&(3, TaskReport::Completed)));
+}
+
+#[test]
+fn a_task_waiting_for_its_first_lock_is_given_back_and_stops_boosting_the_holder() {
+    let mut r = runtime();
+    let with_lock = |h, p| {
+        let mut a = assign(h, "work", p, &[4]);
+        a.locks.push(0).unwrap();
+        a
+    };
+    r.assign(with_lock(1, Priority::P4), at(0)).unwrap();
+    r.step(at(0)); // 1 takes lock 0
+    r.assign(with_lock(2, Priority::P0), at(0)).unwrap();
+    r.step(at(0)); // 2 blocks on lock 0; 1 inherits P0
+    let holder = r.task_mut(1).unwrap().id;
+    assert_eq!(r.sched.effective_priority(holder), Some(Priority::P0));
+    assert_eq!(r.preempt(2), Ok(()));
+    assert_eq!(r.sched.effective_priority(holder), Some(Priority::P4));
+    assert_eq!(suspended(&mut r, 1), Some((2, 0, vec![], vec![])));
+    run_all(&mut r, at(0));
+    assert!(trace().iter().all(|t| t.0 == 1));
+}
+
+#[test]
+fn a_replayed_preempt_gets_the_same_answer() {
+    let mut r = runtime();
+    r.assign(assign(1, "echo", Priority::P3, b"x"), at(0))
+        .unwrap();
+    r.preempt(1).unwrap();
+    assert_eq!(suspended(&mut r, 1), Some((1, 0, vec![], vec![])));
+    // Replayed (a new session) before the Suspended was acknowledged: owed again, unchanged.
+    assert_eq!(r.preempt(1), Ok(()));
+    assert_eq!(suspended(&mut r, 2), Some((1, 0, vec![], vec![])));
+    // So is a replayed Assign of it; a Cancel leaves it alone.
+    r.assign(assign(1, "echo", Priority::P3, b"x"), at(0))
+        .unwrap();
+    assert_eq!(r.cancel(1), Ok(()));
+    assert_eq!(suspended(&mut r, 3), Some((1, 0, vec![], vec![])));
+    let mut ticket = 3;
+    assert_eq!(reports(&mut r, &mut ticket), []);
+    r.on_acked(2);
+    assert_eq!(
+        r.free_slots(),
+        2,
+        "the last Suspended is not acknowledged yet"
+    );
+    r.on_acked(3);
+    assert_eq!(r.free_slots(), 3);
+    assert_eq!(r.preempt(1), Ok(()));
+    assert!(!r.has_reports());
+    run_all(&mut r, at(0));
+    assert!(trace().is_empty(), "never ran");
+}
+
+#[test]
+fn preempting_a_finished_or_unknown_task_is_answered_as_cancel_is() {
+    let mut r = runtime();
+    r.assign(assign(1, "echo", Priority::P3, b"x"), at(0))
+        .unwrap();
+    run_all(&mut r, at(0));
+    assert_eq!(r.preempt(1), Ok(()), "finished: its report stands");
+    assert!(suspended(&mut r, 1).is_none());
+    let mut ticket = 0;
+    assert_eq!(reports(&mut r, &mut ticket), [(1, TaskReport::Completed)]);
+    assert_eq!(
+        r.preempt(7),
+        Err(Reject {
+            handle: Some(7),
+            reason: RejectReason::UnknownTask
+        })
+    );
+}
+
+#[test]
+fn a_device_answers_preempt_with_suspended_and_frees_the_slot_on_the_ack() {
+    use crate::link::{BridgeSide, Config, Event, Session};
+    use crate::proto::{Message, Preempt};
+    let mut device: Device<3, 2, 4, 4> =
+        Device::new("dev", 1, runtime(), Config::default(), at(0)).unwrap();
+    let mut bridge = Session::<BridgeSide, 4>::bridge(Config::default(), at(0));
+    // Moves every frame both ways until both are quiet; returns what the bridge received.
+    let pump = |device: &mut Device<3, 2, 4, 4>, bridge: &mut Session<BridgeSide, 4>| {
+        let mut got = vec![];
+        let mut buf = [0u8; crate::proto::MAX_FRAME];
+        for _ in 0..10 {
+            let mut quiet = true;
+            while let Some(n) = device.poll_transmit(at(0), &mut buf) {
+                quiet = false;
+                if let Ok(Some(Event::Received(m))) = bridge.handle_bytes(&buf[..n], at(0)) {
+                    got.push(m);
+                }
+            }
+            while let Some(n) = bridge.poll_transmit(at(0), &mut buf) {
+                quiet = false;
+                let _ = device.handle_bytes(&buf[..n], at(0));
+            }
+            if quiet {
+                return got;
+            }
+        }
+        panic!("the link never went quiet");
+    };
+    pump(&mut device, &mut bridge);
+    assert_eq!(bridge.peer_version(), Some(2));
+    assert_eq!(bridge.credit(), 3);
+    let a = assign(5, "echo", Priority::P4, b"x");
+    bridge.send(Message::Assign(a)).unwrap();
+    bridge
+        .send(Message::Preempt(Preempt { handle: 5 }))
+        .unwrap();
+    bridge
+        .send(Message::Preempt(Preempt { handle: 6 }))
+        .unwrap();
+    let got = pump(&mut device, &mut bridge);
+    assert_eq!(
+        got,
+        [
+            Message::Reject(Reject {
+                handle: Some(6),
+                reason: RejectReason::UnknownTask
+            }),
+            Message::Suspended(crate::proto::Suspended {
+                handle: 5,
+                steps: 0,
+                scratch: heapless::Vec::new(),
+                result: Payload::new(),
+            }),
+        ]
+    );
+    assert_eq!(
+        bridge.credit(),
+        3,
+        "the slot is free again once acknowledged"
+    );
+    assert_eq!(device.runtime().free_slots(), 3);
+    assert!(!device.step(at(0)), "nothing left to run");
+}
