@@ -23,11 +23,11 @@ use std::time::Duration;
 
 use device_core::Instant;
 use device_core::link::{Config, Event, State, Stats};
-use device_core::proto::{MAX_FRAME, Message, TRANSIENT_ERROR};
+use device_core::proto::{MAX_FRAME, Message, Preempt, TRANSIENT_ERROR};
 use device_core::runtime::{Ctx, Device, Runtime, Step};
 use edge_bridge::api::{StatusEvent, TaskState};
 use edge_bridge::backoff::SplitMix64;
-use edge_bridge::engine::{Engine, LinkInput, Retry, Ticket};
+use edge_bridge::engine::{Engine, LinkInput, Retry, Ticket, Urgency};
 use edge_bridge::link::stream::BridgeSession;
 use edge_bridge::link::{LinkCommand, LinkId};
 use edge_bridge::queue::Queue;
@@ -59,8 +59,8 @@ thread_local! {
     static FAILED_ONCE: RefCell<BTreeSet<Vec<u8>>> = const { RefCell::new(BTreeSet::new()) };
 }
 
-/// The one capability: echoes its payload after 1 to 3 steps. A payload ending in `:t` fails
-/// transiently on its first execution anywhere; one ending in `:f` fails for good.
+/// The one capability: echoes its payload (`"n:mode:steps"`) after `steps` steps. Mode `t`
+/// fails transiently on its first execution anywhere; `f` fails for good; `o` succeeds.
 fn echo(ctx: &mut Ctx<'_>) -> Step {
     if ctx.step == 0 {
         let (device, boot) = RUNNING_ON.with(|r| *r.borrow());
@@ -70,14 +70,18 @@ fn echo(ctx: &mut Ctx<'_>) -> Step {
                 .or_default() += 1;
         });
     }
-    if ctx.step < ctx.handle % 3 {
+    let text = ctx.payload;
+    let inner = core::str::from_utf8(text).unwrap_or("").trim_matches('"');
+    let mut parts = inner.split(':');
+    let (_, mode, steps) = (parts.next(), parts.next(), parts.next());
+    let steps: u32 = steps.and_then(|n| n.parse().ok()).unwrap_or(1);
+    if ctx.step + 1 < steps {
         return Step::Continue;
     }
-    let text = ctx.payload;
-    if text.ends_with(b":t\"") && FAILED_ONCE.with(|f| f.borrow_mut().insert(text.to_vec())) {
+    if mode == Some("t") && FAILED_ONCE.with(|f| f.borrow_mut().insert(text.to_vec())) {
         return Step::Fail(TRANSIENT_ERROR);
     }
-    if text.ends_with(b":f\"") {
+    if mode == Some("f") {
         return Step::Fail(7);
     }
     ctx.result.extend_from_slice(text).unwrap();
@@ -107,9 +111,13 @@ struct Figures {
     events_again: u64,
     refused: u64,
     bridge_sessions: u64,
+    /// Take-backs the engine asked for, and tasks devices gave back.
+    take_backs_asked: u64,
+    given_back: u64,
     /// Counters of sessions replaced (crashes, reboots, closed connections).
     retired: Vec<Stats>,
-    /// Refusals by devices, by reason: only `Finished` expected (see the end of the test).
+    /// Refusals by devices, by reason: only `Finished` and `Started` expected (see the end of
+    /// the test).
     rejects: BTreeMap<String, u64>,
 }
 
@@ -201,6 +209,15 @@ struct World {
     f: Figures,
 }
 
+/// Urgent work: no slot kept for it (reservation has its own tests), so that an urgent task
+/// finds every slot full and takes back a task not started yet.
+fn urgency() -> Urgency {
+    Urgency {
+        reserve: 0,
+        ..Urgency::default()
+    }
+}
+
 fn retry() -> Retry {
     Retry::new(6, Duration::from_millis(50), Duration::from_secs(1))
 }
@@ -224,6 +241,7 @@ impl World {
         self.engine = Engine::new(Queue::open(stand_in.path(), 1).unwrap(), retry(), 0);
         let queue = Queue::open(self.dir.path(), 100_000).unwrap();
         self.engine = Engine::new(queue, retry(), self.rng.next_u64());
+        self.engine.set_urgency(urgency());
         for link in &mut self.links {
             self.f.retired.push(link.session.stats());
             *link = Self::new_link(&mut self.next_link, &mut self.f, now);
@@ -276,6 +294,13 @@ impl World {
                     .or_default() += 1;
                 LinkInput::Reject {
                     reject,
+                    ticket: self.client.ticket(),
+                }
+            }
+            Event::Received(Message::Suspended(suspended)) => {
+                self.f.given_back += 1;
+                LinkInput::Suspended {
+                    handle: suspended.handle,
                     ticket: self.client.ticket(),
                 }
             }
@@ -403,8 +428,10 @@ impl World {
             let message = match command {
                 LinkCommand::Assign(a) => Message::Assign(*a),
                 LinkCommand::Cancel(c) => Message::Cancel(c),
-                // The simulated devices speak protocol version 1: never asked to give back.
-                LinkCommand::Preempt { .. } => continue,
+                LinkCommand::Preempt { handle } => {
+                    self.f.take_backs_asked += 1;
+                    Message::Preempt(Preempt { handle })
+                }
                 LinkCommand::Close => {
                     self.engine.handle_link(
                         link,
@@ -418,10 +445,17 @@ impl World {
                 }
             };
             if let Err(e) = self.links[i].session.send(message) {
-                if let Message::Assign(a) = e.message {
-                    self.f.refused += 1;
-                    self.engine
-                        .handle_link(link, LinkInput::Refused { handle: a.handle }, t);
+                match e.message {
+                    Message::Assign(a) => {
+                        self.f.refused += 1;
+                        self.engine
+                            .handle_link(link, LinkInput::Refused { handle: a.handle }, t);
+                    }
+                    Message::Preempt(p) => {
+                        let input = LinkInput::PreemptNotSent { handle: p.handle };
+                        self.engine.handle_link(link, input, t);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -480,7 +514,8 @@ fn every_task_ends_once_through_loss_crashes_and_reboots() {
     let dir = tempfile::tempdir().unwrap();
     let mut f = Figures::default();
     let mut next_link = 0;
-    let engine = Engine::new(Queue::open(dir.path(), 100_000).unwrap(), retry(), seed);
+    let mut engine = Engine::new(Queue::open(dir.path(), 100_000).unwrap(), retry(), seed);
+    engine.set_urgency(urgency());
     let devices = (0..DEVICES)
         .map(|i| SimDevice {
             dev: boot_device(i, 1, 0),
@@ -507,7 +542,7 @@ fn every_task_ends_once_through_loss_crashes_and_reboots() {
     let mut plan = SplitMix64::new(seed ^ 0xA5A5);
     let mut schedule: BTreeMap<u64, Vec<(String, Vec<u8>)>> = BTreeMap::new();
     let mut cancel_at: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    let mut meant: BTreeMap<String, char> = BTreeMap::new();
+    let mut meant: BTreeMap<String, (char, String)> = BTreeMap::new();
     for n in 0..TASKS {
         let id = format!("t{n}");
         let mode = match plan.next_u64() % 100 {
@@ -516,11 +551,25 @@ fn every_task_ends_once_through_loss_crashes_and_reboots() {
             _ => 'o',
         };
         let at = plan.next_u64() % SUBMIT_FOR_MS;
+        // A few urgent tasks (P0, P1) among mostly low-priority work, as in the incident.
+        let priority = if plan.next_u64() % 100 < 8 {
+            plan.next_u64() % 2
+        } else {
+            2 + plan.next_u64() % 4
+        };
+        // Urgent work is short; low-priority work is long enough to fill slots with tasks
+        // not started yet, which urgent tasks then take back.
+        let steps = if priority <= 1 {
+            1 + plan.next_u64() % 3
+        } else {
+            10 + plan.next_u64() % 60
+        };
+        let payload = format!("{n}:{mode}:{steps}");
         let mut task = serde_json::json!({
             "id": id,
             "capability": "echo",
-            "priority": plan.next_u64() % 6,
-            "payload": format!("{n}:{mode}"),
+            "priority": priority,
+            "payload": payload,
         });
         if plan.next_u64() % 100 < 5 {
             task["deadline_ms"] = (20 + plan.next_u64() % 500).into();
@@ -534,7 +583,7 @@ fn every_task_ends_once_through_loss_crashes_and_reboots() {
                 .or_default()
                 .push(id.clone());
         }
-        meant.insert(id.clone(), mode);
+        meant.insert(id.clone(), (mode, payload));
         schedule
             .entry(at)
             .or_default()
@@ -564,11 +613,11 @@ fn every_task_ends_once_through_loss_crashes_and_reboots() {
         let end = terminal[0];
         *ends.entry(format!("{end:?}")).or_default() += 1;
         let last = events.iter().rfind(|e| e.state.is_terminal()).unwrap();
-        match (meant[id], end) {
+        let (mode, payload) = &meant[id];
+        match (*mode, end) {
             (_, TaskState::Completed) => {
-                assert_ne!(meant[id], 'f', "{id} was to fail");
-                let n = &id[1..];
-                let want = serde_json::Value::String(format!("{n}:{}", meant[id]));
+                assert_ne!(*mode, 'f', "{id} was to fail");
+                let want = serde_json::Value::String(payload.clone());
                 assert_eq!(
                     last.result.as_ref(),
                     Some(&want),
@@ -658,8 +707,8 @@ fn every_task_ends_once_through_loss_crashes_and_reboots() {
         executions, f.turns, f.events, f.refused
     );
     println!(
-        "refusals by devices: {:?}; results lost to a report from a device the task had left: {lost_results}",
-        f.rejects
+        "take-backs: {} asked, {} tasks given back; refusals by devices: {:?}; results lost to a report from a device the task had left: {lost_results}",
+        f.take_backs_asked, f.given_back, f.rejects
     );
     assert!(
         f.crashes > 0 && f.reboots > 0 && f.lost > 0,
@@ -668,7 +717,12 @@ fn every_task_ends_once_through_loss_crashes_and_reboots() {
     // A replayed Assign of a handle that finished (a datagram of a dead session arriving late)
     // is refused by the device's dedup table, `Finished`, and runs nothing: expected. Any
     // other refusal means the bridge sent what a device could not take.
-    let unexpected: Vec<_> = f.rejects.keys().filter(|r| *r != "Finished").collect();
+    // `Started` answers a take-back that came after the task's first step: it runs on.
+    let unexpected: Vec<_> = f
+        .rejects
+        .keys()
+        .filter(|r| *r != "Finished" && *r != "Started")
+        .collect();
     assert!(
         unexpected.is_empty(),
         "devices refused Assigns: {:?}",

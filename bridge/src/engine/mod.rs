@@ -79,6 +79,8 @@ pub enum LinkInput {
     /// The device gave a task back (asked to, with `Preempt`): its slot is free and it will not
     /// run that handle again. `ticket` is released once that is committed.
     Suspended { handle: u32, ticket: Ticket },
+    /// A `Preempt` for `handle` did not go out: its task may be chosen again.
+    PreemptNotSent { handle: u32 },
     /// The connection ended.
     Down { reason: String },
 }
@@ -298,6 +300,11 @@ impl Engine {
                 self.staged.tickets.push(ticket);
             }
             LinkInput::Credit { credit } => self.devices.set_credit(link, credit),
+            LinkInput::PreemptNotSent { handle } => {
+                if let Some((id, _)) = self.task_of(link, handle) {
+                    self.take_back_over(&id);
+                }
+            }
             LinkInput::Suspended { handle, ticket } => {
                 if let Some((id, device)) = self.task_of(link, handle) {
                     tracing::info!(%id, %device, "task given back");

@@ -36,6 +36,11 @@ impl Engine {
                 id,
                 not_before_ms: now.ms,
             },
+            // A take-back that came too late: the task runs on; another may be chosen.
+            RejectReason::Started => {
+                self.take_back_over(&id);
+                return None;
+            }
             reason => Change::finished(
                 &id,
                 TaskState::Rejected,

@@ -989,7 +989,9 @@ fn take_backs_are_bounded_and_only_asked_of_devices_that_can() {
         max_preemptions: 1,
         ..take_back_only()
     });
-    s.up(LINK, hello(), 1); // version 1
+    let mut v1 = hello();
+    v1.version = 1;
+    s.up(LINK, v1, 1);
     s.submit(r#"{"id":"low","capability":"echo","priority":4}"#);
     assert_eq!(assigns(&s.turn(), LINK).len(), 1);
     s.link(LINK, LinkInput::Credit { credit: 0 });
@@ -1042,4 +1044,50 @@ fn take_backs_are_bounded_and_only_asked_of_devices_that_can() {
     s.link(LINK, LinkInput::Credit { credit: 1 });
     let sent = assigns(&s.turn(), LINK);
     assert_eq!(sent.len(), 1, "u3 takes the freed slot");
+}
+
+/// A take-back that comes too late (the device started the task: `Started`) or never went out
+/// (`PreemptNotSent`) leaves the task alone, and the waiting task chooses another victim in the
+/// next turn.
+#[test]
+fn a_refused_or_unsent_take_back_lets_the_waiting_task_choose_again() {
+    let mut s = Sim::new();
+    s.e.set_urgency(take_back_only());
+    s.up(LINK, hello_v2(3), 3);
+    for id in ["a", "b", "c"] {
+        s.submit(&format!(
+            r#"{{"id":"{id}","capability":"echo","priority":4}}"#
+        ));
+    }
+    assert_eq!(assigns(&s.turn(), LINK).len(), 3);
+    s.link(LINK, LinkInput::Credit { credit: 0 });
+    s.submit(r#"{"id":"urgent","capability":"echo","priority":0}"#);
+    let first = preempts(&s.turn(), LINK);
+    assert_eq!(first.len(), 1);
+    // The device started it before the Preempt arrived: its `running` report comes first.
+    s.report(LINK, first[0], TaskReport::Running, None);
+    let ticket = s.ticket();
+    let reject = Reject {
+        handle: Some(first[0]),
+        reason: RejectReason::Started,
+    };
+    s.link(LINK, LinkInput::Reject { reject, ticket });
+    let released = s.turn();
+    assert!(released.tickets.contains(&ticket));
+    let second = preempts(&released, LINK);
+    assert_eq!(second.len(), 1, "another victim at once");
+    assert_ne!(second, first);
+    let id = ["a", "b", "c"]
+        .into_iter()
+        .find(|id| s.task(id).unwrap().handle() == first[0])
+        .unwrap();
+    assert_eq!(
+        s.task(id).unwrap().state,
+        TaskState::Running,
+        "a started task runs on"
+    );
+    s.link(LINK, LinkInput::PreemptNotSent { handle: second[0] });
+    let third = preempts(&s.turn(), LINK);
+    assert_eq!(third.len(), 1, "one not sent is chosen again or replaced");
+    assert!(!s.states().iter().any(|(_, st)| *st == TaskState::Rejected));
 }

@@ -30,7 +30,7 @@ pub mod stream;
 pub mod tcp;
 pub mod tls;
 
-use device_core::proto::{Assign, Cancel, Hello, Reject, Report};
+use device_core::proto::{Assign, Cancel, Hello, Reject, Report, Suspended};
 use tokio::sync::{mpsc, oneshot};
 
 /// Identifies one connection (a device may reconnect on a new one).
@@ -90,6 +90,14 @@ pub enum LinkEvent {
     },
     /// An `Assign` the session would not take (no credit, window full): back to the queue.
     Refused { link: LinkId, handle: u32 },
+    /// The device gave a task back (its slot is free). Reply on `committed` once it is durable.
+    Suspended {
+        link: LinkId,
+        suspended: Suspended,
+        committed: oneshot::Sender<()>,
+    },
+    /// A `Preempt` the session would not send (window full, or an older device).
+    PreemptNotSent { link: LinkId, handle: u32 },
     /// The connection ended.
     Down { link: LinkId, reason: String },
 }

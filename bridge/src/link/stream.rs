@@ -6,7 +6,7 @@ use std::time::Instant as StdInstant;
 use device_core::Instant;
 use device_core::link::{BridgeSide, Config, Event, Refusal, Session, State};
 use device_core::proto::Deframer;
-use device_core::proto::{MAX_FRAME, Message};
+use device_core::proto::{MAX_FRAME, Message, Preempt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -141,16 +141,21 @@ where
                 let message = match cmd {
                     Some(LinkCommand::Assign(a)) => Message::Assign(*a),
                     Some(LinkCommand::Cancel(c)) => Message::Cancel(c),
-                    // Sent only to devices whose protocol has it (none before version 2).
-                    Some(LinkCommand::Preempt { handle }) => {
-                        tracing::debug!(link, handle, "take-back not supported by this link");
-                        continue;
-                    }
+                    Some(LinkCommand::Preempt { handle }) => Message::Preempt(Preempt { handle }),
                     Some(LinkCommand::Close) | None => return Ok("closed by the bridge".into()),
                 };
                 if let Err(e) = session.send(message) {
-                    if let (Message::Assign(a), Refusal::NoCredit | Refusal::WindowFull | Refusal::NotEstablished) = (e.message, e.reason) {
-                        let _ = core.send(LinkEvent::Refused { link, handle: a.handle }).await;
+                    match (e.message, e.reason) {
+                        (Message::Assign(a), Refusal::NoCredit | Refusal::WindowFull | Refusal::NotEstablished) => {
+                            let _ = core.send(LinkEvent::Refused { link, handle: a.handle }).await;
+                        }
+                        // Not sent (window full, or a device of an older protocol): the engine
+                        // may choose another task to take back.
+                        (Message::Preempt(p), reason) => {
+                            tracing::debug!(link, handle = p.handle, ?reason, "take-back not sent");
+                            let _ = core.send(LinkEvent::PreemptNotSent { link, handle: p.handle }).await;
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -212,6 +217,14 @@ async fn deliver(
             hand_over(core, |committed| LinkEvent::Report {
                 link,
                 report,
+                committed,
+            })
+            .await
+        }
+        Event::Received(Message::Suspended(suspended)) => {
+            hand_over(core, |committed| LinkEvent::Suspended {
+                link,
+                suspended,
                 committed,
             })
             .await

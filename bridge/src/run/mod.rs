@@ -388,6 +388,18 @@ impl Driver {
                     (link, LinkInput::Reject { reject, ticket })
                 }
                 LinkEvent::Refused { link, handle } => (link, LinkInput::Refused { handle }),
+                LinkEvent::Suspended {
+                    link,
+                    suspended,
+                    committed,
+                } => {
+                    let ticket = self.tickets.issue(committed);
+                    let handle = suspended.handle;
+                    (link, LinkInput::Suspended { handle, ticket })
+                }
+                LinkEvent::PreemptNotSent { link, handle } => {
+                    (link, LinkInput::PreemptNotSent { handle })
+                }
                 LinkEvent::Down { link, reason } => {
                     self.links.remove(&link);
                     (link, LinkInput::Down { reason })
