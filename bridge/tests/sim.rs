@@ -174,8 +174,10 @@ fn boot_device(index: usize, boot: u32, now: u64) -> Dev {
 struct BridgeLink {
     id: LinkId,
     session: BridgeSession,
-    /// The credit last told to the engine.
-    credit_told: Option<u8>,
+    /// The credit last told to the engine, with the `Assign`s taken when it was counted.
+    credit_told: Option<(u8, u64)>,
+    /// `Assign` commands this connection took (sent or refused).
+    taken: u64,
 }
 
 /// What a client asked for, and what it has seen.
@@ -230,6 +232,7 @@ impl World {
             id: *next_link,
             session: BridgeSession::bridge(Config::default(), Instant::from_millis(now)),
             credit_told: None,
+            taken: 0,
         }
     }
 
@@ -274,7 +277,7 @@ impl World {
         let input = match event {
             Event::Connected { hello, rebooted } => {
                 let credit = self.links[i].session.credit();
-                self.links[i].credit_told = Some(credit);
+                self.links[i].credit_told = Some((credit, self.links[i].taken));
                 LinkInput::Up {
                     peer: format!("sim-{i}"),
                     hello,
@@ -390,11 +393,12 @@ impl World {
                 self.links[i] = Self::new_link(&mut self.next_link, &mut self.f, now);
             }
             let link = &mut self.links[i];
-            let credit = link.session.credit();
-            if link.session.state() == State::Established && link.credit_told != Some(credit) {
-                link.credit_told = Some(credit);
+            let counted = (link.session.credit(), link.taken);
+            if link.session.state() == State::Established && link.credit_told != Some(counted) {
+                link.credit_told = Some(counted);
+                let (credit, taken) = counted;
                 self.engine
-                    .handle_link(link.id, LinkInput::Credit { credit }, t);
+                    .handle_link(link.id, LinkInput::Credit { credit, taken }, t);
             }
         }
 
@@ -426,7 +430,10 @@ impl World {
                 continue; // a connection that has ended: its tasks come back by `Down`
             };
             let message = match command {
-                LinkCommand::Assign(a) => Message::Assign(*a),
+                LinkCommand::Assign(a) => {
+                    self.links[i].taken += 1;
+                    Message::Assign(*a)
+                }
                 LinkCommand::Cancel(c) => Message::Cancel(c),
                 LinkCommand::Preempt { handle } => {
                     self.f.take_backs_asked += 1;

@@ -54,6 +54,9 @@ impl Online {
 pub(super) struct Registry {
     by_id: BTreeMap<String, Online>,
     by_link: HashMap<LinkId, String>,
+    /// `Assign`s sent to each open link: a link's credit report says how many it had taken
+    /// when it counted, and the ones still on their way are not free slots.
+    assigns_sent: HashMap<LinkId, u64>,
 }
 
 impl Registry {
@@ -79,10 +82,24 @@ impl Registry {
         self.by_id.get(id).map(|o| o.link)
     }
 
-    pub(super) fn set_credit(&mut self, link: LinkId, credit: u8) {
+    /// The link counted `credit` free slots after taking `taken` `Assign`s: those sent since
+    /// will take some of them.
+    pub(super) fn set_credit(&mut self, link: LinkId, credit: u8, taken: u64) {
+        let in_transit = self.assigns_sent(link).saturating_sub(taken);
         if let Some(online) = self.by_link.get(&link).and_then(|d| self.by_id.get_mut(d)) {
-            online.credit = u32::from(credit);
+            online.credit =
+                u32::from(credit).saturating_sub(in_transit.min(u64::from(u32::MAX)) as u32);
         }
+    }
+
+    /// `Assign`s sent to `link` since it opened.
+    pub(super) fn assigns_sent(&self, link: LinkId) -> u64 {
+        self.assigns_sent.get(&link).copied().unwrap_or(0)
+    }
+
+    /// One more `Assign` goes to `link`.
+    pub(super) fn count_assign(&mut self, link: LinkId) {
+        *self.assigns_sent.entry(link).or_default() += 1;
     }
 
     /// Whether some device could take an `Assign` now.
@@ -162,6 +179,7 @@ impl Engine {
 
     /// The connection of `link` ended.
     pub(super) fn device_down(&mut self, link: LinkId, reason: &str, now: Now) {
+        self.devices.assigns_sent.remove(&link);
         let Some(device) = self.devices.by_link.remove(&link) else {
             return;
         };

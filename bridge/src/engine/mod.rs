@@ -68,8 +68,9 @@ pub enum LinkInput {
         rebooted: bool,
         credit: u8,
     },
-    /// The device can take `credit` more tasks (after acks, reports, slots freed).
-    Credit { credit: u8 },
+    /// The device can take `credit` more tasks (after acks, reports, slots freed), as counted
+    /// by the link once it had taken `taken` `Assign`s since it opened (sent or refused).
+    Credit { credit: u8, taken: u64 },
     /// A task's state changed on the device; `ticket` is released once that is committed.
     Report { report: Report, ticket: Ticket },
     /// The device refused something; `ticket` is released once that is committed.
@@ -299,7 +300,7 @@ impl Engine {
                 self.queue.apply(change.into_iter().collect(), now);
                 self.staged.tickets.push(ticket);
             }
-            LinkInput::Credit { credit } => self.devices.set_credit(link, credit),
+            LinkInput::Credit { credit, taken } => self.devices.set_credit(link, credit, taken),
             LinkInput::PreemptNotSent { handle } => {
                 if let Some((id, _)) = self.task_of(link, handle) {
                     self.take_back_over(&id);
@@ -416,7 +417,9 @@ impl Engine {
                     Ok(assign) => {
                         online.credit = online.credit.saturating_sub(1);
                         let command = LinkCommand::Assign(Box::new(assign));
-                        self.staged.commands.push((online.link, command));
+                        let link = online.link;
+                        self.staged.commands.push((link, command));
+                        self.devices.count_assign(link);
                         Some(Change::Dispatched { id, device })
                     }
                     Err(error) => Some(rejected(id, error)),
@@ -433,6 +436,11 @@ impl Engine {
             self.queue.commit()?;
         }
         Ok(std::mem::take(&mut self.staged))
+    }
+
+    /// `Assign`s sent to `link` since it opened (what its credit reports are counted against).
+    pub fn assigns_sent(&self, link: LinkId) -> u64 {
+        self.devices.assigns_sent(link)
     }
 
     /// The timer-clock time at which the engine must be dispatched again, if any: when a

@@ -102,6 +102,12 @@ impl Sim {
         self.turn()
     }
 
+    /// The link reports `credit` free slots, having taken every `Assign` sent to it.
+    fn credit(&mut self, link: LinkId, credit: u8) {
+        let taken = self.e.assigns_sent(link);
+        self.link(link, LinkInput::Credit { credit, taken });
+    }
+
     fn report(
         &mut self,
         link: LinkId,
@@ -462,7 +468,7 @@ fn a_task_is_never_started_after_its_deadline() {
     s.submit(r#"{"id":"early","capability":"echo","deadline_ms":900}"#);
     s.turn();
     s.now = 1_500;
-    s.link(LINK, LinkInput::Credit { credit: 4 });
+    s.credit(LINK, 4);
     let released = s.turn();
     let sent = assigns(&released, LINK);
     assert_eq!(sent.len(), 1);
@@ -528,7 +534,7 @@ fn cancel_ends_a_task_in_every_state() {
     let t = s.report(LINK, hr, TaskReport::Completed, None);
     assert_eq!(s.turn().tickets, [t]);
     // A freed slot takes "done"; it finishes, then a cancel for it changes nothing.
-    s.link(LINK, LinkInput::Credit { credit: 1 });
+    s.credit(LINK, 1);
     assert_eq!(assigns(&s.turn(), LINK).len(), 1);
     let hdone = h(&s, "done");
     s.report(LINK, hdone, TaskReport::Completed, None);
@@ -570,7 +576,7 @@ fn no_free_slot_requeues_and_other_refusals_reject() {
         };
         s.link(LINK, LinkInput::Reject { reject, ticket });
     }
-    s.link(LINK, LinkInput::Credit { credit: 1 });
+    s.credit(LINK, 1);
     let released = s.turn();
     assert_eq!(released.tickets.len(), 2);
     let again = assigns(&released, LINK);
@@ -598,10 +604,10 @@ fn a_refused_assign_goes_back_to_the_queue() {
     s.submit(r#"{"id":"t","capability":"echo"}"#);
     let h = assigns(&s.turn(), LINK)[0].handle;
     s.link(LINK, LinkInput::Refused { handle: h });
-    s.link(LINK, LinkInput::Credit { credit: 0 });
+    s.credit(LINK, 0);
     assert!(assigns(&s.turn(), LINK).is_empty());
     assert_eq!(s.task("t").unwrap().state, TaskState::Queued);
-    s.link(LINK, LinkInput::Credit { credit: 1 });
+    s.credit(LINK, 1);
     let again = assigns(&s.turn(), LINK);
     assert_eq!(again.iter().map(|a| a.handle).collect::<Vec<_>>(), [h]);
 }
@@ -816,7 +822,7 @@ fn a_reserved_slot_waits_for_urgent_work() {
         3,
         "one slot of four is kept"
     );
-    s.link(LINK, LinkInput::Credit { credit: 1 });
+    s.credit(LINK, 1);
     assert!(
         assigns(&s.turn(), LINK).is_empty(),
         "P4 never takes the reserved slot"
@@ -883,7 +889,7 @@ fn an_urgent_task_without_a_slot_takes_back_an_unstarted_task() {
     let started = s.task("started").unwrap().handle();
     let unstarted = s.task("waiting").unwrap().handle();
     s.report(LINK, started, TaskReport::Running, None);
-    s.link(LINK, LinkInput::Credit { credit: 0 });
+    s.credit(LINK, 0);
     s.turn();
     s.events();
 
@@ -907,7 +913,7 @@ fn an_urgent_task_without_a_slot_takes_back_an_unstarted_task() {
             ticket,
         },
     );
-    s.link(LINK, LinkInput::Credit { credit: 1 });
+    s.credit(LINK, 1);
     let released = s.turn();
     assert_eq!(released.tickets, [ticket]);
     let sent = assigns(&released, LINK);
@@ -937,7 +943,7 @@ fn an_urgent_task_without_a_slot_takes_back_an_unstarted_task() {
     // The urgent task finishes; the given-back task runs, with its new handle, as attempt 1.
     let h = s.task("urgent").unwrap().handle();
     s.report(LINK, h, TaskReport::Completed, None);
-    s.link(LINK, LinkInput::Credit { credit: 1 });
+    s.credit(LINK, 1);
     let sent = assigns(&s.turn(), LINK);
     assert_eq!(
         sent.iter().map(|a| a.handle).collect::<Vec<_>>(),
@@ -959,7 +965,7 @@ fn the_victim_is_the_least_urgent_unstarted_task_strictly_below() {
     s.submit(r#"{"id":"p4-early","capability":"echo","priority":4,"deadline_ms":60000}"#);
     s.submit(r#"{"id":"p4-late","capability":"echo","priority":4,"deadline_ms":90000}"#);
     assert_eq!(assigns(&s.turn(), LINK).len(), 4);
-    s.link(LINK, LinkInput::Credit { credit: 0 });
+    s.credit(LINK, 0);
     s.submit(r#"{"id":"p2","capability":"echo","priority":2}"#);
     assert!(preempts(&s.turn(), LINK).is_empty(), "P2 is not urgent");
     s.submit(r#"{"id":"a","capability":"echo","priority":1}"#);
@@ -994,7 +1000,7 @@ fn take_backs_are_bounded_and_only_asked_of_devices_that_can() {
     s.up(LINK, v1, 1);
     s.submit(r#"{"id":"low","capability":"echo","priority":4}"#);
     assert_eq!(assigns(&s.turn(), LINK).len(), 1);
-    s.link(LINK, LinkInput::Credit { credit: 0 });
+    s.credit(LINK, 0);
     s.submit(r#"{"id":"u1","capability":"echo","priority":0}"#);
     assert!(
         preempts(&s.turn(), LINK).is_empty(),
@@ -1002,17 +1008,17 @@ fn take_backs_are_bounded_and_only_asked_of_devices_that_can() {
     );
 
     s.up(LINK, hello_v2(1), 0); // the same device, upgraded, reconnects: "low" is requeued
-    s.link(LINK, LinkInput::Credit { credit: 1 });
+    s.credit(LINK, 1);
     let sent = assigns(&s.turn(), LINK);
     assert_eq!(sent.len(), 1, "u1 first");
     let u1 = sent[0].handle;
     s.submit(r#"{"id":"low2","capability":"echo","priority":4}"#);
     s.report(LINK, u1, TaskReport::Completed, None);
-    s.link(LINK, LinkInput::Credit { credit: 1 });
+    s.credit(LINK, 1);
     let sent = assigns(&s.turn(), LINK);
     assert_eq!(sent.len(), 1);
     let low = sent[0].handle;
-    s.link(LINK, LinkInput::Credit { credit: 0 });
+    s.credit(LINK, 0);
     s.submit(r#"{"id":"u2","capability":"echo","priority":0}"#);
     let asked = preempts(&s.turn(), LINK);
     assert_eq!(asked, [low]);
@@ -1024,15 +1030,15 @@ fn take_backs_are_bounded_and_only_asked_of_devices_that_can() {
             ticket,
         },
     );
-    s.link(LINK, LinkInput::Credit { credit: 1 });
+    s.credit(LINK, 1);
     let sent = assigns(&s.turn(), LINK);
     let u2 = sent[0].handle;
     s.report(LINK, u2, TaskReport::Completed, None);
-    s.link(LINK, LinkInput::Credit { credit: 1 });
+    s.credit(LINK, 1);
     let sent = assigns(&s.turn(), LINK);
     assert_eq!(sent.len(), 1, "the given-back task runs again");
     let given_back = sent[0].handle;
-    s.link(LINK, LinkInput::Credit { credit: 0 });
+    s.credit(LINK, 0);
     s.submit(r#"{"id":"u3","capability":"echo","priority":0}"#);
     let asked = preempts(&s.turn(), LINK);
     assert!(
@@ -1041,7 +1047,7 @@ fn take_backs_are_bounded_and_only_asked_of_devices_that_can() {
     );
     // A victim that finishes first ends its take-back.
     s.report(LINK, given_back, TaskReport::Completed, None);
-    s.link(LINK, LinkInput::Credit { credit: 1 });
+    s.credit(LINK, 1);
     let sent = assigns(&s.turn(), LINK);
     assert_eq!(sent.len(), 1, "u3 takes the freed slot");
 }
@@ -1060,7 +1066,7 @@ fn a_refused_or_unsent_take_back_lets_the_waiting_task_choose_again() {
         ));
     }
     assert_eq!(assigns(&s.turn(), LINK).len(), 3);
-    s.link(LINK, LinkInput::Credit { credit: 0 });
+    s.credit(LINK, 0);
     s.submit(r#"{"id":"urgent","capability":"echo","priority":0}"#);
     let first = preempts(&s.turn(), LINK);
     assert_eq!(first.len(), 1);
@@ -1090,4 +1096,49 @@ fn a_refused_or_unsent_take_back_lets_the_waiting_task_choose_again() {
     let third = preempts(&s.turn(), LINK);
     assert_eq!(third.len(), 1, "one not sent is chosen again or replaced");
     assert!(!s.states().iter().any(|(_, st)| *st == TaskState::Rejected));
+}
+
+/// A link reports its credit after each `Assign` it took, so reports written before a turn's
+/// `Assign`s reached the link arrive after the engine counted them: the engine discounts the
+/// `Assign`s the link had not taken yet, so a stale report never makes it send more than the
+/// device has room for (found by the incident benchmark: a P3 took a reserved slot, and a P0
+/// waited 5 s for it).
+#[test]
+fn a_credit_report_older_than_the_last_assigns_does_not_count_them_twice() {
+    let mut s = Sim::new();
+    s.e.set_urgency(Urgency::default());
+    s.up(LINK, hello_v2(4), 4);
+    for i in 0..8 {
+        s.submit(&format!(
+            r#"{{"id":"p3-{i}","capability":"echo","priority":3}}"#
+        ));
+    }
+    assert_eq!(assigns(&s.turn(), LINK).len(), 3, "one slot of four kept");
+    // The link took the first of the three Assigns when it wrote this report: 3 left of 4.
+    s.link(
+        LINK,
+        LinkInput::Credit {
+            credit: 3,
+            taken: 1,
+        },
+    );
+    assert!(
+        assigns(&s.turn(), LINK).is_empty(),
+        "two Assigns still on their way"
+    );
+    // All three taken: one slot left, the reserved one.
+    s.link(
+        LINK,
+        LinkInput::Credit {
+            credit: 1,
+            taken: 3,
+        },
+    );
+    assert!(assigns(&s.turn(), LINK).is_empty());
+    s.submit(r#"{"id":"p0","capability":"echo","priority":0}"#);
+    assert_eq!(
+        assigns(&s.turn(), LINK).len(),
+        1,
+        "the reserved slot is still there for P0"
+    );
 }

@@ -74,8 +74,14 @@ pub enum LinkEvent {
         credit: u8,
         commands: mpsc::Sender<LinkCommand>,
     },
-    /// The device can take `credit` more tasks (after acks, reports, slots freed).
-    Credit { link: LinkId, credit: u8 },
+    /// The device can take `credit` more tasks (after acks, reports, slots freed), counted
+    /// once the link had taken `taken` `Assign` commands (sent or refused): the engine
+    /// discounts the ones it sent after those, still on their way.
+    Credit {
+        link: LinkId,
+        credit: u8,
+        taken: u64,
+    },
     /// A task's state changed on the device. Reply on `committed` once it is durable.
     Report {
         link: LinkId,

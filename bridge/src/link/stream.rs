@@ -78,17 +78,22 @@ where
     let (commands_tx, mut commands) = mpsc::channel::<LinkCommand>(64);
     let mut input = vec![0u8; 4096];
     let mut out = [0u8; MAX_FRAME];
+    // The credit last reported, with the `Assign`s taken when it was counted: the engine
+    // discounts the ones it sent after those (see `LinkEvent::Credit`).
     let mut credit_sent = None;
+    let mut assigns_taken = 0u64;
     loop {
         while let Some(n) = session.poll_transmit(now(), &mut out) {
             wr.write_all(&out[..n]).await?;
         }
-        if session.state() == State::Established && credit_sent != Some(session.credit()) {
-            credit_sent = Some(session.credit());
+        let counted = (session.credit(), assigns_taken);
+        if session.state() == State::Established && credit_sent != Some(counted) {
+            credit_sent = Some(counted);
             if core
                 .send(LinkEvent::Credit {
                     link,
-                    credit: session.credit(),
+                    credit: counted.0,
+                    taken: counted.1,
                 })
                 .await
                 .is_err()
@@ -139,7 +144,10 @@ where
             }
             cmd = commands.recv() => {
                 let message = match cmd {
-                    Some(LinkCommand::Assign(a)) => Message::Assign(*a),
+                    Some(LinkCommand::Assign(a)) => {
+                        assigns_taken += 1;
+                        Message::Assign(*a)
+                    }
                     Some(LinkCommand::Cancel(c)) => Message::Cancel(c),
                     Some(LinkCommand::Preempt { handle }) => Message::Preempt(Preempt { handle }),
                     Some(LinkCommand::Close) | None => return Ok("closed by the bridge".into()),

@@ -370,7 +370,11 @@ impl Driver {
                         },
                     )
                 }
-                LinkEvent::Credit { link, credit } => (link, LinkInput::Credit { credit }),
+                LinkEvent::Credit {
+                    link,
+                    credit,
+                    taken,
+                } => (link, LinkInput::Credit { credit, taken }),
                 LinkEvent::Report {
                     link,
                     report,
