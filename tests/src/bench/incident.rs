@@ -122,6 +122,8 @@ pub(crate) async fn run(
     }
     let seconds = until.duration_since(start).as_secs_f64();
     let low_completed = low_done_at_end.unwrap_or(low.completed) - low_done_at_start;
+    let long = Duration::from_millis(opts.incident_long_ms);
+    let low_work = work_in(&low, start, until, long);
     drop(devices);
     drop(bridge);
 
@@ -150,7 +152,8 @@ pub(crate) async fn run(
             urgent.latencies(|t| t.priority == 1),
         ],
         low_completed,
-        low_per_s: low_completed as f64 / seconds,
+        low_work,
+        low_per_s: low_work / seconds,
         failed: urgent.failed + low.failed,
         failures: urgent
             .failures
@@ -202,4 +205,26 @@ fn start(dir: &Path, on: bool) -> Result<crate::Bridge, BenchError> {
         dir,
         &["--config", file, "--mqtt-listen", "127.0.0.1:0"],
     ))
+}
+
+/// Low-priority work done in the window `[from, to)`, in tasks: each task's share of its
+/// execution (its `running` event to its end) that falls in the window. A device runs one task
+/// at a time, so this counts the window's work to a fraction of a task, where counting
+/// completions alone is off by up to one task per device. A task still running at `to` counts
+/// its time in the window over its nominal length `long`.
+fn work_in(batch: &Batch, from: Instant, to: Instant, long: Duration) -> f64 {
+    let mut work = 0.0;
+    for t in &batch.tasks {
+        let Some(started) = t.running else { continue };
+        let (ended, length) = match t.end {
+            Some(end) if end.completed => (end.at, end.at.duration_since(started)),
+            Some(_) => continue,
+            None => (to, long),
+        };
+        let inside = ended.min(to).saturating_duration_since(started.max(from));
+        if !length.is_zero() {
+            work += (inside.as_secs_f64() / length.as_secs_f64()).min(1.0);
+        }
+    }
+    work
 }

@@ -198,8 +198,11 @@ pub struct IncidentFigures {
     pub running: [Latencies; 2],
     /// Submit → `completed` received, P0 then P1.
     pub completed: [Latencies; 2],
-    /// P3 and P4 tasks completed during the window, and per second.
+    /// P3 and P4 tasks completed during the window.
     pub low_completed: usize,
+    /// P3 and P4 work done during the window, in tasks (fractions of the tasks running at
+    /// its ends included), and per second.
+    pub low_work: f64,
     pub low_per_s: f64,
     pub failed: usize,
     pub failures: Vec<String>,
@@ -429,13 +432,14 @@ fn incident(f: &mut fmt::Formatter<'_>, o: &Options, runs: &[IncidentFigures; 2]
         writeln!(f)?;
         writeln!(
             f,
-            "  protocol {} ({} slots for low-priority work): {} urgent submitted, {} completed; {} P3/P4 completed in {:.1} s ({:.2}/s)",
+            "  protocol {} ({} slots for low-priority work): {} urgent submitted, {} completed; {} P3/P4 completed in {:.1} s, {:.1} tasks of P3/P4 work ({:.3} tasks/s)",
             if r.protocol { "on " } else { "off" },
             r.low_slots,
             r.urgent_submitted,
             r.urgent_completed,
             r.low_completed,
             r.seconds,
+            r.low_work,
             r.low_per_s
         )?;
         header(f)?;

@@ -38,7 +38,7 @@ pub(super) struct Task {
     /// When the first `running` event was received.
     pub(super) running: Option<Instant>,
     /// The first terminal event: received when, `ts_ms`, and whether it was `completed`.
-    end: Option<End>,
+    pub(super) end: Option<End>,
 }
 
 /// A task's terminal event.
