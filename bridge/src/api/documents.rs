@@ -85,6 +85,37 @@ pub struct BridgeStats {
     pub queued: [u64; Priority::LEVELS],
     /// Wall-clock milliseconds since the Unix epoch when the document was made.
     pub ts_ms: u64,
+    /// How long the last urgent tasks (at most 1,024) waited from acceptance to their first
+    /// dispatch.
+    pub urgent_wait: WaitStats,
+}
+
+/// Percentiles of waits, in milliseconds (nearest rank); zeros without samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WaitStats {
+    pub max_ms: u64,
+    /// Samples the figures are made of.
+    pub n: usize,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+}
+
+impl WaitStats {
+    /// The percentiles of `waits` (milliseconds).
+    pub fn of(waits: impl Iterator<Item = u64>) -> Self {
+        let mut all: Vec<u64> = waits.collect();
+        all.sort_unstable();
+        let rank = |p: usize| {
+            all.get((all.len() * p).div_ceil(100).saturating_sub(1))
+                .copied()
+        };
+        Self {
+            max_ms: all.last().copied().unwrap_or(0),
+            n: all.len(),
+            p50_ms: rank(50).unwrap_or(0),
+            p99_ms: rank(99).unwrap_or(0),
+        }
+    }
 }
 
 impl BridgeStats {
@@ -289,10 +320,11 @@ mod tests {
             preemptions: 4,
             queued: [1, 2, 3, 4, 5, 6],
             ts_ms: 1_700_000_000_123,
+            urgent_wait: WaitStats::of([4, 2, 40, 3].into_iter()),
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"expired":2,"live":21,"preemptions":4,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"ts_ms":1700000000123}"#
+            r#"{"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"expired":2,"live":21,"preemptions":4,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"ts_ms":1700000000123,"urgent_wait":{"max_ms":40,"n":4,"p50_ms":3,"p99_ms":40}}"#
         );
         // As the engine built it with `serde_json::json!` before this type existed (plus the
         // reserved slots, since reservation).
@@ -306,6 +338,7 @@ mod tests {
             },
             "expired": 2,
             "ts_ms": 1_700_000_000_123_u64,
+            "urgent_wait": { "max_ms": 40, "n": 4, "p50_ms": 3, "p99_ms": 40 },
         });
         assert_eq!(stats.to_json(), by_macro.to_string());
     }
@@ -319,10 +352,11 @@ mod tests {
             preemptions: 0,
             queued: [0; Priority::LEVELS],
             ts_ms: 0,
+            urgent_wait: WaitStats::default(),
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"devices":{},"expired":0,"live":0,"preemptions":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"ts_ms":0}"#
+            r#"{"devices":{},"expired":0,"live":0,"preemptions":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"ts_ms":0,"urgent_wait":{"max_ms":0,"n":0,"p50_ms":0,"p99_ms":0}}"#
         );
     }
 
@@ -353,5 +387,16 @@ mod tests {
             BridgeStatus::offline(OfflineReason::Stopped).to_json(),
             serde_json::json!({ "online": false, "reason": "stopped" }).to_string()
         );
+    }
+
+    /// Percentiles by nearest rank: of 1..=100 the 50th is 50 and the 99th 99; of one sample,
+    /// every figure is that sample; of none, zeros.
+    #[test]
+    fn wait_percentiles_are_nearest_rank() {
+        let w = WaitStats::of((1..=100).rev());
+        assert_eq!((w.n, w.p50_ms, w.p99_ms, w.max_ms), (100, 50, 99, 100));
+        let one = WaitStats::of([7].into_iter());
+        assert_eq!((one.n, one.p50_ms, one.p99_ms, one.max_ms), (1, 7, 7, 7));
+        assert_eq!(WaitStats::of(std::iter::empty()), WaitStats::default());
     }
 }

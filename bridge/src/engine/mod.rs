@@ -41,6 +41,7 @@ use device_core::proto::{Cancel, Hello, Reject, Report};
 
 use crate::api::{
     self, ApiError, BridgeStats, DeviceStats, ErrorCode, ErrorEvent, StatusEvent, TaskState,
+    WaitStats,
 };
 use crate::backoff::{Backoff, SplitMix64};
 use crate::dispatch::{self, Decision, DeviceView};
@@ -191,7 +192,13 @@ pub struct Engine {
     preempting: BTreeMap<String, String>,
     /// Statistics: tasks given back for urgent work.
     preemptions: u64,
+    /// Statistics: how long the last urgent tasks waited from acceptance to their first
+    /// dispatch, in ms (wall clock), newest last.
+    urgent_waits: std::collections::VecDeque<u64>,
 }
+
+/// Urgent waits the stats are computed over.
+const URGENT_WAITS_KEPT: usize = 1024;
 
 impl Engine {
     /// An engine over `queue`; `seed` drives the retry jitter.
@@ -207,6 +214,7 @@ impl Engine {
             expired: 0,
             preempting: BTreeMap::new(),
             preemptions: 0,
+            urgent_waits: std::collections::VecDeque::new(),
         }
     }
 
@@ -413,8 +421,17 @@ impl Engine {
             Decision::Assign { id, device } => {
                 let task = self.queue.get(&id)?;
                 let online = self.devices.get_mut(&device)?;
+                let first_wait = (task.attempt == 0
+                    && !self.urgency.urgent_at.outranks(task.sub.priority))
+                .then(|| now.wall_ms.saturating_sub(task.submitted_ms));
                 match assign::assign_for(task, &online.hello, now.ms) {
                     Ok(assign) => {
+                        if let Some(wait) = first_wait {
+                            if self.urgent_waits.len() == URGENT_WAITS_KEPT {
+                                self.urgent_waits.pop_front();
+                            }
+                            self.urgent_waits.push_back(wait);
+                        }
                         online.credit = online.credit.saturating_sub(1);
                         let command = LinkCommand::Assign(Box::new(assign));
                         let link = online.link;
@@ -468,6 +485,7 @@ impl Engine {
             devices,
             expired: self.expired,
             preemptions: self.preemptions,
+            urgent_wait: WaitStats::of(self.urgent_waits.iter().copied()),
             live: self.queue.len(),
             queued: self.queue.depth(),
             ts_ms: now.wall_ms,

@@ -828,11 +828,14 @@ fn a_reserved_slot_waits_for_urgent_work() {
         "P4 never takes the reserved slot"
     );
     s.submit(r#"{"id":"urgent","capability":"echo","priority":0}"#);
+    s.now += 30; // the turn that dispatches it comes 30 ms later
     let sent = assigns(&s.turn(), LINK);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].handle, s.task("urgent").unwrap().handle());
     let stats = s.e.stats(s.now());
     assert_eq!(stats.devices["dev-1"].reserved, 1);
+    let w = stats.urgent_wait;
+    assert_eq!((w.n, w.p50_ms, w.max_ms), (1, 30, 30), "only urgent tasks are counted");
 
     let mut per_device = Urgency::default();
     per_device.per_device.insert("dev-2".into(), 3);
