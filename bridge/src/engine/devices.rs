@@ -180,6 +180,7 @@ impl Engine {
     /// The connection of `link` ended.
     pub(super) fn device_down(&mut self, link: LinkId, reason: &str, now: Now) {
         self.devices.assigns_sent.remove(&link);
+        self.freed_for.retain(|_, l| *l != link);
         let Some(device) = self.devices.by_link.remove(&link) else {
             return;
         };

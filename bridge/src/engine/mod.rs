@@ -190,6 +190,10 @@ pub struct Engine {
     /// Take-backs asked for and not answered yet: victim id -> the urgent task it makes room
     /// for. In memory only: after a restart every dispatched task is dispatched again anyway.
     preempting: BTreeMap<String, String>,
+    /// Urgent tasks whose victim was given back, by the link that freed the slot: the slot is
+    /// free on the device only once the `Suspended` is acknowledged, after this commit, so the
+    /// link reports it a turn later; until that report the task takes nothing else back.
+    freed_for: BTreeMap<String, LinkId>,
     /// Statistics: tasks given back for urgent work.
     preemptions: u64,
     /// Statistics: how long the last urgent tasks waited from acceptance to their first
@@ -213,6 +217,7 @@ impl Engine {
             timer: None,
             expired: 0,
             preempting: BTreeMap::new(),
+            freed_for: BTreeMap::new(),
             preemptions: 0,
             urgent_waits: std::collections::VecDeque::new(),
         }
@@ -308,7 +313,12 @@ impl Engine {
                 self.queue.apply(change.into_iter().collect(), now);
                 self.staged.tickets.push(ticket);
             }
-            LinkInput::Credit { credit, taken } => self.devices.set_credit(link, credit, taken),
+            LinkInput::Credit { credit, taken } => {
+                self.devices.set_credit(link, credit, taken);
+                // The slots freed by take-backs are in this report: their tasks are dispatched
+                // by this turn, or may take back again.
+                self.freed_for.retain(|_, l| *l != link);
+            }
             LinkInput::PreemptNotSent { handle } => {
                 if let Some((id, _)) = self.task_of(link, handle) {
                     self.take_back_over(&id);
@@ -317,7 +327,9 @@ impl Engine {
             LinkInput::Suspended { handle, ticket } => {
                 if let Some((id, device)) = self.task_of(link, handle) {
                     tracing::info!(%id, %device, "task given back");
-                    self.take_back_over(&id);
+                    if let Some(waiting) = self.preempting.remove(&id) {
+                        self.freed_for.insert(waiting, link);
+                    }
                     self.preemptions += 1;
                     self.queue.apply(vec![Change::Preempted { id }], now);
                 }

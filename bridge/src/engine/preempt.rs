@@ -37,7 +37,11 @@ impl Engine {
         if candidates.is_empty() {
             return;
         }
-        let waiting_for: std::collections::HashSet<&String> = self.preempting.values().collect();
+        let waiting_for: std::collections::HashSet<&String> = self
+            .preempting
+            .values()
+            .chain(self.freed_for.keys())
+            .collect();
         let urgent_at = self.urgency.urgent_at;
         let mut chosen: Vec<(String, Candidate)> = Vec::new();
         'lanes: for ((capability, named), tasks) in self.queue.lanes() {

@@ -835,7 +835,11 @@ fn a_reserved_slot_waits_for_urgent_work() {
     let stats = s.e.stats(s.now());
     assert_eq!(stats.devices["dev-1"].reserved, 1);
     let w = stats.urgent_wait;
-    assert_eq!((w.n, w.p50_ms, w.max_ms), (1, 30, 30), "only urgent tasks are counted");
+    assert_eq!(
+        (w.n, w.p50_ms, w.max_ms),
+        (1, 30, 30),
+        "only urgent tasks are counted"
+    );
 
     let mut per_device = Urgency::default();
     per_device.per_device.insert("dev-2".into(), 3);
@@ -1143,5 +1147,49 @@ fn a_credit_report_older_than_the_last_assigns_does_not_count_them_twice() {
         assigns(&s.turn(), LINK).len(),
         1,
         "the reserved slot is still there for P0"
+    );
+}
+
+/// The slot a device gave back is free on the device only once its `Suspended` is
+/// acknowledged, so the link's credit report comes a turn later: until then the waiting task
+/// counts as served and takes nothing else back (found by `tests/tests/urgent.rs`: three P4s
+/// were given back for one P0).
+#[test]
+fn one_take_back_per_waiting_task_until_the_freed_slot_is_reported() {
+    let mut s = Sim::new();
+    s.e.set_urgency(take_back_only());
+    s.up(LINK, hello_v2(3), 3);
+    for id in ["a", "b", "c"] {
+        s.submit(&format!(
+            r#"{{"id":"{id}","capability":"echo","priority":4}}"#
+        ));
+    }
+    assert_eq!(assigns(&s.turn(), LINK).len(), 3);
+    s.credit(LINK, 0);
+    s.submit(r#"{"id":"urgent","capability":"echo","priority":0}"#);
+    let asked = preempts(&s.turn(), LINK);
+    assert_eq!(asked.len(), 1);
+    let ticket = s.ticket();
+    s.link(
+        LINK,
+        LinkInput::Suspended {
+            handle: asked[0],
+            ticket,
+        },
+    );
+    let released = s.turn();
+    assert!(
+        preempts(&released, LINK).is_empty(),
+        "a second take-back for the same task"
+    );
+    assert!(
+        assigns(&released, LINK).is_empty(),
+        "the slot is not free on the device yet"
+    );
+    s.credit(LINK, 1);
+    let sent = assigns(&s.turn(), LINK);
+    assert_eq!(
+        sent.iter().map(|a| a.handle).collect::<Vec<_>>(),
+        [s.task("urgent").unwrap().handle()]
     );
 }
