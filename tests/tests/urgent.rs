@@ -3,10 +3,23 @@
 
 use std::time::Duration;
 
-use edge_tests::{Watcher, last_state, start_bridge, start_device};
+use edge_tests::{Bridge, Proc, Watcher, last_state, start_bridge, start_device};
 use serde_json::json;
 
 const ROOT: &str = "edge/urgent";
+
+/// A bridge, a watcher and a simulated device of 8 slots, and `n` P4 `sleep` tasks of a minute
+/// each submitted (the tests end long before any could finish).
+async fn bridge_with_long_p4_work(dir: &std::path::Path, n: usize) -> (Bridge, Proc, Watcher) {
+    let bridge = start_bridge(dir, &["--bridge-id", "urgent"]);
+    let w = Watcher::connect(bridge.mqtt, ROOT).await;
+    let device = start_device(bridge.devices, "dev-1", &["sleep", "echo"]);
+    for i in 0..n {
+        let task = json!({"id": format!("p4-{i}"), "capability": "sleep", "priority": 4, "payload": {"ms": 60_000}});
+        w.submit(ROOT, &task.to_string()).await;
+    }
+    (bridge, device, w)
+}
 
 /// The incident as a new user met it: eight long P4 tasks for a device of eight slots, then a
 /// P0. Before reservation the P0 waited for a P4 to finish (6.9 s with 8 s tasks; here a minute,
@@ -15,14 +28,7 @@ const ROOT: &str = "edge/urgent";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_p0_runs_at_once_on_a_device_full_of_long_p4_work() {
     let dir = tempfile::tempdir().unwrap();
-    let bridge = start_bridge(dir.path(), &["--bridge-id", "urgent"]);
-    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
-    let _device = start_device(bridge.devices, "dev-1", &["sleep", "echo"]);
-    for i in 0..8 {
-        // A minute each: the test ends long before any could finish.
-        let task = json!({"id": format!("p4-{i}"), "capability": "sleep", "priority": 4, "payload": {"ms": 60_000}});
-        w.submit(ROOT, &task.to_string()).await;
-    }
+    let (_bridge, _device, mut w) = bridge_with_long_p4_work(dir.path(), 8).await;
     // The device runs one task at a time, step by step (a cooperative runtime on one core):
     // seven P4s are on it, one of them running, and the eighth waits in the bridge.
     let on_device = |seen: &[(String, serde_json::Value)]| {
@@ -76,13 +82,7 @@ async fn a_p0_runs_at_once_on_a_device_full_of_long_p4_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_p0_takes_back_an_unstarted_p4_when_no_slot_is_free() {
     let dir = tempfile::tempdir().unwrap();
-    let bridge = start_bridge(dir.path(), &["--bridge-id", "urgent"]);
-    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
-    let _device = start_device(bridge.devices, "dev-1", &["sleep", "echo"]);
-    for i in 0..7 {
-        let task = json!({"id": format!("p4-{i}"), "capability": "sleep", "priority": 4, "payload": {"ms": 60_000}});
-        w.submit(ROOT, &task.to_string()).await;
-    }
+    let (_bridge, _device, mut w) = bridge_with_long_p4_work(dir.path(), 7).await;
     let p1 = json!({"id": "p1", "capability": "sleep", "priority": 1, "payload": {"ms": 60_000}});
     w.submit(ROOT, &p1.to_string()).await;
     w.wait_for(

@@ -1059,11 +1059,9 @@ fn take_backs_are_bounded_and_only_asked_of_devices_that_can() {
     assert_eq!(sent.len(), 1, "u3 takes the freed slot");
 }
 
-/// A take-back that comes too late (the device started the task: `Started`) or never went out
-/// (`PreemptNotSent`) leaves the task alone, and the waiting task chooses another victim in the
-/// next turn.
-#[test]
-fn a_refused_or_unsent_take_back_lets_the_waiting_task_choose_again() {
+/// A device of 3 slots full of unstarted P4 tasks `a`, `b`, `c`, then a P0 `urgent`: the
+/// engine and the take-backs its turn asked for.
+fn full_device_then_urgent() -> (Sim, Vec<u32>) {
     let mut s = Sim::new();
     s.e.set_urgency(take_back_only());
     s.up(LINK, hello_v2(3), 3);
@@ -1075,7 +1073,16 @@ fn a_refused_or_unsent_take_back_lets_the_waiting_task_choose_again() {
     assert_eq!(assigns(&s.turn(), LINK).len(), 3);
     s.credit(LINK, 0);
     s.submit(r#"{"id":"urgent","capability":"echo","priority":0}"#);
-    let first = preempts(&s.turn(), LINK);
+    let asked = preempts(&s.turn(), LINK);
+    (s, asked)
+}
+
+/// A take-back that comes too late (the device started the task: `Started`) or never went out
+/// (`PreemptNotSent`) leaves the task alone, and the waiting task chooses another victim in the
+/// next turn.
+#[test]
+fn a_refused_or_unsent_take_back_lets_the_waiting_task_choose_again() {
+    let (mut s, first) = full_device_then_urgent();
     assert_eq!(first.len(), 1);
     // The device started it before the Preempt arrived: its `running` report comes first.
     s.report(LINK, first[0], TaskReport::Running, None);
@@ -1156,18 +1163,7 @@ fn a_credit_report_older_than_the_last_assigns_does_not_count_them_twice() {
 /// were given back for one P0).
 #[test]
 fn one_take_back_per_waiting_task_until_the_freed_slot_is_reported() {
-    let mut s = Sim::new();
-    s.e.set_urgency(take_back_only());
-    s.up(LINK, hello_v2(3), 3);
-    for id in ["a", "b", "c"] {
-        s.submit(&format!(
-            r#"{{"id":"{id}","capability":"echo","priority":4}}"#
-        ));
-    }
-    assert_eq!(assigns(&s.turn(), LINK).len(), 3);
-    s.credit(LINK, 0);
-    s.submit(r#"{"id":"urgent","capability":"echo","priority":0}"#);
-    let asked = preempts(&s.turn(), LINK);
+    let (mut s, asked) = full_device_then_urgent();
     assert_eq!(asked.len(), 1);
     let ticket = s.ticket();
     s.link(

@@ -303,14 +303,8 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
     /// Cancels a task that has not finished; it ends `Cancelled` and is reported. A task
     /// already finished (or given back) is left alone (its report stands).
     pub fn cancel(&mut self, handle: Handle) -> Result<(), Reject> {
-        let Some(task) = self.task_mut(handle) else {
-            if self.recent.iter().any(|&h| h == handle) {
-                return Ok(());
-            }
-            return Err(Reject {
-                handle: Some(handle),
-                reason: RejectReason::UnknownTask,
-            });
+        let Some(task) = self.held(handle)? else {
+            return Ok(());
         };
         if task.end.is_none() {
             let id = task.id;
@@ -330,14 +324,8 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
     /// same `Suspended` again. A task waiting for its first lock has not started (it holds
     /// nothing and ran nothing), though its `Running` may have been reported already.
     pub fn preempt(&mut self, handle: Handle) -> Result<(), Reject> {
-        let Some(task) = self.task_mut(handle) else {
-            if self.recent.iter().any(|&h| h == handle) {
-                return Ok(());
-            }
-            return Err(Reject {
-                handle: Some(handle),
-                reason: RejectReason::UnknownTask,
-            });
+        let Some(task) = self.held(handle)? else {
+            return Ok(());
         };
         match task.end {
             Some(End::Suspended) => task.end_owed = true,
@@ -505,6 +493,18 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
             .iter()
             .flatten()
             .any(|t| t.end_owed || (t.running_owed && t.end.is_none()))
+    }
+
+    /// The task holding `handle`, for a `Cancel` or `Preempt`: `None` for a handle that ended
+    /// here and whose report was acknowledged (nothing left to do), `UnknownTask` for any other.
+    fn held(&mut self, handle: Handle) -> Result<Option<&mut Task>, Reject> {
+        if self.recent.iter().any(|&h| h == handle) && self.task_mut(handle).is_none() {
+            return Ok(None);
+        }
+        self.task_mut(handle).map(Some).ok_or(Reject {
+            handle: Some(handle),
+            reason: RejectReason::UnknownTask,
+        })
     }
 
     fn task_mut(&mut self, handle: Handle) -> Option<&mut Task> {
