@@ -221,6 +221,8 @@ mod tests {
             .unwrap(),
             slots: 4,
             max_payload: 256,
+            resumable: 0,
+            restartable: 0,
         }
     }
 

@@ -25,6 +25,8 @@ fn hello_of(id: &str) -> Hello {
             .unwrap(),
         slots: 4,
         max_payload: 256,
+        resumable: 0,
+        restartable: 0,
     }
 }
 

@@ -134,6 +134,8 @@ mod bare {
                 locks: heapless::Vec::new(),
                 slots: 8,
                 max_payload: 256,
+                resumable: 0,
+                restartable: 0,
             };
             let mut s = Session::<DeviceSide, 4>::device(
                 hello,

@@ -19,6 +19,8 @@ fn hello(boot: u32) -> Hello {
         locks: heapless::Vec::new(),
         slots: 4,
         max_payload: 64,
+        resumable: 0,
+        restartable: 0,
     }
 }
 

@@ -93,6 +93,8 @@ pub enum Message {
     Preempt(Preempt),
     /// Device → bridge (version 2): a task stopped at a step boundary and its slot is free.
     Suspended(Suspended),
+    /// Bridge → device (version 2): the checkpoint of the task whose `Assign` comes next.
+    Restore(Restore),
 }
 
 impl Message {
@@ -106,6 +108,7 @@ impl Message {
                 | Self::Reject(_)
                 | Self::Preempt(_)
                 | Self::Suspended(_)
+                | Self::Restore(_)
         )
     }
 
@@ -113,7 +116,7 @@ impl Message {
     /// to a peer of an older version.
     pub const fn since(&self) -> u16 {
         match self {
-            Self::Preempt(_) | Self::Suspended(_) => 2,
+            Self::Preempt(_) | Self::Suspended(_) | Self::Restore(_) => 2,
             _ => 1,
         }
     }
@@ -142,6 +145,45 @@ pub struct Hello {
     pub slots: u8,
     /// Largest payload the device accepts, at most [`MAX_PAYLOAD`].
     pub max_payload: u16,
+    /// Version 2: bit `i` set = a started task of `capabilities[i]` may be preempted and
+    /// resumed from its checkpoint ([`Preemption::Resume`]). On the wire only in a `Hello` of
+    /// version 2 or later: a version 1 `Hello` decodes with 0 and encodes without it.
+    pub resumable: u8,
+    /// Version 2: bit `i` set = a started task of `capabilities[i]` may be preempted and
+    /// started over ([`Preemption::Restart`]). A capability in neither mask is
+    /// [`Preemption::Never`]; one in both is `Resume`. Present on the wire as `resumable`.
+    pub restartable: u8,
+}
+
+/// What preempting a *started* task of a capability means (version 2; declared per
+/// capability in [`Hello::resumable`] and [`Hello::restartable`]). An unstarted task can
+/// always be given back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Preemption {
+    /// A started task runs to its end: a `Preempt` is refused [`RejectReason::Started`].
+    #[default]
+    Never,
+    /// A started task may be stopped at a step boundary and started over elsewhere: its
+    /// `Suspended` carries an empty checkpoint (work done so far is lost).
+    Restart,
+    /// A started task may be stopped at a step boundary and resumed elsewhere from its
+    /// checkpoint (`steps`, scratch and partial result) with a [`Restore`].
+    Resume,
+}
+
+impl Preemption {
+    /// The mode of capability `index` given a `Hello`'s two masks (`Never` beyond bit 7).
+    pub const fn of(index: usize, resumable: u8, restartable: u8) -> Self {
+        if index >= u8::BITS as usize {
+            Self::Never
+        } else if resumable & (1 << index) != 0 {
+            Self::Resume
+        } else if restartable & (1 << index) != 0 {
+            Self::Restart
+        } else {
+            Self::Never
+        }
+    }
 }
 
 /// Session parameters chosen by the bridge.
@@ -182,10 +224,12 @@ pub struct Cancel {
 }
 
 /// Give a task back (version 2). A task the device has not started (no step run, no lock
-/// taken) is returned at once and answered with [`Suspended`]; a started one is refused with
-/// [`RejectReason::Started`] in this version (later versions stop it at its next step
-/// boundary and return it with a checkpoint). A handle that already finished is left alone,
-/// as by `Cancel`.
+/// taken) is returned at once and answered with [`Suspended`]. A started one is stopped at
+/// its step boundary (the device handles messages between steps, so at once), its locks
+/// released, and answered with [`Suspended`] if its capability is [`Preemption::Resume`]
+/// (with its checkpoint) or [`Preemption::Restart`] (with an empty one); refused with
+/// [`RejectReason::Started`] if [`Preemption::Never`]. A handle that already finished is left
+/// alone, as by `Cancel`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Preempt {
     pub handle: Handle,
@@ -194,8 +238,9 @@ pub struct Preempt {
 /// A task stopped at a step boundary and its slot is free (version 2); the fields are its
 /// checkpoint, from which the bridge may resume it elsewhere under a new handle. The handle
 /// counts as finished on this device once this message is acknowledged: an `Assign` of it
-/// again is refused [`RejectReason::Finished`]. In version 2 only tasks that had not started
-/// are suspended: `steps` 0, `scratch` and `result` empty.
+/// again is refused [`RejectReason::Finished`]. The checkpoint is empty (`steps` 0, no
+/// scratch, no result) for a task that had not started or whose capability is
+/// [`Preemption::Restart`]; a [`Preemption::Resume`] task's carries all 16 scratch bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Suspended {
     pub handle: Handle,
@@ -204,6 +249,27 @@ pub struct Suspended {
     /// The handler's scratch bytes at that boundary; empty when it had not started.
     pub scratch: Vec<u8, MAX_SCRATCH>,
     /// The partial result written so far.
+    pub result: Payload,
+}
+
+/// The checkpoint of a task to resume (version 2), from the `Suspended` that gave it back.
+/// The bridge sends it immediately before the `Assign` of the task's new handle, in the same
+/// session (reliable delivery keeps them in order); the device keeps at most one and admits
+/// that `Assign` with `steps`, `scratch` (zero-padded to [`MAX_SCRATCH`]) and `result`
+/// preset, so the handler's next step is `Ctx::step == steps`. A `Restore` not followed by
+/// its `Assign` (another `Restore` or an `Assign` of another handle comes first) is dropped;
+/// an `Assign` it precedes whose
+/// capability is not [`Preemption::Resume`] on the device is refused
+/// [`RejectReason::NotResumable`]. It needs no credit (it is not an `Assign`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    /// The handle of the `Assign` that follows (the task's new handle).
+    pub handle: Handle,
+    /// `Suspended::steps`.
+    pub steps: u32,
+    /// `Suspended::scratch`.
+    pub scratch: Vec<u8, MAX_SCRATCH>,
+    /// `Suspended::result`: the partial result the task continues writing.
     pub result: Payload,
 }
 
@@ -290,14 +356,18 @@ pub enum RejectReason {
     Finished,
     /// A `Cancel` or `Preempt` for a handle the device does not have.
     UnknownTask,
-    /// A `Preempt` for a task that has started (run a step or taken a lock): this version
-    /// gives back only unstarted tasks.
+    /// A `Preempt` for a task that has started (run a step or taken a lock) of a capability
+    /// the device declared [`Preemption::Never`].
     Started,
+    /// (Version 2.) An `Assign` right after a `Restore` of its handle, for a capability the
+    /// device does not resume ([`Preemption::Never`] or [`Preemption::Restart`]): the task is
+    /// not admitted (the bridge may send it again without the `Restore`, from the start).
+    NotResumable,
 }
 
 impl RejectReason {
     /// Number of variants.
-    pub(crate) const COUNT: u32 = 9;
+    pub(crate) const COUNT: u32 = 10;
 
     /// The variant with wire index `i`.
     pub(crate) const fn from_index(i: u32) -> Option<Self> {
@@ -311,6 +381,7 @@ impl RejectReason {
             6 => Self::Finished,
             7 => Self::UnknownTask,
             8 => Self::Started,
+            9 => Self::NotResumable,
             _ => return None,
         })
     }
@@ -328,6 +399,7 @@ impl core::fmt::Display for RejectReason {
             Self::Finished => "task already finished and reported",
             Self::UnknownTask => "no such task on the device",
             Self::Started => "task already started",
+            Self::NotResumable => "capability not resumable from a checkpoint",
         })
     }
 }

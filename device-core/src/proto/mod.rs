@@ -16,7 +16,7 @@
 //! | version | adds |
 //! |---|---|
 //! | 1 | `Hello`, `Welcome`, `Assign`, `Cancel`, `Report`, `Heartbeat`, `Ack`, `Reject` (tags 0–7) |
-//! | 2 | `Preempt` (tag 8), `Suspended` (tag 9), `RejectReason::Started` (index 8) |
+//! | 2 | `Preempt` (tag 8), `Suspended` (tag 9), `Restore` (tag 10), `RejectReason::Started` (index 8) and `NotResumable` (9), `Hello::resumable`/`restartable` (two bytes after `max_payload`, only in a `Hello` of version 2 or later) |
 
 mod cobs;
 mod crc;
@@ -30,8 +30,8 @@ use core::fmt;
 pub use crc::{Crc32, crc32};
 pub use message::{
     Assign, Cancel, CapabilityName, DeviceId, Frame, Handle, Hello, LockName, Message, Payload,
-    Preempt, Reject, RejectReason, Report, Suspended, TRANSIENT_ERROR, TaskReport, Welcome,
-    valid_lock_name,
+    Preempt, Preemption, Reject, RejectReason, Report, Restore, Suspended, TRANSIENT_ERROR,
+    TaskReport, Welcome, valid_lock_name,
 };
 
 /// The protocol spoken by this crate: what a device sends in `Hello`.
@@ -65,7 +65,7 @@ pub const MAX_SCRATCH: usize = 16;
 /// Largest postcard encoding of any [`Frame`], in bytes. Varints take at most 5 bytes for a
 /// `u32` and 3 for a `u16`; a length prefix takes 1 byte up to 127 and 2 up to 16383. The
 /// largest message is `Hello` with every capability and lock name at full length, ahead of
-/// `Assign` and `Suspended` (a test encodes the largest value of every message and checks
+/// `Assign` and `Suspended`/`Restore` (a test encodes the largest value of every message and checks
 /// this is tight).
 pub const MAX_MESSAGE: usize = {
     let header = 5 + 5 + 1 + 1; // seq, ack, credit, message tag
@@ -76,7 +76,8 @@ pub const MAX_MESSAGE: usize = {
         + 1 + MAX_CAPABILITIES * (1 + MAX_CAPABILITY_NAME)
         + 1 + MAX_LOCKS * (1 + MAX_LOCK_NAME)
         + 1 // slots
-        + 3; // max_payload
+        + 3 // max_payload
+        + 1 + 1; // resumable, restartable (version 2)
     let assign = 5 // handle
         + 1 // priority
         + 1 + 5 // deadline_ms: Option<u32>
@@ -84,6 +85,7 @@ pub const MAX_MESSAGE: usize = {
         + 1 + MAX_TASK_LOCKS
         + 2 + MAX_PAYLOAD
         + 1 + MAX_TRACE_ID;
+    // `Restore` has the same fields.
     let suspended = 5 // handle
         + 5 // steps
         + 1 + MAX_SCRATCH

@@ -39,11 +39,15 @@ fn hello(version: u16) -> Hello {
         locks: heapless::Vec::from_slice(&[s("i2c0"), s("bus")]).unwrap(),
         slots: 8,
         max_payload: 256,
+        // Version 1 has no masks (they must be 0 to round-trip).
+        resumable: if version >= 2 { 0b01 } else { 0 },
+        restartable: if version >= 2 { 0b10 } else { 0 },
     }
 }
 
 /// Version 1's bytes, unchanged by version 2 (a version 1 device keeps working with a
-/// version 2 bridge), and version 2's, which differ in the version byte only.
+/// version 2 bridge), and version 2's, which differ in the version byte and the two mask
+/// bytes after `max_payload` (`echo` resumes, `sleep` restarts).
 #[test]
 fn golden_hello_of_each_version() {
     let frame = |version| Frame {
@@ -58,7 +62,7 @@ fn golden_hello_of_each_version() {
     );
     golden(
         frame(2),
-        "010102072b02056465762d31effdb6f50d0202046563686f05736c65657002046932633003627573088002d137916400",
+        "010102072d02056465762d31effdb6f50d0202046563686f05736c6565700204693263300362757308800201025277529600",
     );
     assert_eq!(PROTOCOL_VERSION, 2);
 }
@@ -84,7 +88,7 @@ fn report() -> Report {
     }
 }
 
-const FRAMES: [(&str, &str); 15] = [
+const FRAMES: [(&str, &str); 18] = [
     ("welcome_v1", "0101010c010102d00fd8362dc7325f00"),
     ("welcome", "0101010c010202d00fd83683b5a6d900"),
     (
@@ -105,6 +109,12 @@ const FRAMES: [(&str, &str); 15] = [
         "suspended_checkpoint",
         "0b06030209ac028201050101010b2a045b312c329e843e9800",
     ),
+    ("reject_not_resumable", "0d0503010701ad020955b7a04700"),
+    (
+        "restore",
+        "030401080aad028201050101010b2a045b312c32311651ad00",
+    ),
+    ("restore_empty", "030501040aae02010105659bb1a400"),
     (
         "suspended_max_handle",
         "2007030209ffffffff0fffffffff0f10ffffffffffffffffffffffffffffffff05e362e49d00",
@@ -167,7 +177,7 @@ fn frame(name: &str) -> Frame {
             };
             (5, 3, 2, Message::Suspended(s))
         }
-        // What later versions will send for a started task.
+        // What a started task of a `Preemption::Resume` capability is given back with.
         "suspended_checkpoint" => {
             let s = Suspended {
                 handle: 300,
@@ -176,6 +186,32 @@ fn frame(name: &str) -> Frame {
                 result: v(b"[1,2"),
             };
             (6, 3, 2, Message::Suspended(s))
+        }
+        "reject_not_resumable" => {
+            let r = Reject {
+                handle: Some(301),
+                reason: RejectReason::NotResumable,
+            };
+            (5, 3, 1, Message::Reject(r))
+        }
+        // The checkpoint of "suspended_checkpoint", resumed under handle 301.
+        "restore" => {
+            let r = Restore {
+                handle: 301,
+                steps: 130,
+                scratch: v(&[1, 0, 0, 0, 0x2A]),
+                result: v(b"[1,2"),
+            };
+            (4, 1, 0, Message::Restore(r))
+        }
+        "restore_empty" => {
+            let r = Restore {
+                handle: 302,
+                steps: 0,
+                scratch: v(b""),
+                result: v(b""),
+            };
+            (5, 1, 0, Message::Restore(r))
         }
         "suspended_max_handle" => {
             let s = Suspended {
@@ -212,7 +248,13 @@ fn version_2_kinds_are_reliable_and_never_sent_to_a_version_1_peer() {
         scratch: v(b""),
         result: v(b""),
     });
-    for m in [&preempt, &suspended] {
+    let restore = Message::Restore(Restore {
+        handle: 1,
+        steps: 0,
+        scratch: v(b""),
+        result: v(b""),
+    });
+    for m in [&preempt, &suspended, &restore] {
         assert!(m.is_reliable());
         assert_eq!(m.since(), 2);
     }
@@ -228,6 +270,10 @@ fn version_2_kinds_are_reliable_and_never_sent_to_a_version_1_peer() {
         assert_eq!(frame(name).message.since(), 1, "{name}");
     }
     assert_eq!(RejectReason::Started.to_string(), "task already started");
+    assert_eq!(
+        RejectReason::NotResumable.to_string(),
+        "capability not resumable from a checkpoint"
+    );
 }
 
 /// Encodes `frame` and returns its bytes without the delimiter, for corruption tests.
@@ -259,10 +305,10 @@ fn every_corruption_is_a_typed_error() {
     assert_eq!(decode(&good[..good.len() - 3]), Err(DecodeError::BadCobs));
     assert_eq!(decode(&[0x02, 0x05]), Err(DecodeError::Truncated));
     assert_eq!(decode(&[0x11; MAX_FRAME]), Err(DecodeError::Oversize));
-    // Tag 10 does not exist; a Hello of version 3; a Welcome of version 0.
+    // Tag 11 does not exist; a Hello of version 3; a Welcome of version 0.
     assert_eq!(
-        decode(&forge(&[0, 0, 0, 10])),
-        Err(DecodeError::UnknownMessage(10))
+        decode(&forge(&[0, 0, 0, 11])),
+        Err(DecodeError::UnknownMessage(11))
     );
     assert_eq!(
         decode(&forge(&[0, 0, 0, 0, 3, 1, b'x'])),
@@ -282,21 +328,41 @@ fn every_corruption_is_a_typed_error() {
         Err(DecodeError::Malformed)
     );
     assert_eq!(decode(&forge(&[0, 0, 0, 4])), Err(DecodeError::Malformed));
-    // Reject reason 9 does not exist; a checkpoint's scratch beyond MAX_SCRATCH.
+    // Reject reason 10 does not exist; a checkpoint's scratch beyond MAX_SCRATCH, in a
+    // Suspended (tag 9) and in a Restore (tag 10).
     assert_eq!(
-        decode(&forge(&[1, 0, 0, 7, 0, 9])),
+        decode(&forge(&[1, 0, 0, 7, 0, 10])),
         Err(DecodeError::Malformed)
     );
-    let mut scratch = vec![1, 0, 0, 9, 1, 0, MAX_SCRATCH as u8 + 1];
-    scratch.extend_from_slice(&[0; MAX_SCRATCH + 1]);
-    scratch.push(0);
-    assert_eq!(decode(&forge(&scratch)), Err(DecodeError::Malformed));
-    scratch.remove(7);
-    scratch[6] = MAX_SCRATCH as u8;
-    assert!(matches!(
-        decode(&forge(&scratch)).map(|f| f.message),
-        Ok(Message::Suspended(s)) if s.scratch.len() == MAX_SCRATCH
-    ));
+    for tag in [9, 10] {
+        let mut scratch = vec![1, 0, 0, tag, 1, 0, MAX_SCRATCH as u8 + 1];
+        scratch.extend_from_slice(&[0; MAX_SCRATCH + 1]);
+        scratch.push(0);
+        assert_eq!(decode(&forge(&scratch)), Err(DecodeError::Malformed));
+        scratch.remove(7);
+        scratch[6] = MAX_SCRATCH as u8;
+        assert!(
+            matches!(
+                decode(&forge(&scratch)).map(|f| f.message),
+                Ok(Message::Suspended(s)) if s.scratch.len() == MAX_SCRATCH
+            ) || matches!(
+                decode(&forge(&scratch)).map(|f| f.message),
+                Ok(Message::Restore(r)) if r.scratch.len() == MAX_SCRATCH && tag == 10
+            )
+        );
+    }
+    // A version 1 Hello ends at max_payload: the mask bytes of version 2 are trailing bytes.
+    let v1 = wire(&Frame {
+        seq: 0,
+        ack: 0,
+        credit: 0,
+        message: Message::Hello(hello(1)),
+    });
+    let mut body = vec![0u8; MAX_MESSAGE + 8];
+    let n = cobs::decode(&v1, &mut body).unwrap() - 4;
+    let mut with_masks = body[..n].to_vec();
+    with_masks.extend_from_slice(&[1, 2]);
+    assert_eq!(decode(&forge(&with_masks)), Err(DecodeError::Malformed));
     // Payload length beyond MAX_PAYLOAD.
     let mut big = vec![1, 0, 0, 2, 1, 1, 0, 1, b'e', 0];
     big.extend_from_slice(&[0x81, 0x02]); // 257
@@ -389,6 +455,8 @@ fn the_largest_message_of_every_kind_fits_max_frame() {
         session_id: u32::MAX,
         slots: 255,
         max_payload: u16::MAX,
+        resumable: u8::MAX,
+        restartable: u8::MAX,
     };
     let max_report = Report {
         handle: u32::MAX,
@@ -407,6 +475,12 @@ fn the_largest_message_of_every_kind_fits_max_frame() {
         Message::Assign(max_assign),
         Message::Hello(max_hello),
         Message::Report(max_report),
+        Message::Restore(Restore {
+            handle: max_suspended.handle,
+            steps: max_suspended.steps,
+            scratch: max_suspended.scratch.clone(),
+            result: max_suspended.result.clone(),
+        }),
         Message::Suspended(max_suspended),
         Message::Preempt(Preempt { handle: u32::MAX }),
     ] {
@@ -535,10 +609,24 @@ mod same_as_postcard {
                 proptest::collection::vec(text(MAX_CAPABILITY_NAME), 0..=MAX_CAPABILITIES),
                 proptest::collection::vec(text(MAX_LOCK_NAME), 0..=MAX_LOCKS),
                 any::<u8>(),
-                any::<u16>()
+                any::<u16>(),
+                any::<(u8, u8)>(),
             )
                 .prop_map(
-                    |(version, device_id, boot_id, session_id, caps, locks, slots, max_payload)| {
+                    |(
+                        version,
+                        device_id,
+                        boot_id,
+                        session_id,
+                        caps,
+                        locks,
+                        slots,
+                        max_payload,
+                        masks,
+                    )| {
+                        // A Hello before version 2 has no masks: only 0 round-trips.
+                        let (resumable, restartable) =
+                            if has_masks(version) { masks } else { (0, 0) };
                         Message::Hello(Hello {
                             version,
                             device_id,
@@ -548,6 +636,8 @@ mod same_as_postcard {
                             locks: heapless::Vec::from_slice(&locks).unwrap(),
                             slots,
                             max_payload,
+                            resumable,
+                            restartable,
                         })
                     }
                 ),
@@ -615,6 +705,14 @@ mod same_as_postcard {
                     result,
                 })
             }),
+            (num(), num(), bytes(), bytes()).prop_map(|(handle, steps, scratch, result)| {
+                Message::Restore(Restore {
+                    handle,
+                    steps,
+                    scratch,
+                    result,
+                })
+            }),
         ]
     }
 
@@ -645,9 +743,79 @@ mod same_as_postcard {
         wire::read_frame(&mut wire::Reader::new(body)).ok()
     }
 
+    fn has_masks(version: u16) -> bool {
+        version >= 2
+    }
+
+    /// postcard's view of a frame holding a `Hello` older than version 2, which ends at
+    /// `max_payload`: serde cannot make a field's presence depend on `version`, so the
+    /// reference for those is this mirror (the message tag is the enum's varint index).
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct HelloV1Frame {
+        seq: u32,
+        ack: u32,
+        credit: u8,
+        tag: u32,
+        version: u16,
+        device_id: DeviceId,
+        boot_id: u32,
+        session_id: u32,
+        capabilities: heapless::Vec<CapabilityName, MAX_CAPABILITIES>,
+        locks: heapless::Vec<LockName, MAX_LOCKS>,
+        slots: u8,
+        max_payload: u16,
+    }
+
+    fn postcard_encode(f: &Frame) -> Vec<u8> {
+        match &f.message {
+            Message::Hello(h) if !has_masks(h.version) => {
+                let v1 = HelloV1Frame {
+                    seq: f.seq,
+                    ack: f.ack,
+                    credit: f.credit,
+                    tag: 0,
+                    version: h.version,
+                    device_id: h.device_id.clone(),
+                    boot_id: h.boot_id,
+                    session_id: h.session_id,
+                    capabilities: h.capabilities.clone(),
+                    locks: h.locks.clone(),
+                    slots: h.slots,
+                    max_payload: h.max_payload,
+                };
+                postcard::to_allocvec(&v1).unwrap()
+            }
+            _ => postcard::to_allocvec(f).unwrap(),
+        }
+    }
+
     fn postcard_decode(body: &[u8]) -> Option<Frame> {
+        if let Ok((v1, rest)) = postcard::take_from_bytes::<HelloV1Frame>(body) {
+            if v1.tag == 0 && !has_masks(v1.version) {
+                let hello = Hello {
+                    version: v1.version,
+                    device_id: v1.device_id,
+                    boot_id: v1.boot_id,
+                    session_id: v1.session_id,
+                    capabilities: v1.capabilities,
+                    locks: v1.locks,
+                    slots: v1.slots,
+                    max_payload: v1.max_payload,
+                    resumable: 0,
+                    restartable: 0,
+                };
+                return rest.is_empty().then_some(Frame {
+                    seq: v1.seq,
+                    ack: v1.ack,
+                    credit: v1.credit,
+                    message: Message::Hello(hello),
+                });
+            }
+        }
         match postcard::take_from_bytes::<Frame>(body) {
-            Ok((f, [])) => Some(f),
+            Ok((f, [])) if !matches!(&f.message, Message::Hello(h) if !has_masks(h.version)) => {
+                Some(f)
+            }
             _ => None,
         }
     }
@@ -665,14 +833,18 @@ mod same_as_postcard {
     }
 
     /// Varints at the edges of what u16, u32 and usize accept, and one past the last variant
-    /// of each enum (TaskReport 5, Priority 6, RejectReason 9, Message 10), and the last of
-    /// version 1 (Message and RejectReason 8).
-    const EDGE_VARINTS: [&[u8]; 13] = [
+    /// of each enum (TaskReport 5, Priority 6, RejectReason 10, Message 11), the last of
+    /// version 1 (Message and RejectReason 8), and the versions around the `Hello` masks
+    /// (1 and 2).
+    const EDGE_VARINTS: [&[u8]; 16] = [
+        &[0x01],
+        &[0x02],
         &[0x05],
         &[0x06],
         &[0x08],
         &[0x09],
         &[0x0A],
+        &[0x0B],
         &[0xFF, 0xFF, 0x03],                   // u16::MAX
         &[0xFF, 0xFF, 0x04],                   // u16 overflow
         &[0xFF, 0xFF, 0xFF, 0xFF, 0x0F],       // u32::MAX
@@ -733,7 +905,7 @@ mod same_as_postcard {
 
         #[test]
         fn encoding_is_byte_for_byte_postcards(f in frame()) {
-            let reference = postcard::to_allocvec(&f).unwrap();
+            let reference = postcard_encode(&f);
             prop_assert_eq!(hand_encode(&f), reference);
             prop_assert_eq!(hand_decode(&hand_encode(&f)), Some(f));
         }

@@ -47,6 +47,7 @@ impl<const N: usize, const L: usize, const C: usize, const W: usize, const R: us
         now: Instant,
     ) -> Option<Self> {
         const { assert!(C <= MAX_CAPABILITIES, "C exceeds what Hello can advertise") };
+        let (resumable, restartable) = runtime.preemption_masks();
         let hello = Hello {
             version: PROTOCOL_VERSION,
             device_id: DeviceId::try_from(device_id).ok()?,
@@ -57,6 +58,8 @@ impl<const N: usize, const L: usize, const C: usize, const W: usize, const R: us
             locks: runtime.lock_names().take(MAX_LOCKS).cloned().collect(),
             slots: N.min(255) as u8,
             max_payload: runtime.max_payload() as u16,
+            resumable,
+            restartable,
         };
         let mut session = Session::device(hello, config, now);
         session.set_credit(runtime.free_slots());
@@ -77,7 +80,8 @@ impl<const N: usize, const L: usize, const C: usize, const W: usize, const R: us
         &self.runtime
     }
 
-    /// Handles a received frame: `Assign`s, `Cancel`s and `Preempt`s go to the runtime; the
+    /// Handles a received frame: `Assign`s, `Cancel`s, `Preempt`s and `Restore`s go to the
+    /// runtime; the
     /// session event, if any, is returned for logging.
     pub fn handle_bytes(
         &mut self,
@@ -101,13 +105,17 @@ impl<const N: usize, const L: usize, const C: usize, const W: usize, const R: us
         Ok(event)
     }
 
-    /// Hands a delivered `Assign`, `Cancel` or `Preempt` to the runtime, keeping its refusal
+    /// Hands a delivered `Assign`, `Cancel`, `Preempt` or `Restore` to the runtime, keeping its refusal
     /// for sending.
     fn take(&mut self, event: &Event, now: Instant) {
         let refused = match event {
             Event::Received(Message::Assign(a)) => self.runtime.assign(a.clone(), now).err(),
             Event::Received(Message::Cancel(c)) => self.runtime.cancel(c.handle).err(),
             Event::Received(Message::Preempt(p)) => self.runtime.preempt(p.handle).err(),
+            Event::Received(Message::Restore(r)) => {
+                self.runtime.restore(r.clone());
+                None
+            }
             _ => None,
         };
         if let Some(r) = refused {

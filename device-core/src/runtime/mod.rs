@@ -5,8 +5,11 @@
 //!   urgent one (so a more urgent task preempts at the next step boundary), takes the locks a
 //!   task declares through the scheduler (priority inheritance applies), and produces the
 //!   `Report`s: `Running` when a task starts, then exactly one of `Completed`, `Failed`,
-//!   `Expired` or `Cancelled` — or, for a task given back to the bridge before it started
-//!   ([`Runtime::preempt`]), a `Suspended` instead of any terminal report. Locks that tasks
+//!   `Expired` or `Cancelled` — or, for a task given back to the bridge
+//!   ([`Runtime::preempt`]: before it started, or at a step boundary if its capability was
+//!   registered [`Preemption::Restart`] or [`Preemption::Resume`]), a `Suspended` instead of
+//!   any terminal report. A task given back with its checkpoint is resumed (here or on
+//!   another device) by a `Restore` followed by its `Assign` ([`Runtime::restore`]). Locks that tasks
 //!   may name are declared by name ([`Runtime::declare_lock`]); the device advertises the
 //!   names in `Hello`, in lock-id order, and the bridge turns a task's lock names into those
 //!   ids.
@@ -36,7 +39,8 @@ use heapless::{Deque, Vec};
 
 use crate::proto::{
     Assign, CapabilityName, Handle, LockName, MAX_LOCK_NAME, MAX_LOCKS, MAX_PAYLOAD, MAX_SCRATCH,
-    MAX_TASK_LOCKS, Payload, Reject, RejectReason, Report, Suspended, TaskReport, valid_lock_name,
+    MAX_TASK_LOCKS, Payload, Preemption, Reject, RejectReason, Report, Restore, Suspended,
+    TaskReport, valid_lock_name,
 };
 use crate::{Acquire, Event, Instant, LockId, Scheduler, TaskId, TaskSpec};
 
@@ -73,9 +77,11 @@ pub struct Ctx<'a> {
     pub payload: &'a [u8],
     /// The task's output, kept across steps.
     pub result: &'a mut Payload,
-    /// Handler state kept across steps, zeroed when the task is admitted.
+    /// Handler state kept across steps, zeroed when the task is admitted (or, for a task
+    /// resumed from a checkpoint, the checkpoint's scratch, zero-padded).
     pub scratch: &'a mut [u8; SCRATCH_BYTES],
-    /// Steps this task has already run (0 on the first).
+    /// Steps this task has already run (0 on the first; a resumed task continues from its
+    /// checkpoint's count).
     pub step: u32,
     pub now: Instant,
 }
@@ -121,6 +127,11 @@ pub(crate) struct Task {
     result: Payload,
     scratch: [u8; SCRATCH_BYTES],
     steps: u32,
+    /// What a `Preempt` may do once the task has started (its capability's mode).
+    preemption: Preemption,
+    /// A step ran or a lock was taken on this device: from then on a `Preempt` is up to
+    /// `preemption` (a resumed task has `steps > 0` before it starts here).
+    started: bool,
     /// The `Running` report is owed.
     running_owed: bool,
     /// How the task ended, once it has.
@@ -141,16 +152,30 @@ enum End {
     Suspended,
 }
 
+/// A registered capability.
+#[derive(Debug)]
+struct Capability {
+    name: CapabilityName,
+    handler: Handler,
+    preemption: Preemption,
+}
+
 /// The cooperative runtime: `N` task slots, `L` locks, `C` capabilities.
 #[derive(Debug)]
 pub struct Runtime<const N: usize, const L: usize, const C: usize> {
     sched: Scheduler<N, L>,
-    handlers: Vec<(CapabilityName, Handler), C>,
+    handlers: Vec<Capability, C>,
     /// Names of locks `0..len`, in id order: advertised in `Hello` so that tasks can name them.
     lock_names: Vec<LockName, L>,
     tasks: [Option<Task>; N],
     recent: Deque<Handle, RECENT_HANDLES>,
     max_payload: usize,
+    /// The checkpoint for the `Assign` that must come next (see [`restore`](Self::restore)).
+    /// One is enough: the bridge sends each `Restore` right before its `Assign`. Costs 288
+    /// bytes on 32-bit targets (a `Payload` of 260 and a scratch `Vec` of 20).
+    restore: Option<Restore>,
+    /// Restores dropped because their `Assign` did not come next (a bridge fault).
+    dropped_restores: u32,
 }
 
 impl<const N: usize, const L: usize, const C: usize> Default for Runtime<N, L, C> {
@@ -170,6 +195,8 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
             tasks: [const { None }; N],
             recent: Deque::new(),
             max_payload: MAX_PAYLOAD,
+            restore: None,
+            dropped_restores: 0,
         }
     }
 
@@ -183,20 +210,81 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
         self.max_payload
     }
 
-    /// Registers `handler` for capability `name`. The handler is handed back when `C`
-    /// capabilities are registered or the name is longer than a `CapabilityName`.
+    /// Registers `handler` for capability `name`, whose started tasks are never preempted
+    /// ([`Preemption::Never`]); see [`register_with`](Self::register_with).
     pub fn register(&mut self, name: &str, handler: Handler) -> Result<(), Handler> {
+        self.register_with(name, handler, Preemption::Never)
+    }
+
+    /// Registers `handler` for capability `name`, declaring what a `Preempt` may do to its
+    /// started tasks (advertised in `Hello`). Registering a name again replaces its handler
+    /// and mode. The handler is handed back when `C` capabilities are registered or the name
+    /// is longer than a `CapabilityName`.
+    ///
+    /// [`Preemption::Resume`] requires the handler to keep all its state across steps in
+    /// `Ctx::scratch`, `Ctx::result` and `Ctx::step`: it is resumed from those alone.
+    pub fn register_with(
+        &mut self,
+        name: &str,
+        handler: Handler,
+        preemption: Preemption,
+    ) -> Result<(), Handler> {
         let name = CapabilityName::try_from(name).map_err(|_| handler)?;
-        if let Some(existing) = self.handlers.iter_mut().find(|(n, _)| *n == name) {
-            existing.1 = handler;
+        if let Some(existing) = self.handlers.iter_mut().find(|c| c.name == name) {
+            existing.handler = handler;
+            existing.preemption = preemption;
             return Ok(());
         }
-        self.handlers.push((name, handler)).map_err(|(_, h)| h)
+        let capability = Capability {
+            name,
+            handler,
+            preemption,
+        };
+        self.handlers.push(capability).map_err(|c| c.handler)
     }
 
     /// The registered capability names.
     pub fn capabilities(&self) -> impl Iterator<Item = &CapabilityName> {
-        self.handlers.iter().map(|(n, _)| n)
+        self.handlers.iter().map(|c| &c.name)
+    }
+
+    /// The preemption mode of capability `name`; `None` if not registered.
+    pub fn preemption(&self, name: &str) -> Option<Preemption> {
+        self.handlers
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.preemption)
+    }
+
+    /// `Hello`'s `(resumable, restartable)` masks: bit `i` for the `i`-th capability (of at
+    /// most 8, as `Hello` advertises).
+    pub(crate) fn preemption_masks(&self) -> (u8, u8) {
+        let mut masks = (0, 0);
+        for (i, c) in self.handlers.iter().enumerate().take(u8::BITS as usize) {
+            match c.preemption {
+                Preemption::Resume => masks.0 |= 1 << i,
+                Preemption::Restart => masks.1 |= 1 << i,
+                Preemption::Never => {}
+            }
+        }
+        masks
+    }
+
+    /// Restores dropped because the `Assign` of their handle did not come next.
+    pub fn dropped_restores(&self) -> u32 {
+        self.dropped_restores
+    }
+
+    /// Takes a `Restore`: the checkpoint for the `Assign` of the same handle, which must be
+    /// the next `Assign` (or `Restore`) taken; any other drops it (counted in
+    /// [`dropped_restores`](Self::dropped_restores)), as does another `Restore`. A `Restore`
+    /// is never refused itself: the `Assign` it precedes is, with
+    /// [`RejectReason::NotResumable`], if its capability is not [`Preemption::Resume`] (a
+    /// scratch longer than [`MAX_SCRATCH`] cannot be decoded at all).
+    pub fn restore(&mut self, restore: Restore) {
+        if self.restore.replace(restore).is_some() {
+            self.dropped_restores = self.dropped_restores.wrapping_add(1);
+        }
     }
 
     /// Names the next lock of the table (lock 0 first) and returns its id, which the bridge
@@ -240,7 +328,8 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
     }
 
     /// Takes an `Assign`. A replay of a handle still held answers with its current state
-    /// again (the report is re-queued) and does not run it twice.
+    /// again (the report is re-queued) and does not run it twice. Right after a
+    /// [`restore`](Self::restore) of its handle, the task starts from that checkpoint.
     pub fn assign(&mut self, a: Assign, now: Instant) -> Result<(), Reject> {
         let reject = |reason| {
             Err(Reject {
@@ -248,10 +337,18 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
                 reason,
             })
         };
+        let restore = match self.restore.take() {
+            Some(r) if r.handle == a.handle => Some(r),
+            Some(_) => {
+                self.dropped_restores = self.dropped_restores.wrapping_add(1);
+                None
+            }
+            None => None,
+        };
         if let Some(task) = self.task_mut(a.handle) {
             if task.end.is_some() {
                 task.end_owed = true;
-            } else if task.steps > 0 || task.locked > 0 {
+            } else if task.started {
                 task.running_owed = true;
             }
             return Ok(());
@@ -259,14 +356,17 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
         if self.recent.iter().any(|&h| h == a.handle) {
             return reject(RejectReason::Finished);
         }
-        let Some(handler) = self
+        let Some((handler, preemption)) = self
             .handlers
             .iter()
-            .find(|(n, _)| *n == a.capability)
-            .map(|h| h.1)
+            .find(|c| c.name == a.capability)
+            .map(|c| (c.handler, c.preemption))
         else {
             return reject(RejectReason::UnknownCapability);
         };
+        if restore.is_some() && preemption != Preemption::Resume {
+            return reject(RejectReason::NotResumable);
+        }
         if a.payload.len() > self.max_payload {
             return reject(RejectReason::PayloadTooLarge);
         }
@@ -280,6 +380,14 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
         let Ok(id) = self.sched.admit(spec, now) else {
             return reject(RejectReason::NoFreeSlot);
         };
+        let mut scratch = [0; SCRATCH_BYTES];
+        let (steps, result) = match restore {
+            Some(r) => {
+                scratch[..r.scratch.len()].copy_from_slice(&r.scratch);
+                (r.steps, r.result)
+            }
+            None => (0, Payload::new()),
+        };
         self.tasks[id.slot()] = Some(Task {
             id,
             handle: a.handle,
@@ -287,9 +395,11 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
             locks: a.locks,
             locked: 0,
             payload: a.payload,
-            result: Payload::new(),
-            scratch: [0; SCRATCH_BYTES],
-            steps: 0,
+            result,
+            scratch,
+            steps,
+            preemption,
+            started: false,
             running_owed: false,
             end: None,
             end_owed: false,
@@ -314,15 +424,24 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
         Ok(())
     }
 
-    /// Gives a task back to the bridge (`Preempt`). A task that has not started — no step
-    /// run, no lock taken — leaves the scheduler at once and a `Suspended` with an empty
-    /// checkpoint is owed ([`poll_suspended`](Self::poll_suspended)); its slot stays taken
-    /// until that is acknowledged, and its handle then counts as finished. A task that has
-    /// started is refused [`RejectReason::Started`]. As with [`cancel`](Self::cancel), a
-    /// task that already ended is left alone (its report stands), and an unknown handle is
+    /// Gives a task back to the bridge (`Preempt`). The runtime is only ever called between
+    /// steps, so a task is stopped at a step boundary at once: it leaves the scheduler (a
+    /// wait it was in ends, every lock it holds passes to its waiters, and the priorities it
+    /// lent or borrowed are recomputed) and a `Suspended` is owed
+    /// ([`poll_suspended`](Self::poll_suspended)); its slot stays taken until that is
+    /// acknowledged, and its handle then counts as finished. What the `Suspended` carries:
+    /// - a task that has not started here (no step run, no lock taken — a task waiting for
+    ///   its first lock has not, though its `Running` may have been reported): its checkpoint
+    ///   as admitted, empty unless it was resumed from one;
+    /// - a started task of a [`Preemption::Resume`] capability: its checkpoint (`steps`, the
+    ///   16 scratch bytes, the partial result);
+    /// - a started task of a [`Preemption::Restart`] capability: an empty checkpoint.
+    ///
+    /// A started task of a [`Preemption::Never`] capability is refused
+    /// [`RejectReason::Started`] and keeps running. As with [`cancel`](Self::cancel), a task
+    /// that already ended is left alone (its report stands), and an unknown handle is
     /// refused [`RejectReason::UnknownTask`]. A replay for a task already given back owes the
-    /// same `Suspended` again. A task waiting for its first lock has not started (it holds
-    /// nothing and ran nothing), though its `Running` may have been reported already.
+    /// same `Suspended` again.
     pub fn preempt(&mut self, handle: Handle) -> Result<(), Reject> {
         let Some(task) = self.held(handle)? else {
             return Ok(());
@@ -330,15 +449,19 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
         match task.end {
             Some(End::Suspended) => task.end_owed = true,
             Some(End::Report(..)) => {}
-            None if task.steps > 0 || task.locked > 0 => {
+            None if task.started && task.preemption == Preemption::Never => {
                 return Err(Reject {
                     handle: Some(handle),
                     reason: RejectReason::Started,
                 });
             }
             None => {
-                // Out of the scheduler (a task blocked on its first lock leaves the wait
-                // queue, and what it lent the holder goes); the slot stays until the ack.
+                if task.started && task.preemption == Preemption::Restart {
+                    // Started over elsewhere: nothing of this run is worth keeping.
+                    task.steps = 0;
+                    task.scratch = [0; SCRATCH_BYTES];
+                    task.result.clear();
+                }
                 let id = task.id;
                 let _ = self.sched.cancel(id);
                 self.end(id.slot(), End::Suspended);
@@ -358,7 +481,7 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
             let _ = self.sched.fail(id);
             return true;
         };
-        if task.steps == 0 && task.locked == 0 {
+        if !task.started {
             task.running_owed = true;
         }
         if let Some(&lock) = task.locks.get(usize::from(task.locked)) {
@@ -369,7 +492,10 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
                 self.sched.lock(id, lock, None, now)
             };
             match outcome {
-                Ok(Acquire::Acquired) => task.locked += 1,
+                Ok(Acquire::Acquired) => {
+                    task.locked += 1;
+                    task.started = true;
+                }
                 Ok(Acquire::Blocked) => {}
                 Err(e) => {
                     let code = if e == crate::SchedError::Deadlock {
@@ -393,6 +519,7 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
         };
         let outcome = (task.handler)(&mut ctx);
         task.steps = task.steps.saturating_add(1);
+        task.started = true;
         match outcome {
             Step::Continue => {}
             Step::Done => {
@@ -454,7 +581,8 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
         let t = self.tasks.iter_mut().flatten().find(owed)?;
         t.end_owed = false;
         t.ticket = Some(ticket);
-        // The checkpoint at the step boundary: nothing yet for a task that never ran.
+        // The checkpoint at the step boundary: no scratch for a task that never ran a step
+        // (or whose run was discarded, `Preemption::Restart`).
         let mut scratch = heapless::Vec::new();
         if t.steps > 0 {
             let _ = scratch.extend_from_slice(&t.scratch);
