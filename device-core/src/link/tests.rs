@@ -561,6 +561,18 @@ fn a_version_1_device_keeps_working_with_a_version_2_bridge() {
         (refused.reason, refused.message),
         (Refusal::Unsupported, preempt)
     );
+    // So is a Restore (a version 1 device cannot resume from a checkpoint).
+    let restore = Message::Restore(proto::Restore {
+        handle: 5,
+        steps: 3,
+        scratch: heapless::Vec::from_slice(&[1]).unwrap(),
+        result: heapless::Vec::new(),
+    });
+    let refused = br.send(restore.clone()).unwrap_err();
+    assert_eq!(
+        (refused.reason, refused.message),
+        (Refusal::Unsupported, restore)
+    );
     assert_eq!(br.unacknowledged(), 1, "only the Assign is pending");
 }
 

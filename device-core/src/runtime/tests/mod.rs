@@ -3,6 +3,8 @@
 use super::*;
 use crate::Priority;
 
+mod checkpoint;
+
 type R = Runtime<3, 2, 4>;
 
 thread_local! {
