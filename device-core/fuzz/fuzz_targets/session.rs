@@ -1,22 +1,26 @@
 //! A bridge session and a device (session + runtime) talking over a link the fuzzer controls:
 //! it delivers, drops, duplicates, reorders and corrupts frames, injects arbitrary bytes,
-//! moves the clock, submits, cancels and takes back (`Preempt`) tasks, and reboots the
-//! device. Nothing may panic, `poll_transmit` must run dry, the flow-control and window
-//! bounds must hold, and the bridge never finds its version 2 device too old for `Preempt`.
+//! moves the clock, submits, cancels and takes back (`Preempt`) tasks — started or not, of
+//! capabilities that never stop, restart or resume — sends checkpoints (`Restore`, followed
+//! by its `Assign` or not), and reboots the device. Nothing may panic, `poll_transmit` must
+//! run dry, the flow-control and window bounds must hold, and the bridge never finds its
+//! version 2 device too old for `Preempt` or `Restore`.
 #![no_main]
 
 use std::collections::VecDeque;
 
 use arbitrary::Arbitrary;
 use device_core::link::{BridgeSide, Config, Refusal, Session};
-use device_core::proto::{Assign, Cancel, MAX_FRAME, Message, Payload, Preempt};
+use device_core::proto::{
+    Assign, Cancel, MAX_FRAME, MAX_SCRATCH, Message, Payload, Preempt, Preemption, Restore,
+};
 use device_core::runtime::{Ctx, Device, Runtime, Step};
 use device_core::{Instant, Priority};
 use libfuzzer_sys::fuzz_target;
 
 const SLOTS: usize = 4;
 const BRIDGE_WINDOW: usize = 8;
-type Dev = Device<SLOTS, 2, 2, 4, 2>;
+type Dev = Device<SLOTS, 2, 3, 4, 2>;
 type Bridge = Session<BridgeSide, BRIDGE_WINDOW, 4>;
 
 fn echo(ctx: &mut Ctx<'_>) -> Step {
@@ -49,7 +53,8 @@ enum Op {
     },
     Assign {
         handle: u8,
-        slow: bool,
+        /// echo (never preempted once started), slow (resumes), again (restarts).
+        capability: u8,
         priority: u8,
         payload: u8,
         deadline: Option<u16>,
@@ -57,6 +62,14 @@ enum Op {
     },
     Cancel(u8),
     Preempt(u8),
+    /// A checkpoint for `handle`, then (if `assign`) its `Assign` of that capability.
+    Restore {
+        handle: u8,
+        steps: u8,
+        scratch: Vec<u8>,
+        result: Vec<u8>,
+        assign: Option<u8>,
+    },
     Steps(u8),
     Reboot,
 }
@@ -64,7 +77,8 @@ enum Op {
 fn device(boot: u32, now: Instant) -> Dev {
     let mut rt = Runtime::new();
     let _ = rt.register("echo", echo);
-    let _ = rt.register("slow", slow);
+    let _ = rt.register_with("slow", slow, Preemption::Resume);
+    let _ = rt.register_with("again", slow, Preemption::Restart);
     // Named, so that every `Hello` carries lock names; lock 1 stays unnamed, and lock 2 (an
     // `Assign` may send it) does not exist.
     let _ = rt.declare_lock("bus");
@@ -132,6 +146,30 @@ impl World {
     }
 }
 
+fn assign(
+    handle: u8,
+    capability: u8,
+    priority: u8,
+    payload: u8,
+    deadline: Option<u16>,
+    lock: Option<u8>,
+) -> Assign {
+    let mut locks = heapless::Vec::new();
+    if let Some(l) = lock {
+        let _ = locks.push(l % 3);
+    }
+    let capability = ["echo", "slow", "again"][usize::from(capability % 3)];
+    Assign {
+        handle: u32::from(handle),
+        priority: Priority::from_level(priority % 6).unwrap_or(Priority::P3),
+        deadline_ms: deadline.map(u32::from),
+        capability: capability.try_into().unwrap(),
+        locks,
+        payload: Payload::from_slice(&[payload; 3]).unwrap(),
+        trace_id: heapless::String::new(),
+    }
+}
+
 fuzz_target!(|ops: Vec<Op>| {
     let mut w = World {
         now: 0,
@@ -180,26 +218,40 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Inject { to_device, bytes } => w.deliver(to_device, &bytes),
             Op::Assign {
                 handle,
-                slow,
+                capability,
                 priority,
                 payload,
                 deadline,
                 lock,
             } => {
-                let mut locks = heapless::Vec::new();
-                if let Some(l) = lock {
-                    let _ = locks.push(l % 3);
-                }
-                let a = Assign {
-                    handle: u32::from(handle),
-                    priority: Priority::from_level(priority % 6).unwrap_or(Priority::P3),
-                    deadline_ms: deadline.map(u32::from),
-                    capability: (if slow { "slow" } else { "echo" }).try_into().unwrap(),
-                    locks,
-                    payload: Payload::from_slice(&[payload; 3]).unwrap(),
-                    trace_id: heapless::String::new(),
-                };
+                let a = assign(handle, capability, priority, payload, deadline, lock);
                 let _ = w.br.send(Message::Assign(a));
+            }
+            Op::Restore {
+                handle,
+                steps,
+                scratch,
+                result,
+                assign: then,
+            } => {
+                let r = Restore {
+                    handle: u32::from(handle),
+                    steps: u32::from(steps),
+                    scratch: heapless::Vec::from_slice(&scratch[..scratch.len().min(MAX_SCRATCH)])
+                        .unwrap(),
+                    result: Payload::from_slice(&result[..result.len().min(64)]).unwrap(),
+                };
+                if let Err(e) = w.br.send(Message::Restore(r)) {
+                    assert_ne!(
+                        e.reason,
+                        Refusal::Unsupported,
+                        "the device speaks version 2"
+                    );
+                }
+                if let Some(capability) = then {
+                    let a = assign(handle, capability, 3, steps, None, None);
+                    let _ = w.br.send(Message::Assign(a));
+                }
             }
             Op::Cancel(h) => {
                 let _ = w.br.send(Message::Cancel(Cancel {
@@ -209,7 +261,11 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Preempt(h) => {
                 let handle = u32::from(h);
                 if let Err(e) = w.br.send(Message::Preempt(Preempt { handle })) {
-                    assert_ne!(e.reason, Refusal::Unsupported, "the device speaks version 2");
+                    assert_ne!(
+                        e.reason,
+                        Refusal::Unsupported,
+                        "the device speaks version 2"
+                    );
                 }
             }
             Op::Steps(n) => {
