@@ -248,6 +248,7 @@ mod tests {
             not_before_ms: 0,
             retry_handle: None,
             preemptions: 0,
+            checkpoint: None,
         }
     }
 

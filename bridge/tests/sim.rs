@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use device_core::Instant;
 use device_core::link::{Config, Event, State, Stats};
-use device_core::proto::{MAX_FRAME, Message, Preempt, TRANSIENT_ERROR};
+use device_core::proto::{MAX_FRAME, Message, Preempt, Preemption, TRANSIENT_ERROR};
 use device_core::runtime::{Ctx, Device, Runtime, Step};
 use edge_bridge::api::{StatusEvent, TaskState};
 use edge_bridge::backoff::SplitMix64;
@@ -114,6 +114,8 @@ struct Figures {
     /// Take-backs the engine asked for, and tasks devices gave back.
     take_backs_asked: u64,
     given_back: u64,
+    /// Of those, started tasks given back with a checkpoint (resumed where they stopped).
+    with_checkpoint: u64,
     /// Counters of sessions replaced (crashes, reboots, closed connections).
     retired: Vec<Stats>,
     /// Refusals by devices, by reason: only `Finished` and `Started` expected (see the end of
@@ -165,7 +167,8 @@ struct SimDevice {
 
 fn boot_device(index: usize, boot: u32, now: u64) -> Dev {
     let mut rt = Runtime::new();
-    rt.register("echo", echo).unwrap();
+    // Resumable: a started task taken back for urgent work resumes from its checkpoint.
+    rt.register_with("echo", echo, Preemption::Resume).unwrap();
     let id = format!("dev-{index}");
     Dev::new(&id, boot, rt, Config::default(), Instant::from_millis(now)).unwrap()
 }
@@ -302,8 +305,12 @@ impl World {
             }
             Event::Received(Message::Suspended(suspended)) => {
                 self.f.given_back += 1;
+                if suspended.steps > 0 {
+                    self.f.with_checkpoint += 1;
+                }
                 LinkInput::Suspended {
                     handle: suspended.handle,
+                    checkpoint: edge_bridge::link::checkpoint_of(&suspended),
                     ticket: self.client.ticket(),
                 }
             }
@@ -435,6 +442,12 @@ impl World {
                     Message::Assign(*a)
                 }
                 LinkCommand::Cancel(c) => Message::Cancel(c),
+                LinkCommand::Restore { handle, checkpoint } => {
+                    match edge_bridge::link::restore_of(handle, &checkpoint) {
+                        Some(restore) => Message::Restore(restore),
+                        None => continue,
+                    }
+                }
                 LinkCommand::Preempt { handle } => {
                     self.f.take_backs_asked += 1;
                     Message::Preempt(Preempt { handle })
@@ -714,8 +727,8 @@ fn every_task_ends_once_through_loss_crashes_and_reboots() {
         executions, f.turns, f.events, f.refused
     );
     println!(
-        "take-backs: {} asked, {} tasks given back; refusals by devices: {:?}; results lost to a report from a device the task had left: {lost_results}",
-        f.take_backs_asked, f.given_back, f.rejects
+        "take-backs: {} asked, {} tasks given back ({} started, with a checkpoint); refusals by devices: {:?}; results lost to a report from a device the task had left: {lost_results}",
+        f.take_backs_asked, f.given_back, f.with_checkpoint, f.rejects
     );
     assert!(
         f.crashes > 0 && f.reboots > 0 && f.lost > 0,

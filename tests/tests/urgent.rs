@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use broker_config::Config;
 use edge_tests::{Bridge, Proc, Watcher, last_state, start_bridge, start_device};
 use serde_json::json;
 
@@ -122,4 +123,110 @@ async fn a_p0_takes_back_an_unstarted_p4_when_no_slot_is_free() {
         },
     )
     .await;
+}
+
+/// A started task is preempted with its checkpoint and resumes elsewhere: a P4 `count` task
+/// (declared resumable) has run some steps on dev-1 when seven P0 `sleep`s take dev-1's other
+/// slots (as urgent as the P0 to come, so not to be taken back); a P0 `echo` then finds no
+/// slot, dev-1 stops the `count` at its next step boundary and gives it back with its
+/// checkpoint, the P0 takes its slot, and the `count` resumes on dev-2, which offers only
+/// `count`: its result counts every step once and says it first ran on dev-2 at a step past 0,
+/// so it did not start over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_task_is_preempted_with_a_checkpoint_and_resumes_on_another_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        bridge_id: "urgent".into(),
+        ..Config::default()
+    };
+    config.urgent.reserve = 0;
+    let file = dir.path().join("bridge.toml");
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let bridge = start_bridge(
+        &dir.path().join("data"),
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--mqtt-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
+    let _dev1 = start_device(bridge.devices, "dev-1", &["sleep", "echo", "count"]);
+    let steps = 3_000;
+    let count =
+        json!({"id": "count", "capability": "count", "priority": 4, "payload": {"steps": steps}});
+    w.submit(ROOT, &count.to_string()).await;
+    w.wait_for(
+        Duration::from_secs(30),
+        "the count running on dev-1",
+        |seen| last_state(seen, "count").as_deref() == Some("running"),
+    )
+    .await;
+    for i in 0..7 {
+        let task = json!({"id": format!("p0-{i}"), "capability": "sleep", "priority": 0, "payload": {"ms": 60_000}});
+        w.submit(ROOT, &task.to_string()).await;
+    }
+    w.wait_for(
+        Duration::from_secs(30),
+        "seven P0 sleeps on dev-1",
+        |seen| {
+            (0..7).all(|i| {
+                matches!(
+                    last_state(seen, &format!("p0-{i}")).as_deref(),
+                    Some("dispatched" | "running")
+                )
+            })
+        },
+    )
+    .await;
+    let _dev2 = start_device(bridge.devices, "dev-2", &["count"]);
+    w.wait_for(Duration::from_secs(30), "dev-2 online", |seen| {
+        seen.iter()
+            .any(|(t, v)| t.ends_with("/devices/dev-2") && v["online"] == true)
+    })
+    .await;
+    w.submit(
+        ROOT,
+        r#"{"id":"urgent","capability":"echo","priority":"P0","payload":"now"}"#,
+    )
+    .await;
+    // It gets the slot the `count` left (on dev-1 it then waits its turn behind the P0
+    // sleeps, first come first served within a priority).
+    w.wait_for(
+        Duration::from_secs(30),
+        "the P0 echo dispatched to dev-1",
+        |seen| {
+            seen.iter().any(|(t, v)| {
+                t.ends_with("/status")
+                    && v["id"] == "urgent"
+                    && v["state"] == "dispatched"
+                    && v["device"] == "dev-1"
+            })
+        },
+    )
+    .await;
+    w.wait_for(Duration::from_secs(60), "the count completed", |seen| {
+        last_state(seen, "count").as_deref() == Some("completed")
+    })
+    .await;
+    let events: Vec<&serde_json::Value> = w
+        .seen
+        .iter()
+        .filter(|(t, v)| t.ends_with("/status") && v["id"] == "count")
+        .map(|(_, v)| v)
+        .collect();
+    let states: Vec<&str> = events.iter().filter_map(|v| v["state"].as_str()).collect();
+    assert!(states.contains(&"preempted"), "{states:?}");
+    let done = events.last().unwrap();
+    assert_eq!(done["device"], "dev-2", "{done}");
+    assert_eq!(
+        done["result"]["counted"], steps,
+        "every step counted once: {done}"
+    );
+    let first = done["result"]["first_step_here"].as_u64().unwrap();
+    assert!(
+        first > 0 && first < steps,
+        "resumed at step {first}, not started over: {done}"
+    );
 }

@@ -10,7 +10,9 @@
 //!
 //! Capabilities: `echo` (result = payload), `sleep` (`{"ms":N}`, one step per millisecond, so
 //! preemption and cancellation are observable), `fail` (fails with code 7), `flaky` (every other
-//! execution fails with a transient code, the others echo). 8 task slots.
+//! execution fails with a transient code, the others echo), `count` (`{"steps":N}`, at most one
+//! step per millisecond, resumable: preempted, it resumes from its checkpoint on the next
+//! device). 8 task slots.
 //!
 //! Locks: `--lock NAME` (repeatable) declares a lock, advertised in `Hello`, that tasks may
 //! name in their submission's `locks`. The runtime takes a task's locks before its first step
@@ -24,8 +26,9 @@ use std::time::{Duration, Instant as StdInstant};
 use clap::Parser;
 use device_core::Instant;
 use device_core::link::Config;
+use device_core::proto::Preemption;
 use device_core::proto::{Deframer, MAX_FRAME};
-use device_core::runtime::{Ctx, Device, Runtime, Step};
+use device_core::runtime::{Ctx, Device, Handler, Runtime, Step};
 use edge_bridge::backoff::Backoff;
 use edge_bridge::link::dtls::client as dtls_client;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -258,6 +261,49 @@ fn flaky(ctx: &mut Ctx<'_>) -> Step {
     echo(ctx)
 }
 
+/// Counts `{"steps":N}` steps, at most one per millisecond, and may be preempted and resumed
+/// from its checkpoint (declared `Resume`): the count lives in the scratch bytes, so it
+/// survives a move to another device. The result, `{"counted":N,"first_step_here":S}`, says at
+/// which step this process first ran the execution: 0 for a task that started here, the
+/// checkpoint's step count for one resumed here.
+fn count(ctx: &mut Ctx<'_>) -> Step {
+    let n = serde_json::from_slice::<serde_json::Value>(ctx.payload)
+        .ok()
+        .and_then(|v| v.get("steps").and_then(serde_json::Value::as_u64));
+    let Some(n) = n else { return Step::Fail(2) };
+    let first_here = {
+        let mut seen = FIRST_STEPS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *seen.entry(ctx.handle).or_insert(ctx.step)
+    };
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&ctx.scratch[8..16]);
+    let last_ms = u64::from_le_bytes(word);
+    // At most one counted step per millisecond of this device's clock (a checkpoint from
+    // another device carries that device's clock: any other value counts).
+    if ctx.now.as_millis() == last_ms {
+        return Step::Continue;
+    }
+    ctx.scratch[8..16].copy_from_slice(&ctx.now.as_millis().to_le_bytes());
+    let mut counted = [0u8; 4];
+    counted.copy_from_slice(&ctx.scratch[..4]);
+    let counted = u32::from_le_bytes(counted) + 1;
+    ctx.scratch[..4].copy_from_slice(&counted.to_le_bytes());
+    if u64::from(counted) < n {
+        return Step::Continue;
+    }
+    let result = format!("{{\"counted\":{counted},\"first_step_here\":{first_here}}}");
+    match ctx.result.extend_from_slice(result.as_bytes()) {
+        Ok(()) => Step::Done,
+        Err(_) => Step::Fail(1),
+    }
+}
+
+/// The first step this process ran of each handle (see `count`).
+static FIRST_STEPS: std::sync::Mutex<std::collections::BTreeMap<u32, u32>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -311,19 +357,20 @@ async fn run(cli: Cli) -> ExitCode {
         }
     }
     for cap in &cli.capabilities {
-        let handler = match cap.as_str() {
-            "echo" => echo,
-            "sleep" => sleep,
-            "fail" => fail,
-            "flaky" => flaky,
+        let (handler, preemption): (Handler, _) = match cap.as_str() {
+            "echo" => (echo, Preemption::Never),
+            "sleep" => (sleep, Preemption::Never),
+            "fail" => (fail, Preemption::Never),
+            "flaky" => (flaky, Preemption::Never),
+            "count" => (count, Preemption::Resume),
             other => {
                 eprintln!(
-                    "edge-device-sim: unknown capability {other:?} (echo, sleep, fail, flaky)"
+                    "edge-device-sim: unknown capability {other:?} (echo, sleep, fail, flaky, count)"
                 );
                 return ExitCode::FAILURE;
             }
         };
-        if rt.register(cap, handler).is_err() {
+        if rt.register_with(cap, handler, preemption).is_err() {
             eprintln!("edge-device-sim: too many capabilities");
             return ExitCode::FAILURE;
         }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use device_core::proto::Hello;
+use device_core::proto::{Hello, Preemption};
 
 use super::Engine;
 use crate::api::DeviceDocument;
@@ -25,6 +25,26 @@ pub(super) struct Online {
     /// Of its slots, how many only urgent tasks may take (from the urgency policy, fixed for
     /// the session).
     pub(super) reserve: u32,
+}
+
+/// How device `hello` lets a started task of `capability` be preempted (protocol 2 declares it
+/// per capability; older devices never stop a started task).
+pub(super) fn preemption(hello: &Hello, capability: &str) -> Preemption {
+    let Some(i) = hello
+        .capabilities
+        .iter()
+        .position(|c| c.as_str() == capability)
+    else {
+        return Preemption::Never;
+    };
+    let bit = 1u8.checked_shl(i as u32).unwrap_or(0);
+    if hello.resumable & bit != 0 {
+        Preemption::Resume
+    } else if hello.restartable & bit != 0 {
+        Preemption::Restart
+    } else {
+        Preemption::Never
+    }
 }
 
 impl Online {

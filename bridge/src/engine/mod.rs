@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use device_core::Priority;
-use device_core::proto::{Cancel, Hello, Reject, Report};
+use device_core::proto::{Cancel, Hello, Preemption, Reject, Report};
 
 use crate::api::{
     self, ApiError, BridgeStats, DeviceStats, ErrorCode, ErrorEvent, StatusEvent, TaskState,
@@ -46,7 +46,7 @@ use crate::api::{
 use crate::backoff::{Backoff, SplitMix64};
 use crate::dispatch::{self, Decision, DeviceView};
 use crate::link::{LinkCommand, LinkId};
-use crate::queue::{Admission, Change, OutboxEntry, Queue, QueueError};
+use crate::queue::{Admission, Change, Checkpoint, OutboxEntry, Queue, QueueError};
 use crate::time::Now;
 
 use devices::Registry;
@@ -79,8 +79,13 @@ pub enum LinkInput {
     /// An `Assign` the link's session would not take (no credit, window full).
     Refused { handle: u32 },
     /// The device gave a task back (asked to, with `Preempt`): its slot is free and it will not
-    /// run that handle again. `ticket` is released once that is committed.
-    Suspended { handle: u32, ticket: Ticket },
+    /// run that handle again; `checkpoint` is where it stopped (no steps: it had not started,
+    /// or it restarts). `ticket` is released once that is committed.
+    Suspended {
+        handle: u32,
+        checkpoint: Checkpoint,
+        ticket: Ticket,
+    },
     /// A `Preempt` for `handle` did not go out: its task may be chosen again.
     PreemptNotSent { handle: u32 },
     /// The connection ended.
@@ -324,14 +329,20 @@ impl Engine {
                     self.take_back_over(&id);
                 }
             }
-            LinkInput::Suspended { handle, ticket } => {
+            LinkInput::Suspended {
+                handle,
+                checkpoint,
+                ticket,
+            } => {
                 if let Some((id, device)) = self.task_of(link, handle) {
-                    tracing::info!(%id, %device, "task given back");
+                    tracing::info!(%id, %device, steps = checkpoint.steps, "task given back");
                     if let Some(waiting) = self.preempting.remove(&id) {
                         self.freed_for.insert(waiting, link);
                     }
                     self.preemptions += 1;
-                    self.queue.apply(vec![Change::Preempted { id }], now);
+                    let checkpoint = (checkpoint.steps > 0).then_some(checkpoint);
+                    self.queue
+                        .apply(vec![Change::Preempted { id, checkpoint }], now);
                 }
                 self.staged.tickets.push(ticket);
             }
@@ -436,8 +447,18 @@ impl Engine {
                 let first_wait = (task.attempt == 0
                     && !self.urgency.urgent_at.outranks(task.sub.priority))
                 .then(|| now.wall_ms.saturating_sub(task.submitted_ms));
+                // A checkpoint goes just ahead of the Assign, to a device that resumes the
+                // capability; elsewhere the task starts over.
+                let restore = task.checkpoint.clone().filter(|_| {
+                    devices::preemption(&online.hello, &task.sub.capability) == Preemption::Resume
+                });
                 match assign::assign_for(task, &online.hello, now.ms) {
                     Ok(assign) => {
+                        if let Some(checkpoint) = restore {
+                            let handle = assign.handle;
+                            let command = LinkCommand::Restore { handle, checkpoint };
+                            self.staged.commands.push((online.link, command));
+                        }
                         if let Some(wait) = first_wait {
                             if self.urgent_waits.len() == URGENT_WAITS_KEPT {
                                 self.urgent_waits.pop_front();

@@ -41,6 +41,9 @@ impl Engine {
                 self.take_back_over(&id);
                 return None;
             }
+            // The device would not resume it (its capability changed since the checkpoint
+            // was taken): it starts over, here or elsewhere.
+            RejectReason::NotResumable => Change::StartOver { id },
             reason => Change::finished(
                 &id,
                 TaskState::Rejected,

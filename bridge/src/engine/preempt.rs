@@ -1,16 +1,20 @@
-//! Taking back unstarted work: when an urgent task finds no free slot on any device that could
-//! run it, the bridge asks a device to give back a task it has not started yet, strictly less
-//! urgent than the waiting one (DESIGN.md, "Urgent work never waits", mechanism 2).
+//! Taking work back for urgent tasks (DESIGN.md, "Urgent work never waits", mechanisms 2 and
+//! 3): when an urgent task finds no free slot on any device that could run it, the bridge asks
+//! a device to give back a task strictly less urgent than the waiting one — one it has not
+//! started (at no cost), or else a started one whose capability the device declared resumable
+//! or restartable (stopped at its next step boundary; a resumable one comes back with a
+//! checkpoint and resumes from it on the next device that takes it).
 //!
-//! Victim: among the tasks dispatched to a capable device and not started there (no `running`
-//! report), strictly less urgent than the waiting task and given back fewer than
-//! `max_preemptions` times, the least urgent, then the latest deadline, then the most recently
-//! admitted. One victim per waiting task at a time; the freed slot goes to the most urgent
-//! waiting task by the ordinary dispatch.
+//! Victim: among the tasks on a capable device, strictly less urgent than the waiting task and
+//! given back fewer than `max_preemptions` times, an unstarted one first; then the least
+//! urgent, then the latest deadline, then the most recently admitted (the least progress, as
+//! far as the bridge can tell). One victim per waiting task at a time; the freed slot goes to
+//! the most urgent waiting task by the ordinary dispatch.
 
 use device_core::Priority;
+use device_core::proto::Preemption;
 
-use super::Engine;
+use super::{Engine, devices};
 use crate::api::TaskState;
 use crate::link::{LinkCommand, LinkId};
 use crate::time::Now;
@@ -22,8 +26,8 @@ struct Candidate {
     link: LinkId,
     handle: u32,
     priority: Priority,
-    /// (priority level, deadline, admission): larger is a better victim.
-    rank: (u8, u64, u64),
+    /// (not started, priority level, deadline, admission): larger is a better victim.
+    rank: (bool, u8, u64, u64),
 }
 
 impl Engine {
@@ -85,7 +89,8 @@ impl Engine {
             }
         }
         for (waiting, victim) in chosen {
-            tracing::info!(task = %victim.id, device = %victim.device, for_task = %waiting, "taking back an unstarted task for urgent work");
+            let started = !victim.rank.0;
+            tracing::info!(task = %victim.id, device = %victim.device, started, for_task = %waiting, "taking a task back for urgent work");
             self.staged.commands.push((
                 victim.link,
                 LinkCommand::Preempt {
@@ -104,7 +109,10 @@ impl Engine {
                 continue;
             }
             for t in self.queue.on_device(device) {
-                if t.state != TaskState::Dispatched
+                let unstarted = t.state == TaskState::Dispatched;
+                let stoppable = unstarted
+                    || devices::preemption(&online.hello, &t.sub.capability) != Preemption::Never;
+                if !stoppable
                     || t.preemptions >= self.urgency.max_preemptions
                     || self.preempting.contains_key(&t.sub.id)
                 {
@@ -117,6 +125,7 @@ impl Engine {
                     handle: t.handle(),
                     priority: t.sub.priority,
                     rank: (
+                        unstarted,
                         t.sub.priority.level(),
                         t.deadline_at_ms.unwrap_or(u64::MAX),
                         t.seq,

@@ -7,6 +7,7 @@ use device_core::proto::{
 
 use super::*;
 use crate::api::StatusEvent;
+use crate::queue::TaskRecord;
 
 const LINK: LinkId = 1;
 
@@ -919,6 +920,7 @@ fn an_urgent_task_without_a_slot_takes_back_an_unstarted_task() {
         LINK,
         LinkInput::Suspended {
             handle: unstarted,
+            checkpoint: Checkpoint::default(),
             ticket,
         },
     );
@@ -1036,6 +1038,7 @@ fn take_backs_are_bounded_and_only_asked_of_devices_that_can() {
         LINK,
         LinkInput::Suspended {
             handle: low,
+            checkpoint: Checkpoint::default(),
             ticket,
         },
     );
@@ -1172,6 +1175,7 @@ fn one_take_back_per_waiting_task_until_the_freed_slot_is_reported() {
         LINK,
         LinkInput::Suspended {
             handle: asked[0],
+            checkpoint: Checkpoint::default(),
             ticket,
         },
     );
@@ -1189,5 +1193,150 @@ fn one_take_back_per_waiting_task_until_the_freed_slot_is_reported() {
     assert_eq!(
         sent.iter().map(|a| a.handle).collect::<Vec<_>>(),
         [s.task("urgent").unwrap().handle()]
+    );
+}
+
+/// A device whose `echo` resumes from a checkpoint (protocol 2) and whose `sleep` is never
+/// stopped once started.
+fn hello_resumable(slots: u8) -> Hello {
+    let mut h = hello_v2(slots);
+    h.capabilities =
+        heapless::Vec::from_slice(&["echo".try_into().unwrap(), "sleep".try_into().unwrap()])
+            .unwrap();
+    h.resumable = 0b01;
+    h.restartable = 0;
+    h
+}
+
+/// Every slot holds started work: an urgent task takes back the started task of a resumable
+/// capability (an unstarted one would go first), never one whose capability is never stopped;
+/// the checkpoint it comes back with is committed with the task and goes, as a `Restore`, just
+/// ahead of the `Assign` that resumes it — on a device that resumes that capability; it
+/// survives a restart.
+#[test]
+fn a_started_task_is_taken_back_with_its_checkpoint_and_resumed_from_it() {
+    let mut s = Sim::new();
+    s.e.set_urgency(take_back_only());
+    s.up(LINK, hello_resumable(2), 2);
+    s.submit(r#"{"id":"never","capability":"sleep","priority":4}"#);
+    s.submit(r#"{"id":"resumable","capability":"echo","priority":4}"#);
+    assert_eq!(assigns(&s.turn(), LINK).len(), 2);
+    for id in ["never", "resumable"] {
+        let h = s.task(id).unwrap().handle();
+        s.report(LINK, h, TaskReport::Running, None);
+    }
+    s.credit(LINK, 0);
+    s.turn();
+    s.submit(r#"{"id":"urgent","capability":"echo","priority":0}"#);
+    let asked = preempts(&s.turn(), LINK);
+    assert_eq!(
+        asked,
+        [s.task("resumable").unwrap().handle()],
+        "never the `never` one"
+    );
+    let checkpoint = Checkpoint {
+        steps: 7,
+        scratch: vec![1, 2, 3],
+        result: b"[1,".to_vec(),
+    };
+    let ticket = s.ticket();
+    let suspended = LinkInput::Suspended {
+        handle: asked[0],
+        checkpoint: checkpoint.clone(),
+        ticket,
+    };
+    s.link(LINK, suspended);
+    s.turn();
+    let t: &TaskRecord = s.task("resumable").unwrap();
+    assert_eq!(t.checkpoint.as_ref(), Some(&checkpoint));
+    s.restart();
+    assert_eq!(
+        s.task("resumable").unwrap().checkpoint.as_ref(),
+        Some(&checkpoint),
+        "durable"
+    );
+    // A device that resumes `echo` gets the checkpoint just ahead of the Assign.
+    let released = s.up(2, hello_resumable(3), 3);
+    let to_link: Vec<&LinkCommand> = released
+        .commands
+        .iter()
+        .filter(|(l, _)| *l == 2)
+        .map(|(_, c)| c)
+        .collect();
+    let handle = s.task("resumable").unwrap().handle();
+    let restore_at = to_link.iter().position(|c| matches!(c, LinkCommand::Restore { handle: h, checkpoint: c } if *h == handle && *c == checkpoint));
+    let assign_at = to_link
+        .iter()
+        .position(|c| matches!(c, LinkCommand::Assign(a) if a.handle == handle));
+    assert!(
+        restore_at.is_some() && assign_at == restore_at.map(|i| i + 1),
+        "{to_link:?}"
+    );
+    // Should the device no longer resume it, the task starts over, without an event.
+    s.events();
+    let ticket = s.ticket();
+    let reject = Reject {
+        handle: Some(handle),
+        reason: RejectReason::NotResumable,
+    };
+    s.link(2, LinkInput::Reject { reject, ticket });
+    s.turn();
+    let t = s.task("resumable").unwrap();
+    assert!(t.checkpoint.is_none());
+    assert!(
+        s.states().iter().all(|(id, _)| id != "resumable"),
+        "no event for it"
+    );
+}
+
+/// A device that does not resume a capability starts a checkpointed task over: no `Restore`.
+#[test]
+fn a_checkpoint_goes_only_to_a_device_that_resumes_its_capability() {
+    let mut s = Sim::new();
+    s.e.set_urgency(take_back_only());
+    s.up(LINK, hello_resumable(1), 1);
+    s.submit(r#"{"id":"t","capability":"echo","priority":4}"#);
+    let h = assigns(&s.turn(), LINK)[0].handle;
+    s.report(LINK, h, TaskReport::Running, None);
+    s.credit(LINK, 0);
+    s.submit(r#"{"id":"urgent","capability":"echo","priority":0}"#);
+    assert_eq!(preempts(&s.turn(), LINK), [h]);
+    let ticket = s.ticket();
+    let checkpoint = Checkpoint {
+        steps: 3,
+        scratch: vec![],
+        result: vec![],
+    };
+    s.link(
+        LINK,
+        LinkInput::Suspended {
+            handle: h,
+            checkpoint,
+            ticket,
+        },
+    );
+    s.turn();
+    s.link(
+        LINK,
+        LinkInput::Down {
+            reason: "gone".into(),
+        },
+    );
+    s.turn();
+    let mut plain = hello_v2(2); // echo, not resumable
+    plain.device_id = DeviceId::try_from("dev-9").unwrap();
+    let released = s.up(3, plain, 2);
+    assert!(
+        !released
+            .commands
+            .iter()
+            .any(|(_, c)| matches!(c, LinkCommand::Restore { .. })),
+        "{:?}",
+        released.commands
+    );
+    let t = s.task("t").unwrap().handle();
+    assert!(
+        assigns(&released, 3).iter().any(|a| a.handle == t),
+        "it starts over there"
     );
 }

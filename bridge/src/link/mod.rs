@@ -30,7 +30,9 @@ pub mod stream;
 pub mod tcp;
 pub mod tls;
 
-use device_core::proto::{Assign, Cancel, Hello, Reject, Report, Suspended};
+use device_core::proto::{Assign, Cancel, Hello, Reject, Report, Restore, Suspended};
+
+use crate::queue::Checkpoint;
 use tokio::sync::{mpsc, oneshot};
 
 /// Identifies one connection (a device may reconnect on a new one).
@@ -113,12 +115,39 @@ pub enum LinkEvent {
 pub enum LinkCommand {
     Assign(Box<Assign>),
     Cancel(Cancel),
-    /// Give back the task with this handle if it has not started (urgent work needs its slot).
+    /// Give back the task with this handle (urgent work needs its slot): at once if it has not
+    /// started, at its next step boundary with a checkpoint if its capability allows.
     Preempt {
         handle: u32,
     },
+    /// The checkpoint the next `Assign` (of `handle`) resumes from.
+    Restore {
+        handle: u32,
+        checkpoint: Checkpoint,
+    },
     /// Close the connection (a newer connection of the same device took over).
     Close,
+}
+
+/// The checkpoint a device's `Suspended` carries, as the queue keeps it.
+pub fn checkpoint_of(s: &Suspended) -> Checkpoint {
+    Checkpoint {
+        steps: s.steps,
+        scratch: s.scratch.to_vec(),
+        result: s.result.to_vec(),
+    }
+}
+
+/// The `Restore` message for resuming `checkpoint` under `handle`; `None` if the checkpoint
+/// does not fit the protocol's limits (it came from a device, so only a damaged queue could
+/// make it so: the task then starts over).
+pub fn restore_of(handle: u32, checkpoint: &Checkpoint) -> Option<Restore> {
+    Some(Restore {
+        handle,
+        steps: checkpoint.steps,
+        scratch: heapless::Vec::from_slice(&checkpoint.scratch).ok()?,
+        result: heapless::Vec::from_slice(&checkpoint.result).ok()?,
+    })
 }
 
 #[cfg(test)]

@@ -150,6 +150,15 @@ where
                     }
                     Some(LinkCommand::Cancel(c)) => Message::Cancel(c),
                     Some(LinkCommand::Preempt { handle }) => Message::Preempt(Preempt { handle }),
+                    Some(LinkCommand::Restore { handle, checkpoint }) => {
+                        match super::restore_of(handle, &checkpoint) {
+                            Some(restore) => Message::Restore(restore),
+                            None => {
+                                tracing::warn!(link, handle, "a checkpoint beyond the protocol's limits: the task starts over");
+                                continue;
+                            }
+                        }
+                    }
                     Some(LinkCommand::Close) | None => return Ok("closed by the bridge".into()),
                 };
                 if let Err(e) = session.send(message) {

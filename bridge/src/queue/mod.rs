@@ -104,6 +104,19 @@ pub struct TaskRecord {
     /// Times a device gave it back for more urgent work (bounded, so it always finishes).
     #[serde(default)]
     pub preemptions: u32,
+    /// Where a preempted execution stopped, to resume it there on the next device that can.
+    #[serde(default)]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// A task's state at a step boundary, as its device gave it back: the steps it ran, its
+/// handler's scratch bytes and its partial result. Stored with the task (committed before the
+/// `preempted` event), so a resumed execution continues where the first stopped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub steps: u32,
+    pub scratch: Vec<u8>,
+    pub result: Vec<u8>,
 }
 
 impl TaskRecord {
@@ -190,10 +203,17 @@ pub enum Change {
     Requeue { id: String, not_before_ms: u64 },
     /// Back to the queue for a new execution after a transient failure, with a new handle.
     Retry { id: String, not_before_ms: u64 },
-    /// Given back by its device before it started, to make room for more urgent work: queued
-    /// again at once with a new handle (the device will not run the old one again), the
-    /// attempt not counted, its `preempted` event published.
-    Preempted { id: String },
+    /// Given back by its device to make room for more urgent work: queued again at once with
+    /// a new handle (the device will not run the old one again), the attempt not counted, its
+    /// `preempted` event published. `checkpoint`: where it stopped, if it is to resume there
+    /// (a task that had not started, or whose capability restarts, has none).
+    Preempted {
+        id: String,
+        checkpoint: Option<Checkpoint>,
+    },
+    /// Its device would not resume it from its checkpoint: back to the queue at once, to start
+    /// over (no event: it stays queued from the client's point of view).
+    StartOver { id: String },
     /// Finished: `state` is terminal.
     Finished {
         id: String,
@@ -226,7 +246,8 @@ impl Change {
             | Self::Running { id }
             | Self::Requeue { id, .. }
             | Self::Retry { id, .. }
-            | Self::Preempted { id }
+            | Self::Preempted { id, .. }
+            | Self::StartOver { id }
             | Self::Finished { id, .. } => id,
         }
     }
@@ -594,6 +615,7 @@ impl Queue {
                 not_before_ms: 0,
                 retry_handle: None,
                 preemptions: 0,
+                checkpoint: None,
             };
             self.next_seq += 1;
             self.pending
@@ -642,8 +664,15 @@ impl Queue {
                     rec.not_before_ms = not_before_ms;
                     None
                 }
-                Change::Preempted { .. } => {
+                Change::StartOver { .. } => {
+                    rec.state = TaskState::Queued;
+                    rec.checkpoint = None;
+                    rec.not_before_ms = 0;
+                    None
+                }
+                Change::Preempted { checkpoint, .. } => {
                     let event = rec.event(TaskState::Preempted, now_ms);
+                    rec.checkpoint = checkpoint;
                     rec.state = TaskState::Queued;
                     rec.not_before_ms = 0;
                     rec.attempt = rec.attempt.saturating_sub(1);

@@ -399,7 +399,15 @@ impl Driver {
                 } => {
                     let ticket = self.tickets.issue(committed);
                     let handle = suspended.handle;
-                    (link, LinkInput::Suspended { handle, ticket })
+                    let checkpoint = link::checkpoint_of(&suspended);
+                    (
+                        link,
+                        LinkInput::Suspended {
+                            handle,
+                            checkpoint,
+                            ticket,
+                        },
+                    )
                 }
                 LinkEvent::PreemptNotSent { link, handle } => {
                     (link, LinkInput::PreemptNotSent { handle })
