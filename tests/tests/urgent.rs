@@ -9,6 +9,26 @@ use serde_json::json;
 
 const ROOT: &str = "edge/urgent";
 
+/// A bridge whose devices keep no slot for urgent work (so that slots fill up).
+fn bridge_without_reserve(dir: &std::path::Path) -> Bridge {
+    let mut config = Config {
+        bridge_id: "urgent".into(),
+        ..Config::default()
+    };
+    config.urgent.reserve = 0;
+    let file = dir.join("bridge.toml");
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    start_bridge(
+        &dir.join("data"),
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--mqtt-listen",
+            "127.0.0.1:0",
+        ],
+    )
+}
+
 /// A bridge, a watcher and a simulated device of 8 slots, and `n` P4 `sleep` tasks of a minute
 /// each submitted (the tests end long before any could finish).
 async fn bridge_with_long_p4_work(dir: &std::path::Path, n: usize) -> (Bridge, Proc, Watcher) {
@@ -135,22 +155,7 @@ async fn a_p0_takes_back_an_unstarted_p4_when_no_slot_is_free() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_started_task_is_preempted_with_a_checkpoint_and_resumes_on_another_device() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        bridge_id: "urgent".into(),
-        ..Config::default()
-    };
-    config.urgent.reserve = 0;
-    let file = dir.path().join("bridge.toml");
-    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
-    let bridge = start_bridge(
-        &dir.path().join("data"),
-        &[
-            "--config",
-            file.to_str().unwrap(),
-            "--mqtt-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let bridge = bridge_without_reserve(dir.path());
     let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
     let _dev1 = start_device(bridge.devices, "dev-1", &["sleep", "echo", "count"]);
     let steps = 3_000;
@@ -229,4 +234,61 @@ async fn a_started_task_is_preempted_with_a_checkpoint_and_resumes_on_another_de
         first > 0 && first < steps,
         "resumed at step {first}, not started over: {done}"
     );
+}
+
+/// A started task of a capability declared `Never` (here `sleep`) is never taken back: with
+/// every other slot held by P0 work, a P0 `echo` waits, and the bridge's next stats document
+/// counts no preemption while the P0 is still queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_task_of_a_never_capability_is_not_taken_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = bridge_without_reserve(dir.path());
+    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
+    let _dev1 = start_device(bridge.devices, "dev-1", &["sleep", "echo"]);
+    let low =
+        json!({"id": "never", "capability": "sleep", "priority": 4, "payload": {"ms": 60_000}});
+    w.submit(ROOT, &low.to_string()).await;
+    w.wait_for(Duration::from_secs(30), "the P4 sleep running", |seen| {
+        last_state(seen, "never").as_deref() == Some("running")
+    })
+    .await;
+    for i in 0..7 {
+        let task = json!({"id": format!("p0-{i}"), "capability": "sleep", "priority": 0, "payload": {"ms": 60_000}});
+        w.submit(ROOT, &task.to_string()).await;
+    }
+    w.submit(
+        ROOT,
+        r#"{"id":"urgent","capability":"echo","priority":"P0","payload":"now"}"#,
+    )
+    .await;
+    w.wait_for(Duration::from_secs(30), "the P0 echo queued", |seen| {
+        last_state(seen, "urgent").is_some()
+    })
+    .await;
+    let queued_at = w
+        .seen
+        .iter()
+        .find(|(t, v)| t.ends_with("/status") && v["id"] == "urgent")
+        .and_then(|(_, v)| v["ts_ms"].as_u64())
+        .unwrap();
+    // The stats document made after the P0 arrived (published every 10 s).
+    w.wait_for(
+        Duration::from_secs(30),
+        "stats made after the P0 arrived",
+        |seen| {
+            seen.iter().any(|(t, v)| {
+                t.ends_with("/bridge/stats") && v["ts_ms"].as_u64().is_some_and(|ts| ts > queued_at)
+            })
+        },
+    )
+    .await;
+    let stats = &w
+        .seen
+        .iter()
+        .rfind(|(t, _)| t.ends_with("/bridge/stats"))
+        .unwrap()
+        .1;
+    assert_eq!(stats["preemptions"], 0, "{stats}");
+    assert_eq!(last_state(&w.seen, "urgent").as_deref(), Some("queued"));
+    assert_eq!(last_state(&w.seen, "never").as_deref(), Some("running"));
 }
