@@ -27,6 +27,48 @@ const QEMU: &str = "qemu-system-arm";
 const BUILD_LIMIT: Duration = Duration::from_secs(600);
 /// Everything after the build: boot, then every phase.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(120);
+/// A started P4 `work` task (declared resumable) holds one of the firmware's slots when seven
+/// P0 `work` tasks take the others and a P0 `echo` finds none: the firmware stops the P4 at its
+/// next step boundary and gives it back with its checkpoint (`preempted`); it resumes there
+/// from that checkpoint once a slot is free. Its result's `first` step is the one it ran before
+/// the P0 tasks arrived, so it did not start over.
+async fn a_started_task_resumes_from_its_checkpoint(w: &mut Watcher) {
+    submit(w, "victim", "work", 4, &json!(1500)).await;
+    wait_state(w, "victim", "running").await;
+    let fillers: Vec<String> = (0..7).map(|i| format!("fill-{i}")).collect();
+    for id in &fillers {
+        submit(w, id, "work", 0, &json!(1000)).await;
+    }
+    w.wait_for(WAIT, "the P0 tasks on the device", |seen| {
+        fillers
+            .iter()
+            .all(|id| last_state(seen, id).is_some_and(|s| s != "queued"))
+    })
+    .await;
+    submit(w, "urgent", "echo", 0, &json!("now")).await;
+    let mut all = fillers.clone();
+    all.extend(["victim".to_owned(), "urgent".to_owned()]);
+    wait_terminal(w, &all).await;
+
+    let preempted = w.states()["victim"]
+        .iter()
+        .any(|e| e["state"] == "preempted");
+    assert!(
+        preempted,
+        "the P4 task was not taken back: {:?}",
+        w.states()["victim"]
+    );
+    let victim = Timing::of(w, "victim");
+    let first_filler = Timing::of(w, "fill-0");
+    assert!(
+        victim.first < first_filler.first && victim.last > first_filler.last,
+        "resumed from its checkpoint, not started over: victim {victim:?} / fill-0 {first_filler:?}"
+    );
+    println!(
+        "the P4 task was taken back after it started and resumed from its checkpoint: {victim:?}"
+    );
+}
+
 /// Each wait for an MQTT event within the scenario.
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -47,6 +89,7 @@ async fn firmware_on_qemu_serves_tasks_from_the_bridge() {
         echo_and_crc32(&mut w).await;
         p0_overtakes_p4_tasks_queued_on_the_device(&mut w).await;
         the_bus_holder_inherits_the_priority_of_its_waiter(&mut w).await;
+        a_started_task_resumes_from_its_checkpoint(&mut w).await;
     })
     .await
     .unwrap_or_else(|_| panic!("the scenario did not finish within {SCENARIO_LIMIT:?}"));

@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | `echo` | anything | the payload | 1 |
 //! | `crc32` | anything | `{"crc32":N}`, CRC-32 (IEEE, as zlib) of the payload's bytes | 1 |
-//! | `work` | a JSON number of milliseconds | the timing record below | one per main-loop pass until the time is up |
+//! | `work` | a JSON number of milliseconds | the timing record below | one per main-loop pass until the time is up; resumable: taken back after it started, it resumes from its checkpoint |
 //! | `bus.transfer` | as `work` | as `work` | as `work`; submit it with `"locks":["bus"]` to hold the [`BUS`] lock throughout |
 //!
 //! The timing record is `{"ms":M,"steps":S,"arrived":A,"first":F,"last":L}`: the duration
@@ -19,6 +19,7 @@
 use core::fmt::Write;
 
 use device_core::LockId;
+use device_core::proto::Preemption;
 use device_core::proto::{Payload, crc32};
 use device_core::runtime::{Ctx, Handler, Runtime, Step};
 
@@ -32,12 +33,15 @@ pub const BUS_NAME: &str = "bus";
 /// Locks in the scheduler.
 pub const LOCKS: usize = 1;
 
-/// Capabilities, with their handlers, in the order the device advertises them.
-const CAPABILITIES: [(&str, Handler); 4] = [
-    ("echo", echo),
-    ("crc32", crc),
-    ("work", timed),
-    ("bus.transfer", timed),
+/// Capabilities, with their handlers and how a started task of each may be preempted, in the
+/// order the device advertises them. `work` keeps its whole state in the scratch bytes, so it
+/// resumes from a checkpoint; `bus.transfer` holds the bus lock throughout, so it is never
+/// stopped.
+const CAPABILITIES: [(&str, Handler, Preemption); 4] = [
+    ("echo", echo, Preemption::Never),
+    ("crc32", crc, Preemption::Never),
+    ("work", timed, Preemption::Resume),
+    ("bus.transfer", timed, Preemption::Never),
 ];
 /// Number of capabilities.
 pub const COUNT: usize = CAPABILITIES.len();
@@ -50,10 +54,10 @@ pub const RESULT_TOO_LARGE: u16 = 2;
 /// Registers every capability with `runtime` and declares the bus lock, so that `Hello`
 /// advertises both.
 pub fn register<const N: usize>(runtime: &mut Runtime<N, LOCKS, COUNT>) {
-    for (name, handler) in CAPABILITIES {
+    for (name, handler, preemption) in CAPABILITIES {
         // The runtime has room for exactly `COUNT`, so only a name too long can fail, on the
         // first boot of a build that introduced it.
-        if runtime.register(name, handler).is_err() {
+        if runtime.register_with(name, handler, preemption).is_err() {
             panic!("capability name {name} is too long");
         }
     }
