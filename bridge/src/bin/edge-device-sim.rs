@@ -275,7 +275,11 @@ fn count(ctx: &mut Ctx<'_>) -> Step {
         let mut seen = FIRST_STEPS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *seen.entry(ctx.handle).or_insert(ctx.step)
+        *seen.entry(ctx.handle).or_insert_with(|| {
+            // An execution (or its resumed part) starts here: one line per handle.
+            log_execution(ctx.handle);
+            ctx.step
+        })
     };
     let mut word = [0u8; 8];
     word.copy_from_slice(&ctx.scratch[8..16]);
