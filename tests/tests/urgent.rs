@@ -292,3 +292,107 @@ async fn a_started_task_of_a_never_capability_is_not_taken_back() {
     assert_eq!(last_state(&w.seen, "urgent").as_deref(), Some("queued"));
     assert_eq!(last_state(&w.seen, "never").as_deref(), Some("running"));
 }
+
+/// `max_preemptions` bounds how often one task is taken back, so low-priority work finishes:
+/// with `max_preemptions = 1`, a P4 `count` taken back once (and resumed on dev-2) is not taken
+/// back again when a second P0 finds dev-2 full; the stats document made after that P0 arrived
+/// still counts one preemption, and the `count` runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_taken_back_at_most_max_preemptions_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        bridge_id: "urgent".into(),
+        ..Config::default()
+    };
+    config.urgent.reserve = 0;
+    config.urgent.max_preemptions = 1;
+    let file = dir.path().join("bridge.toml");
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let bridge = start_bridge(
+        &dir.path().join("data"),
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--mqtt-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
+    let _dev1 = start_device(bridge.devices, "dev-1", &["sleep", "echo", "count"]);
+    let victim =
+        json!({"id": "victim", "capability": "count", "priority": 4, "payload": {"steps": 60_000}});
+    w.submit(ROOT, &victim.to_string()).await;
+    w.wait_for(
+        Duration::from_secs(30),
+        "the count running on dev-1",
+        |seen| last_state(seen, "victim").as_deref() == Some("running"),
+    )
+    .await;
+    for i in 0..7 {
+        let task = json!({"id": format!("a-{i}"), "capability": "sleep", "priority": 0, "payload": {"ms": 60_000}});
+        w.submit(ROOT, &task.to_string()).await;
+    }
+    let _dev2 = start_device(bridge.devices, "dev-2", &["count"]);
+    w.wait_for(Duration::from_secs(30), "dev-2 online", |seen| {
+        seen.iter()
+            .any(|(t, v)| t.ends_with("/devices/dev-2") && v["online"] == true)
+    })
+    .await;
+    w.submit(
+        ROOT,
+        r#"{"id":"u1","capability":"echo","priority":0,"payload":1}"#,
+    )
+    .await;
+    w.wait_for(
+        Duration::from_secs(30),
+        "the count resumed on dev-2",
+        |seen| {
+            seen.iter().any(|(t, v)| {
+                t.ends_with("/status")
+                    && v["id"] == "victim"
+                    && v["state"] == "running"
+                    && v["device"] == "dev-2"
+            })
+        },
+    )
+    .await;
+    // dev-2 full: seven more P0 counts, then a P0 count that finds no slot.
+    for i in 0..7 {
+        let task = json!({"id": format!("b-{i}"), "capability": "count", "priority": 0, "payload": {"steps": 60_000}});
+        w.submit(ROOT, &task.to_string()).await;
+    }
+    w.submit(
+        ROOT,
+        r#"{"id":"u2","capability":"count","priority":0,"payload":{"steps":1}}"#,
+    )
+    .await;
+    w.wait_for(Duration::from_secs(30), "u2 queued", |seen| {
+        last_state(seen, "u2").is_some()
+    })
+    .await;
+    let queued_at = w
+        .seen
+        .iter()
+        .find(|(t, v)| t.ends_with("/status") && v["id"] == "u2")
+        .and_then(|(_, v)| v["ts_ms"].as_u64())
+        .unwrap();
+    w.wait_for(
+        Duration::from_secs(30),
+        "stats made after u2 arrived",
+        |seen| {
+            seen.iter().any(|(t, v)| {
+                t.ends_with("/bridge/stats") && v["ts_ms"].as_u64().is_some_and(|ts| ts > queued_at)
+            })
+        },
+    )
+    .await;
+    let stats = &w
+        .seen
+        .iter()
+        .rfind(|(t, _)| t.ends_with("/bridge/stats"))
+        .unwrap()
+        .1;
+    assert_eq!(stats["preemptions"], 1, "{stats}");
+    assert_eq!(last_state(&w.seen, "victim").as_deref(), Some("running"));
+    assert_eq!(last_state(&w.seen, "u2").as_deref(), Some("queued"));
+}
