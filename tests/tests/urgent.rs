@@ -9,6 +9,31 @@ use serde_json::json;
 
 const ROOT: &str = "edge/urgent";
 
+/// The bridge's first stats document made after task `id` was queued (they come every 10 s):
+/// what the engine had done about it by then.
+async fn stats_after(w: &mut Watcher, id: &str) -> serde_json::Value {
+    w.wait_for(Duration::from_secs(30), &format!("{id} queued"), |seen| {
+        last_state(seen, id).is_some()
+    })
+    .await;
+    let queued_at = w
+        .seen
+        .iter()
+        .find(|(t, v)| t.ends_with("/status") && v["id"] == id)
+        .and_then(|(_, v)| v["ts_ms"].as_u64())
+        .unwrap();
+    let made_after = |(t, v): &(String, serde_json::Value)| {
+        t.ends_with("/bridge/stats") && v["ts_ms"].as_u64().is_some_and(|ts| ts > queued_at)
+    };
+    w.wait_for(
+        Duration::from_secs(30),
+        &format!("stats made after {id} arrived"),
+        |seen| seen.iter().any(made_after),
+    )
+    .await;
+    w.seen.iter().find(|e| made_after(e)).unwrap().1.clone()
+}
+
 /// A bridge whose devices keep no slot for urgent work (so that slots fill up).
 fn bridge_without_reserve(dir: &std::path::Path) -> Bridge {
     let mut config = Config {
@@ -261,33 +286,7 @@ async fn a_started_task_of_a_never_capability_is_not_taken_back() {
         r#"{"id":"urgent","capability":"echo","priority":"P0","payload":"now"}"#,
     )
     .await;
-    w.wait_for(Duration::from_secs(30), "the P0 echo queued", |seen| {
-        last_state(seen, "urgent").is_some()
-    })
-    .await;
-    let queued_at = w
-        .seen
-        .iter()
-        .find(|(t, v)| t.ends_with("/status") && v["id"] == "urgent")
-        .and_then(|(_, v)| v["ts_ms"].as_u64())
-        .unwrap();
-    // The stats document made after the P0 arrived (published every 10 s).
-    w.wait_for(
-        Duration::from_secs(30),
-        "stats made after the P0 arrived",
-        |seen| {
-            seen.iter().any(|(t, v)| {
-                t.ends_with("/bridge/stats") && v["ts_ms"].as_u64().is_some_and(|ts| ts > queued_at)
-            })
-        },
-    )
-    .await;
-    let stats = &w
-        .seen
-        .iter()
-        .rfind(|(t, _)| t.ends_with("/bridge/stats"))
-        .unwrap()
-        .1;
+    let stats = stats_after(&mut w, "urgent").await;
     assert_eq!(stats["preemptions"], 0, "{stats}");
     assert_eq!(last_state(&w.seen, "urgent").as_deref(), Some("queued"));
     assert_eq!(last_state(&w.seen, "never").as_deref(), Some("running"));
@@ -366,32 +365,7 @@ async fn a_task_is_taken_back_at_most_max_preemptions_times() {
         r#"{"id":"u2","capability":"count","priority":0,"payload":{"steps":1}}"#,
     )
     .await;
-    w.wait_for(Duration::from_secs(30), "u2 queued", |seen| {
-        last_state(seen, "u2").is_some()
-    })
-    .await;
-    let queued_at = w
-        .seen
-        .iter()
-        .find(|(t, v)| t.ends_with("/status") && v["id"] == "u2")
-        .and_then(|(_, v)| v["ts_ms"].as_u64())
-        .unwrap();
-    w.wait_for(
-        Duration::from_secs(30),
-        "stats made after u2 arrived",
-        |seen| {
-            seen.iter().any(|(t, v)| {
-                t.ends_with("/bridge/stats") && v["ts_ms"].as_u64().is_some_and(|ts| ts > queued_at)
-            })
-        },
-    )
-    .await;
-    let stats = &w
-        .seen
-        .iter()
-        .rfind(|(t, _)| t.ends_with("/bridge/stats"))
-        .unwrap()
-        .1;
+    let stats = stats_after(&mut w, "u2").await;
     assert_eq!(stats["preemptions"], 1, "{stats}");
     assert_eq!(last_state(&w.seen, "victim").as_deref(), Some("running"));
     assert_eq!(last_state(&w.seen, "u2").as_deref(), Some("queued"));
