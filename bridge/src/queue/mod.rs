@@ -323,6 +323,8 @@ pub struct Queue {
     /// The next generated task id's number: durable, so ids never repeat across restarts
     /// (an id generated before a crash was never committed, so never seen by anyone).
     next_gen: u64,
+    /// Where the unguessable part of generated ids comes from.
+    random: ring::rand::SystemRandom,
     pending: Pending,
     /// Tests: the next commit fails as a full disk would make it.
     #[cfg(test)]
@@ -358,6 +360,7 @@ impl Queue {
             next_outbox: 1,
             next_done: 1,
             next_gen: 1,
+            random: ring::rand::SystemRandom::new(),
             pending: Pending::default(),
             #[cfg(test)]
             fail_next_commit: false,
@@ -561,12 +564,17 @@ impl Queue {
         .transpose()
     }
 
-    /// A task id for a submission without one: `gen-` and a durable counter, so it never
-    /// names an earlier task, whatever the clocks do (stored with the next commit).
+    /// A task id for a submission without one: `gen-`, a durable counter, so that it never
+    /// names an earlier task whatever the clocks do (stored with the next commit), and 64
+    /// random bits, so that another client cannot guess it (to cancel the task, say).
     pub fn generate_id(&mut self) -> String {
         let n = self.next_gen;
         self.next_gen += 1;
-        format!("gen-{n}")
+        let mut random = [0u8; 8];
+        // The system's random source; should it ever fail, the counter alone keeps the id
+        // unique.
+        let _ = ring::rand::SecureRandom::fill(&self.random, &mut random);
+        format!("gen-{n:x}-{:016x}", u64::from_le_bytes(random))
     }
 
     /// Admits a batch of submissions, each with its event for the outbox (staged).

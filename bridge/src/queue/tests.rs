@@ -423,3 +423,33 @@ fn a_queue_that_cannot_open_its_database_names_the_file() {
     assert!(matches!(e, QueueError::Dir { .. }), "{e}");
     assert!(e.to_string().contains("a-file"), "{e}");
 }
+
+/// Generated ids are unique (a durable counter) and unguessable (64 random bits): two in a row
+/// share no random part, and the counter goes on after a restart.
+#[test]
+fn generated_ids_count_on_across_restarts_and_carry_random_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = {
+        let mut q = Queue::open(dir.path(), 10).unwrap();
+        let ids = (q.generate_id(), q.generate_id());
+        q.submit(vec![sub(&ids.0, Priority::P3, None)], Now::at(0))
+            .unwrap();
+        q.commit().unwrap();
+        ids
+    };
+    let parts = |id: &str| -> (u64, String) {
+        let mut p = id.splitn(3, '-');
+        assert_eq!(p.next(), Some("gen"), "{id}");
+        let n = u64::from_str_radix(p.next().unwrap(), 16).unwrap();
+        let r = p.next().unwrap().to_owned();
+        assert_eq!(r.len(), 16, "{id}");
+        (n, r)
+    };
+    let (na, ra) = parts(&a);
+    let (nb, rb) = parts(&b);
+    assert_eq!(nb, na + 1);
+    assert_ne!(ra, rb, "the random parts differ");
+    let mut q = Queue::open(dir.path(), 10).unwrap();
+    let (nc, _) = parts(&q.generate_id());
+    assert_eq!(nc, nb + 1, "the counter was committed with the submission");
+}
