@@ -34,7 +34,13 @@ impl Engine {
     /// Asks devices to give back unstarted tasks for urgent tasks that found no slot (staged:
     /// the `Preempt`s go out after the next commit). Called after the turn's dispatch.
     pub(super) fn take_back(&mut self, now: Now) {
-        if self.urgency.max_preemptions == 0 {
+        let urgent_at = self.urgency.urgent_at;
+        // Every dispatch turn comes here: with no urgent task queued (the usual case) it costs
+        // a look at the queue's counts, not a pass over the tasks on devices.
+        let urgent_queued = self.queue.depth()[..=usize::from(urgent_at.level())]
+            .iter()
+            .any(|&n| n > 0);
+        if self.urgency.max_preemptions == 0 || !urgent_queued {
             return;
         }
         let mut candidates = self.candidates();
@@ -46,7 +52,6 @@ impl Engine {
             .values()
             .chain(self.freed_for.keys())
             .collect();
-        let urgent_at = self.urgency.urgent_at;
         let mut chosen: Vec<(String, Candidate)> = Vec::new();
         'lanes: for ((capability, named), tasks) in self.queue.lanes() {
             for task in tasks {
@@ -101,7 +106,9 @@ impl Engine {
         }
     }
 
-    /// Unstarted tasks on devices that can give them back, not already being taken back.
+    /// Tasks that devices can give back (unstarted ones, and started ones of a capability the
+    /// device stops), given back fewer than `max_preemptions` times and not being taken back.
+    /// Devices of protocol 1 have none.
     fn candidates(&self) -> Vec<Candidate> {
         let mut out = Vec::new();
         for (device, online) in self.devices.iter() {
