@@ -93,6 +93,28 @@ pub fn start_bridge(data_dir: &Path, extra: &[&str]) -> Bridge {
     wait_ready(cmd.spawn().expect("spawn edge-bridge"))
 }
 
+/// Writes `config` as `dir/bridge.toml` (a typed configuration, so a renamed field breaks the
+/// build, not the run) and returns the file's path.
+pub fn write_config(dir: &Path, config: &broker_config::Config) -> PathBuf {
+    let file = dir.join("bridge.toml");
+    let text = toml::to_string(config).expect("a configuration serialises");
+    std::fs::write(&file, text).expect("write the configuration");
+    file
+}
+
+/// Starts a bridge on `config`, written into `dir` (its data in `dir/data`). As with
+/// [`start_bridge`], the device links are one plain TCP listener on a free port, and so is an
+/// embedded broker; an external broker is used as configured.
+pub fn start_bridge_with_config(dir: &Path, config: &broker_config::Config) -> Bridge {
+    let file = write_config(dir, config);
+    let file = file.to_str().expect("a UTF-8 temporary path");
+    let mut extra = vec!["--config", file];
+    if matches!(config.broker, broker_config::BrokerConfig::Embedded { .. }) {
+        extra.extend(["--mqtt-listen", "127.0.0.1:0"]);
+    }
+    start_bridge(&dir.join("data"), &extra)
+}
+
 /// Starts `edge-bridge run --config FILE` with nothing else but `--data-dir`, so the file
 /// alone chooses the broker and the device links (use port 0 for each listener), and
 /// captures its log (stderr, still echoed to the test's stderr) for the test to wait on.
@@ -528,6 +550,17 @@ impl Watcher {
             )
             .await
             .expect("publish");
+    }
+
+    /// Waits until the bridge says it is online again in a message seen after the first
+    /// `since` (a restarted bridge's retained status, through the watcher's new subscription).
+    pub async fn wait_online_again(&mut self, since: usize) {
+        self.wait_for(Duration::from_secs(30), "the bridge online again", |seen| {
+            seen[since..]
+                .iter()
+                .any(|(t, v)| t.ends_with("/bridge/status") && v["online"] == true)
+        })
+        .await;
     }
 
     /// Waits until `done` holds for what has been seen, or panics after `within`.

@@ -91,16 +91,7 @@ async fn sigkill_during_a_burst_loses_nothing_and_runs_nothing_twice() {
     // watcher is back and subscribed: the restarted bridge's retained "online" arrives through
     // the new subscription. Only events after the kill count; the first "online" is stale.
     let before_restart = w.seen.len();
-    w.wait_for(
-        Duration::from_secs(30),
-        "the watcher to reconnect",
-        |seen| {
-            seen[before_restart..]
-                .iter()
-                .any(|(t, v)| t.ends_with("/bridge/status") && v["online"] == true)
-        },
-    )
-    .await;
+    w.wait_online_again(before_restart).await;
     for i in 0..TASKS {
         w.submit(
             ROOT,

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use broker_config::{BrokerConfig, Config, LinkConfig};
-use edge_tests::{Watcher, free_port, last_state, start_bridge_with_log, start_device_with};
+use edge_tests::{
+    Watcher, free_port, last_state, start_bridge_with_log, start_device_with, write_config,
+};
 use serde_json::json;
 
 const ROOT: &str = "edge/preempt-crash";
@@ -36,8 +38,7 @@ async fn sigkill_between_a_take_back_and_its_answer_loses_nothing_and_runs_nothi
         ..Config::default()
     };
     config.urgent.reserve = 0;
-    let file = dir.path().join("bridge.toml");
-    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let file = write_config(dir.path(), &config);
 
     let (mut bridge, mut log) = start_bridge_with_log(&data, &file);
     let _device = start_device_with(
@@ -80,16 +81,7 @@ async fn sigkill_between_a_take_back_and_its_answer_loses_nothing_and_runs_nothi
     let before_restart = w.seen.len();
     let (restarted, _log) = start_bridge_with_log(&data, &file);
     assert_eq!(restarted.mqtt.port(), mqtt_port);
-    w.wait_for(
-        Duration::from_secs(30),
-        "the watcher to reconnect",
-        |seen| {
-            seen[before_restart..]
-                .iter()
-                .any(|(t, v)| t.ends_with("/bridge/status") && v["online"] == true)
-        },
-    )
-    .await;
+    w.wait_online_again(before_restart).await;
     // The urgent task may not have been accepted before the kill: a client that did not see
     // `queued` resubmits (the same id never makes a second task).
     w.submit(ROOT, &urgent.to_string()).await;
@@ -138,8 +130,10 @@ async fn sigkill_between_a_take_back_and_its_answer_loses_nothing_and_runs_nothi
         .iter()
         .filter(|(t, v)| t.ends_with("/status") && v["state"] == "preempted")
         .count();
+    // Whether a task was given back depends on where the kill fell (before or after the
+    // Preempt left, and whether a slot freed by itself meanwhile): shown, not asserted.
     println!(
-        "{} executions, none twice; {given_back} preempted events after the restart",
+        "{} executions, none twice; {given_back} preempted events in all",
         lines.len()
     );
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use broker_config::{BrokerConfig, Config, LinkConfig};
-use edge_tests::{Watcher, start_bridge, start_mosquitto, terminate};
+use edge_tests::{Watcher, start_bridge_with_config, start_mosquitto, terminate};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
@@ -54,12 +54,7 @@ async fn sigterm_stops_the_bridge_cleanly_and_the_status_says_stopped() {
         }],
         ..Config::default()
     };
-    let file = dir.path().join("bridge.toml");
-    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
-    let bridge = start_bridge(
-        &dir.path().join("data"),
-        &["--config", file.to_str().unwrap()],
-    );
+    let bridge = start_bridge_with_config(dir.path(), &config);
     let mut watcher = Watcher::connect(bridge.mqtt, ROOT).await;
     watcher
         .wait_for(Duration::from_secs(20), "the bridge online", |seen| {

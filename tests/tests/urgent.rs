@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use broker_config::Config;
-use edge_tests::{Bridge, Proc, Watcher, last_state, start_bridge, start_device};
+use edge_tests::{
+    Bridge, Proc, Watcher, last_state, start_bridge, start_bridge_with_config, start_device,
+};
 use serde_json::json;
 
 const ROOT: &str = "edge/urgent";
@@ -36,22 +38,18 @@ async fn stats_after(w: &mut Watcher, id: &str) -> serde_json::Value {
 
 /// A bridge whose devices keep no slot for urgent work (so that slots fill up).
 fn bridge_without_reserve(dir: &std::path::Path) -> Bridge {
+    start_bridge_with_config(dir, &urgent_config(0, 3))
+}
+
+/// The tests' configuration with `reserve` and `max_preemptions` in `[urgent]`.
+fn urgent_config(reserve: u8, max_preemptions: u32) -> Config {
     let mut config = Config {
         bridge_id: "urgent".into(),
         ..Config::default()
     };
-    config.urgent.reserve = 0;
-    let file = dir.join("bridge.toml");
-    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
-    start_bridge(
-        &dir.join("data"),
-        &[
-            "--config",
-            file.to_str().unwrap(),
-            "--mqtt-listen",
-            "127.0.0.1:0",
-        ],
-    )
+    config.urgent.reserve = reserve;
+    config.urgent.max_preemptions = max_preemptions;
+    config
 }
 
 /// A bridge, a watcher and a simulated device of 8 slots, and `n` P4 `sleep` tasks of a minute
@@ -299,23 +297,7 @@ async fn a_started_task_of_a_never_capability_is_not_taken_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_is_taken_back_at_most_max_preemptions_times() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        bridge_id: "urgent".into(),
-        ..Config::default()
-    };
-    config.urgent.reserve = 0;
-    config.urgent.max_preemptions = 1;
-    let file = dir.path().join("bridge.toml");
-    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
-    let bridge = start_bridge(
-        &dir.path().join("data"),
-        &[
-            "--config",
-            file.to_str().unwrap(),
-            "--mqtt-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let bridge = start_bridge_with_config(dir.path(), &urgent_config(0, 1));
     let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
     let _dev1 = start_device(bridge.devices, "dev-1", &["sleep", "echo", "count"]);
     let victim =

@@ -30,21 +30,13 @@ pub(super) struct Online {
 /// How device `hello` lets a started task of `capability` be preempted (protocol 2 declares it
 /// per capability; older devices never stop a started task).
 pub(super) fn preemption(hello: &Hello, capability: &str) -> Preemption {
-    let Some(i) = hello
+    hello
         .capabilities
         .iter()
         .position(|c| c.as_str() == capability)
-    else {
-        return Preemption::Never;
-    };
-    let bit = 1u8.checked_shl(i as u32).unwrap_or(0);
-    if hello.resumable & bit != 0 {
-        Preemption::Resume
-    } else if hello.restartable & bit != 0 {
-        Preemption::Restart
-    } else {
-        Preemption::Never
-    }
+        .map_or(Preemption::Never, |i| {
+            Preemption::of(i, hello.resumable, hello.restartable)
+        })
 }
 
 impl Online {

@@ -426,6 +426,12 @@ fn seal_refuses_bodies_longer_than_max_message() {
     );
 }
 
+/// The figures the README gives for the limits.
+#[test]
+fn the_limits_are_the_documented_ones() {
+    assert_eq!((MAX_PAYLOAD, MAX_SCRATCH, MAX_FRAME), (256, 16, 405));
+}
+
 #[test]
 fn the_largest_message_of_every_kind_fits_max_frame() {
     fn full<const N: usize>(c: char, n: usize) -> heapless::String<N> {

@@ -449,14 +449,16 @@ fn incident(f: &mut fmt::Formatter<'_>, o: &Options, runs: &[IncidentFigures; 2]
         latency_line(f, "P1 submit -> completed", &r.completed[1])?;
         failures(f, r.failed, &r.failures, 0)?;
     }
+    // Without low-priority work done in the run without the protocol there is nothing to
+    // compare with: said so, not printed as "no loss".
     let loss = if off.low_per_s > 0.0 {
-        (1.0 - on.low_per_s / off.low_per_s) * 100.0
+        format!("{:+.1} %", (1.0 - on.low_per_s / off.low_per_s) * 100.0)
     } else {
-        0.0
+        "n/a (no low-priority work done without the protocol)".to_owned()
     };
     writeln!(
         f,
-        "  low-priority throughput with the protocol: {loss:+.1} % lost against without (goal: at most 5 %)"
+        "  low-priority throughput with the protocol: {loss} lost against without (goal: at most 5 %)"
     )
 }
 
