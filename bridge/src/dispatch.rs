@@ -179,7 +179,13 @@ where
                             .filter(|(_, d)| {
                                 size <= d.max_payload && d.missing_lock(&task.sub.locks).is_none()
                             })
-                            .min_by_key(|(id, _)| (load[id.as_str()].1, id.as_str()));
+                            // Least loaded, but not the device of its last attempt while
+                            // another can take it (a task whose lease ended there, or that
+                            // failed there, is tried elsewhere).
+                            .min_by_key(|(id, _)| {
+                                let last = task.device.as_deref() == Some(id.as_str());
+                                (last, load[id.as_str()].1, id.as_str())
+                            });
                         match fit {
                             Some((id, _)) => break Head::To(task.order_key(), id.as_str()),
                             // Too large for, or naming a lock missing on, every device
@@ -236,6 +242,7 @@ mod tests {
                 device: device.map(Into::into),
                 priority: Priority::P3,
                 deadline_ms: None,
+                timeout_ms: None,
                 payload: "null".into(),
                 locks: vec![],
                 trace_id: None,
@@ -249,6 +256,9 @@ mod tests {
             retry_handle: None,
             preemptions: 0,
             checkpoint: None,
+            boot: None,
+            lease_until_ms: None,
+            cancelling: false,
         }
     }
 

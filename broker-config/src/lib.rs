@@ -144,6 +144,29 @@ pub struct QueueConfig {
     pub retry_initial: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+    /// How long a task that was on a device waits for that device after a link loss or a
+    /// bridge restart (the device may still be running it) before it may run elsewhere. A
+    /// device that comes back within it keeps its tasks; one that comes back rebooted gives
+    /// them up at once.
+    #[serde(with = "humantime_serde")]
+    pub device_grace: Duration,
+    /// The execution lease: how long a task may stay on a device without finishing before it
+    /// is taken back (cancelled there) and tried again, so that a hung or hostile device
+    /// cannot hold work for ever. A submission's `timeout_ms` overrides it, as does
+    /// `[queue.capabilities.NAME] execution_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub execution_timeout: Duration,
+    /// Settings per capability name.
+    pub capabilities: BTreeMap<String, CapabilityConfig>,
+}
+
+/// A capability's own settings (`[queue.capabilities.NAME]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilityConfig {
+    /// The execution lease of this capability's tasks (see `queue.execution_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub execution_timeout: Duration,
 }
 
 impl Default for QueueConfig {
@@ -153,6 +176,9 @@ impl Default for QueueConfig {
             max_attempts: 5,
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            device_grace: Duration::from_secs(30),
+            execution_timeout: Duration::from_secs(30 * 60),
+            capabilities: BTreeMap::new(),
         }
     }
 }
@@ -650,6 +676,17 @@ impl Config {
         }
         if q.retry_max < q.retry_initial {
             return Err(invalid("queue.retry_max", "at least queue.retry_initial"));
+        }
+        if q.execution_timeout < Duration::from_millis(100) {
+            return Err(invalid("queue.execution_timeout", "at least 100ms"));
+        }
+        for (name, c) in &q.capabilities {
+            if c.execution_timeout < Duration::from_millis(100) {
+                return Err(invalid(
+                    "queue.capabilities",
+                    format!("{name:?}: execution_timeout of at least 100ms"),
+                ));
+            }
         }
         for id in self.urgent.devices.keys() {
             if id.is_empty() || id.len() > device_core::proto::MAX_DEVICE_ID {

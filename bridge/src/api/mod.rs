@@ -33,6 +33,8 @@ pub enum ErrorCode {
     InvalidId,
     InvalidPriority,
     InvalidDeadline,
+    /// `timeout_ms` is not a whole number of milliseconds in range.
+    InvalidTimeout,
     InvalidDevice,
     /// `locks` is not an array of distinct lock names, or the device the task names does not
     /// have one of them.
@@ -81,6 +83,10 @@ pub struct Submission {
     pub priority: Priority,
     /// Milliseconds after submission by which the task must have started.
     pub deadline_ms: Option<u64>,
+    /// The execution lease: milliseconds a device may hold the task (from each dispatch)
+    /// before it is cancelled there and tried again; the configured default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
     /// The payload's compact JSON text, as sent to the device.
     pub payload: String,
     /// Device lock names the task holds while it runs (distinct, valid names): only a device
@@ -98,16 +104,22 @@ pub struct Rejection {
     pub error: ApiError,
 }
 
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 9] = [
     "id",
     "capability",
     "device",
     "priority",
     "deadline_ms",
+    "timeout_ms",
     "payload",
     "locks",
     "trace_id",
 ];
+
+/// The shortest execution lease a submission may ask for (`timeout_ms`).
+pub const MIN_TIMEOUT_MS: u64 = 100;
+/// The longest: 30 days.
+pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// Whether `s` can be a single MQTT topic level and a task id.
 pub fn valid_id(s: &str) -> bool {
@@ -227,6 +239,23 @@ pub fn parse_submission(
             }
         },
     };
+    let timeout_ms = match obj.get("timeout_ms") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v
+            .as_u64()
+            .filter(|&t| (MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&t))
+        {
+            Some(t) => Some(t),
+            None => {
+                return fail(
+                    ErrorCode::InvalidTimeout,
+                    format!(
+                        "timeout_ms: an integer of milliseconds from {MIN_TIMEOUT_MS} to {MAX_TIMEOUT_MS}, not {v}"
+                    ),
+                );
+            }
+        },
+    };
     let payload = obj
         .get("payload")
         .cloned()
@@ -252,6 +281,7 @@ pub fn parse_submission(
         device,
         priority,
         deadline_ms,
+        timeout_ms,
         payload,
         locks,
         trace_id,

@@ -9,7 +9,7 @@ use super::Engine;
 use crate::api::DeviceDocument;
 use crate::dispatch::DeviceView;
 use crate::link::{LinkCommand, LinkId};
-use crate::queue::{Change, OutboxEntry};
+use crate::queue::OutboxEntry;
 use crate::time::Now;
 
 /// An online device.
@@ -156,17 +156,7 @@ impl Engine {
             self.devices.by_link.remove(&old.link);
         }
         tracing::info!(device = %id, %peer, rebooted, credit, caps = ?hello.capabilities, locks = ?hello.locks, "device online");
-        // Whatever this device was running is dispatched again: replays are answered
-        // by its dedup table within a boot, and re-run after a reboot.
-        let stranded: Vec<Change> = self
-            .queue
-            .on_device(&id)
-            .map(|t| Change::Requeue {
-                id: t.sub.id.clone(),
-                not_before_ms: now.ms,
-            })
-            .collect();
-        self.queue.apply(stranded, now);
+        self.device_back(link, &hello, rebooted, now);
         let doc = DeviceDocument::new(
             &id,
             Some(&hello),
@@ -179,7 +169,7 @@ impl Engine {
         self.devices.by_link.insert(link, id.clone());
         let reserve = self.urgency.reserve_for(&id, hello.slots);
         self.devices.by_id.insert(
-            id,
+            id.clone(),
             Online {
                 link,
                 hello,
@@ -187,6 +177,18 @@ impl Engine {
                 reserve,
             },
         );
+        self.clamp_credit(&id);
+    }
+
+    /// Keeps device `id`'s credit within what it declared: its slots less the tasks the
+    /// bridge knows are on it, whatever credit it advertises (a buggy or hostile device cannot
+    /// take more work than its slots).
+    pub(super) fn clamp_credit(&mut self, id: &str) {
+        let on_it = self.queue.in_flight(id).min(usize::from(u8::MAX)) as u32;
+        if let Some(online) = self.devices.by_id.get_mut(id) {
+            let room = u32::from(online.hello.slots).saturating_sub(on_it);
+            online.credit = online.credit.min(room);
+        }
     }
 
     /// The connection of `link` ended.
@@ -221,7 +223,7 @@ impl Engine {
             );
             self.queue
                 .notify(OutboxEntry::new(format!("devices/{device}"), &doc, true));
-            self.requeue_from(&device, now);
+            self.device_gone(&device, now);
         }
     }
 }

@@ -26,6 +26,7 @@
 //! - `assign`: the `Assign` message for a task on a device (lock names to lock ids).
 //! - `preempt`: taking back unstarted work for urgent tasks that found no slot.
 
+mod absent;
 mod assign;
 mod devices;
 mod outcome;
@@ -49,6 +50,8 @@ use crate::link::{LinkCommand, LinkId};
 use crate::queue::{Admission, Change, Checkpoint, OutboxEntry, Queue, QueueError};
 use crate::time::Now;
 
+pub use absent::Leases;
+use absent::LeftBehind;
 use devices::Registry;
 
 /// Names an input whose acknowledgement waits for the commit that covers it; handed back in
@@ -204,6 +207,17 @@ pub struct Engine {
     /// Statistics: how long the last urgent tasks waited from acceptance to their first
     /// dispatch, in ms (wall clock), newest last.
     urgent_waits: std::collections::VecDeque<u64>,
+    /// Grace periods and execution leases.
+    leases: Leases,
+    /// Devices that went away with tasks on them, with the timer-clock ms until which those
+    /// tasks wait for them.
+    away: BTreeMap<String, u64>,
+    /// Whether the devices that had tasks when the bridge started have been given their
+    /// grace period (at the first dispatch).
+    resumed: bool,
+    /// Executions devices may still be running for tasks that moved on, by device and old
+    /// handle: cancelled when the device comes back. In memory only.
+    left_behind: BTreeMap<String, BTreeMap<u32, LeftBehind>>,
 }
 
 /// Urgent waits the stats are computed over.
@@ -225,7 +239,16 @@ impl Engine {
             freed_for: BTreeMap::new(),
             preemptions: 0,
             urgent_waits: std::collections::VecDeque::new(),
+            leases: Leases::default(),
+            away: BTreeMap::new(),
+            resumed: false,
+            left_behind: BTreeMap::new(),
         }
+    }
+
+    /// Replaces the grace period and execution leases ([`Leases::default`] until then).
+    pub fn set_leases(&mut self, leases: Leases) {
+        self.leases = leases;
     }
 
     pub fn queue(&self) -> &Queue {
@@ -272,33 +295,48 @@ impl Engine {
         Ok(())
     }
 
-    /// Cancels a task in any non-terminal state; the ticket is released by the next commit.
-    /// A task on a device is cancelled there too (after the commit); if the device finishes
-    /// it first, its report finds the task settled and changes nothing.
-    pub fn handle_cancel(&mut self, id: &str, ticket: Ticket, now: Now) {
+    /// Cancels a task that has not finished; the ticket is released by the next commit.
+    /// - A queued task ends `cancelled` at once.
+    /// - A task on a device is cancelled there (after the commit; when the device comes back
+    ///   if it is away), and the device's answer ends it: `cancelled`, or the result it had
+    ///   already (so `cancelled` is never reported for work that completed).
+    /// - An id not seen yet (a cancel that overtook its submission) is recorded as cancelled,
+    ///   so the submission, when it comes, is answered `cancelled` and never runs.
+    pub fn handle_cancel(&mut self, id: &str, ticket: Ticket, now: Now) -> Result<(), QueueError> {
         self.staged.tickets.push(ticket);
         let Some(task) = self.queue.get(id) else {
-            tracing::info!(id, "cancel for an unknown or finished task ignored");
-            return;
-        };
-        if task.state != TaskState::Queued {
-            if let Some(link) = task.device.as_deref().and_then(|d| self.devices.link_of(d)) {
-                let cancel = Cancel {
-                    handle: task.handle(),
-                };
-                self.staged
-                    .commands
-                    .push((link, LinkCommand::Cancel(cancel)));
+            if self.queue.cancel_unseen(id, now)? {
+                tracing::info!(id, "cancel for a task not submitted yet: it will not run");
+            } else {
+                tracing::debug!(id, "cancel for a finished task ignored");
             }
-        }
-        self.take_back_over(id);
-        let change = Change::finished(
-            id,
-            TaskState::Cancelled,
-            ErrorCode::Cancelled,
-            "cancelled on request",
+            return Ok(());
+        };
+        let (queued, device, handle) = (
+            task.state == TaskState::Queued,
+            task.device.clone(),
+            task.handle(),
         );
+        self.take_back_over(id);
+        if queued {
+            let change = Change::finished(
+                id,
+                TaskState::Cancelled,
+                ErrorCode::Cancelled,
+                "cancelled on request",
+            );
+            self.queue.apply(vec![change], now);
+            return Ok(());
+        }
+        if let Some(link) = device.as_deref().and_then(|d| self.devices.link_of(d)) {
+            let cancel = Cancel { handle };
+            self.staged
+                .commands
+                .push((link, LinkCommand::Cancel(cancel)));
+        }
+        let change = Change::Cancelling { id: id.to_owned() };
         self.queue.apply(vec![change], now);
+        Ok(())
     }
 
     /// Handles an event of device link `link`.
@@ -320,6 +358,9 @@ impl Engine {
             }
             LinkInput::Credit { credit, taken } => {
                 self.devices.set_credit(link, credit, taken);
+                if let Some(device) = self.devices.device_on(link).cloned() {
+                    self.clamp_credit(&device);
+                }
                 // The slots freed by take-backs are in this report: their tasks are dispatched
                 // by this turn, or may take back again.
                 self.freed_for.retain(|_, l| *l != link);
@@ -341,17 +382,17 @@ impl Engine {
                     }
                     self.preemptions += 1;
                     let checkpoint = (checkpoint.steps > 0).then_some(checkpoint);
-                    self.queue
-                        .apply(vec![Change::Preempted { id, checkpoint }], now);
+                    let change = self.unless_cancelling(Change::Preempted { id, checkpoint });
+                    self.queue.apply(vec![change], now);
                 }
                 self.staged.tickets.push(ticket);
             }
             LinkInput::Refused { handle } => {
                 if let Some((id, _)) = self.task_of(link, handle) {
-                    let requeue = Change::Requeue {
+                    let requeue = self.unless_cancelling(Change::Requeue {
                         id,
                         not_before_ms: now.ms,
-                    };
+                    });
                     self.queue.apply(vec![requeue], now);
                 }
             }
@@ -388,6 +429,7 @@ impl Engine {
             .collect();
         self.expired += overdue.len() as u64;
         self.queue.apply(overdue, now);
+        self.release_overdue(now);
 
         if self.devices.any_credit() {
             let urgent_at = self.urgency.urgent_at;
@@ -418,7 +460,10 @@ impl Engine {
             self.queue.apply(changes, now);
         }
         self.take_back(now);
-        self.timer = self.queue.next_timer(now.ms);
+        self.timer = match (self.queue.next_timer(now.ms), self.away_until()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 
     /// The change one dispatch decision makes, staging the `Assign` it sends.
@@ -466,11 +511,20 @@ impl Engine {
                             self.urgent_waits.push_back(wait);
                         }
                         online.credit = online.credit.saturating_sub(1);
+                        let boot = online.hello.boot_id;
+                        let lease = self
+                            .leases
+                            .lease_ms(&task.sub.capability, task.sub.timeout_ms);
                         let command = LinkCommand::Assign(Box::new(assign));
                         let link = online.link;
                         self.staged.commands.push((link, command));
                         self.devices.count_assign(link);
-                        Some(Change::Dispatched { id, device })
+                        Some(Change::Dispatched {
+                            id,
+                            device,
+                            boot,
+                            lease_until_ms: now.ms.saturating_add(lease),
+                        })
                     }
                     Err(error) => Some(rejected(id, error)),
                 }

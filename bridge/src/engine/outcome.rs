@@ -31,7 +31,7 @@ impl Engine {
         now: Now,
     ) -> Option<Change> {
         let (id, device) = self.task_of(link, reject.handle?)?;
-        Some(match reject.reason {
+        let change = match reject.reason {
             RejectReason::NoFreeSlot => Change::Requeue {
                 id,
                 not_before_ms: now.ms,
@@ -50,7 +50,8 @@ impl Engine {
                 ErrorCode::DeviceRejected,
                 format!("device {device}: {reason}"),
             ),
-        })
+        };
+        Some(self.unless_cancelling(change))
     }
 
     /// What a device's report does to its task.
@@ -61,6 +62,9 @@ impl Engine {
         now: Now,
     ) -> Option<Change> {
         let Some((id, device)) = self.task_of(link, report.handle) else {
+            if let Some(change) = self.left_behind_report(link, &report) {
+                return Some(change);
+            }
             tracing::debug!(
                 link,
                 handle = report.handle,
@@ -70,31 +74,24 @@ impl Engine {
         };
         let change = match report.state {
             TaskReport::Running => Change::Running { id },
-            TaskReport::Completed => {
-                let text = String::from_utf8_lossy(&report.result);
-                // Results are JSON when the device wrote JSON, a string otherwise.
-                let result = serde_json::from_str::<Value>(&text)
-                    .unwrap_or(Value::String(text.into_owned()));
-                Change::Finished {
-                    id,
-                    state: TaskState::Completed,
-                    result: Some(result),
-                    error: None,
-                }
-            }
+            TaskReport::Completed => Change::Finished {
+                id,
+                state: TaskState::Completed,
+                result: Some(result_json(&report.result)),
+                error: None,
+            },
             TaskReport::Failed => {
                 let code = report.error.unwrap_or(0);
                 if code >= TRANSIENT_ERROR {
                     let why = format!("device {device} failed with transient code {code:#06x}");
                     let task = self.queue.get(&id)?;
                     tracing::info!(%id, attempt = task.attempt, %why, "retrying");
-                    // A new execution (a new handle), unless attempts are exhausted.
-                    return Some(match self.retry_change(&id, now, &why)? {
-                        Change::Requeue { id, not_before_ms } => {
-                            Change::Retry { id, not_before_ms }
-                        }
-                        finished => finished,
-                    });
+                    // A new execution (a new handle), unless attempts are exhausted or a
+                    // cancel was asked for. Nothing is left behind: the device ended it.
+                    if task.cancelling {
+                        return Some(cancelled(&id, &why));
+                    }
+                    return self.retry_change(&id, now, &why);
                 }
                 Change::finished(
                     &id,
@@ -119,24 +116,9 @@ impl Engine {
         Some(change)
     }
 
-    /// Tasks of a device that went away start another attempt after the retry delay, or
-    /// fail when attempts are exhausted.
-    pub(super) fn requeue_from(&mut self, device: &str, now: Now) {
-        let ids: Vec<String> = self
-            .queue
-            .on_device(device)
-            .map(|t| t.sub.id.clone())
-            .collect();
-        let changes = ids
-            .iter()
-            .filter_map(|id| self.retry_change(id, now, "device disconnected"))
-            .collect();
-        self.queue.apply(changes, now);
-    }
-
-    /// Another attempt of live task `id` after the retry delay (a `Requeue`), or `failed`
-    /// when it has had its attempts; `why` says what ended this one.
-    fn retry_change(&mut self, id: &str, now: Now, why: &str) -> Option<Change> {
+    /// Another attempt of live task `id` after the retry delay, with a new handle (a
+    /// `Retry`), or `failed` when it has had its attempts; `why` says what ended this one.
+    pub(super) fn retry_change(&mut self, id: &str, now: Now, why: &str) -> Option<Change> {
         let t: &TaskRecord = self.queue.get(id)?;
         if t.attempt >= self.retry.max_attempts {
             return Some(Change::finished(
@@ -147,9 +129,34 @@ impl Engine {
             ));
         }
         let delay = self.retry.backoff.delay(t.attempt, self.rng.next_u64());
-        Some(Change::Requeue {
+        Some(Change::Retry {
             id: id.to_owned(),
             not_before_ms: now.ms + delay.as_millis() as u64,
         })
     }
+
+    /// `change` sends task `id` back to the queue: unless a cancel was asked for while it was
+    /// on its device, which now ends it `cancelled` (it ran no further there).
+    pub(super) fn unless_cancelling(&self, change: Change) -> Change {
+        match self.queue.get(change.id()) {
+            Some(t) if t.cancelling => cancelled(change.id(), "given back by its device"),
+            _ => change,
+        }
+    }
+}
+
+/// A task's end on a cancel asked for.
+pub(super) fn cancelled(id: &str, how: &str) -> Change {
+    Change::finished(
+        id,
+        TaskState::Cancelled,
+        ErrorCode::Cancelled,
+        format!("cancelled on request ({how})"),
+    )
+}
+
+/// A device's result bytes as JSON: the JSON the device wrote, or a string.
+pub(super) fn result_json(bytes: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(bytes);
+    serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text.into_owned()))
 }

@@ -31,6 +31,14 @@ fn hello_of(id: &str) -> Hello {
     }
 }
 
+/// `hello_of(id)` from a device that booted again (boot id `boot`; the others have 7).
+fn booted(id: &str, boot: u32) -> Hello {
+    Hello {
+        boot_id: boot,
+        ..hello_of(id)
+    }
+}
+
 /// Retries: 3 attempts, 100 ms doubling to 1 s, 25 % jitter.
 fn retry() -> Retry {
     Retry::new(3, Duration::from_millis(100), Duration::from_millis(1000))
@@ -105,6 +113,16 @@ impl Sim {
         self.turn()
     }
 
+    /// The connection of `link` ends.
+    fn down(&mut self, link: LinkId) {
+        self.link(
+            link,
+            LinkInput::Down {
+                reason: "gone".into(),
+            },
+        );
+    }
+
     /// The link reports `credit` free slots, having taken every `Assign` sent to it.
     fn credit(&mut self, link: LinkId, credit: u8) {
         let taken = self.e.assigns_sent(link);
@@ -166,6 +184,19 @@ fn assigns(released: &Released, link: LinkId) -> Vec<Assign> {
         .filter(|(l, _)| *l == link)
         .filter_map(|(_, c)| match c {
             LinkCommand::Assign(a) => Some((**a).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The handles of the `Assign`s replayed to `link`.
+fn replays(released: &Released, link: LinkId) -> Vec<u32> {
+    released
+        .commands
+        .iter()
+        .filter(|(l, _)| *l == link)
+        .filter_map(|(_, c)| match c {
+            LinkCommand::Replay(a) => Some(a.handle),
             _ => None,
         })
         .collect()
@@ -256,29 +287,35 @@ fn each_step_is_told_only_after_its_commit() {
     assert_ne!(t, t2);
     assert!(s.task("a").is_none());
 
-    // A cancel of a dispatched task: its ticket and the Cancel come with the commit.
+    // A cancel of a dispatched task: its ticket and the Cancel come with the commit, and
+    // the device's answer ends the task.
     let c = s.ticket();
-    s.e.handle_cancel("b", c, s.now());
+    s.e.handle_cancel("b", c, s.now()).unwrap();
     s.restart();
-    assert!(s.task("b").is_some(), "the cancel was not committed");
+    assert!(
+        !s.task("b").unwrap().cancelling,
+        "the cancel was not committed"
+    );
     s.up(LINK, hello(), 4);
     let b = s.task("b").unwrap().handle();
     let c = s.ticket();
-    s.e.handle_cancel("b", c, s.now());
+    s.e.handle_cancel("b", c, s.now()).unwrap();
     let released = s.turn();
     assert_eq!(released.tickets, [c]);
+    assert_eq!(cancels(&released, LINK), [b]);
+    assert!(s.task("b").unwrap().cancelling);
+    s.report(LINK, b, TaskReport::Cancelled, None);
+    s.turn();
     assert!(s.task("b").is_none());
-    // The task was queued again by the restart and dispatched at `up`, so the device has it.
-    assert!(cancels(&released, LINK).contains(&b) || assigns(&released, LINK).is_empty());
 }
 
 // ----- retries -----
 
-/// A device lost with a task on it: the task waits the retry delay — the initial delay plus
-/// at most 25 % jitter, doubling with each attempt — and is dispatched again the moment it
-/// ends, not a millisecond before.
+/// A device that comes back rebooted has lost its task: the task waits the retry delay —
+/// the initial delay plus at most 25 % jitter, doubling with each attempt — and is
+/// dispatched again the moment it ends, not a millisecond before.
 #[test]
-fn a_lost_device_s_task_waits_the_backoff_then_runs_again() {
+fn a_task_lost_in_a_reboot_waits_the_backoff_then_runs_again() {
     for seed in 0..50 {
         let mut s = Sim::new();
         s.e.rng = SplitMix64::new(seed);
@@ -286,14 +323,15 @@ fn a_lost_device_s_task_waits_the_backoff_then_runs_again() {
         s.submit(r#"{"id":"t","capability":"echo"}"#);
         assert_eq!(assigns(&s.turn(), LINK).len(), 1);
         for (attempt, base) in [(1u64, 100u64), (2, 200)] {
-            let lost_at = s.now;
-            s.link(
-                LINK,
-                LinkInput::Down {
-                    reason: "gone".into(),
-                },
-            );
+            s.down(LINK);
             s.turn();
+            assert_eq!(
+                s.task("t").unwrap().state,
+                TaskState::Dispatched,
+                "the task waits for its device"
+            );
+            let lost_at = s.now;
+            s.up(LINK, booted("dev-1", 100 + attempt as u32), 4);
             let t = s.task("t").unwrap();
             assert_eq!(
                 (t.state, u64::from(t.attempt)),
@@ -305,8 +343,7 @@ fn a_lost_device_s_task_waits_the_backoff_then_runs_again() {
                 "seed {seed}, attempt {attempt}: delay {delay} ms outside [{base}, {})",
                 base + base / 4
             );
-            // The device is back at once, but the task waits for its delay.
-            s.up(LINK, hello(), 4);
+            // The device is back, but the task waits for its delay.
             assert_eq!(s.e.poll_timeout(), Some(lost_at + delay));
             s.now = lost_at + delay - 1;
             assert!(
@@ -329,19 +366,29 @@ fn a_lost_device_s_task_waits_the_backoff_then_runs_again() {
 #[test]
 fn tasks_lost_together_come_back_spread_out() {
     let mut s = Sim::new();
-    s.up(LINK, hello_of("dev-1"), 50);
+    s.up(
+        LINK,
+        Hello {
+            slots: 50,
+            ..hello()
+        },
+        50,
+    );
     for i in 0..50 {
         s.submit(&format!(r#"{{"id":"t{i}","capability":"echo"}}"#));
     }
     assert_eq!(assigns(&s.turn(), LINK).len(), 50);
-    let lost_at = s.now;
-    s.link(
-        LINK,
-        LinkInput::Down {
-            reason: "gone".into(),
-        },
-    );
+    s.down(LINK);
     s.turn();
+    let lost_at = s.now;
+    s.up(
+        LINK,
+        Hello {
+            slots: 50,
+            ..booted("dev-1", 8)
+        },
+        50,
+    );
     let delays: std::collections::BTreeSet<u64> = (0..50)
         .map(|i| s.task(&format!("t{i}")).unwrap().not_before_ms - lost_at)
         .collect();
@@ -359,12 +406,10 @@ fn a_task_fails_when_its_attempts_are_exhausted() {
         s.now += 10_000;
         let released = s.up(LINK, hello(), 4);
         assert_eq!(assigns(&released, LINK).len(), 1, "attempt {attempt}");
-        s.link(
-            LINK,
-            LinkInput::Down {
-                reason: "gone".into(),
-            },
-        );
+        s.down(LINK);
+        s.turn();
+        // The device does not come back within its grace period.
+        s.now += 30_000;
         s.turn();
     }
     assert!(s.task("t").is_none());
@@ -372,7 +417,10 @@ fn a_task_fails_when_its_attempts_are_exhausted() {
     let (state, error) = last_error(&events, "t");
     assert_eq!(state, TaskState::Failed);
     assert_eq!(error.code, ErrorCode::AttemptsExhausted);
-    assert_eq!(error.message, "device disconnected; 3 attempts made");
+    assert_eq!(
+        error.message,
+        "device dev-1 did not come back within 30000 ms; 3 attempts made"
+    );
     s.now += 10_000;
     assert!(assigns(&s.up(LINK, hello(), 4), LINK).is_empty());
 }
@@ -496,8 +544,9 @@ fn a_task_is_never_started_after_its_deadline() {
 // ----- cancel -----
 
 /// Cancel works in every state: a queued task ends at once with nothing sent; a dispatched or
-/// running task ends and its device is told (after the commit); a finished or unknown task is
-/// left alone (no second terminal event). A device report after the cancel changes nothing.
+/// running task's device is told (after the commit), and its answer ends the task — so a task
+/// the device completed first ends `completed`, never `cancelled`; a finished task is left
+/// alone (no second terminal event); an id not seen yet is recorded as cancelled.
 #[test]
 fn cancel_ends_a_task_in_every_state() {
     let mut s = Sim::new();
@@ -516,7 +565,7 @@ fn cancel_ends_a_task_in_every_state() {
 
     for id in ["queued", "dispatched", "running", "unknown"] {
         let ticket = s.ticket();
-        s.e.handle_cancel(id, ticket, s.now());
+        s.e.handle_cancel(id, ticket, s.now()).unwrap();
     }
     let released = s.turn();
     assert_eq!(released.tickets.len(), 4, "every cancel is acknowledged");
@@ -526,16 +575,25 @@ fn cancel_ends_a_task_in_every_state() {
     expect.sort_unstable();
     assert_eq!(sent, expect, "only tasks on the device are cancelled there");
     let states = s.states();
-    for id in ["queued", "dispatched", "running"] {
-        assert!(
-            states.contains(&(id.into(), TaskState::Cancelled)),
-            "{id}: {states:?}"
-        );
-    }
-    assert_eq!(states.len(), 3, "{states:?}");
-    // The device finishes a cancelled task anyway: the report is acknowledged, nothing changes.
+    assert_eq!(
+        states,
+        [
+            ("queued".into(), TaskState::Cancelled),
+            ("unknown".into(), TaskState::Cancelled)
+        ],
+        "tasks on the device end with its answer"
+    );
+    // The device cancels one; it had finished the other: that one completed.
+    s.report(LINK, hd, TaskReport::Cancelled, None);
     let t = s.report(LINK, hr, TaskReport::Completed, None);
-    assert_eq!(s.turn().tickets, [t]);
+    assert!(s.turn().tickets.contains(&t));
+    assert_eq!(
+        s.states(),
+        [
+            ("dispatched".into(), TaskState::Cancelled),
+            ("running".into(), TaskState::Completed)
+        ]
+    );
     // A freed slot takes "done"; it finishes, then a cancel for it changes nothing.
     s.credit(LINK, 1);
     assert_eq!(assigns(&s.turn(), LINK).len(), 1);
@@ -544,7 +602,7 @@ fn cancel_ends_a_task_in_every_state() {
     s.turn();
     s.events();
     let ticket = s.ticket();
-    s.e.handle_cancel("done", ticket, s.now());
+    s.e.handle_cancel("done", ticket, s.now()).unwrap();
     let released = s.turn();
     assert!(released.commands.is_empty());
     assert!(
@@ -617,19 +675,31 @@ fn a_refused_assign_goes_back_to_the_queue() {
 
 // ----- restarts -----
 
-/// Tasks dispatched when the bridge stopped are dispatched again after a restart, with the
-/// same handle (the device answers a replay from its dedup table), and keep their attempt.
+/// Tasks on a device when the bridge stopped stay with that device after a restart: another
+/// device does not get them within the grace period, and the device, back with the same boot,
+/// gets each `Assign` again with the same handle (it answers a replay from its dedup table) and
+/// no attempt counted.
 #[test]
-fn a_restart_dispatches_dispatched_tasks_again_with_the_same_handle() {
+fn after_a_restart_tasks_wait_for_their_device_and_are_replayed_to_it() {
     let mut s = Sim::new();
     s.up(LINK, hello(), 4);
     s.submit(r#"{"id":"t","capability":"echo"}"#);
     let h = assigns(&s.turn(), LINK)[0].handle;
     s.restart();
     let t = s.task("t").unwrap();
-    assert_eq!((t.state, t.attempt), (TaskState::Queued, 1));
-    let again = assigns(&s.up(2, hello(), 4), 2);
-    assert_eq!(again.iter().map(|a| a.handle).collect::<Vec<_>>(), [h]);
+    assert_eq!((t.state, t.attempt), (TaskState::Dispatched, 1));
+    let other = s.up(3, hello_of("dev-2"), 4);
+    assert!(assigns(&other, 3).is_empty(), "{:?}", other.commands);
+    s.now += 29_999;
+    assert!(assigns(&s.turn(), 3).is_empty());
+    let back = s.up(2, hello(), 4);
+    assert_eq!(replays(&back, 2), [h]);
+    assert!(assigns(&back, 2).is_empty());
+    let t = s.task("t").unwrap();
+    assert_eq!((t.state, t.attempt), (TaskState::Dispatched, 1));
+    s.report(2, h, TaskReport::Completed, None);
+    s.turn();
+    assert!(s.task("t").is_none());
 }
 
 /// A device that ran a task before the bridge crashed reports it to the restarted bridge
@@ -686,6 +756,209 @@ fn generated_ids_never_repeat_across_restarts() {
         ids.insert(e.id);
     }
     assert_eq!(ids.len(), 15);
+}
+
+// ----- one device at a time -----
+
+/// A device's link drops while it runs a task and comes straight back (same boot): within the
+/// grace period the task goes to no other device, even an idle one; the device gets the
+/// `Assign` again (a replay, same handle) and its report settles the task (H1 of the
+/// reliability review: the task ran on both).
+#[test]
+fn a_task_waits_for_its_device_through_a_link_loss() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    s.submit(r#"{"id":"t","capability":"echo"}"#);
+    let h = assigns(&s.turn(), LINK)[0].handle;
+    s.report(LINK, h, TaskReport::Running, None);
+    s.turn();
+    s.down(LINK);
+    s.turn();
+    let idle = s.up(2, hello_of("dev-2"), 4);
+    assert!(assigns(&idle, 2).is_empty(), "{:?}", idle.commands);
+    s.now += 29_999;
+    assert!(
+        assigns(&s.turn(), 2).is_empty(),
+        "given away within the grace period"
+    );
+    let back = s.up(3, hello(), 4);
+    assert_eq!(replays(&back, 3), [h]);
+    let t = s.task("t").unwrap();
+    assert_eq!(
+        (t.state, t.device.as_deref(), t.attempt),
+        (TaskState::Running, Some("dev-1"), 1)
+    );
+    s.now += 60_000;
+    assert!(assigns(&s.turn(), 2).is_empty());
+    s.report(3, h, TaskReport::Completed, None);
+    s.turn();
+    assert_eq!(s.states().last(), Some(&("t".into(), TaskState::Completed)));
+}
+
+/// A device that does not come back within the grace period loses its task to another
+/// device, as a new execution (a new handle). When it does come back, with the same boot, it
+/// is told to cancel the execution it may still run; a result it reports for it first wins,
+/// and the other device is told to cancel.
+#[test]
+fn after_the_grace_period_the_task_moves_and_the_returning_device_is_told_to_cancel() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    s.submit(r#"{"id":"t","capability":"echo"}"#);
+    let old = assigns(&s.turn(), LINK)[0].handle;
+    s.down(LINK);
+    s.turn();
+    s.up(2, hello_of("dev-2"), 4);
+    s.now += 30_000;
+    s.turn();
+    assert_eq!(s.task("t").unwrap().attempt, 1);
+    s.now += 1_000; // the retry delay
+    let moved = assigns(&s.turn(), 2);
+    assert_eq!(moved.len(), 1, "moved to dev-2 once the grace period ended");
+    let new = moved[0].handle;
+    assert_ne!(new, old, "a new execution has a new handle");
+    let back = s.up(3, hello(), 4);
+    assert_eq!(cancels(&back, 3), [old], "told to cancel what moved on");
+    assert!(replays(&back, 3).is_empty());
+    // It had finished before it heard: its result stands; dev-2 is told to cancel.
+    s.report(3, old, TaskReport::Completed, None);
+    let released = s.turn();
+    assert_eq!(cancels(&released, 2), [new]);
+    assert!(s.task("t").is_none());
+    let events = s.events();
+    let last = events.iter().rfind(|e| e.id == "t").unwrap();
+    assert_eq!(last.state, TaskState::Completed);
+    // dev-2's answer changes nothing.
+    s.report(2, new, TaskReport::Cancelled, None);
+    s.turn();
+    assert!(s.states().is_empty());
+}
+
+/// A device back with another boot id lost its tasks: they are tried again at once (after
+/// the retry delay), not held for the grace period; a task cancelled while it was away ends
+/// `cancelled` then, and one cancelled while away from a device that kept it is cancelled
+/// there when it comes back.
+#[test]
+fn a_rebooted_device_gives_up_its_tasks_and_cancels_wait_for_a_device_that_kept_them() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    s.submit(r#"{"id":"lost","capability":"echo"}"#);
+    s.submit(r#"{"id":"gone","capability":"echo"}"#);
+    s.turn();
+    s.down(LINK);
+    let ticket = s.ticket();
+    s.e.handle_cancel("gone", ticket, s.now()).unwrap();
+    let released = s.turn();
+    assert_eq!(released.tickets, [ticket]);
+    assert!(s.task("gone").unwrap().cancelling);
+    s.up(LINK, booted("dev-1", 8), 4);
+    assert_eq!(s.task("lost").unwrap().state, TaskState::Queued);
+    assert!(s.task("gone").is_none());
+    let states = s.states();
+    assert!(
+        states.contains(&("gone".into(), TaskState::Cancelled)),
+        "{states:?}"
+    );
+
+    // Kept across a link loss: the cancel reaches the device when it is back.
+    s.now += 1_000;
+    let h = assigns(&s.turn(), LINK)[0].handle;
+    s.down(LINK);
+    let ticket = s.ticket();
+    s.e.handle_cancel("lost", ticket, s.now()).unwrap();
+    s.turn();
+    let back = s.up(2, booted("dev-1", 8), 4);
+    assert_eq!(cancels(&back, 2), [h]);
+    assert!(replays(&back, 2).is_empty());
+    s.report(2, h, TaskReport::Cancelled, None);
+    s.turn();
+    assert_eq!(
+        s.states(),
+        [
+            ("lost".into(), TaskState::Dispatched),
+            ("lost".into(), TaskState::Cancelled)
+        ]
+    );
+}
+
+// ----- execution leases -----
+
+/// A device that takes a task and never reports it loses it when its lease ends: it is told
+/// to cancel, and the task is tried again (a new handle) elsewhere. The lease is the
+/// submission's `timeout_ms`, else its capability's, else the default.
+#[test]
+fn a_task_whose_lease_ends_is_cancelled_there_and_tried_again() {
+    let mut s = Sim::new();
+    s.e.set_leases(Leases {
+        grace_ms: 30_000,
+        per_capability: [("echo".to_owned(), 5_000)].into(),
+        default_ms: 60_000,
+    });
+    s.up(LINK, hello(), 4);
+    s.submit(r#"{"id":"own","capability":"echo","timeout_ms":2000}"#);
+    s.submit(r#"{"id":"cap","capability":"echo"}"#);
+    let released = s.turn();
+    let handle = |id: &str| -> u32 { s.task(id).unwrap().handle() };
+    let (own, cap) = (handle("own"), handle("cap"));
+    assert_eq!(assigns(&released, LINK).len(), 2);
+    let start = s.now;
+    assert_eq!(s.e.poll_timeout(), Some(start + 2_000));
+    s.now = start + 1_999;
+    assert!(cancels(&s.turn(), LINK).is_empty());
+    s.now = start + 2_000;
+    let released = s.turn();
+    assert_eq!(cancels(&released, LINK), [own]);
+    let t = s.task("own").unwrap();
+    assert_eq!((t.state, t.attempt), (TaskState::Queued, 1));
+    assert_ne!(t.handle(), own);
+    s.up(2, hello_of("dev-2"), 4);
+    s.now = start + 5_000;
+    let released = s.turn();
+    assert_eq!(cancels(&released, LINK), [cap]);
+    assert_eq!(
+        assigns(&released, 2).len(),
+        1,
+        "own goes to dev-2, not back to dev-1"
+    );
+    assert!(assigns(&released, LINK).is_empty());
+}
+
+/// A device's advertised credit is clamped to its declared slots less the tasks on it: one
+/// that claims 255 free slots of 4 gets 4 tasks, and no more while it holds them.
+#[test]
+fn credit_never_exceeds_the_declared_slots() {
+    let mut s = Sim::new();
+    for i in 0..10 {
+        s.submit(&format!(r#"{{"id":"t{i}","capability":"echo"}}"#));
+    }
+    let released = s.up(LINK, hello(), 255);
+    assert_eq!(assigns(&released, LINK).len(), 4);
+    s.credit(LINK, 255);
+    assert!(assigns(&s.turn(), LINK).is_empty());
+    assert_eq!(s.e.stats(s.now()).devices["dev-1"].free_slots, 0);
+}
+
+/// A cancel that arrives before its submission (brokers order messages per topic only) is
+/// kept: the submission is answered `cancelled` and never dispatched.
+#[test]
+fn a_cancel_that_overtakes_its_submission_still_cancels_it() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    let ticket = s.ticket();
+    s.e.handle_cancel("early", ticket, s.now()).unwrap();
+    s.turn();
+    s.submit(r#"{"id":"early","capability":"echo"}"#);
+    let released = s.turn();
+    assert!(assigns(&released, LINK).is_empty());
+    assert!(s.task("early").is_none());
+    let states = s.states();
+    assert_eq!(
+        states,
+        [
+            ("early".into(), TaskState::Cancelled),
+            ("early".into(), TaskState::Cancelled)
+        ],
+        "recorded, then answered as a duplicate"
+    );
 }
 
 // ----- devices and locks -----
@@ -782,7 +1055,7 @@ fn a_new_session_of_the_same_device_on_its_link_keeps_the_link() {
 }
 
 /// Another device opening a session on a link (a serial port whose device was swapped)
-/// takes the previous one offline; its tasks go back to the queue.
+/// takes the previous one offline; its tasks wait for it.
 #[test]
 fn another_device_on_a_link_takes_the_previous_one_offline() {
     let mut s = Sim::new();
@@ -798,11 +1071,12 @@ fn another_device_on_a_link_takes_the_previous_one_offline() {
             ("dev-2".into(), true)
         ]
     );
-    assert_eq!(s.task("t").unwrap().state, TaskState::Queued);
+    assert_eq!(s.task("t").unwrap().state, TaskState::Dispatched);
     // dev-1's task is not handed to dev-2 on the link dev-1 used.
     assert!(assigns(&released, LINK).is_empty());
-    s.now += 10_000;
+    s.now += 40_000;
     assert!(assigns(&s.turn(), LINK).is_empty());
+    assert_eq!(s.task("t").unwrap().state, TaskState::Queued);
 }
 
 // ----- urgent work -----
@@ -1018,7 +1292,16 @@ fn take_backs_are_bounded_and_only_asked_of_devices_that_can() {
         "a version 1 device is never asked"
     );
 
-    s.up(LINK, hello_v2(1), 0); // the same device, upgraded, reconnects: "low" is requeued
+    // The same device, upgraded (so rebooted), reconnects: "low" is tried again after the
+    // retry delay.
+    s.up(
+        LINK,
+        Hello {
+            boot_id: 8,
+            ..hello_v2(1)
+        },
+        0,
+    );
     s.credit(LINK, 1);
     let sent = assigns(&s.turn(), LINK);
     assert_eq!(sent.len(), 1, "u1 first");

@@ -114,6 +114,11 @@ pub enum LinkEvent {
 #[derive(Debug)]
 pub enum LinkCommand {
     Assign(Box<Assign>),
+    /// An `Assign` sent in an earlier session, sent again to the device that came back: it
+    /// may hold the task already (it then answers from its dedup table), so no credit is
+    /// needed; refused (window full) it is not reported, as the device may hold it anyway
+    /// (the execution lease ends a task it never got).
+    Replay(Box<Assign>),
     Cancel(Cancel),
     /// Give back the task with this handle (urgent work needs its slot): at once if it has not
     /// started, at its next step boundary with a checkpoint if its capability allows.

@@ -148,6 +148,13 @@ where
                         assigns_taken += 1;
                         Message::Assign(*a)
                     }
+                    Some(LinkCommand::Replay(a)) => {
+                        assigns_taken += 1;
+                        if let Err(e) = session.resend(Message::Assign(*a)) {
+                            tracing::debug!(link, reason = ?e.reason, "replayed Assign not sent");
+                        }
+                        continue;
+                    }
                     Some(LinkCommand::Cancel(c)) => Message::Cancel(c),
                     Some(LinkCommand::Preempt { handle }) => Message::Preempt(Preempt { handle }),
                     Some(LinkCommand::Restore { handle, checkpoint }) => {

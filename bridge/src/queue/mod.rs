@@ -107,6 +107,18 @@ pub struct TaskRecord {
     /// Where a preempted execution stopped, to resume it there on the next device that can.
     #[serde(default)]
     pub checkpoint: Option<Checkpoint>,
+    /// The boot id of `device` when the task was dispatched to it: a device that comes back
+    /// with another one has lost the task.
+    #[serde(default)]
+    pub boot: Option<u32>,
+    /// Timer-clock ms at which the execution lease of the task on `device` ends: then it is
+    /// cancelled there and tried again.
+    #[serde(default)]
+    pub lease_until_ms: Option<u64>,
+    /// A cancel was asked for while the task was on a device: the device's answer (cancelled,
+    /// or the result it had already) ends it.
+    #[serde(default)]
+    pub cancelling: bool,
 }
 
 /// A task's state at a step boundary, as its device gave it back: the steps it ran, its
@@ -194,8 +206,16 @@ pub enum Admission {
 /// A change to a live task, applied in a batch by [`Queue::apply`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
-    /// Handed to a device (a new attempt).
-    Dispatched { id: String, device: String },
+    /// Handed to a device (a new attempt) whose boot id is `boot`, until `lease_until_ms` at
+    /// the latest.
+    Dispatched {
+        id: String,
+        device: String,
+        boot: u32,
+        lease_until_ms: u64,
+    },
+    /// A cancel was asked for while it is on a device, which is told; its answer ends it.
+    Cancelling { id: String },
     /// The device started it.
     Running { id: String },
     /// Back to the queue, not before `not_before_ms` (a lost device: dispatched again with
@@ -244,6 +264,7 @@ impl Change {
         match self {
             Self::Dispatched { id, .. }
             | Self::Running { id }
+            | Self::Cancelling { id }
             | Self::Requeue { id, .. }
             | Self::Retry { id, .. }
             | Self::Preempted { id, .. }
@@ -310,6 +331,8 @@ pub struct Queue {
     deadlines: BTreeSet<(u64, String)>,
     /// Queued tasks waiting for a retry delay, by the time it ends.
     delayed: BTreeSet<(u64, String)>,
+    /// Tasks on devices, by the time their execution lease ends.
+    leases: BTreeSet<(u64, String)>,
     /// Ids of the tasks on each device (dispatched or running).
     on_device: HashMap<String, BTreeSet<String>>,
     /// Queued tasks per priority level.
@@ -333,8 +356,8 @@ pub struct Queue {
 
 impl Queue {
     /// Opens (or creates) the queue in `dir`, loading the live tasks. Tasks that were on a
-    /// device when the bridge stopped go back to the queue (the device's dedup makes the
-    /// replay harmless).
+    /// device when the bridge stopped stay on it: the engine waits for that device to come
+    /// back before they may go elsewhere.
     pub fn open(dir: &Path, limit: u64) -> Result<Self, QueueError> {
         std::fs::create_dir_all(dir).map_err(|source| QueueError::Dir {
             path: dir.to_owned(),
@@ -353,6 +376,7 @@ impl Queue {
             lanes: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             delayed: BTreeSet::new(),
+            leases: BTreeSet::new(),
             on_device: HashMap::new(),
             depth: [0; 6],
             by_handle: HashMap::new(),
@@ -386,16 +410,11 @@ impl Queue {
         let tasks = read.open_table(TASKS).map_err(db_err)?;
         for row in tasks.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
-            let mut rec: TaskRecord =
+            let rec: TaskRecord =
                 serde_json::from_slice(v.value()).map_err(|e| QueueError::Corrupt {
                     key: k.value().to_owned(),
                     reason: e.to_string(),
                 })?;
-            if rec.state != TaskState::Queued {
-                // Was on a device: dispatch again (same handle, so the device answers from
-                // its dedup table if it already ran it).
-                rec.state = TaskState::Queued;
-            }
             q.put(rec);
         }
         Ok(q)
@@ -426,6 +445,9 @@ impl Queue {
                 .entry(device.clone())
                 .or_default()
                 .insert(id.clone());
+            if let Some(until) = rec.lease_until_ms {
+                self.leases.insert((until, id.clone()));
+            }
         }
         self.by_handle.insert(rec.handle(), id.clone());
         self.live.insert(id, rec);
@@ -452,6 +474,9 @@ impl Queue {
                 self.delayed.remove(&(old.not_before_ms, id.to_owned()));
             }
         } else if let Some(device) = &old.device {
+            if let Some(until) = old.lease_until_ms {
+                self.leases.remove(&(until, id.to_owned()));
+            }
             if let Some(set) = self.on_device.get_mut(device) {
                 set.remove(id);
                 if set.is_empty() {
@@ -516,13 +541,27 @@ impl Queue {
             .map(|(_, id)| id.as_str())
     }
 
+    /// Tasks on devices whose execution lease ended at or before `now_ms`.
+    pub fn lease_ended(&self, now_ms: u64) -> impl Iterator<Item = &str> {
+        self.leases
+            .iter()
+            .take_while(move |(d, _)| *d <= now_ms)
+            .map(|(_, id)| id.as_str())
+    }
+
     /// The earliest time after `now_ms` at which a queued task's deadline passes or its retry
-    /// delay ends.
+    /// delay ends, or a task's execution lease ends.
     pub fn next_timer(&self, now_ms: u64) -> Option<u64> {
         let after = (now_ms.saturating_add(1), String::new());
         let deadline = self.deadlines.range(after.clone()..).next().map(|e| e.0);
-        let delay = self.delayed.range(after..).next().map(|e| e.0);
-        deadline.into_iter().chain(delay).min()
+        let delay = self.delayed.range(after.clone()..).next().map(|e| e.0);
+        let lease = self.leases.range(after..).next().map(|e| e.0);
+        deadline.into_iter().chain(delay).chain(lease).min()
+    }
+
+    /// The devices that have tasks on them (online or not).
+    pub fn devices_with_tasks(&self) -> impl Iterator<Item = &str> {
+        self.on_device.keys().map(String::as_str)
     }
 
     /// Live tasks on a device.
@@ -624,6 +663,9 @@ impl Queue {
                 retry_handle: None,
                 preemptions: 0,
                 checkpoint: None,
+                boot: None,
+                lease_until_ms: None,
+                cancelling: false,
             };
             self.next_seq += 1;
             self.pending
@@ -634,6 +676,33 @@ impl Queue {
             self.put(rec);
         }
         Ok(outcomes)
+    }
+
+    /// A cancel for `id`, which is neither live nor finished: the submission it is for has
+    /// not arrived (brokers order messages per topic only, so a cancel can overtake it). The
+    /// id is recorded as finished `cancelled` (staged, with its event), so that submission
+    /// is answered as a duplicate and never runs. `false` if the id had finished already.
+    pub fn cancel_unseen(&mut self, id: &str, now: Now) -> Result<bool, QueueError> {
+        if self.live.contains_key(id) || self.final_event(id)?.is_some() {
+            return Ok(false);
+        }
+        let error = ApiError::new(
+            ErrorCode::Cancelled,
+            "cancelled on request before the submission arrived",
+        );
+        let event = StatusEvent {
+            state: TaskState::Cancelled,
+            ..StatusEvent::rejected(id.to_owned(), None, error, now.wall_ms)
+        };
+        self.pending
+            .done_by_id
+            .insert(id.to_owned(), self.pending.done.len());
+        self.pending
+            .done
+            .push((self.next_done, id.to_owned(), json(&event)));
+        self.next_done += 1;
+        self.stage_outbox(&OutboxEntry::status(&event));
+        Ok(true)
     }
 
     /// Stages an event that belongs to no stored task (a submission that could not be
@@ -655,11 +724,22 @@ impl Queue {
                 continue;
             };
             let event = match change {
-                Change::Dispatched { device, .. } => {
+                Change::Dispatched {
+                    device,
+                    boot,
+                    lease_until_ms,
+                    ..
+                } => {
                     rec.state = TaskState::Dispatched;
                     rec.device = Some(device);
+                    rec.boot = Some(boot);
+                    rec.lease_until_ms = Some(lease_until_ms);
                     rec.attempt += 1;
                     Some(rec.event(TaskState::Dispatched, now_ms))
+                }
+                Change::Cancelling { .. } => {
+                    rec.cancelling = true;
+                    None
                 }
                 Change::Running { .. } => {
                     rec.state = TaskState::Running;
@@ -718,6 +798,9 @@ impl Queue {
                     continue;
                 }
             };
+            if rec.state == TaskState::Queued {
+                rec.lease_until_ms = None;
+            }
             self.pending.tasks.insert(id, Some(json(&rec)));
             if let Some(e) = event {
                 self.stage_outbox(&OutboxEntry::status(&e));

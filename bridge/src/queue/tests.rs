@@ -8,6 +8,7 @@ fn sub(id: &str, priority: Priority, deadline_ms: Option<u64>) -> Submission {
         device: None,
         priority,
         deadline_ms,
+        timeout_ms: None,
         payload: "null".into(),
         locks: vec![],
         trace_id: Some(format!("tr-{id}")),
@@ -94,6 +95,8 @@ fn resubmitting_an_id_never_creates_a_second_task() {
         vec![Change::Dispatched {
             id: "a".into(),
             device: "d1".into(),
+            boot: 1,
+            lease_until_ms: u64::MAX,
         }],
         Now::at(1),
     );
@@ -180,6 +183,8 @@ fn a_task_goes_through_its_states_each_with_an_event() {
             Change::Dispatched {
                 id: "t".into(),
                 device: "d1".into(),
+                boot: 1,
+                lease_until_ms: u64::MAX,
             },
             Change::Running { id: "t".into() },
         ],
@@ -203,6 +208,8 @@ fn a_task_goes_through_its_states_each_with_an_event() {
         vec![Change::Dispatched {
             id: "t".into(),
             device: "d2".into(),
+            boot: 1,
+            lease_until_ms: u64::MAX,
         }],
         Now::at(3),
     );
@@ -232,7 +239,7 @@ fn a_task_goes_through_its_states_each_with_an_event() {
 }
 
 #[test]
-fn everything_survives_a_reopen_and_tasks_on_devices_are_queued_again() {
+fn everything_survives_a_reopen_and_tasks_on_devices_stay_there() {
     let dir = tempfile::tempdir().unwrap();
     let (handle, first_keys) = {
         let mut q = Queue::open(dir.path(), 10).unwrap();
@@ -245,6 +252,8 @@ fn everything_survives_a_reopen_and_tasks_on_devices_are_queued_again() {
             vec![Change::Dispatched {
                 id: "a".into(),
                 device: "d1".into(),
+                boot: 1,
+                lease_until_ms: u64::MAX,
             }],
             Now::at(1),
         );
@@ -256,10 +265,11 @@ fn everything_survives_a_reopen_and_tasks_on_devices_are_queued_again() {
     };
     let mut q = Queue::open(dir.path(), 10).unwrap();
     assert_eq!(q.len(), 2);
+    assert_eq!(ids(q.ready()), ["b"]);
     assert_eq!(
-        ids(q.ready()),
-        ["b", "a"],
-        "the dispatched task is queued again"
+        ids(q.on_device("d1")),
+        ["a"],
+        "the dispatched task stays on its device"
     );
     assert_eq!(
         q.get("a").unwrap().handle(),
@@ -335,10 +345,14 @@ fn indexes_follow_every_change() {
             Change::Dispatched {
                 id: "a".into(),
                 device: "d1".into(),
+                boot: 1,
+                lease_until_ms: u64::MAX,
             },
             Change::Dispatched {
                 id: "b".into(),
                 device: "d1".into(),
+                boot: 1,
+                lease_until_ms: u64::MAX,
             },
         ],
         Now::at(1),

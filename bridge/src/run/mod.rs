@@ -24,7 +24,7 @@ use broker_config::{BrokerConfig, Config};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{BridgeStatus, OfflineReason};
-use crate::engine::{Engine, LinkInput, Released, Retry, Ticket, Urgency};
+use crate::engine::{Engine, Leases, LinkInput, Released, Retry, Ticket, Urgency};
 use crate::link::{self, LinkCommand, LinkEvent, LinkId};
 use crate::mqtt::{self, ApiInput, MqttEvent, MqttSettings, Publication};
 use crate::queue::{Queue, QueueError};
@@ -103,6 +103,7 @@ pub async fn run(config: Config, announce: impl FnOnce(&Ready)) -> Result<(), Ru
     );
     let mut engine = Engine::new(queue, retry, crate::backoff::seed_from_clock());
     engine.set_urgency(urgency(&config.urgent));
+    engine.set_leases(leases(&config.queue));
 
     let (broker_stopped, settings) = start_broker(&config)?;
     let mqtt_addr = format!("{}:{}", settings.host, settings.port)
@@ -149,6 +150,19 @@ pub async fn run(config: Config, announce: impl FnOnce(&Ready)) -> Result<(), Ru
         stats: tokio::time::interval(config.stats_interval),
     };
     driver.run(inputs, Some((announce, ready))).await
+}
+
+/// The engine's grace period and execution leases from the `[queue]` settings.
+fn leases(config: &broker_config::QueueConfig) -> Leases {
+    Leases {
+        grace_ms: config.device_grace.as_millis() as u64,
+        per_capability: config
+            .capabilities
+            .iter()
+            .map(|(name, c)| (name.clone(), c.execution_timeout.as_millis() as u64))
+            .collect(),
+        default_ms: config.execution_timeout.as_millis() as u64,
+    }
 }
 
 /// The engine's urgency policy from the `[urgent]` settings.
@@ -334,8 +348,14 @@ impl Driver {
                     submissions.push((payload, self.tickets.issue(accepted)));
                 }
                 ApiInput::Cancel { id, done } => {
+                    // In arrival order: the submissions before it first, so a cancel right
+                    // behind its submission finds the task.
+                    if !submissions.is_empty() {
+                        self.engine
+                            .handle_submissions(std::mem::take(&mut submissions), now)?;
+                    }
                     let ticket = self.tickets.issue(done);
-                    self.engine.handle_cancel(&id, ticket, now);
+                    self.engine.handle_cancel(&id, ticket, now)?;
                 }
             }
         }
@@ -465,12 +485,36 @@ impl Driver {
         for ticket in released.tickets {
             self.tickets.release(ticket);
         }
+        let now = self.clock.now();
         for (link, command) in released.commands {
-            let sent = self.links.get(&link).map(|tx| tx.try_send(command));
-            if !matches!(sent, Some(Ok(()))) {
-                // The link is gone or its queue is full: a lost Assign is dispatched again
-                // when the link ends, a lost Cancel leaves a result nobody waits for.
-                tracing::warn!(link, "link command not delivered");
+            let Some(tx) = self.links.get(&link) else {
+                // The link has ended: its tasks wait for the device (or its next link).
+                tracing::debug!(link, "link command for a link that has ended");
+                continue;
+            };
+            if let Err(e) = tx.try_send(command) {
+                // The link's queue is full (a device not keeping up): an Assign goes back
+                // to the queue as if its session had refused it; a take-back may pick
+                // another task.
+                let command = match e {
+                    mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+                };
+                tracing::warn!(
+                    link,
+                    ?command,
+                    "link command not delivered: the link's queue is full"
+                );
+                match command {
+                    LinkCommand::Assign(a) => {
+                        let input = LinkInput::Refused { handle: a.handle };
+                        self.engine.handle_link(link, input, now);
+                    }
+                    LinkCommand::Preempt { handle } => {
+                        let input = LinkInput::PreemptNotSent { handle };
+                        self.engine.handle_link(link, input, now);
+                    }
+                    _ => {}
+                }
             }
         }
     }

@@ -369,6 +369,20 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
     // `heapless::Vec::push` does.
     #[allow(clippy::result_large_err)]
     pub fn send(&mut self, message: Message) -> Result<(), SendError> {
+        self.queue(message, true)
+    }
+
+    /// Queues a replay of an `Assign` sent in an earlier session, which the device may
+    /// already hold: it is not refused for lack of credit, since a device that holds it takes
+    /// no new slot (it answers from its dedup table), and one that does not and has no free
+    /// slot refuses it with `NoFreeSlot`. Otherwise as [`send`](Self::send).
+    #[allow(clippy::result_large_err)]
+    pub fn resend(&mut self, message: Message) -> Result<(), SendError> {
+        self.queue(message, false)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn queue(&mut self, message: Message, needs_credit: bool) -> Result<(), SendError> {
         // A kind the peer's version predates. A device is welcomed only in its own version,
         // so only a bridge checks (and the device's firmware leaves the check out).
         let too_new =
@@ -381,7 +395,7 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
             Some(Refusal::NotEstablished)
         } else if too_new {
             Some(Refusal::Unsupported)
-        } else if matches!(message, Message::Assign(_)) && self.credit() == 0 {
+        } else if needs_credit && matches!(message, Message::Assign(_)) && self.credit() == 0 {
             Some(Refusal::NoCredit)
         } else if self.window.is_full() {
             Some(Refusal::WindowFull)

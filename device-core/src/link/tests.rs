@@ -246,6 +246,24 @@ fn credit_limits_assigns_exactly() {
 }
 
 #[test]
+fn a_replayed_assign_needs_no_credit_and_reaches_the_device() {
+    let (mut dev, mut br) = connected(0);
+    assert_eq!(br.send(assign(1)).unwrap_err().reason, Refusal::NoCredit);
+    br.resend(assign(1)).unwrap();
+    let events = deliver(&mut dev, drain(&mut br, at(0)), at(0));
+    assert_eq!(events, [Event::Received(assign(1))]);
+    // Other limits still hold: a full window refuses replays too.
+    let mut refused = None;
+    for h in 2..100 {
+        if let Err(e) = br.resend(assign(h)) {
+            refused = Some(e.reason);
+            break;
+        }
+    }
+    assert_eq!(refused, Some(Refusal::WindowFull));
+}
+
+#[test]
 fn reordered_older_frame_cannot_raise_the_credit() {
     let (mut dev, mut br) = connected(1);
     br.send(assign(1)).unwrap();
