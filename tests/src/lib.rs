@@ -609,3 +609,101 @@ pub fn last_state(seen: &[(String, Value)], id: &str) -> Option<String> {
         .find(|(t, v)| t.ends_with("/status") && v.get("id").and_then(Value::as_str) == Some(id))
         .and_then(|(_, v)| v.get("state").and_then(Value::as_str).map(str::to_owned))
 }
+
+/// A TCP proxy on loopback in front of a device link, to cut a device's connection and to
+/// hold its reconnection (a Wi-Fi blip, a NAT rebinding, a device kept away for a while).
+/// Connections are forwarded while the proxy is open; [`Proxy::cut`] ends every connection
+/// it carries, [`Proxy::hold`] keeps new ones waiting (not forwarded) until
+/// [`Proxy::release`]. It stops with its runtime.
+#[derive(Debug)]
+pub struct Proxy {
+    /// Where devices connect.
+    pub addr: SocketAddr,
+    control: tokio::sync::watch::Sender<ProxyState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ProxyState {
+    /// Incremented by every cut: connections opened before it end.
+    cuts: u64,
+    held: bool,
+}
+
+impl Proxy {
+    /// A proxy to `target` (the bridge's device link), listening on a free loopback port.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let (control, state) = tokio::sync::watch::channel(ProxyState {
+            cuts: 0,
+            held: false,
+        });
+        tokio::spawn(async move {
+            while let Ok((device, _)) = listener.accept().await {
+                let mut state = state.clone();
+                tokio::spawn(async move {
+                    let born = state.borrow().cuts;
+                    // Held: wait (bounded by the test's own deadlines) until released or cut.
+                    while state.borrow().held && state.borrow().cuts == born {
+                        if state.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                    if state.borrow().cuts != born {
+                        return;
+                    }
+                    let Ok(bridge) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut dr, mut dw) = device.into_split();
+                    let (mut br, mut bw) = bridge.into_split();
+                    let up = tokio::io::copy(&mut dr, &mut bw);
+                    let down = tokio::io::copy(&mut br, &mut dw);
+                    let cut = async {
+                        while state.borrow().cuts == born {
+                            if state.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                        () = cut => {}
+                    }
+                });
+            }
+        });
+        Self { addr, control }
+    }
+
+    /// Ends every connection the proxy carries now (both sides see the connection close).
+    pub fn cut(&self) {
+        self.control.send_modify(|s| s.cuts += 1);
+    }
+
+    /// New connections wait until [`release`](Self::release) instead of being forwarded.
+    pub fn hold(&self) {
+        self.control.send_modify(|s| s.held = true);
+    }
+
+    /// Forwards held connections and new ones again.
+    pub fn release(&self) {
+        self.control.send_modify(|s| s.held = false);
+    }
+}
+
+/// The executions an `edge-device-sim --exec-log` file records: (boot id, handle) per line.
+pub fn executions(path: &Path) -> Vec<(u32, u32)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let mut it = l
+                .split_whitespace()
+                .map(|n| n.parse::<u32>().expect("a number"));
+            (it.next().expect("boot id"), it.next().expect("handle"))
+        })
+        .collect()
+}

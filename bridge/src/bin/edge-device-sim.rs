@@ -64,6 +64,10 @@ struct Cli {
     /// nothing runs twice).
     #[arg(long)]
     exec_log: Option<std::path::PathBuf>,
+    /// Take tasks and never finish them, whatever the capability (a hung firmware: it still
+    /// answers the link, acknowledges and cancels).
+    #[arg(long)]
+    hang: bool,
     /// Connect over TLS, trusting the CA certificate(s) of this PEM file for the bridge.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<std::path::PathBuf>,
@@ -222,6 +226,7 @@ fn echo(ctx: &mut Ctx<'_>) -> Step {
 /// Sleeps `{"ms":N}` in steps: the first step notes the start time in the scratch bytes.
 fn sleep(ctx: &mut Ctx<'_>) -> Step {
     if ctx.step == 0 {
+        log_execution(ctx.handle);
         ctx.scratch[..8].copy_from_slice(&ctx.now.as_millis().to_le_bytes());
     }
     let mut start = [0u8; 8];
@@ -243,6 +248,14 @@ fn sleep(ctx: &mut Ctx<'_>) -> Step {
         Ok(()) => Step::Done,
         Err(_) => Step::Fail(1),
     }
+}
+
+/// Runs for ever (`--hang`).
+fn hang(ctx: &mut Ctx<'_>) -> Step {
+    if ctx.step == 0 {
+        log_execution(ctx.handle);
+    }
+    Step::Continue
 }
 
 fn fail(_: &mut Ctx<'_>) -> Step {
@@ -374,6 +387,7 @@ async fn run(cli: Cli) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let handler = if cli.hang { hang } else { handler };
         if rt.register_with(cap, handler, preemption).is_err() {
             eprintln!("edge-device-sim: too many capabilities");
             return ExitCode::FAILURE;
