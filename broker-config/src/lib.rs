@@ -9,7 +9,8 @@
 //!   (printed by `edge-bridge gen-config`), kept equal to [`Config::default`] by a test.
 //! - [`BrokerConfig`]: the embedded broker or an external one.
 //! - [`LinkConfig`]: how devices reach the bridge.
-//! - [`QueueConfig`]: the durable queue's bound and retry policy.
+//! - [`QueueConfig`]: the durable queue's bounds and retry policy.
+//! - [`StorageConfig`]: how much of the data directory's disk stays free.
 //! - [`ConfigError`]: what can be wrong, naming the field.
 
 use std::collections::BTreeMap;
@@ -106,6 +107,7 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub stats_interval: Duration,
     pub queue: QueueConfig,
+    pub storage: StorageConfig,
     pub urgent: UrgentConfig,
     pub broker: BrokerConfig,
     /// Device links; plain TCP on 127.0.0.1:7878 by default.
@@ -121,6 +123,7 @@ impl Default for Config {
             data_dir: PathBuf::from("edge-bridge-data"),
             stats_interval: Duration::from_secs(10),
             queue: QueueConfig::default(),
+            storage: StorageConfig::default(),
             urgent: UrgentConfig::default(),
             broker: BrokerConfig::default(),
             links: vec![LinkConfig::Tcp {
@@ -136,6 +139,10 @@ impl Default for Config {
 pub struct QueueConfig {
     /// Tasks held at most (queued or on a device); beyond it submissions are `rejected`.
     pub limit: u64,
+    /// Events held at most in the outbox waiting for the broker (while it is down or slower
+    /// than the work); beyond it new submissions are `rejected` (`outbox_full`), while the
+    /// events of accepted tasks still go in.
+    pub outbox_limit: u64,
     /// Attempts per task before it fails (a device disconnecting or failing with a
     /// transient code, 0x8000 and above, starts another attempt).
     pub max_attempts: u32,
@@ -173,12 +180,36 @@ impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             limit: 100_000,
+            outbox_limit: 100_000,
             max_attempts: 5,
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             device_grace: Duration::from_secs(30),
             execution_timeout: Duration::from_secs(30 * 60),
             capabilities: BTreeMap::new(),
+        }
+    }
+}
+
+/// The disk of the data directory: the bridge stops taking new work before it is full, so
+/// that the work it accepted can always be recorded to its end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Below this many free bytes new submissions are `rejected` (`storage_full`); accepted
+    /// work goes on. Taken again by itself once space returns. 0 turns the watermark off.
+    pub min_free_bytes: u64,
+    /// A file of this many bytes kept in the data directory and given back when the disk
+    /// fills (or the bridge starts on a full disk), so accepted work can be recorded even if
+    /// something else took the space below the watermark. 0: no reserve.
+    pub reserve_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            min_free_bytes: 64 << 20,
+            reserve_bytes: 8 << 20,
         }
     }
 }
@@ -667,6 +698,9 @@ impl Config {
         let q = &self.queue;
         if q.limit == 0 {
             return Err(invalid("queue.limit", "at least 1"));
+        }
+        if q.outbox_limit == 0 {
+            return Err(invalid("queue.outbox_limit", "at least 1"));
         }
         if q.max_attempts == 0 {
             return Err(invalid("queue.max_attempts", "at least 1"));

@@ -134,6 +134,7 @@ fn invalid_values_name_the_field() {
         ("topic_root = \"edge//x\"", "topic_root"),
         ("stats_interval = \"1ms\"", "stats_interval"),
         ("[queue]\nlimit = 0", "queue.limit"),
+        ("[queue]\noutbox_limit = 0", "queue.outbox_limit"),
         ("[queue]\nmax_attempts = 0", "queue.max_attempts"),
         (
             "[queue]\nretry_initial = \"10s\"\nretry_max = \"1s\"",

@@ -78,16 +78,45 @@ pub struct BridgeStats {
     pub expired: u64,
     /// Tasks not yet finished (queued, dispatched or running).
     pub live: usize,
+    /// Events waiting for the broker's acknowledgement.
+    pub outbox: OutboxStats,
     /// Tasks devices gave back for urgent work, since the bridge started.
     pub preemptions: u64,
     /// Queued tasks per priority, written as `{"P0": n, …, "P5": n}`.
     #[serde(serialize_with = "per_priority")]
     pub queued: [u64; Priority::LEVELS],
+    /// The disk of the data directory.
+    pub storage: StorageStats,
     /// Wall-clock milliseconds since the Unix epoch when the document was made.
     pub ts_ms: u64,
     /// How long the last urgent tasks (at most 1,024) waited from acceptance to their first
     /// dispatch.
     pub urgent_wait: WaitStats,
+}
+
+/// The outbox in [`BridgeStats`]: events (and documents, and answers) not yet acknowledged
+/// by the broker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OutboxStats {
+    /// Entries waiting now.
+    pub depth: u64,
+    /// At this depth new submissions are rejected (`outbox_full`).
+    pub limit: u64,
+    /// Answers to input that changed no task (repeats for duplicates, rejections, errors
+    /// entries) not stored for want of room, since the bridge started: repeats dropped,
+    /// rejections published once without storage.
+    pub shed: u64,
+}
+
+/// The data directory's disk in [`BridgeStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StorageStats {
+    /// Bytes available, as last measured (the reserve file not counted).
+    pub free_bytes: u64,
+    /// Free space is below `min_free_bytes`: new submissions are rejected (`storage_full`).
+    pub full: bool,
+    /// The watermark.
+    pub min_free_bytes: u64,
 }
 
 /// Percentiles of waits, in milliseconds (nearest rank); zeros without samples.
@@ -319,21 +348,34 @@ mod tests {
             ]),
             expired: 2,
             live: 21,
+            outbox: OutboxStats {
+                depth: 30,
+                limit: 100_000,
+                shed: 7,
+            },
             preemptions: 4,
             queued: [1, 2, 3, 4, 5, 6],
+            storage: StorageStats {
+                free_bytes: 1 << 30,
+                full: false,
+                min_free_bytes: 64 << 20,
+            },
             ts_ms: 1_700_000_000_123,
             urgent_wait: WaitStats::of([4, 2, 40, 3].into_iter()),
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"expired":2,"live":21,"preemptions":4,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"ts_ms":1700000000123,"urgent_wait":{"max_ms":40,"n":4,"p50_ms":3,"p99_ms":40}}"#
+            r#"{"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"expired":2,"live":21,"outbox":{"depth":30,"limit":100000,"shed":7},"preemptions":4,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"storage":{"free_bytes":1073741824,"full":false,"min_free_bytes":67108864},"ts_ms":1700000000123,"urgent_wait":{"max_ms":40,"n":4,"p50_ms":3,"p99_ms":40}}"#
         );
         // As the engine built it with `serde_json::json!` before this type existed (plus the
-        // reserved slots, since reservation).
+        // reserved slots, since reservation, and the outbox and storage, since their bounds:
+        // fields are only ever added).
         let by_macro = serde_json::json!({
             "queued": { "P0": 1, "P1": 2, "P2": 3, "P3": 4, "P4": 5, "P5": 6 },
             "live": 21,
+            "outbox": { "depth": 30, "limit": 100_000, "shed": 7 },
             "preemptions": 4,
+            "storage": { "free_bytes": 1_u64 << 30, "full": false, "min_free_bytes": 64_u64 << 20 },
             "devices": {
                 "dev-b": { "free_slots": 3, "in_flight": 1, "reserved": 1, "slots": 4 },
                 "dev-a": { "free_slots": 0, "in_flight": 8, "reserved": 2, "slots": 8 },
@@ -351,14 +393,16 @@ mod tests {
             devices: BTreeMap::new(),
             expired: 0,
             live: 0,
+            outbox: OutboxStats::default(),
             preemptions: 0,
             queued: [0; Priority::LEVELS],
+            storage: StorageStats::default(),
             ts_ms: 0,
             urgent_wait: WaitStats::default(),
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"devices":{},"expired":0,"live":0,"preemptions":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"ts_ms":0,"urgent_wait":{"max_ms":0,"n":0,"p50_ms":0,"p99_ms":0}}"#
+            r#"{"devices":{},"expired":0,"live":0,"outbox":{"depth":0,"limit":0,"shed":0},"preemptions":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"storage":{"free_bytes":0,"full":false,"min_free_bytes":0},"ts_ms":0,"urgent_wait":{"max_ms":0,"n":0,"p50_ms":0,"p99_ms":0}}"#
         );
     }
 

@@ -44,6 +44,12 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The durable queue is at its configured limit.
     QueueFull,
+    /// Events wait for the broker in the outbox up to its configured limit (the broker is
+    /// down or slower than the work): new submissions wait until they drain.
+    OutboxFull,
+    /// The disk of the bridge's data directory is nearly full (below its free-space
+    /// watermark): new submissions wait until space returns; accepted work goes on.
+    StorageFull,
     /// The deadline passed before the task could start.
     DeadlineExpired,
     /// The device's handler failed (`message` has its code).

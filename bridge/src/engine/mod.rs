@@ -41,8 +41,8 @@ use device_core::Priority;
 use device_core::proto::{Cancel, Hello, Preemption, Reject, Report};
 
 use crate::api::{
-    self, ApiError, BridgeStats, DeviceStats, ErrorCode, ErrorEvent, StatusEvent, TaskState,
-    WaitStats,
+    self, ApiError, BridgeStats, DeviceStats, ErrorCode, ErrorEvent, OutboxStats, StatusEvent,
+    StorageStats, TaskState, WaitStats,
 };
 use crate::backoff::{Backoff, SplitMix64};
 use crate::dispatch::{self, Decision, DeviceView};
@@ -102,11 +102,17 @@ pub struct Released {
     pub tickets: Vec<Ticket>,
     /// Commands for links, in the order they were decided.
     pub commands: Vec<(LinkId, LinkCommand)>,
+    /// Rejections and error reports the outbox had no room to store: to publish once, best
+    /// effort ([`Queue::take_unstored`]).
+    pub unstored: Vec<OutboxEntry>,
+    /// The lowest outbox key the commit wrote: reading the outbox in key order must go on
+    /// from there ([`Queue::take_appended`]).
+    pub appended: Option<u64>,
 }
 
 impl Released {
     pub fn is_empty(&self) -> bool {
-        self.tickets.is_empty() && self.commands.is_empty()
+        self.tickets.is_empty() && self.commands.is_empty() && self.unstored.is_empty()
     }
 }
 
@@ -539,7 +545,16 @@ impl Engine {
         if self.queue.has_pending() {
             self.queue.commit()?;
         }
-        Ok(std::mem::take(&mut self.staged))
+        let mut released = std::mem::take(&mut self.staged);
+        released.unstored = self.queue.take_unstored();
+        released.appended = self.queue.take_appended();
+        Ok(released)
+    }
+
+    /// Whether the data directory's disk is (nearly) full, as the caller measures it: while
+    /// it is, new submissions are rejected with `storage_full` (see [`Queue::set_storage_full`]).
+    pub fn set_storage_full(&mut self, full: bool) {
+        self.queue.set_storage_full(full);
     }
 
     /// `Assign`s sent to `link` since it opened (what its credit reports are counted against).
@@ -574,7 +589,14 @@ impl Engine {
             preemptions: self.preemptions,
             urgent_wait: WaitStats::of(self.urgent_waits.iter().copied()),
             live: self.queue.len(),
+            outbox: OutboxStats {
+                depth: self.queue.outbox_len(),
+                limit: self.queue.outbox_limit(),
+                shed: self.queue.shed(),
+            },
             queued: self.queue.depth(),
+            // The caller measures the disk.
+            storage: StorageStats::default(),
             ts_ms: now.wall_ms,
         }
     }

@@ -14,6 +14,15 @@
 //!   by `DONE_KEPT`) so late duplicates are answered.
 //! - Status events leave the outbox only when the broker has acknowledged them.
 //! - The number of live tasks is bounded; beyond it a submission is rejected (with an event).
+//! - The outbox is bounded too ([`Queue::set_outbox_limit`]), and so is the disk it may use
+//!   ([`Queue::set_storage_full`]): at either bound new submissions are rejected, while the
+//!   events of work already accepted still go in (they are bounded by the live tasks).
+//!   Answers to input that change no task (duplicates, rejections, `{root}/errors` entries)
+//!   are stored only while there is room; beyond it they are shed and counted (see
+//!   [`Queue::submit`]), so a flood of bad input cannot fill the disk.
+//! - Events leave in priority order: the outbox key starts with a class (the task's priority,
+//!   then device documents, then answers), so a P0's events are read before a P4 backlog,
+//!   and one task's events, all in one class, keep their order (see [`outbox_key`]).
 //!
 //! # Layout of the database
 //! | table | key | value |
@@ -21,7 +30,7 @@
 //! | `tasks` | task id | live [`TaskRecord`] (JSON) |
 //! | `done` | task id | final [`StatusEvent`] (JSON) |
 //! | `done_order` | finish sequence | task id, to forget the oldest beyond `DONE_KEPT` |
-//! | `outbox` | event sequence | [`OutboxEntry`] (JSON) |
+//! | `outbox` | class and event sequence ([`outbox_key`]) | [`OutboxEntry`] (JSON) |
 //! | `meta` | name | counter (`seq`, `outbox`, `done`, `gen` for generated ids) |
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -44,6 +53,34 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Final events kept to answer duplicates of finished tasks.
 pub const DONE_KEPT: u64 = 100_000;
+
+/// Outbox entries held at most before new submissions are rejected, unless configured.
+pub const OUTBOX_LIMIT: u64 = 100_000;
+
+/// Outbox classes, read in this order: the six task priorities (P0 first), then device
+/// documents, then answers to input that changed no task.
+const CLASSES: usize = 8;
+/// Retained device documents: one class, so each device's documents keep their order.
+const DEVICE_CLASS: u8 = 6;
+/// Answers that changed no task (rejections, `{root}/errors` entries, repeats of final
+/// events): last, and the first to be shed.
+const ANSWER_CLASS: u8 = 7;
+/// Bits of an outbox key below its class.
+const CLASS_SHIFT: u32 = 56;
+
+/// The outbox key of the `seq`-th entry in `class`: the class in the top byte, so reading
+/// the table in key order reads every P0 event before any P4 event (an outbox written before
+/// classes existed reads as class 0, and drains first). The sequence is shared by all
+/// classes, so inside one class — one task's events, one device's documents — keys grow in
+/// the order the entries were made.
+pub fn outbox_key(class: u8, seq: u64) -> u64 {
+    (u64::from(class) << CLASS_SHIFT) | (seq & ((1 << CLASS_SHIFT) - 1))
+}
+
+/// The class of an outbox key (see [`outbox_key`]).
+fn class_of(key: u64) -> usize {
+    ((key >> CLASS_SHIFT) as usize).min(CLASSES - 1)
+}
 
 /// Errors of the queue layer.
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +236,8 @@ pub enum Admission {
     Queued,
     /// The id was known: its current or final state was published again.
     Duplicate(TaskState),
-    /// Refused (queue full); the `rejected` event is in the outbox.
+    /// Refused (queue, outbox or storage full); the `rejected` event is in the outbox, or,
+    /// when that has no room for answers, among [`Queue::take_unstored`].
     Rejected(ErrorCode),
 }
 
@@ -292,6 +330,10 @@ struct Pending {
     done_by_id: HashMap<String, usize>,
     /// New outbox entries: (key, entry JSON).
     outbox: Vec<(u64, String)>,
+    /// Answers not stored for want of room, to publish once after the commit (best effort).
+    unstored: Vec<OutboxEntry>,
+    /// The lowest outbox key the last commit wrote, until taken ([`Queue::take_appended`]).
+    appended: Option<u64>,
     /// Outbox keys the broker acknowledged.
     published: Vec<u64>,
 }
@@ -349,6 +391,20 @@ pub struct Queue {
     /// Where the unguessable part of generated ids comes from.
     random: ring::rand::SystemRandom,
     pending: Pending,
+    /// Outbox entries (stored and staged) per class: the bound is checked without reading
+    /// the table.
+    outbox_depth: [u64; CLASSES],
+    /// Outbox entries beyond which new submissions are rejected (`outbox_full`) and answers
+    /// no longer stored.
+    outbox_limit: u64,
+    /// The disk is (nearly) full, as the caller watches it: new submissions are rejected
+    /// (`storage_full`) and answers no longer stored, so that the space left goes to the
+    /// events of accepted work.
+    storage_full: bool,
+    /// Answers not stored for want of room, since the queue opened.
+    shed: u64,
+    /// Whether the last answer was shed (to log the start and end of shedding once).
+    shedding: bool,
     /// Tests: the next commit fails as a full disk would make it.
     #[cfg(test)]
     fail_next_commit: bool,
@@ -386,17 +442,32 @@ impl Queue {
             next_gen: 1,
             random: ring::rand::SystemRandom::new(),
             pending: Pending::default(),
+            outbox_depth: [0; CLASSES],
+            outbox_limit: OUTBOX_LIMIT,
+            storage_full: false,
+            shed: 0,
+            shedding: false,
             #[cfg(test)]
             fail_next_commit: false,
         };
-        // Create every table, so reads never meet a missing one.
-        let txn = q.db.begin_write().map_err(db_err)?;
-        txn.open_table(TASKS).map_err(db_err)?;
-        txn.open_table(DONE).map_err(db_err)?;
-        txn.open_table(OUTBOX).map_err(db_err)?;
-        txn.open_table(DONE_ORDER).map_err(db_err)?;
-        txn.open_table(META).map_err(db_err)?;
-        txn.commit().map_err(db_err)?;
+        // Create every table, so reads never meet a missing one. Only when one is missing:
+        // a database that has them all opens without writing, also on a full disk.
+        let names: BTreeSet<String> = {
+            use redb::TableHandle;
+            let read = q.db.begin_read().map_err(db_err)?;
+            let tables = read.list_tables().map_err(db_err)?;
+            tables.map(|t| t.name().to_owned()).collect()
+        };
+        let all = ["tasks", "done", "outbox", "done_order", "meta"];
+        if !all.iter().all(|t| names.contains(*t)) {
+            let txn = q.db.begin_write().map_err(db_err)?;
+            txn.open_table(TASKS).map_err(db_err)?;
+            txn.open_table(DONE).map_err(db_err)?;
+            txn.open_table(OUTBOX).map_err(db_err)?;
+            txn.open_table(DONE_ORDER).map_err(db_err)?;
+            txn.open_table(META).map_err(db_err)?;
+            txn.commit().map_err(db_err)?;
+        }
 
         let read = q.db.begin_read().map_err(db_err)?;
         let meta = read.open_table(META).map_err(db_err)?;
@@ -417,7 +488,54 @@ impl Queue {
                 })?;
             q.put(rec);
         }
+        let outbox = read.open_table(OUTBOX).map_err(db_err)?;
+        for row in outbox.iter().map_err(db_err)? {
+            let (k, _) = row.map_err(db_err)?;
+            q.outbox_depth[class_of(k.value())] += 1;
+        }
         Ok(q)
+    }
+
+    /// Bounds the outbox: at `limit` entries new submissions are rejected (`outbox_full`)
+    /// and answers are no longer stored (default [`OUTBOX_LIMIT`]).
+    pub fn set_outbox_limit(&mut self, limit: u64) {
+        self.outbox_limit = limit.max(1);
+    }
+
+    /// Whether the disk is (nearly) full: while it is, new submissions are rejected
+    /// (`storage_full`) and answers are not stored, while the changes and events of accepted
+    /// work still are (they are bounded by the live tasks; the caller keeps a reserve for
+    /// them).
+    pub fn set_storage_full(&mut self, full: bool) {
+        self.storage_full = full;
+    }
+
+    /// Outbox entries, stored and staged.
+    pub fn outbox_len(&self) -> u64 {
+        self.outbox_depth.iter().sum()
+    }
+
+    /// The outbox's bound ([`Queue::set_outbox_limit`]).
+    pub fn outbox_limit(&self) -> u64 {
+        self.outbox_limit
+    }
+
+    /// Answers not stored for want of room since the queue opened.
+    pub fn shed(&self) -> u64 {
+        self.shed
+    }
+
+    /// The lowest outbox key written since the last call, if any: an entry of a more urgent
+    /// class lands *before* entries already read, so whoever reads the outbox in key order
+    /// must read again from there.
+    pub fn take_appended(&mut self) -> Option<u64> {
+        self.pending.appended.take()
+    }
+
+    /// Answers the last commit did not store for want of room: to be published once, best
+    /// effort (they change no task, so nothing durable depends on them).
+    pub fn take_unstored(&mut self) -> Vec<OutboxEntry> {
+        std::mem::take(&mut self.pending.unstored)
     }
 
     /// Stores `rec` in memory, replacing and re-indexing the previous record of its id.
@@ -578,10 +696,48 @@ impl Queue {
         self.on_device.get(device).map_or(0, BTreeSet::len)
     }
 
-    /// Stages `entry` for the outbox.
-    fn stage_outbox(&mut self, entry: &OutboxEntry) {
-        self.pending.outbox.push((self.next_outbox, json(entry)));
+    /// Stages `entry` for the outbox in `class`.
+    fn stage_outbox(&mut self, class: u8, entry: &OutboxEntry) {
+        let key = outbox_key(class, self.next_outbox);
+        self.pending.outbox.push((key, json(entry)));
+        self.outbox_depth[class_of(key)] += 1;
         self.next_outbox += 1;
+    }
+
+    /// Whether an answer (input that changed no task) may still be stored: the disk is not
+    /// full, the outbox is below its bound, and answers hold less than a quarter of it (so
+    /// bad input cannot crowd out the events of accepted work).
+    fn room_for_answers(&self) -> bool {
+        !self.storage_full
+            && self.outbox_len() < self.outbox_limit
+            && self.outbox_depth[usize::from(ANSWER_CLASS)] < (self.outbox_limit / 4).max(1)
+    }
+
+    /// Stages an answer to input that changed no task, in `class`. Without room
+    /// ([`Queue::room_for_answers`]) it is shed: counted, logged when shedding starts, and,
+    /// if `must_reach` (the only report a submission gets), published once after the commit
+    /// without being stored.
+    fn stage_answer(&mut self, class: u8, entry: OutboxEntry, must_reach: bool) {
+        if self.room_for_answers() {
+            if std::mem::take(&mut self.shedding) {
+                tracing::info!(shed = self.shed, "answers are stored in the outbox again");
+            }
+            self.stage_outbox(class, &entry);
+            return;
+        }
+        if !std::mem::replace(&mut self.shedding, true) {
+            tracing::warn!(
+                outbox = self.outbox_len(),
+                limit = self.outbox_limit,
+                storage_full = self.storage_full,
+                "no room to store answers: repeats are dropped, rejections published once \
+                 without storage (counted as shed in the stats)"
+            );
+        }
+        self.shed += 1;
+        if must_reach {
+            self.pending.unstored.push(entry);
+        }
     }
 
     /// The final event of a finished task, staged or stored.
@@ -617,6 +773,14 @@ impl Queue {
     }
 
     /// Admits a batch of submissions, each with its event for the outbox (staged).
+    ///
+    /// A new task's events go in the class of its priority. A submission that adds no task
+    /// gets an answer: a duplicate's repeat of its task's state (in the task's class, so it
+    /// stays in order with the task's events; a finished task's in the answers' class, after
+    /// all of them), or a rejection — the disk nearly full (`storage_full`), the outbox at its
+    /// bound (`outbox_full`), the queue at its limit (`queue_full`). Answers are stored only
+    /// while there is room ([`Queue::room_for_answers`]); beyond it a repeat is dropped (the
+    /// task's own events still come) and a rejection is published once without storage.
     pub fn submit(
         &mut self,
         batch: Vec<Submission>,
@@ -627,27 +791,46 @@ impl Queue {
         for sub in batch {
             if let Some(rec) = self.live.get(&sub.id) {
                 let event = rec.event(rec.state, now_ms);
+                let class = rec.sub.priority.level();
                 outcomes.push(Admission::Duplicate(rec.state));
-                self.stage_outbox(&OutboxEntry::status(&event));
+                self.stage_answer(class, OutboxEntry::status(&event), false);
                 continue;
             }
             if let Some(event) = self.final_event(&sub.id)? {
                 outcomes.push(Admission::Duplicate(event.state));
-                self.stage_outbox(&OutboxEntry::status(&event));
+                self.stage_answer(ANSWER_CLASS, OutboxEntry::status(&event), false);
                 continue;
             }
-            if self.live.len() as u64 >= self.limit {
-                let error = ApiError::new(
+            let refusal = if self.storage_full {
+                Some((
+                    ErrorCode::StorageFull,
+                    "the bridge's disk is nearly full; resubmit later".to_owned(),
+                ))
+            } else if self.outbox_len() >= self.outbox_limit {
+                Some((
+                    ErrorCode::OutboxFull,
+                    format!(
+                        "{} events wait for the broker (the outbox's limit); resubmit later",
+                        self.outbox_len()
+                    ),
+                ))
+            } else if self.live.len() as u64 >= self.limit {
+                Some((
                     ErrorCode::QueueFull,
                     format!(
                         "the queue holds its limit of {} tasks; resubmit later",
                         self.limit
                     ),
-                );
+                ))
+            } else {
+                None
+            };
+            if let Some((code, message)) = refusal {
+                let error = ApiError::new(code, message);
                 let event =
                     StatusEvent::rejected(sub.id.clone(), sub.trace_id.clone(), error, now_ms);
-                self.stage_outbox(&OutboxEntry::status(&event));
-                outcomes.push(Admission::Rejected(ErrorCode::QueueFull));
+                self.stage_answer(ANSWER_CLASS, OutboxEntry::status(&event), true);
+                outcomes.push(Admission::Rejected(code));
                 continue;
             }
             let deadline_at_ms = sub.deadline_ms.map(|d| now.ms.saturating_add(d));
@@ -671,7 +854,8 @@ impl Queue {
             self.pending
                 .tasks
                 .insert(rec.sub.id.clone(), Some(json(&rec)));
-            self.stage_outbox(&OutboxEntry::status(&rec.event(TaskState::Queued, now_ms)));
+            let queued = OutboxEntry::status(&rec.event(TaskState::Queued, now_ms));
+            self.stage_outbox(rec.sub.priority.level(), &queued);
             outcomes.push(Admission::Queued);
             self.put(rec);
         }
@@ -701,15 +885,21 @@ impl Queue {
             .done
             .push((self.next_done, id.to_owned(), json(&event)));
         self.next_done += 1;
-        self.stage_outbox(&OutboxEntry::status(&event));
+        self.stage_answer(ANSWER_CLASS, OutboxEntry::status(&event), true);
         Ok(true)
     }
 
-    /// Stages an event that belongs to no stored task (a submission that could not be
-    /// parsed, or was rejected before it had an id, or a device document): it still goes
-    /// through the outbox, so it survives a broker outage.
+    /// Stages an event that belongs to no stored task: it still goes through the outbox, so
+    /// it survives a broker outage. A retained one is a device document (state, bounded by
+    /// the devices): always stored, in the devices' class. Any other is an answer to a
+    /// submission that could not be parsed (its rejection, or a `{root}/errors` entry): stored
+    /// while there is room, else published once without storage (see [`Queue::submit`]).
     pub fn notify(&mut self, entry: OutboxEntry) {
-        self.stage_outbox(&entry);
+        if entry.retain {
+            self.stage_outbox(DEVICE_CLASS, &entry);
+        } else {
+            self.stage_answer(ANSWER_CLASS, entry, true);
+        }
     }
 
     /// Applies a batch of changes to live tasks, each with its event (staged). Changes to
@@ -793,7 +983,7 @@ impl Queue {
                         .insert(id.clone(), self.pending.done.len());
                     self.pending.done.push((self.next_done, id.clone(), event));
                     self.next_done += 1;
-                    self.stage_outbox(&OutboxEntry::status(&e));
+                    self.stage_outbox(rec.sub.priority.level(), &OutboxEntry::status(&e));
                     self.forget(&id);
                     continue;
                 }
@@ -803,7 +993,7 @@ impl Queue {
             }
             self.pending.tasks.insert(id, Some(json(&rec)));
             if let Some(e) = event {
-                self.stage_outbox(&OutboxEntry::status(&e));
+                self.stage_outbox(rec.sub.priority.level(), &OutboxEntry::status(&e));
             }
             self.put(rec);
         }
@@ -833,7 +1023,10 @@ impl Queue {
             let injected = std::io::Error::other("commit failed (injected by a test)");
             return Err(QueueError::Db(redb::Error::Io(injected)));
         }
-        let p = std::mem::take(&mut self.pending);
+        let mut p = std::mem::take(&mut self.pending);
+        // Released by the caller after this commit (`take_unstored`, `take_appended`).
+        self.pending.unstored = std::mem::take(&mut p.unstored);
+        self.pending.appended = p.outbox.iter().map(|e| e.0).min();
         let mut txn = self.db.begin_write().map_err(db_err)?;
         if !p.must_sync() {
             txn.set_durability(redb::Durability::None).map_err(db_err)?;
@@ -869,7 +1062,9 @@ impl Queue {
                 outbox.insert(*key, entry.as_bytes()).map_err(db_err)?;
             }
             for key in &p.published {
-                outbox.remove(key).map_err(db_err)?;
+                if outbox.remove(key).map_err(db_err)?.is_some() {
+                    self.outbox_depth[class_of(*key)] -= 1;
+                }
             }
             let mut meta = txn.open_table(META).map_err(db_err)?;
             meta.insert("seq", self.next_seq).map_err(db_err)?;
@@ -880,18 +1075,35 @@ impl Queue {
         txn.commit().map_err(db_err)
     }
 
-    /// Up to `max` committed outbox entries with keys of at least `from`, oldest first, with
-    /// their keys for [`Queue::published`].
+    /// Up to `max` committed outbox entries with keys of at least `from`, in key order (by
+    /// class, then age: [`outbox_key`]), with their keys for [`Queue::published`].
     pub fn outbox_from(
         &self,
         from: u64,
         max: usize,
     ) -> Result<Vec<(u64, OutboxEntry)>, QueueError> {
+        self.outbox_skipping(from, max, |_| false)
+    }
+
+    /// As [`Queue::outbox_from`], passing over the keys for which `skip` holds (those already
+    /// offered to the broker) without decoding them.
+    pub fn outbox_skipping(
+        &self,
+        from: u64,
+        max: usize,
+        skip: impl Fn(u64) -> bool,
+    ) -> Result<Vec<(u64, OutboxEntry)>, QueueError> {
         let read = self.db.begin_read().map_err(db_err)?;
         let outbox = read.open_table(OUTBOX).map_err(db_err)?;
         let mut out = Vec::new();
-        for row in outbox.range(from..).map_err(db_err)?.take(max) {
+        for row in outbox.range(from..).map_err(db_err)? {
+            if out.len() == max {
+                break;
+            }
             let (k, v) = row.map_err(db_err)?;
+            if skip(k.value()) {
+                continue;
+            }
             let entry = serde_json::from_slice(v.value()).map_err(|e| QueueError::Corrupt {
                 key: format!("outbox {}", k.value()),
                 reason: e.to_string(),

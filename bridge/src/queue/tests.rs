@@ -467,3 +467,197 @@ fn generated_ids_count_on_across_restarts_and_carry_random_bits() {
     let (nc, _) = parts(&q.generate_id());
     assert_eq!(nc, nb + 1, "the counter was committed with the submission");
 }
+
+/// The broker was down while P4 work ran: its events wait in the outbox. A P0 task arrives and
+/// runs; its events are read (and so published) before the P4 backlog, and every task's own
+/// events keep their order.
+#[test]
+fn a_p0_tasks_events_leave_the_outbox_before_a_p4_backlog_and_each_task_keeps_its_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 100).unwrap();
+    let low: Vec<Submission> = (0..5)
+        .map(|i| sub(&format!("low-{i}"), Priority::P4, None))
+        .collect();
+    q.submit(low, Now::at(0)).unwrap();
+    let dispatch = |id: &str| Change::Dispatched {
+        id: id.into(),
+        device: "d1".into(),
+        boot: 1,
+        lease_until_ms: u64::MAX,
+    };
+    q.apply(
+        (0..5).map(|i| dispatch(&format!("low-{i}"))).collect(),
+        Now::at(1),
+    );
+    q.commit().unwrap();
+    q.notify(OutboxEntry {
+        subtopic: "errors".into(),
+        payload: "{}".into(),
+        retain: false,
+    });
+    q.submit(vec![sub("urgent", Priority::P0, None)], Now::at(2))
+        .unwrap();
+    q.apply(
+        vec![
+            dispatch("urgent"),
+            Change::Running {
+                id: "urgent".into(),
+            },
+            Change::Finished {
+                id: "urgent".into(),
+                state: TaskState::Completed,
+                result: None,
+                error: None,
+            },
+            Change::Running { id: "low-0".into() },
+        ],
+        Now::at(3),
+    );
+    q.commit().unwrap();
+    let order: Vec<(String, String)> = q
+        .outbox(100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| {
+            let state = serde_json::from_str::<StatusEvent>(&e.payload)
+                .map(|ev| format!("{:?}", ev.state))
+                .unwrap_or_default();
+            (e.subtopic, state)
+        })
+        .collect();
+    let urgent = "tasks/urgent/status".to_owned();
+    assert_eq!(
+        order[..4],
+        [
+            (urgent.clone(), "Queued".to_owned()),
+            (urgent.clone(), "Dispatched".to_owned()),
+            (urgent.clone(), "Running".to_owned()),
+            (urgent, "Completed".to_owned()),
+        ],
+        "the P0's events first: {order:#?}"
+    );
+    let low0: Vec<&str> = order
+        .iter()
+        .filter(|(t, _)| t == "tasks/low-0/status")
+        .map(|(_, s)| s.as_str())
+        .collect();
+    assert_eq!(low0, ["Queued", "Dispatched", "Running"]);
+    assert_eq!(
+        order.last().unwrap().0,
+        "errors",
+        "answers to bad input wait behind task events: {order:#?}"
+    );
+}
+
+/// The outbox at its bound: a new submission is rejected (`outbox_full`) and its rejection
+/// is not stored but handed out to publish once; a duplicate's repeat is dropped and a flood
+/// of bad input is not stored either (all counted as shed); the events of accepted work still
+/// go in. Once the broker takes events, new work is accepted again.
+#[test]
+fn a_full_outbox_rejects_new_work_sheds_answers_and_still_takes_accepted_works_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 100).unwrap();
+    q.set_outbox_limit(3);
+    let subs = ["a", "b", "c"].map(|id| sub(id, Priority::P3, None));
+    q.submit(subs.to_vec(), Now::at(0)).unwrap();
+    q.commit().unwrap();
+    assert_eq!(q.outbox_len(), 3);
+
+    let out = q
+        .submit(
+            vec![sub("d", Priority::P0, None), sub("a", Priority::P3, None)],
+            Now::at(1),
+        )
+        .unwrap();
+    assert_eq!(
+        out,
+        [
+            Admission::Rejected(ErrorCode::OutboxFull),
+            Admission::Duplicate(TaskState::Queued)
+        ]
+    );
+    for _ in 0..1000 {
+        q.notify(OutboxEntry {
+            subtopic: "errors".into(),
+            payload: "{}".into(),
+            retain: false,
+        });
+    }
+    q.apply(
+        vec![Change::Dispatched {
+            id: "a".into(),
+            device: "d1".into(),
+            boot: 1,
+            lease_until_ms: u64::MAX,
+        }],
+        Now::at(2),
+    );
+    q.commit().unwrap();
+    assert_eq!(q.outbox_len(), 4, "only accepted work's event was stored");
+    assert_eq!(q.outbox(100).unwrap().len(), 4);
+    assert_eq!(q.shed(), 1002, "the repeat and the 1001 answers");
+    let unstored = q.take_unstored();
+    assert_eq!(unstored.len(), 1001, "the rejection and the errors entries");
+    let rejection: StatusEvent = serde_json::from_str(&unstored[0].payload).unwrap();
+    assert_eq!(rejection.id, "d");
+    assert_eq!(rejection.error.unwrap().code, ErrorCode::OutboxFull);
+    assert!(q.take_unstored().is_empty(), "handed out once");
+
+    // The broker takes two events: room again.
+    let keys: Vec<u64> = q.outbox(2).unwrap().iter().map(|e| e.0).collect();
+    q.published(&keys);
+    q.commit().unwrap();
+    assert_eq!(q.outbox_len(), 2);
+    assert_eq!(
+        q.submit(vec![sub("d", Priority::P0, None)], Now::at(3))
+            .unwrap(),
+        [Admission::Queued]
+    );
+    // The depth survives a reopen.
+    q.commit().unwrap();
+    drop(q);
+    let q = Queue::open(dir.path(), 100).unwrap();
+    assert_eq!(q.outbox_len(), 3);
+}
+
+/// A (nearly) full disk: new submissions are rejected with `storage_full`, their rejections
+/// not stored; changes and events of accepted work are; once space returns, new work is
+/// accepted.
+#[test]
+fn a_full_disk_rejects_new_work_but_records_accepted_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 100).unwrap();
+    q.submit(vec![sub("a", Priority::P3, None)], Now::at(0))
+        .unwrap();
+    q.commit().unwrap();
+    q.set_storage_full(true);
+    assert_eq!(
+        q.submit(vec![sub("b", Priority::P3, None)], Now::at(1))
+            .unwrap(),
+        [Admission::Rejected(ErrorCode::StorageFull)]
+    );
+    q.apply(
+        vec![Change::Finished {
+            id: "a".into(),
+            state: TaskState::Completed,
+            result: None,
+            error: None,
+        }],
+        Now::at(2),
+    );
+    q.commit().unwrap();
+    assert_eq!(
+        events(&mut q),
+        [
+            ("a".to_owned(), TaskState::Queued),
+            ("a".to_owned(), TaskState::Completed)
+        ]
+    );
+    assert_eq!(q.take_unstored().len(), 1, "b's rejection, published once");
+    q.set_storage_full(false);
+    assert_eq!(
+        q.submit(vec![sub("b", Priority::P3, None)], Now::at(3))
+            .unwrap(),
+        [Admission::Queued]
+    );
+}

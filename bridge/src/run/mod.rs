@@ -11,10 +11,12 @@
 //! - `links`: starting the configured device links, one function per kind.
 //! - `pump`: which outbox entries to hand the MQTT driver next.
 //! - `signals`: SIGTERM and SIGINT.
+//! - `storage`: the data directory's free space, and its reserve.
 
 mod links;
 mod pump;
 mod signals;
+mod storage;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +34,7 @@ use crate::time::Clock;
 
 use pump::OutboxPump;
 use signals::StopSignals;
+use storage::Storage;
 
 /// Outbox entries handed to the MQTT driver and not yet acknowledged, at most (below
 /// `mqtt::INFLIGHT`, so the driver never blocks on its own window).
@@ -94,8 +97,17 @@ pub struct Ready {
 pub async fn run(config: Config, announce: impl FnOnce(&Ready)) -> Result<(), RunError> {
     let signals = StopSignals::listen().map_err(RunError::Signals)?;
     let clock = Clock::start();
-    let queue = Queue::open(&config.data_dir, config.queue.limit)?;
-    tracing::info!(data_dir = %config.data_dir.display(), live = queue.len(), "queue opened");
+    // Before the queue opens: on a full disk the reserve is given back, so it can.
+    let mut storage = Storage::open(&config.data_dir, config.storage.clone());
+    let mut queue = Queue::open(&config.data_dir, config.queue.limit)?;
+    queue.set_outbox_limit(config.queue.outbox_limit);
+    queue.set_storage_full(storage.poll());
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        live = queue.len(),
+        outbox = queue.outbox_len(),
+        "queue opened"
+    );
     let retry = Retry::new(
         config.queue.max_attempts,
         config.queue.retry_initial,
@@ -140,6 +152,7 @@ pub async fn run(config: Config, announce: impl FnOnce(&Ready)) -> Result<(), Ru
         pump: OutboxPump::new(PUBLISH_WINDOW),
         publish,
         client,
+        storage,
     };
     let inputs = Inputs {
         api,
@@ -275,6 +288,9 @@ struct Driver {
     publish: mpsc::Sender<Publication>,
     /// For the stop: the last publish and a clean disconnect.
     client: rumqttc::AsyncClient,
+    /// Free space of the data directory: measured before each batch of submissions and on
+    /// each stats tick, so that the bridge notices by itself when space returns.
+    storage: Storage,
 }
 
 impl Driver {
@@ -307,7 +323,10 @@ impl Driver {
                     }
                 }
                 _ = inputs.stats.tick() => {
-                    let stats = self.engine.stats(self.clock.now());
+                    let full = self.storage.poll();
+                    self.engine.set_storage_full(full);
+                    let mut stats = self.engine.stats(self.clock.now());
+                    stats.storage = self.storage.stats();
                     let publication = Publication {
                         key: 0,
                         topic: format!("{}/bridge/stats", self.root),
@@ -360,6 +379,8 @@ impl Driver {
             }
         }
         if !submissions.is_empty() {
+            let full = self.storage.poll();
+            self.engine.set_storage_full(full);
             self.engine.handle_submissions(submissions, now)?;
         }
         Ok(())
@@ -463,9 +484,15 @@ impl Driver {
     fn turn(&mut self) -> Result<(), RunError> {
         self.engine.dispatch(self.clock.now());
         let released = self.engine.commit()?;
+        if let Some(key) = released.appended {
+            self.pump.appended(key);
+        }
         self.deliver(released);
         if let Some((from, max)) = self.pump.want() {
-            for (key, entry) in self.engine.queue().outbox_from(from, max)? {
+            let pump = &self.pump;
+            let entries =
+                (self.engine.queue()).outbox_skipping(from, max, |k| pump.is_offered(k))?;
+            for (key, entry) in entries {
                 let publication = Publication {
                     key,
                     topic: format!("{}/{}", self.root, entry.subtopic),
@@ -486,6 +513,19 @@ impl Driver {
             self.tickets.release(ticket);
         }
         let now = self.clock.now();
+        // Answers the outbox had no room for: once, best effort (key 0: no acknowledgement
+        // is reported for it, and nothing waits for one).
+        for entry in released.unstored {
+            let publication = Publication {
+                key: 0,
+                topic: format!("{}/{}", self.root, entry.subtopic),
+                payload: entry.payload,
+                retain: entry.retain,
+            };
+            if self.publish.try_send(publication).is_err() {
+                tracing::warn!(topic = %entry.subtopic, "an unstored answer could not be published");
+            }
+        }
         for (link, command) in released.commands {
             let Some(tx) = self.links.get(&link) else {
                 // The link has ended: its tasks wait for the device (or its next link).

@@ -5,6 +5,13 @@
 //! own queue), nothing while disconnected, and after a reconnect everything unacknowledged
 //! again from the oldest (rumqttc forgets its in-flight publishes on an error, and delivery
 //! is at least once).
+//!
+//! The outbox is read in key order, and keys begin with a class (the task's priority, see
+//! `queue::outbox_key`), so a P0's events are offered before a P4 backlog. An entry of a
+//! more urgent class can land below where the pump read last: the pump then reads again
+//! from there ([`OutboxPump::appended`]), passing over what it has offered already. Every
+//! committed key below the read position has been offered, so one class's entries — one
+//! task's events — are offered in the order they were made.
 
 use std::collections::HashSet;
 
@@ -62,6 +69,17 @@ impl OutboxPump {
         (self.connected && room > 0).then_some((self.next, room))
     }
 
+    /// Entries were committed from `key` on: read again from there if that is below the
+    /// read position (a more urgent class than the one being read).
+    pub(super) fn appended(&mut self, key: u64) {
+        self.next = self.next.min(key);
+    }
+
+    /// Whether `key` was offered and not acknowledged (not to be offered twice).
+    pub(super) fn is_offered(&self, key: u64) -> bool {
+        self.offered.contains(&key)
+    }
+
     /// `key` was handed to the driver.
     pub(super) fn offered(&mut self, key: u64) {
         self.offered.insert(key);
@@ -81,7 +99,12 @@ mod tests {
         let Some((from, max)) = pump.want() else {
             return vec![];
         };
-        let keys: Vec<u64> = outbox.range(from..).take(max).copied().collect();
+        let keys: Vec<u64> = outbox
+            .range(from..)
+            .filter(|k| !pump.is_offered(**k))
+            .take(max)
+            .copied()
+            .collect();
         for &k in &keys {
             pump.offered(k);
         }
@@ -136,6 +159,37 @@ mod tests {
             round(&mut pump, &outbox),
             [2, 3, 4],
             "2 and 3 were never acknowledged"
+        );
+    }
+
+    /// Keys as the queue makes them: class in the top byte.
+    fn key(class: u64, seq: u64) -> u64 {
+        (class << 56) | seq
+    }
+
+    #[test]
+    fn an_urgent_entry_committed_below_the_read_position_is_offered_next() {
+        let mut pump = OutboxPump::new(3);
+        let mut outbox: BTreeSet<u64> = (1..=6).map(|s| key(4, s)).collect();
+        pump.connected();
+        assert_eq!(round(&mut pump, &outbox), [key(4, 1), key(4, 2), key(4, 3)]);
+        pump.published(&[key(4, 1)]);
+        outbox.remove(&key(4, 1));
+        // A P0 event is committed: its key is below everything offered.
+        outbox.insert(key(0, 7));
+        pump.appended(key(0, 7));
+        assert_eq!(
+            round(&mut pump, &outbox),
+            [key(0, 7)],
+            "the P0 event first, the offered P4 events not again"
+        );
+        pump.published(&[key(4, 2), key(4, 3)]);
+        outbox.remove(&key(4, 2));
+        outbox.remove(&key(4, 3));
+        assert_eq!(
+            round(&mut pump, &outbox),
+            [key(4, 4), key(4, 5)],
+            "then the P4 backlog, in order"
         );
     }
 }
