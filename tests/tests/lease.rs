@@ -6,11 +6,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use broker_config::{BrokerConfig, Config, LinkConfig};
-use edge_tests::{Watcher, free_port, last_state, start_bridge_with_config, start_device_with};
+use edge_tests::{
+    Watcher, executions, free_port, last_state, start_bridge_with_config, start_device_with,
+};
 use serde_json::json;
 
 const ROOT: &str = "edge/lease";
-const TASKS: usize = 12;
+const TASKS: usize = 16;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_a_hung_device_never_reports_complete_elsewhere_when_their_lease_ends() {
@@ -43,12 +45,17 @@ async fn tasks_a_hung_device_never_reports_complete_elsewhere_when_their_lease_e
         &["echo"],
         &["--hang", "--exec-log", hung_log.to_str().unwrap()],
     );
+    let _ok = start_device_with(bridge.devices, "dev-ok", &["echo"], &[]);
     let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
-    w.wait_for(Duration::from_secs(20), "dev-hung online", |seen| {
-        seen.iter()
-            .any(|(t, v)| t.ends_with("/devices/dev-hung") && v["online"] == true)
+    w.wait_for(Duration::from_secs(20), "both devices online", |seen| {
+        ["dev-hung", "dev-ok"].iter().all(|d| {
+            let topic = format!("/devices/{d}");
+            seen.iter()
+                .any(|(t, v)| t.ends_with(&topic) && v["online"] == true)
+        })
     })
     .await;
+    // Spread over both (least loaded first): the hung device's share waits for its lease.
     let ids: Vec<String> = (0..TASKS).map(|i| format!("t{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
         let mut task = json!({"id": id, "capability": "echo", "payload": {"i": i}});
@@ -57,15 +64,6 @@ async fn tasks_a_hung_device_never_reports_complete_elsewhere_when_their_lease_e
         }
         w.submit(ROOT, &task.to_string()).await;
     }
-    // The hung device takes what its 8 slots hold, and no more: the rest wait.
-    w.wait_for(Duration::from_secs(20), "8 tasks on dev-hung", |seen| {
-        ids.iter()
-            .filter(|id| last_state(seen, id).is_some_and(|s| s == "running"))
-            .count()
-            == 8
-    })
-    .await;
-    let _ok = start_device_with(bridge.devices, "dev-ok", &["echo"], &[]);
     w.wait_for(Duration::from_secs(60), "every task completed", |seen| {
         ids.iter()
             .all(|id| last_state(seen, id).as_deref() == Some("completed"))
@@ -86,6 +84,18 @@ async fn tasks_a_hung_device_never_reports_complete_elsewhere_when_their_lease_e
             assert_eq!(done["attempt"], 2, "{id}: {events:#?}");
         }
     }
-    println!("{moved} tasks taken back from the hung device and completed on dev-ok");
-    assert_eq!(moved, 8, "the 8 tasks the hung device took");
+    let hung = executions(&hung_log).len();
+    println!(
+        "{moved} tasks taken back from the hung device ({hung} executions there) and completed on dev-ok"
+    );
+    assert!(
+        moved > 0,
+        "the hung device took no task: nothing was tested"
+    );
+    // It starts one task at a time (one runs for ever, the others wait for its steps), and
+    // never one twice.
+    assert!(
+        (1..=moved).contains(&hung),
+        "{hung} executions for {moved} tasks"
+    );
 }

@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use broker_config::{BrokerConfig, Config, LinkConfig};
 use edge_tests::{
-    Bridge, Proc, Proxy, Watcher, executions, free_port, last_state, start_bridge_with_config,
-    start_device_with,
+    Bridge, Proc, Proxy, Watcher, executions, free_port, last_state, start_bridge_with_log,
+    start_device_with, write_config,
 };
 use serde_json::json;
 
-/// Long tasks on the first device: all its slots but none kept for urgent work.
+/// Long tasks on the first device (it has 8 slots, none kept for urgent work).
 const TASKS: usize = 4;
-const SLEEP_MS: u64 = 4_000;
+const SLEEP_MS: u64 = 2_000;
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -45,8 +45,10 @@ impl Setup {
         Self { dir, config, root }
     }
 
+    /// The bridge, on the configured ports (the same after a restart).
     fn bridge(&self) -> Bridge {
-        start_bridge_with_config(self.dir.path(), &self.config)
+        let file = write_config(self.dir.path(), &self.config);
+        start_bridge_with_log(&self.dir.path().join("data"), &file).0
     }
 
     fn device(&self, to: SocketAddr, id: &str) -> Proc {
@@ -59,19 +61,24 @@ impl Setup {
     }
 }
 
-/// Submits the long tasks and waits until all run on dev-a.
+/// Submits the long tasks and waits until all are on dev-a.
 async fn fill_dev_a(w: &mut Watcher, root: &str) -> Vec<String> {
     let ids: Vec<String> = (0..TASKS).map(|i| format!("long-{i}")).collect();
     for id in &ids {
         let task = json!({"id": id, "capability": "sleep", "payload": {"ms": SLEEP_MS}});
         w.submit(root, &task.to_string()).await;
     }
+    // The device runs one at a time (equal priorities, first come first served): every task
+    // on it, the first running.
     w.wait_for(
         Duration::from_secs(30),
-        "every task running on dev-a",
+        "every task on dev-a, one running",
         |seen| {
-            ids.iter()
-                .all(|id| last_state(seen, id).as_deref() == Some("running"))
+            let states: Vec<Option<String>> = ids.iter().map(|id| last_state(seen, id)).collect();
+            states
+                .iter()
+                .all(|s| matches!(s.as_deref(), Some("dispatched" | "running")))
+                && states.iter().any(|s| s.as_deref() == Some("running"))
         },
     )
     .await;
