@@ -707,3 +707,58 @@ pub fn executions(path: &Path) -> Vec<(u32, u32)> {
         })
         .collect()
 }
+
+/// A tmpfs mounted for the test, unmounted on drop (also when the test fails).
+#[derive(Debug)]
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `mib` MiB on `dir`. The test needs it: no mount, no test (it fails,
+    /// it does not skip).
+    pub fn mount(dir: &Path, mib: u64) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("mount is not installed (util-linux)");
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs and must run as root (or with CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir.to_owned())
+    }
+}
+
+impl Tmpfs {
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem of `path` (a new file) until the disk is full, then gives `leave`
+/// bytes back: less than the bridge's watermark, so it is "full" to the bridge, yet with
+/// room for the work it has already accepted.
+pub fn fill(path: &Path, leave: u64) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0x55u8; 256 * 1024];
+    let mut written = 0u64;
+    loop {
+        match std::io::Write::write(&mut file, &chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    file.set_len(written.saturating_sub(leave)).unwrap();
+    file.sync_all().unwrap();
+}

@@ -3,65 +3,18 @@
 //! on, the bridge starts again on the nearly full disk, and it takes new work again by itself
 //! once space returns.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use broker_config::{BrokerConfig, Config, LinkConfig, StorageConfig};
-use edge_tests::{Bridge, Watcher, last_state, start_bridge, start_device, write_config};
+use edge_tests::{
+    Bridge, Tmpfs, Watcher, fill, last_state, start_bridge, start_device, write_config,
+};
 use serde_json::Value;
 
 const ROOT: &str = "edge/disk";
 const MIB: u64 = 1 << 20;
-
-/// A tmpfs mounted for the test, unmounted on drop (also when the test fails).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `mib` MiB on `dir`. The test needs it: no mount, no test (it fails,
-    /// it does not skip).
-    fn mount(dir: &Path, mib: u64) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("mount is not installed (util-linux)");
-        assert!(
-            out.status.success(),
-            "this test mounts a tmpfs and must run as root (or with CAP_SYS_ADMIN): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self(dir.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Fills the filesystem of `path` (a new file) until the disk is full, then gives `leave`
-/// bytes back: less than the bridge's watermark, so it is "full" to the bridge, yet with
-/// room for the work it has already accepted.
-fn fill(path: &Path, leave: u64) {
-    let mut file = std::fs::File::create(path).unwrap();
-    let chunk = vec![0x55u8; 256 * 1024];
-    let mut written = 0u64;
-    loop {
-        match file.write(&chunk) {
-            Ok(0) => break,
-            Ok(n) => written += n as u64,
-            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
-            Err(e) => panic!("filling the disk: {e}"),
-        }
-    }
-    file.set_len(written.saturating_sub(leave)).unwrap();
-    file.sync_all().unwrap();
-}
 
 /// The last `{ROOT}/bridge/stats` document seen.
 fn last_stats(seen: &[(String, Value)]) -> Option<&Value> {
@@ -102,8 +55,8 @@ fn start(dir: &Path, data: &Path) -> Bridge {
 async fn a_full_disk_refuses_new_work_finishes_accepted_work_and_recovers_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = Tmpfs::mount(&dir.path().join("disk"), 32);
-    let data = mnt.0.join("data");
-    let filler = mnt.0.join("filler");
+    let data = mnt.path().join("data");
+    let filler = mnt.path().join("filler");
 
     let bridge = start(dir.path(), &data);
     let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
