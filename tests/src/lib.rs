@@ -393,11 +393,13 @@ pub fn start_mosquitto_on(dir: &Path, port: u16, persistent: bool) -> Proc {
     };
     std::fs::write(
         &conf,
-        // mosquitto drops QoS 1 messages beyond 1,000 queued per client by default; the
-        // tests' watchers must see every event the bridge published. Started as root, it
-        // would switch to its own user, which cannot write the test's private directory.
+        // The settings the README asks of mosquitto for the bridge (without them it drops
+        // QoS 1 messages beyond 1,000 queued per client: submissions of a burst, and events
+        // the tests' watchers must see). Started as root, it would switch to its own user,
+        // which cannot write the test's private directory.
         format!(
-            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n{persistence}"
+            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\n{persistence}{}",
+            broker_config::MOSQUITTO_CONF
         ),
     )
     .expect("write mosquitto.conf");
@@ -553,8 +555,11 @@ impl Watcher {
     /// Connects to `broker` and subscribes to `filter` only (a test that floods the bridge
     /// need not read every event to follow one topic); returns once subscribed.
     pub async fn subscribe(broker: SocketAddr, filter: &str, persistent: bool) -> Self {
+        // Unique per watcher: a second client with the same id would take over the session.
+        static WATCHERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = WATCHERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut opts = MqttOptions::new(
-            format!("watcher-{}", std::process::id()),
+            format!("watcher-{}-{n}", std::process::id()),
             broker.ip().to_string(),
             broker.port(),
         );

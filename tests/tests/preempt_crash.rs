@@ -31,6 +31,7 @@ async fn sigkill_between_a_take_back_and_its_answer_loses_nothing_and_runs_nothi
             listen: SocketAddr::from(([127, 0, 0, 1], mqtt_port)),
             max_packet_bytes: 262_144,
             max_connections: 64,
+            api_log_bytes: 16 * 1024 * 1024,
         },
         links: vec![LinkConfig::Tcp {
             listen: SocketAddr::from(([127, 0, 0, 1], device_port)),

@@ -83,6 +83,9 @@ pub struct BridgeStats {
     /// Queued tasks per priority, written as `{"P0": n, …, "P5": n}`.
     #[serde(serialize_with = "per_priority")]
     pub queued: [u64; Priority::LEVELS],
+    /// Messages on the API's topics the broker dropped before the bridge read them, since the
+    /// bridge started (each loss is also on `{root}/errors`).
+    pub submissions_lost: u64,
     /// Wall-clock milliseconds since the Unix epoch when the document was made.
     pub ts_ms: u64,
     /// How long the last urgent tasks (at most 1,024) waited from acceptance to their first
@@ -321,15 +324,16 @@ mod tests {
             live: 21,
             preemptions: 4,
             queued: [1, 2, 3, 4, 5, 6],
+            submissions_lost: 7,
             ts_ms: 1_700_000_000_123,
             urgent_wait: WaitStats::of([4, 2, 40, 3].into_iter()),
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"expired":2,"live":21,"preemptions":4,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"ts_ms":1700000000123,"urgent_wait":{"max_ms":40,"n":4,"p50_ms":3,"p99_ms":40}}"#
+            r#"{"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"expired":2,"live":21,"preemptions":4,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"submissions_lost":7,"ts_ms":1700000000123,"urgent_wait":{"max_ms":40,"n":4,"p50_ms":3,"p99_ms":40}}"#
         );
         // As the engine built it with `serde_json::json!` before this type existed (plus the
-        // reserved slots, since reservation).
+        // reserved slots, since reservation, and the submissions the broker dropped).
         let by_macro = serde_json::json!({
             "queued": { "P0": 1, "P1": 2, "P2": 3, "P3": 4, "P4": 5, "P5": 6 },
             "live": 21,
@@ -339,6 +343,7 @@ mod tests {
                 "dev-a": { "free_slots": 0, "in_flight": 8, "reserved": 2, "slots": 8 },
             },
             "expired": 2,
+            "submissions_lost": 7,
             "ts_ms": 1_700_000_000_123_u64,
             "urgent_wait": { "max_ms": 40, "n": 4, "p50_ms": 3, "p99_ms": 40 },
         });
@@ -353,12 +358,13 @@ mod tests {
             live: 0,
             preemptions: 0,
             queued: [0; Priority::LEVELS],
+            submissions_lost: 0,
             ts_ms: 0,
             urgent_wait: WaitStats::default(),
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"devices":{},"expired":0,"live":0,"preemptions":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"ts_ms":0,"urgent_wait":{"max_ms":0,"n":0,"p50_ms":0,"p99_ms":0}}"#
+            r#"{"devices":{},"expired":0,"live":0,"preemptions":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"submissions_lost":0,"ts_ms":0,"urgent_wait":{"max_ms":0,"n":0,"p50_ms":0,"p99_ms":0}}"#
         );
     }
 
