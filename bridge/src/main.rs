@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use broker_config::{BrokerConfig, Config, LinkConfig};
 use clap::{Parser, Subcommand};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// MQTT edge bridge for constrained devices.
 #[derive(Parser, Debug)]
@@ -54,16 +57,25 @@ fn main() -> ExitCode {
             mqtt_listen,
             device_listen,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        // rumqttd logs every client disconnect as an error; a broker that dies is
-                        // reported by the bridge itself. RUST_LOG=info,rumqttd=info shows them.
-                        .unwrap_or_else(|_| "info,rumqttd=off".into()),
-                )
+            // rumqttd logs every client disconnect as an error; a broker that dies is reported
+            // by the bridge itself. RUST_LOG=info,rumqttd=info shows them.
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=off".into());
+            let log = tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .init();
-            match run(config, bridge_id, data_dir, mqtt_listen, device_listen) {
+                .with_filter(filter);
+            // The embedded broker reports dropped messages only in its own log events, which
+            // the log above leaves out: this layer reads them, whatever RUST_LOG says.
+            let (losses, jumps) = edge_bridge::broker::loss::layer();
+            tracing_subscriber::registry().with(log).with(losses).init();
+            match run(
+                config,
+                bridge_id,
+                data_dir,
+                mqtt_listen,
+                device_listen,
+                jumps,
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("edge-bridge: {}", report(&e));
@@ -98,6 +110,7 @@ fn run(
     data_dir: Option<PathBuf>,
     mqtt_listen: Option<SocketAddr>,
     device_listen: Option<SocketAddr>,
+    jumps: tokio::sync::mpsc::UnboundedReceiver<edge_bridge::broker::loss::CursorJump>,
 ) -> anyhow::Result<()> {
     let mut config = match &file {
         Some(path) => Config::load(path)?,
@@ -127,7 +140,7 @@ fn run(
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(edge_bridge::run::run(config, |ready| {
+    runtime.block_on(edge_bridge::run::run(config, jumps, |ready| {
         let devices: Vec<String> = ready.devices.iter().map(ToString::to_string).collect();
         // One line on stdout for scripts and tests; logs go to stderr.
         println!(

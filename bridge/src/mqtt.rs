@@ -74,6 +74,14 @@ pub enum MqttEvent {
     Disconnected(String),
 }
 
+/// The topic filters the bridge subscribes to under `root`: submissions, then cancels.
+pub fn api_filters(root: &str) -> [String; 2] {
+    [
+        format!("{root}/tasks/submit"),
+        format!("{root}/tasks/+/cancel"),
+    ]
+}
+
 /// Builds the client and its event loop with the bridge's session settings.
 pub fn connect(s: &MqttSettings) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(&s.client_id, &s.host, s.port);
@@ -150,8 +158,8 @@ pub async fn run(
                     tracing::info!(host = %settings.host, port = settings.port, "connected to the MQTT broker");
                     let status = BridgeStatus::online(&settings.client_id).to_json();
                     subacks_due = 0;
-                    for (topic, qos) in [(submit_topic.clone(), QoS::AtLeastOnce), (format!("{cancel_prefix}+/cancel"), QoS::AtLeastOnce)] {
-                        if client.try_subscribe(topic, qos).is_ok() {
+                    for filter in api_filters(&settings.root) {
+                        if client.try_subscribe(filter, QoS::AtLeastOnce).is_ok() {
                             subacks_due += 1;
                         } else {
                             tracing::warn!("request channel full while subscribing");

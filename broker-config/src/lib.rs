@@ -12,6 +12,7 @@
 //! - [`QueueConfig`]: the durable queue's bounds and retry policy.
 //! - [`StorageConfig`]: how much of the data directory's disk stays free.
 //! - [`ConfigError`]: what can be wrong, naming the field.
+//! - [`MOSQUITTO_CONF`]: what mosquitto needs as the bridge's external broker.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +24,10 @@ use serde::{Deserialize, Serialize};
 
 /// The commented default configuration file; parsing it gives [`Config::default`].
 pub const DEFAULT_CONFIG: &str = include_str!("../default-config.toml");
+
+/// The settings mosquitto needs as the bridge's external broker (lines of `mosquitto.conf`,
+/// commented): without them it drops submissions of a burst after acknowledging them.
+pub const MOSQUITTO_CONF: &str = include_str!("../mosquitto.conf");
 
 /// What is wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +271,14 @@ pub enum BrokerConfig {
         /// Client connections at most.
         #[serde(default = "default_max_connections")]
         max_connections: usize,
+        /// Bytes of submissions (and cancels) the broker holds for the bridge while it
+        /// commits earlier ones, counted as rumqttd does (per message: topic, payload and 4;
+        /// the memory it takes is a few times that). The broker acknowledges a publisher
+        /// before the bridge reads the message, and a burst beyond this is dropped by the
+        /// broker; the bridge then reports the count (`submissions_lost` on `{root}/errors`).
+        /// At least 16 KiB.
+        #[serde(default = "default_api_log_bytes")]
+        api_log_bytes: usize,
     },
     /// Any MQTT 3.1.1 broker.
     External {
@@ -289,6 +302,12 @@ fn default_max_connections() -> usize {
     1024
 }
 
+/// 16 MiB: 200,000 submissions of 45 bytes (72 as rumqttd counts them) published at once
+/// fit, even if the bridge read none of them before the last arrived.
+fn default_api_log_bytes() -> usize {
+    16 * 1024 * 1024
+}
+
 fn default_mqtt_port() -> u16 {
     1883
 }
@@ -299,6 +318,7 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             max_packet_bytes: default_max_packet(),
             max_connections: default_max_connections(),
+            api_log_bytes: default_api_log_bytes(),
         }
     }
 }
@@ -737,6 +757,7 @@ impl Config {
             BrokerConfig::Embedded {
                 max_packet_bytes,
                 max_connections,
+                api_log_bytes,
                 ..
             } => {
                 if *max_packet_bytes < 1024 {
@@ -744,6 +765,9 @@ impl Config {
                 }
                 if *max_connections == 0 {
                     return Err(invalid("broker.max_connections", "at least 1"));
+                }
+                if *api_log_bytes < 16 * 1024 {
+                    return Err(invalid("broker.api_log_bytes", "at least 16384"));
                 }
             }
             BrokerConfig::External {

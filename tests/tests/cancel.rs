@@ -3,28 +3,16 @@
 //! and lost (the task ran and completed), and a task on a device that was away was reported
 //! `cancelled` at once while the device, never told, ran it on.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use broker_config::{BrokerConfig, Config, LinkConfig};
+use broker_config::Config;
 use edge_tests::{
-    Proxy, Watcher, free_port, last_state, start_bridge_with_config, start_device_with,
+    Proxy, Watcher, embedded_config, last_state, start_bridge_with_config, start_device_with,
 };
 use serde_json::json;
 
 fn config(name: &str) -> Config {
-    let mut config = Config {
-        bridge_id: name.into(),
-        broker: BrokerConfig::Embedded {
-            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            max_packet_bytes: 262_144,
-            max_connections: 64,
-        },
-        links: vec![LinkConfig::Tcp {
-            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        }],
-        ..Config::default()
-    };
+    let mut config = embedded_config(name);
     config.urgent.reserve = 0;
     config
 }

@@ -74,7 +74,9 @@ fn terminal_states(w: &Watcher) -> BTreeMap<String, BTreeSet<String>> {
         let state = v["state"].as_str().unwrap_or("");
         if topic.ends_with("/status") && TERMINAL.contains(&state) {
             if let Some(id) = v["id"].as_str() {
-                out.entry(id.to_owned()).or_default().insert(state.to_owned());
+                out.entry(id.to_owned())
+                    .or_default()
+                    .insert(state.to_owned());
             }
         }
     }
@@ -88,12 +90,11 @@ async fn pause(rng: &mut SplitMix64, min: u64, max: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_task_ends_once_and_nothing_runs_twice_through_crashes_cuts_reboots_and_full_disks()
-{
+async fn every_task_ends_once_and_nothing_runs_twice_through_crashes_cuts_reboots_and_full_disks() {
     let seed = std::env::var("FAULT_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0xFA_17_2026_u64);
+        .unwrap_or(0xFA17_2026_u64);
     let mut rng = SplitMix64::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let disk = Tmpfs::mount(&dir.path().join("disk"), 48);
@@ -148,7 +149,7 @@ async fn every_task_ends_once_and_nothing_runs_twice_through_crashes_cuts_reboot
     let mut w = Watcher::connect_with(bridge.mqtt, ROOT, true).await;
 
     let mut submitted: Vec<String> = Vec::new();
-    let mut submit_burst = |w: &Watcher, rng: &mut SplitMix64, submitted: &mut Vec<String>| {
+    let submit_burst = |w: &Watcher, rng: &mut SplitMix64, submitted: &mut Vec<String>| {
         let mut tasks = Vec::new();
         for _ in 0..BURST {
             let n = submitted.len();
@@ -248,8 +249,7 @@ async fn every_task_ends_once_and_nothing_runs_twice_through_crashes_cuts_reboot
         w.wait_for(Duration::from_secs(600), "every task ended", |seen| {
             let mut done = HashSet::new();
             for (t, v) in seen {
-                if t.ends_with("/status") && TERMINAL.contains(&v["state"].as_str().unwrap_or(""))
-                {
+                if t.ends_with("/status") && TERMINAL.contains(&v["state"].as_str().unwrap_or("")) {
                     if let Some(id) = v["id"].as_str() {
                         done.insert(id.to_owned());
                     }
@@ -267,8 +267,10 @@ async fn every_task_ends_once_and_nothing_runs_twice_through_crashes_cuts_reboot
             .take(10)
             .collect();
         let states = w.states();
-        let first: Vec<(&String, Option<&Vec<Value>>)> =
-            missing.iter().map(|id| (*id, states.get(id.as_str()))).collect();
+        let first: Vec<(&String, Option<&Vec<Value>>)> = missing
+            .iter()
+            .map(|id| (*id, states.get(id.as_str())))
+            .collect();
         panic!(
             "{} of {total} tasks never ended; the first: {first:#?}",
             total - finals.len()
@@ -276,7 +278,10 @@ async fn every_task_ends_once_and_nothing_runs_twice_through_crashes_cuts_reboot
     }
     let twice: Vec<(&String, &BTreeSet<String>)> =
         finals.iter().filter(|(_, s)| s.len() > 1).collect();
-    assert!(twice.is_empty(), "tasks with two terminal states: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "tasks with two terminal states: {twice:?}"
+    );
 
     let mut executions_total = 0;
     for i in 0..DEVICES {

@@ -2,12 +2,10 @@
 //! that still answers its link) loses each one when its lease ends, and the task completes on
 //! another device. On 903e31e the tasks stayed `dispatched` on the hung device for ever.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use broker_config::{BrokerConfig, Config, LinkConfig};
 use edge_tests::{
-    Watcher, executions, free_port, last_state, start_bridge_with_config, start_device_with,
+    Watcher, embedded_config, executions, last_state, start_bridge_with_config, start_device_with,
 };
 use serde_json::json;
 
@@ -17,18 +15,7 @@ const TASKS: usize = 16;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_a_hung_device_never_reports_complete_elsewhere_when_their_lease_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        bridge_id: "lease".into(),
-        broker: BrokerConfig::Embedded {
-            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            max_packet_bytes: 262_144,
-            max_connections: 64,
-        },
-        links: vec![LinkConfig::Tcp {
-            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        }],
-        ..Config::default()
-    };
+    let mut config = embedded_config("lease");
     config.urgent.reserve = 0;
     // The capability's lease; half the tasks ask for their own, shorter one.
     config.queue.capabilities.insert(

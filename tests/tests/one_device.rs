@@ -7,9 +7,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use broker_config::{BrokerConfig, Config, LinkConfig};
+use broker_config::Config;
 use edge_tests::{
-    Bridge, Proc, Proxy, Watcher, executions, free_port, last_state, start_bridge_with_log,
+    Bridge, Proc, Proxy, Watcher, embedded_config, executions, last_state, start_bridge_with_log,
     start_device_with, write_config,
 };
 use serde_json::json;
@@ -27,18 +27,7 @@ struct Setup {
 impl Setup {
     fn new(name: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config {
-            bridge_id: name.into(),
-            broker: BrokerConfig::Embedded {
-                listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
-                max_packet_bytes: 262_144,
-                max_connections: 64,
-            },
-            links: vec![LinkConfig::Tcp {
-                listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            }],
-            ..Config::default()
-        };
+        let mut config = embedded_config(name);
         config.urgent.reserve = 0;
         config.queue.device_grace = Duration::from_secs(30);
         let root = format!("edge/{name}");

@@ -4,12 +4,11 @@
 //! completes exactly once, with its result, and no handle runs twice on the device.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use broker_config::{BrokerConfig, Config, LinkConfig};
 use edge_tests::{
-    Watcher, free_port, last_state, start_bridge_with_log, start_device_with, write_config,
+    Watcher, embedded_config, free_port, last_state, start_bridge_with_log, start_device_with,
+    write_config,
 };
 use serde_json::json;
 
@@ -24,19 +23,8 @@ async fn sigkill_between_a_take_back_and_its_answer_loses_nothing_and_runs_nothi
     let exec_log = dir.path().join("executions.log");
     // The restarted bridge comes back on the same ports, and keeps no slot for urgent work
     // (so that the urgent task has to take one back).
-    let (mqtt_port, device_port) = (free_port(), free_port());
-    let mut config = Config {
-        bridge_id: "preempt-crash".into(),
-        broker: BrokerConfig::Embedded {
-            listen: SocketAddr::from(([127, 0, 0, 1], mqtt_port)),
-            max_packet_bytes: 262_144,
-            max_connections: 64,
-        },
-        links: vec![LinkConfig::Tcp {
-            listen: SocketAddr::from(([127, 0, 0, 1], device_port)),
-        }],
-        ..Config::default()
-    };
+    let (mqtt_port, _device_port) = (free_port(), free_port());
+    let mut config = embedded_config("preempt-crash");
     config.urgent.reserve = 0;
     let file = write_config(dir.path(), &config);
 

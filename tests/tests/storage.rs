@@ -41,6 +41,7 @@ fn start(dir: &Path, data: &Path) -> Bridge {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_packet_bytes: 1 << 16,
             max_connections: 64,
+            api_log_bytes: 1 << 20,
         },
         links: vec![LinkConfig::Tcp {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -87,6 +87,9 @@ pub struct BridgeStats {
     pub queued: [u64; Priority::LEVELS],
     /// The disk of the data directory.
     pub storage: StorageStats,
+    /// Messages on the API's topics the broker dropped before the bridge read them, since the
+    /// bridge started (each loss is also on `{root}/errors`).
+    pub submissions_lost: u64,
     /// Wall-clock milliseconds since the Unix epoch when the document was made.
     pub ts_ms: u64,
     /// How long the last urgent tasks (at most 1,024) waited from acceptance to their first
@@ -360,16 +363,17 @@ mod tests {
                 full: false,
                 min_free_bytes: 64 << 20,
             },
+            submissions_lost: 7,
             ts_ms: 1_700_000_000_123,
             urgent_wait: WaitStats::of([4, 2, 40, 3].into_iter()),
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"expired":2,"live":21,"outbox":{"depth":30,"limit":100000,"shed":7},"preemptions":4,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"storage":{"free_bytes":1073741824,"full":false,"min_free_bytes":67108864},"ts_ms":1700000000123,"urgent_wait":{"max_ms":40,"n":4,"p50_ms":3,"p99_ms":40}}"#
+            r#"{"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"expired":2,"live":21,"outbox":{"depth":30,"limit":100000,"shed":7},"preemptions":4,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"storage":{"free_bytes":1073741824,"full":false,"min_free_bytes":67108864},"submissions_lost":7,"ts_ms":1700000000123,"urgent_wait":{"max_ms":40,"n":4,"p50_ms":3,"p99_ms":40}}"#
         );
         // As the engine built it with `serde_json::json!` before this type existed (plus the
-        // reserved slots, since reservation, and the outbox and storage, since their bounds:
-        // fields are only ever added).
+        // reserved slots, since reservation, the outbox and storage, since their bounds, and the
+        // submissions the broker dropped: fields are only ever added).
         let by_macro = serde_json::json!({
             "queued": { "P0": 1, "P1": 2, "P2": 3, "P3": 4, "P4": 5, "P5": 6 },
             "live": 21,
@@ -381,6 +385,7 @@ mod tests {
                 "dev-a": { "free_slots": 0, "in_flight": 8, "reserved": 2, "slots": 8 },
             },
             "expired": 2,
+            "submissions_lost": 7,
             "ts_ms": 1_700_000_000_123_u64,
             "urgent_wait": { "max_ms": 40, "n": 4, "p50_ms": 3, "p99_ms": 40 },
         });
@@ -397,12 +402,13 @@ mod tests {
             preemptions: 0,
             queued: [0; Priority::LEVELS],
             storage: StorageStats::default(),
+            submissions_lost: 0,
             ts_ms: 0,
             urgent_wait: WaitStats::default(),
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"devices":{},"expired":0,"live":0,"outbox":{"depth":0,"limit":0,"shed":0},"preemptions":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"storage":{"free_bytes":0,"full":false,"min_free_bytes":0},"ts_ms":0,"urgent_wait":{"max_ms":0,"n":0,"p50_ms":0,"p99_ms":0}}"#
+            r#"{"devices":{},"expired":0,"live":0,"outbox":{"depth":0,"limit":0,"shed":0},"preemptions":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"storage":{"free_bytes":0,"full":false,"min_free_bytes":0},"submissions_lost":0,"ts_ms":0,"urgent_wait":{"max_ms":0,"n":0,"p50_ms":0,"p99_ms":0}}"#
         );
     }
 

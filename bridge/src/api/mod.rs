@@ -60,6 +60,10 @@ pub enum ErrorCode {
     DeviceRejected,
     /// Cancelled on request.
     Cancelled,
+    /// The broker acknowledged messages on the API's topics to their publishers and dropped
+    /// them before the bridge could read them (its buffer for the bridge overflowed); the
+    /// message says how many. Their senders saw a PUBACK but never a `queued` event.
+    SubmissionsLost,
 }
 
 /// A refusal: code plus human message.

@@ -210,6 +210,8 @@ pub struct Engine {
     freed_for: BTreeMap<String, LinkId>,
     /// Statistics: tasks given back for urgent work.
     preemptions: u64,
+    /// Statistics: messages on the API's topics the broker dropped unread.
+    submissions_lost: u64,
     /// Statistics: how long the last urgent tasks waited from acceptance to their first
     /// dispatch, in ms (wall clock), newest last.
     urgent_waits: std::collections::VecDeque<u64>,
@@ -244,6 +246,7 @@ impl Engine {
             preempting: BTreeMap::new(),
             freed_for: BTreeMap::new(),
             preemptions: 0,
+            submissions_lost: 0,
             urgent_waits: std::collections::VecDeque::new(),
             leases: Leases::default(),
             away: BTreeMap::new(),
@@ -299,6 +302,35 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The broker dropped `lost` messages on the API's topic filter `filter` before the
+    /// bridge read them: a burst overflowed what it holds for the bridge, after it had
+    /// acknowledged them to their senders. Nothing can bring them back; the loss is logged,
+    /// counted in the stats and published on `{root}/errors` (with the next commit), so the
+    /// senders of submissions that never saw `queued` know to send them again.
+    pub fn handle_broker_loss(&mut self, filter: &str, lost: u64, now: Now) {
+        self.submissions_lost += lost;
+        tracing::warn!(
+            filter,
+            lost,
+            total = self.submissions_lost,
+            "the broker dropped messages before the bridge read them"
+        );
+        let event = ErrorEvent {
+            error: ApiError::new(
+                ErrorCode::SubmissionsLost,
+                format!(
+                    "the broker dropped {lost} messages on {filter} before the bridge read \
+                     them; their senders saw a PUBACK but no queued event, and should send them \
+                     again (with the same id)"
+                ),
+            ),
+            received: String::new(),
+            ts_ms: now.wall_ms,
+        };
+        self.queue
+            .notify(OutboxEntry::new("errors".into(), &event, false));
     }
 
     /// Cancels a task that has not finished; the ticket is released by the next commit.
@@ -587,6 +619,7 @@ impl Engine {
             devices,
             expired: self.expired,
             preemptions: self.preemptions,
+            submissions_lost: self.submissions_lost,
             urgent_wait: WaitStats::of(self.urgent_waits.iter().copied()),
             live: self.queue.len(),
             outbox: OutboxStats {

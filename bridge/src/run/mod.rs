@@ -26,6 +26,7 @@ use broker_config::{BrokerConfig, Config};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{BridgeStatus, OfflineReason};
+use crate::broker::loss::CursorJump;
 use crate::engine::{Engine, Leases, LinkInput, Released, Retry, Ticket, Urgency};
 use crate::link::{self, LinkCommand, LinkEvent, LinkId};
 use crate::mqtt::{self, ApiInput, MqttEvent, MqttSettings, Publication};
@@ -92,9 +93,14 @@ pub struct Ready {
 }
 
 /// Runs the bridge; `ready` is called once everything listens and the MQTT API is live
-/// (subscriptions acknowledged), so a client that sees it can submit at once. Returns `Ok`
-/// after a stop signal, once the bridge said it is offline.
-pub async fn run(config: Config, announce: impl FnOnce(&Ready)) -> Result<(), RunError> {
+/// (subscriptions acknowledged), so a client that sees it can submit at once. `jumps` are the
+/// embedded broker's cursor jumps ([`crate::broker::loss`]; none with an external broker).
+/// Returns `Ok` after a stop signal, once the bridge said it is offline.
+pub async fn run(
+    config: Config,
+    jumps: mpsc::UnboundedReceiver<CursorJump>,
+    announce: impl FnOnce(&Ready),
+) -> Result<(), RunError> {
     let signals = StopSignals::listen().map_err(RunError::Signals)?;
     let clock = Clock::start();
     // Before the queue opens: on a full disk the reserve is given back, so it can.
@@ -122,6 +128,7 @@ pub async fn run(config: Config, announce: impl FnOnce(&Ready)) -> Result<(), Ru
         .parse()
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], settings.port)));
     let root = settings.root.clone();
+    let client_id = settings.client_id.clone();
     let (api_tx, api) = mpsc::channel::<ApiInput>(1024);
     let (mqtt_tx, mqtt_events) = mpsc::channel::<MqttEvent>(1024);
     let (publish, pub_rx) = mpsc::channel::<Publication>(PUBLISH_WINDOW + 16);
@@ -146,7 +153,9 @@ pub async fn run(config: Config, announce: impl FnOnce(&Ready)) -> Result<(), Ru
     let mut driver = Driver {
         engine,
         clock,
+        api_filters: mqtt::api_filters(&root),
         root,
+        client_id,
         tickets: Tickets::default(),
         links: HashMap::new(),
         pump: OutboxPump::new(PUBLISH_WINDOW),
@@ -159,6 +168,7 @@ pub async fn run(config: Config, announce: impl FnOnce(&Ready)) -> Result<(), Ru
         links: link_events,
         mqtt: mqtt_events,
         broker_stopped,
+        jumps,
         signals,
         stats: tokio::time::interval(config.stats_interval),
     };
@@ -204,9 +214,14 @@ fn start_broker(
             listen,
             max_packet_bytes,
             max_connections,
+            api_log_bytes,
         } => {
+            let api = crate::broker::ApiLog {
+                filters: mqtt::api_filters(&root).to_vec(),
+                bytes: *api_log_bytes,
+            };
             let (addr, stopped) =
-                crate::broker::start(*listen, *max_packet_bytes, *max_connections)?;
+                crate::broker::start(*listen, *max_packet_bytes, *max_connections, &api)?;
             tracing::info!(%addr, "embedded MQTT broker started");
             let settings = MqttSettings {
                 host: addr.ip().to_string(),
@@ -250,6 +265,8 @@ struct Inputs {
     mqtt: mpsc::Receiver<MqttEvent>,
     /// Answered if the embedded broker dies (none with an external broker).
     broker_stopped: Option<oneshot::Receiver<String>>,
+    /// The embedded broker's cursor jumps: messages it dropped before a client read them.
+    jumps: mpsc::UnboundedReceiver<CursorJump>,
     signals: StopSignals,
     stats: tokio::time::Interval,
 }
@@ -281,6 +298,10 @@ struct Driver {
     engine: Engine,
     clock: Clock,
     root: String,
+    /// The bridge's MQTT client id and subscriptions: a cursor jump of theirs is a loss of
+    /// submissions or cancels.
+    client_id: String,
+    api_filters: [String; 2],
     tickets: Tickets,
     /// Where each open link takes its commands.
     links: HashMap<LinkId, mpsc::Sender<LinkCommand>>,
@@ -337,6 +358,7 @@ impl Driver {
                     // is replaced by the next.
                     let _ = self.publish.try_send(publication);
                 }
+                Some(jump) = inputs.jumps.recv() => self.on_jump(jump),
                 () = tokio::time::sleep_until(wake.into()) => {}
                 why = async {
                     match inputs.broker_stopped.as_mut() {
@@ -459,6 +481,22 @@ impl Driver {
                 }
             };
             self.engine.handle_link(link, input, now);
+        }
+    }
+
+    /// A cursor jump in the embedded broker: the bridge's own is reported as lost
+    /// submissions; another client's is logged (that client lost messages it subscribed to).
+    fn on_jump(&mut self, jump: CursorJump) {
+        if jump.client_id == self.client_id && self.api_filters.contains(&jump.filter) {
+            self.engine
+                .handle_broker_loss(&jump.filter, jump.lost, self.clock.now());
+        } else {
+            tracing::warn!(
+                client_id = jump.client_id,
+                filter = jump.filter,
+                lost = jump.lost,
+                "the embedded broker dropped messages before a client read them"
+            );
         }
     }
 

@@ -4,11 +4,25 @@
 //! blocks for the broker's whole life, so it gets a thread of its own. It has no shutdown:
 //! it ends with the process. If `start` ever returns, the broker is dead (its listener could
 //! not bind, say) and the bridge stops with an error rather than run without it.
+//!
+//! rumqttd acknowledges a message as soon as it is in its in-memory log of the matching
+//! subscription filter, whatever its subscribers have read, and that log is bounded: a burst
+//! that outruns the bridge's commits overflows it, and the oldest unread submissions are
+//! dropped after their publishers had their PUBACK. So the logs of the API's filters get a
+//! size of their own ([`ApiLog`], `broker.api_log_bytes`), and [`loss`] reports whatever is
+//! dropped anyway.
+//!
+//! # Layout
+//! - this file: the broker's settings and its thread;
+//! - [`loss`]: cursor jumps (messages dropped before a subscriber read them), from rumqttd's
+//!   log events.
+
+pub mod loss;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
 use tokio::sync::oneshot;
 
 /// Errors of the embedded broker.
@@ -25,12 +39,27 @@ pub enum BrokerError {
     Thread(std::io::Error),
 }
 
+/// Segments of an API filter's log. rumqttd drops a whole segment when the log is full, so
+/// the log holds at least 15/16 of its size, and a segment of at least 1 KiB (rumqttd's
+/// minimum) needs `api_log_bytes` of at least 16 KiB.
+pub const API_LOG_SEGMENTS: usize = 16;
+
+/// The logs of the bridge's own subscriptions (submissions and cancels).
+#[derive(Clone, Debug)]
+pub struct ApiLog {
+    /// The filters the bridge subscribes to.
+    pub filters: Vec<String>,
+    /// Bytes of each filter's log, as rumqttd counts them (per message: topic, payload and 4).
+    pub bytes: usize,
+}
+
 /// Starts rumqttd on `listen` (port 0: a free port is chosen). Returns the address it
 /// listens on and a receiver that fires if the broker stops.
 pub fn start(
     listen: SocketAddr,
     max_packet_bytes: usize,
     max_connections: usize,
+    api: &ApiLog,
 ) -> Result<(SocketAddr, oneshot::Receiver<String>), BrokerError> {
     // rumqttd binds inside its own thread and cannot report the port it got, so port 0 is
     // resolved here. Binding first also turns "address in use" into an error now.
@@ -68,7 +97,21 @@ pub fn start(
             // thread panics on first use).
             max_segment_size: 1024 * 1024,
             max_segment_count: 10,
-            custom_segment: None,
+            // The API's filters hold a burst while the bridge commits: 200,000 submissions
+            // at full speed from mosquitto_pub overflowed 10 MiB (67,471 lost) while the bridge
+            // (a debug build) queued 2,500 a second.
+            custom_segment: Some(
+                api.filters
+                    .iter()
+                    .map(|filter| {
+                        let segment = SegmentConfig {
+                            max_segment_size: (api.bytes / API_LOG_SEGMENTS).max(1024),
+                            max_segment_count: API_LOG_SEGMENTS,
+                        };
+                        (filter.clone(), segment)
+                    })
+                    .collect(),
+            ),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },
