@@ -93,9 +93,17 @@ pub struct Ready {
 /// after a stop signal, once the bridge said it is offline.
 pub async fn run(config: Config, announce: impl FnOnce(&Ready)) -> Result<(), RunError> {
     let signals = StopSignals::listen().map_err(RunError::Signals)?;
-    let clock = Clock::start();
-    let queue = Queue::open(&config.data_dir, config.queue.limit)?;
-    tracing::info!(data_dir = %config.data_dir.display(), live = queue.len(), "queue opened");
+    let mut queue = Queue::open(&config.data_dir, config.queue.limit)?;
+    // The timer clock continues from where the queue's last commit left it, so a restart
+    // neither expires nor delays what waits (DESIGN.md, "Time").
+    let clock = Clock::resume(queue.stored_anchor());
+    queue.set_anchor(clock.anchor(clock.now()));
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        live = queue.len(),
+        clock_ms = clock.now().ms,
+        "queue opened"
+    );
     let retry = Retry::new(
         config.queue.max_attempts,
         config.queue.retry_initial,
