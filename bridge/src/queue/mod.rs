@@ -362,6 +362,13 @@ impl Queue {
         // redb's page cache may grow to 1 GiB by default; gateways have 256 MB to 2 GB of RAM.
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
+            // A clean stop closes the database; after a crash redb repairs it on open (a walk
+            // of the whole file), which an operator should be able to see.
+            .set_repair_callback(|session| {
+                if session.progress() == 0.0 {
+                    tracing::warn!("the queue database was not closed cleanly; repairing it");
+                }
+            })
             .create(&path)
             .map_err(|source| QueueError::Open { path, source })?;
         let mut q = Self {
