@@ -59,6 +59,15 @@ if ! command -v socat >/dev/null; then
   $sudo_ apt-get update -qq
   $sudo_ apt-get install -y -qq --no-install-recommends socat
 fi
+# libfaketime steps the bridge's wall clock in the clock-step tests (tests/tests/clock_steps.rs).
+if ! compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null; then
+  echo "installing faketime (libfaketime)"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  $sudo_ apt-get install -y -qq --no-install-recommends faketime
+  compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null \
+    || die "faketime is installed but libfaketime.so.1 is not under /usr/lib/*/faketime/"
+fi
 if ! command -v qemu-system-arm >/dev/null || ! command -v arm-none-eabi-size >/dev/null; then
   echo "installing qemu-system-arm and binutils-arm-none-eabi"
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"

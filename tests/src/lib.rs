@@ -79,6 +79,16 @@ pub struct Bridge {
 /// Starts `edge-bridge run` with `args` (plus port-0 listeners unless given) and waits for
 /// its ready line.
 pub fn start_bridge(data_dir: &Path, extra: &[&str]) -> Bridge {
+    start_bridge_with(data_dir, extra, |_| {})
+}
+
+/// As [`start_bridge`], with `setup` applied to the command before it is spawned (its
+/// environment, e.g. a [`WallClock`]).
+pub fn start_bridge_with(
+    data_dir: &Path,
+    extra: &[&str],
+    setup: impl FnOnce(&mut Command),
+) -> Bridge {
     let mut cmd = Command::new(binary("edge-bridge"));
     cmd.arg("run").arg("--data-dir").arg(data_dir);
     // Port-0 listeners unless the test chose its own (or a config file names the broker).
@@ -90,6 +100,7 @@ pub fn start_bridge(data_dir: &Path, extra: &[&str]) -> Bridge {
     }
     cmd.args(extra);
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    setup(&mut cmd);
     wait_ready(cmd.spawn().expect("spawn edge-bridge"))
 }
 
@@ -106,13 +117,22 @@ pub fn write_config(dir: &Path, config: &broker_config::Config) -> PathBuf {
 /// [`start_bridge`], the device links are one plain TCP listener on a free port, and so is an
 /// embedded broker; an external broker is used as configured.
 pub fn start_bridge_with_config(dir: &Path, config: &broker_config::Config) -> Bridge {
+    start_bridge_with_config_and(dir, config, |_| {})
+}
+
+/// As [`start_bridge_with_config`], with `setup` applied to the command before it is spawned.
+pub fn start_bridge_with_config_and(
+    dir: &Path,
+    config: &broker_config::Config,
+    setup: impl FnOnce(&mut Command),
+) -> Bridge {
     let file = write_config(dir, config);
     let file = file.to_str().expect("a UTF-8 temporary path");
     let mut extra = vec!["--config", file];
     if matches!(config.broker, broker_config::BrokerConfig::Embedded { .. }) {
         extra.extend(["--mqtt-listen", "127.0.0.1:0"]);
     }
-    start_bridge(&dir.join("data"), &extra)
+    start_bridge_with(&dir.join("data"), &extra, setup)
 }
 
 /// Starts `edge-bridge run --config FILE` with nothing else but `--data-dir`, so the file
@@ -255,6 +275,57 @@ fn read_line_with_deadline(
         let _ = tx.send(line);
     });
     rx.recv_timeout(deadline).ok().filter(|l| !l.is_empty())
+}
+
+/// A wall clock a test can step while a child runs, as NTP steps a gateway's: libfaketime
+/// (Debian package `faketime`) preloaded into the child, its offset read from a file at every
+/// clock read, the monotonic clocks left alone (a step moves only `CLOCK_REALTIME`).
+#[derive(Debug)]
+pub struct WallClock {
+    /// libfaketime's preload library.
+    library: PathBuf,
+    /// The offset, as libfaketime reads it ("+7200" is two hours ahead).
+    file: PathBuf,
+}
+
+impl WallClock {
+    /// A clock at the real time, its offset kept in `dir`. Fails loudly without libfaketime.
+    pub fn new(dir: &Path) -> Self {
+        let library = std::fs::read_dir("/usr/lib")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|arch| arch.path().join("faketime/libfaketime.so.1"))
+            .chain([PathBuf::from("/usr/local/lib/faketime/libfaketime.so.1")])
+            .find(|p| p.exists())
+            .expect("libfaketime is not installed: apt-get install faketime (tests/run.sh does)");
+        let clock = Self {
+            library,
+            file: dir.join("faketime.rc"),
+        };
+        clock.set_offset(0);
+        clock
+    }
+
+    /// Steps the wall clock to `seconds` from the real time (negative: behind it), at once.
+    pub fn set_offset(&self, seconds: i64) {
+        // Written aside and renamed, so a read never sees a half-written offset.
+        let aside = self.file.with_extension("new");
+        std::fs::write(&aside, format!("{seconds:+}\n")).expect("write the faketime offset");
+        std::fs::rename(&aside, &self.file).expect("rename the faketime offset");
+    }
+
+    /// Makes `cmd`'s child run on this clock.
+    pub fn apply(&self, cmd: &mut Command) {
+        cmd.env("LD_PRELOAD", &self.library)
+            .env("FAKETIME_TIMESTAMP_FILE", &self.file)
+            // Read the offset at every call, so a step applies at once.
+            .env("FAKETIME_NO_CACHE", "1")
+            // NTP steps CLOCK_REALTIME only: CLOCK_MONOTONIC and CLOCK_BOOTTIME go on.
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            // File times stay real (the queue's database is the bridge's business).
+            .env("NO_FAKE_STAT", "1");
+    }
 }
 
 /// Starts `edge-device-sim`.

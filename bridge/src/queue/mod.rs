@@ -31,7 +31,7 @@
 //! | `done` | task id | final [`StatusEvent`] (JSON) |
 //! | `done_order` | finish sequence | task id, to forget the oldest beyond `DONE_KEPT` |
 //! | `outbox` | class and event sequence ([`outbox_key`]) | [`OutboxEntry`] (JSON) |
-//! | `meta` | name | counter (`seq`, `outbox`, `done`, `gen` for generated ids) |
+//! | `meta` | name | counter (`seq`, `outbox`, `done`, `gen` for generated ids); the timer clock's [`Anchor`] (`clock_ms`, `clock_boot`, `clock_boot_ms`) |
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -40,7 +40,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ErrorCode, StatusEvent, Submission, TaskState};
-use crate::time::Now;
+use crate::time::{Anchor, Now};
 
 const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
 const DONE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("done");
@@ -81,6 +81,12 @@ pub fn outbox_key(class: u8, seq: u64) -> u64 {
 fn class_of(key: u64) -> usize {
     ((key >> CLASS_SHIFT) as usize).min(CLASSES - 1)
 }
+
+/// How far the timer clock may run ahead of its committed [`Anchor`] while tasks wait before
+/// a commit stores it again on its own: after a reboot (and a crash) deadlines and delays may
+/// run late by this much at most, besides the downtime. A minute costs one small commit per
+/// minute on a quiet gateway; every other commit stores the anchor anyway.
+pub const KEEP_TIME_EVERY_MS: u64 = 60_000;
 
 /// Errors of the queue layer.
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +342,9 @@ struct Pending {
     appended: Option<u64>,
     /// Outbox keys the broker acknowledged.
     published: Vec<u64>,
+    /// The timer clock's anchor is due (the queue holds tasks and it was last committed
+    /// `KEEP_TIME_EVERY_MS` ago).
+    clock: bool,
 }
 
 impl Pending {
@@ -344,12 +353,13 @@ impl Pending {
             && self.done.is_empty()
             && self.outbox.is_empty()
             && self.published.is_empty()
+            && !self.clock
     }
 
     /// Whether the batch holds anything that must survive a crash (everything but
     /// acknowledged outbox keys, whose loss only publishes those events again).
     fn must_sync(&self) -> bool {
-        !(self.tasks.is_empty() && self.done.is_empty() && self.outbox.is_empty())
+        !(self.tasks.is_empty() && self.done.is_empty() && self.outbox.is_empty()) || self.clock
     }
 }
 
@@ -390,6 +400,14 @@ pub struct Queue {
     next_gen: u64,
     /// Where the unguessable part of generated ids comes from.
     random: ring::rand::SystemRandom,
+    /// The timer clock's anchor as the database held it at open (what the run's clock resumes
+    /// from).
+    stored_anchor: Option<Anchor>,
+    /// This run's anchor (set by [`Queue::set_anchor`]), advanced to the latest [`Now`] the
+    /// queue handled and written by every commit; none: nothing is written (unit tests).
+    anchor: Option<Anchor>,
+    /// `anchor.clock_ms` as last committed.
+    anchor_committed_ms: u64,
     pending: Pending,
     /// Outbox entries (stored and staged) per class: the bound is checked without reading
     /// the table.
@@ -423,6 +441,13 @@ impl Queue {
         // redb's page cache may grow to 1 GiB by default; gateways have 256 MB to 2 GB of RAM.
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
+            // A clean stop closes the database; after a crash redb repairs it on open (a walk
+            // of the whole file), which an operator should be able to see.
+            .set_repair_callback(|session| {
+                if session.progress() == 0.0 {
+                    tracing::warn!("the queue database was not closed cleanly; repairing it");
+                }
+            })
             .create(&path)
             .map_err(|source| QueueError::Open { path, source })?;
         let mut q = Self {
@@ -441,6 +466,9 @@ impl Queue {
             next_done: 1,
             next_gen: 1,
             random: ring::rand::SystemRandom::new(),
+            stored_anchor: None,
+            anchor: None,
+            anchor_committed_ms: 0,
             pending: Pending::default(),
             outbox_depth: [0; CLASSES],
             outbox_limit: OUTBOX_LIMIT,
@@ -478,6 +506,20 @@ impl Queue {
         q.next_outbox = counter("outbox")?;
         q.next_done = counter("done")?;
         q.next_gen = counter("gen")?;
+        let value = |name: &str| -> Result<Option<u64>, QueueError> {
+            Ok(meta.get(name).map_err(db_err)?.map(|v| v.value()))
+        };
+        if let (Some(clock_ms), Some(boot), Some(boot_ms)) = (
+            value("clock_ms")?,
+            value("clock_boot")?,
+            value("clock_boot_ms")?,
+        ) {
+            q.stored_anchor = Some(Anchor {
+                boot,
+                clock_ms,
+                boot_ms,
+            });
+        }
         let tasks = read.open_table(TASKS).map_err(db_err)?;
         for row in tasks.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
@@ -609,6 +651,34 @@ impl Queue {
         self.unindex(id);
         if let Some(old) = self.live.remove(id) {
             self.by_handle.remove(&old.handle());
+        }
+    }
+
+    /// The timer clock's anchor as committed before this run (none in a new database).
+    pub fn stored_anchor(&self) -> Option<Anchor> {
+        self.stored_anchor
+    }
+
+    /// The run's timer clock: from now on every commit stores `anchor`, advanced to the
+    /// latest [`Now`] handled, so that the next start continues the clock (see
+    /// [`crate::time`]).
+    pub fn set_anchor(&mut self, anchor: Anchor) {
+        self.anchor = Some(anchor);
+        self.pending.clock = true;
+    }
+
+    /// Advances the anchor to `now`. Only a value the clock has reached is stored, and every
+    /// deadline or delay staged with it was computed from one no later; while tasks wait,
+    /// the anchor is made due every `KEEP_TIME_EVERY_MS` so a quiet queue keeps it recent.
+    fn advance_anchor(&mut self, now: Now) {
+        let Some(anchor) = &mut self.anchor else {
+            return;
+        };
+        *anchor = anchor.at(now.ms);
+        if !self.live.is_empty()
+            && anchor.clock_ms >= self.anchor_committed_ms.saturating_add(KEEP_TIME_EVERY_MS)
+        {
+            self.pending.clock = true;
         }
     }
 
@@ -786,6 +856,7 @@ impl Queue {
         batch: Vec<Submission>,
         now: Now,
     ) -> Result<Vec<Admission>, QueueError> {
+        self.advance_anchor(now);
         let now_ms = now.wall_ms;
         let mut outcomes = Vec::with_capacity(batch.len());
         for sub in batch {
@@ -905,6 +976,7 @@ impl Queue {
     /// Applies a batch of changes to live tasks, each with its event (staged). Changes to
     /// unknown (or already finished) ids are skipped and returned.
     pub fn apply(&mut self, batch: Vec<Change>, now: Now) -> Vec<Change> {
+        self.advance_anchor(now);
         let now_ms = now.wall_ms;
         let mut skipped = Vec::new();
         for change in batch {
@@ -1071,8 +1143,18 @@ impl Queue {
             meta.insert("outbox", self.next_outbox).map_err(db_err)?;
             meta.insert("done", self.next_done).map_err(db_err)?;
             meta.insert("gen", self.next_gen).map_err(db_err)?;
+            if let Some(anchor) = self.anchor {
+                meta.insert("clock_ms", anchor.clock_ms).map_err(db_err)?;
+                meta.insert("clock_boot", anchor.boot).map_err(db_err)?;
+                meta.insert("clock_boot_ms", anchor.boot_ms)
+                    .map_err(db_err)?;
+            }
         }
-        txn.commit().map_err(db_err)
+        txn.commit().map_err(db_err)?;
+        if let Some(anchor) = self.anchor {
+            self.anchor_committed_ms = anchor.clock_ms;
+        }
+        Ok(())
     }
 
     /// Up to `max` committed outbox entries with keys of at least `from`, in key order (by

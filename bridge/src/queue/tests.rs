@@ -661,3 +661,78 @@ fn a_full_disk_rejects_new_work_but_records_accepted_work() {
         [Admission::Queued]
     );
 }
+
+/// The timer clock's anchor is committed with the queue: at once when the run sets it, then
+/// advanced to the latest time a commit covered, so a restart continues the clock from there.
+#[test]
+fn the_timer_clocks_anchor_is_committed_with_the_latest_time_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = Anchor {
+        boot: 7,
+        clock_ms: 5_000,
+        boot_ms: 1_000,
+    };
+    {
+        let mut q = Queue::open(dir.path(), 10).unwrap();
+        assert_eq!(q.stored_anchor(), None, "a new database has none");
+        q.set_anchor(anchor);
+        assert!(q.has_pending(), "the run's anchor is committed at once");
+        q.commit().unwrap();
+    }
+    let mut q = Queue::open(dir.path(), 10).unwrap();
+    assert_eq!(q.stored_anchor(), Some(anchor));
+    q.set_anchor(anchor);
+    q.commit().unwrap();
+    q.submit(vec![sub("a", Priority::P3, Some(60_000))], Now::at(6_000))
+        .unwrap();
+    // A later time handled in the same batch (a dispatch turn with nothing to change).
+    q.apply(vec![], Now::at(7_000));
+    q.commit().unwrap();
+    drop(q);
+    let q = Queue::open(dir.path(), 10).unwrap();
+    let stored = q.stored_anchor().unwrap();
+    assert_eq!(
+        stored,
+        Anchor {
+            boot: 7,
+            clock_ms: 7_000,
+            boot_ms: 3_000
+        },
+        "the latest time the commit covered, the boot clock advanced with it"
+    );
+}
+
+/// A quiet queue that holds tasks commits the anchor on its own every `KEEP_TIME_EVERY_MS`
+/// (after a reboot, deadlines run late by at most that); an empty one does not write at all.
+#[test]
+fn a_quiet_queue_with_waiting_tasks_commits_the_anchor_every_minute_and_an_empty_one_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 10).unwrap();
+    q.set_anchor(Anchor {
+        boot: 7,
+        clock_ms: 0,
+        boot_ms: 0,
+    });
+    q.commit().unwrap();
+    q.apply(vec![], Now::at(10 * KEEP_TIME_EVERY_MS));
+    assert!(
+        !q.has_pending(),
+        "an empty queue has nothing to keep the time for"
+    );
+    q.submit(vec![sub("a", Priority::P3, Some(3_600_000))], Now::at(0))
+        .unwrap();
+    q.commit().unwrap();
+    let committed = 10 * KEEP_TIME_EVERY_MS;
+    q.apply(vec![], Now::at(committed + KEEP_TIME_EVERY_MS - 1));
+    assert!(!q.has_pending(), "not due yet");
+    q.apply(vec![], Now::at(committed + KEEP_TIME_EVERY_MS));
+    assert!(q.has_pending(), "due a minute after the last commit");
+    q.commit().unwrap();
+    assert!(!q.has_pending());
+    drop(q);
+    let q = Queue::open(dir.path(), 10).unwrap();
+    assert_eq!(
+        q.stored_anchor().unwrap().clock_ms,
+        committed + KEEP_TIME_EVERY_MS
+    );
+}

@@ -45,12 +45,10 @@ const PUBLISH_WINDOW: usize = 200;
 /// kind must not keep the others waiting for long.
 const TURN_BATCH: usize = 512;
 
-/// How long a stopping bridge waits for the broker to take its "offline" status, and then
-/// for the connection to close cleanly (so the broker discards the last will).
+/// How long a stopping bridge waits for the MQTT client to take its "offline" status and
+/// DISCONNECT, and then for the connection to close cleanly (so the broker discards the last
+/// will).
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The outbox key of the "offline" status published on a stop: no outbox entry has it.
-const STOPPING_KEY: u64 = u64::MAX;
 
 /// Why the bridge stopped.
 #[derive(Debug, thiserror::Error)]
@@ -102,16 +100,20 @@ pub async fn run(
     announce: impl FnOnce(&Ready),
 ) -> Result<(), RunError> {
     let signals = StopSignals::listen().map_err(RunError::Signals)?;
-    let clock = Clock::start();
     // Before the queue opens: on a full disk the reserve is given back, so it can.
     let mut storage = Storage::open(&config.data_dir, config.storage.clone());
     let mut queue = Queue::open(&config.data_dir, config.queue.limit)?;
     queue.set_outbox_limit(config.queue.outbox_limit);
     queue.set_storage_full(storage.poll());
+    // The timer clock continues from where the queue's last commit left it, so a restart
+    // neither expires nor delays what waits (DESIGN.md, "Time").
+    let clock = Clock::resume(queue.stored_anchor());
+    queue.set_anchor(clock.anchor(clock.now()));
     tracing::info!(
         data_dir = %config.data_dir.display(),
         live = queue.len(),
         outbox = queue.outbox_len(),
+        clock_ms = clock.now().ms,
         "queue opened"
     );
     let retry = Retry::new(
@@ -367,8 +369,11 @@ impl Driver {
                     }
                 } => return Err(RunError::BrokerStopped(why)),
                 signal = inputs.signals.requested() => {
-                    tracing::info!(signal, "stop requested; stopping");
-                    return self.stop(&mut inputs.mqtt).await;
+                    // Every turn ends with a commit: these tasks are the queue the next
+                    // start opens.
+                    let live = self.engine.queue().len();
+                    tracing::info!(signal, live, "stop requested; stopping");
+                    return self.stop(&mut inputs).await;
                 }
             }
             self.turn()?;
@@ -504,8 +509,7 @@ impl Driver {
         match event {
             MqttEvent::Connected => self.pump.connected(),
             MqttEvent::Subscribed => {}
-            MqttEvent::Published(mut keys) => {
-                keys.retain(|k| *k != STOPPING_KEY);
+            MqttEvent::Published(keys) => {
                 self.pump.published(&keys);
                 self.engine.handle_published(&keys);
             }
@@ -597,45 +601,66 @@ impl Driver {
         }
     }
 
-    /// A clean stop: the retained status says "offline" (once the broker has it), and the
-    /// connection closes with a DISCONNECT, so the broker discards the last will.
-    async fn stop(&mut self, mqtt: &mut mpsc::Receiver<MqttEvent>) -> Result<(), RunError> {
-        let offline = Publication {
-            key: STOPPING_KEY,
-            topic: format!("{}/bridge/status", self.root),
-            payload: BridgeStatus::offline(OfflineReason::Stopped).to_json(),
-            retain: true,
+    /// A clean stop: the retained "offline" status, then a DISCONNECT, so the broker discards
+    /// the last will. Both go straight to the MQTT client, in that order on one connection, so
+    /// the broker has the status before the connection ends (waiting for its PUBACK as well
+    /// would add nothing). Bounded: each step waits at most `STOP_TIMEOUT`.
+    ///
+    /// Meanwhile the MQTT driver's inputs are drained: it waits for room in both channels,
+    /// and a driver stalled on a full one would never pass the status on. Submissions still
+    /// arriving are dropped unacknowledged (the broker redelivers them to the next run), and
+    /// broker acknowledgements too (those events are published again: at least once).
+    async fn stop(&mut self, inputs: &mut Inputs) -> Result<(), RunError> {
+        if !self.pump.is_connected() {
+            tracing::info!("stopped (not connected to the MQTT broker)");
+            return Ok(());
+        }
+        let topic = format!("{}/bridge/status", self.root);
+        let offline = BridgeStatus::offline(OfflineReason::Stopped).to_json();
+        let client = &self.client;
+        let goodbye = async {
+            client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, true, offline)
+                .await?;
+            client.disconnect().await
         };
-        if !self.pump.is_connected() || self.publish.try_send(offline).is_err() {
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        let requested = tokio::select! {
+            sent = tokio::time::timeout_at(deadline, goodbye) => matches!(sent, Ok(Ok(()))),
+            never = drain(&mut inputs.api) => match never {},
+            never = drain(&mut inputs.mqtt) => match never {},
+        };
+        if !requested {
+            tracing::warn!(
+                "stopped; the MQTT client took no offline status in time (the broker will publish the last will)"
+            );
             return Ok(());
         }
         let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
-        let mut taken = false;
-        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, mqtt.recv()).await {
-            match event {
-                MqttEvent::Published(keys) if keys.contains(&STOPPING_KEY) => {
-                    taken = true;
-                    break;
+        let closed = tokio::select! {
+            closed = tokio::time::timeout_at(deadline, async {
+                while let Some(event) = inputs.mqtt.recv().await {
+                    if matches!(event, MqttEvent::Disconnected(_)) {
+                        return true;
+                    }
                 }
-                MqttEvent::Disconnected(_) => break,
-                _ => {}
-            }
+                false
+            }) => matches!(closed, Ok(true)),
+            never = drain(&mut inputs.api) => match never {},
+        };
+        if closed {
+            tracing::info!("stopped");
+        } else {
+            tracing::warn!("stopped; the MQTT connection did not close cleanly in time");
         }
-        if !taken {
-            tracing::warn!("the broker did not take the offline status in time");
-            return Ok(());
-        }
-        if self.client.try_disconnect().is_ok() {
-            let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
-            while let Ok(Some(event)) = tokio::time::timeout_at(deadline, mqtt.recv()).await {
-                if matches!(event, MqttEvent::Disconnected(_)) {
-                    break;
-                }
-            }
-        }
-        tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Receives and drops what `rx` brings; never returns (a closed channel has nothing more).
+async fn drain<T>(rx: &mut mpsc::Receiver<T>) -> std::convert::Infallible {
+    while rx.recv().await.is_some() {}
+    std::future::pending().await
 }
 
 /// `first` and whatever is already waiting behind it in `more`, up to `max` in all.
