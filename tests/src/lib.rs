@@ -139,8 +139,18 @@ pub fn start_bridge_with_config_and(
 /// alone chooses the broker and the device links (use port 0 for each listener), and
 /// captures its log (stderr, still echoed to the test's stderr) for the test to wait on.
 pub fn start_bridge_with_log(data_dir: &Path, config: &Path) -> (Bridge, LogLines) {
-    let mut child = Command::new(binary("edge-bridge"))
-        .arg("run")
+    start_bridge_with_log_and(data_dir, config, |_| {})
+}
+
+/// As [`start_bridge_with_log`], with `setup` applied to the command first (a [`WallClock`],
+/// say).
+pub fn start_bridge_with_log_and(
+    data_dir: &Path,
+    config: &Path,
+    setup: impl FnOnce(&mut Command),
+) -> (Bridge, LogLines) {
+    let mut cmd = Command::new(binary("edge-bridge"));
+    cmd.arg("run")
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--config")
@@ -148,9 +158,9 @@ pub fn start_bridge_with_log(data_dir: &Path, config: &Path) -> (Bridge, LogLine
         // Plain log lines, not coloured ones, for the tests to match.
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn edge-bridge");
+        .stderr(Stdio::piped());
+    setup(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn edge-bridge");
     let log = LogLines::capture(child.stderr.take().expect("stderr"));
     (wait_ready(child), log)
 }

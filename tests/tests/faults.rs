@@ -1,7 +1,7 @@
 //! Fault injection with real processes: the bridge SIGKILLed 20 times at random moments while
 //! 4 devices run tasks (some long), device links cut and held away through TCP proxies, devices
-//! rebooted, mosquitto (the external broker) restarted, and the data directory's disk (a tmpfs)
-//! filled and freed. Afterwards every submitted task has exactly one terminal state, and no
+//! rebooted, mosquitto (the external broker) restarted, the data directory's disk (a tmpfs)
+//! filled and freed, and the bridge's wall clock stepped hours forward and back (libfaketime). Afterwards every submitted task has exactly one terminal state, and no
 //! device ran a handle twice in one boot (the devices' execution logs).
 //!
 //! The schedule comes from a seeded generator (`FAULT_SEED` to try another); every wait is
@@ -15,8 +15,8 @@ use std::time::Duration;
 use broker_config::{BrokerConfig, Config, LinkConfig, StorageConfig};
 use edge_bridge::backoff::SplitMix64;
 use edge_tests::{
-    Bridge, Proc, Proxy, Tmpfs, Watcher, executions, fill, free_port, start_bridge_with_log,
-    start_device_with, start_mosquitto_on, terminate, write_config,
+    Bridge, Proc, Proxy, Tmpfs, WallClock, Watcher, executions, fill, free_port,
+    start_bridge_with_log_and, start_device_with, start_mosquitto_on, terminate, write_config,
 };
 use serde_json::{Value, json};
 
@@ -35,11 +35,13 @@ struct Rig {
     data: PathBuf,
     proxies: Vec<Proxy>,
     devices: Vec<Option<Proc>>,
+    clock: WallClock,
 }
 
 impl Rig {
+    /// The bridge, on the configured ports, on the stepped wall clock.
     fn bridge(&self) -> Bridge {
-        start_bridge_with_log(&self.data, &self.config_file).0
+        start_bridge_with_log_and(&self.data, &self.config_file, |cmd| self.clock.apply(cmd)).0
     }
 
     fn log(&self, i: usize) -> PathBuf {
@@ -137,6 +139,7 @@ async fn every_task_ends_once_and_nothing_runs_twice_through_crashes_cuts_reboot
         data: disk.path().join("data"),
         proxies: Vec::new(),
         devices: (0..DEVICES).map(|_| None).collect(),
+        clock: WallClock::new(dir.path()),
     };
     let mut bridge = rig.bridge();
     let link = bridge.devices;
@@ -155,12 +158,16 @@ async fn every_task_ends_once_and_nothing_runs_twice_through_crashes_cuts_reboot
             let n = submitted.len();
             let id = format!("f-{n}");
             let priority = rng.next_u64() % 6;
-            let task = if rng.next_u64() % 10 < 3 {
+            let mut task = if rng.next_u64() % 10 < 3 {
                 let ms = 200 + rng.next_u64() % 2_800;
                 json!({"id": id, "capability": "sleep", "priority": priority, "payload": {"ms": ms}})
             } else {
                 json!({"id": id, "capability": "echo", "priority": priority, "payload": {"n": n}})
             };
+            // A deadline far beyond the test: only a clock step could expire it.
+            if n % 4 == 0 {
+                task["deadline_ms"] = json!(600_000);
+            }
             tasks.push(task.to_string());
             submitted.push(id);
         }
@@ -180,7 +187,7 @@ async fn every_task_ends_once_and_nothing_runs_twice_through_crashes_cuts_reboot
         }
     };
 
-    let (mut kills, mut cuts, mut reboots) = (0, 0, 0);
+    let (mut kills, mut cuts, mut reboots, mut steps) = (0, 0, 0, 0);
     let (mut broker_restarted, mut disk_filled) = (false, false);
     let filler = disk.path().join("filler");
     let mut step = 0u64;
@@ -203,6 +210,14 @@ async fn every_task_ends_once_and_nothing_runs_twice_through_crashes_cuts_reboot
                 let i = (rng.next_u64() % DEVICES as u64) as usize;
                 rig.reboot(i);
                 reboots += 1;
+            }
+            // The wall clock stepped, as NTP does on a board without a real-time clock: up to
+            // 3 hours either way (deadlines here are all minutes long: a step must expire
+            // none).
+            4 | 5 => {
+                let offset = (rng.next_u64() % 21_600) as i64 - 10_800;
+                rig.clock.set_offset(offset);
+                steps += 1;
             }
             _ => {}
         }
@@ -270,6 +285,15 @@ async fn every_task_ends_once_and_nothing_runs_twice_through_crashes_cuts_reboot
             total - finals.len()
         );
     }
+    let expired: Vec<&String> = finals
+        .iter()
+        .filter(|(_, s)| s.contains("expired"))
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        expired.is_empty(),
+        "tasks expired though their deadlines are minutes away: {expired:?}"
+    );
     let twice: Vec<(&String, &BTreeSet<String>)> =
         finals.iter().filter(|(_, s)| s.len() > 1).collect();
     assert!(
@@ -293,7 +317,7 @@ async fn every_task_ends_once_and_nothing_runs_twice_through_crashes_cuts_reboot
         *ends.entry(s.iter().next().unwrap().as_str()).or_default() += 1;
     }
     println!(
-        "seed {seed:#x}: {total} tasks, {kills} bridge kills, {cuts} link cuts, {reboots} device reboots, broker restarted {broker_restarted}, disk filled {disk_filled}; ends {ends:?}; {executions_total} executions, none twice in a boot"
+        "seed {seed:#x}: {total} tasks, {kills} bridge kills, {cuts} link cuts, {reboots} device reboots, {steps} wall-clock steps, broker restarted {broker_restarted}, disk filled {disk_filled}; ends {ends:?}; {executions_total} executions, none twice in a boot"
     );
     drop(mosquitto);
 }
