@@ -725,6 +725,21 @@ impl Watcher {
         .await;
     }
 
+    /// Waits until the bridge says it is online.
+    pub async fn wait_bridge_online(&mut self) {
+        self.wait_online_again(0).await;
+    }
+
+    /// Waits until device `id`'s document says it is online.
+    pub async fn wait_device_online(&mut self, id: &str) {
+        let topic = format!("/devices/{id}");
+        self.wait_for(Duration::from_secs(20), "the device online", |seen| {
+            seen.iter()
+                .any(|(t, v)| t.ends_with(&topic) && v["online"] == true)
+        })
+        .await;
+    }
+
     /// Waits until `done` holds for what has been seen, or panics after `within`.
     pub async fn wait_for(
         &mut self,
@@ -939,5 +954,21 @@ pub fn embedded_config(bridge_id: &str) -> broker_config::Config {
             listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
         }],
         ..broker_config::Config::default()
+    }
+}
+
+/// A configuration for one test bridge on an external broker (mosquitto) at `port` on
+/// loopback, with one plain TCP device link on a free loopback port, kept across restarts.
+pub fn external_config(bridge_id: &str, port: u16) -> broker_config::Config {
+    broker_config::Config {
+        broker: broker_config::BrokerConfig::External {
+            host: "127.0.0.1".into(),
+            port,
+            username: None,
+            password: None,
+            tls: None,
+            max_packet_bytes: 1 << 16,
+        },
+        ..embedded_config(bridge_id)
     }
 }

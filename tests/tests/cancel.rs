@@ -25,11 +25,7 @@ async fn a_cancel_right_behind_its_submission_is_never_lost() {
     let bridge = start_bridge_with_config(dir.path(), &config("cancel-race"));
     let _device = start_device_with(bridge.devices, "dev-1", &["sleep"], &[]);
     let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
-    w.wait_for(Duration::from_secs(20), "dev-1 online", |seen| {
-        seen.iter()
-            .any(|(t, v)| t.ends_with("/devices/dev-1") && v["online"] == true)
-    })
-    .await;
+    w.wait_device_online("dev-1").await;
     let ids: Vec<String> = (0..PAIRS).map(|i| format!("r{i}")).collect();
     for id in &ids {
         let task = json!({"id": id, "capability": "sleep", "payload": {"ms": 3_000}});

@@ -2,13 +2,11 @@
 //! bridge's outbox before the backlog of low-priority events that piled up meanwhile, and
 //! every task's own events keep their order.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use broker_config::{BrokerConfig, Config, LinkConfig};
 use edge_tests::{
-    Watcher, free_port, start_bridge_with_log, start_device, start_mosquitto_on, terminate,
-    write_config,
+    Watcher, external_config, free_port, start_bridge_with_log, start_device, start_mosquitto_on,
+    terminate, write_config,
 };
 use serde_json::Value;
 
@@ -36,21 +34,7 @@ async fn an_urgent_tasks_events_leave_before_a_low_priority_backlog_after_a_brok
     // Persistence and a persistent watcher session: the broker keeps what it accepted for
     // the watcher across its restart, so the order the watcher sees is the bridge's.
     let mosquitto = start_mosquitto_on(&broker_dir, port, true);
-    let config = Config {
-        bridge_id: "order".into(),
-        broker: BrokerConfig::External {
-            host: "127.0.0.1".into(),
-            port,
-            username: None,
-            password: None,
-            tls: None,
-            max_packet_bytes: 1 << 16,
-        },
-        links: vec![LinkConfig::Tcp {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        }],
-        ..Config::default()
-    };
+    let config = external_config("order", port);
     let file = write_config(dir.path(), &config);
     let (bridge, mut log) = start_bridge_with_log(&dir.path().join("data"), &file);
     let mut w = Watcher::connect_with(bridge.mqtt, ROOT, true).await;

@@ -8,14 +8,13 @@
 //! bounded, and the pauses between faults are the faults' timing, not synchronisation.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use broker_config::{BrokerConfig, Config, LinkConfig, StorageConfig};
+use broker_config::{Config, StorageConfig};
 use edge_bridge::backoff::SplitMix64;
 use edge_tests::{
-    Bridge, Proc, Proxy, Tmpfs, WallClock, Watcher, executions, fill, free_port,
+    Bridge, Proc, Proxy, Tmpfs, WallClock, Watcher, executions, external_config, fill, free_port,
     start_bridge_with_log_and, start_device_with, start_mosquitto_on, terminate, write_config,
 };
 use serde_json::{Value, json};
@@ -104,27 +103,14 @@ async fn every_task_ends_once_and_nothing_runs_twice_through_crashes_cuts_reboot
     std::fs::create_dir_all(&broker_dir).unwrap();
     let broker_port = free_port();
     let mut mosquitto = Some(start_mosquitto_on(&broker_dir, broker_port, true));
-    let link_port = free_port();
     let mut config = Config {
-        bridge_id: "faults".into(),
         data_dir: disk.path().join("data"),
         stats_interval: Duration::from_millis(500),
         storage: StorageConfig {
             min_free_bytes: 8 * MIB,
             reserve_bytes: 2 * MIB,
         },
-        broker: BrokerConfig::External {
-            host: "127.0.0.1".into(),
-            port: broker_port,
-            username: None,
-            password: None,
-            tls: None,
-            max_packet_bytes: 1 << 16,
-        },
-        links: vec![LinkConfig::Tcp {
-            listen: SocketAddr::from(([127, 0, 0, 1], link_port)),
-        }],
-        ..Config::default()
+        ..external_config("faults", broker_port)
     };
     // Devices kept away longer than this lose their tasks to others (and are told to cancel
     // them when they come back).

@@ -109,7 +109,7 @@ async fn a_link_loss_does_not_send_running_tasks_to_another_device() {
     let ids = fill_dev_a(&mut w, &s.root).await;
     // An idle device that could take them, then the blip: dev-a reconnects at once.
     let _b = s.device(bridge.devices, "dev-b");
-    wait_online(&mut w, "dev-b").await;
+    w.wait_device_online("dev-b").await;
     let before = w.seen.len();
     proxy.cut();
     w.wait_for(
@@ -145,20 +145,10 @@ async fn after_a_bridge_crash_tasks_wait_for_their_device() {
     let bridge = s.bridge();
     w.wait_online_again(before).await;
     let _b = s.device(bridge.devices, "dev-b");
-    wait_online(&mut w, "dev-b").await;
+    w.wait_device_online("dev-b").await;
     // The fault itself: dev-a stays away 3 s, long enough for a restarted bridge to dispatch
     // what it had to dev-b (it did at once before).
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.release();
     assert_ran_once_on_dev_a(&mut w, &s, &ids).await;
-}
-
-/// Waits for device `id`'s document saying it is online.
-async fn wait_online(w: &mut Watcher, id: &str) {
-    let topic = format!("/devices/{id}");
-    w.wait_for(Duration::from_secs(20), "the device online", |seen| {
-        seen.iter()
-            .any(|(t, v)| t.ends_with(&topic) && v["online"] == true)
-    })
-    .await;
 }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use broker_config::{BrokerConfig, Config, LinkConfig};
+use broker_config::Config;
 use edge_bridge::queue::Queue;
 use edge_tests::{
-    Watcher, start_bridge_with_config, start_bridge_with_log, start_device_with, start_mosquitto,
-    start_mosquitto_on, terminate, write_config,
+    Watcher, external_config, start_bridge_with_config, start_bridge_with_log, start_device_with,
+    start_mosquitto, start_mosquitto_on, terminate, write_config,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
@@ -20,21 +20,7 @@ const ROOT: &str = "edge/stop";
 /// A bridge on the external broker (mosquitto) at `port`, so that the broker outlives it and
 /// shows what it left behind; one TCP device link on a free port.
 fn on_mosquitto(port: u16) -> Config {
-    Config {
-        bridge_id: "stop".into(),
-        broker: BrokerConfig::External {
-            host: "127.0.0.1".into(),
-            port,
-            username: None,
-            password: None,
-            tls: None,
-            max_packet_bytes: 1 << 16,
-        },
-        links: vec![LinkConfig::Tcp {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        }],
-        ..Config::default()
-    }
+    external_config("stop", port)
 }
 
 /// The retained `{ROOT}/bridge/status`, read by a new client (what a dashboard connecting
@@ -68,12 +54,7 @@ async fn sigterm_stops_the_bridge_cleanly_and_the_status_says_stopped() {
     let (_mosquitto, port) = start_mosquitto(dir.path());
     let bridge = start_bridge_with_config(dir.path(), &on_mosquitto(port));
     let mut watcher = Watcher::connect(bridge.mqtt, ROOT).await;
-    watcher
-        .wait_for(Duration::from_secs(20), "the bridge online", |seen| {
-            seen.iter()
-                .any(|(t, v)| t.ends_with("/bridge/status") && v["online"] == true)
-        })
-        .await;
+    watcher.wait_bridge_online().await;
 
     let status = terminate(bridge.proc);
     assert!(status.success(), "SIGTERM: {status}");
@@ -175,12 +156,7 @@ async fn sigterm_under_load_stops_within_seconds_says_stopped_and_closes_the_que
     let exec_log = ["--exec-log", executions.to_str().unwrap()];
     let _device = start_device_with(bridge.devices, "dev-1", &["echo"], &exec_log);
     let mut watcher = Watcher::connect(bridge.mqtt, ROOT).await;
-    watcher
-        .wait_for(Duration::from_secs(20), "the bridge online", |seen| {
-            seen.iter()
-                .any(|(t, v)| t.ends_with("/bridge/status") && v["online"] == true)
-        })
-        .await;
+    watcher.wait_bridge_online().await;
 
     let published = Arc::new(AtomicUsize::new(0));
     let flooding = tokio::spawn(flood(bridge.mqtt, SUBMISSIONS, published.clone()));

@@ -177,41 +177,40 @@ impl Sim {
     }
 }
 
-fn assigns(released: &Released, link: LinkId) -> Vec<Assign> {
+/// What `pick` takes from each command released for `link`, in order.
+fn to_link<T>(
+    released: &Released,
+    link: LinkId,
+    pick: impl Fn(&LinkCommand) -> Option<T>,
+) -> Vec<T> {
     released
         .commands
         .iter()
         .filter(|(l, _)| *l == link)
-        .filter_map(|(_, c)| match c {
-            LinkCommand::Assign(a) => Some((**a).clone()),
-            _ => None,
-        })
+        .filter_map(|(_, c)| pick(c))
         .collect()
+}
+
+fn assigns(released: &Released, link: LinkId) -> Vec<Assign> {
+    to_link(released, link, |c| match c {
+        LinkCommand::Assign(a) => Some((**a).clone()),
+        _ => None,
+    })
 }
 
 /// The handles of the `Assign`s replayed to `link`.
 fn replays(released: &Released, link: LinkId) -> Vec<u32> {
-    released
-        .commands
-        .iter()
-        .filter(|(l, _)| *l == link)
-        .filter_map(|(_, c)| match c {
-            LinkCommand::Replay(a) => Some(a.handle),
-            _ => None,
-        })
-        .collect()
+    to_link(released, link, |c| match c {
+        LinkCommand::Replay(a) => Some(a.handle),
+        _ => None,
+    })
 }
 
 fn cancels(released: &Released, link: LinkId) -> Vec<u32> {
-    released
-        .commands
-        .iter()
-        .filter(|(l, _)| *l == link)
-        .filter_map(|(_, c)| match c {
-            LinkCommand::Cancel(c) => Some(c.handle),
-            _ => None,
-        })
-        .collect()
+    to_link(released, link, |c| match c {
+        LinkCommand::Cancel(c) => Some(c.handle),
+        _ => None,
+    })
 }
 
 fn last_error(events: &[StatusEvent], id: &str) -> (TaskState, ApiError) {
@@ -1139,15 +1138,10 @@ fn hello_v2(slots: u8) -> Hello {
 }
 
 fn preempts(released: &Released, link: LinkId) -> Vec<u32> {
-    released
-        .commands
-        .iter()
-        .filter(|(l, _)| *l == link)
-        .filter_map(|(_, c)| match c {
-            LinkCommand::Preempt { handle } => Some(*handle),
-            _ => None,
-        })
-        .collect()
+    to_link(released, link, |c| match c {
+        LinkCommand::Preempt { handle } => Some(*handle),
+        _ => None,
+    })
 }
 
 /// Taking back only (no reservation), so that the slots fill up.
