@@ -116,8 +116,8 @@ pub enum LinkCommand {
     Assign(Box<Assign>),
     /// An `Assign` sent in an earlier session, sent again to the device that came back: it
     /// may hold the task already (it then answers from its dedup table), so no credit is
-    /// needed; refused (window full) it is not reported, as the device may hold it anyway
-    /// (the execution lease ends a task it never got).
+    /// needed; it waits in the link for room in the session's window, and is dropped if the
+    /// device starts yet another session first (the engine decides again then).
     Replay(Box<Assign>),
     Cancel(Cancel),
     /// Give back the task with this handle (urgent work needs its slot): at once if it has not

@@ -82,7 +82,22 @@ where
     // discounts the ones it sent after those (see `LinkEvent::Credit`).
     let mut credit_sent = None;
     let mut assigns_taken = 0u64;
+    // Replayed `Assign`s wait here for room in the session's window (a device that comes back
+    // holding more tasks than the window takes at once); they need no credit.
+    let mut replays: std::collections::VecDeque<Message> = std::collections::VecDeque::new();
     loop {
+        while session.can_send() {
+            let Some(replay) = replays.pop_front() else {
+                break;
+            };
+            if let Err(e) = session.resend(replay) {
+                tracing::debug!(link, reason = ?e.reason, "replayed Assign not sent");
+                if e.reason == Refusal::WindowFull {
+                    replays.push_front(e.message);
+                }
+                break;
+            }
+        }
         while let Some(n) = session.poll_transmit(now(), &mut out) {
             wr.write_all(&out[..n]).await?;
         }
@@ -134,6 +149,10 @@ where
                         events.push(e);
                     }
                     for e in events {
+                        // Replays waiting for the window were for the previous session.
+                        if matches!(e, Event::Connected { .. }) {
+                            replays.clear();
+                        }
                         // The session's answer to this input (a Welcome) is not sent yet: a
                         // link closed here has told the device nothing.
                         if let Err(reason) = deliver(e, on, &mut session, &commands_tx).await {
@@ -150,9 +169,7 @@ where
                     }
                     Some(LinkCommand::Replay(a)) => {
                         assigns_taken += 1;
-                        if let Err(e) = session.resend(Message::Assign(*a)) {
-                            tracing::debug!(link, reason = ?e.reason, "replayed Assign not sent");
-                        }
+                        replays.push_back(Message::Assign(*a));
                         continue;
                     }
                     Some(LinkCommand::Cancel(c)) => Message::Cancel(c),
