@@ -146,7 +146,8 @@ pub struct QueueConfig {
     pub limit: u64,
     /// Events held at most in the outbox waiting for the broker (while it is down or slower
     /// than the work); beyond it new submissions are `rejected` (`outbox_full`), while the
-    /// events of accepted tasks still go in.
+    /// events of accepted tasks still go in. At least `limit`, so that a burst filling the
+    /// queue is never refused for its `queued` events.
     pub outbox_limit: u64,
     /// Attempts per task before it fails (a device disconnecting or failing with a
     /// transient code, 0x8000 and above, starts another attempt).
@@ -185,7 +186,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             limit: 100_000,
-            outbox_limit: 100_000,
+            outbox_limit: 200_000,
             max_attempts: 5,
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
@@ -721,6 +722,12 @@ impl Config {
         }
         if q.outbox_limit == 0 {
             return Err(invalid("queue.outbox_limit", "at least 1"));
+        }
+        if q.outbox_limit < q.limit {
+            return Err(invalid(
+                "queue.outbox_limit",
+                "at least queue.limit (a burst that fills the queue makes as many queued events)",
+            ));
         }
         if q.max_attempts == 0 {
             return Err(invalid("queue.max_attempts", "at least 1"));

@@ -135,6 +135,13 @@ fn invalid_values_name_the_field() {
         ("stats_interval = \"1ms\"", "stats_interval"),
         ("[queue]\nlimit = 0", "queue.limit"),
         ("[queue]\noutbox_limit = 0", "queue.outbox_limit"),
+        // A full queue's `queued` events must fit: a burst up to the queue's limit is never
+        // refused for want of outbox room.
+        (
+            "[queue]\nlimit = 300000\noutbox_limit = 200000",
+            "queue.outbox_limit",
+        ),
+        ("[queue]\nexecution_timeout = \"10ms\"", "queue.execution_timeout"),
         ("[queue]\nmax_attempts = 0", "queue.max_attempts"),
         (
             "[queue]\nretry_initial = \"10s\"\nretry_max = \"1s\"",

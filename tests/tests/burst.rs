@@ -36,6 +36,8 @@ fn config(bridge_id: &str, broker: BrokerConfig) -> Config {
         ..Config::default()
     };
     config.queue.limit = SUBMISSIONS as u64 + 1_000;
+    // The `queued` events of the whole burst wait in the outbox while it comes in.
+    config.queue.outbox_limit = 2 * config.queue.limit;
     config
 }
 

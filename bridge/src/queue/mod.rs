@@ -55,7 +55,7 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 pub const DONE_KEPT: u64 = 100_000;
 
 /// Outbox entries held at most before new submissions are rejected, unless configured.
-pub const OUTBOX_LIMIT: u64 = 100_000;
+pub const OUTBOX_LIMIT: u64 = 200_000;
 
 /// Outbox classes, read in this order: the six task priorities (P0 first), then device
 /// documents, then answers to input that changed no task.
