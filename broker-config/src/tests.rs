@@ -141,7 +141,10 @@ fn invalid_values_name_the_field() {
             "[queue]\nlimit = 300000\noutbox_limit = 200000",
             "queue.outbox_limit",
         ),
-        ("[queue]\nexecution_timeout = \"10ms\"", "queue.execution_timeout"),
+        (
+            "[queue]\nexecution_timeout = \"10ms\"",
+            "queue.execution_timeout",
+        ),
         ("[queue]\nmax_attempts = 0", "queue.max_attempts"),
         (
             "[queue]\nretry_initial = \"10s\"\nretry_max = \"1s\"",
