@@ -91,12 +91,14 @@ enum Head<'a> {
 /// Decides what to do now with the queued tasks, given as `lanes` (each in dispatch order)
 /// and the online `devices` (by id); tasks of priority `urgent_at` or more urgent may take
 /// reserved slots. At most one decision per task; never more assignments to a device than its
-/// credit.
+/// credit. A task naming bridge resources goes only if `may_hold` says it may take them now
+/// (none held, no more urgent waiter), and no task assigned before it in this plan took one.
 pub fn plan<'a, I>(
     lanes: impl IntoIterator<Item = (&'a Lane, I)>,
     devices: &'a BTreeMap<String, DeviceView>,
     urgent_at: Priority,
     now_ms: u64,
+    may_hold: &dyn Fn(&TaskRecord) -> bool,
 ) -> Vec<Decision>
 where
     I: Iterator<Item = &'a TaskRecord>,
@@ -126,6 +128,8 @@ where
         .map(|(lane, tasks)| (lane, tasks.peekable()))
         .collect();
     let mut out = Vec::new();
+    // Bridge resources taken by the tasks assigned so far in this plan.
+    let mut claimed: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
     loop {
         let mut best: Option<((u8, u64, u64), usize, &str)> = None;
         let mut i = 0;
@@ -136,6 +140,18 @@ where
                     break Head::Closed;
                 };
                 if task.not_before_ms > now_ms || task.deadline_at_ms.is_some_and(|d| d <= now_ms) {
+                    tasks.next();
+                    continue;
+                }
+                // Waits for its resources: held, or to be served to a more urgent waiter.
+                if !task.sub.resources.is_empty()
+                    && (task
+                        .sub
+                        .resources
+                        .iter()
+                        .any(|r| claimed.contains(r.as_str()))
+                        || !may_hold(task))
+                {
                     tasks.next();
                     continue;
                 }
@@ -213,6 +229,7 @@ where
             break;
         };
         let task = open[i].1.next().expect("the head just looked at");
+        claimed.extend(task.sub.resources.iter().map(String::as_str));
         let l = load.get_mut(device).expect("chosen among known devices");
         l.0 -= 1;
         l.1 += 1;
@@ -245,6 +262,7 @@ mod tests {
                 timeout_ms: None,
                 payload: "null".into(),
                 locks: vec![],
+                resources: vec![],
                 trace_id: None,
             },
             state: TaskState::Queued,
@@ -308,6 +326,7 @@ mod tests {
             devices,
             Priority::P1,
             now_ms,
+            &|t| !t.sub.resources.iter().any(|r| r == "held"),
         )
     }
 
@@ -541,5 +560,32 @@ mod tests {
             .map(|i| at(task(&format!("t{i}"), "echo", None, i), Priority::P3))
             .collect();
         assert_eq!(plan(&tasks, &ds, 0), [assign("t1", "b"), assign("t2", "b")]);
+    }
+
+    /// A bridge resource goes to one task per plan, the most urgent first; a task whose
+    /// resource is held waits, and tasks naming none are not held up.
+    #[test]
+    fn a_resource_goes_to_one_task_at_a_time_the_most_urgent_first() {
+        let ds = devices(&[("a", dev(&["echo"], 8, 0)), ("b", dev(&["echo"], 8, 0))]);
+        let with = |id: &str, seq: u64, prio: Priority, resources: &[&str]| {
+            let mut t = task(id, "echo", None, seq);
+            t.sub.priority = prio;
+            t.sub.resources = resources.iter().map(|r| (*r).to_owned()).collect();
+            t
+        };
+        let tasks = [
+            with("low", 1, Priority::P4, &["bus"]),
+            with("urgent", 2, Priority::P0, &["bus"]),
+            with("other", 3, Priority::P4, &["held"]),
+            with("free", 4, Priority::P5, &[]),
+        ];
+        let got: Vec<String> = plan(&tasks, &ds, 0)
+            .into_iter()
+            .map(|d| match d {
+                Decision::Assign { id, .. } => id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, ["urgent", "free"]);
     }
 }

@@ -118,6 +118,76 @@ pub struct Config {
     /// Device links; plain TCP on 127.0.0.1:7878 by default.
     #[serde(rename = "link")]
     pub links: Vec<LinkConfig>,
+    /// Resources shared across devices that submissions may name (`[[resource]]`).
+    #[serde(rename = "resource", skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<ResourceConfig>,
+}
+
+/// A resource shared across devices (a conveyor two controllers drive, a power budget, a
+/// radio channel): a task that names it is dispatched only while it holds it, one task at a
+/// time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    /// What submissions call it (`"resources": ["conveyor-1"]`): letters, digits, `-`, `_`,
+    /// `.`, at most 32 bytes.
+    pub name: String,
+    /// The priority its holder runs at, at least: a fixed priority (`"P1"`), or `"dynamic"`,
+    /// the priority of the most urgent task queued for it. None by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<Ceiling>,
+    /// Whether a more urgent task waiting for it lends its priority to the holder, on the
+    /// holder's device (on by default; off only to compare).
+    #[serde(default = "yes")]
+    pub inheritance: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A resource's priority ceiling (`"P0"` to `"P5"`, or `"dynamic"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Ceiling {
+    Fixed(Priority),
+    Dynamic,
+}
+
+impl TryFrom<String> for Ceiling {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s == "dynamic" {
+            return Ok(Self::Dynamic);
+        }
+        s.strip_prefix('P')
+            .and_then(|l| l.parse::<u8>().ok())
+            .and_then(Priority::from_level)
+            .map(Self::Fixed)
+            .ok_or_else(|| format!("a ceiling is \"P0\" to \"P5\" or \"dynamic\", not {s:?}"))
+    }
+}
+
+impl From<Ceiling> for String {
+    fn from(c: Ceiling) -> Self {
+        match c {
+            Ceiling::Fixed(p) => format!("P{}", p.level()),
+            Ceiling::Dynamic => "dynamic".into(),
+        }
+    }
+}
+
+/// The longest resource name.
+pub const MAX_RESOURCE_NAME: usize = 32;
+
+/// Whether `name` can name a resource.
+pub fn valid_resource_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_RESOURCE_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 impl Default for Config {
@@ -134,6 +204,7 @@ impl Default for Config {
             links: vec![LinkConfig::Tcp {
                 listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             }],
+            resources: Vec::new(),
         }
     }
 }
@@ -746,6 +817,24 @@ impl Config {
                 return Err(invalid(
                     "queue.capabilities",
                     format!("{name:?}: execution_timeout of at least 100ms"),
+                ));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for r in &self.resources {
+            if !valid_resource_name(&r.name) {
+                return Err(invalid(
+                    "resource.name",
+                    format!(
+                        "{:?}: letters, digits, '-', '_' and '.', 1 to {MAX_RESOURCE_NAME} bytes",
+                        r.name
+                    ),
+                ));
+            }
+            if !names.insert(r.name.as_str()) {
+                return Err(invalid(
+                    "resource.name",
+                    format!("{:?} is declared twice", r.name),
                 ));
             }
         }

@@ -135,6 +135,11 @@ fn invalid_values_name_the_field() {
         ("stats_interval = \"1ms\"", "stats_interval"),
         ("[queue]\nlimit = 0", "queue.limit"),
         ("[queue]\noutbox_limit = 0", "queue.outbox_limit"),
+        ("[[resource]]\nname = \"bus/x\"", "resource.name"),
+        (
+            "[[resource]]\nname = \"bus\"\n[[resource]]\nname = \"bus\"",
+            "resource.name",
+        ),
         // A full queue's `queued` events must fit: a burst up to the queue's limit is never
         // refused for want of outbox room.
         (
@@ -379,4 +384,31 @@ fn urgency_is_on_by_default_and_set_per_device() {
     let long = format!("[urgent.devices.{}]\nreserve = 1\n", "d".repeat(33));
     let e = Config::from_toml(&long, "t").unwrap_err();
     assert!(e.to_string().contains("urgent.devices"), "{e}");
+}
+
+#[test]
+fn resources_take_a_fixed_or_dynamic_ceiling_and_inheritance_is_on_by_default() {
+    let text = "[[resource]]\nname = \"bus-x\"\n[[resource]]\nname = \"conveyor.1\"\nceiling = \"P1\"\ninheritance = false\n[[resource]]\nname = \"radio\"\nceiling = \"dynamic\"\n";
+    let c = Config::from_toml(text, "test").unwrap();
+    let got: Vec<(&str, Option<Ceiling>, bool)> = c
+        .resources
+        .iter()
+        .map(|r| (r.name.as_str(), r.ceiling, r.inheritance))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("bus-x", None, true),
+            ("conveyor.1", Some(Ceiling::Fixed(Priority::P1)), false),
+            ("radio", Some(Ceiling::Dynamic), true)
+        ]
+    );
+    // Written back, it reads the same.
+    let again = Config::from_toml(&toml::to_string(&c).unwrap(), "again").unwrap();
+    assert_eq!(again, c);
+    let bad = Config::from_toml("[[resource]]\nname = \"x\"\nceiling = \"P9\"\n", "bad");
+    assert!(
+        bad.unwrap_err().to_string().contains("\"P0\" to \"P5\""),
+        "a bad ceiling says what is allowed"
+    );
 }

@@ -39,6 +39,9 @@ pub enum ErrorCode {
     /// `locks` is not an array of distinct lock names, or the device the task names does not
     /// have one of them.
     InvalidLocks,
+    /// `resources` is not an array of distinct resource names, or names one the configuration
+    /// does not declare.
+    InvalidResources,
     InvalidTraceId,
     /// The payload's JSON text is longer than a device can take.
     PayloadTooLarge,
@@ -102,6 +105,10 @@ pub struct Submission {
     /// Device lock names the task holds while it runs (distinct, valid names): only a device
     /// advertising every one of them can take the task.
     pub locks: Vec<String>,
+    /// Bridge resources (shared across devices, declared in the configuration) the task holds
+    /// while it is on a device: it is dispatched only once it holds all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
     pub trace_id: Option<String>,
 }
 
@@ -114,7 +121,10 @@ pub struct Rejection {
     pub error: ApiError,
 }
 
-const KEYS: [&str; 9] = [
+/// Resources one task may name.
+pub const MAX_TASK_RESOURCES: usize = 4;
+
+const KEYS: [&str; 10] = [
     "id",
     "capability",
     "device",
@@ -123,6 +133,7 @@ const KEYS: [&str; 9] = [
     "timeout_ms",
     "payload",
     "locks",
+    "resources",
     "trace_id",
 ];
 
@@ -285,6 +296,11 @@ pub fn parse_submission(
         Some(Ok(locks)) => locks,
         Some(Err(message)) => return fail(ErrorCode::InvalidLocks, message),
     };
+    let resources = match obj.get("resources").map(parse_resources) {
+        None => Vec::new(),
+        Some(Ok(resources)) => resources,
+        Some(Err(message)) => return fail(ErrorCode::InvalidResources, message),
+    };
     Ok(Submission {
         id: id.unwrap_or_else(generate_id),
         capability,
@@ -294,6 +310,7 @@ pub fn parse_submission(
         timeout_ms,
         payload,
         locks,
+        resources,
         trace_id,
     })
 }
@@ -301,29 +318,73 @@ pub fn parse_submission(
 /// The `locks` of a submission: `null` or an array of at most [`MAX_TASK_LOCKS`] distinct
 /// lock names, each as a device can declare it ([`valid_lock_name`]); otherwise what is wrong.
 fn parse_locks(v: &Value) -> Result<Vec<String>, String> {
-    let items = match v {
-        Value::Null => return Ok(Vec::new()),
-        Value::Array(items) if items.len() <= MAX_TASK_LOCKS => items,
-        _ => {
-            return Err(format!(
-                "locks: an array of at most {MAX_TASK_LOCKS} lock names, not {v}"
-            ));
-        }
+    let kind = Names {
+        field: "locks",
+        what: "lock name",
+        max: MAX_TASK_LOCKS,
+        valid: valid_lock_name,
+        longest: MAX_LOCK_NAME,
     };
-    let mut names: Vec<String> = Vec::with_capacity(items.len());
-    for item in items {
-        let Some(name) = item.as_str().filter(|n| valid_lock_name(n)) else {
-            return Err(format!(
-                "locks: {item} is not a lock name (1 to {MAX_LOCK_NAME} bytes of ASCII \
-                 letters, digits, '.', '_' or '-')"
-            ));
+    kind.parse(v)
+}
+
+/// The `resources` of a submission: `null` or an array of at most [`MAX_TASK_RESOURCES`]
+/// distinct resource names (whether they are declared is checked where the configuration is
+/// known).
+fn parse_resources(v: &Value) -> Result<Vec<String>, String> {
+    let kind = Names {
+        field: "resources",
+        what: "resource name",
+        max: MAX_TASK_RESOURCES,
+        valid: broker_config::valid_resource_name,
+        longest: broker_config::MAX_RESOURCE_NAME,
+    };
+    kind.parse(v)
+}
+
+/// A list of distinct names in a submission.
+struct Names {
+    field: &'static str,
+    what: &'static str,
+    max: usize,
+    valid: fn(&str) -> bool,
+    /// The longest name, in bytes (of ASCII letters, digits, `.`, `_` or `-`).
+    longest: usize,
+}
+
+impl Names {
+    fn parse(&self, v: &Value) -> Result<Vec<String>, String> {
+        let Self {
+            field,
+            what,
+            max,
+            valid,
+            longest,
+        } = self;
+        let items = match v {
+            Value::Null => return Ok(Vec::new()),
+            Value::Array(items) if items.len() <= *max => items,
+            _ => {
+                return Err(format!(
+                    "{field}: an array of at most {max} {what}s, not {v}"
+                ));
+            }
         };
-        if names.iter().any(|n| n == name) {
-            return Err(format!("locks: {item} is named twice"));
+        let mut names: Vec<String> = Vec::with_capacity(items.len());
+        for item in items {
+            let Some(name) = item.as_str().filter(|n| valid(n)) else {
+                return Err(format!(
+                    "{field}: {item} is not a {what} (1 to {longest} bytes of ASCII letters, \
+                     digits, '.', '_' or '-')"
+                ));
+            };
+            if names.iter().any(|n| n == name) {
+                return Err(format!("{field}: {item} is named twice"));
+            }
+            names.push(name.to_owned());
         }
-        names.push(name.to_owned());
+        Ok(names)
     }
-    Ok(names)
 }
 
 fn parse_priority(v: &Value) -> Option<Priority> {

@@ -82,6 +82,8 @@ impl Engine {
     pub(super) fn device_back(&mut self, link: LinkId, hello: &Hello, rebooted: bool, now: Now) {
         let id = hello.device_id.as_str();
         self.away.remove(id);
+        // Its resource holders are told their priority again.
+        self.unsure_of(id);
         if let Some(left) = self.left_behind.remove(id) {
             let kept: BTreeMap<u32, LeftBehind> = left
                 .into_iter()
@@ -188,6 +190,11 @@ impl Engine {
             for device in absent {
                 tracing::info!(%device, tasks = self.queue.in_flight(&device), "tasks wait for their device after the restart");
                 self.away.insert(device, until);
+            }
+            let with_tasks: Vec<String> =
+                self.queue.devices_with_tasks().map(str::to_owned).collect();
+            for device in with_tasks {
+                self.unsure_of(&device);
             }
         }
         let ended: Vec<String> = self

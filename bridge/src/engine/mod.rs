@@ -31,6 +31,7 @@ mod assign;
 mod devices;
 mod outcome;
 mod preempt;
+mod resources;
 #[cfg(test)]
 mod tests;
 
@@ -53,6 +54,7 @@ use crate::time::Now;
 pub use absent::Leases;
 use absent::LeftBehind;
 use devices::Registry;
+pub use resources::ResourcePolicy;
 
 /// Names an input whose acknowledgement waits for the commit that covers it; handed back in
 /// [`Released::tickets`]. The caller chooses the numbers (and keeps what to acknowledge).
@@ -226,6 +228,12 @@ pub struct Engine {
     /// Executions devices may still be running for tasks that moved on, by device and old
     /// handle: cancelled when the device comes back. In memory only.
     left_behind: BTreeMap<String, BTreeMap<u32, LeftBehind>>,
+    /// Declared bridge resources, by name.
+    resources: BTreeMap<String, ResourcePolicy>,
+    /// Resource holders running at a priority other than their own, as last told.
+    lent: BTreeMap<String, Priority>,
+    /// Resource holders whose priority on their device is not known: told again.
+    unsure: std::collections::BTreeSet<String>,
 }
 
 /// Urgent waits the stats are computed over.
@@ -252,7 +260,15 @@ impl Engine {
             away: BTreeMap::new(),
             resumed: false,
             left_behind: BTreeMap::new(),
+            resources: BTreeMap::new(),
+            lent: BTreeMap::new(),
+            unsure: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Declares the bridge resources submissions may name (none until then).
+    pub fn set_resources(&mut self, resources: BTreeMap<String, ResourcePolicy>) {
+        self.resources = resources;
     }
 
     /// Replaces the grace period and execution leases ([`Leases::default`] until then).
@@ -286,7 +302,14 @@ impl Engine {
         for (payload, ticket) in batch {
             let queue = &mut self.queue;
             match api::parse_submission(&payload, || queue.generate_id()) {
-                Ok(s) => subs.push(s),
+                Ok(s) => match self.undeclared(&s.resources) {
+                    None => subs.push(s),
+                    Some(message) => {
+                        let error = ApiError::new(ErrorCode::InvalidResources, message);
+                        let event = StatusEvent::rejected(s.id, s.trace_id, error, now.wall_ms);
+                        self.queue.notify(OutboxEntry::status(&event));
+                    }
+                },
                 Err(rejection) => {
                     let entry = rejection_entry(rejection, &payload, now.wall_ms);
                     self.queue.notify(entry);
@@ -487,7 +510,9 @@ impl Engine {
                     )
                 })
                 .collect();
-            let decisions = dispatch::plan(self.queue.lanes(), &views, urgent_at, now.ms);
+            let may_hold = |t: &crate::queue::TaskRecord| self.may_hold(t, now);
+            let decisions =
+                dispatch::plan(self.queue.lanes(), &views, urgent_at, now.ms, &may_hold);
             let mut changes = Vec::with_capacity(decisions.len());
             for d in decisions {
                 changes.extend(self.decide(d, now));
@@ -498,6 +523,7 @@ impl Engine {
             self.queue.apply(changes, now);
         }
         self.take_back(now);
+        self.lend_priorities();
         self.timer = match (self.queue.next_timer(now.ms), self.away_until()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -526,6 +552,10 @@ impl Engine {
             }
             Decision::Assign { id, device } => {
                 let task = self.queue.get(&id)?;
+                // A resource holder starts at its ceiling, or its most urgent waiter's priority.
+                let holding = (!task.sub.resources.is_empty())
+                    .then(|| self.holding_priority(task))
+                    .filter(|p| *p != task.sub.priority);
                 let online = self.devices.get_mut(&device)?;
                 let first_wait = (task.attempt == 0
                     && !self.urgency.urgent_at.outranks(task.sub.priority))
@@ -536,7 +566,11 @@ impl Engine {
                     devices::preemption(&online.hello, &task.sub.capability) == Preemption::Resume
                 });
                 match assign::assign_for(task, &online.hello, now.ms) {
-                    Ok(assign) => {
+                    Ok(mut assign) => {
+                        if let Some(p) = holding {
+                            assign.priority = p;
+                            self.lent.insert(id.clone(), p);
+                        }
                         if let Some(checkpoint) = restore {
                             let handle = assign.handle;
                             let command = LinkCommand::Restore { handle, checkpoint };

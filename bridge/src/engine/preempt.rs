@@ -119,7 +119,9 @@ impl Engine {
                 let unstarted = t.state == TaskState::Dispatched;
                 let stoppable = unstarted
                     || devices::preemption(&online.hello, &t.sub.capability) != Preemption::Never;
+                // A resource holder is never a victim: it would only hand its resource on.
                 if !stoppable
+                    || !t.sub.resources.is_empty()
                     || t.preemptions >= self.urgency.max_preemptions
                     || self.preempting.contains_key(&t.sub.id)
                 {

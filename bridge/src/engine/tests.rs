@@ -1617,3 +1617,160 @@ fn a_checkpoint_goes_only_to_a_device_that_resumes_its_capability() {
         "it starts over there"
     );
 }
+
+// ----- bridge resources -----
+
+fn reprioritized(released: &Released, link: LinkId) -> Vec<(u32, Priority)> {
+    to_link(released, link, |c| match c {
+        LinkCommand::Reprioritize { handle, priority } => Some((*handle, *priority)),
+        _ => None,
+    })
+}
+
+/// `bus` declared with `policy`.
+fn with_bus(s: &mut Sim, policy: ResourcePolicy) {
+    s.e.set_resources([("bus".to_owned(), policy)].into());
+}
+
+/// Pathfinder across devices, in the engine: a P4 on dev-1 holds `bus`; a P0 that needs it
+/// waits although dev-2 is idle, and dev-1 is told to run the holder at P0; when the holder
+/// ends, the P0 takes `bus` (and a waiter that goes away gives the holder its own priority
+/// back).
+#[test]
+fn a_resource_has_one_holder_and_its_most_urgent_waiter_lends_it_priority() {
+    let mut s = Sim::new();
+    with_bus(&mut s, ResourcePolicy::default());
+    s.up(LINK, hello(), 4);
+    s.submit(r#"{"id":"low","capability":"echo","priority":4,"resources":["bus"]}"#);
+    let low = assigns(&s.turn(), LINK)[0].handle;
+    s.up(2, hello_of("dev-2"), 4);
+    s.submit(r#"{"id":"urgent","capability":"echo","priority":0,"resources":["bus"]}"#);
+    s.submit(r#"{"id":"free","capability":"echo","priority":5}"#);
+    let released = s.turn();
+    assert_eq!(
+        assigns(&released, 2).len() + assigns(&released, LINK).len(),
+        1,
+        "only the task naming no resource goes"
+    );
+    assert_eq!(s.task("urgent").unwrap().state, TaskState::Queued);
+    assert_eq!(reprioritized(&released, LINK), [(low, Priority::P0)]);
+    // Told once, not every turn.
+    assert!(reprioritized(&s.turn(), LINK).is_empty());
+    s.report(LINK, low, TaskReport::Completed, None);
+    let released = s.turn();
+    let sent: Vec<Assign> = [assigns(&released, LINK), assigns(&released, 2)].concat();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].handle, s.task("urgent").unwrap().handle());
+
+    let holder_link = if assigns(&released, LINK).is_empty() {
+        2
+    } else {
+        LINK
+    };
+    s.report(holder_link, sent[0].handle, TaskReport::Completed, None);
+    s.turn();
+
+    // A waiter that goes away gives the holder its own priority back.
+    s.submit(r#"{"id":"mid","capability":"echo","priority":3,"resources":["bus"]}"#);
+    let released = s.turn();
+    let (mid_link, mid) = match assigns(&released, LINK).first() {
+        Some(a) => (LINK, a.handle),
+        None => (2, assigns(&released, 2)[0].handle),
+    };
+    s.submit(r#"{"id":"waiter","capability":"echo","priority":1,"resources":["bus"]}"#);
+    assert_eq!(reprioritized(&s.turn(), mid_link), [(mid, Priority::P1)]);
+    let t = s.ticket();
+    s.e.handle_cancel("waiter", t, s.now()).unwrap();
+    assert_eq!(reprioritized(&s.turn(), mid_link), [(mid, Priority::P3)]);
+}
+
+/// A submission naming a resource the configuration does not declare is rejected, naming it.
+#[test]
+fn an_undeclared_resource_is_rejected_with_its_name() {
+    let mut s = Sim::new();
+    with_bus(&mut s, ResourcePolicy::default());
+    s.submit(r#"{"id":"t","capability":"echo","resources":["bus","conveyor"]}"#);
+    s.turn();
+    let events = s.events();
+    let (state, error) = last_error(&events, "t");
+    assert_eq!(
+        (state, error.code),
+        (TaskState::Rejected, ErrorCode::InvalidResources)
+    );
+    assert!(
+        error
+            .message
+            .contains("\"conveyor\" is not declared (declared: bus)"),
+        "{}",
+        error.message
+    );
+    assert!(s.task("t").is_none());
+}
+
+/// Ownership is durable: after a restart the holder still holds `bus` (a waiter does not get
+/// it), and its device, back, is told the holder's priority again.
+#[test]
+fn resource_ownership_survives_a_restart() {
+    let mut s = Sim::new();
+    with_bus(&mut s, ResourcePolicy::default());
+    s.up(LINK, hello(), 4);
+    s.submit(r#"{"id":"low","capability":"echo","priority":4,"resources":["bus"]}"#);
+    let low = assigns(&s.turn(), LINK)[0].handle;
+    s.restart();
+    with_bus(&mut s, ResourcePolicy::default());
+    s.submit(r#"{"id":"urgent","capability":"echo","priority":0,"resources":["bus"]}"#);
+    let other = s.up(2, hello_of("dev-2"), 4);
+    assert!(assigns(&other, 2).is_empty(), "bus is still held");
+    let back = s.up(3, hello(), 4);
+    assert_eq!(replays(&back, 3), [low]);
+    assert_eq!(reprioritized(&back, 3), [(low, Priority::P0)]);
+}
+
+/// A fixed ceiling: the holder's `Assign` carries the ceiling; with inheritance off and no
+/// ceiling, a waiter lends nothing; a holder is never taken back for urgent work.
+#[test]
+fn ceilings_raise_from_the_assign_inheritance_can_be_off_and_holders_are_not_victims() {
+    let mut s = Sim::new();
+    s.e.set_urgency(take_back_only());
+    s.e.set_resources(
+        [
+            (
+                "bus".to_owned(),
+                ResourcePolicy {
+                    ceiling: Some(broker_config::Ceiling::Fixed(Priority::P1)),
+                    inheritance: true,
+                },
+            ),
+            (
+                "radio".to_owned(),
+                ResourcePolicy {
+                    ceiling: None,
+                    inheritance: false,
+                },
+            ),
+        ]
+        .into(),
+    );
+    s.up(LINK, hello_v2(2), 2);
+    s.submit(r#"{"id":"ceil","capability":"echo","priority":5,"resources":["bus"]}"#);
+    s.submit(r#"{"id":"plain","capability":"echo","priority":4,"resources":["radio"]}"#);
+    let sent = assigns(&s.turn(), LINK);
+    let prio = |id: &str| {
+        let h = s.task(id).unwrap().handle();
+        sent.iter().find(|a| a.handle == h).unwrap().priority
+    };
+    assert_eq!((prio("ceil"), prio("plain")), (Priority::P1, Priority::P4));
+    s.credit(LINK, 0);
+    s.submit(r#"{"id":"wants-radio","capability":"echo","priority":0,"resources":["radio"]}"#);
+    s.submit(r#"{"id":"urgent","capability":"echo","priority":0}"#);
+    let released = s.turn();
+    assert!(
+        reprioritized(&released, LINK).is_empty(),
+        "inheritance off: {:?}",
+        released.commands
+    );
+    assert!(
+        preempts(&released, LINK).is_empty(),
+        "both tasks hold resources: neither is a victim"
+    );
+}

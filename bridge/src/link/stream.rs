@@ -173,6 +173,10 @@ where
                         continue;
                     }
                     Some(LinkCommand::Cancel(c)) => Message::Cancel(c),
+                    Some(LinkCommand::Reprioritize { handle, .. }) => {
+                        tracing::debug!(link, handle, "Reprioritize: not in this protocol version");
+                        continue;
+                    }
                     Some(LinkCommand::Preempt { handle }) => Message::Preempt(Preempt { handle }),
                     Some(LinkCommand::Restore { handle, checkpoint }) => {
                         match super::restore_of(handle, &checkpoint) {

@@ -385,6 +385,11 @@ pub struct Queue {
     delayed: BTreeSet<(u64, String)>,
     /// Tasks on devices, by the time their execution lease ends.
     leases: BTreeSet<(u64, String)>,
+    /// Queued tasks naming each bridge resource, in dispatch order: its waiters.
+    waiting: BTreeMap<String, BTreeSet<(OrderKey, String)>>,
+    /// The task holding each bridge resource: the one on a device that names it. Derived from
+    /// the tasks' durable state, so ownership survives a restart.
+    holders: BTreeMap<String, String>,
     /// Ids of the tasks on each device (dispatched or running).
     on_device: HashMap<String, BTreeSet<String>>,
     /// Queued tasks per priority level.
@@ -458,6 +463,8 @@ impl Queue {
             deadlines: BTreeSet::new(),
             delayed: BTreeSet::new(),
             leases: BTreeSet::new(),
+            waiting: BTreeMap::new(),
+            holders: BTreeMap::new(),
             on_device: HashMap::new(),
             depth: [0; 6],
             by_handle: HashMap::new(),
@@ -600,7 +607,20 @@ impl Queue {
             if rec.not_before_ms > 0 {
                 self.delayed.insert((rec.not_before_ms, id.clone()));
             }
+            for r in &rec.sub.resources {
+                self.waiting
+                    .entry(r.clone())
+                    .or_default()
+                    .insert((rec.order_key(), id.clone()));
+            }
         } else if let Some(device) = &rec.device {
+            for r in &rec.sub.resources {
+                if let Some(other) = self.holders.insert(r.clone(), id.clone()) {
+                    if other != id {
+                        tracing::error!(resource = %r, task = %id, %other, "two tasks hold one resource");
+                    }
+                }
+            }
             self.on_device
                 .entry(device.clone())
                 .or_default()
@@ -633,7 +653,20 @@ impl Queue {
             if old.not_before_ms > 0 {
                 self.delayed.remove(&(old.not_before_ms, id.to_owned()));
             }
+            for r in &old.sub.resources {
+                if let Some(set) = self.waiting.get_mut(r) {
+                    set.remove(&(old.order_key(), id.to_owned()));
+                    if set.is_empty() {
+                        self.waiting.remove(r);
+                    }
+                }
+            }
         } else if let Some(device) = &old.device {
+            for r in &old.sub.resources {
+                if self.holders.get(r).is_some_and(|h| h == id) {
+                    self.holders.remove(r);
+                }
+            }
             if let Some(until) = old.lease_until_ms {
                 self.leases.remove(&(until, id.to_owned()));
             }
@@ -745,6 +778,27 @@ impl Queue {
         let delay = self.delayed.range(after.clone()..).next().map(|e| e.0);
         let lease = self.leases.range(after..).next().map(|e| e.0);
         deadline.into_iter().chain(delay).chain(lease).min()
+    }
+
+    /// The task holding bridge resource `name`, if any.
+    pub fn holder(&self, name: &str) -> Option<&TaskRecord> {
+        self.holders.get(name).and_then(|id| self.live.get(id))
+    }
+
+    /// Held bridge resources with their holders.
+    pub fn held(&self) -> impl Iterator<Item = (&str, &TaskRecord)> {
+        self.holders
+            .iter()
+            .filter_map(|(r, id)| self.live.get(id).map(|t| (r.as_str(), t)))
+    }
+
+    /// The queued tasks naming bridge resource `name`, in dispatch order.
+    pub fn waiters<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a TaskRecord> + 'a {
+        self.waiting
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, id)| self.live.get(id))
     }
 
     /// The devices that have tasks on them (online or not).

@@ -11,6 +11,7 @@ fn sub(id: &str, priority: Priority, deadline_ms: Option<u64>) -> Submission {
         timeout_ms: None,
         payload: "null".into(),
         locks: vec![],
+        resources: vec![],
         trace_id: Some(format!("tr-{id}")),
     }
 }

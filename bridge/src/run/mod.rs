@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{BridgeStatus, OfflineReason};
 use crate::broker::loss::CursorJump;
-use crate::engine::{Engine, Leases, LinkInput, Released, Retry, Ticket, Urgency};
+use crate::engine::{Engine, Leases, LinkInput, Released, ResourcePolicy, Retry, Ticket, Urgency};
 use crate::link::{self, LinkCommand, LinkEvent, LinkId};
 use crate::mqtt::{self, ApiInput, MqttEvent, MqttSettings, Publication};
 use crate::queue::{Queue, QueueError};
@@ -124,6 +124,19 @@ pub async fn run(
     let mut engine = Engine::new(queue, retry, crate::backoff::seed_from_clock());
     engine.set_urgency(urgency(&config.urgent));
     engine.set_leases(leases(&config.queue));
+    engine.set_resources(
+        config
+            .resources
+            .iter()
+            .map(|r| {
+                let policy = ResourcePolicy {
+                    ceiling: r.ceiling,
+                    inheritance: r.inheritance,
+                };
+                (r.name.clone(), policy)
+            })
+            .collect(),
+    );
 
     let (broker_stopped, settings) = start_broker(&config)?;
     let mqtt_addr = format!("{}:{}", settings.host, settings.port)
