@@ -80,6 +80,15 @@ pub enum Decision {
     },
 }
 
+/// The QoS class of a priority: 0 realtime (P0–P1), 1 guaranteed (P2–P3), 2 besteffort
+/// (P4–P5).
+pub fn class_of(p: Priority) -> usize {
+    usize::from(p.level() / 2)
+}
+
+/// The classes' names, by [`class_of`].
+pub const CLASSES: [&str; 3] = ["realtime", "guaranteed", "besteffort"];
+
 /// Where a lane's head task can go now.
 enum Head<'a> {
     /// To this device; the task's order key ranks it against the other lanes' heads.
@@ -93,12 +102,15 @@ enum Head<'a> {
 /// reserved slots. At most one decision per task; never more assignments to a device than its
 /// credit. A task naming bridge resources goes only if `may_hold` says it may take them now
 /// (none held, no more urgent waiter), and no task assigned before it in this plan took one.
+/// `class_room`: how many more tasks of each QoS class ([`class_of`]) may go now (`None`: no
+/// quota).
 pub fn plan<'a, I>(
     lanes: impl IntoIterator<Item = (&'a Lane, I)>,
     devices: &'a BTreeMap<String, DeviceView>,
     urgent_at: Priority,
     now_ms: u64,
     may_hold: &dyn Fn(&TaskRecord) -> bool,
+    class_room: [Option<u32>; 3],
 ) -> Vec<Decision>
 where
     I: Iterator<Item = &'a TaskRecord>,
@@ -130,6 +142,7 @@ where
     let mut out = Vec::new();
     // Bridge resources taken by the tasks assigned so far in this plan.
     let mut claimed: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let mut class_room = class_room;
     loop {
         let mut best: Option<((u8, u64, u64), usize, &str)> = None;
         let mut i = 0;
@@ -140,6 +153,11 @@ where
                     break Head::Closed;
                 };
                 if task.not_before_ms > now_ms || task.deadline_at_ms.is_some_and(|d| d <= now_ms) {
+                    tasks.next();
+                    continue;
+                }
+                // Its class holds its quota of slots.
+                if class_room[class_of(task.sub.priority)] == Some(0) {
                     tasks.next();
                     continue;
                 }
@@ -230,6 +248,9 @@ where
         };
         let task = open[i].1.next().expect("the head just looked at");
         claimed.extend(task.sub.resources.iter().map(String::as_str));
+        if let Some(room) = &mut class_room[class_of(task.sub.priority)] {
+            *room -= 1;
+        }
         let l = load.get_mut(device).expect("chosen among known devices");
         l.0 -= 1;
         l.1 += 1;
@@ -327,6 +348,7 @@ mod tests {
             Priority::P1,
             now_ms,
             &|t| !t.sub.resources.iter().any(|r| r == "held"),
+            [None, None, None],
         )
     }
 

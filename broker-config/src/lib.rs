@@ -114,6 +114,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub storage: StorageConfig,
     pub urgent: UrgentConfig,
+    pub classes: ClassesConfig,
     pub broker: BrokerConfig,
     /// Device links; plain TCP on 127.0.0.1:7878 by default.
     #[serde(rename = "link")]
@@ -121,6 +122,27 @@ pub struct Config {
     /// Resources shared across devices that submissions may name (`[[resource]]`).
     #[serde(rename = "resource", skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<ResourceConfig>,
+}
+
+/// QoS classes over priority bands — realtime (P0–P1), guaranteed (P2–P3), besteffort
+/// (P4–P5) — each with a quota: the share of the slots of the online devices its tasks may
+/// hold at once, so that the classes above always find room. 100 (the default): no quota.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassesConfig {
+    /// Percent of the slots guaranteed tasks may hold.
+    pub guaranteed_max_percent: u8,
+    /// Percent of the slots besteffort tasks may hold.
+    pub besteffort_max_percent: u8,
+}
+
+impl Default for ClassesConfig {
+    fn default() -> Self {
+        Self {
+            guaranteed_max_percent: 100,
+            besteffort_max_percent: 100,
+        }
+    }
 }
 
 /// A resource shared across devices (a conveyor two controllers drive, a power budget, a
@@ -200,6 +222,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             storage: StorageConfig::default(),
             urgent: UrgentConfig::default(),
+            classes: ClassesConfig::default(),
             broker: BrokerConfig::default(),
             links: vec![LinkConfig::Tcp {
                 listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
@@ -818,6 +841,20 @@ impl Config {
                     "queue.capabilities",
                     format!("{name:?}: execution_timeout of at least 100ms"),
                 ));
+            }
+        }
+        for (field, p) in [
+            (
+                "classes.guaranteed_max_percent",
+                self.classes.guaranteed_max_percent,
+            ),
+            (
+                "classes.besteffort_max_percent",
+                self.classes.besteffort_max_percent,
+            ),
+        ] {
+            if !(1..=100).contains(&p) {
+                return Err(invalid(field, "1 to 100"));
             }
         }
         let mut names = std::collections::BTreeSet::new();

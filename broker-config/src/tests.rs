@@ -137,6 +137,10 @@ fn invalid_values_name_the_field() {
         ("[queue]\noutbox_limit = 0", "queue.outbox_limit"),
         ("[[resource]]\nname = \"bus/x\"", "resource.name"),
         (
+            "[classes]\nbesteffort_max_percent = 0",
+            "classes.besteffort_max_percent",
+        ),
+        (
             "[[resource]]\nname = \"bus\"\n[[resource]]\nname = \"bus\"",
             "resource.name",
         ),

@@ -72,6 +72,8 @@ impl DeviceDocument {
 /// The retained `{root}/bridge/stats` document: how much work waits and where it runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BridgeStats {
+    /// QoS classes by name (`realtime`, `guaranteed`, `besteffort`).
+    pub classes: BTreeMap<String, ClassStats>,
     /// Online devices by id (sorted, as a JSON object's keys are).
     pub devices: BTreeMap<String, DeviceStats>,
     /// Tasks that expired before they could start, since the bridge started.
@@ -95,6 +97,17 @@ pub struct BridgeStats {
     /// How long the last urgent tasks (at most 1,024) waited from acceptance to their first
     /// dispatch.
     pub urgent_wait: WaitStats,
+}
+
+/// A QoS class in [`BridgeStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClassStats {
+    /// Its tasks on online devices.
+    pub in_flight: u32,
+    /// The share of the online slots it may hold, in percent (100: no quota).
+    pub max_percent: u8,
+    /// Its tasks waiting in the queue.
+    pub queued: u64,
 }
 
 /// The outbox in [`BridgeStats`]: events (and documents, and answers) not yet acknowledged
@@ -329,6 +342,14 @@ mod tests {
     #[test]
     fn bridge_stats_count_queued_tasks_per_priority_and_devices_by_id() {
         let stats = BridgeStats {
+            classes: BTreeMap::from([(
+                "besteffort".to_owned(),
+                ClassStats {
+                    queued: 11,
+                    in_flight: 2,
+                    max_percent: 50,
+                },
+            )]),
             devices: BTreeMap::from([
                 (
                     "dev-b".to_owned(),
@@ -369,12 +390,13 @@ mod tests {
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"expired":2,"live":21,"outbox":{"depth":30,"limit":100000,"shed":7},"preemptions":4,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"storage":{"free_bytes":1073741824,"full":false,"min_free_bytes":67108864},"submissions_lost":7,"ts_ms":1700000000123,"urgent_wait":{"max_ms":40,"n":4,"p50_ms":3,"p99_ms":40}}"#
+            r#"{"classes":{"besteffort":{"in_flight":2,"max_percent":50,"queued":11}},"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"expired":2,"live":21,"outbox":{"depth":30,"limit":100000,"shed":7},"preemptions":4,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"storage":{"free_bytes":1073741824,"full":false,"min_free_bytes":67108864},"submissions_lost":7,"ts_ms":1700000000123,"urgent_wait":{"max_ms":40,"n":4,"p50_ms":3,"p99_ms":40}}"#
         );
         // As the engine built it with `serde_json::json!` before this type existed (plus the
         // reserved slots, since reservation, the outbox and storage, since their bounds, and the
-        // submissions the broker dropped: fields are only ever added).
+        // submissions the broker dropped, and the classes: fields are only ever added).
         let by_macro = serde_json::json!({
+            "classes": { "besteffort": { "queued": 11, "in_flight": 2, "max_percent": 50 } },
             "queued": { "P0": 1, "P1": 2, "P2": 3, "P3": 4, "P4": 5, "P5": 6 },
             "live": 21,
             "outbox": { "depth": 30, "limit": 100_000, "shed": 7 },
@@ -395,6 +417,7 @@ mod tests {
     #[test]
     fn bridge_stats_without_devices_have_an_empty_object() {
         let stats = BridgeStats {
+            classes: BTreeMap::new(),
             devices: BTreeMap::new(),
             expired: 0,
             live: 0,
@@ -408,7 +431,7 @@ mod tests {
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"devices":{},"expired":0,"live":0,"outbox":{"depth":0,"limit":0,"shed":0},"preemptions":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"storage":{"free_bytes":0,"full":false,"min_free_bytes":0},"submissions_lost":0,"ts_ms":0,"urgent_wait":{"max_ms":0,"n":0,"p50_ms":0,"p99_ms":0}}"#
+            r#"{"classes":{},"devices":{},"expired":0,"live":0,"outbox":{"depth":0,"limit":0,"shed":0},"preemptions":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"storage":{"free_bytes":0,"full":false,"min_free_bytes":0},"submissions_lost":0,"ts_ms":0,"urgent_wait":{"max_ms":0,"n":0,"p50_ms":0,"p99_ms":0}}"#
         );
     }
 

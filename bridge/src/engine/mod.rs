@@ -42,8 +42,8 @@ use device_core::Priority;
 use device_core::proto::{Cancel, Hello, Preemption, Reject, Report};
 
 use crate::api::{
-    self, ApiError, BridgeStats, DeviceStats, ErrorCode, ErrorEvent, OutboxStats, StatusEvent,
-    StorageStats, TaskState, WaitStats,
+    self, ApiError, BridgeStats, ClassStats, DeviceStats, ErrorCode, ErrorEvent, OutboxStats,
+    StatusEvent, StorageStats, TaskState, WaitStats,
 };
 use crate::backoff::{Backoff, SplitMix64};
 use crate::dispatch::{self, Decision, DeviceView};
@@ -234,6 +234,8 @@ pub struct Engine {
     lent: BTreeMap<String, Priority>,
     /// Resource holders whose priority on their device is not known: told again.
     unsure: std::collections::BTreeSet<String>,
+    /// The share (percent) of the online slots each QoS class may hold (100: no quota).
+    class_quota: [u8; 3],
 }
 
 /// Urgent waits the stats are computed over.
@@ -263,7 +265,27 @@ impl Engine {
             resources: BTreeMap::new(),
             lent: BTreeMap::new(),
             unsure: std::collections::BTreeSet::new(),
+            class_quota: [100; 3],
         }
+    }
+
+    /// Sets the QoS class quotas: the percent of the online devices' slots realtime,
+    /// guaranteed and besteffort tasks may hold at once (100: no quota).
+    pub fn set_class_quotas(&mut self, percent: [u8; 3]) {
+        self.class_quota = percent;
+    }
+
+    /// Slots of the online devices, and tasks of each QoS class on them.
+    fn class_load(&self) -> (u32, [u32; 3]) {
+        let mut slots = 0;
+        let mut on = [0u32; 3];
+        for (id, o) in self.devices.iter() {
+            slots += u32::from(o.hello.slots);
+            for t in self.queue.on_device(id) {
+                on[dispatch::class_of(t.sub.priority)] += 1;
+            }
+        }
+        (slots, on)
     }
 
     /// Declares the bridge resources submissions may name (none until then).
@@ -511,8 +533,19 @@ impl Engine {
                 })
                 .collect();
             let may_hold = |t: &crate::queue::TaskRecord| self.may_hold(t, now);
-            let decisions =
-                dispatch::plan(self.queue.lanes(), &views, urgent_at, now.ms, &may_hold);
+            let (slots, on) = self.class_load();
+            let room: [Option<u32>; 3] = std::array::from_fn(|c| {
+                (self.class_quota[c] < 100)
+                    .then(|| (slots * u32::from(self.class_quota[c]) / 100).saturating_sub(on[c]))
+            });
+            let decisions = dispatch::plan(
+                self.queue.lanes(),
+                &views,
+                urgent_at,
+                now.ms,
+                &may_hold,
+                room,
+            );
             let mut changes = Vec::with_capacity(decisions.len());
             for d in decisions {
                 changes.extend(self.decide(d, now));
@@ -649,7 +682,22 @@ impl Engine {
                 (id.clone(), stats)
             })
             .collect();
+        let (_, on) = self.class_load();
+        let queued = self.queue.depth();
+        let classes = dispatch::CLASSES
+            .iter()
+            .enumerate()
+            .map(|(c, name)| {
+                let stats = ClassStats {
+                    queued: queued[2 * c] + queued[2 * c + 1],
+                    in_flight: on[c],
+                    max_percent: self.class_quota[c],
+                };
+                ((*name).to_owned(), stats)
+            })
+            .collect();
         BridgeStats {
+            classes,
             devices,
             expired: self.expired,
             preemptions: self.preemptions,

@@ -1774,3 +1774,43 @@ fn ceilings_raise_from_the_assign_inheritance_can_be_off_and_holders_are_not_vic
         "both tasks hold resources: neither is a victim"
     );
 }
+
+// ----- QoS classes -----
+
+/// With besteffort held to 50 % of the slots, 8 besteffort tasks on two 4-slot devices take 4
+/// slots and leave 4 for the classes above; a guaranteed task arriving finds one at once. The
+/// stats count each class.
+#[test]
+fn a_class_quota_caps_its_share_of_the_slots() {
+    let mut s = Sim::new();
+    s.e.set_class_quotas([100, 100, 50]);
+    s.up(LINK, hello(), 4);
+    s.up(2, hello_of("dev-2"), 4);
+    for i in 0..8 {
+        s.submit(&format!(
+            r#"{{"id":"be-{i}","capability":"echo","priority":5}}"#
+        ));
+    }
+    let released = s.turn();
+    let first = [assigns(&released, LINK), assigns(&released, 2)].concat();
+    assert_eq!(first.len(), 4);
+    s.submit(r#"{"id":"g","capability":"echo","priority":2}"#);
+    let released = s.turn();
+    let sent = [assigns(&released, LINK), assigns(&released, 2)].concat();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].handle, s.task("g").unwrap().handle());
+    let stats = s.e.stats(s.now());
+    let be = stats.classes["besteffort"];
+    assert_eq!((be.in_flight, be.queued, be.max_percent), (4, 4, 50));
+    assert_eq!(stats.classes["guaranteed"].in_flight, 1);
+    // One finishes: one more besteffort task takes its place, not more.
+    let done = first[0].handle;
+    let on = s.e.queue().by_handle(done).unwrap().device.clone().unwrap();
+    let link = if on == "dev-1" { LINK } else { 2 };
+    s.report(link, done, TaskReport::Completed, None);
+    let released = s.turn();
+    assert_eq!(
+        assigns(&released, LINK).len() + assigns(&released, 2).len(),
+        1
+    );
+}

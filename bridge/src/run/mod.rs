@@ -124,6 +124,11 @@ pub async fn run(
     let mut engine = Engine::new(queue, retry, crate::backoff::seed_from_clock());
     engine.set_urgency(urgency(&config.urgent));
     engine.set_leases(leases(&config.queue));
+    engine.set_class_quotas([
+        100,
+        config.classes.guaranteed_max_percent,
+        config.classes.besteffort_max_percent,
+    ]);
     engine.set_resources(
         config
             .resources
