@@ -119,6 +119,9 @@ pub fn connect(s: &MqttSettings) -> (AsyncClient, EventLoop) {
     (client, eventloop)
 }
 
+/// Publications that are not outbox entries kept waiting for room in the request channel.
+const WAITING_UNSTORED_MAX: usize = 1024;
+
 /// Runs the driver until `publish` closes.
 pub async fn run(
     settings: MqttSettings,
@@ -149,7 +152,23 @@ pub async fn run(
     let (acks, pending_acks) =
         mpsc::unbounded_channel::<(u64, rumqttc::Publish, oneshot::Receiver<()>)>();
     tokio::spawn(acker(client.clone(), generation.clone(), pending_acks));
+    // Publications the request channel had no room for (during a flood of submissions their
+    // acknowledgements fill it), in order: handed over as the event loop drains it. Bounded
+    // by the engine's window of outbox entries, plus one stats document (a newer one
+    // replaces it).
+    let mut waiting: VecDeque<Publication> = VecDeque::new();
     loop {
+        while let Some(out) = waiting.pop_front() {
+            let (topic, retain, payload) = (out.topic.clone(), out.retain, out.payload.clone());
+            if client
+                .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+                .is_err()
+            {
+                waiting.push_front(out);
+                break;
+            }
+            requested.push_back(out.key);
+        }
         tokio::select! {
             polled = eventloop.poll() => match polled {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -227,6 +246,7 @@ pub async fn run(
                     // unacknowledged entry again after the reconnect (at least once).
                     eventloop.state.events.clear();
                     eventloop.pending.retain(|r| !matches!(r, rumqttc::Request::Publish(_)));
+                    waiting.retain(|w| w.key == 0);
                     requested.clear();
                     by_pkid.clear();
                     failures = failures.saturating_add(1);
@@ -238,13 +258,17 @@ pub async fn run(
             },
             out = publish.recv() => {
                 let Some(out) = out else { return };
-                // The engine offers at most a bounded window of entries, so the channel
-                // cannot fill up; should it, the entry is offered again after a reconnect.
-                if client.try_publish(out.topic, QoS::AtLeastOnce, out.retain, out.payload).is_ok() {
-                    requested.push_back(out.key);
-                } else {
-                    tracing::warn!(key = out.key, "MQTT request channel full; the event stays in the outbox");
+                if out.key == 0 {
+                    // Not an outbox entry (the stats, an answer published once): only the
+                    // newest of a topic matters, and beyond a bound they are dropped (best
+                    // effort; outbox entries never are).
+                    waiting.retain(|w| !(w.key == 0 && w.topic == out.topic));
+                    if waiting.len() >= WAITING_UNSTORED_MAX {
+                        tracing::debug!(topic = %out.topic, "MQTT request channel full; a document not kept in the outbox is dropped");
+                        continue;
+                    }
                 }
+                waiting.push_back(out);
             }
         }
     }
