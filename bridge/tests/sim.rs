@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use device_core::Instant;
 use device_core::link::{Config, Event, State, Stats};
-use device_core::proto::{MAX_FRAME, Message, Preempt, Preemption, TRANSIENT_ERROR};
+use device_core::proto::{MAX_FRAME, Message, Preempt, Preemption, Reprioritize, TRANSIENT_ERROR};
 use device_core::runtime::{Ctx, Device, Runtime, Step};
 use edge_bridge::api::{StatusEvent, TaskState};
 use edge_bridge::backoff::SplitMix64;
@@ -457,6 +457,9 @@ impl World {
                 LinkCommand::Preempt { handle } => {
                     self.f.take_backs_asked += 1;
                     Message::Preempt(Preempt { handle })
+                }
+                LinkCommand::Reprioritize { handle, priority } => {
+                    Message::Reprioritize(Reprioritize { handle, priority })
                 }
                 LinkCommand::Close => {
                     self.engine.handle_link(

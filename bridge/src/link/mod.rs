@@ -136,6 +136,13 @@ pub enum LinkCommand {
         handle: u32,
         checkpoint: Checkpoint,
     },
+    /// Run the task with this handle at `priority` from its next step on: raised while a more
+    /// urgent task waits for a resource it holds, back to its own priority after. Devices of
+    /// protocol version 3 and later only: to an older one it is not sent (logged at debug).
+    Reprioritize {
+        handle: u32,
+        priority: device_core::Priority,
+    },
     /// Close the connection (a newer connection of the same device took over).
     Close,
 }

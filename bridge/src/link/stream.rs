@@ -6,7 +6,7 @@ use std::time::Instant as StdInstant;
 use device_core::Instant;
 use device_core::link::{BridgeSide, Config, Event, Refusal, Session, State};
 use device_core::proto::Deframer;
-use device_core::proto::{MAX_FRAME, Message, Preempt};
+use device_core::proto::{MAX_FRAME, Message, Preempt, Reprioritize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -178,6 +178,9 @@ where
                         continue;
                     }
                     Some(LinkCommand::Preempt { handle }) => Message::Preempt(Preempt { handle }),
+                    Some(LinkCommand::Reprioritize { handle, priority }) => {
+                        Message::Reprioritize(Reprioritize { handle, priority })
+                    }
                     Some(LinkCommand::Restore { handle, checkpoint }) => {
                         match super::restore_of(handle, &checkpoint) {
                             Some(restore) => Message::Restore(restore),
@@ -199,6 +202,15 @@ where
                         (Message::Preempt(p), reason) => {
                             tracing::debug!(link, handle = p.handle, ?reason, "take-back not sent");
                             let _ = core.send(LinkEvent::PreemptNotSent { link, handle: p.handle }).await;
+                        }
+                        // A device older than protocol version 3 cannot change a task's
+                        // priority: its holder runs at its own, as it would without resources.
+                        (Message::Reprioritize(r), Refusal::Unsupported) => {
+                            tracing::debug!(link, handle = r.handle, "device predates Reprioritize: not sent");
+                        }
+                        // Window full or no session: the task keeps the priority it has.
+                        (Message::Reprioritize(r), reason) => {
+                            tracing::warn!(link, handle = r.handle, priority = ?r.priority, ?reason, "Reprioritize not sent");
                         }
                         _ => {}
                     }

@@ -2,9 +2,11 @@
 //! it delivers, drops, duplicates, reorders and corrupts frames, injects arbitrary bytes,
 //! moves the clock, submits, cancels and takes back (`Preempt`) tasks — started or not, of
 //! capabilities that never stop, restart or resume — sends checkpoints (`Restore`, followed
-//! by its `Assign` or not), and reboots the device. Nothing may panic, `poll_transmit` must
-//! run dry, the flow-control and window bounds must hold, and the bridge never finds its
-//! version 2 device too old for `Preempt` or `Restore`.
+//! by its `Assign` or not), raises and lowers tasks (`Reprioritize`, of tasks holding or
+//! waiting for a device lock or not), and reboots the device. Nothing may panic,
+//! `poll_transmit` must run dry, the flow-control and window bounds must hold, and the bridge
+//! never finds its device (of the current version) too old for `Preempt`, `Restore` or
+//! `Reprioritize`.
 #![no_main]
 
 use std::collections::VecDeque;
@@ -12,7 +14,8 @@ use std::collections::VecDeque;
 use arbitrary::Arbitrary;
 use device_core::link::{BridgeSide, Config, Refusal, Session};
 use device_core::proto::{
-    Assign, Cancel, MAX_FRAME, MAX_SCRATCH, Message, Payload, Preempt, Preemption, Restore,
+    Assign, Cancel, MAX_FRAME, MAX_SCRATCH, Message, Payload, Preempt, Preemption, Reprioritize,
+    Restore,
 };
 use device_core::runtime::{Ctx, Device, Runtime, Step};
 use device_core::{Instant, Priority};
@@ -62,6 +65,11 @@ enum Op {
     },
     Cancel(u8),
     Preempt(u8),
+    /// Run the task with this handle at priority `priority % 6` from now on.
+    Reprioritize {
+        handle: u8,
+        priority: u8,
+    },
     /// A checkpoint for `handle`, then (if `assign`) its `Assign` of that capability.
     Restore {
         handle: u8,
@@ -245,7 +253,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     assert_ne!(
                         e.reason,
                         Refusal::Unsupported,
-                        "the device speaks version 2"
+                        "the device speaks the current version"
                     );
                 }
                 if let Some(capability) = then {
@@ -264,7 +272,20 @@ fuzz_target!(|ops: Vec<Op>| {
                     assert_ne!(
                         e.reason,
                         Refusal::Unsupported,
-                        "the device speaks version 2"
+                        "the device speaks the current version"
+                    );
+                }
+            }
+            Op::Reprioritize { handle, priority } => {
+                let r = Reprioritize {
+                    handle: u32::from(handle),
+                    priority: Priority::from_level(priority % 6).unwrap_or(Priority::P3),
+                };
+                if let Err(e) = w.br.send(Message::Reprioritize(r)) {
+                    assert_ne!(
+                        e.reason,
+                        Refusal::Unsupported,
+                        "the device speaks the current version"
                     );
                 }
             }

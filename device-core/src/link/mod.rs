@@ -14,10 +14,10 @@
 //!   version ([`Session::peer_version`]) and refuses to send it a kind it does not know
 //!   ([`Refusal::Unsupported`]).
 //! - **Reliable, in-order, exactly-once delivery** of `Assign`, `Cancel`, `Report`,
-//!   `Reject`, `Preempt` and `Suspended`: sequence numbers, cumulative acks piggybacked on
-//!   every frame, a send window of `W` messages, go-back-N retransmission on timeout with
-//!   exponential backoff, and duplicate and out-of-order frames dropped (and re-acked) by the
-//!   receiver.
+//!   `Reject`, `Preempt`, `Suspended`, `Restore` and `Reprioritize`: sequence numbers,
+//!   cumulative acks piggybacked on every frame, a send window of `W` messages, go-back-N
+//!   retransmission on timeout with exponential backoff, and duplicate and out-of-order frames
+//!   dropped (and re-acked) by the receiver.
 //! - **Liveness**: a `Heartbeat` after each idle heartbeat interval; silence for the liveness
 //!   timeout ends the session ([`Event::PeerLost`]). A device then starts a new handshake and
 //!   re-sends what was still unacknowledged; a bridge drops the session.

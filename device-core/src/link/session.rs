@@ -77,7 +77,7 @@ pub enum Refusal {
     /// This side never sends this kind (a bridge sending `Report`, a device `Assign`).
     WrongSide,
     /// The peer's protocol version predates this kind ([`Message::since`]): a `Preempt` to a
-    /// device that said version 1 in its `Hello`.
+    /// device that said version 1 in its `Hello`, a `Reprioritize` to one that said 1 or 2.
     Unsupported,
 }
 

@@ -26,11 +26,12 @@ const REJECT: u16 = 1 << 7;
 const PREEMPT: u16 = 1 << 8;
 const SUSPENDED: u16 = 1 << 9;
 const RESTORE: u16 = 1 << 10;
+const REPRIORITIZE: u16 = 1 << 11;
 /// What a device sends and a bridge receives.
 const DEVICE_TO_BRIDGE: u16 = HELLO | REPORT | HEARTBEAT | ACK | REJECT | SUSPENDED;
 /// What a bridge sends and a device receives.
 const BRIDGE_TO_DEVICE: u16 =
-    WELCOME | ASSIGN | CANCEL | HEARTBEAT | ACK | REJECT | PREEMPT | RESTORE;
+    WELCOME | ASSIGN | CANCEL | HEARTBEAT | ACK | REJECT | PREEMPT | RESTORE | REPRIORITIZE;
 
 /// One end of the link: [`DeviceSide`] or [`BridgeSide`].
 pub trait Side: sealed::Codec + Copy + core::fmt::Debug {

@@ -3,7 +3,8 @@
 use super::*;
 use crate::Instant;
 use crate::proto::{
-    self, Assign, Cancel, Frame, Hello, MAX_FRAME, Message, Preempt, Reject, RejectReason, Welcome,
+    self, Assign, Cancel, Frame, Hello, MAX_FRAME, Message, Preempt, Reject, RejectReason,
+    Reprioritize, Welcome,
 };
 
 type Dev = Session<DeviceSide, 4>;
@@ -525,6 +526,63 @@ fn both_ends_know_the_version_and_a_v2_device_can_be_preempted() {
     assert_eq!(br.unacknowledged(), 1);
 }
 
+#[test]
+fn a_current_device_can_be_reprioritized() {
+    let (mut dev, mut br) = connected(1);
+    let raise = Message::Reprioritize(Reprioritize {
+        handle: 1,
+        priority: crate::Priority::P0,
+    });
+    br.send(raise.clone()).unwrap();
+    assert_eq!(br.unacknowledged(), 1);
+    let got = deliver(&mut dev, drain(&mut br, at(1)), at(1));
+    assert_eq!(got, [Event::Received(raise)]);
+    deliver(&mut br, drain(&mut dev, at(2)), at(2));
+    assert_eq!(
+        br.unacknowledged(),
+        0,
+        "acknowledged like any reliable message"
+    );
+}
+
+#[test]
+fn a_version_2_device_keeps_working_with_a_version_3_bridge_and_is_never_reprioritized() {
+    use super::session::initial_seq;
+    let mut br = Br::bridge(Config::default(), at(0));
+    let mut h = hello(7);
+    h.version = 2;
+    let ev = br.handle_bytes(&v1_frame(0, 0, 2, Message::Hello(h.clone())), at(0));
+    assert!(matches!(ev, Ok(Some(Event::Connected { hello, .. })) if hello == h));
+    assert_eq!(br.peer_version(), Some(2));
+    // Answered in version 2 (golden `welcome_v2` in proto).
+    let welcome = drain(&mut br, at(0));
+    assert!(
+        matches!(&welcome[..], [Frame { message: Message::Welcome(w), .. }] if w.version == 2),
+        "{welcome:?}"
+    );
+    // What version 2 has is sent: an Assign, a Preempt...
+    br.send(assign(4)).unwrap();
+    br.send(Message::Preempt(Preempt { handle: 4 })).unwrap();
+    // ...but not a Reprioritize, which it would not understand: refused and handed back.
+    let raise = Message::Reprioritize(Reprioritize {
+        handle: 4,
+        priority: crate::Priority::P0,
+    });
+    let refused = br.send(raise.clone()).unwrap_err();
+    assert_eq!(
+        (refused.reason, refused.message),
+        (Refusal::Unsupported, raise)
+    );
+    let sent = drain(&mut br, at(1));
+    let device_before = super::session::prev_seq(initial_seq(7, 0, Role::Device));
+    assert!(
+        matches!(&sent[..], [a, p] if a.message == assign(4)
+            && matches!(p.message, Message::Preempt(_)) && a.ack == device_before),
+        "{sent:?}"
+    );
+    assert_eq!(br.unacknowledged(), 2, "the Assign and the Preempt");
+}
+
 /// The frame a version 1 device (one that predates this crate's version 2) would send:
 /// built by hand, since a device session always speaks the current version.
 fn v1_frame(seq: u32, ack: u32, credit: u8, message: Message) -> Vec<u8> {
@@ -598,7 +656,7 @@ fn a_version_1_device_keeps_working_with_a_version_2_bridge() {
 fn a_device_accepts_only_a_welcome_of_its_own_version() {
     let mut dev = Dev::device(hello(7), Config::default(), at(0));
     let sent = drain(&mut dev, at(0));
-    assert!(matches!(&sent[..], [Frame { message: Message::Hello(h), .. }] if h.version == 2));
+    assert!(matches!(&sent[..], [Frame { message: Message::Hello(h), .. }] if h.version == 3));
     let old = Welcome {
         version: 1,
         session_id: 0,
@@ -618,14 +676,15 @@ fn a_device_accepts_only_a_welcome_of_its_own_version() {
         message: Message::Welcome(Welcome { version, ..old }),
     };
     assert_eq!(dev.handle_frame(frame(1), at(1)), None);
+    assert_eq!(dev.handle_frame(frame(2), at(1)), None);
     assert_eq!(dev.state(), State::Connecting);
-    assert_eq!(dev.stats().bad_frames, 2);
-    assert_eq!(dev.handle_frame(frame(2), at(1)), Some(Event::Welcomed));
+    assert_eq!(dev.stats().bad_frames, 3);
+    assert_eq!(dev.handle_frame(frame(3), at(1)), Some(Event::Welcomed));
 }
 
 #[test]
-fn a_bridge_serves_versions_1_and_2_only() {
-    for (version, served) in [(0, false), (1, true), (2, true), (3, false)] {
+fn a_bridge_serves_versions_1_to_3_only() {
+    for (version, served) in [(0, false), (1, true), (2, true), (3, true), (4, false)] {
         let mut h = hello(7);
         h.version = version;
         let mut br = Br::bridge(Config::default(), at(0));

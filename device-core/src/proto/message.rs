@@ -95,6 +95,8 @@ pub enum Message {
     Suspended(Suspended),
     /// Bridge → device (version 2): the checkpoint of the task whose `Assign` comes next.
     Restore(Restore),
+    /// Bridge → device (version 3): run a task at another base priority.
+    Reprioritize(Reprioritize),
 }
 
 impl Message {
@@ -109,6 +111,7 @@ impl Message {
                 | Self::Preempt(_)
                 | Self::Suspended(_)
                 | Self::Restore(_)
+                | Self::Reprioritize(_)
         )
     }
 
@@ -117,6 +120,7 @@ impl Message {
     pub const fn since(&self) -> u16 {
         match self {
             Self::Preempt(_) | Self::Suspended(_) | Self::Restore(_) => 2,
+            Self::Reprioritize(_) => 3,
             _ => 1,
         }
     }
@@ -273,6 +277,21 @@ pub struct Restore {
     pub result: Payload,
 }
 
+/// Run a task at another base priority (version 3): the bridge raises the holder of a
+/// resource shared across devices to the priority of the most urgent task waiting for that
+/// resource, and sends the task's own priority (its `Assign`'s) to restore it once that waiter
+/// is served or gone. The device changes the task's base priority between two steps, so it
+/// applies at the next step boundary; the task's device locks pass it on as with any base
+/// priority (a task blocked on a lock lends it to the lock's holder). Sending the same priority
+/// again changes nothing, so a replay is harmless. A handle that already finished is left
+/// alone, and an unknown one refused [`RejectReason::UnknownTask`], as for `Cancel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reprioritize {
+    pub handle: Handle,
+    /// The task's new base priority.
+    pub priority: Priority,
+}
+
 /// A task's state on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskReport {
@@ -354,7 +373,7 @@ pub enum RejectReason {
     /// An `Assign` for a handle that already finished on this device and whose report was
     /// acknowledged: it is not run again.
     Finished,
-    /// A `Cancel` or `Preempt` for a handle the device does not have.
+    /// A `Cancel`, `Preempt` or `Reprioritize` for a handle the device does not have.
     UnknownTask,
     /// A `Preempt` for a task that has started (run a step or taken a lock) of a capability
     /// the device declared [`Preemption::Never`].

@@ -17,6 +17,7 @@
 //! |---|---|
 //! | 1 | `Hello`, `Welcome`, `Assign`, `Cancel`, `Report`, `Heartbeat`, `Ack`, `Reject` (tags 0–7) |
 //! | 2 | `Preempt` (tag 8), `Suspended` (tag 9), `Restore` (tag 10), `RejectReason::Started` (index 8) and `NotResumable` (9), `Hello::resumable`/`restartable` (two bytes after `max_payload`, only in a `Hello` of version 2 or later) |
+//! | 3 | `Reprioritize` (tag 11) |
 
 mod cobs;
 mod crc;
@@ -30,12 +31,12 @@ use core::fmt;
 pub use crc::{Crc32, crc32};
 pub use message::{
     Assign, Cancel, CapabilityName, DeviceId, Frame, Handle, Hello, LockName, Message, Payload,
-    Preempt, Preemption, Reject, RejectReason, Report, Restore, Suspended, TRANSIENT_ERROR,
-    TaskReport, Welcome, valid_lock_name,
+    Preempt, Preemption, Reject, RejectReason, Report, Reprioritize, Restore, Suspended,
+    TRANSIENT_ERROR, TaskReport, Welcome, valid_lock_name,
 };
 
 /// The protocol spoken by this crate: what a device sends in `Hello`.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest protocol a bridge still serves: it accepts a `Hello` of any version in
 /// `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION` and answers in that version.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;

@@ -47,7 +47,8 @@ fn hello(version: u16) -> Hello {
 
 /// Version 1's bytes, unchanged by version 2 (a version 1 device keeps working with a
 /// version 2 bridge), and version 2's, which differ in the version byte and the two mask
-/// bytes after `max_payload` (`echo` resumes, `sleep` restarts).
+/// bytes after `max_payload` (`echo` resumes, `sleep` restarts). Version 3 adds a message
+/// kind only: its `Hello` is version 2's but for the version byte.
 #[test]
 fn golden_hello_of_each_version() {
     let frame = |version| Frame {
@@ -64,7 +65,11 @@ fn golden_hello_of_each_version() {
         frame(2),
         "010102072d02056465762d31effdb6f50d0202046563686f05736c6565700204693263300362757308800201025277529600",
     );
-    assert_eq!(PROTOCOL_VERSION, 2);
+    golden(
+        frame(3),
+        "010102072d03056465762d31effdb6f50d0202046563686f05736c65657002046932633003627573088002010215e5163900",
+    );
+    assert_eq!(PROTOCOL_VERSION, 3);
 }
 
 fn assign() -> Assign {
@@ -88,9 +93,10 @@ fn report() -> Report {
     }
 }
 
-const FRAMES: [(&str, &str); 18] = [
+const FRAMES: [(&str, &str); 21] = [
     ("welcome_v1", "0101010c010102d00fd8362dc7325f00"),
-    ("welcome", "0101010c010202d00fd83683b5a6d900"),
+    ("welcome_v2", "0101010c010202d00fd83683b5a6d900"),
+    ("welcome", "0101010c010302d00fd8362666fa1200"),
     (
         "assign",
         "0201011502ac02010188270b73656e736f722e72656164021302087b226368223a337d03742d391df3813f00",
@@ -119,6 +125,8 @@ const FRAMES: [(&str, &str); 18] = [
         "suspended_max_handle",
         "2007030209ffffffff0fffffffff0f10ffffffffffffffffffffffffffffffff05e362e49d00",
     ),
+    ("reprioritize", "030603040bac02056dd97d4d00"),
+    ("reprioritize_back", "030704090bac0204782662f100"),
 ];
 
 fn frame(name: &str) -> Frame {
@@ -130,7 +138,8 @@ fn frame(name: &str) -> Frame {
     };
     let (seq, ack, credit, message) = match name {
         "welcome_v1" => (0, 0, 0, Message::Welcome(welcome(1))),
-        "welcome" => (0, 0, 0, Message::Welcome(welcome(2))),
+        "welcome_v2" => (0, 0, 0, Message::Welcome(welcome(2))),
+        "welcome" => (0, 0, 0, Message::Welcome(welcome(3))),
         "assign" => (1, 0, 0, Message::Assign(assign())),
         "cancel" => (2, 0, 0, Message::Cancel(Cancel { handle: 300 })),
         "report" => (1, 2, 3, Message::Report(report())),
@@ -222,6 +231,22 @@ fn frame(name: &str) -> Frame {
             };
             (7, 3, 2, Message::Suspended(s))
         }
+        // What version 3 sends: the holder of a resource raised to its waiter's priority...
+        "reprioritize" => {
+            let r = Reprioritize {
+                handle: 300,
+                priority: Priority::P0,
+            };
+            (6, 3, 0, Message::Reprioritize(r))
+        }
+        // ...and restored to its own (the `Assign`'s) once the waiter is served.
+        "reprioritize_back" => {
+            let r = Reprioritize {
+                handle: 300,
+                priority: Priority::P4,
+            };
+            (7, 4, 0, Message::Reprioritize(r))
+        }
         _ => unreachable!(),
     };
     Frame {
@@ -259,6 +284,8 @@ fn version_2_kinds_are_reliable_and_never_sent_to_a_version_1_peer() {
         assert_eq!(m.since(), 2);
     }
     for name in [
+        "welcome_v1",
+        "welcome_v2",
         "welcome",
         "assign",
         "cancel",
@@ -274,6 +301,18 @@ fn version_2_kinds_are_reliable_and_never_sent_to_a_version_1_peer() {
         RejectReason::NotResumable.to_string(),
         "capability not resumable from a checkpoint"
     );
+}
+
+#[test]
+fn reprioritize_is_version_3_and_reliable() {
+    for name in ["reprioritize", "reprioritize_back"] {
+        let m = frame(name).message;
+        assert!(m.is_reliable(), "{name}");
+        assert_eq!(m.since(), 3, "{name}");
+    }
+    for name in ["preempt", "suspended", "restore"] {
+        assert_eq!(frame(name).message.since(), 2, "{name}");
+    }
 }
 
 /// Encodes `frame` and returns its bytes without the delimiter, for corruption tests.
@@ -305,22 +344,31 @@ fn every_corruption_is_a_typed_error() {
     assert_eq!(decode(&good[..good.len() - 3]), Err(DecodeError::BadCobs));
     assert_eq!(decode(&[0x02, 0x05]), Err(DecodeError::Truncated));
     assert_eq!(decode(&[0x11; MAX_FRAME]), Err(DecodeError::Oversize));
-    // Tag 11 does not exist; a Hello of version 3; a Welcome of version 0.
+    // Tag 12 does not exist; a Hello of version 4; a Welcome of version 0.
     assert_eq!(
-        decode(&forge(&[0, 0, 0, 11])),
-        Err(DecodeError::UnknownMessage(11))
+        decode(&forge(&[0, 0, 0, 12])),
+        Err(DecodeError::UnknownMessage(12))
     );
     assert_eq!(
-        decode(&forge(&[0, 0, 0, 0, 3, 1, b'x'])),
-        Err(DecodeError::UnsupportedVersion(3))
+        decode(&forge(&[0, 0, 0, 0, 4, 1, b'x'])),
+        Err(DecodeError::UnsupportedVersion(4))
     );
     assert_eq!(
         decode(&forge(&[0, 0, 0, 1, 0])),
         Err(DecodeError::UnsupportedVersion(0))
     );
-    // Valid CRC, invalid content: priority 6, trailing bytes, a truncated body.
+    // Valid CRC, invalid content: priority 6 (in an Assign, in a Reprioritize), trailing
+    // bytes, a truncated body.
     assert_eq!(
         decode(&forge(&[1, 0, 0, 2, 1, 6])),
+        Err(DecodeError::Malformed)
+    );
+    assert_eq!(
+        decode(&forge(&[1, 0, 0, 11, 1, 6])),
+        Err(DecodeError::Malformed)
+    );
+    assert_eq!(
+        decode(&forge(&[1, 0, 0, 11, 1, 5, 0])),
         Err(DecodeError::Malformed)
     );
     assert_eq!(
@@ -489,6 +537,10 @@ fn the_largest_message_of_every_kind_fits_max_frame() {
         }),
         Message::Suspended(max_suspended),
         Message::Preempt(Preempt { handle: u32::MAX }),
+        Message::Reprioritize(Reprioritize {
+            handle: u32::MAX,
+            priority: Priority::P5,
+        }),
     ] {
         let frame = Frame {
             seq: u32::MAX,
@@ -719,6 +771,9 @@ mod same_as_postcard {
                     result,
                 })
             }),
+            (num(), priority()).prop_map(|(handle, priority)| {
+                Message::Reprioritize(Reprioritize { handle, priority })
+            }),
         ]
     }
 
@@ -839,18 +894,20 @@ mod same_as_postcard {
     }
 
     /// Varints at the edges of what u16, u32 and usize accept, and one past the last variant
-    /// of each enum (TaskReport 5, Priority 6, RejectReason 10, Message 11), the last of
-    /// version 1 (Message and RejectReason 8), and the versions around the `Hello` masks
-    /// (1 and 2).
-    const EDGE_VARINTS: [&[u8]; 16] = [
+    /// of each enum (TaskReport 5, Priority 6, RejectReason 10, Message 12), the last of
+    /// version 1 (Message and RejectReason 8) and of version 2 (Message 11), and the versions
+    /// around the `Hello` masks (1 and 2) and the current one (3).
+    const EDGE_VARINTS: [&[u8]; 18] = [
         &[0x01],
         &[0x02],
+        &[0x03],
         &[0x05],
         &[0x06],
         &[0x08],
         &[0x09],
         &[0x0A],
         &[0x0B],
+        &[0x0C],
         &[0xFF, 0xFF, 0x03],                   // u16::MAX
         &[0xFF, 0xFF, 0x04],                   // u16 overflow
         &[0xFF, 0xFF, 0xFF, 0xFF, 0x0F],       // u32::MAX

@@ -14,8 +14,8 @@
 use heapless::{String, Vec};
 
 use super::message::{
-    Assign, Cancel, Frame, Hello, Message, Preempt, Reject, RejectReason, Report, Restore,
-    Suspended, TaskReport, Welcome,
+    Assign, Cancel, Frame, Hello, Message, Preempt, Reject, RejectReason, Report, Reprioritize,
+    Restore, Suspended, TaskReport, Welcome,
 };
 use crate::Priority;
 
@@ -297,6 +297,7 @@ pub(crate) const fn tag_of(m: &Message) -> u32 {
         Message::Preempt(_) => 8,
         Message::Suspended(_) => 9,
         Message::Restore(_) => 10,
+        Message::Reprioritize(_) => 11,
     }
 }
 
@@ -375,13 +376,18 @@ pub(super) fn write_body<const KINDS: u16>(
             w.varint(10)?;
             write_checkpoint(w, s.handle, s.steps, &s.scratch, &s.result)
         }
+        Message::Reprioritize(p) if has(11) => {
+            w.varint(11)?;
+            w.varint(p.handle)?;
+            w.varint(u32::from(p.priority.level()))
+        }
         // A kind this side never sends (refused above already).
         _ => Err(Invalid),
     }
 }
 
 /// Number of `Message` variants.
-pub(super) const MESSAGES: u32 = 11;
+pub(super) const MESSAGES: u32 = 12;
 
 /// Reads a whole frame; trailing bytes are invalid.
 #[cfg(test)]
@@ -460,6 +466,10 @@ pub(super) fn read_frame_of<const KINDS: u16>(r: &mut Reader<'_>) -> Result<Fram
             steps: r.u32()?,
             scratch: r.bytes()?,
             result: r.bytes()?,
+        }),
+        11 if has(11) => Message::Reprioritize(Reprioritize {
+            handle: r.u32()?,
+            priority: r.priority()?,
         }),
         // A kind this side never receives.
         _ => return Err(Invalid),

@@ -80,9 +80,8 @@ impl<const N: usize, const L: usize, const C: usize, const W: usize, const R: us
         &self.runtime
     }
 
-    /// Handles a received frame: `Assign`s, `Cancel`s, `Preempt`s and `Restore`s go to the
-    /// runtime; the
-    /// session event, if any, is returned for logging.
+    /// Handles a received frame: `Assign`s, `Cancel`s, `Preempt`s, `Restore`s and
+    /// `Reprioritize`s go to the runtime; the session event, if any, is returned for logging.
     pub fn handle_bytes(
         &mut self,
         bytes: &[u8],
@@ -105,13 +104,16 @@ impl<const N: usize, const L: usize, const C: usize, const W: usize, const R: us
         Ok(event)
     }
 
-    /// Hands a delivered `Assign`, `Cancel`, `Preempt` or `Restore` to the runtime, keeping its refusal
-    /// for sending.
+    /// Hands a delivered `Assign`, `Cancel`, `Preempt`, `Restore` or `Reprioritize` to the
+    /// runtime, keeping its refusal for sending.
     fn take(&mut self, event: &Event, now: Instant) {
         let refused = match event {
             Event::Received(Message::Assign(a)) => self.runtime.assign(a.clone(), now).err(),
             Event::Received(Message::Cancel(c)) => self.runtime.cancel(c.handle).err(),
             Event::Received(Message::Preempt(p)) => self.runtime.preempt(p.handle).err(),
+            Event::Received(Message::Reprioritize(p)) => {
+                self.runtime.reprioritize(p.handle, p.priority).err()
+            }
             Event::Received(Message::Restore(r)) => {
                 self.runtime.restore(r.clone());
                 None

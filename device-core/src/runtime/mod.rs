@@ -9,7 +9,9 @@
 //!   ([`Runtime::preempt`]: before it started, or at a step boundary if its capability was
 //!   registered [`Preemption::Restart`] or [`Preemption::Resume`]), a `Suspended` instead of
 //!   any terminal report. A task given back with its checkpoint is resumed (here or on
-//!   another device) by a `Restore` followed by its `Assign` ([`Runtime::restore`]). Locks that tasks
+//!   another device) by a `Restore` followed by its `Assign` ([`Runtime::restore`]). A task's
+//!   base priority may change while it runs ([`Runtime::reprioritize`], the bridge lending it
+//!   the priority of a task waiting for a resource it holds on another device). Locks that tasks
 //!   may name are declared by name ([`Runtime::declare_lock`]); the device advertises the
 //!   names in `Hello`, in lock-id order, and the bridge turns a task's lock names into those
 //!   ids.
@@ -42,7 +44,7 @@ use crate::proto::{
     MAX_TASK_LOCKS, Payload, Preemption, Reject, RejectReason, Report, Restore, Suspended,
     TaskReport, valid_lock_name,
 };
-use crate::{Acquire, Event, Instant, LockId, Scheduler, TaskId, TaskSpec};
+use crate::{Acquire, Event, Instant, LockId, Priority, Scheduler, TaskId, TaskSpec};
 
 /// Per-task bytes a handler keeps across its steps (a counter, a start time, a state byte):
 /// the protocol's [`MAX_SCRATCH`], since a checkpoint carries them in `Suspended`.
@@ -120,6 +122,9 @@ pub(crate) struct Task {
     id: TaskId,
     handle: Handle,
     handler: Handler,
+    /// The priority of its `Assign`: what a ceiling lock is checked against while a
+    /// `Reprioritize` has raised the task above it (see [`Runtime::reprioritize`]).
+    assigned: Priority,
     locks: Vec<u8, MAX_TASK_LOCKS>,
     /// Declared locks already held.
     locked: u8,
@@ -392,6 +397,7 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
             id,
             handle: a.handle,
             handler,
+            assigned: a.priority,
             locks: a.locks,
             locked: 0,
             payload: a.payload,
@@ -470,6 +476,29 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
         Ok(())
     }
 
+    /// Runs a task at another base priority (`Reprioritize`). The runtime is only ever called
+    /// between steps, so the change applies at the next step boundary: a raised task runs
+    /// before every less urgent one, and a lowered one yields to the more urgent ones. Its
+    /// locks pass the new priority on as inheritance does (a task blocked on a lock lends it to
+    /// the holder, and onward along the chain); a priority lent to the task by its own waiters
+    /// still applies on top. Setting the priority it already has changes nothing, so a replay
+    /// is harmless. As with [`cancel`](Self::cancel), a task that already ended (or was given
+    /// back) is left alone, and an unknown handle is refused [`RejectReason::UnknownTask`].
+    ///
+    /// A raise is a loan, not a new design priority: the ceiling of a ceiling lock the task
+    /// takes later is checked against its `Assign`'s priority, so a task raised above the
+    /// ceiling of a lock it declared still takes it (and runs at the raised priority).
+    pub fn reprioritize(&mut self, handle: Handle, priority: Priority) -> Result<(), Reject> {
+        let Some(task) = self.held(handle)? else {
+            return Ok(());
+        };
+        if task.end.is_none() {
+            let id = task.id;
+            let _ = self.sched.set_base_priority(id, priority);
+        }
+        Ok(())
+    }
+
     /// Runs one step of the most urgent runnable task. Returns `false` when there was nothing
     /// to run (the firmware may sleep until [`poll_timeout`](Self::poll_timeout) or input).
     pub fn step(&mut self, now: Instant) -> bool {
@@ -489,7 +518,19 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
             let outcome = if self.sched.holds(id, lock) {
                 Ok(Acquire::Acquired)
             } else {
-                self.sched.lock(id, lock, None, now)
+                // Taken as the assigned priority when a `Reprioritize` raised the task above
+                // it, so that the raise never trips a ceiling (see `reprioritize`); the raised
+                // base comes back at once, before anything else runs.
+                let raised = self.sched.base_priority(id);
+                let raised = raised.filter(|p| p.outranks(task.assigned));
+                if raised.is_some() {
+                    let _ = self.sched.set_base_priority(id, task.assigned);
+                }
+                let outcome = self.sched.lock(id, lock, None, now);
+                if let Some(p) = raised {
+                    let _ = self.sched.set_base_priority(id, p);
+                }
+                outcome
             };
             match outcome {
                 Ok(Acquire::Acquired) => {
@@ -623,7 +664,7 @@ impl<const N: usize, const L: usize, const C: usize> Runtime<N, L, C> {
             .any(|t| t.end_owed || (t.running_owed && t.end.is_none()))
     }
 
-    /// The task holding `handle`, for a `Cancel` or `Preempt`: `None` for a handle that ended
+    /// The task holding `handle`, for a `Cancel`, `Preempt` or `Reprioritize`: `None` for a handle that ended
     /// here and whose report was acknowledged (nothing left to do), `UnknownTask` for any other.
     fn held(&mut self, handle: Handle) -> Result<Option<&mut Task>, Reject> {
         if self.recent.iter().any(|&h| h == handle) && self.task_mut(handle).is_none() {

@@ -4,6 +4,7 @@ use super::*;
 use crate::Priority;
 
 mod checkpoint;
+mod reprioritize;
 
 type R = Runtime<3, 2, 4>;
 
@@ -481,7 +482,7 @@ fn a_device_answers_preempt_with_suspended_and_frees_the_slot_on_the_ack() {
         panic!("the link never went quiet");
     };
     pump(&mut device, &mut bridge);
-    assert_eq!(bridge.peer_version(), Some(2));
+    assert_eq!(bridge.peer_version(), Some(crate::proto::PROTOCOL_VERSION));
     assert_eq!(bridge.credit(), 3);
     let a = assign(5, "echo", Priority::P4, b"x");
     bridge.send(Message::Assign(a)).unwrap();
