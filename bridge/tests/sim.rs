@@ -447,7 +447,6 @@ impl World {
                     continue;
                 }
                 LinkCommand::Cancel(c) => Message::Cancel(c),
-                LinkCommand::Reprioritize { .. } => continue,
                 LinkCommand::Restore { handle, checkpoint } => {
                     match edge_bridge::link::restore_of(handle, &checkpoint) {
                         Some(restore) => Message::Restore(restore),

@@ -125,12 +125,6 @@ pub enum LinkCommand {
     Preempt {
         handle: u32,
     },
-    /// Run the task with this handle at `priority` from now on (a resource holder lent a
-    /// waiter's priority, or given its own back).
-    Reprioritize {
-        handle: u32,
-        priority: device_core::Priority,
-    },
     /// The checkpoint the next `Assign` (of `handle`) resumes from.
     Restore {
         handle: u32,

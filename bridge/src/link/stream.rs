@@ -173,10 +173,6 @@ where
                         continue;
                     }
                     Some(LinkCommand::Cancel(c)) => Message::Cancel(c),
-                    Some(LinkCommand::Reprioritize { handle, .. }) => {
-                        tracing::debug!(link, handle, "Reprioritize: not in this protocol version");
-                        continue;
-                    }
                     Some(LinkCommand::Preempt { handle }) => Message::Preempt(Preempt { handle }),
                     Some(LinkCommand::Reprioritize { handle, priority }) => {
                         Message::Reprioritize(Reprioritize { handle, priority })
