@@ -454,33 +454,11 @@ fn preempting_a_finished_or_unknown_task_is_answered_as_cancel_is() {
 
 #[test]
 fn a_device_answers_preempt_with_suspended_and_frees_the_slot_on_the_ack() {
-    use crate::link::{BridgeSide, Config, Event, Session};
+    use crate::link::{BridgeSide, Config, Session};
     use crate::proto::{Message, Preempt};
     let mut device: Device<3, 2, 4, 4> =
         Device::new("dev", 1, runtime(), Config::default(), at(0)).unwrap();
     let mut bridge = Session::<BridgeSide, 4>::bridge(Config::default(), at(0));
-    // Moves every frame both ways until both are quiet; returns what the bridge received.
-    let pump = |device: &mut Device<3, 2, 4, 4>, bridge: &mut Session<BridgeSide, 4>| {
-        let mut got = vec![];
-        let mut buf = [0u8; crate::proto::MAX_FRAME];
-        for _ in 0..10 {
-            let mut quiet = true;
-            while let Some(n) = device.poll_transmit(at(0), &mut buf) {
-                quiet = false;
-                if let Ok(Some(Event::Received(m))) = bridge.handle_bytes(&buf[..n], at(0)) {
-                    got.push(m);
-                }
-            }
-            while let Some(n) = bridge.poll_transmit(at(0), &mut buf) {
-                quiet = false;
-                let _ = device.handle_bytes(&buf[..n], at(0));
-            }
-            if quiet {
-                return got;
-            }
-        }
-        panic!("the link never went quiet");
-    };
     pump(&mut device, &mut bridge);
     assert_eq!(bridge.peer_version(), Some(crate::proto::PROTOCOL_VERSION));
     assert_eq!(bridge.credit(), 3);
@@ -515,4 +493,32 @@ fn a_device_answers_preempt_with_suspended_and_frees_the_slot_on_the_ack() {
     );
     assert_eq!(device.runtime().free_slots(), 3);
     assert!(!device.step(at(0)), "nothing left to run");
+}
+
+/// Moves every frame between `device` and `bridge` both ways until both are quiet; returns
+/// what the bridge received.
+pub(super) fn pump<const N: usize, const L: usize, const C: usize, const W: usize>(
+    device: &mut Device<N, L, C, W>,
+    bridge: &mut crate::link::Session<crate::link::BridgeSide, 4>,
+) -> std::vec::Vec<crate::proto::Message> {
+    let mut got = vec![];
+    let mut buf = [0u8; crate::proto::MAX_FRAME];
+    for _ in 0..10 {
+        let mut quiet = true;
+        while let Some(n) = device.poll_transmit(at(0), &mut buf) {
+            quiet = false;
+            if let Ok(Some(crate::link::Event::Received(m))) = bridge.handle_bytes(&buf[..n], at(0))
+            {
+                got.push(m);
+            }
+        }
+        while let Some(n) = bridge.poll_transmit(at(0), &mut buf) {
+            quiet = false;
+            let _ = device.handle_bytes(&buf[..n], at(0));
+        }
+        if quiet {
+            return got;
+        }
+    }
+    panic!("the link never went quiet");
 }

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::LockPolicy;
-use crate::link::{BridgeSide, Config, Event, Session};
+use crate::link::{BridgeSide, Config, Session};
 use crate::proto::{Message, Reprioritize};
 
 /// Room for a holder, a lock chain and a flood of medium-priority work.
@@ -188,27 +188,6 @@ fn a_device_takes_reprioritize_from_the_bridge_and_refuses_an_unknown_handle() {
     type Dev = Device<8, 3, 4, 4>;
     let mut device = Dev::new("dev", 1, big(), Config::default(), at(0)).unwrap();
     let mut bridge = Session::<BridgeSide, 4>::bridge(Config::default(), at(0));
-    let pump = |device: &mut Dev, bridge: &mut Session<BridgeSide, 4>| {
-        let mut got = vec![];
-        let mut buf = [0u8; crate::proto::MAX_FRAME];
-        for _ in 0..10 {
-            let mut quiet = true;
-            while let Some(n) = device.poll_transmit(at(0), &mut buf) {
-                quiet = false;
-                if let Ok(Some(Event::Received(m))) = bridge.handle_bytes(&buf[..n], at(0)) {
-                    got.push(m);
-                }
-            }
-            while let Some(n) = bridge.poll_transmit(at(0), &mut buf) {
-                quiet = false;
-                let _ = device.handle_bytes(&buf[..n], at(0));
-            }
-            if quiet {
-                return got;
-            }
-        }
-        panic!("the link never went quiet");
-    };
     pump(&mut device, &mut bridge);
     bridge
         .send(Message::Assign(task(5, Priority::P4, 3, &[])))
