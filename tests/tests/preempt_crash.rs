@@ -7,8 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use edge_tests::{
-    Watcher, embedded_config, free_port, last_state, start_bridge_with_log, start_device_with,
-    write_config,
+    Watcher, embedded_config, last_state, start_bridge_with_log, start_device_with, write_config,
 };
 use serde_json::json;
 
@@ -23,12 +22,12 @@ async fn sigkill_between_a_take_back_and_its_answer_loses_nothing_and_runs_nothi
     let exec_log = dir.path().join("executions.log");
     // The restarted bridge comes back on the same ports, and keeps no slot for urgent work
     // (so that the urgent task has to take one back).
-    let (mqtt_port, _device_port) = (free_port(), free_port());
     let mut config = embedded_config("preempt-crash");
     config.urgent.reserve = 0;
     let file = write_config(dir.path(), &config);
 
     let (mut bridge, mut log) = start_bridge_with_log(&data, &file);
+    let mqtt_port = bridge.mqtt.port();
     let _device = start_device_with(
         bridge.devices,
         "dev-1",
