@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -375,6 +376,31 @@ pub(super) fn start_devices(
             })
             .unzip(),
     }
+}
+
+/// Starts a bridge on `config` (its embedded broker on a free port), written into
+/// `dir/bridge.toml`; its data in `dir`.
+pub(super) fn start_configured(
+    dir: &Path,
+    config: &broker_config::Config,
+) -> Result<Bridge, BenchError> {
+    std::fs::create_dir_all(dir).map_err(|source| BenchError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let file = dir.join("bridge.toml");
+    let text = toml::to_string(config).map_err(|e| BenchError::Bridge(e.to_string()))?;
+    std::fs::write(&file, text).map_err(|source| BenchError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let file = file
+        .to_str()
+        .ok_or_else(|| BenchError::Bridge("a non-UTF-8 path".into()))?;
+    Ok(crate::start_bridge(
+        dir,
+        &["--config", file, "--mqtt-listen", "127.0.0.1:0"],
+    ))
 }
 
 pub(super) fn pids(devices: &[Proc]) -> Vec<u32> {
