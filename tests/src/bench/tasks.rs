@@ -35,7 +35,7 @@ pub(super) struct Task {
     /// `ts_ms` of the `queued` event.
     queued: Option<u64>,
     /// `ts_ms` of the first `dispatched` event (a retry would send another).
-    dispatched: Option<u64>,
+    pub(super) dispatched: Option<u64>,
     /// When the first `running` event was received.
     pub(super) running: Option<Instant>,
     /// The first terminal event: received when, `ts_ms`, and whether it was `completed`.
@@ -105,6 +105,17 @@ impl Batch {
     /// Records a submission made now and returns its JSON: a task of `capability` with the
     /// JSON `payload`.
     pub(super) fn submit_task(&mut self, priority: u8, capability: &str, payload: &str) -> Vec<u8> {
+        self.submit_naming(priority, capability, payload, &[])
+    }
+
+    /// As [`Self::submit_task`], for a task that names the bridge resources `resources`.
+    pub(super) fn submit_naming(
+        &mut self,
+        priority: u8,
+        capability: &str,
+        payload: &str,
+        resources: &[&str],
+    ) -> Vec<u8> {
         let i = self.tasks.len();
         self.tasks.push(Task {
             priority,
@@ -115,8 +126,15 @@ impl Batch {
             running: None,
             end: None,
         });
+        // Names made of letters, digits, '-', '_' and '.' (the bridge rejects others), so
+        // they need no escaping.
+        let resources = if resources.is_empty() {
+            String::new()
+        } else {
+            format!(r#","resources":["{}"]"#, resources.join(r#"",""#))
+        };
         format!(
-            r#"{{"id":"{}{i}","capability":"{capability}","priority":{priority},"payload":{payload}}}"#,
+            r#"{{"id":"{}{i}","capability":"{capability}","priority":{priority}{resources},"payload":{payload}}}"#,
             self.prefix
         )
         .into_bytes()
