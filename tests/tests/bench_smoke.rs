@@ -40,6 +40,12 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         "2",
         "--incident-urgent-ms",
         "200",
+        "--pathfinder-rounds",
+        "3",
+        "--pathfinder-flood",
+        "2",
+        "--pathfinder-steps",
+        "150",
         "--timeout-s",
         "60",
         "--data-dir",
@@ -103,12 +109,39 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         assert!(r.running[0].p50().is_some() && r.completed[1].p99().is_some());
         assert_eq!(r.low_slots, if on { 7 } else { 8 });
     }
+    let runs = report
+        .pathfinder
+        .as_ref()
+        .expect("Mars Pathfinder runs by default");
+    for (r, on) in runs.iter().zip([false, true]) {
+        assert_eq!(r.inheritance, on);
+        // Every round: the holder, two P2 and the P0, all completed.
+        assert_eq!(r.submitted, 3 * 4, "{r:?}");
+        assert_eq!((r.completed, r.failed), (12, 0), "{:?}", r.failures);
+        assert_eq!((r.p0_completed, r.blocked.len()), (3, 3), "{r:?}");
+        assert_eq!((r.holder_left.len(), r.holder_after.len()), (3, 3), "{r:?}");
+    }
+    // Without inheritance the P0 waits for the whole flood (300 steps, 1 ms each at least) as
+    // well as the holder's rest (at most 150); with it, for the holder's rest alone. Compared
+    // only where every holder was still starved when its P0 came (a loaded machine may delay
+    // the flood until the holder is done, and then nothing blocks the P0).
+    let [off, on] = runs;
+    if off.holder_done_first == 0 && on.holder_done_first == 0 {
+        assert!(
+            off.blocked.p50() > on.blocked.p50(),
+            "the P0 blocked longer with inheritance: {:?} against {:?} without",
+            on.blocked.p50(),
+            off.blocked.p50()
+        );
+    }
+    assert!(report.pathfinder_ratio(50.0).is_some());
     let text = report.to_string();
     for section in [
         "4. DTLS handshakes",
         "5. memory per",
         "6. tasks over DTLS",
         "7. The Harness incident",
+        "8. Mars Pathfinder",
     ] {
         assert!(text.contains(section), "{section} missing from the report");
     }

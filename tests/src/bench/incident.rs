@@ -174,10 +174,6 @@ pub(crate) async fn run(
 
 /// A bridge for one run: the urgent-work protocol on (defaults) or off.
 fn start(dir: &Path, on: bool) -> Result<crate::Bridge, BenchError> {
-    std::fs::create_dir_all(dir).map_err(|source| BenchError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
     let urgent = if on {
         UrgentConfig::default()
     } else {
@@ -192,19 +188,7 @@ fn start(dir: &Path, on: bool) -> Result<crate::Bridge, BenchError> {
         urgent,
         ..Config::default()
     };
-    let file = dir.join("bridge.toml");
-    let text = toml::to_string(&config).map_err(|e| BenchError::Bridge(e.to_string()))?;
-    std::fs::write(&file, text).map_err(|source| BenchError::Io {
-        path: file.clone(),
-        source,
-    })?;
-    let file = file
-        .to_str()
-        .ok_or_else(|| BenchError::Bridge("a non-UTF-8 path".into()))?;
-    Ok(crate::start_bridge(
-        dir,
-        &["--config", file, "--mqtt-listen", "127.0.0.1:0"],
-    ))
+    tasks::start_configured(dir, &config)
 }
 
 /// Low-priority work done in the window `[from, to)`, in tasks: each task's share of its

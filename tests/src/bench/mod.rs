@@ -20,7 +20,11 @@
 //!
 //! 7. the Harness incident (`incident`): urgent P0/P1 tasks arriving while long P3 work holds
 //!    every slot and P4 work waits, with the urgent-work protocol off and on, on fresh bridges
-//!    (`--no-incident` skips it).
+//!    (`--no-incident` skips it);
+//! 8. Mars Pathfinder across devices (`pathfinder`): a P0 on one device waiting for a bridge
+//!    resource that a P4 holds on another device, where a P2 flood starves the holder; the
+//!    P0's blocking time with priority inheritance off and on, on fresh bridges
+//!    (`--no-pathfinder` skips it).
 //!
 //! Phases 4 to 6 run on bridges with both a plain TCP and a DTLS device link, a fresh one per
 //! measurement, with the DTLS link's limits far above the load (`--no-dtls` skips them).
@@ -40,6 +44,8 @@
 //!   clients;
 //! - `handshakes`: phase 4;
 //! - `memory`: phase 5;
+//! - `incident`: phase 7;
+//! - `pathfinder`: phase 8;
 //! - `report`: the figures and how they are printed.
 
 mod client;
@@ -47,6 +53,7 @@ mod handshakes;
 mod incident;
 mod links;
 mod memory;
+mod pathfinder;
 mod relay;
 mod report;
 mod stats;
@@ -59,7 +66,7 @@ use std::time::Duration;
 pub use links::DtlsLimits;
 pub use report::{
     BacklogFigures, CpuUse, DtlsFigures, HandshakeFigures, IncidentFigures, MemoryFigures,
-    RelayFigures, Report, Stages, ThroughputFigures,
+    PathfinderFigures, RelayFigures, Report, Stages, ThroughputFigures,
 };
 pub use stats::Latencies;
 
@@ -130,6 +137,20 @@ pub struct Options {
     /// Skips phase 7.
     #[arg(long)]
     pub no_incident: bool,
+    /// Phase 8: rounds of the scenario on each of its two bridges (inheritance off, then on).
+    #[arg(long, default_value_t = 5)]
+    pub pathfinder_rounds: usize,
+    /// Phase 8: P2 tasks flooding the holder's device in each round; at most 7, as the holder
+    /// and the flood must share its 8 slots.
+    #[arg(long, default_value_t = 5)]
+    pub pathfinder_flood: usize,
+    /// Phase 8: steps of each `count` task, the holder's and each flood task's (a device counts
+    /// at most one per millisecond).
+    #[arg(long, default_value_t = 500)]
+    pub pathfinder_steps: u64,
+    /// Skips phase 8.
+    #[arg(long)]
+    pub no_pathfinder: bool,
     /// Each phase fails after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout_s: u64,
@@ -212,6 +233,17 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
                 .into(),
         ));
     }
+    if !opts.no_pathfinder
+        && (opts.pathfinder_rounds == 0
+            || opts.pathfinder_steps == 0
+            || !(1..pathfinder::SLOTS).contains(&opts.pathfinder_flood))
+    {
+        return Err(BenchError::Options(format!(
+            "--pathfinder-rounds and --pathfinder-steps must be at least 1, --pathfinder-flood \
+             from 1 to {} (--no-pathfinder skips that phase)",
+            pathfinder::SLOTS - 1
+        )));
+    }
     if opts.p0_interval_ms == 0 {
         return Err(BenchError::Options(
             "--p0-interval-ms must be at least 1".into(),
@@ -282,6 +314,14 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         Some([off, on])
     };
 
+    let pathfinder = if opts.no_pathfinder {
+        None
+    } else {
+        let off = pathfinder::run(&data_dir, opts, &nonce, false).await?;
+        let on = pathfinder::run(&data_dir, opts, &nonce, true).await?;
+        Some([off, on])
+    };
+
     Ok(Report {
         options: opts.clone(),
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
@@ -292,6 +332,7 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         backlog,
         dtls,
         incident,
+        pathfinder,
     })
 }
 

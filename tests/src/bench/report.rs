@@ -208,6 +208,41 @@ pub struct IncidentFigures {
     pub failures: Vec<String>,
 }
 
+/// Phase 8: one bridge's rounds of Mars Pathfinder across devices (a P4 holder of `bus-x`
+/// starved by a P2 flood on its device, a P0 on another device waiting for `bus-x`), with
+/// inheritance on or off.
+#[derive(Clone, Debug)]
+pub struct PathfinderFigures {
+    /// Whether `bus-x` lends a waiter's priority to its holder.
+    pub inheritance: bool,
+    pub rounds: usize,
+    /// P2 tasks flooding the holder's device in each round.
+    pub flood: usize,
+    /// Steps of each `count` task, the holder's and the flood's (at most one per ms).
+    pub steps: u64,
+    /// Tasks of every kind (holders, flood, P0s), and how many completed.
+    pub submitted: usize,
+    pub completed: usize,
+    pub p0_completed: usize,
+    /// The P0's blocking time: submit → `running` received (its device is idle; what it
+    /// waits for is `bus-x`).
+    pub blocked: Latencies,
+    /// The P0's submit → `completed` received.
+    pub p0_done: Latencies,
+    /// Per round, the holder's steps left when the P0 was submitted, at least: its steps less
+    /// the milliseconds it ran before the flood did (their `running` events as received).
+    pub holder_left: Vec<u64>,
+    /// The holder's P0 submitted → holder `completed` received: its remaining work, done at the
+    /// P0's priority with inheritance, after the flood without.
+    pub holder_after: Latencies,
+    /// Rounds in which the holder had ended before the P0 was submitted: nothing to block on.
+    pub holder_done_first: usize,
+    /// From the first round's start to the last round's end.
+    pub seconds: f64,
+    pub failed: usize,
+    pub failures: Vec<String>,
+}
+
 /// Everything one run measured.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -223,12 +258,22 @@ pub struct Report {
     pub dtls: Option<DtlsFigures>,
     /// Phase 7, protocol off then on; `None` with `--no-incident`.
     pub incident: Option<[IncidentFigures; 2]>,
+    /// Phase 8, inheritance off then on; `None` with `--no-pathfinder`.
+    pub pathfinder: Option<[PathfinderFigures; 2]>,
 }
 
 impl Report {
     /// Bridge tasks/s as a fraction of the broker's raw round trips/s.
     pub fn ratio(&self) -> f64 {
         self.throughput.tasks_per_s / self.relay.per_s
+    }
+
+    /// Phase 8: the P0's blocking time without inheritance as a multiple of the time with it,
+    /// at the percentile `p`; `None` without phase 8 or without samples.
+    pub fn pathfinder_ratio(&self, p: f64) -> Option<f64> {
+        let [off, on] = self.pathfinder.as_ref()?;
+        let (off, on) = (off.blocked.percentile(p)?, on.blocked.percentile(p)?);
+        Some(off.as_secs_f64() / on.as_secs_f64().max(1e-9))
     }
 }
 
@@ -415,6 +460,19 @@ impl fmt::Display for Report {
         if let Some(runs) = &self.incident {
             incident(f, o, runs)?;
         }
+        if let Some(runs) = &self.pathfinder {
+            pathfinder(f, runs)?;
+            let ratio = |p| {
+                self.pathfinder_ratio(p)
+                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2} x"))
+            };
+            writeln!(
+                f,
+                "  P0 blocked without / with inheritance: {} (P50), {} (max)",
+                ratio(50.0),
+                ratio(100.0)
+            )?;
+        }
         Ok(())
     }
 }
@@ -460,6 +518,53 @@ fn incident(f: &mut fmt::Formatter<'_>, o: &Options, runs: &[IncidentFigures; 2]
         f,
         "  low-priority throughput with the protocol: {loss} lost against without (goal: at most 5 %)"
     )
+}
+
+/// Section 8 of the report: Mars Pathfinder without and with inheritance (the ratio is
+/// printed by the caller, which has the [`Report`]).
+fn pathfinder(f: &mut fmt::Formatter<'_>, runs: &[PathfinderFigures; 2]) -> fmt::Result {
+    let on = &runs[1];
+    writeln!(f)?;
+    writeln!(
+        f,
+        "8. Mars Pathfinder across devices: on dev-a a P4 `count` of {} steps holding bus-x, then {} P2 `count` of {} steps (dev-a runs the most urgent ready task), then a P0 `sleep` of 20 ms for dev-b naming bus-x; {} rounds on a fresh bridge per run, [urgent] reserve = 0, max_preemptions = 0",
+        on.steps, on.flood, on.steps, on.rounds
+    )?;
+    for r in runs {
+        let mut left = r.holder_left.clone();
+        left.sort_unstable();
+        let left = match (
+            left.first(),
+            left.get(left.len().saturating_sub(1) / 2),
+            left.last(),
+        ) {
+            (Some(min), Some(median), Some(max)) => {
+                format!(
+                    "{min} / {median} / {max} of {} steps (min / median / max)",
+                    r.steps
+                )
+            }
+            _ => "-".to_owned(),
+        };
+        writeln!(f)?;
+        writeln!(
+            f,
+            "  inheritance {}: {} of {} tasks completed ({} of {} P0) in {:.1} s; the holder's work left when the P0 arrived, at least: {left}; rounds in which the holder had ended first: {}",
+            if r.inheritance { "on " } else { "off" },
+            r.completed,
+            r.submitted,
+            r.p0_completed,
+            r.rounds,
+            r.seconds,
+            r.holder_done_first
+        )?;
+        header(f)?;
+        latency_line(f, "P0 submit -> running", &r.blocked)?;
+        latency_line(f, "P0 submit -> completed", &r.p0_done)?;
+        latency_line(f, "P0 -> holder completed", &r.holder_after)?;
+        failures(f, r.failed, &r.failures, 0)?;
+    }
+    Ok(())
 }
 
 impl DtlsFigures {

@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -34,7 +35,7 @@ pub(super) struct Task {
     /// `ts_ms` of the `queued` event.
     queued: Option<u64>,
     /// `ts_ms` of the first `dispatched` event (a retry would send another).
-    dispatched: Option<u64>,
+    pub(super) dispatched: Option<u64>,
     /// When the first `running` event was received.
     pub(super) running: Option<Instant>,
     /// The first terminal event: received when, `ts_ms`, and whether it was `completed`.
@@ -104,6 +105,17 @@ impl Batch {
     /// Records a submission made now and returns its JSON: a task of `capability` with the
     /// JSON `payload`.
     pub(super) fn submit_task(&mut self, priority: u8, capability: &str, payload: &str) -> Vec<u8> {
+        self.submit_naming(priority, capability, payload, &[])
+    }
+
+    /// As [`Self::submit_task`], for a task that names the bridge resources `resources`.
+    pub(super) fn submit_naming(
+        &mut self,
+        priority: u8,
+        capability: &str,
+        payload: &str,
+        resources: &[&str],
+    ) -> Vec<u8> {
         let i = self.tasks.len();
         self.tasks.push(Task {
             priority,
@@ -114,8 +126,15 @@ impl Batch {
             running: None,
             end: None,
         });
+        // Names made of letters, digits, '-', '_' and '.' (the bridge rejects others), so
+        // they need no escaping.
+        let resources = if resources.is_empty() {
+            String::new()
+        } else {
+            format!(r#","resources":["{}"]"#, resources.join(r#"",""#))
+        };
         format!(
-            r#"{{"id":"{}{i}","capability":"{capability}","priority":{priority},"payload":{payload}}}"#,
+            r#"{{"id":"{}{i}","capability":"{capability}","priority":{priority}{resources},"payload":{payload}}}"#,
             self.prefix
         )
         .into_bytes()
@@ -375,6 +394,31 @@ pub(super) fn start_devices(
             })
             .unzip(),
     }
+}
+
+/// Starts a bridge on `config` (its embedded broker on a free port), written into
+/// `dir/bridge.toml`; its data in `dir`.
+pub(super) fn start_configured(
+    dir: &Path,
+    config: &broker_config::Config,
+) -> Result<Bridge, BenchError> {
+    std::fs::create_dir_all(dir).map_err(|source| BenchError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let file = dir.join("bridge.toml");
+    let text = toml::to_string(config).map_err(|e| BenchError::Bridge(e.to_string()))?;
+    std::fs::write(&file, text).map_err(|source| BenchError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let file = file
+        .to_str()
+        .ok_or_else(|| BenchError::Bridge("a non-UTF-8 path".into()))?;
+    Ok(crate::start_bridge(
+        dir,
+        &["--config", file, "--mqtt-listen", "127.0.0.1:0"],
+    ))
 }
 
 pub(super) fn pids(devices: &[Proc]) -> Vec<u32> {
