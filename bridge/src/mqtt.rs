@@ -159,6 +159,20 @@ pub async fn run(
     let mut waiting: VecDeque<Publication> = VecDeque::new();
     loop {
         while let Some(out) = waiting.pop_front() {
+            if !rumqttc::valid_topic(&out.topic) {
+                // Never publishable (written before device ids were checked): set aside, so
+                // it holds no place in the outbox or here.
+                tracing::warn!(topic = %out.topic, key = out.key, "not a valid MQTT topic; the event is dropped");
+                if out.key != 0
+                    && events
+                        .send(MqttEvent::Published(vec![out.key]))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
             let (topic, retain, payload) = (out.topic.clone(), out.retain, out.payload.clone());
             if client
                 .try_publish(topic, QoS::AtLeastOnce, retain, payload)

@@ -141,6 +141,13 @@ pub enum LinkCommand {
     Close,
 }
 
+/// Whether `id` can be a device id: it is a level of the device's topics
+/// (`{root}/devices/{id}`), so not empty, and no `/`, `+`, `#` or control character (NUL
+/// included). Its length is bounded by the protocol.
+pub fn valid_device_id(id: &str) -> bool {
+    !id.is_empty() && !id.contains(['/', '+', '#']) && !id.chars().any(char::is_control)
+}
+
 /// The checkpoint a device's `Suspended` carries, as the queue keeps it.
 pub fn checkpoint_of(s: &Suspended) -> Checkpoint {
     Checkpoint {
@@ -165,6 +172,16 @@ pub fn restore_of(handle: u32, checkpoint: &Checkpoint) -> Option<Restore> {
 #[cfg(test)]
 mod tests {
     use super::Identity;
+
+    #[test]
+    fn device_ids_are_topic_levels() {
+        for good in ["dev-1", "pump.3", "Ünïcode", "a b"] {
+            assert!(valid_device_id(good), "{good:?}");
+        }
+        for bad in ["", "pump#3", "a/b", "x+y", "nul\0", "tab\t", "del\u{7f}"] {
+            assert!(!valid_device_id(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn an_identity_admits_exactly_its_names() {

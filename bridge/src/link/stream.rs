@@ -235,6 +235,18 @@ async fn deliver(
     } = *on;
     let delivered = match event {
         Event::Connected { hello, rebooted } => {
+            if !super::valid_device_id(&hello.device_id) {
+                tracing::warn!(
+                    link,
+                    %peer,
+                    claimed = ?hello.device_id.as_str(),
+                    "device id is not a valid MQTT topic level (no '/', '+', '#' or control characters); closing the link"
+                );
+                return Err(format!(
+                    "device id {:?} is not a valid MQTT topic level",
+                    hello.device_id.as_str()
+                ));
+            }
             if let Some(identity) = on.identity {
                 if !identity.admits(&hello.device_id) {
                     tracing::warn!(
