@@ -176,10 +176,10 @@ mod tests {
     #[test]
     fn device_ids_are_topic_levels() {
         for good in ["dev-1", "pump.3", "Ünïcode", "a b"] {
-            assert!(valid_device_id(good), "{good:?}");
+            assert!(super::valid_device_id(good), "{good:?}");
         }
         for bad in ["", "pump#3", "a/b", "x+y", "nul\0", "tab\t", "del\u{7f}"] {
-            assert!(!valid_device_id(bad), "{bad:?}");
+            assert!(!super::valid_device_id(bad), "{bad:?}");
         }
     }
 
