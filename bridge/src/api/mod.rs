@@ -45,6 +45,8 @@ pub enum ErrorCode {
     InvalidTraceId,
     /// The payload's JSON text is longer than a device can take.
     PayloadTooLarge,
+    /// The id is taken by a live task whose submission differs (on `{root}/errors`).
+    IdConflict,
     /// The durable queue is at its configured limit.
     QueueFull,
     /// Events wait for the broker in the outbox up to its configured limit (the broker is

@@ -914,6 +914,29 @@ impl Queue {
         let now_ms = now.wall_ms;
         let mut outcomes = Vec::with_capacity(batch.len());
         for sub in batch {
+            if let Some(rec) = self.live.get(&sub.id).filter(|rec| rec.sub != sub) {
+                // The id is taken by a task with other content: not a resubmission of it.
+                let error = ApiError::new(
+                    ErrorCode::IdConflict,
+                    format!(
+                        "id {:?} is taken by a live task with other content; it was not changed \
+                         (resubmit with a new id)",
+                        rec.sub.id
+                    ),
+                );
+                let event = crate::api::ErrorEvent {
+                    error,
+                    received: format!("{:?}", sub.id),
+                    ts_ms: now_ms,
+                };
+                outcomes.push(Admission::Rejected(ErrorCode::IdConflict));
+                self.stage_answer(
+                    ANSWER_CLASS,
+                    OutboxEntry::new("errors".into(), &event, false),
+                    true,
+                );
+                continue;
+            }
             if let Some(rec) = self.live.get(&sub.id) {
                 let event = rec.event(rec.state, now_ms);
                 let class = rec.sub.priority.level();

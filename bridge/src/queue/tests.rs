@@ -76,13 +76,22 @@ fn resubmitting_an_id_never_creates_a_second_task() {
     let mut q = Queue::open(dir.path(), 100).unwrap();
     let out = q
         .submit(
-            vec![sub("a", Priority::P3, None), sub("a", Priority::P0, None)],
+            vec![
+                sub("a", Priority::P3, None),
+                sub("a", Priority::P3, None),
+                sub("a", Priority::P0, None),
+            ],
             Now::at(0),
         )
         .unwrap();
     assert_eq!(
         out,
-        [Admission::Queued, Admission::Duplicate(TaskState::Queued)]
+        [
+            Admission::Queued,
+            Admission::Duplicate(TaskState::Queued),
+            Admission::Rejected(ErrorCode::IdConflict)
+        ],
+        "the same submission again is a duplicate; other content under its id a conflict"
     );
     assert_eq!(q.len(), 1);
     assert_eq!(
@@ -90,6 +99,19 @@ fn resubmitting_an_id_never_creates_a_second_task() {
         Priority::P3,
         "the first submission wins"
     );
+    q.commit().unwrap();
+    let conflict = q
+        .outbox(100)
+        .unwrap()
+        .into_iter()
+        .find(|(_, e)| e.subtopic == "errors")
+        .expect("the conflict is answered on errors");
+    assert!(
+        conflict.1.payload.contains("id_conflict"),
+        "{}",
+        conflict.1.payload
+    );
+    q.published(&[conflict.0]);
     drain(&mut q);
     // Live duplicate: its current state is published again.
     q.apply(
