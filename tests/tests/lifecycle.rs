@@ -35,7 +35,7 @@ fn terminal_count(w: &Watcher, id: &str) -> usize {
 /// task), while running, after the end, and for an unknown id. Each cancelled task ends
 /// `cancelled` exactly once; the device really stops the running one (a lower-priority task
 /// runs after it, which it could not while the 60 s sleep kept the device); a finished task
-/// stays as it was.
+/// stays as it was (the late cancel is answered with its final state).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_works_in_every_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,8 +108,17 @@ async fn cancel_works_in_every_state() {
     w.wait_for(WAIT, "marker completed", state_is("marker", "completed"))
         .await;
 
-    for id in ["c-queued", "c-dispatched", "c-running", "after", "marker"] {
+    for id in ["c-dispatched", "c-running", "marker"] {
         assert_eq!(terminal_count(&w, id), 1, "{id}: {:#?}", w.states()[id]);
+    }
+    // A late cancel is answered with the final state again, never another one.
+    for (id, end) in [("c-queued", "cancelled"), ("after", "completed")] {
+        assert_eq!(
+            terminal_count(&w, id),
+            events_in(&w, id, end).len(),
+            "{id}: {:#?}",
+            w.states()[id]
+        );
     }
     assert!(events_in(&w, "c-dispatched", "running").is_empty());
     assert_eq!(last_state(&w.seen, "after").as_deref(), Some("completed"));

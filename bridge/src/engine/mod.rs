@@ -391,7 +391,8 @@ impl Engine {
             if self.queue.cancel_unseen(id, now)? {
                 tracing::info!(id, "cancel for a task not submitted yet: it will not run");
             } else {
-                tracing::debug!(id, "cancel for a finished task ignored");
+                // Too late: its final state is the answer.
+                self.queue.answer_final(id)?;
             }
             return Ok(());
         };

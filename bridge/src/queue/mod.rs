@@ -1010,6 +1010,16 @@ impl Queue {
         Ok(outcomes)
     }
 
+    /// Publishes the final event of finished task `id` again (the answer to a cancel that came
+    /// too late); `false` if `id` is not a finished task.
+    pub fn answer_final(&mut self, id: &str) -> Result<bool, QueueError> {
+        let Some(event) = self.final_event(id)? else {
+            return Ok(false);
+        };
+        self.stage_answer(ANSWER_CLASS, OutboxEntry::status(&event), false);
+        Ok(true)
+    }
+
     /// A cancel for `id`, which is neither live nor finished: the submission it is for has
     /// not arrived (brokers order messages per topic only, so a cancel can overtake it). The
     /// id is recorded as finished `cancelled` (staged, with its event), so that submission
