@@ -34,6 +34,14 @@ pub enum ApiInput {
         id: String,
         done: oneshot::Sender<()>,
     },
+    /// A retained message on a submit or cancel topic, delivered by the broker on (re)subscribe:
+    /// refused (it would act again on every reconnect) and cleared; `done` once the refusal is
+    /// recorded.
+    Retained {
+        topic: String,
+        payload: Vec<u8>,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// rumqttc's outgoing QoS 1 window: above the engine's publish window plus the status and
@@ -157,6 +165,8 @@ pub async fn run(
     // by the engine's window of outbox entries, plus one stats document (a newer one
     // replaces it).
     let mut waiting: VecDeque<Publication> = VecDeque::new();
+    // Clears of retained API messages published, by topic, whose echo is still to come.
+    let mut clearing: HashMap<String, u32> = HashMap::new();
     loop {
         while let Some(out) = waiting.pop_front() {
             if !rumqttc::valid_topic(&out.topic) {
@@ -206,7 +216,38 @@ pub async fn run(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let topic = p.topic.clone();
-                    if topic == submit_topic {
+                    let api_topic = topic == submit_topic
+                        || topic.strip_prefix(&cancel_prefix).is_some_and(|t| t.ends_with("/cancel"));
+                    let own_clear = api_topic
+                        && p.payload.is_empty()
+                        && clearing.get_mut(&topic).is_some_and(|n| {
+                            *n -= 1;
+                            true
+                        });
+                    clearing.retain(|_, n| *n > 0);
+                    if own_clear {
+                        // The broker passing on our own clear of a retained message: not a
+                        // submission or a cancel.
+                        let (done, handled) = oneshot::channel();
+                        let _ = done.send(());
+                        let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, handled));
+                        continue;
+                    }
+                    if p.retain && api_topic {
+                        // Kept by the broker and handed to every new subscription: cleared (an
+                        // empty retained message), refused on `{root}/errors`, never acted on.
+                        if client.try_publish(topic.clone(), QoS::AtLeastOnce, true, Vec::new()).is_ok() {
+                            requested.push_back(0);
+                            *clearing.entry(topic.clone()).or_default() += 1;
+                        } else {
+                            tracing::warn!(%topic, "could not clear a retained message (request channel full)");
+                        }
+                        let (done, handled) = oneshot::channel();
+                        if api.send(ApiInput::Retained { topic, payload: p.payload.to_vec(), done }).await.is_err() {
+                            return;
+                        }
+                        let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, handled));
+                    } else if topic == submit_topic {
                         let (accepted, committed) = oneshot::channel();
                         if api.send(ApiInput::Submit { payload: p.payload.to_vec(), accepted }).await.is_err() {
                             return;

@@ -45,6 +45,8 @@ pub enum ErrorCode {
     InvalidTraceId,
     /// The payload's JSON text is longer than a device can take.
     PayloadTooLarge,
+    /// A retained submission or cancel (on `{root}/errors`; the bridge clears it).
+    Retained,
     /// The id is taken by a live task whose submission differs (on `{root}/errors`).
     IdConflict,
     /// The durable queue is at its configured limit.

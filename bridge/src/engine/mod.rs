@@ -378,6 +378,28 @@ impl Engine {
             .notify(OutboxEntry::new("errors".into(), &event, false));
     }
 
+    /// A retained message on submit or cancel topic `topic`, which the broker hands to every new
+    /// subscription (so it would act again on every reconnect): refused on `{root}/errors`, not
+    /// acted on (the driver cleared it from the broker). The ticket is released by the next
+    /// commit.
+    pub fn handle_retained(&mut self, topic: &str, payload: &[u8], ticket: Ticket, now: Now) {
+        self.staged.tickets.push(ticket);
+        tracing::warn!(%topic, "a retained message on an API topic refused and cleared");
+        let event = ErrorEvent {
+            error: ApiError::new(
+                ErrorCode::Retained,
+                format!(
+                    "{topic}: retained messages are refused (the broker would deliver it again on \
+                     every reconnect) and cleared; publish submissions and cancels without retain"
+                ),
+            ),
+            received: String::from_utf8_lossy(payload).chars().take(200).collect(),
+            ts_ms: now.wall_ms,
+        };
+        self.queue
+            .notify(OutboxEntry::new("errors".into(), &event, false));
+    }
+
     /// Cancels a task that has not finished; the ticket is released by the next commit.
     /// - A queued task ends `cancelled` at once.
     /// - A task on a device is cancelled there (after the commit; when the device comes back

@@ -411,6 +411,14 @@ impl Driver {
                 ApiInput::Submit { payload, accepted } => {
                     submissions.push((payload, self.tickets.issue(accepted)));
                 }
+                ApiInput::Retained {
+                    topic,
+                    payload,
+                    done,
+                } => {
+                    let ticket = self.tickets.issue(done);
+                    self.engine.handle_retained(&topic, &payload, ticket, now);
+                }
                 ApiInput::Cancel { id, done } => {
                     // In arrival order: the submissions before it first, so a cancel right
                     // behind its submission finds the task.
