@@ -521,8 +521,14 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
             liveness_ms: self.config.liveness_ms,
         };
         self.control = Some(Control::Welcome(welcome));
-        if known == Some((hello.boot_id, hello.session_id)) && self.state == State::Established {
-            // A retransmitted Hello: our Welcome was lost. Answer again, keep the session.
+        if known == Some((hello.boot_id, hello.session_id))
+            && self.state == State::Established
+            && self.nothing_delivered()
+        {
+            // A retransmitted Hello: our Welcome was lost (a device sends no reliable message
+            // before it has one). Answer again, keep the session. Once the device has sent
+            // one, the same Hello again is a device that restarted and drew the same boot id
+            // (a crystal-clocked MCU with little entropy): a new session.
             return None;
         }
         let rebooted = known.is_some_and(|(boot, _)| boot != hello.boot_id);
@@ -558,6 +564,20 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
     }
 
     /// Fresh sequence space for the session (boot, session) of the current `Hello`.
+    /// Whether no reliable message of the peer was delivered since the session's sequences
+    /// were reset.
+    fn nothing_delivered(&self) -> bool {
+        let (boot, session) = self
+            .hello
+            .as_ref()
+            .map_or((0, 0), |h| (h.boot_id, h.session_id));
+        let peer = match S::ROLE {
+            Role::Device => Role::Bridge,
+            Role::Bridge => Role::Device,
+        };
+        self.delivered == prev_seq(initial_seq(boot, session, peer))
+    }
+
     fn reset_sequences(&mut self, now: Instant) {
         let (boot, session) = self
             .hello

@@ -727,3 +727,38 @@ fn a_bridge_serves_versions_1_to_3_only() {
         }
     }
 }
+
+/// A device that restarts and draws the same boot id (a crystal-clocked MCU with little
+/// entropy), on a link that stays up (a serial port): once it had sent something in its first
+/// session, its Hello opens a new session on the bridge (review M11: it was taken for a
+/// retransmission, and the session stayed wedged).
+#[test]
+fn the_same_hello_after_the_device_sent_something_is_a_new_session() {
+    let (mut dev, mut br) = connected(2);
+    dev.send(Message::Reject(Reject {
+        handle: Some(9),
+        reason: RejectReason::UnknownTask,
+    }))
+    .unwrap();
+    let got = deliver(&mut br, drain(&mut dev, at(0)), at(0));
+    assert_eq!(got.len(), 1);
+    // The device restarts with the very same Hello.
+    let mut again = Dev::device(hello(7), Config::default(), at(10));
+    again.set_credit(2);
+    let events = deliver(&mut br, drain(&mut again, at(10)), at(10));
+    assert!(
+        matches!(&events[..], [Event::Connected { .. }]),
+        "a new session: {events:?}"
+    );
+    assert_eq!(
+        deliver(&mut again, drain(&mut br, at(10)), at(10)),
+        [Event::Welcomed]
+    );
+    br.send(assign(1)).unwrap();
+    let got = deliver(&mut again, drain(&mut br, at(10)), at(10));
+    assert_eq!(
+        got,
+        [Event::Received(assign(1))],
+        "the new session carries Assigns"
+    );
+}
