@@ -563,33 +563,35 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
         Some(Event::Welcomed)
     }
 
-    /// Fresh sequence space for the session (boot, session) of the current `Hello`.
+    /// The first sequence numbers of the session (boot, session) of the current `Hello`:
+    /// ours and the peer's.
+    fn first_seqs(&self) -> (u32, u32) {
+        let (boot, session) = self
+            .hello
+            .as_ref()
+            .map_or((0, 0), |h| (h.boot_id, h.session_id));
+        let peer = match S::ROLE {
+            Role::Device => Role::Bridge,
+            Role::Bridge => Role::Device,
+        };
+        (
+            initial_seq(boot, session, S::ROLE),
+            initial_seq(boot, session, peer),
+        )
+    }
+
     /// Whether no reliable message of the peer was delivered since the session's sequences
     /// were reset.
     fn nothing_delivered(&self) -> bool {
-        let (boot, session) = self
-            .hello
-            .as_ref()
-            .map_or((0, 0), |h| (h.boot_id, h.session_id));
-        let peer = match S::ROLE {
-            Role::Device => Role::Bridge,
-            Role::Bridge => Role::Device,
-        };
-        self.delivered == prev_seq(initial_seq(boot, session, peer))
+        self.delivered == prev_seq(self.first_seqs().1)
     }
 
+    /// Fresh sequence space for the session (boot, session) of the current `Hello`.
     fn reset_sequences(&mut self, now: Instant) {
-        let (boot, session) = self
-            .hello
-            .as_ref()
-            .map_or((0, 0), |h| (h.boot_id, h.session_id));
-        let peer = match S::ROLE {
-            Role::Device => Role::Bridge,
-            Role::Bridge => Role::Device,
-        };
-        self.next_seq = initial_seq(boot, session, S::ROLE);
+        let (ours, peers) = self.first_seqs();
+        self.next_seq = ours;
         self.highest_sent = prev_seq(self.next_seq);
-        self.delivered = prev_seq(initial_seq(boot, session, peer));
+        self.delivered = prev_seq(peers);
         self.cursor = 0;
         self.rto = self.config.initial_rto_ms;
         self.rto_at = u64::MAX;
