@@ -209,11 +209,7 @@ async fn a_started_task_is_preempted_with_a_checkpoint_and_resumes_on_another_de
     )
     .await;
     let _dev2 = start_device(bridge.devices, "dev-2", &["count"]);
-    w.wait_for(Duration::from_secs(30), "dev-2 online", |seen| {
-        seen.iter()
-            .any(|(t, v)| t.ends_with("/devices/dev-2") && v["online"] == true)
-    })
-    .await;
+    w.wait_device_online("dev-2").await;
     w.submit(
         ROOT,
         r#"{"id":"urgent","capability":"echo","priority":"P0","payload":"now"}"#,
@@ -314,11 +310,7 @@ async fn a_task_is_taken_back_at_most_max_preemptions_times() {
         w.submit(ROOT, &task.to_string()).await;
     }
     let _dev2 = start_device(bridge.devices, "dev-2", &["count"]);
-    w.wait_for(Duration::from_secs(30), "dev-2 online", |seen| {
-        seen.iter()
-            .any(|(t, v)| t.ends_with("/devices/dev-2") && v["online"] == true)
-    })
-    .await;
+    w.wait_device_online("dev-2").await;
     w.submit(
         ROOT,
         r#"{"id":"u1","capability":"echo","priority":0,"payload":1}"#,
