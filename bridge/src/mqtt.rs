@@ -127,6 +127,21 @@ pub fn connect(s: &MqttSettings) -> (AsyncClient, EventLoop) {
     (client, eventloop)
 }
 
+/// The largest message the bridge reads to refuse it when it is above the packet limit (see
+/// [`oversize`]): beyond this, reading it would take more memory than a small gateway can
+/// spare, and the broker must be told to refuse such messages.
+pub const MAX_OVERSIZE_READ: usize = 16 * 1024 * 1024;
+
+/// The size of the incoming packet that ended the connection for being above the limit.
+fn oversize(e: &rumqttc::ConnectionError) -> Option<usize> {
+    match e {
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(size),
+        )) => Some(*size),
+        _ => None,
+    }
+}
+
 /// Publications that are not outbox entries kept waiting for room in the request channel.
 const WAITING_UNSTORED_MAX: usize = 1024;
 
@@ -197,6 +212,9 @@ pub async fn run(
             polled = eventloop.poll() => match polled {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     failures = 0;
+                    // A limit raised to read one oversize message holds for this connection
+                    // only.
+                    eventloop.mqtt_options.set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes);
                     generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tracing::info!(host = %settings.host, port = settings.port, "connected to the MQTT broker");
                     let status = BridgeStatus::online(&settings.client_id).to_json();
@@ -295,6 +313,19 @@ pub async fn run(
                     return;
                 }
                 Err(e) => {
+                    if let Some(size) = oversize(&e) {
+                        // A message above the packet limit waits on the broker (an external
+                        // one may have none): refused, it would be delivered again on every
+                        // connection and stop the session for good. The next connection reads
+                        // one packet of its size, so the API refuses it (message_too_large) and
+                        // acknowledges it; the limit is back to normal for the one after.
+                        if size <= MAX_OVERSIZE_READ {
+                            tracing::warn!(size, limit = settings.max_packet_bytes, "a message above the MQTT packet limit waits on the broker; reading it once to refuse it");
+                            eventloop.mqtt_options.set_max_packet_size(size, settings.max_packet_bytes);
+                        } else {
+                            tracing::error!(size, limit = MAX_OVERSIZE_READ, "a message of {size} bytes waits on the broker for the bridge, more than it will read: nothing after it can be delivered. Limit the broker's message size (mosquitto: message_size_limit) to the bridge's max_packet_bytes and remove the message");
+                        }
+                    }
                     // Forget every publish in flight: after an error rumqttc may emit stale
                     // `Outgoing::Publish` events and replay its pending publishes, which
                     // would misalign packet ids and outbox keys. The engine offers every

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use device_core::Priority;
 use device_core::proto::{
-    MAX_CAPABILITY_NAME, MAX_LOCK_NAME, MAX_PAYLOAD, MAX_TASK_LOCKS, MAX_TRACE_ID, valid_lock_name,
+    MAX_CAPABILITY_NAME, MAX_DEVICE_ID, MAX_LOCK_NAME, MAX_PAYLOAD, MAX_TASK_LOCKS, MAX_TRACE_ID,
+    valid_lock_name,
 };
 
 mod documents;
@@ -45,6 +46,8 @@ pub enum ErrorCode {
     InvalidTraceId,
     /// The payload's JSON text is longer than a device can take.
     PayloadTooLarge,
+    /// The whole message is longer than any submission can be ([`MAX_SUBMISSION_BYTES`]).
+    MessageTooLarge,
     /// A retained submission or cancel (on `{root}/errors`; the bridge clears it).
     Retained,
     /// The id is taken by a live task whose submission differs (on `{root}/errors`).
@@ -125,6 +128,12 @@ pub struct Rejection {
     pub error: ApiError,
 }
 
+/// The longest message a submission can be, in bytes: ample for every field at its limit
+/// (the payload's compact JSON text is at most [`MAX_PAYLOAD`] bytes, but escapes and
+/// whitespace may make what was sent longer). A longer message is refused without being
+/// parsed in full (`message_too_large`).
+pub const MAX_SUBMISSION_BYTES: usize = 16 * 1024;
+
 /// Resources one task may name.
 pub const MAX_TASK_RESOURCES: usize = 4;
 
@@ -164,6 +173,18 @@ pub fn parse_submission(
         trace_id: trace,
         error: ApiError::new(code, message),
     };
+    if bytes.len() > MAX_SUBMISSION_BYTES {
+        let (id, trace) = peek_ids(bytes);
+        return Err(refuse(
+            id,
+            trace,
+            ErrorCode::MessageTooLarge,
+            format!(
+                "the message is {} bytes; a submission is at most {MAX_SUBMISSION_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         refuse(
             None,
@@ -232,11 +253,14 @@ pub fn parse_submission(
     };
     let device = match obj.get("device") {
         None | Some(Value::Null) => None,
-        Some(Value::String(d)) if valid_id(d) => Some(d.clone()),
+        Some(Value::String(d)) if valid_id(d) && d.len() <= MAX_DEVICE_ID => Some(d.clone()),
         Some(_) => {
             return fail(
                 ErrorCode::InvalidDevice,
-                "device: a device id string".into(),
+                format!(
+                    "device: a device id of 1 to {MAX_DEVICE_ID} bytes without '/', '+', '#' \
+                     or control characters"
+                ),
             );
         }
     };
@@ -317,6 +341,28 @@ pub fn parse_submission(
         resources,
         trace_id,
     })
+}
+
+/// The id and trace id of a message that is refused as a whole (too large, retained), when
+/// it is a JSON object that has them in a usable form: so the sender can match the refusal.
+pub fn peek_ids(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    #[derive(Deserialize)]
+    struct Ids {
+        id: Option<Value>,
+        trace_id: Option<Value>,
+    }
+    let Ok(ids) = serde_json::from_slice::<Ids>(bytes) else {
+        return (None, None);
+    };
+    let id = match ids.id {
+        Some(Value::String(i)) if valid_id(&i) => Some(i),
+        _ => None,
+    };
+    let trace = match ids.trace_id {
+        Some(Value::String(t)) if t.len() <= MAX_TRACE_ID => Some(t),
+        _ => None,
+    };
+    (id, trace)
 }
 
 /// The `locks` of a submission: `null` or an array of at most [`MAX_TASK_LOCKS`] distinct
@@ -468,6 +514,14 @@ impl StatusEvent {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ErrorEvent {
     pub error: ApiError,
+    /// The id of the message refused, when it had one that could be read (one that can be a
+    /// topic level would have been answered on the task's status topic instead, unless the
+    /// refusal is about the id itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The trace id of the message refused, when it had one that could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The start of what was received, to find the sender.
     pub received: String,
     pub ts_ms: u64,

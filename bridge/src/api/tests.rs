@@ -218,11 +218,55 @@ fn rejections_and_error_entries_serialise_as_documented() {
             ErrorCode::MalformedJson,
             "expected value at line 1 column 1",
         ),
+        id: None,
+        trace_id: None,
         received: "not json".into(),
         ts_ms: 6,
     };
     assert_eq!(
         serde_json::to_string(&entry).unwrap(),
         r#"{"error":{"code":"malformed_json","message":"expected value at line 1 column 1"},"received":"not json","ts_ms":6}"#
+    );
+}
+
+/// A message longer than any submission can be is refused as a whole, with the id and trace
+/// id it had when they can be read (issue 15, point 8).
+#[test]
+fn a_message_longer_than_any_submission_is_refused_with_its_ids() {
+    let big = format!(
+        r#"{{"id":"big-1","capability":"echo","trace_id":"tr-big","payload":"{}"}}"#,
+        "x".repeat(MAX_SUBMISSION_BYTES)
+    );
+    let r = parse(&big).unwrap_err();
+    assert_eq!(r.error.code, ErrorCode::MessageTooLarge);
+    assert_eq!(
+        (r.id.as_deref(), r.trace_id.as_deref()),
+        (Some("big-1"), Some("tr-big"))
+    );
+    // Not JSON at all, or ids that cannot be used: refused without them.
+    let r = parse_submission(&vec![b'{'; MAX_SUBMISSION_BYTES + 1], || unreachable!()).unwrap_err();
+    assert_eq!(
+        (r.error.code, r.id, r.trace_id),
+        (ErrorCode::MessageTooLarge, None, None)
+    );
+    assert_eq!(peek_ids(br#"{"id":"a/b","trace_id":7}"#), (None, None));
+    assert_eq!(
+        peek_ids(br#"{"id":"a","trace_id":"t","other":[1]}"#),
+        (Some("a".into()), Some("t".into()))
+    );
+}
+
+/// `device` names a device: a device id is at most 32 bytes, so a longer name could never be
+/// served and is refused at once instead of waiting for ever (review L3).
+#[test]
+fn a_device_name_longer_than_any_device_id_is_refused() {
+    let long = "d".repeat(device_core::proto::MAX_DEVICE_ID + 1);
+    let json = format!(r#"{{"capability":"echo","device":"{long}"}}"#);
+    assert_eq!(code(&json), ErrorCode::InvalidDevice);
+    let longest = "d".repeat(device_core::proto::MAX_DEVICE_ID);
+    let json = format!(r#"{{"capability":"echo","device":"{longest}"}}"#);
+    assert_eq!(
+        parse(&json).unwrap().device.as_deref(),
+        Some(longest.as_str())
     );
 }

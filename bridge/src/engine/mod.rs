@@ -371,6 +371,8 @@ impl Engine {
                      again (with the same id)"
                 ),
             ),
+            id: None,
+            trace_id: None,
             received: String::new(),
             ts_ms: now.wall_ms,
         };
@@ -385,6 +387,7 @@ impl Engine {
     pub fn handle_retained(&mut self, topic: &str, payload: &[u8], ticket: Ticket, now: Now) {
         self.staged.tickets.push(ticket);
         tracing::warn!(%topic, "a retained message on an API topic refused and cleared");
+        let (id, trace_id) = api::peek_ids(payload);
         let event = ErrorEvent {
             error: ApiError::new(
                 ErrorCode::Retained,
@@ -393,6 +396,8 @@ impl Engine {
                      every reconnect) and cleared; publish submissions and cancels without retain"
                 ),
             ),
+            id,
+            trace_id,
             received: String::from_utf8_lossy(payload).chars().take(200).collect(),
             ts_ms: now.wall_ms,
         };
@@ -749,6 +754,8 @@ fn rejection_entry(r: api::Rejection, payload: &[u8], wall_ms: u64) -> OutboxEnt
             let received: String = String::from_utf8_lossy(payload).chars().take(200).collect();
             let event = ErrorEvent {
                 error: r.error,
+                id: None,
+                trace_id: r.trace_id,
                 received,
                 ts_ms: wall_ms,
             };

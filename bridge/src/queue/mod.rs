@@ -926,6 +926,8 @@ impl Queue {
                 );
                 let event = crate::api::ErrorEvent {
                     error,
+                    id: Some(sub.id.clone()),
+                    trace_id: sub.trace_id.clone(),
                     received: format!("{:?}", sub.id),
                     ts_ms: now_ms,
                 };
