@@ -59,6 +59,9 @@ pub struct MqttSettings {
     pub max_packet_bytes: usize,
     /// TLS to the broker; plain TCP without.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The broker is the bridge's own (embedded) and takes anyone: it drops the bridge's
+    /// connection only for a client that connected with the bridge's client id.
+    pub anonymous_own_broker: bool,
 }
 
 /// A message the engine wants published; `key` comes back in [`MqttEvent::Published`].
@@ -127,6 +130,10 @@ pub fn connect(s: &MqttSettings) -> (AsyncClient, EventLoop) {
     (client, eventloop)
 }
 
+/// A connection the broker ends sooner than this after accepting it gets a warning that
+/// another client may be using the bridge's client id.
+const TAKEOVER_HINT_WITHIN: Duration = Duration::from_secs(10);
+
 /// The largest message the bridge reads to refuse it when it is above the packet limit (see
 /// [`oversize`]): beyond this, reading it would take more memory than a small gateway can
 /// spare, and the broker must be told to refuse such messages.
@@ -167,6 +174,8 @@ pub async fn run(
     let mut random = SplitMix64::new(seed_from_clock());
     // SUBACKs still expected on this connection.
     let mut subacks_due = 0u32;
+    // When the current connection was accepted (ConnAck), to explain its end.
+    let mut connected_at: Option<tokio::time::Instant> = None;
     // Acknowledgements go out strictly in arrival order (MQTT requires it; rumqttd drops a
     // client that acks out of order), each after its commit, and only on the connection the
     // message came in on: packet ids are reused, so an ack sent on a later connection could
@@ -212,6 +221,7 @@ pub async fn run(
             polled = eventloop.poll() => match polled {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     failures = 0;
+                    connected_at = Some(tokio::time::Instant::now());
                     // A limit raised to read one oversize message holds for this connection
                     // only.
                     eventloop.mqtt_options.set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes);
@@ -313,6 +323,15 @@ pub async fn run(
                     return;
                 }
                 Err(e) => {
+                    if let Some(since) = connected_at.take().filter(|_| oversize(&e).is_none()) {
+                        if settings.anonymous_own_broker {
+                            // The embedded broker ends the bridge's connection for one reason: a
+                            // client connected with the same client id and took its session over.
+                            tracing::error!(client_id = %settings.client_id, "the embedded broker closed the bridge's connection: another client connected with the bridge's client id and took its session (subscriptions, unread submissions) over; the bridge takes it back. Set broker.users_file to reserve the client id to the bridge");
+                        } else if since.elapsed() < TAKEOVER_HINT_WITHIN {
+                            tracing::warn!(client_id = %settings.client_id, lasted = ?since.elapsed(), "the broker closed the bridge's connection soon after accepting it; if another client connects with the same client id, it takes the bridge's session over (see the README's broker ACL)");
+                        }
+                    }
                     if let Some(size) = oversize(&e) {
                         // A message above the packet limit waits on the broker (an external
                         // one may have none): refused, it would be delivered again on every

@@ -374,6 +374,17 @@ pub enum BrokerConfig {
         /// At least 16 KiB.
         #[serde(default = "default_api_log_bytes")]
         api_log_bytes: usize,
+        /// MQTT users, one `username:password` per line (`#` comments), in a file only its
+        /// owner may read. With it every client must log in as one of them; without it the
+        /// broker takes anyone (then it must listen on loopback, unless `allow_anonymous`).
+        /// The bridge's own client id is reserved to the bridge either way it is set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        users_file: Option<PathBuf>,
+        /// Take clients without a login on a listener beyond loopback (without `users_file`):
+        /// anyone who reaches it can then submit, cancel and impersonate the bridge. Refused
+        /// unless set; a warning at every start when set.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_anonymous: bool,
     },
     /// Any MQTT 3.1.1 broker.
     External {
@@ -414,6 +425,8 @@ impl Default for BrokerConfig {
             max_packet_bytes: default_max_packet(),
             max_connections: default_max_connections(),
             api_log_bytes: default_api_log_bytes(),
+            users_file: None,
+            allow_anonymous: false,
         }
     }
 }
@@ -698,6 +711,68 @@ pub fn parse_psk(hex: &str) -> Result<Vec<u8>, PskError> {
     Ok(key)
 }
 
+/// Reads an MQTT users file (`broker.users_file`): `username:password` per line, `#` comments
+/// and blank lines ignored; the password is the rest of the line after the first `:`. Refuses
+/// a file other users may read (checked on the file opened, not on its name) and repeated or
+/// empty names. Errors name the file and the line, never a password.
+pub fn load_users_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file.metadata().map_err(read_error)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(invalid(
+                "broker.users_file",
+                format!(
+                    "{}: readable by other users (mode {:o}); chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                ),
+            ));
+        }
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_error)?;
+    let mut users = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line_error = |what: &str| {
+            invalid(
+                "broker.users_file",
+                format!("{}: line {}: {what}", path.display(), n + 1),
+            )
+        };
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let (name, password) = line
+            .split_once(':')
+            .ok_or_else(|| line_error("not username:password"))?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(line_error("an empty username"));
+        }
+        if password.is_empty() {
+            return Err(line_error("an empty password"));
+        }
+        if users.insert(name.to_owned(), password.to_owned()).is_some() {
+            return Err(line_error(&format!("user {name:?} again")));
+        }
+    }
+    if users.is_empty() {
+        return Err(invalid(
+            "broker.users_file",
+            format!("{}: no users", path.display()),
+        ));
+    }
+    Ok(users)
+}
+
 /// Reads a PSK file: `device-id:hexkey` per line, `#` comments and blank lines ignored.
 /// Refuses a file other users may read. Errors name the file and the line.
 pub fn load_psk_file(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, ConfigError> {
@@ -891,10 +966,22 @@ impl Config {
                 max_packet_bytes,
                 max_connections,
                 api_log_bytes,
-                ..
+                listen,
+                users_file,
+                allow_anonymous,
             } => {
                 if *max_packet_bytes < 1024 {
                     return Err(invalid("broker.max_packet_bytes", "at least 1024"));
+                }
+                if users_file.is_none() && !listen.ip().is_loopback() && !*allow_anonymous {
+                    return Err(invalid(
+                        "broker.listen",
+                        format!(
+                            "{listen} is beyond loopback and the broker has no users: anyone who \
+                             reaches it could submit, cancel and impersonate the bridge. Set \
+                             broker.users_file (or allow_anonymous = true to accept that)"
+                        ),
+                    ));
                 }
                 if *max_connections == 0 {
                     return Err(invalid("broker.max_connections", "at least 1"));

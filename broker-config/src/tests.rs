@@ -416,3 +416,53 @@ fn resources_take_a_fixed_or_dynamic_ceiling_and_inheritance_is_on_by_default() 
         "a bad ceiling says what is allowed"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn users_files_are_read_and_refused_when_others_may_read_them() {
+    let good = TempFile::new(
+        "good.users",
+        "# apps\n\napp:s3cret:with colon\n ops : pw \n",
+        0o600,
+    );
+    let users = load_users_file(&good.0).unwrap();
+    assert_eq!(users.len(), 2);
+    assert_eq!(users["app"], "s3cret:with colon");
+    assert_eq!(users["ops"], " pw ");
+
+    let open = TempFile::new("open.users", "app:pw\n", 0o640);
+    let e = load_users_file(&open.0).unwrap_err();
+    assert!(e.to_string().contains("readable by other users"), "{e}");
+    for (name, text, says) in [
+        ("nocolon.users", "app pw\n", "line 1: not username:password"),
+        ("twice.users", "a:1\n#\na:2\n", "line 3: user \"a\" again"),
+        ("nopass.users", "a:\n", "empty password"),
+        ("noname.users", ":pw\n", "empty username"),
+        ("empty.users", "# nobody\n", "no users"),
+    ] {
+        let f = TempFile::new(name, text, 0o600);
+        let e = load_users_file(&f.0).unwrap_err().to_string();
+        assert!(
+            e.contains(says) && e.contains("broker.users_file"),
+            "{name}: {e}"
+        );
+        assert!(!e.contains("pw"), "{name}: a password in the error: {e}");
+    }
+}
+
+/// An embedded broker beyond loopback takes anonymous clients only when told to (review H3).
+#[test]
+fn an_embedded_broker_beyond_loopback_needs_users_or_an_explicit_yes() {
+    let e = error("[broker]\nmode = \"embedded\"\nlisten = \"0.0.0.0:1883\"");
+    assert!(
+        e.contains("broker.listen") && e.contains("users_file"),
+        "{e}"
+    );
+    for ok in [
+        "[broker]\nmode = \"embedded\"\nlisten = \"0.0.0.0:1883\"\nallow_anonymous = true",
+        "[broker]\nmode = \"embedded\"\nlisten = \"0.0.0.0:1883\"\nusers_file = \"/etc/u\"",
+        "[broker]\nmode = \"embedded\"\nlisten = \"[::1]:1883\"",
+    ] {
+        Config::from_toml(ok, "test.toml").unwrap();
+    }
+}

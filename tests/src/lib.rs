@@ -636,6 +636,21 @@ impl Watcher {
     /// Connects to `broker` and subscribes to `filter` only (a test that floods the bridge
     /// need not read every event to follow one topic); returns once subscribed.
     pub async fn subscribe(broker: SocketAddr, filter: &str, persistent: bool) -> Self {
+        Self::subscribe_as(broker, filter, persistent, None).await
+    }
+
+    /// As [`Watcher::connect`], logging in as `user` with `password` (a broker with users).
+    pub async fn connect_as(broker: SocketAddr, root: &str, user: &str, password: &str) -> Self {
+        Self::subscribe_as(broker, &format!("{root}/#"), false, Some((user, password))).await
+    }
+
+    /// As [`Watcher::subscribe`], with a login when `login` is given.
+    pub async fn subscribe_as(
+        broker: SocketAddr,
+        filter: &str,
+        persistent: bool,
+        login: Option<(&str, &str)>,
+    ) -> Self {
         // Unique per watcher: a second client with the same id would take over the session.
         static WATCHERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = WATCHERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -647,6 +662,9 @@ impl Watcher {
         opts.set_clean_session(!persistent);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1 << 20, 1 << 20);
+        if let Some((user, password)) = login {
+            opts.set_credentials(user, password);
+        }
         let (client, mut eventloop) = AsyncClient::new(opts, 4096);
         let (tx, rx) = mpsc::unbounded_channel();
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();

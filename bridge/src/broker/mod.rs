@@ -19,7 +19,7 @@
 
 pub mod loss;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
@@ -53,6 +53,74 @@ pub struct ApiLog {
     pub bytes: usize,
 }
 
+/// Who may connect to the embedded broker.
+#[derive(Clone)]
+pub struct Access {
+    /// `broker.users_file`'s users (name to password); `None`: anyone, no login asked.
+    pub users: Option<BTreeMap<String, String>>,
+    /// The bridge's client id: with users, reserved to the bridge's own login.
+    pub bridge_client_id: String,
+    /// The bridge's own login: a name no user file can hold and a password drawn at start.
+    pub bridge_login: (String, String),
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("users", &self.users.as_ref().map(BTreeMap::len))
+            .field("bridge_client_id", &self.bridge_client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Access {
+    /// Access for the bridge whose client id is `bridge_client_id`, with a fresh random
+    /// password for its own login.
+    pub fn new(users: Option<BTreeMap<String, String>>, bridge_client_id: String) -> Self {
+        let mut secret = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .expect("the system's random source");
+        let password = secret.iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            users,
+            bridge_login: (format!("{bridge_client_id}/bridge"), password),
+            bridge_client_id,
+        }
+    }
+
+    /// Whether a client may connect. The bridge's client id, and its login name, go only
+    /// with the bridge's login (so no one takes its session over); anyone else needs a user
+    /// of the file. Passwords are compared in constant time.
+    pub fn allows(&self, client_id: &str, user: &str, password: &str) -> bool {
+        let Some(users) = &self.users else {
+            return true;
+        };
+        let (bridge_user, bridge_password) = &self.bridge_login;
+        if client_id == self.bridge_client_id || user == bridge_user {
+            return client_id == self.bridge_client_id
+                && user == bridge_user
+                && same_secret(password, bridge_password);
+        }
+        users
+            .get(user)
+            .is_some_and(|expected| same_secret(password, expected))
+    }
+}
+
+/// Equal strings, compared in time that depends on their lengths only.
+fn same_secret(given: &str, expected: &str) -> bool {
+    given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Connections the embedded broker refused for their login, counted for the log: the first
+/// and then each power of two, so a client trying passwords cannot flood it.
+static REFUSED_LOGINS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Starts rumqttd on `listen` (port 0: a free port is chosen). Returns the address it
 /// listens on and a receiver that fires if the broker stops.
 pub fn start(
@@ -60,6 +128,7 @@ pub fn start(
     max_packet_bytes: usize,
     max_connections: usize,
     api: &ApiLog,
+    access: &Access,
 ) -> Result<(SocketAddr, oneshot::Receiver<String>), BrokerError> {
     // rumqttd binds inside its own thread and cannot report the port it got, so port 0 is
     // resolved here. Binding first also turns "address in use" into an error now.
@@ -73,7 +142,7 @@ pub fn start(
     })?;
     drop(probe);
 
-    let server = ServerSettings {
+    let mut server = ServerSettings {
         name: "edge-bridge-v4".into(),
         listen: addr,
         tls: None,
@@ -87,6 +156,21 @@ pub fn start(
             dynamic_filters: true,
         },
     };
+    if access.users.is_some() {
+        let access = access.clone();
+        server
+            .connections
+            .set_auth_handler(move |client_id: String, user: String, password: String| {
+                let allowed = access.allows(&client_id, &user, &password);
+                if !allowed {
+                    let n = REFUSED_LOGINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        tracing::warn!(%client_id, %user, refused_so_far = n, "embedded broker refused a login");
+                    }
+                }
+                std::future::ready(allowed)
+            });
+    }
     let config = Config {
         id: 0,
         router: RouterConfig {
@@ -143,4 +227,32 @@ pub fn start(
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     Ok((addr, stopped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bridges_client_id_and_login_go_together_and_users_need_their_password() {
+        let users = BTreeMap::from([("app".to_owned(), "pw".to_owned())]);
+        let access = Access::new(Some(users), "edge-bridge-x".into());
+        let (user, password) = access.bridge_login.clone();
+        assert_eq!(password.len(), 32);
+        assert_ne!(
+            Access::new(None, "edge-bridge-x".into()).bridge_login.1,
+            password
+        );
+        assert!(access.allows("edge-bridge-x", &user, &password));
+        assert!(access.allows("app-1", "app", "pw"));
+        // Takeover: the bridge's client id with a user's valid login, or its login name
+        // under another client id.
+        assert!(!access.allows("edge-bridge-x", "app", "pw"));
+        assert!(!access.allows("other", &user, &password));
+        assert!(!access.allows("app-1", "app", "pW"));
+        assert!(!access.allows("app-1", "app", "pw "));
+        assert!(!access.allows("app-1", "nobody", ""));
+        // Without users: anyone.
+        assert!(Access::new(None, "edge-bridge-x".into()).allows("edge-bridge-x", "", ""));
+    }
 }

@@ -66,6 +66,9 @@ pub enum RunError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The embedded broker's users file cannot be used.
+    #[error(transparent)]
+    Config(#[from] broker_config::ConfigError),
     /// A TLS device link's certificate, key or client CA cannot be used.
     #[error(transparent)]
     LinkTls(#[from] link::tls::LinkTlsError),
@@ -235,22 +238,33 @@ fn start_broker(
             max_packet_bytes,
             max_connections,
             api_log_bytes,
+            users_file,
+            allow_anonymous,
         } => {
             let api = crate::broker::ApiLog {
                 filters: mqtt::api_filters(&root).to_vec(),
                 bytes: *api_log_bytes,
             };
+            let users = users_file
+                .as_deref()
+                .map(broker_config::load_users_file)
+                .transpose()?;
+            if users.is_none() && *allow_anonymous && !listen.ip().is_loopback() {
+                tracing::warn!(%listen, "the embedded broker takes clients without a login beyond loopback (allow_anonymous): anyone who reaches it can submit, cancel and impersonate the bridge; set broker.users_file");
+            }
+            let access = crate::broker::Access::new(users, client_id.clone());
             let (addr, stopped) =
-                crate::broker::start(*listen, *max_packet_bytes, *max_connections, &api)?;
-            tracing::info!(%addr, "embedded MQTT broker started");
+                crate::broker::start(*listen, *max_packet_bytes, *max_connections, &api, &access)?;
+            tracing::info!(%addr, users = access.users.as_ref().map_or(0, |u| u.len()), "embedded MQTT broker started");
             let settings = MqttSettings {
                 host: addr.ip().to_string(),
                 port: addr.port(),
                 client_id,
-                credentials: None,
+                credentials: access.users.is_some().then(|| access.bridge_login.clone()),
                 root,
                 max_packet_bytes: *max_packet_bytes,
                 tls: None,
+                anonymous_own_broker: access.users.is_none(),
             };
             (Some(stopped), settings)
         }
@@ -272,6 +286,7 @@ fn start_broker(
                 root,
                 max_packet_bytes: *max_packet_bytes,
                 tls: tls.as_ref().map(crate::tls::client_config).transpose()?,
+                anonymous_own_broker: false,
             };
             (None, settings)
         }
