@@ -12,7 +12,8 @@
 //! - [`QueueConfig`]: the durable queue's bounds and retry policy.
 //! - [`StorageConfig`]: how much of the data directory's disk stays free.
 //! - [`ConfigError`]: what can be wrong, naming the field.
-//! - [`MOSQUITTO_CONF`]: what mosquitto needs as the bridge's external broker.
+//! - [`MOSQUITTO_CONF`]: what mosquitto needs as the bridge's external broker;
+//!   [`MOSQUITTO_ACL`]: who may do what on it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +29,11 @@ pub const DEFAULT_CONFIG: &str = include_str!("../default-config.toml");
 /// The settings mosquitto needs as the bridge's external broker (lines of `mosquitto.conf`,
 /// commented): without them it drops submissions of a burst after acknowledging them.
 pub const MOSQUITTO_CONF: &str = include_str!("../mosquitto.conf");
+
+/// Access rules for mosquitto in front of the bridge (an `acl_file`): only the bridge
+/// publishes states, device documents and its status; applications submit and cancel;
+/// viewers read.
+pub const MOSQUITTO_ACL: &str = include_str!("../mosquitto-acl");
 
 /// What is wrong with a configuration.
 #[derive(Debug, thiserror::Error)]

@@ -138,6 +138,8 @@ async fn submissions_the_embedded_broker_drops_are_reported_with_their_count() {
         max_packet_bytes: 262_144,
         max_connections: 64,
         api_log_bytes: 16 * 1024,
+        users_file: None,
+        allow_anonymous: false,
     };
     let file = write_config(dir.path(), &config("burst-lossy", broker));
     let (bridge, mut log) = start_bridge_with_log(&dir.path().join("data"), &file);

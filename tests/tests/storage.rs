@@ -42,6 +42,8 @@ fn start(dir: &Path, data: &Path) -> Bridge {
             max_packet_bytes: 1 << 16,
             max_connections: 64,
             api_log_bytes: 1 << 20,
+            users_file: None,
+            allow_anonymous: false,
         },
         links: vec![LinkConfig::Tcp {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
