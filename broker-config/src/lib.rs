@@ -391,6 +391,10 @@ pub enum BrokerConfig {
         /// unless set; a warning at every start when set.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         allow_anonymous: bool,
+        /// A TLS listener in front of the broker (MQTT over TLS, usually port 8883), besides
+        /// `listen`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<EmbeddedTls>,
     },
     /// Any MQTT 3.1.1 broker.
     External {
@@ -433,6 +437,7 @@ impl Default for BrokerConfig {
             api_log_bytes: default_api_log_bytes(),
             users_file: None,
             allow_anonymous: false,
+            tls: None,
         }
     }
 }
@@ -446,6 +451,26 @@ pub struct TlsConfig {
     /// PEM client certificate and key, for brokers that require them.
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+}
+
+/// The embedded broker's TLS listener: clients connect with TLS, and the bridge passes what
+/// they send to the broker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedTls {
+    /// Where MQTT over TLS is taken (port 0: a free one).
+    pub listen: SocketAddr,
+    /// PEM certificate chain of the broker, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of that certificate.
+    pub key_file: PathBuf,
+    /// TLS handshakes in progress at most; a connection beyond is closed at once.
+    #[serde(default = "default_tls_handshakes")]
+    pub max_handshakes: usize,
+}
+
+fn default_tls_handshakes() -> usize {
+    64
 }
 
 /// A way for devices to reach the bridge. A file that lists `[[link]]` tables replaces the
@@ -975,13 +1000,26 @@ impl Config {
                 listen,
                 users_file,
                 allow_anonymous,
+                tls,
             } => {
                 if *max_packet_bytes < 1024 {
                     return Err(invalid("broker.max_packet_bytes", "at least 1024"));
                 }
-                if users_file.is_none() && !listen.ip().is_loopback() && !*allow_anonymous {
+                if tls.as_ref().is_some_and(|t| t.max_handshakes == 0) {
+                    return Err(invalid("broker.tls.max_handshakes", "at least 1"));
+                }
+                let exposed = [
+                    Some(("broker.listen", *listen)),
+                    tls.as_ref().map(|t| ("broker.tls.listen", t.listen)),
+                ]
+                .into_iter()
+                .flatten()
+                .find(|(_, addr)| !addr.ip().is_loopback());
+                if let Some((field, listen)) =
+                    exposed.filter(|_| users_file.is_none() && !*allow_anonymous)
+                {
                     return Err(invalid(
-                        "broker.listen",
+                        field,
                         format!(
                             "{listen} is beyond loopback and the broker has no users: anyone who \
                              reaches it could submit, cancel and impersonate the bridge. Set \

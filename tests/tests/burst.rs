@@ -140,6 +140,7 @@ async fn submissions_the_embedded_broker_drops_are_reported_with_their_count() {
         api_log_bytes: 16 * 1024,
         users_file: None,
         allow_anonymous: false,
+        tls: None,
     };
     let file = write_config(dir.path(), &config("burst-lossy", broker));
     let (bridge, mut log) = start_bridge_with_log(&dir.path().join("data"), &file);

@@ -44,6 +44,7 @@ fn start(dir: &Path, data: &Path) -> Bridge {
             api_log_bytes: 1 << 20,
             users_file: None,
             allow_anonymous: false,
+            tls: None,
         },
         links: vec![LinkConfig::Tcp {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -15,9 +15,11 @@
 //! # Layout
 //! - this file: the broker's settings and its thread;
 //! - [`loss`]: cursor jumps (messages dropped before a subscriber read them), from rumqttd's
-//!   log events.
+//!   log events;
+//! - [`tls`]: the TLS listener in front of the broker.
 
 pub mod loss;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};

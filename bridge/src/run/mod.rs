@@ -240,6 +240,7 @@ fn start_broker(
             api_log_bytes,
             users_file,
             allow_anonymous,
+            tls,
         } => {
             let api = crate::broker::ApiLog {
                 filters: mqtt::api_filters(&root).to_vec(),
@@ -256,6 +257,27 @@ fn start_broker(
             let (addr, stopped) =
                 crate::broker::start(*listen, *max_packet_bytes, *max_connections, &api, &access)?;
             tracing::info!(%addr, users = access.users.as_ref().map_or(0, |u| u.len()), "embedded MQTT broker started");
+            if let Some(t) = tls {
+                let acceptor = crate::broker::tls::acceptor(t)?;
+                let listener = std::net::TcpListener::bind(t.listen)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .and_then(tokio::net::TcpListener::from_std)
+                    .map_err(|source| crate::broker::BrokerError::Listen {
+                        addr: t.listen,
+                        source,
+                    })?;
+                let local = listener.local_addr().unwrap_or(t.listen);
+                if access.users.is_none() && !local.ip().is_loopback() {
+                    tracing::warn!(listen = %local, "MQTT over TLS beyond loopback without users (allow_anonymous): anyone who reaches it can submit, cancel and impersonate the bridge");
+                }
+                tracing::info!(listen = %local, "embedded MQTT broker: MQTT over TLS");
+                tokio::spawn(crate::broker::tls::serve(
+                    listener,
+                    acceptor,
+                    addr,
+                    t.max_handshakes,
+                ));
+            }
             let settings = MqttSettings {
                 host: addr.ip().to_string(),
                 port: addr.port(),
