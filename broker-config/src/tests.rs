@@ -459,21 +459,21 @@ fn an_embedded_broker_beyond_loopback_needs_users_or_an_explicit_yes() {
         "{e}"
     );
     let e = error(
-        "[broker]\nmode = \"embedded\"\n[broker.tls]\nlisten = \"0.0.0.0:8883\"\ncert_file = \"c\"\nkey_file = \"k\"",
+        "[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:1883\"\n[broker.tls]\nlisten = \"0.0.0.0:8883\"\ncert_file = \"c\"\nkey_file = \"k\"",
     );
     assert!(
         e.contains("broker.tls.listen") && e.contains("users_file"),
         "{e}"
     );
     let e = error(
-        "[broker]\nmode = \"embedded\"\n[broker.tls]\nlisten = \"127.0.0.1:8883\"\ncert_file = \"c\"\nkey_file = \"k\"\nmax_handshakes = 0",
+        "[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:1883\"\n[broker.tls]\nlisten = \"127.0.0.1:8883\"\ncert_file = \"c\"\nkey_file = \"k\"\nmax_handshakes = 0",
     );
     assert!(e.contains("broker.tls.max_handshakes"), "{e}");
     for ok in [
         "[broker]\nmode = \"embedded\"\nlisten = \"0.0.0.0:1883\"\nallow_anonymous = true",
         "[broker]\nmode = \"embedded\"\nlisten = \"0.0.0.0:1883\"\nusers_file = \"/etc/u\"",
         "[broker]\nmode = \"embedded\"\nlisten = \"[::1]:1883\"",
-        "[broker]\nmode = \"embedded\"\nusers_file = \"/etc/u\"\n[broker.tls]\nlisten = \"0.0.0.0:8883\"\ncert_file = \"c\"\nkey_file = \"k\"",
+        "[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:1883\"\nusers_file = \"/etc/u\"\n[broker.tls]\nlisten = \"0.0.0.0:8883\"\ncert_file = \"c\"\nkey_file = \"k\"",
     ] {
         Config::from_toml(ok, "test.toml").unwrap();
     }
