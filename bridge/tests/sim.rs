@@ -286,6 +286,7 @@ impl World {
                     hello,
                     rebooted,
                     credit,
+                    credential: None,
                 }
             }
             Event::Received(Message::Report(report)) => LinkInput::Report {

@@ -121,6 +121,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub urgent: UrgentConfig,
     pub classes: ClassesConfig,
+    pub identity: IdentityConfig,
     pub broker: BrokerConfig,
     /// Device links; plain TCP on 127.0.0.1:7878 by default.
     #[serde(rename = "link")]
@@ -149,6 +150,16 @@ impl Default for ClassesConfig {
             besteffort_max_percent: 100,
         }
     }
+}
+
+/// Which links may claim which device ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Let a link without credentials (plain TCP, serial) claim a device id that a credential
+    /// (TLS certificate, DTLS PSK or certificate) has proven on any link before. Off: such a
+    /// claim closes the link, so no local process or serial cable can take a device's tasks.
+    pub unproven_claims: bool,
 }
 
 /// A resource shared across devices (a conveyor two controllers drive, a power budget, a
@@ -229,6 +240,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             urgent: UrgentConfig::default(),
             classes: ClassesConfig::default(),
+            identity: IdentityConfig::default(),
             broker: BrokerConfig::default(),
             links: vec![LinkConfig::Tcp {
                 listen: SocketAddr::from(([127, 0, 0, 1], 7878)),

@@ -73,6 +73,8 @@ pub enum LinkInput {
         hello: Hello,
         rebooted: bool,
         credit: u8,
+        /// What proved the device id on this link ("TLS client certificate"), if anything.
+        credential: Option<&'static str>,
     },
     /// The device can take `credit` more tasks (after acks, reports, slots freed), as counted
     /// by the link once it had taken `taken` `Assign`s since it opened (sent or refused).
@@ -191,6 +193,10 @@ impl Urgency {
 /// The engine's state.
 #[derive(Debug)]
 pub struct Engine {
+    /// Links without credentials may claim device ids a credential proved (off by default).
+    unproven_claims: bool,
+    /// Sessions closed for claiming a proven id without a credential (for the log).
+    refused_claims: u64,
     queue: Queue,
     retry: Retry,
     urgency: Urgency,
@@ -266,6 +272,8 @@ impl Engine {
             lent: BTreeMap::new(),
             unsure: std::collections::BTreeSet::new(),
             class_quota: [100; 3],
+            unproven_claims: false,
+            refused_claims: 0,
         }
     }
 
@@ -512,9 +520,45 @@ impl Engine {
                 hello,
                 rebooted,
                 credit,
-            } => self.device_up(link, &peer, hello, rebooted, credit, now),
+                credential,
+            } => {
+                if self.may_claim(link, &peer, hello.device_id.as_str(), credential) {
+                    self.device_up(link, &peer, hello, rebooted, credit, now);
+                }
+            }
             LinkInput::Down { reason } => self.device_down(link, &reason, now),
         }
+    }
+
+    /// Whether the session on `link` may claim device id `id`: an id a credential proved
+    /// once, on any link, needs one from then on (unless [`Engine::set_unproven_claims`]);
+    /// otherwise its link is closed and nothing changes. A proof is recorded with the next
+    /// commit.
+    fn may_claim(
+        &mut self,
+        link: LinkId,
+        peer: &str,
+        id: &str,
+        credential: Option<&'static str>,
+    ) -> bool {
+        if credential.is_some() {
+            self.queue.mark_proven(id);
+            return true;
+        }
+        if self.unproven_claims || !self.queue.is_proven(id) {
+            return true;
+        }
+        self.refused_claims += 1;
+        if self.refused_claims.is_power_of_two() {
+            tracing::warn!(device = %id, link, %peer, refused_so_far = self.refused_claims, "a link without credentials claimed a device id that a credential proved; the link is closed (identity.unproven_claims allows it)");
+        }
+        self.staged.commands.push((link, LinkCommand::Close));
+        false
+    }
+
+    /// Whether links without credentials may claim device ids that a credential proved.
+    pub fn set_unproven_claims(&mut self, allowed: bool) {
+        self.unproven_claims = allowed;
     }
 
     /// The broker acknowledged these outbox entries: they leave the outbox with the next

@@ -108,6 +108,7 @@ impl Sim {
                 hello,
                 rebooted: false,
                 credit,
+                credential: None,
             },
         );
         self.turn()
@@ -720,6 +721,7 @@ fn a_report_after_a_restart_settles_its_task() {
             hello: hello(),
             rebooted: false,
             credit: 0,
+            credential: None,
         },
     );
     let t = s.report(2, h, TaskReport::Completed, None);
@@ -1814,4 +1816,55 @@ fn a_class_quota_caps_its_share_of_the_slots() {
         assigns(&released, LINK).len() + assigns(&released, 2).len(),
         1
     );
+}
+
+/// An id a credential proved once (a TLS certificate, a DTLS PSK) cannot be claimed over a
+/// link without one afterwards, across restarts: such a Hello closes its link and changes
+/// nothing (review H4). With the policy off, or for ids never proven, anyone may claim.
+#[test]
+fn an_id_proven_by_a_credential_cannot_be_claimed_without_one() {
+    let mut s = Sim::new();
+    let up = |s: &mut Sim, link: LinkId, credential: Option<&'static str>| {
+        let now = s.now();
+        s.e.handle_link(
+            link,
+            LinkInput::Up {
+                peer: "test".into(),
+                hello: hello(),
+                rebooted: false,
+                credit: 4,
+                credential,
+            },
+            now,
+        );
+        s.turn()
+    };
+    let closed = |r: &Released, link: LinkId| {
+        r.commands
+            .iter()
+            .any(|(l, c)| *l == link && matches!(c, LinkCommand::Close))
+    };
+    // Never proven: a link without credentials may claim it.
+    assert!(!closed(&up(&mut s, 1, None), 1));
+    // Proven over TLS: the TLS session takes over.
+    let r = up(&mut s, 2, Some("TLS client certificate"));
+    assert!(closed(&r, 1) && !closed(&r, 2), "{:?}", r.commands);
+    // An impostor over plain TCP is closed; the TLS session keeps the device.
+    s.submit(r#"{"id":"t","capability":"echo"}"#);
+    let r = up(&mut s, 3, None);
+    assert!(closed(&r, 3) && !closed(&r, 2), "{:?}", r.commands);
+    assert!(assigns(&r, 3).is_empty());
+    assert_eq!(
+        assigns(&r, 2).len(),
+        1,
+        "the task goes to the proven device"
+    );
+    // Across a restart too.
+    s.restart();
+    let r = up(&mut s, 4, None);
+    assert!(closed(&r, 4), "{:?}", r.commands);
+    // Unless the configuration allows it.
+    s.e.set_unproven_claims(true);
+    let r = up(&mut s, 5, None);
+    assert!(!closed(&r, 5), "{:?}", r.commands);
 }

@@ -74,6 +74,8 @@ pub enum LinkEvent {
         hello: Hello,
         rebooted: bool,
         credit: u8,
+        /// What proved the device id on this link ("TLS client certificate"), if anything.
+        credential: Option<&'static str>,
         commands: mpsc::Sender<LinkCommand>,
     },
     /// The device can take `credit` more tasks (after acks, reports, slots freed), counted

@@ -273,6 +273,7 @@ async fn deliver(
                 hello,
                 rebooted,
                 credit,
+                credential: on.identity.map(|i| i.credential),
                 commands,
             })
             .await

@@ -47,6 +47,10 @@ const DONE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("done");
 const DONE_ORDER: TableDefinition<'_, u64, &str> = TableDefinition::new("done_order");
 const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Meta keys of device ids proven by a credential: the prefix, then the id.
+const PROVEN_PREFIX: &str = "proven/";
+/// Just past every key with [`PROVEN_PREFIX`] (`'0'` follows `'/'`).
+const PROVEN_END: &str = "proven0";
 
 /// Page cache of the queue database.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
@@ -345,6 +349,8 @@ struct Pending {
     /// The timer clock's anchor is due (the queue holds tasks and it was last committed
     /// `KEEP_TIME_EVERY_MS` ago).
     clock: bool,
+    /// Device ids proven by a credential for the first time ([`Queue::mark_proven`]).
+    proven: Vec<String>,
 }
 
 impl Pending {
@@ -353,13 +359,18 @@ impl Pending {
             && self.done.is_empty()
             && self.outbox.is_empty()
             && self.published.is_empty()
+            && self.proven.is_empty()
             && !self.clock
     }
 
     /// Whether the batch holds anything that must survive a crash (everything but
     /// acknowledged outbox keys, whose loss only publishes those events again).
     fn must_sync(&self) -> bool {
-        !(self.tasks.is_empty() && self.done.is_empty() && self.outbox.is_empty()) || self.clock
+        !(self.tasks.is_empty()
+            && self.done.is_empty()
+            && self.outbox.is_empty()
+            && self.proven.is_empty())
+            || self.clock
     }
 }
 
@@ -414,6 +425,9 @@ pub struct Queue {
     /// `anchor.clock_ms` as last committed.
     anchor_committed_ms: u64,
     pending: Pending,
+    /// Device ids a credential (certificate, PSK) has proven, ever: stored in the meta table
+    /// under [`PROVEN_PREFIX`], so a restart does not open them to links without credentials.
+    proven: std::collections::BTreeSet<String>,
     /// Outbox entries (stored and staged) per class: the bound is checked without reading
     /// the table.
     outbox_depth: [u64; CLASSES],
@@ -477,6 +491,7 @@ impl Queue {
             anchor: None,
             anchor_committed_ms: 0,
             pending: Pending::default(),
+            proven: std::collections::BTreeSet::new(),
             outbox_depth: [0; CLASSES],
             outbox_limit: OUTBOX_LIMIT,
             storage_full: false,
@@ -513,6 +528,12 @@ impl Queue {
         q.next_outbox = counter("outbox")?;
         q.next_done = counter("done")?;
         q.next_gen = counter("gen")?;
+        for entry in meta.range(PROVEN_PREFIX..PROVEN_END).map_err(db_err)? {
+            let (key, _) = entry.map_err(db_err)?;
+            if let Some(id) = key.value().strip_prefix(PROVEN_PREFIX) {
+                q.proven.insert(id.to_owned());
+            }
+        }
         let value = |name: &str| -> Result<Option<u64>, QueueError> {
             Ok(meta.get(name).map_err(db_err)?.map(|v| v.value()))
         };
@@ -1166,6 +1187,18 @@ impl Queue {
         self.pending.published.extend_from_slice(keys);
     }
 
+    /// Whether a credential has ever proven device id `id` (see [`Queue::mark_proven`]).
+    pub fn is_proven(&self, id: &str) -> bool {
+        self.proven.contains(id)
+    }
+
+    /// Records that a credential proved device id `id`; stored with the next commit.
+    pub fn mark_proven(&mut self, id: &str) {
+        if self.proven.insert(id.to_owned()) {
+            self.pending.proven.push(id.to_owned());
+        }
+    }
+
     /// Whether anything is staged.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
@@ -1232,6 +1265,10 @@ impl Queue {
             meta.insert("outbox", self.next_outbox).map_err(db_err)?;
             meta.insert("done", self.next_done).map_err(db_err)?;
             meta.insert("gen", self.next_gen).map_err(db_err)?;
+            for id in &p.proven {
+                meta.insert(format!("{PROVEN_PREFIX}{id}").as_str(), 1)
+                    .map_err(db_err)?;
+            }
             if let Some(anchor) = self.anchor {
                 meta.insert("clock_ms", anchor.clock_ms).map_err(db_err)?;
                 meta.insert("clock_boot", anchor.boot).map_err(db_err)?;

@@ -127,6 +127,7 @@ pub async fn run(
     let mut engine = Engine::new(queue, retry, crate::backoff::seed_from_clock());
     engine.set_urgency(urgency(&config.urgent));
     engine.set_leases(leases(&config.queue));
+    engine.set_unproven_claims(config.identity.unproven_claims);
     engine.set_class_quotas([
         100,
         config.classes.guaranteed_max_percent,
@@ -488,6 +489,7 @@ impl Driver {
                     hello,
                     rebooted,
                     credit,
+                    credential,
                     commands,
                 } => {
                     self.links.insert(link, commands);
@@ -498,6 +500,7 @@ impl Driver {
                             hello,
                             rebooted,
                             credit,
+                            credential,
                         },
                     )
                 }
