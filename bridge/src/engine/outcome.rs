@@ -32,10 +32,13 @@ impl Engine {
     ) -> Option<Change> {
         let (id, device) = self.task_of(link, reject.handle?)?;
         let change = match reject.reason {
-            RejectReason::NoFreeSlot => Change::Requeue {
-                id,
-                not_before_ms: now.ms,
-            },
+            // It advertised room it did not have: it gets nothing more until it reports its
+            // credit again, and the refusal costs the task an attempt and its retry delay, so a
+            // device that refuses everything cannot drive a dispatch loop (one commit each).
+            RejectReason::NoFreeSlot => {
+                self.devices.zero_credit(link);
+                self.refused_change(&id, now, &format!("device {device} had no free slot"))
+            }
             // A take-back that came too late: the task runs on; another may be chosen.
             RejectReason::Started => {
                 self.take_back_over(&id);
@@ -133,6 +136,26 @@ impl Engine {
             id: id.to_owned(),
             not_before_ms: now.ms + delay.as_millis() as u64,
         })
+    }
+
+    /// Live task `id` back to the queue after a device refused it without running it: after
+    /// the retry delay of its attempt, with the same handle, or `failed` when it has had its
+    /// attempts; `why` says who refused it.
+    pub(super) fn refused_change(&mut self, id: &str, now: Now, why: &str) -> Change {
+        let attempt = self.queue.get(id).map_or(0, |t| t.attempt);
+        if attempt >= self.retry.max_attempts {
+            return Change::finished(
+                id,
+                TaskState::Failed,
+                ErrorCode::AttemptsExhausted,
+                format!("{why}; {attempt} attempts made"),
+            );
+        }
+        let delay = self.retry.backoff.delay(attempt, self.rng.next_u64());
+        Change::Requeue {
+            id: id.to_owned(),
+            not_before_ms: now.ms + delay.as_millis() as u64,
+        }
     }
 
     /// `change` sends task `id` back to the queue: unless a cancel was asked for while it was

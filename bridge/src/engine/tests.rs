@@ -614,10 +614,10 @@ fn cancel_ends_a_task_in_every_state() {
 
 // ----- refusals -----
 
-/// A device's `NoFreeSlot` sends the task back to the queue (dispatched again, same handle);
-/// any other refusal rejects it, naming the device and the reason.
+/// A device's `NoFreeSlot` sends the task back to the queue after the retry delay (dispatched
+/// again, same handle); any other refusal rejects it, naming the device and the reason.
 #[test]
-fn no_free_slot_requeues_and_other_refusals_reject() {
+fn no_free_slot_requeues_after_the_retry_delay_and_other_refusals_reject() {
     let mut s = Sim::new();
     s.up(LINK, hello(), 2);
     s.submit(r#"{"id":"full","capability":"echo"}"#);
@@ -641,6 +641,12 @@ fn no_free_slot_requeues_and_other_refusals_reject() {
     s.credit(LINK, 1);
     let released = s.turn();
     assert_eq!(released.tickets.len(), 2);
+    assert!(
+        assigns(&released, LINK).is_empty(),
+        "dispatched again before the retry delay"
+    );
+    s.now += 2_000;
+    let released = s.turn();
     let again = assigns(&released, LINK);
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].handle, hf, "the same execution, the same handle");
@@ -1867,4 +1873,41 @@ fn an_id_proven_by_a_credential_cannot_be_claimed_without_one() {
     s.e.set_unproven_claims(true);
     let r = up(&mut s, 5, None);
     assert!(!closed(&r, 5), "{:?}", r.commands);
+}
+
+/// A device that answers every `Assign` with `NoFreeSlot` while advertising credit cannot
+/// drive a dispatch loop (review M6): each refusal costs the task an attempt and its retry
+/// delay, and the device gets nothing more until it reports credit again; after its attempts
+/// the task fails.
+#[test]
+fn a_device_refusing_everything_costs_attempts_and_delays_not_a_loop() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 8);
+    s.submit(r#"{"id":"t","capability":"echo"}"#);
+    let mut dispatched = 0;
+    for _ in 0..20 {
+        let released = s.turn();
+        for a in assigns(&released, LINK) {
+            dispatched += 1;
+            let ticket = s.ticket();
+            let reject = Reject {
+                handle: Some(a.handle),
+                reason: RejectReason::NoFreeSlot,
+            };
+            s.link(LINK, LinkInput::Reject { reject, ticket });
+            // Right after the refusal, with the same credit: nothing goes out again.
+            assert!(assigns(&s.turn(), LINK).is_empty(), "a dispatch loop");
+            s.credit(LINK, 8);
+            assert!(assigns(&s.turn(), LINK).is_empty(), "before the retry delay");
+        }
+        s.now += 2_000;
+        s.credit(LINK, 8);
+    }
+    assert_eq!(dispatched, 3, "one dispatch per attempt");
+    let events = s.events();
+    let (state, error) = last_error(&events, "t");
+    assert_eq!(
+        (state, error.code),
+        (TaskState::Failed, ErrorCode::AttemptsExhausted)
+    );
 }
