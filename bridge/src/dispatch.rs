@@ -97,6 +97,16 @@ enum Head<'a> {
     Closed,
 }
 
+/// What [`plan`] decided, and how much it looked at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// At most one per task.
+    pub decisions: Vec<Decision>,
+    /// Tasks looked at: the decisions, plus the tasks passed over one by one (a payload too
+    /// large for every device serving it now). Lanes passed over whole cost nothing here.
+    pub examined: u64,
+}
+
 /// Decides what to do now with the queued tasks, given as `lanes` (each in dispatch order)
 /// and the online `devices` (by id); tasks of priority `urgent_at` or more urgent may take
 /// reserved slots. At most one decision per task; never more assignments to a device than its
@@ -104,6 +114,11 @@ enum Head<'a> {
 /// (none held, no more urgent waiter), and no task assigned before it in this plan took one.
 /// `class_room`: how many more tasks of each QoS class ([`class_of`]) may go now (`None`: no
 /// quota).
+///
+/// A lane whose head cannot go for a reason every task of the lane shares is passed over
+/// whole: its class is at its quota, no device serving it has its locks, or its head may not
+/// take its resources (then no task behind it may: they wait for the same resources, behind
+/// the same more urgent waiter). So tasks that fit nowhere cost nothing turn after turn.
 pub fn plan<'a, I>(
     lanes: impl IntoIterator<Item = (&'a Lane, I)>,
     devices: &'a BTreeMap<String, DeviceView>,
@@ -111,7 +126,7 @@ pub fn plan<'a, I>(
     now_ms: u64,
     may_hold: &dyn Fn(&TaskRecord) -> bool,
     class_room: [Option<u32>; 3],
-) -> Vec<Decision>
+) -> Plan
 where
     I: Iterator<Item = &'a TaskRecord>,
 {
@@ -129,17 +144,17 @@ where
     };
     let mut open: Vec<(&Lane, std::iter::Peekable<I>)> = lanes
         .into_iter()
-        .filter(|((cap, named), _)| match named {
+        .filter(|(lane, _)| match &lane.device {
             Some(n) => devices
                 .get(n)
-                .is_some_and(|d| serves(d, &load[n.as_str()], cap, true)),
+                .is_some_and(|d| serves(d, &load[n.as_str()], &lane.capability, true)),
             None => devices
                 .iter()
-                .any(|(id, d)| serves(d, &load[id.as_str()], cap, true)),
+                .any(|(id, d)| serves(d, &load[id.as_str()], &lane.capability, true)),
         })
         .map(|(lane, tasks)| (lane, tasks.peekable()))
         .collect();
-    let mut out = Vec::new();
+    let mut out = Plan::default();
     // Bridge resources taken by the tasks assigned so far in this plan.
     let mut claimed: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
     let mut class_room = class_room;
@@ -147,31 +162,28 @@ where
         let mut best: Option<((u8, u64, u64), usize, &str)> = None;
         let mut i = 0;
         while i < open.len() {
-            let ((cap, named), tasks) = &mut open[i];
+            let (lane, tasks) = &mut open[i];
+            let (cap, named) = (lane.capability.as_str(), &lane.device);
             let head = loop {
+                // The whole lane's class is at its quota.
+                if class_room[lane.class] == Some(0) {
+                    break Head::Closed;
+                }
                 let Some(task) = tasks.peek() else {
                     break Head::Closed;
                 };
+                out.examined += 1;
                 if task.not_before_ms > now_ms || task.deadline_at_ms.is_some_and(|d| d <= now_ms) {
                     tasks.next();
                     continue;
                 }
-                // Its class holds its quota of slots.
-                if class_room[class_of(task.sub.priority)] == Some(0) {
-                    tasks.next();
-                    continue;
-                }
-                // Waits for its resources: held, or to be served to a more urgent waiter.
-                if !task.sub.resources.is_empty()
-                    && (task
-                        .sub
-                        .resources
-                        .iter()
-                        .any(|r| claimed.contains(r.as_str()))
+                // Waits for its resources: held, or to be served to a more urgent waiter; so
+                // does every task behind it.
+                if !lane.resources.is_empty()
+                    && (lane.resources.iter().any(|r| claimed.contains(r.as_str()))
                         || !may_hold(task))
                 {
-                    tasks.next();
-                    continue;
+                    break Head::Closed;
                 }
                 let size = task.sub.payload.len();
                 let urgent = !urgent_at.outranks(task.sub.priority);
@@ -179,7 +191,7 @@ where
                     Some(n) => {
                         let d = &devices[n.as_str()];
                         if size > d.max_payload {
-                            out.push(Decision::TooLarge {
+                            out.decisions.push(Decision::TooLarge {
                                 id: task.sub.id.clone(),
                                 device: n.clone(),
                                 max: d.max_payload,
@@ -187,8 +199,8 @@ where
                             tasks.next();
                             continue;
                         }
-                        if let Some(lock) = d.missing_lock(&task.sub.locks) {
-                            out.push(Decision::MissingLock {
+                        if let Some(lock) = d.missing_lock(&lane.locks) {
+                            out.decisions.push(Decision::MissingLock {
                                 id: task.sub.id.clone(),
                                 device: n.clone(),
                                 lock: lock.to_owned(),
@@ -204,15 +216,18 @@ where
                     None => {
                         let mut serving = devices
                             .iter()
-                            .filter(|(id, d)| serves(d, &load[id.as_str()], cap, urgent))
+                            .filter(|(id, d)| {
+                                serves(d, &load[id.as_str()], cap, urgent)
+                                    && d.missing_lock(&lane.locks).is_none()
+                            })
                             .peekable();
+                        // None serves it now, or none has its locks: it waits, and so does
+                        // the rest of the lane.
                         if serving.peek().is_none() {
                             break Head::Closed;
                         }
                         let fit = serving
-                            .filter(|(_, d)| {
-                                size <= d.max_payload && d.missing_lock(&task.sub.locks).is_none()
-                            })
+                            .filter(|(_, d)| size <= d.max_payload)
                             // Least loaded, but not the device of its last attempt while
                             // another can take it (a task whose lease ended there, or that
                             // failed there, is tried elsewhere).
@@ -222,8 +237,7 @@ where
                             });
                         match fit {
                             Some((id, _)) => break Head::To(task.order_key(), id.as_str()),
-                            // Too large for, or naming a lock missing on, every device
-                            // serving it now: it waits.
+                            // Too large for every device serving it now: it waits.
                             None => {
                                 tasks.next();
                             }
@@ -257,7 +271,7 @@ where
         if !urgent_at.outranks(task.sub.priority) {
             l.2 = l.2.saturating_sub(1);
         }
-        out.push(Decision::Assign {
+        out.decisions.push(Decision::Assign {
             id: task.sub.id.clone(),
             device: device.to_owned(),
         });
@@ -336,8 +350,7 @@ mod tests {
     ) -> Vec<Decision> {
         let mut lanes: BTreeMap<Lane, Vec<&TaskRecord>> = BTreeMap::new();
         for t in tasks {
-            let lane = (t.sub.capability.clone(), t.sub.device.clone());
-            lanes.entry(lane).or_default().push(t);
+            lanes.entry(Lane::of(t)).or_default().push(t);
         }
         for l in lanes.values_mut() {
             l.sort_by_key(|t| t.order_key());
@@ -350,6 +363,7 @@ mod tests {
             &|t| !t.sub.resources.iter().any(|r| r == "held"),
             [None, None, None],
         )
+        .decisions
     }
 
     fn assign(id: &str, device: &str) -> Decision {
@@ -499,15 +513,18 @@ mod tests {
         let to_plain = locking(task("t1", "echo", Some("plain"), 1), &["bus"]);
         let to_bus = locking(task("t2", "echo", Some("bus"), 2), &["bus", "i2c0"]);
         let half = locking(task("t3", "echo", Some("bus"), 3), &["i2c0", "spi"]);
+        // Decisions for tasks of different lanes come in no particular order.
+        let mut decided = plan([&to_plain, &to_bus, &half], &ds, 0);
+        decided.sort_by_key(|d| format!("{d:?}"));
         assert_eq!(
-            plan([&to_plain, &to_bus, &half], &ds, 0),
+            decided,
             [
+                assign("t2", "bus"),
                 Decision::MissingLock {
                     id: "t1".into(),
                     device: "plain".into(),
                     lock: "bus".into(),
                 },
-                assign("t2", "bus"),
                 Decision::MissingLock {
                     id: "t3".into(),
                     device: "bus".into(),

@@ -76,6 +76,10 @@ pub struct BridgeStats {
     pub classes: BTreeMap<String, ClassStats>,
     /// Online devices by id (sorted, as a JSON object's keys are).
     pub devices: BTreeMap<String, DeviceStats>,
+    /// Queued tasks the dispatcher looked at one by one, since the bridge started: it grows
+    /// with the dispatches made, not with tasks that wait (for a device, a lock, a resource,
+    /// their retry delay or their class's quota), which are passed over whole.
+    pub dispatch_examined: u64,
     /// Tasks that expired before they could start, since the bridge started.
     pub expired: u64,
     /// Tasks not yet finished (queued, dispatched or running).
@@ -370,6 +374,7 @@ mod tests {
                     },
                 ),
             ]),
+            dispatch_examined: 9,
             expired: 2,
             live: 21,
             outbox: OutboxStats {
@@ -390,11 +395,12 @@ mod tests {
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"classes":{"besteffort":{"in_flight":2,"max_percent":50,"queued":11}},"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"expired":2,"live":21,"outbox":{"depth":30,"limit":100000,"shed":7},"preemptions":4,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"storage":{"free_bytes":1073741824,"full":false,"min_free_bytes":67108864},"submissions_lost":7,"ts_ms":1700000000123,"urgent_wait":{"max_ms":40,"n":4,"p50_ms":3,"p99_ms":40}}"#
+            r#"{"classes":{"besteffort":{"in_flight":2,"max_percent":50,"queued":11}},"devices":{"dev-a":{"free_slots":0,"in_flight":8,"reserved":2,"slots":8},"dev-b":{"free_slots":3,"in_flight":1,"reserved":1,"slots":4}},"dispatch_examined":9,"expired":2,"live":21,"outbox":{"depth":30,"limit":100000,"shed":7},"preemptions":4,"queued":{"P0":1,"P1":2,"P2":3,"P3":4,"P4":5,"P5":6},"storage":{"free_bytes":1073741824,"full":false,"min_free_bytes":67108864},"submissions_lost":7,"ts_ms":1700000000123,"urgent_wait":{"max_ms":40,"n":4,"p50_ms":3,"p99_ms":40}}"#
         );
         // As the engine built it with `serde_json::json!` before this type existed (plus the
         // reserved slots, since reservation, the outbox and storage, since their bounds, and the
-        // submissions the broker dropped, and the classes: fields are only ever added).
+        // submissions the broker dropped, the classes, and the dispatcher's count: fields are
+        // only ever added).
         let by_macro = serde_json::json!({
             "classes": { "besteffort": { "queued": 11, "in_flight": 2, "max_percent": 50 } },
             "queued": { "P0": 1, "P1": 2, "P2": 3, "P3": 4, "P4": 5, "P5": 6 },
@@ -407,6 +413,7 @@ mod tests {
                 "dev-a": { "free_slots": 0, "in_flight": 8, "reserved": 2, "slots": 8 },
             },
             "expired": 2,
+            "dispatch_examined": 9,
             "submissions_lost": 7,
             "ts_ms": 1_700_000_000_123_u64,
             "urgent_wait": { "max_ms": 40, "n": 4, "p50_ms": 3, "p99_ms": 40 },
@@ -419,6 +426,7 @@ mod tests {
         let stats = BridgeStats {
             classes: BTreeMap::new(),
             devices: BTreeMap::new(),
+            dispatch_examined: 0,
             expired: 0,
             live: 0,
             outbox: OutboxStats::default(),
@@ -431,7 +439,7 @@ mod tests {
         };
         assert_eq!(
             stats.to_json(),
-            r#"{"classes":{},"devices":{},"expired":0,"live":0,"outbox":{"depth":0,"limit":0,"shed":0},"preemptions":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"storage":{"free_bytes":0,"full":false,"min_free_bytes":0},"submissions_lost":0,"ts_ms":0,"urgent_wait":{"max_ms":0,"n":0,"p50_ms":0,"p99_ms":0}}"#
+            r#"{"classes":{},"devices":{},"dispatch_examined":0,"expired":0,"live":0,"outbox":{"depth":0,"limit":0,"shed":0},"preemptions":0,"queued":{"P0":0,"P1":0,"P2":0,"P3":0,"P4":0,"P5":0},"storage":{"free_bytes":0,"full":false,"min_free_bytes":0},"submissions_lost":0,"ts_ms":0,"urgent_wait":{"max_ms":0,"n":0,"p50_ms":0,"p99_ms":0}}"#
         );
     }
 

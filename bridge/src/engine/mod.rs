@@ -193,6 +193,8 @@ impl Urgency {
 /// The engine's state.
 #[derive(Debug)]
 pub struct Engine {
+    /// Queued tasks the dispatcher has looked at, since start (statistics).
+    dispatch_examined: u64,
     /// Links without credentials may claim device ids a credential proved (off by default).
     unproven_claims: bool,
     /// Sessions closed for claiming a proven id without a credential (for the log).
@@ -273,6 +275,7 @@ impl Engine {
             unsure: std::collections::BTreeSet::new(),
             class_quota: [100; 3],
             unproven_claims: false,
+            dispatch_examined: 0,
             refused_claims: 0,
         }
     }
@@ -588,6 +591,7 @@ impl Engine {
         self.expired += overdue.len() as u64;
         self.queue.apply(overdue, now);
         self.release_overdue(now);
+        self.queue.release_delayed(now.ms);
 
         if self.devices.any_credit() {
             let urgent_at = self.urgency.urgent_at;
@@ -613,7 +617,7 @@ impl Engine {
                 (self.class_quota[c] < 100)
                     .then(|| (slots * u32::from(self.class_quota[c]) / 100).saturating_sub(on[c]))
             });
-            let decisions = dispatch::plan(
+            let plan = dispatch::plan(
                 self.queue.lanes(),
                 &views,
                 urgent_at,
@@ -621,8 +625,9 @@ impl Engine {
                 &may_hold,
                 room,
             );
-            let mut changes = Vec::with_capacity(decisions.len());
-            for d in decisions {
+            self.dispatch_examined += plan.examined;
+            let mut changes = Vec::with_capacity(plan.decisions.len());
+            for d in plan.decisions {
                 changes.extend(self.decide(d, now));
             }
             // Staged: the Assigns go out only after the commit that records the dispatch,
@@ -774,6 +779,7 @@ impl Engine {
         BridgeStats {
             classes,
             devices,
+            dispatch_examined: self.dispatch_examined,
             expired: self.expired,
             preemptions: self.preemptions,
             submissions_lost: self.submissions_lost,

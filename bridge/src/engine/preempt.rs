@@ -53,7 +53,8 @@ impl Engine {
             .chain(self.freed_for.keys())
             .collect();
         let mut chosen: Vec<(String, Candidate)> = Vec::new();
-        'lanes: for ((capability, named), tasks) in self.queue.lanes() {
+        'lanes: for (lane, tasks) in self.queue.lanes() {
+            let (capability, named) = (&lane.capability, &lane.device);
             for task in tasks {
                 if candidates.is_empty() {
                     break 'lanes;

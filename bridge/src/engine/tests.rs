@@ -1898,7 +1898,10 @@ fn a_device_refusing_everything_costs_attempts_and_delays_not_a_loop() {
             // Right after the refusal, with the same credit: nothing goes out again.
             assert!(assigns(&s.turn(), LINK).is_empty(), "a dispatch loop");
             s.credit(LINK, 8);
-            assert!(assigns(&s.turn(), LINK).is_empty(), "before the retry delay");
+            assert!(
+                assigns(&s.turn(), LINK).is_empty(),
+                "before the retry delay"
+            );
         }
         s.now += 2_000;
         s.credit(LINK, 8);
@@ -1909,5 +1912,95 @@ fn a_device_refusing_everything_costs_attempts_and_delays_not_a_loop() {
     assert_eq!(
         (state, error.code),
         (TaskState::Failed, ErrorCode::AttemptsExhausted)
+    );
+}
+
+/// Tasks that fit no device now cost the dispatcher nothing turn after turn (review M7):
+/// tasks naming a lock no device has, tasks in their retry delay and tasks of a class at its
+/// quota are passed over whole, so what the dispatcher examines follows the work it hands
+/// out, not the length of the queue.
+#[test]
+fn tasks_that_fit_nowhere_are_not_examined_at_every_turn() {
+    let mut s = Sim::new();
+    s.e.set_class_quotas([100, 100, 50]);
+    s.up(LINK, hello(), 4);
+    s.up(2, hello_of("dev-2"), 4);
+    // Four besteffort tasks take their class's share (half of 8 slots); 30 more wait. (The
+    // test queue holds 100 tasks.)
+    for i in 0..34 {
+        s.submit(&format!(
+            r#"{{"id":"be-{i}","capability":"echo","priority":5}}"#
+        ));
+    }
+    // 30 name a lock no device has.
+    for i in 0..30 {
+        s.submit(&format!(
+            r#"{{"id":"lk-{i}","capability":"echo","locks":["absent"]}}"#
+        ));
+    }
+    s.turn();
+    // 30 wait for their retry delay: refused with NoFreeSlot, which backs them off.
+    for i in 0..30 {
+        s.submit(&format!(
+            r#"{{"id":"rt-{i}","capability":"echo","priority":1}}"#
+        ));
+    }
+    let mut refusals = 0;
+    while refusals < 30 {
+        let released = s.turn();
+        let sent = [assigns(&released, LINK), assigns(&released, 2)].concat();
+        assert!(
+            !sent.is_empty(),
+            "{refusals} refused, then nothing went out: {:?}",
+            s.e.stats(s.now())
+        );
+        for a in sent {
+            let link =
+                if s.e.queue().by_handle(a.handle).unwrap().device.as_deref() == Some("dev-1") {
+                    LINK
+                } else {
+                    2
+                };
+            let ticket = s.ticket();
+            let reject = Reject {
+                handle: Some(a.handle),
+                reason: RejectReason::NoFreeSlot,
+            };
+            s.link(link, LinkInput::Reject { reject, ticket });
+            refusals += 1;
+        }
+        s.credit(LINK, 4);
+        s.credit(2, 4);
+    }
+    s.turn();
+    let before = s.e.stats(s.now()).dispatch_examined;
+    // Many turns with credit and echo work coming and going.
+    for i in 0..100 {
+        s.submit(&format!(
+            r#"{{"id":"rt-new-{i}","capability":"echo","priority":0}}"#
+        ));
+        let released = s.turn();
+        for (link, a) in [LINK, 2]
+            .into_iter()
+            .flat_map(|l| assigns(&released, l).into_iter().map(move |a| (l, a)))
+        {
+            s.report(link, a.handle, TaskReport::Completed, None);
+        }
+        // The devices say they have room again (each holds two besteffort tasks).
+        s.credit(LINK, 2);
+        s.credit(2, 2);
+        s.now += 1;
+    }
+    let stats = s.e.stats(s.now());
+    assert_eq!(
+        s.e.queue().len(),
+        94,
+        "every new task ran: {:?}",
+        stats.queued
+    );
+    let examined = stats.dispatch_examined - before;
+    assert!(
+        examined <= 300,
+        "{examined} tasks examined over 100 turns with 90 that fit nowhere now"
     );
 }

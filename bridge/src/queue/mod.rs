@@ -322,9 +322,37 @@ impl Change {
     }
 }
 
-/// Where a queued task may go: its capability, and the device it names (if any). Queued
-/// tasks are indexed per lane, so dispatch looks only at lanes an online device can serve.
-pub type Lane = (String, Option<String>);
+/// What decides where, and whether, a queued task may go now, besides its payload's size:
+/// its capability, the device it names, the device locks and bridge resources it needs, and
+/// its QoS class (which may be at its quota). Queued tasks are indexed per lane, each in
+/// dispatch order, so dispatch looks only at lanes an online device can serve, and when a
+/// lane's head cannot go (no device has its locks, its resources are taken, its class is at
+/// its quota), neither can any task behind it: the lane is passed over whole, however long.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lane {
+    pub capability: String,
+    /// The device the tasks name, if any.
+    pub device: Option<String>,
+    /// The QoS class ([`crate::dispatch::class_of`] of the priority).
+    pub class: usize,
+    /// Device lock names, as submitted.
+    pub locks: Vec<String>,
+    /// Bridge resource names, as submitted.
+    pub resources: Vec<String>,
+}
+
+impl Lane {
+    /// The lane of `rec`.
+    pub fn of(rec: &TaskRecord) -> Self {
+        Self {
+            capability: rec.sub.capability.clone(),
+            device: rec.sub.device.clone(),
+            class: crate::dispatch::class_of(rec.sub.priority),
+            locks: rec.sub.locks.clone(),
+            resources: rec.sub.resources.clone(),
+        }
+    }
+}
 
 /// Dispatch order key of a queued task (see [`TaskRecord::order_key`]).
 type OrderKey = (u8, u64, u64);
@@ -392,8 +420,11 @@ pub struct Queue {
     lanes: BTreeMap<Lane, BTreeSet<(OrderKey, String)>>,
     /// Queued tasks with a deadline, by deadline.
     deadlines: BTreeSet<(u64, String)>,
-    /// Queued tasks waiting for a retry delay, by the time it ends.
+    /// Queued tasks waiting for a retry delay, by the time it ends: out of the lanes until
+    /// [`Queue::release_delayed`] reaches that time.
     delayed: BTreeSet<(u64, String)>,
+    /// The time up to which retry delays have been released (ms on the timer clock).
+    released_ms: u64,
     /// Tasks on devices, by the time their execution lease ends.
     leases: BTreeSet<(u64, String)>,
     /// Queued tasks naming each bridge resource, in dispatch order: its waiters.
@@ -476,6 +507,7 @@ impl Queue {
             lanes: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             delayed: BTreeSet::new(),
+            released_ms: 0,
             leases: BTreeSet::new(),
             waiting: BTreeMap::new(),
             holders: BTreeMap::new(),
@@ -616,17 +648,19 @@ impl Queue {
             self.by_handle.remove(&old.handle());
         }
         if rec.state == TaskState::Queued {
-            let lane = (rec.sub.capability.clone(), rec.sub.device.clone());
-            self.lanes
-                .entry(lane)
-                .or_default()
-                .insert((rec.order_key(), id.clone()));
+            // A task in its retry delay waits out of the lanes (dispatch never looks at it)
+            // until `release_delayed` reaches its time.
+            if rec.not_before_ms > self.released_ms {
+                self.delayed.insert((rec.not_before_ms, id.clone()));
+            } else {
+                self.lanes
+                    .entry(Lane::of(&rec))
+                    .or_default()
+                    .insert((rec.order_key(), id.clone()));
+            }
             self.depth[usize::from(rec.sub.priority.level())] += 1;
             if let Some(d) = rec.deadline_at_ms {
                 self.deadlines.insert((d, id.clone()));
-            }
-            if rec.not_before_ms > 0 {
-                self.delayed.insert((rec.not_before_ms, id.clone()));
             }
             for r in &rec.sub.resources {
                 self.waiting
@@ -660,19 +694,18 @@ impl Queue {
             return;
         };
         if old.state == TaskState::Queued {
-            let lane = (old.sub.capability.clone(), old.sub.device.clone());
-            if let Some(set) = self.lanes.get_mut(&lane) {
-                set.remove(&(old.order_key(), id.to_owned()));
-                if set.is_empty() {
-                    self.lanes.remove(&lane);
+            if !self.delayed.remove(&(old.not_before_ms, id.to_owned())) {
+                let lane = Lane::of(old);
+                if let Some(set) = self.lanes.get_mut(&lane) {
+                    set.remove(&(old.order_key(), id.to_owned()));
+                    if set.is_empty() {
+                        self.lanes.remove(&lane);
+                    }
                 }
             }
             self.depth[usize::from(old.sub.priority.level())] -= 1;
             if let Some(d) = old.deadline_at_ms {
                 self.deadlines.remove(&(d, id.to_owned()));
-            }
-            if old.not_before_ms > 0 {
-                self.delayed.remove(&(old.not_before_ms, id.to_owned()));
             }
             for r in &old.sub.resources {
                 if let Some(set) = self.waiting.get_mut(r) {
@@ -758,9 +791,16 @@ impl Queue {
     /// Queued tasks in dispatch order (priority, deadline, admission), across all lanes.
     /// Linear in the queue: for tests and tools, not for the dispatch path.
     pub fn ready(&self) -> impl Iterator<Item = &TaskRecord> {
-        let mut all: Vec<&(OrderKey, String)> = self.lanes.values().flatten().collect();
-        all.sort();
-        all.into_iter().filter_map(|(_, id)| self.live.get(id))
+        let mut all: Vec<&TaskRecord> = self
+            .lanes
+            .values()
+            .flatten()
+            .map(|(_, id)| id)
+            .chain(self.delayed.iter().map(|(_, id)| id))
+            .filter_map(|id| self.live.get(id))
+            .collect();
+        all.sort_by_key(|t| t.order_key());
+        all.into_iter()
     }
 
     /// The lanes with queued tasks, each with its tasks in dispatch order.
@@ -768,6 +808,27 @@ impl Queue {
         self.lanes
             .iter()
             .map(|(lane, set)| (lane, set.iter().filter_map(|(_, id)| self.live.get(id))))
+    }
+
+    /// Puts the tasks whose retry delay ends at or before `now_ms` into their lanes, where
+    /// dispatch sees them.
+    pub fn release_delayed(&mut self, now_ms: u64) {
+        if now_ms <= self.released_ms {
+            return;
+        }
+        self.released_ms = now_ms;
+        while let Some((until, id)) = self.delayed.first().cloned() {
+            if until > now_ms {
+                break;
+            }
+            self.delayed.pop_first();
+            if let Some(rec) = self.live.get(&id) {
+                self.lanes
+                    .entry(Lane::of(rec))
+                    .or_default()
+                    .insert((rec.order_key(), id));
+            }
+        }
     }
 
     /// Queued tasks per priority level (P0 first).

@@ -347,13 +347,22 @@ fn indexes_follow_every_change() {
         Now::at(0),
     )
     .unwrap();
-    let lanes: Vec<(Lane, Vec<&str>)> = q.lanes().map(|(l, ts)| (l.clone(), ids(ts))).collect();
+    let lanes: Vec<((&str, Option<&str>, usize), Vec<&str>)> = q
+        .lanes()
+        .map(|(l, ts): (&Lane, _)| {
+            (
+                (l.capability.as_str(), l.device.as_deref(), l.class),
+                ids(ts),
+            )
+        })
+        .collect();
     assert_eq!(
         lanes,
         [
-            (("echo".into(), None), vec!["b", "a"]),
-            (("echo".into(), Some("d2".into())), vec!["named"]),
-            (("sleep".into(), None), vec!["other"]),
+            (("echo", None, 0), vec!["b"]),
+            (("echo", None, 1), vec!["a"]),
+            (("echo", Some("d2"), 0), vec!["named"]),
+            (("sleep", None, 1), vec!["other"]),
         ]
     );
     assert_eq!(q.depth(), [1, 1, 1, 1, 0, 0]);
@@ -387,7 +396,7 @@ fn indexes_follow_every_change() {
         Some(50),
         "a dispatched task's deadline no longer counts"
     );
-    assert_eq!(q.lanes().count(), 2, "an emptied lane is dropped");
+    assert_eq!(q.lanes().count(), 2, "emptied lanes are dropped");
     q.apply(
         vec![
             Change::Requeue {
