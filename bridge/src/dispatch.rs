@@ -103,7 +103,8 @@ pub struct Plan {
     /// At most one per task.
     pub decisions: Vec<Decision>,
     /// Tasks looked at: the decisions, plus the tasks passed over one by one (a payload too
-    /// large for every device serving it now). Lanes passed over whole cost nothing here.
+    /// large for every device serving it now). Lanes passed over whole (on their head) are
+    /// not counted: their cost is per lane, not per task.
     pub examined: u64,
 }
 
@@ -172,8 +173,8 @@ where
                 let Some(task) = tasks.peek() else {
                     break Head::Closed;
                 };
-                out.examined += 1;
                 if task.not_before_ms > now_ms || task.deadline_at_ms.is_some_and(|d| d <= now_ms) {
+                    out.examined += 1;
                     tasks.next();
                     continue;
                 }
@@ -239,6 +240,7 @@ where
                             Some((id, _)) => break Head::To(task.order_key(), id.as_str()),
                             // Too large for every device serving it now: it waits.
                             None => {
+                                out.examined += 1;
                                 tasks.next();
                             }
                         }
@@ -276,6 +278,7 @@ where
             device: device.to_owned(),
         });
     }
+    out.examined += out.decisions.len() as u64;
     out
 }
 
