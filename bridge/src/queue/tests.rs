@@ -347,7 +347,8 @@ fn indexes_follow_every_change() {
         Now::at(0),
     )
     .unwrap();
-    let lanes: Vec<((&str, Option<&str>, usize), Vec<&str>)> = q
+    type LaneIds<'a> = ((&'a str, Option<&'a str>, usize), Vec<&'a str>);
+    let lanes: Vec<LaneIds> = q
         .lanes()
         .map(|(l, ts): (&Lane, _)| {
             (
