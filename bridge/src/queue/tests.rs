@@ -348,7 +348,7 @@ fn indexes_follow_every_change() {
     )
     .unwrap();
     type LaneIds<'a> = ((&'a str, Option<&'a str>, usize), Vec<&'a str>);
-    let lanes: Vec<LaneIds> = q
+    let lanes: Vec<LaneIds<'_>> = q
         .lanes()
         .map(|(l, ts): (&Lane, _)| {
             (
