@@ -1,8 +1,9 @@
 //! The serial device link, over pseudo-terminal pairs made by `socat` (tests/run.sh installs
 //! it): a simulated device on one end of the pair completes tasks through the bridge on the
-//! other, is served again after it restarts on the same port, and a port that is missing at
-//! start, or goes away and comes back (a USB adapter unplugged and plugged in again), is
-//! reopened by the bridge.
+//! other, is served again after it restarts on the same port (also when it draws the same boot
+//! id again, as firmware with a nearly constant entropy source does), and a port that is
+//! missing at start, or goes away and comes back (a USB adapter unplugged and plugged in
+//! again), is reopened by the bridge.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -73,10 +74,23 @@ fn start(dir: &Path, port: &Path) -> (Bridge, LogLines) {
 
 /// `edge-device-sim --serial port`, offering `echo`.
 fn serial_device(port: &Path) -> Proc {
+    serial_device_with(port, &[])
+}
+
+/// `edge-device-sim --serial port` offering `echo` and `sleep`, with `extra` arguments.
+fn serial_device_with(port: &Path, extra: &[&str]) -> Proc {
     let child = Command::new(binary("edge-device-sim"))
         .arg("--serial")
         .arg(port)
-        .args(["--id", DEVICE, "--capability", "echo"])
+        .args([
+            "--id",
+            DEVICE,
+            "--capability",
+            "echo",
+            "--capability",
+            "sleep",
+        ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -173,4 +187,46 @@ async fn a_port_missing_at_start_or_unplugged_is_opened_when_it_appears() {
     logged(&mut log, &["serial port open"]).await;
     let _device = serial_device(&dir.path().join("device-b"));
     echo(&mut w, "p2", json!("plugged in again")).await;
+}
+
+/// A device that restarts on its serial port (which stays open on both sides) and draws the
+/// same boot id again is still a device that rebooted (review M11): the task it was running is
+/// run again, and new work reaches it. Before, its Hello was taken for a retransmission of the
+/// old session's and the link was wedged for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_restarts_with_the_same_boot_id_is_seen_as_rebooted() {
+    let dir = tempfile::tempdir().unwrap();
+    let _pair = pty_pair(dir.path(), "bridge", "device");
+    let (bridge, mut log) = start(dir.path(), &dir.path().join("bridge"));
+    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
+    logged(&mut log, &["serial port open"]).await;
+    let exec_log = dir.path().join("executions.log");
+    let exec = exec_log.display().to_string();
+    let args = ["--boot-id", "7", "--exec-log", exec.as_str()];
+
+    let device = serial_device_with(&dir.path().join("device"), &args);
+    echo(&mut w, "b1", json!("first boot")).await;
+    let long =
+        json!({"id": "long", "capability": "sleep", "device": DEVICE, "payload": {"ms": 1500}});
+    w.submit(ROOT, &long.to_string()).await;
+    w.wait_for(WAIT, "the long task running", |seen| {
+        last_state(seen, "long").as_deref() == Some("running")
+    })
+    .await;
+
+    // Restarted with the same boot id while the task ran.
+    drop(device);
+    let _device = serial_device_with(&dir.path().join("device"), &args);
+    echo(&mut w, "b2", json!("same boot id, new boot")).await;
+    w.wait_for(WAIT, "the long task completed", |seen| {
+        last_state(seen, "long").as_deref() == Some("completed")
+    })
+    .await;
+    let runs = w.states()["long"]
+        .iter()
+        .filter(|e| e["state"] == "dispatched")
+        .count();
+    assert_eq!(runs, 2, "the task lost in the reboot was dispatched again");
+    // Three tasks ran, one of them twice (it was cut short by the restart).
+    assert_eq!(edge_tests::executions(&exec_log).len(), 4);
 }

@@ -100,6 +100,11 @@ struct Cli {
     /// The local UDP port for DTLS (a device that reboots keeps its port); any by default.
     #[arg(long, requires = "dtls")]
     local_port: Option<u16>,
+    /// The boot id, instead of one drawn at start: firmware whose entropy source is nearly
+    /// constant at boot draws the same one every time (tests use it to show that the bridge
+    /// still sees the reboot).
+    #[arg(long, value_name = "N")]
+    boot_id: Option<u32>,
 }
 
 /// DTLS towards the bridge: OpenSSL.
@@ -347,10 +352,12 @@ async fn run(cli: Cli) -> ExitCode {
     let epoch = StdInstant::now();
     let now = move || Instant::from_millis(epoch.elapsed().as_millis() as u64);
     // A fresh boot id per process start, as firmware would draw one at boot.
-    let boot_id = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos()) as u32)
-        | 1;
+    let boot_id = cli.boot_id.unwrap_or(
+        (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()) as u32)
+            | 1,
+    );
     if let Some(path) = &cli.exec_log {
         match std::fs::OpenOptions::new()
             .create(true)

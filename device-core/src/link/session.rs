@@ -531,7 +531,12 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
             // (a crystal-clocked MCU with little entropy): a new session.
             return None;
         }
-        let rebooted = known.is_some_and(|(boot, _)| boot != hello.boot_id);
+        // A new boot id is a reboot; so is the very Hello of an established session that had
+        // delivered something (returned above otherwise): a device sends a Hello again only
+        // before its first reliable message, so it restarted, and drew the same boot id.
+        let rebooted = known.is_some_and(|(boot, _)| boot != hello.boot_id)
+            || (known == Some((hello.boot_id, hello.session_id))
+                && self.state == State::Established);
         self.hello = Some(hello.clone());
         self.reset_sequences(now);
         self.window.clear();
