@@ -431,12 +431,15 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Connections in a row that opened no session (refused, failed handshakes, a bridge that
+    // closed the link at the Hello): each doubles the delay before the next try, so a device
+    // the bridge will not take does not knock every 100 ms.
     let mut failures = 0u32;
     loop {
+        let sessions_before = device.session().stats().sessions;
         if let Some(dtls) = &dtls {
             match dtls_connect(dtls, bridge, cli.local_port).await {
                 Ok(connected) => {
-                    failures = 0;
                     tracing::info!(bridge = %bridge, id = %cli.id, "connected over DTLS");
                     let why = serve(connected.pipe, &mut device, now).await;
                     // The relay ends once the pipe is gone (a close_notify to the bridge).
@@ -445,14 +448,12 @@ async fn run(cli: Cli) -> ExitCode {
                     device.link_lost(now());
                 }
                 Err(e) => {
-                    failures += 1;
                     tracing::warn!(bridge = %bridge, error = %e, "DTLS connection failed");
                 }
             }
         } else {
             match TcpStream::connect(bridge).await {
                 Ok(stream) => {
-                    failures = 0;
                     let _ = stream.set_nodelay(true);
                     tracing::info!(bridge = %bridge, id = %cli.id, tls = tls.is_some(), "connected");
                     let why = match &tls {
@@ -460,10 +461,7 @@ async fn run(cli: Cli) -> ExitCode {
                         Some(tls) => {
                             match tls.connector.connect(tls.server_name.clone(), stream).await {
                                 Ok(stream) => serve(stream, &mut device, now).await,
-                                Err(e) => {
-                                    failures += 1;
-                                    format!("TLS handshake failed: {e}")
-                                }
+                                Err(e) => format!("TLS handshake failed: {e}"),
                             }
                         }
                     };
@@ -471,17 +469,21 @@ async fn run(cli: Cli) -> ExitCode {
                     device.link_lost(now());
                 }
                 Err(e) => {
-                    failures += 1;
                     tracing::warn!(bridge = %bridge, error = %e, "cannot connect");
                 }
             }
+        }
+        if device.session().stats().sessions > sessions_before {
+            failures = 0;
+        } else {
+            failures = failures.saturating_add(1);
         }
         tokio::time::sleep(RECONNECT.delay(failures.saturating_add(1), 0)).await;
     }
 }
 
 /// Delays before reconnecting to the bridge (attempt `failures + 1`): 100 ms after a link
-/// that worked, doubling per failed attempt to 5 s.
+/// that opened a session, doubling per connection in a row that opened none, to 5 s.
 const RECONNECT: Backoff = Backoff {
     initial: Duration::from_millis(100),
     max: Duration::from_secs(5),
