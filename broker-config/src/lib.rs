@@ -77,6 +77,10 @@ pub enum PskError {
     /// More than [`MAX_PSK_BYTES`] bytes.
     #[error("a key has at most {MAX_PSK_BYTES} bytes")]
     TooLong,
+    /// Fewer than [`MIN_PSK_BYTES`] bytes: whoever records one handshake can try keys
+    /// offline, and a short key falls.
+    #[error("a key has at least {MIN_PSK_BYTES} bytes ({} hex digits)", 2 * MIN_PSK_BYTES)]
+    TooShort,
 }
 
 /// What is wrong with one line of a PSK file.
@@ -737,7 +741,10 @@ fn check_handshake_timeout(t: Duration) -> Result<(), ConfigError> {
 /// Longest pre-shared key accepted, in bytes (OpenSSL's limit).
 pub const MAX_PSK_BYTES: usize = 256;
 
-/// Decodes a hex-encoded pre-shared key (1 to 256 bytes).
+/// The shortest pre-shared key accepted: 16 bytes, 128 bits.
+pub const MIN_PSK_BYTES: usize = 16;
+
+/// Decodes a hex-encoded pre-shared key ([`MIN_PSK_BYTES`] to [`MAX_PSK_BYTES`] bytes).
 pub fn parse_psk(hex: &str) -> Result<Vec<u8>, PskError> {
     let hex = hex.trim();
     if hex.is_empty() || hex.len() % 2 != 0 {
@@ -750,6 +757,9 @@ pub fn parse_psk(hex: &str) -> Result<Vec<u8>, PskError> {
         .map_err(|_| PskError::NotHex)?;
     if key.len() > MAX_PSK_BYTES {
         return Err(PskError::TooLong);
+    }
+    if key.len() < MIN_PSK_BYTES {
+        return Err(PskError::TooShort);
     }
     Ok(key)
 }
@@ -819,13 +829,18 @@ pub fn load_users_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigEr
 /// Reads a PSK file: `device-id:hexkey` per line, `#` comments and blank lines ignored.
 /// Refuses a file other users may read. Errors name the file and the line.
 pub fn load_psk_file(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, ConfigError> {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    // The mode is checked on the file opened, then read from it: no window in which the
+    // name could be pointed at another file between the check and the read.
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let meta = file.metadata().map_err(read_error)?;
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(invalid(
                 "link.psk_file",
@@ -837,10 +852,8 @@ pub fn load_psk_file(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, ConfigErr
             ));
         }
     }
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_error)?;
     let mut keys = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         let line_error = |source: PskLineError| ConfigError::PskFile {

@@ -240,13 +240,13 @@ impl Drop for TempFile {
 fn psk_files_are_read_and_refused_when_others_may_read_them() {
     let good = TempFile::new(
         "good.psk",
-        "# devices\n\ndev-1:00112233445566778899aabbccddeeff\n dev-2 : 0a0b \n",
+        "# devices\n\ndev-1:00112233445566778899aabbccddeeff\n dev-2 : 0a0b0c0d0e0f10111213141516171819 \n",
         0o600,
     );
     let keys = load_psk_file(&good.0).unwrap();
     assert_eq!(keys.len(), 2);
     assert_eq!(keys["dev-1"].len(), 16);
-    assert_eq!(keys["dev-2"], vec![0x0a, 0x0b]);
+    assert_eq!(keys["dev-2"][..2], [0x0a, 0x0b]);
 
     let open = TempFile::new("open.psk", "dev-1:00\n", 0o644);
     let e = load_psk_file(&open.0).unwrap_err();
@@ -260,9 +260,17 @@ fn psk_files_are_read_and_refused_when_others_may_read_them() {
     assert!(e.to_string().contains("readable by other users"), "{e}");
 
     for (name, text, says) in [
-        ("hex.psk", "# x\ndev-1:00\ndev-2:zz\n", "line 3"),
+        (
+            "hex.psk",
+            "# x\ndev-1:00112233445566778899aabbccddeeff\ndev-2:zz\n",
+            "line 3",
+        ),
         ("odd.psk", "dev-1:abc\n", "even number"),
-        ("twice.psk", "dev-1:00\ndev-1:01\n", "listed twice"),
+        (
+            "twice.psk",
+            "dev-1:00112233445566778899aabbccddeeff\ndev-1:0a0b0c0d0e0f10111213141516171819\n",
+            "listed twice",
+        ),
         ("colon.psk", "dev-1 00\n", "device-id:hexkey"),
     ] {
         let f = TempFile::new(name, text, 0o600);
@@ -317,7 +325,24 @@ fn dtls_links_need_a_credential_and_sane_limits() {
 
 #[test]
 fn a_bad_key_says_what_is_wrong_with_it() {
-    assert_eq!(parse_psk("0a0B").unwrap(), vec![0x0a, 0x0b]);
+    assert_eq!(
+        parse_psk("0A0B0C0D0E0F10111213141516171819").unwrap()[..2],
+        [0x0a, 0x0b]
+    );
+    // Shorter than 16 bytes (128 bits): guessable offline from one recorded handshake.
+    assert_eq!(parse_psk("0a0b"), Err(PskError::TooShort));
+    assert_eq!(
+        parse_psk(&"00".repeat(MIN_PSK_BYTES - 1)),
+        Err(PskError::TooShort)
+    );
+    assert_eq!(
+        parse_psk(&"00".repeat(MIN_PSK_BYTES)).unwrap().len(),
+        MIN_PSK_BYTES
+    );
+    assert_eq!(
+        PskError::TooShort.to_string(),
+        "a key has at least 16 bytes (32 hex digits)"
+    );
     assert_eq!(parse_psk("abc"), Err(PskError::OddLength));
     assert_eq!(parse_psk(""), Err(PskError::OddLength));
     assert_eq!(parse_psk("zz"), Err(PskError::NotHex));
@@ -331,7 +356,11 @@ fn a_bad_key_says_what_is_wrong_with_it() {
 #[cfg(unix)]
 #[test]
 fn a_bad_psk_file_line_names_the_file_the_line_and_the_reason() {
-    let f = TempFile::new("line.psk", "# keys\ndev-1:00\n\ndev-2:0g\n", 0o600);
+    let f = TempFile::new(
+        "line.psk",
+        "# keys\ndev-1:00112233445566778899aabbccddeeff\n\ndev-2:0g\n",
+        0o600,
+    );
     let e = load_psk_file(&f.0).unwrap_err();
     match &e {
         ConfigError::PskFile { path, line, source } => {
@@ -357,7 +386,11 @@ fn a_bad_psk_file_line_names_the_file_the_line_and_the_reason() {
             .ends_with("id.psk: line 1: device ids have 1 to 32 bytes"),
         "{e}"
     );
-    let f = TempFile::new("twice2.psk", "dev-1:00\ndev-1:01\n", 0o600);
+    let f = TempFile::new(
+        "twice2.psk",
+        "dev-1:00112233445566778899aabbccddeeff\ndev-1:0a0b0c0d0e0f10111213141516171819\n",
+        0o600,
+    );
     let e = load_psk_file(&f.0).unwrap_err();
     assert!(
         e.to_string()

@@ -639,7 +639,7 @@ mod tests {
 
     #[test]
     fn a_bad_key_is_named_with_its_device_and_a_bad_psk_file_with_its_line() {
-        let mut link = dtls_link("psk = { \"dev-1\" = \"00112233\" }\n");
+        let mut link = dtls_link("psk = { \"dev-1\" = \"00112233445566778899aabbccddeeff\" }\n");
         link.psk.insert("dev-9".into(), "0g".into());
         let e = settings(&link).unwrap_err();
         assert!(
@@ -653,7 +653,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("devices.psk");
-        std::fs::write(&file, "dev-1:00\ndev-2\n").unwrap();
+        std::fs::write(&file, "dev-1:00112233445566778899aabbccddeeff\ndev-2\n").unwrap();
         std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
         let link = dtls_link(&format!("psk_file = {:?}\n", file.display().to_string()));
