@@ -126,6 +126,7 @@ pub struct Config {
     pub urgent: UrgentConfig,
     pub classes: ClassesConfig,
     pub identity: IdentityConfig,
+    pub devices: DevicesConfig,
     pub broker: BrokerConfig,
     /// Device links; plain TCP on 127.0.0.1:7878 by default.
     #[serde(rename = "link")]
@@ -152,6 +153,25 @@ impl Default for ClassesConfig {
         Self {
             guaranteed_max_percent: 100,
             besteffort_max_percent: 100,
+        }
+    }
+}
+
+/// What the bridge keeps of devices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// A device offline this long has its retained document (`{root}/devices/{id}`) cleared
+    /// from the broker, so ids seen once (a renamed board, a typo on a lab link) do not stay
+    /// for ever. `0s`: kept for ever.
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self {
+            forget_after: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -245,6 +265,7 @@ impl Default for Config {
             urgent: UrgentConfig::default(),
             classes: ClassesConfig::default(),
             identity: IdentityConfig::default(),
+            devices: DevicesConfig::default(),
             broker: BrokerConfig::default(),
             links: vec![LinkConfig::Tcp {
                 listen: SocketAddr::from(([127, 0, 0, 1], 7878)),

@@ -164,6 +164,7 @@ impl Engine {
             self.devices.by_link.remove(&old.link);
         }
         tracing::info!(device = %id, %peer, rebooted, credit, caps = ?hello.capabilities, locks = ?hello.locks, "device online");
+        self.queue.set_offline(&id, Some(ONLINE));
         self.device_back(link, &hello, rebooted, now);
         let doc = DeviceDocument::new(
             &id,
@@ -231,7 +232,49 @@ impl Engine {
             );
             self.queue
                 .notify(OutboxEntry::new(format!("devices/{device}"), &doc, true));
+            self.queue.set_offline(&device, Some(now.ms));
             self.device_gone(&device, now);
         }
     }
+
+    /// Clears the retained document of every device offline for `devices.forget_after`
+    /// (after a restart, a device that was online counts as offline from the first turn).
+    /// Returns when the next one is due.
+    pub(super) fn forget_devices(&mut self, now: Now) -> Option<u64> {
+        if !self.offline_resumed {
+            self.offline_resumed = true;
+            let were_online: Vec<String> = self
+                .queue
+                .offline()
+                .iter()
+                .filter(|(id, since)| **since == ONLINE && self.devices.get(id).is_none())
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in were_online {
+                self.queue.set_offline(&id, Some(now.ms));
+            }
+        }
+        if self.forget_after_ms == 0 {
+            return None;
+        }
+        while let Some((since, id)) = self.queue.longest_offline() {
+            let due = since.saturating_add(self.forget_after_ms);
+            if due > now.ms {
+                return Some(due);
+            }
+            let id = id.to_owned();
+            tracing::info!(device = %id, after_ms = self.forget_after_ms, "device offline for devices.forget_after; its retained document is cleared");
+            self.queue.notify(OutboxEntry {
+                subtopic: format!("devices/{id}"),
+                payload: String::new(),
+                retain: true,
+            });
+            self.queue.set_offline(&id, None);
+        }
+        None
+    }
 }
+
+/// In the queue's record of offline devices: online now (so offline from a restart on, if it
+/// does not come back).
+pub(super) const ONLINE: u64 = u64::MAX;

@@ -193,6 +193,10 @@ impl Urgency {
 /// The engine's state.
 #[derive(Debug)]
 pub struct Engine {
+    /// `devices.forget_after` in ms; 0: device documents are kept for ever.
+    forget_after_ms: u64,
+    /// Devices online when the bridge last stopped were counted offline from this run's start.
+    offline_resumed: bool,
     /// Queued tasks the dispatcher has looked at, since start (statistics).
     dispatch_examined: u64,
     /// Links without credentials may claim device ids a credential proved (off by default).
@@ -275,6 +279,8 @@ impl Engine {
             unsure: std::collections::BTreeSet::new(),
             class_quota: [100; 3],
             unproven_claims: false,
+            forget_after_ms: 0,
+            offline_resumed: false,
             dispatch_examined: 0,
             refused_claims: 0,
         }
@@ -562,6 +568,12 @@ impl Engine {
         false
     }
 
+    /// How long a device may stay offline before its retained document is cleared (zero:
+    /// kept for ever).
+    pub fn set_forget_after(&mut self, after: Duration) {
+        self.forget_after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    }
+
     /// Whether links without credentials may claim device ids that a credential proved.
     pub fn set_unproven_claims(&mut self, allowed: bool) {
         self.unproven_claims = allowed;
@@ -637,10 +649,11 @@ impl Engine {
         }
         self.take_back(now);
         self.lend_priorities();
-        self.timer = match (self.queue.next_timer(now.ms), self.away_until()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let forget = self.forget_devices(now);
+        self.timer = [self.queue.next_timer(now.ms), self.away_until(), forget]
+            .into_iter()
+            .flatten()
+            .min();
     }
 
     /// The change one dispatch decision makes, staging the `Assign` it sends.

@@ -2004,3 +2004,58 @@ fn tasks_that_fit_nowhere_are_not_examined_at_every_turn() {
         "{examined} tasks examined over 100 turns with 90 that fit nowhere now"
     );
 }
+
+/// A device offline for `devices.forget_after` has its retained document cleared (an empty
+/// retained message), also across a restart of the bridge (a device online when the bridge
+/// stopped counts as offline from the restart until it comes back); one that comes back in
+/// time keeps it (review L5).
+#[test]
+fn a_device_offline_long_enough_has_its_document_cleared() {
+    let cleared = |s: &Sim, id: &str| {
+        s.e.queue()
+            .outbox(1_000)
+            .unwrap()
+            .into_iter()
+            .any(|(_, o)| o.subtopic == format!("devices/{id}") && o.retain && o.payload.is_empty())
+    };
+    let mut s = Sim::new();
+    s.e.set_forget_after(Duration::from_secs(60));
+    s.up(LINK, hello(), 4);
+    s.up(2, hello_of("dev-2"), 4);
+    s.down(LINK);
+    s.turn();
+    s.now += 30_000;
+    s.turn();
+    // dev-2 is online when the bridge stops.
+    s.restart();
+    s.e.set_forget_after(Duration::from_secs(60));
+    s.turn();
+    s.now += 29_000;
+    s.turn();
+    assert!(!cleared(&s, "dev-1"), "cleared before its time");
+    assert_eq!(
+        s.e.poll_timeout(),
+        Some(s.now + 1_000),
+        "woken when it is due"
+    );
+    s.now += 1_000;
+    s.turn();
+    assert!(cleared(&s, "dev-1"));
+    assert!(!cleared(&s, "dev-2"));
+    // dev-2 comes back in time, and stays.
+    s.now += 20_000;
+    s.up(3, hello_of("dev-2"), 4);
+    s.now += 120_000;
+    s.turn();
+    assert!(
+        !cleared(&s, "dev-2"),
+        "a device that came back was forgotten"
+    );
+    // Forgotten once: nothing is left to forget.
+    assert!(
+        s.e.queue()
+            .offline()
+            .values()
+            .all(|&since| since == u64::MAX)
+    );
+}

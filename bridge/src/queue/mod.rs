@@ -51,6 +51,10 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const PROVEN_PREFIX: &str = "proven/";
 /// Just past every key with [`PROVEN_PREFIX`] (`'0'` follows `'/'`).
 const PROVEN_END: &str = "proven0";
+/// Meta keys of devices offline: the prefix, then the id; the value is when they went.
+const OFFLINE_PREFIX: &str = "offline/";
+/// Just past every key with [`OFFLINE_PREFIX`].
+const OFFLINE_END: &str = "offline0";
 
 /// Page cache of the queue database.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
@@ -379,6 +383,8 @@ struct Pending {
     clock: bool,
     /// Device ids proven by a credential for the first time ([`Queue::mark_proven`]).
     proven: Vec<String>,
+    /// Devices gone offline (`Some(ms)`) or forgotten or back (`None`), in order.
+    offline: Vec<(String, Option<u64>)>,
 }
 
 impl Pending {
@@ -388,6 +394,7 @@ impl Pending {
             && self.outbox.is_empty()
             && self.published.is_empty()
             && self.proven.is_empty()
+            && self.offline.is_empty()
             && !self.clock
     }
 
@@ -397,7 +404,8 @@ impl Pending {
         !(self.tasks.is_empty()
             && self.done.is_empty()
             && self.outbox.is_empty()
-            && self.proven.is_empty())
+            && self.proven.is_empty()
+            && self.offline.is_empty())
             || self.clock
     }
 }
@@ -459,6 +467,11 @@ pub struct Queue {
     /// Device ids a credential (certificate, PSK) has proven, ever: stored in the meta table
     /// under [`PROVEN_PREFIX`], so a restart does not open them to links without credentials.
     proven: std::collections::BTreeSet<String>,
+    /// Devices offline, with the time (ms on the timer clock) they went: stored in the meta
+    /// table under [`OFFLINE_PREFIX`] until they come back or are forgotten.
+    offline: BTreeMap<String, u64>,
+    /// The devices of `offline` that are offline (not [`u64::MAX`]), by the time they went.
+    offline_by_time: BTreeSet<(u64, String)>,
     /// Outbox entries (stored and staged) per class: the bound is checked without reading
     /// the table.
     outbox_depth: [u64; CLASSES],
@@ -524,6 +537,8 @@ impl Queue {
             anchor_committed_ms: 0,
             pending: Pending::default(),
             proven: std::collections::BTreeSet::new(),
+            offline: BTreeMap::new(),
+            offline_by_time: BTreeSet::new(),
             outbox_depth: [0; CLASSES],
             outbox_limit: OUTBOX_LIMIT,
             storage_full: false,
@@ -564,6 +579,15 @@ impl Queue {
             let (key, _) = entry.map_err(db_err)?;
             if let Some(id) = key.value().strip_prefix(PROVEN_PREFIX) {
                 q.proven.insert(id.to_owned());
+            }
+        }
+        for entry in meta.range(OFFLINE_PREFIX..OFFLINE_END).map_err(db_err)? {
+            let (key, since) = entry.map_err(db_err)?;
+            if let Some(id) = key.value().strip_prefix(OFFLINE_PREFIX) {
+                q.offline.insert(id.to_owned(), since.value());
+                if since.value() != u64::MAX {
+                    q.offline_by_time.insert((since.value(), id.to_owned()));
+                }
             }
         }
         let value = |name: &str| -> Result<Option<u64>, QueueError> {
@@ -1260,6 +1284,39 @@ impl Queue {
         }
     }
 
+    /// Device `id` went offline at `ms` (timer clock), or (`None`) came back or was
+    /// forgotten; stored with the next commit.
+    /// `since` is [`u64::MAX`] for a device online now (offline from a restart on if it does
+    /// not come back).
+    pub fn set_offline(&mut self, id: &str, since: Option<u64>) {
+        let old = match since {
+            Some(ms) => self.offline.insert(id.to_owned(), ms),
+            None => self.offline.remove(id),
+        };
+        if old == since {
+            return;
+        }
+        if let Some(old) = old {
+            self.offline_by_time.remove(&(old, id.to_owned()));
+        }
+        if let Some(ms) = since.filter(|&ms| ms != u64::MAX) {
+            self.offline_by_time.insert((ms, id.to_owned()));
+        }
+        self.pending.offline.push((id.to_owned(), since));
+    }
+
+    /// Devices known, with the time they went offline (timer clock ms; [`u64::MAX`]: online).
+    pub fn offline(&self) -> &BTreeMap<String, u64> {
+        &self.offline
+    }
+
+    /// The device offline the longest, with the time it went.
+    pub fn longest_offline(&self) -> Option<(u64, &str)> {
+        self.offline_by_time
+            .first()
+            .map(|(ms, id)| (*ms, id.as_str()))
+    }
+
     /// Whether anything is staged.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
@@ -1329,6 +1386,14 @@ impl Queue {
             for id in &p.proven {
                 meta.insert(format!("{PROVEN_PREFIX}{id}").as_str(), 1)
                     .map_err(db_err)?;
+            }
+            for (id, since) in &p.offline {
+                let key = format!("{OFFLINE_PREFIX}{id}");
+                match since {
+                    Some(ms) => meta.insert(key.as_str(), ms).map(drop),
+                    None => meta.remove(key.as_str()).map(drop),
+                }
+                .map_err(db_err)?;
             }
             if let Some(anchor) = self.anchor {
                 meta.insert("clock_ms", anchor.clock_ms).map_err(db_err)?;

@@ -128,6 +128,7 @@ pub async fn run(
     engine.set_urgency(urgency(&config.urgent));
     engine.set_leases(leases(&config.queue));
     engine.set_unproven_claims(config.identity.unproven_claims);
+    engine.set_forget_after(config.devices.forget_after);
     engine.set_class_quotas([
         100,
         config.classes.guaranteed_max_percent,
