@@ -96,7 +96,11 @@ pub fn api_filters(root: &str) -> [String; 2] {
 /// Builds the client and its event loop with the bridge's session settings.
 pub fn connect(s: &MqttSettings) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(&s.client_id, &s.host, s.port);
-    opts.set_keep_alive(Duration::from_secs(15));
+    // 60 s, the usual MQTT default: while the engine works through a flood of submissions the
+    // driver stops reading (the broker then holds them), and a PINGRESP queued behind them
+    // can take longer than 15 s to be read on a busy gateway; a shorter keepalive then
+    // drops a healthy connection, and its redelivered in-flight messages add to the load.
+    opts.set_keep_alive(Duration::from_secs(60));
     // Persistent session + manual acks: unacknowledged submissions are redelivered.
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
