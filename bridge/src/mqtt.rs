@@ -93,6 +93,29 @@ pub fn api_filters(root: &str) -> [String; 2] {
     ]
 }
 
+/// What a message on one of the API's topics asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiTopic<'a> {
+    /// `{root}/tasks/submit`.
+    Submit,
+    /// `{root}/tasks/{id}/cancel`: the id is the one topic level the filter's `+` matched
+    /// (possibly empty; whether it is a task id is the engine's question).
+    Cancel(&'a str),
+}
+
+/// What `topic` is under `root`: a submission or a cancel when it matches one of
+/// [`api_filters`], `None` otherwise (a topic an older subscription of the persistent session
+/// still delivers, say).
+pub fn api_topic<'a>(root: &str, topic: &'a str) -> Option<ApiTopic<'a>> {
+    let rest = topic.strip_prefix(root)?.strip_prefix("/tasks/")?;
+    if rest == "submit" {
+        return Some(ApiTopic::Submit);
+    }
+    let id = rest.strip_suffix("/cancel")?;
+    // `+` matches exactly one level.
+    (!id.contains('/')).then_some(ApiTopic::Cancel(id))
+}
+
 /// Builds the client and its event loop with the bridge's session settings.
 pub fn connect(s: &MqttSettings) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(&s.client_id, &s.host, s.port);
@@ -165,8 +188,6 @@ pub async fn run(
     events: mpsc::Sender<MqttEvent>,
     mut publish: mpsc::Receiver<Publication>,
 ) {
-    let submit_topic = format!("{}/tasks/submit", settings.root);
-    let cancel_prefix = format!("{}/tasks/", settings.root);
     // Keys of our publishes in request order, waiting for their packet id.
     let mut requested: VecDeque<u64> = VecDeque::new();
     let mut by_pkid: HashMap<u16, u64> = HashMap::new();
@@ -248,9 +269,8 @@ pub async fn run(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let topic = p.topic.clone();
-                    let api_topic = topic == submit_topic
-                        || topic.strip_prefix(&cancel_prefix).is_some_and(|t| t.ends_with("/cancel"));
-                    let own_clear = api_topic
+                    let request = api_topic(&settings.root, &topic);
+                    let own_clear = request.is_some()
                         && p.payload.is_empty()
                         && clearing.get_mut(&topic).is_some_and(|n| {
                             *n -= 1;
@@ -265,7 +285,7 @@ pub async fn run(
                         let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, handled));
                         continue;
                     }
-                    if p.retain && api_topic {
+                    if p.retain && request.is_some() {
                         // Kept by the broker and handed to every new subscription: cleared (an
                         // empty retained message), refused on `{root}/errors`, never acted on.
                         if client.try_publish(topic.clone(), QoS::AtLeastOnce, true, Vec::new()).is_ok() {
@@ -279,13 +299,13 @@ pub async fn run(
                             return;
                         }
                         let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, handled));
-                    } else if topic == submit_topic {
+                    } else if request == Some(ApiTopic::Submit) {
                         let (accepted, committed) = oneshot::channel();
                         if api.send(ApiInput::Submit { payload: p.payload.to_vec(), accepted }).await.is_err() {
                             return;
                         }
                         let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, committed));
-                    } else if let Some(id) = topic.strip_prefix(&cancel_prefix).and_then(|t| t.strip_suffix("/cancel")) {
+                    } else if let Some(ApiTopic::Cancel(id)) = request {
                         let (done, handled) = oneshot::channel();
                         if api.send(ApiInput::Cancel { id: id.to_owned(), done }).await.is_err() {
                             return;
@@ -414,6 +434,39 @@ const RECONNECT: Backoff = Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_topics_are_what_the_filters_match() {
+        let root = "edge/a";
+        assert_eq!(
+            api_topic(root, "edge/a/tasks/submit"),
+            Some(ApiTopic::Submit)
+        );
+        assert_eq!(
+            api_topic(root, "edge/a/tasks/t-1/cancel"),
+            Some(ApiTopic::Cancel("t-1"))
+        );
+        // `+` matches an empty level, and a level named like the submit topic.
+        assert_eq!(
+            api_topic(root, "edge/a/tasks//cancel"),
+            Some(ApiTopic::Cancel(""))
+        );
+        assert_eq!(
+            api_topic(root, "edge/a/tasks/submit/cancel"),
+            Some(ApiTopic::Cancel("submit"))
+        );
+        for other in [
+            "edge/a/tasks/a/b/cancel",
+            "edge/a/tasks/cancel",
+            "edge/a/tasks/submit/",
+            "edge/ab/tasks/submit",
+            "edge/a/tasks/t-1/status",
+            "edge/a",
+            "",
+        ] {
+            assert_eq!(api_topic(root, other), None, "{other:?}");
+        }
+    }
 
     #[test]
     fn reconnection_delays_are_200_ms_doubling_to_10_s_plus_up_to_half_again() {

@@ -443,10 +443,11 @@ fn parse_priority(v: &Value) -> Option<Priority> {
             .as_u64()
             .and_then(|p| u8::try_from(p).ok())
             .and_then(Priority::from_level),
-        Value::String(s) => s
-            .strip_prefix('P')
-            .and_then(|d| d.parse::<u8>().ok())
-            .and_then(Priority::from_level),
+        // Exactly "P0" to "P5": `u8::from_str` would also take "P+3" and "P03".
+        Value::String(s) => match s.as_bytes() {
+            [b'P', digit @ b'0'..=b'9'] => Priority::from_level(digit - b'0'),
+            _ => None,
+        },
         _ => None,
     }
 }

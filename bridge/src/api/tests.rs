@@ -112,6 +112,22 @@ fn every_bad_field_is_rejected_with_its_code() {
     assert_eq!(code(&big), ErrorCode::PayloadTooLarge);
 }
 
+/// Found by the `api_parse` fuzz target: `"P+3"` and `"P03"` were taken for P3 (Rust's
+/// integer parsing allows a sign and leading zeros), though the API documents "P0" to "P5".
+#[test]
+fn a_priority_string_is_exactly_p0_to_p5() {
+    for (text, level) in [("P0", 0), ("P3", 3), ("P5", 5)] {
+        let json = format!(r#"{{"capability":"echo","priority":"{text}"}}"#);
+        assert_eq!(parse(&json).unwrap().priority.level(), level, "{text}");
+    }
+    for bad in [
+        "P+3", "P03", "P003", "P-0", "P 3", "p3", "P", "3", "P3 ", "P٣",
+    ] {
+        let json = format!(r#"{{"capability":"echo","priority":"{bad}"}}"#);
+        assert_eq!(code(&json), ErrorCode::InvalidPriority, "{bad:?}");
+    }
+}
+
 #[test]
 fn lock_names_are_checked_as_a_device_declares_them() {
     let locks = |json: &str| parse(&format!(r#"{{"capability":"echo","locks":{json}}}"#));

@@ -11,14 +11,17 @@ use crate::time::Now;
 
 impl Engine {
     /// The live task a device's message about `handle` is about, with the device: the task
-    /// with that handle (unique), last dispatched to the device on `link`. Found from durable
-    /// state, so reports that arrive after a bridge restart still settle their tasks.
+    /// with that handle (unique), on the device on `link` (dispatched there or running). Found
+    /// from durable state, so reports that arrive after a bridge restart still settle their
+    /// tasks. A task back in the queue is on no device, though its record still names the one
+    /// that refused it (with the same handle): a message from that device about it changes
+    /// nothing (a `running` report would put it on the device without an `Assign`, a lease or
+    /// a slot).
     pub(super) fn task_of(&self, link: LinkId, handle: u32) -> Option<(String, String)> {
         let device = self.devices.device_on(link)?;
-        let task = self
-            .queue
-            .by_handle(handle)
-            .filter(|t| t.device.as_deref() == Some(device.as_str()))?;
+        let task = self.queue.by_handle(handle).filter(|t| {
+            t.state != TaskState::Queued && t.device.as_deref() == Some(device.as_str())
+        })?;
         Some((task.sub.id.clone(), device.clone()))
     }
 

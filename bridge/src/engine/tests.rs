@@ -614,6 +614,42 @@ fn cancel_ends_a_task_in_every_state() {
 
 // ----- refusals -----
 
+/// A task a device refused (`NoFreeSlot`) is back in the queue: a report from that device for
+/// its handle does not put it on the device again without an `Assign` (it was put there
+/// `running`, with no lease, beyond the device's slots, and never dispatched elsewhere: found
+/// with the `engine` fuzz target's invariants), and the task is dispatched as any other.
+#[test]
+fn a_report_for_a_refused_task_does_not_put_it_back_on_the_device() {
+    let mut s = Sim::new();
+    s.up(
+        LINK,
+        Hello {
+            slots: 1,
+            ..hello()
+        },
+        1,
+    );
+    s.submit(r#"{"id":"refused","capability":"echo"}"#);
+    s.turn();
+    let handle = s.task("refused").unwrap().handle();
+    let ticket = s.ticket();
+    let reject = Reject {
+        handle: Some(handle),
+        reason: RejectReason::NoFreeSlot,
+    };
+    s.link(LINK, LinkInput::Reject { reject, ticket });
+    s.report(LINK, handle, TaskReport::Running, None);
+    s.e.commit().unwrap();
+    let task = s.task("refused").unwrap();
+    assert_eq!(task.state, TaskState::Queued, "{task:?}");
+    assert_eq!(s.e.queue().in_flight("dev-1"), 0);
+    // It goes out again once the device has room, after its retry delay.
+    s.now += 2_000;
+    s.credit(LINK, 1);
+    assert_eq!(assigns(&s.turn(), LINK).len(), 1);
+    assert!(s.task("refused").unwrap().lease_until_ms.is_some());
+}
+
 /// A device's `NoFreeSlot` sends the task back to the queue after the retry delay (dispatched
 /// again, same handle); any other refusal rejects it, naming the device and the reason.
 #[test]
