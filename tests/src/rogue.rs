@@ -276,6 +276,60 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Rogue<S> {
         self.send_raw(&bytes).await
     }
 
+    /// After [`Rogue::open`]: answers every `Assign` with `Reject(NoFreeSlot)` while telling
+    /// the bridge it has `credit` free slots (a device that lies about its room), counting the
+    /// `Assign`s in `assigns`, until the link ends; returns why it ended.
+    pub async fn refuse_assigns(
+        &mut self,
+        credit: u8,
+        assigns: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    ) -> String {
+        let Some(mut session) = self.session.take() else {
+            return "no session: open it first".into();
+        };
+        session.set_credit(credit);
+        let mut input = [0u8; 4096];
+        let mut out = [0u8; MAX_FRAME];
+        loop {
+            while let Some(n) = session.poll_transmit(self.now(), &mut out) {
+                if let Err(e) = self.send_raw(&out[..n]).await {
+                    return format!("write: {e}");
+                }
+            }
+            let wake = session.poll_timeout().map_or(u64::MAX, |t| t.as_millis());
+            let sleep = Duration::from_millis(wake.saturating_sub(self.now().as_millis()));
+            let n = tokio::select! {
+                read = self.stream.read(&mut input) => match read {
+                    Ok(0) => return "closed by the bridge".into(),
+                    Ok(n) => n,
+                    Err(e) => return format!("read: {e}"),
+                },
+                () = tokio::time::sleep(sleep.min(Duration::from_secs(1))) => {
+                    session.handle_timeout(self.now());
+                    continue;
+                }
+            };
+            let now = self.now();
+            let mut rest = &input[..n];
+            while !rest.is_empty() {
+                let (used, got) = self.deframer.push_raw(rest);
+                rest = &rest[used..];
+                let Some(Ok(bytes)) = got else { continue };
+                if let Ok(Some(device_core::link::Event::Received(Message::Assign(a)))) =
+                    session.handle_bytes(bytes, now)
+                {
+                    assigns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let reject = proto::Reject {
+                        handle: Some(a.handle),
+                        reason: proto::RejectReason::NoFreeSlot,
+                    };
+                    let _ = session.send(Message::Reject(reject));
+                    session.set_credit(credit);
+                }
+            }
+        }
+    }
+
     /// Reads (and discards) what the bridge sends until it closes the link; `Err` when it is
     /// still open after `within`.
     pub async fn closed_within(&mut self, within: Duration) -> Result<Closed, String> {
