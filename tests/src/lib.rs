@@ -9,9 +9,12 @@
 //! # Layout
 //! - this file: processes (bridge, device simulators, mosquitto) and the [`Watcher`] client
 //!   the end-to-end tests share;
-//! - [`bench`](mod@bench): the benchmark behind the `edge-bench` binary (and its smoke test).
+//! - [`bench`](mod@bench): the benchmark behind the `edge-bench` binary (and its smoke test);
+//! - [`rogue`]: a rogue device on device-core's wire format and session, for tests of what
+//!   the bridge does with devices that misbehave.
 
 pub mod bench;
+pub mod rogue;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
