@@ -1,5 +1,8 @@
 //! The byte-stream link driver: plain TCP, TLS and serial ports through the same code,
 //! generic over the stream. It also enforces the identity rule (see [`super::Identity`]).
+//!
+//! Bad frames and unexpected messages are logged within the [`Throttle`] of remote events,
+//! with counts.
 
 use std::time::Instant as StdInstant;
 
@@ -11,6 +14,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Identity, LinkCommand, LinkEvent, LinkId};
+use crate::throttle::Throttle;
+
+/// Bad frames from devices, for every link of the process: line noise on a UART, or anyone on
+/// a plain TCP port, can send them as fast as they like.
+static BAD_FRAMES: Throttle = Throttle::remote_events();
+/// Messages a device should not send (a `Welcome`, an `Assign`).
+static UNEXPECTED: Throttle = Throttle::remote_events();
 
 /// Send window and reorder buffer of a bridge-side session.
 pub type BridgeSession = Session<BridgeSide, 16, 16>;
@@ -140,7 +150,10 @@ where
                     let event = match frame.map(|f| session.handle_bytes(f, now())) {
                         Ok(Ok(e)) => e,
                         Ok(Err(e)) | Err(e) => {
-                            tracing::warn!(link, %peer, error = %e, "dropped a bad frame from the device");
+                            if let Some(suppressed) = BAD_FRAMES.admit(StdInstant::now()) {
+                                let bad_frames = session.stats().bad_frames;
+                                tracing::warn!(link, %peer, error = %e, bad_frames, suppressed, "dropped a bad frame from the device");
+                            }
                             None
                         }
                     };
@@ -303,7 +316,9 @@ async fn deliver(
             .await
         }
         Event::Received(other) => {
-            tracing::warn!(link, %peer, message = ?other, "unexpected message from a device, ignored");
+            if let Some(suppressed) = UNEXPECTED.admit(StdInstant::now()) {
+                tracing::warn!(link, %peer, message = ?other, suppressed, "unexpected message from a device, ignored");
+            }
             true
         }
         Event::Welcomed | Event::PeerLost => true,
