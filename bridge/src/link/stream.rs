@@ -1,8 +1,10 @@
 //! The byte-stream link driver: plain TCP, TLS and serial ports through the same code,
 //! generic over the stream. It also enforces the identity rule (see [`super::Identity`]).
 //!
-//! Bad frames and unexpected messages are logged within the [`Throttle`] of remote events,
-//! with counts.
+//! A connection that sends no `Hello` is closed after the session's liveness timeout, whatever
+//! else it sends (device-core counts a connecting bridge session's liveness from a `Hello`
+//! only). Bad frames and unexpected messages are logged within the [`Throttle`] of remote
+//! events, with counts.
 
 use std::time::Instant as StdInstant;
 
@@ -226,8 +228,13 @@ where
                 }
             }
             () = sleep => {
+                let connecting = session.state() == State::Connecting;
                 if let Some(Event::PeerLost) = session.handle_timeout(now()) {
-                    return Ok("device silent past the liveness timeout".into());
+                    return Ok(if connecting {
+                        format!("no Hello within {} ms", config.liveness_ms)
+                    } else {
+                        "device silent past the liveness timeout".into()
+                    });
                 }
             }
         }
