@@ -43,9 +43,7 @@ fn start(dir: &Path, data: &Path) -> Bridge {
             max_connections: 64,
             api_log_bytes: 1 << 20,
         },
-        links: vec![LinkConfig::Tcp {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        }],
+        links: vec![LinkConfig::tcp(SocketAddr::from(([127, 0, 0, 1], 0)))],
         ..Config::default()
     };
     let file = write_config(dir, &config);

@@ -119,13 +119,17 @@ impl LinkedBridge {
         std::fs::write(&psk_file, lines).map_err(io(&psk_file))?;
         std::fs::set_permissions(&psk_file, std::fs::Permissions::from_mode(0o600))
             .map_err(io(&psk_file))?;
+        // Phase 5 holds `--dtls-sessions` plain TCP connections, all from 127.0.0.1.
         let config = format!(
             "bridge_id = \"{bridge_id}\"\n\
              [broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:0\"\n\
              [[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:0\"\n\
+             max_connections = {}\nmax_connections_per_address = {}\n\
              [[link]]\nkind = \"dtls\"\nlisten = \"127.0.0.1:0\"\nciphers = \"{CIPHER}\"\n\
              idle_timeout = \"{}s\"\nhandshakes_per_second = {}\nmax_half_open = {}\n\
              max_half_open_per_address = {}\nmax_sessions = {}\npsk_file = {:?}\n",
+            LIMITS.max_sessions,
+            LIMITS.max_sessions,
             LIMITS.idle_timeout.as_secs(),
             LIMITS.handshakes_per_second,
             LIMITS.max_half_open,

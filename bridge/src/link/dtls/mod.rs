@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use self::session::{ContextError, Datagrams, MAX_DATAGRAM, Role, Session, Wire};
-use super::{Identity, LinkEvent, LinkId, stream};
+use super::{Identity, LinkEvent, LinkId, host, stream};
 
 /// The settings of one DTLS listener, from its `[[link]]` table.
 #[derive(Clone, Debug)]
@@ -301,22 +301,6 @@ fn load_certificates(
         })?;
     b.set_ca_file(ca).map_err(file("client_ca_file", ca))?;
     Ok(())
-}
-
-/// The host an address belongs to, for per-host limits: an IPv4 address (IPv4-mapped IPv6
-/// included) is one host; an IPv6 address counts by its /64, which one subscriber usually
-/// holds whole.
-fn host(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.into(),
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.into(),
-            None => {
-                let s = v6.segments();
-                std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0).into()
-            }
-        },
-    }
 }
 
 /// One peer address in the socket task's map.
@@ -783,19 +767,6 @@ mod tests {
             "{e}"
         );
         assert!(std::error::Error::source(&e).is_some());
-    }
-
-    #[test]
-    fn hosts_are_ipv4_addresses_and_ipv6_prefixes() {
-        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-        assert_eq!(host(ip("192.0.2.7")), ip("192.0.2.7"));
-        assert_ne!(host(ip("192.0.2.7")), host(ip("192.0.2.8")));
-        assert_eq!(host(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
-        assert_eq!(
-            host(ip("2001:db8:1:2::5")),
-            host(ip("2001:db8:1:2:aaaa::9"))
-        );
-        assert_ne!(host(ip("2001:db8:1:2::5")), host(ip("2001:db8:1:3::5")));
     }
 
     #[test]
