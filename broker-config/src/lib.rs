@@ -526,6 +526,12 @@ pub struct DtlsLink {
     /// Sessions at most, established or not.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Established sessions of one identity (PSK identity or certificate names) at most.
+    /// When a new handshake proving it completes beyond this, the identity's oldest session
+    /// is closed: a device that reconnected from a new port replaces its stale session at
+    /// once, and one leaked key holds this many sessions, not `max_sessions`.
+    #[serde(default = "default_max_sessions_per_identity")]
+    pub max_sessions_per_identity: usize,
     /// Sessions still in their handshake at most; a peer must first return a stateless
     /// cookie (HelloVerifyRequest) to start one, so spoofed addresses cost nothing.
     #[serde(default = "default_max_half_open")]
@@ -537,6 +543,10 @@ pub struct DtlsLink {
     /// New handshakes started per second at most (burst of the same size).
     #[serde(default = "default_handshake_rate")]
     pub handshakes_per_second: u32,
+    /// Of those, from one IP address (an IPv6 /64) at most (burst of the same size): one
+    /// host whose handshakes fail fast cannot use the whole budget and lock devices out.
+    #[serde(default = "default_handshake_rate_per_address")]
+    pub handshakes_per_second_per_address: u32,
 }
 
 fn default_dtls_ciphers() -> String {
@@ -565,6 +575,14 @@ fn default_max_half_open_per_address() -> usize {
 
 fn default_handshake_rate() -> u32 {
     200
+}
+
+fn default_handshake_rate_per_address() -> u32 {
+    20
+}
+
+fn default_max_sessions_per_identity() -> usize {
+    1
 }
 
 fn default_link_max_connections() -> usize {
@@ -663,6 +681,8 @@ impl LinkConfig {
                 max_half_open,
                 max_half_open_per_address,
                 handshakes_per_second,
+                max_sessions_per_identity,
+                handshakes_per_second_per_address,
                 ..
             }) => {
                 for (id, key) in psk {
@@ -704,6 +724,15 @@ impl LinkConfig {
                         "link.max_half_open",
                         "max_sessions, max_half_open, max_half_open_per_address and \
                          handshakes_per_second must be above 0",
+                    ));
+                }
+                if *max_sessions_per_identity == 0 {
+                    return Err(invalid("link.max_sessions_per_identity", "must be above 0"));
+                }
+                if *handshakes_per_second_per_address == 0 {
+                    return Err(invalid(
+                        "link.handshakes_per_second_per_address",
+                        "must be above 0",
                     ));
                 }
                 Ok(())

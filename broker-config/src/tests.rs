@@ -327,7 +327,12 @@ fn dtls_links_need_a_credential_and_sane_limits() {
     let ok = Config::from_toml(&format!("{DTLS}{PSK}"), "t").unwrap();
     assert!(matches!(
         &ok.links[0],
-        LinkConfig::Dtls(DtlsLink { mtu: 1200, .. })
+        LinkConfig::Dtls(DtlsLink {
+            mtu: 1200,
+            max_sessions_per_identity: 1,
+            handshakes_per_second_per_address: 20,
+            ..
+        })
     ));
     // A typo inside a DTLS link is an error naming the key, as in every other table.
     let e = Config::from_toml(&format!("{DTLS}{PSK}mtuu = 1200\n"), "t").unwrap_err();
@@ -352,6 +357,14 @@ fn dtls_links_need_a_credential_and_sane_limits() {
         (
             format!("{DTLS}{PSK}max_half_open = 0\n"),
             "link.max_half_open",
+        ),
+        (
+            format!("{DTLS}{PSK}max_sessions_per_identity = 0\n"),
+            "link.max_sessions_per_identity",
+        ),
+        (
+            format!("{DTLS}{PSK}handshakes_per_second_per_address = 0\n"),
+            "link.handshakes_per_second_per_address",
         ),
         (format!("{DTLS}{PSK}ciphers = \" \"\n"), "link.ciphers"),
         (format!("{DTLS}{PSK}{DTLS}{PSK}"), "link.listen"),

@@ -46,7 +46,7 @@ pub type LinkId = u64;
 /// The identity rule: the device id in a device's `Hello` must be one of `names`; otherwise
 /// the link is closed and the attempt logged, and the core never hears of the device. Links
 /// without a credential (plain TCP) have no `Identity` and accept any id.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Identity {
     /// How the names were proven, for the log ("TLS client certificate").
     pub credential: &'static str,
