@@ -36,6 +36,8 @@
 //!   ports): transport tasks driving device-core sessions, and the identity rule.
 //! - [`broker`]: the embedded MQTT broker (rumqttd).
 //! - [`tls`]: rustls client settings for an external broker, and the PEM readers.
+//! - [`throttle`]: the budget of log lines about remote events (bad frames, failed
+//!   handshakes, refused connections), with counts of the lines left out.
 // No unsafe code, but for the few OpenSSL calls the `openssl` crate does not wrap (DTLS
 // timer and stateless cookie exchange), in `link::dtls::ffi`.
 #![deny(unsafe_code)]
@@ -49,5 +51,6 @@ pub mod link;
 pub mod mqtt;
 pub mod queue;
 pub mod run;
+pub mod throttle;
 pub mod time;
 pub mod tls;

@@ -131,7 +131,7 @@ fn run(
         }
     }
     if let Some(addr) = device_listen {
-        config.links = vec![LinkConfig::Tcp { listen: addr }];
+        config.links = vec![LinkConfig::tcp(addr)];
     }
     config
         .validate()

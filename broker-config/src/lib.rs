@@ -267,9 +267,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             devices: DevicesConfig::default(),
             broker: BrokerConfig::default(),
-            links: vec![LinkConfig::Tcp {
-                listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
-            }],
+            links: vec![LinkConfig::tcp(SocketAddr::from(([127, 0, 0, 1], 7878)))],
             resources: Vec::new(),
         }
     }
@@ -517,7 +515,17 @@ fn default_tls_handshakes() -> usize {
 pub enum LinkConfig {
     /// Plain TCP carrying the device framing. No authentication: for labs, simulators and
     /// emulated MCUs.
-    Tcp { listen: SocketAddr },
+    Tcp {
+        listen: SocketAddr,
+        /// Connections open at once at most; one beyond it is closed as soon as it is
+        /// accepted (and counted in the log), so a flood cannot take every file descriptor.
+        #[serde(default = "default_link_max_connections")]
+        max_connections: usize,
+        /// Of those, from one IP address (an IPv6 /64) at most, so one host cannot take every
+        /// connection.
+        #[serde(default = "default_max_connections_per_address")]
+        max_connections_per_address: usize,
+    },
     /// TLS over TCP carrying the device framing, with a client certificate required: the
     /// device id in a device's `Hello` must be the certificate's subject CN or one of its DNS
     /// subject alternative names, or the link is closed.
@@ -534,6 +542,16 @@ pub enum LinkConfig {
         /// malicious peer cannot hold a socket and a task forever.
         #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
         handshake_timeout: Duration,
+        /// Connections open at once at most, in their handshake or not (as for `tcp`).
+        #[serde(default = "default_link_max_connections")]
+        max_connections: usize,
+        /// Of those, from one IP address (an IPv6 /64) at most.
+        #[serde(default = "default_max_connections_per_address")]
+        max_connections_per_address: usize,
+        /// TLS handshakes in progress at once at most (each costs CPU and buffers); a
+        /// connection beyond it waits for a free one, within its `handshake_timeout`.
+        #[serde(default = "default_max_handshakes")]
+        max_handshakes: usize,
     },
     /// UDP with DTLS 1.2, one device frame per datagram. Devices prove their id with a
     /// pre-shared key (the PSK identity is the device id) or with a client certificate (as for
@@ -589,6 +607,12 @@ pub struct DtlsLink {
     /// Sessions at most, established or not.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Established sessions of one identity (PSK identity or certificate names) at most.
+    /// When a new handshake proving it completes beyond this, the identity's oldest session
+    /// is closed: a device that reconnected from a new port replaces its stale session at
+    /// once, and one leaked key holds this many sessions, not `max_sessions`.
+    #[serde(default = "default_max_sessions_per_identity")]
+    pub max_sessions_per_identity: usize,
     /// Sessions still in their handshake at most; a peer must first return a stateless
     /// cookie (HelloVerifyRequest) to start one, so spoofed addresses cost nothing.
     #[serde(default = "default_max_half_open")]
@@ -600,6 +624,10 @@ pub struct DtlsLink {
     /// New handshakes started per second at most (burst of the same size).
     #[serde(default = "default_handshake_rate")]
     pub handshakes_per_second: u32,
+    /// Of those, from one IP address (an IPv6 /64) at most (burst of the same size): one
+    /// host whose handshakes fail fast cannot use the whole budget and lock devices out.
+    #[serde(default = "default_handshake_rate_per_address")]
+    pub handshakes_per_second_per_address: u32,
 }
 
 fn default_dtls_ciphers() -> String {
@@ -630,6 +658,26 @@ fn default_handshake_rate() -> u32 {
     200
 }
 
+fn default_handshake_rate_per_address() -> u32 {
+    20
+}
+
+fn default_max_sessions_per_identity() -> usize {
+    1
+}
+
+fn default_link_max_connections() -> usize {
+    512
+}
+
+fn default_max_connections_per_address() -> usize {
+    64
+}
+
+fn default_max_handshakes() -> usize {
+    64
+}
+
 fn default_baud() -> u32 {
     115_200
 }
@@ -639,10 +687,19 @@ fn default_handshake_timeout() -> Duration {
 }
 
 impl LinkConfig {
+    /// A plain TCP link on `listen` with the default caps.
+    pub fn tcp(listen: SocketAddr) -> Self {
+        Self::Tcp {
+            listen,
+            max_connections: default_link_max_connections(),
+            max_connections_per_address: default_max_connections_per_address(),
+        }
+    }
+
     /// The address the link listens on; `None` for a serial port.
     pub fn listen(&self) -> Option<SocketAddr> {
         match self {
-            Self::Tcp { listen }
+            Self::Tcp { listen, .. }
             | Self::Tls { listen, .. }
             | Self::Dtls(DtlsLink { listen, .. }) => Some(*listen),
             Self::Serial { .. } => None,
@@ -652,7 +709,7 @@ impl LinkConfig {
     /// What the link occupies, for duplicate checks: TCP and UDP ports are distinct.
     fn endpoint(&self) -> String {
         match self {
-            Self::Tcp { listen } | Self::Tls { listen, .. } => format!("tcp {listen}"),
+            Self::Tcp { listen, .. } | Self::Tls { listen, .. } => format!("tcp {listen}"),
             Self::Dtls(DtlsLink { listen, .. }) => format!("udp {listen}"),
             Self::Serial { path, .. } => format!("serial {}", path.display()),
         }
@@ -661,14 +718,25 @@ impl LinkConfig {
     /// Checks the values of one link; the error names the field.
     fn validate(&self) -> Result<(), ConfigError> {
         match self {
-            Self::Tcp { .. } => Ok(()),
+            Self::Tcp {
+                max_connections,
+                max_connections_per_address,
+                ..
+            } => check_connection_caps(*max_connections, *max_connections_per_address),
             Self::Tls {
                 cert_file,
                 key_file,
                 client_ca_file,
                 handshake_timeout,
+                max_connections,
+                max_connections_per_address,
+                max_handshakes,
                 ..
             } => {
+                check_connection_caps(*max_connections, *max_connections_per_address)?;
+                if *max_handshakes == 0 {
+                    return Err(invalid("link.max_handshakes", "must be above 0"));
+                }
                 for (field, path) in [
                     ("link.cert_file", cert_file),
                     ("link.key_file", key_file),
@@ -694,6 +762,8 @@ impl LinkConfig {
                 max_half_open,
                 max_half_open_per_address,
                 handshakes_per_second,
+                max_sessions_per_identity,
+                handshakes_per_second_per_address,
                 ..
             }) => {
                 for (id, key) in psk {
@@ -737,6 +807,15 @@ impl LinkConfig {
                          handshakes_per_second must be above 0",
                     ));
                 }
+                if *max_sessions_per_identity == 0 {
+                    return Err(invalid("link.max_sessions_per_identity", "must be above 0"));
+                }
+                if *handshakes_per_second_per_address == 0 {
+                    return Err(invalid(
+                        "link.handshakes_per_second_per_address",
+                        "must be above 0",
+                    ));
+                }
                 Ok(())
             }
             Self::Serial { path, baud } => {
@@ -750,6 +829,21 @@ impl LinkConfig {
             }
         }
     }
+}
+
+/// The connection caps of a `tcp` or `tls` link: both above 0 (a cap of 0 would refuse
+/// every device).
+fn check_connection_caps(total: usize, per_address: usize) -> Result<(), ConfigError> {
+    if total == 0 {
+        return Err(invalid("link.max_connections", "must be above 0"));
+    }
+    if per_address == 0 {
+        return Err(invalid(
+            "link.max_connections_per_address",
+            "must be above 0",
+        ));
+    }
+    Ok(())
 }
 
 fn check_handshake_timeout(t: Duration) -> Result<(), ConfigError> {

@@ -69,6 +69,9 @@ fn a_tls_link_parses_with_its_files_and_a_default_handshake_timeout() {
             key_file: "s.key".into(),
             client_ca_file: "ca.pem".into(),
             handshake_timeout: Duration::from_secs(10),
+            max_connections: 512,
+            max_connections_per_address: 64,
+            max_handshakes: 64,
         }],
         "a file's [[link]] tables replace the default plain TCP link"
     );
@@ -99,6 +102,52 @@ fn links_on_port_0_never_collide() {
         "[[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:0\"\n[[link]]\nkind = \"tls\"\nlisten = \"127.0.0.1:0\"\n{TLS_FILES}"
     );
     assert_eq!(Config::from_toml(&text, "t").unwrap().links.len(), 2);
+}
+
+#[test]
+fn stream_links_cap_their_connections_and_a_zero_cap_is_an_error_naming_it() {
+    const TCP: &str = "[[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:0\"\n";
+    assert_eq!(
+        Config::from_toml(TCP, "t").unwrap().links,
+        [LinkConfig::tcp(SocketAddr::from(([127, 0, 0, 1], 0)))]
+    );
+    let c = Config::from_toml(
+        &format!("{TCP}max_connections = 8\nmax_connections_per_address = 2\n"),
+        "t",
+    )
+    .unwrap();
+    assert!(matches!(
+        c.links[..],
+        [LinkConfig::Tcp {
+            max_connections: 8,
+            max_connections_per_address: 2,
+            ..
+        }]
+    ));
+    let cases = [
+        (
+            format!("{TCP}max_connections = 0\n"),
+            "link.max_connections",
+        ),
+        (
+            format!("{TCP}max_connections_per_address = 0\n"),
+            "link.max_connections_per_address",
+        ),
+        (
+            format!("{TLS_LINK}{TLS_FILES}max_connections = 0\n"),
+            "link.max_connections",
+        ),
+        (
+            format!("{TLS_LINK}{TLS_FILES}max_handshakes = 0\n"),
+            "link.max_handshakes",
+        ),
+    ];
+    for (text, field) in cases {
+        match Config::from_toml(&text, "t") {
+            Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+            other => panic!("{text}: expected an invalid {field}, got {other:?}"),
+        }
+    }
 }
 
 /// The error message for `text`.
@@ -286,7 +335,12 @@ fn dtls_links_need_a_credential_and_sane_limits() {
     let ok = Config::from_toml(&format!("{DTLS}{PSK}"), "t").unwrap();
     assert!(matches!(
         &ok.links[0],
-        LinkConfig::Dtls(DtlsLink { mtu: 1200, .. })
+        LinkConfig::Dtls(DtlsLink {
+            mtu: 1200,
+            max_sessions_per_identity: 1,
+            handshakes_per_second_per_address: 20,
+            ..
+        })
     ));
     // A typo inside a DTLS link is an error naming the key, as in every other table.
     let e = Config::from_toml(&format!("{DTLS}{PSK}mtuu = 1200\n"), "t").unwrap_err();
@@ -311,6 +365,14 @@ fn dtls_links_need_a_credential_and_sane_limits() {
         (
             format!("{DTLS}{PSK}max_half_open = 0\n"),
             "link.max_half_open",
+        ),
+        (
+            format!("{DTLS}{PSK}max_sessions_per_identity = 0\n"),
+            "link.max_sessions_per_identity",
+        ),
+        (
+            format!("{DTLS}{PSK}handshakes_per_second_per_address = 0\n"),
+            "link.handshakes_per_second_per_address",
         ),
         (format!("{DTLS}{PSK}ciphers = \" \"\n"), "link.ciphers"),
         (format!("{DTLS}{PSK}{DTLS}{PSK}"), "link.listen"),

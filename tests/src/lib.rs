@@ -971,9 +971,10 @@ pub fn embedded_config(bridge_id: &str) -> broker_config::Config {
     broker_config::Config {
         bridge_id: bridge_id.into(),
         broker,
-        links: vec![broker_config::LinkConfig::Tcp {
-            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        }],
+        links: vec![broker_config::LinkConfig::tcp(SocketAddr::from((
+            [127, 0, 0, 1],
+            free_port(),
+        )))],
         ..broker_config::Config::default()
     }
 }

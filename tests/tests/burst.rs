@@ -30,9 +30,7 @@ fn config(bridge_id: &str, broker: BrokerConfig) -> Config {
         bridge_id: bridge_id.into(),
         stats_interval: Duration::from_secs(1),
         broker,
-        links: vec![LinkConfig::Tcp {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        }],
+        links: vec![LinkConfig::tcp(SocketAddr::from(([127, 0, 0, 1], 0)))],
         ..Config::default()
     };
     config.queue.limit = SUBMISSIONS as u64 + 1_000;

@@ -46,9 +46,7 @@ fn start(dir: &Path, data: &Path) -> Bridge {
             allow_anonymous: false,
             tls: None,
         },
-        links: vec![LinkConfig::Tcp {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        }],
+        links: vec![LinkConfig::tcp(SocketAddr::from(([127, 0, 0, 1], 0)))],
         ..Config::default()
     };
     let file = write_config(dir, &config);

@@ -7,6 +7,8 @@
 //!
 //! # Layout
 //! - [`stream`]: the byte-stream driver, generic over the stream; checks [`Identity`].
+//! - [`listener`]: the accept loop of the stream listeners: connection caps (in total and per
+//!   host) and the socket options of device sockets (keepalive, user timeout).
 //! - [`tcp`]: plain TCP listener: no credential, any device id.
 //! - [`tls`]: TLS listener requiring client certificates: the certificate names the device.
 //! - [`serial`]: a serial port (UART), one device per port: no credential (the cable is one),
@@ -25,6 +27,7 @@
 //! this).
 
 pub mod dtls;
+pub mod listener;
 pub mod serial;
 pub mod stream;
 pub mod tcp;
@@ -43,7 +46,7 @@ pub type LinkId = u64;
 /// The identity rule: the device id in a device's `Hello` must be one of `names`; otherwise
 /// the link is closed and the attempt logged, and the core never hears of the device. Links
 /// without a credential (plain TCP) have no `Identity` and accept any id.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Identity {
     /// How the names were proven, for the log ("TLS client certificate").
     pub credential: &'static str,
@@ -143,6 +146,22 @@ pub enum LinkCommand {
     Close,
 }
 
+/// The host an address belongs to, for per-host limits: an IPv4 address (IPv4-mapped IPv6
+/// included) is one host; an IPv6 address counts by its /64, which one subscriber usually
+/// holds whole.
+pub fn host(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.into(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.into(),
+            None => {
+                let s = v6.segments();
+                std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0).into()
+            }
+        },
+    }
+}
+
 /// Whether `id` can be a device id: it is a level of the device's topics
 /// (`{root}/devices/{id}`), so not empty, and no `/`, `+`, `#` or control character (NUL
 /// included). Its length is bounded by the protocol.
@@ -183,6 +202,20 @@ mod tests {
         for bad in ["", "pump#3", "a/b", "x+y", "nul\0", "tab\t", "del\u{7f}"] {
             assert!(!super::valid_device_id(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn hosts_are_ipv4_addresses_and_ipv6_prefixes() {
+        use super::host;
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(host(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_ne!(host(ip("192.0.2.7")), host(ip("192.0.2.8")));
+        assert_eq!(host(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            host(ip("2001:db8:1:2::5")),
+            host(ip("2001:db8:1:2:aaaa::9"))
+        );
+        assert_ne!(host(ip("2001:db8:1:2::5")), host(ip("2001:db8:1:3::5")));
     }
 
     #[test]

@@ -1,5 +1,16 @@
 //! The byte-stream link driver: plain TCP, TLS and serial ports through the same code,
 //! generic over the stream. It also enforces the identity rule (see [`super::Identity`]).
+//!
+//! Writes to the device never hold up the rest: frames for the device wait in an outbox of
+//! [`OUTBOX_BYTES`] written from within the same `select!` as reads, commands and timers, so a
+//! device that stops reading (its TCP window shut, a DTLS relay behind) cannot stop the
+//! liveness timeout from closing its link. When the outbox is full, further frames are dropped
+//! whole, as a lossy link would lose them: the session retransmits what needs it.
+//!
+//! A connection that sends no `Hello` is closed after the session's liveness timeout, whatever
+//! else it sends (device-core counts a connecting bridge session's liveness from a `Hello`
+//! only). Bad frames and unexpected messages are logged within the [`Throttle`] of remote
+//! events, with counts.
 
 use std::time::Instant as StdInstant;
 
@@ -11,6 +22,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Identity, LinkCommand, LinkEvent, LinkId};
+use crate::throttle::Throttle;
+
+/// Bytes of frames for the device that wait in the driver, beyond what the transport buffers:
+/// a full window of the largest frames (16 × 403 B) twice over, so a device that reads at all
+/// never sees a frame dropped here.
+pub const OUTBOX_BYTES: usize = 16 * 1024;
+
+/// Bad frames from devices, for every link of the process: line noise on a UART, or anyone on
+/// a plain TCP port, can send them as fast as they like.
+static BAD_FRAMES: Throttle = Throttle::remote_events();
+/// Messages a device should not send (a `Welcome`, an `Assign`).
+static UNEXPECTED: Throttle = Throttle::remote_events();
 
 /// Send window and reorder buffer of a bridge-side session.
 pub type BridgeSession = Session<BridgeSide, 16, 16>;
@@ -35,15 +58,43 @@ pub async fn run<S>(
         core: &core,
     };
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let reason = match drive(&mut rd, &mut wr, &on, config).await {
+    let mut outbox = Outbox::default();
+    let reason = match drive(&mut rd, &mut wr, &mut outbox, &on, config).await {
         Ok(reason) => reason,
         Err(e) => format!("i/o error: {e}"),
     };
-    tracing::info!(link, %peer, %reason, "device link closed");
+    let Outbox { bytes, dropped, .. } = outbox;
+    tracing::info!(link, %peer, %reason, dropped_frames = dropped, "device link closed");
     let _ = core.send(LinkEvent::Down { link, reason }).await;
-    // A clean close where the stream has one (TLS: close_notify), bounded: a peer that reads
-    // nothing must not keep the task alive.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
+    // What the session still owed the device (the `Reject` of a `Hello` of another version),
+    // then a clean close where the stream has one (TLS: close_notify), bounded: a peer that
+    // reads nothing must not keep the task alive.
+    let close = async {
+        wr.write_all(&bytes).await?;
+        wr.shutdown().await
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+}
+
+/// Frames for the device not written yet, whole frames only (see the module docs).
+#[derive(Debug, Default)]
+struct Outbox {
+    bytes: Vec<u8>,
+    /// Bytes written since the last flush (TLS keeps records until flushed).
+    unflushed: bool,
+    /// Frames dropped because the outbox was full.
+    dropped: u64,
+}
+
+impl Outbox {
+    /// Queues `frame`, or drops it whole when it does not fit.
+    fn push(&mut self, frame: &[u8]) {
+        if self.bytes.len() + frame.len() <= OUTBOX_BYTES {
+            self.bytes.extend_from_slice(frame);
+        } else {
+            self.dropped += 1;
+        }
+    }
 }
 
 /// How long closing a stream cleanly may take before it is simply dropped.
@@ -60,6 +111,7 @@ struct Link<'a> {
 async fn drive<R, W>(
     rd: &mut R,
     wr: &mut W,
+    outbox: &mut Outbox,
     on: &Link<'_>,
     config: Config,
 ) -> std::io::Result<String>
@@ -99,7 +151,7 @@ where
             }
         }
         while let Some(n) = session.poll_transmit(now(), &mut out) {
-            wr.write_all(&out[..n]).await?;
+            outbox.push(&out[..n]);
         }
         let counted = (session.credit(), assigns_taken);
         if session.state() == State::Established && credit_sent != Some(counted) {
@@ -127,6 +179,16 @@ where
             wake.saturating_sub(now().as_millis()).min(60_000),
         ));
         tokio::select! {
+            sent = transmit(wr, &outbox.bytes), if !outbox.bytes.is_empty() || outbox.unflushed => {
+                match sent? {
+                    Some(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Some(n) => {
+                        outbox.bytes.drain(..n);
+                        outbox.unflushed = true;
+                    }
+                    None => outbox.unflushed = false,
+                }
+            }
             read = rd.read(&mut input) => {
                 let n = read?;
                 if n == 0 {
@@ -140,7 +202,10 @@ where
                     let event = match frame.map(|f| session.handle_bytes(f, now())) {
                         Ok(Ok(e)) => e,
                         Ok(Err(e)) | Err(e) => {
-                            tracing::warn!(link, %peer, error = %e, "dropped a bad frame from the device");
+                            if let Some(suppressed) = BAD_FRAMES.admit(StdInstant::now()) {
+                                let bad_frames = session.stats().bad_frames;
+                                tracing::warn!(link, %peer, error = %e, bad_frames, suppressed, "dropped a bad frame from the device");
+                            }
                             None
                         }
                     };
@@ -213,11 +278,31 @@ where
                 }
             }
             () = sleep => {
+                let connecting = session.state() == State::Connecting;
                 if let Some(Event::PeerLost) = session.handle_timeout(now()) {
-                    return Ok("device silent past the liveness timeout".into());
+                    return Ok(if connecting {
+                        format!("no Hello within {} ms", config.liveness_ms)
+                    } else {
+                        "device silent past the liveness timeout".into()
+                    });
                 }
             }
         }
+    }
+}
+
+/// One step of writing the outbox: `Some(n)` bytes of `bytes` written, or `None` when
+/// `bytes` is empty and the stream was flushed. Cancel-safe (a `select!` branch): if it does
+/// not complete, nothing was written.
+async fn transmit<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<Option<usize>> {
+    if bytes.is_empty() {
+        wr.flush().await?;
+        Ok(None)
+    } else {
+        wr.write(bytes).await.map(Some)
     }
 }
 
@@ -304,7 +389,9 @@ async fn deliver(
             .await
         }
         Event::Received(other) => {
-            tracing::warn!(link, %peer, message = ?other, "unexpected message from a device, ignored");
+            if let Some(suppressed) = UNEXPECTED.admit(StdInstant::now()) {
+                tracing::warn!(link, %peer, message = ?other, suppressed, "unexpected message from a device, ignored");
+            }
             true
         }
         Event::Welcomed | Event::PeerLost => true,
@@ -394,6 +481,42 @@ mod tests {
             .expect("closed within 10 s")
             .unwrap();
         assert!(rest.is_empty(), "{} bytes sent to the device", rest.len());
+    }
+
+    #[tokio::test]
+    async fn a_device_that_never_reads_is_still_closed_at_the_liveness_timeout() {
+        // A pipe that holds 16 bytes towards the device, which never reads it: the Welcome
+        // alone does not fit.
+        let (bridge_end, mut device_end) = tokio::io::duplex(16);
+        let (core_tx, mut core) = mpsc::channel(16);
+        let config = Config {
+            liveness_ms: 300,
+            ..Config::default()
+        };
+        tokio::spawn(run(bridge_end, 7, "peer-7".into(), None, core_tx, config));
+        let at = Instant::from_millis(0);
+        let mut device: Device<1, 1, 1, 4, 4> =
+            Device::new("stuck", 1, Runtime::new(), config, at).unwrap();
+        let mut out = [0u8; MAX_FRAME];
+        while let Some(n) = device.poll_transmit(at, &mut out) {
+            device_end.write_all(&out[..n]).await.unwrap();
+        }
+        let started = std::time::Instant::now();
+        loop {
+            match next(&mut core).await {
+                LinkEvent::Down { reason, .. } => {
+                    assert_eq!(reason, "device silent past the liveness timeout");
+                    break;
+                }
+                LinkEvent::Up { .. } | LinkEvent::Credit { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]

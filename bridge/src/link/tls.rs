@@ -5,7 +5,9 @@
 //! names it proves are the certificate's subject CN and DNS subject alternative names
 //! ([`identity`]). The byte-stream driver then checks the id in the device's `Hello` against
 //! them (see [`super::Identity`]). A handshake that fails or does not finish within the
-//! configured deadline closes the connection with a warning naming the peer.
+//! configured deadline closes the connection with a warning naming the peer (within the
+//! [`Throttle`] of remote events). At most `max_handshakes` run at once; a connection beyond
+//! that waits for a slot, and the wait counts in its deadline.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use x509_cert::Certificate;
 use x509_cert::der::oid::db::rfc4519;
@@ -24,7 +26,9 @@ use x509_cert::der::{Any, Decode, Tag, Tagged};
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 
+use super::listener::{self, Caps};
 use super::{Identity, LinkEvent, LinkId, stream};
+use crate::throttle::Throttle;
 use crate::tls::{PemError, pem_certificates, pem_private_key};
 
 /// Names the credential in logs and in the reason a link closed.
@@ -159,61 +163,98 @@ fn directory_string(value: &Any) -> Option<&str> {
     }
 }
 
-/// Accepts connections on `listener` forever, one task each: handshake within
-/// `handshake_timeout`, then [`stream::run`] with the proven identity. Link ids follow `base`.
-pub async fn serve(
-    listener: TcpListener,
-    base: LinkId,
-    core: mpsc::Sender<LinkEvent>,
-    acceptor: TlsAcceptor,
-    handshake_timeout: Duration,
-) {
-    let mut n = base;
-    loop {
-        match listener.accept().await {
-            Ok((tcp, peer)) => {
-                n += 1;
-                // The handshake runs in the connection's own task, so a slow peer never
-                // delays the next accept.
-                tokio::spawn(connection(
-                    tcp,
-                    peer,
-                    n,
-                    core.clone(),
-                    acceptor.clone(),
-                    handshake_timeout,
-                ));
-            }
-            Err(e) => {
-                // Out of file descriptors, mostly: wait a little rather than spin.
-                tracing::warn!(addr = ?listener.local_addr().ok(), error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+/// Failed handshakes and certificates naming no device, for every TLS listener of the process:
+/// anyone who can connect can cause them.
+static HANDSHAKE_FAILURES: Throttle = Throttle::remote_events();
+
+/// What every connection of one TLS listener shares.
+#[derive(Clone)]
+pub struct Handshakes {
+    /// The link's TLS settings (see [`acceptor`]).
+    pub acceptor: TlsAcceptor,
+    /// From accept to the end of the handshake, waiting for a slot included.
+    pub timeout: Duration,
+    /// Slots for handshakes in progress (`max_handshakes`): handshakes cost CPU and buffers,
+    /// so a flood of them waits here instead of running all at once. Waiting is fair (first
+    /// come, first served), and bounded by `timeout`.
+    pub slots: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Handshakes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshakes")
+            .field("timeout", &self.timeout)
+            .field("free_slots", &self.slots.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handshakes {
+    /// `max` handshakes at once, each within `timeout`.
+    pub fn new(acceptor: TlsAcceptor, timeout: Duration, max: usize) -> Self {
+        Self {
+            acceptor,
+            timeout,
+            slots: Arc::new(Semaphore::new(max)),
         }
     }
 }
 
-/// One connection: handshake, identity, then the byte-stream driver.
+/// Accepts connections on `listener` forever within `caps`, one task each: handshake (see
+/// [`Handshakes`]), then [`stream::run`] with the proven identity. Link ids follow `base`.
+pub async fn serve(
+    listener: TcpListener,
+    base: LinkId,
+    caps: Caps,
+    core: mpsc::Sender<LinkEvent>,
+    handshakes: Handshakes,
+) {
+    // The handshake runs in the connection's own task, so a slow peer never delays the next
+    // accept.
+    listener::serve(listener, base, caps, "TLS", move |tcp, peer, link| {
+        connection(tcp, peer, link, core.clone(), handshakes.clone())
+    })
+    .await;
+}
+
+/// One connection: a handshake slot, the handshake, identity, then the byte-stream driver.
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     link: LinkId,
     core: mpsc::Sender<LinkEvent>,
-    acceptor: TlsAcceptor,
-    handshake_timeout: Duration,
+    handshakes: Handshakes,
 ) {
-    let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+    let timeout = handshakes.timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let failed = |why: &dyn std::fmt::Display, what: &str| {
+        if let Some(suppressed) = HANDSHAKE_FAILURES.admit(std::time::Instant::now()) {
+            tracing::warn!(link, %peer, error = %why, suppressed, "{what}; connection closed");
+        }
+    };
+    let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, handshakes.slots.acquire_owned()).await
+    else {
+        failed(
+            &format!("all TLS handshake slots busy for {timeout:?} (max_handshakes)"),
+            "TLS handshake with a device not finished in time",
+        );
+        return;
+    };
+    let tls = match tokio::time::timeout_at(deadline, handshakes.acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::warn!(link, %peer, error = %e, "TLS handshake with a device failed; connection closed");
+            failed(&e, "TLS handshake with a device failed");
             return;
         }
         Err(_) => {
-            tracing::warn!(link, %peer, timeout = ?handshake_timeout, "TLS handshake with a device not finished in time; connection closed");
+            failed(
+                &format!("handshake_timeout {timeout:?}"),
+                "TLS handshake with a device not finished in time",
+            );
             return;
         }
     };
+    drop(slot);
     // The verifier requires a certificate, so a finished handshake has one.
     let proven = tls
         .get_ref()
@@ -224,11 +265,14 @@ async fn connection(
     let identity = match proven {
         Some(Ok(identity)) => identity,
         Some(Err(e)) => {
-            tracing::warn!(link, %peer, error = %e, "device certificate names no device; connection closed");
+            failed(&e, "device certificate names no device");
             return;
         }
         None => {
-            tracing::warn!(link, %peer, "no client certificate; connection closed");
+            failed(
+                &"no client certificate",
+                "TLS handshake with a device failed",
+            );
             return;
         }
     };

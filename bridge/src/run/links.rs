@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
 use super::RunError;
+use crate::link::listener::Caps;
 use crate::link::{self, LinkEvent, LinkId};
 
 /// Link ids each listener may use, from its base: 2^48 connections (2^32 ran out after
@@ -32,26 +33,39 @@ pub(super) async fn start(
         let base = i as LinkId * LINK_ID_SPAN;
         let events = events.clone();
         match config {
-            LinkConfig::Tcp { listen } => addrs.push(start_tcp(*listen, base, events)?),
+            LinkConfig::Tcp {
+                listen,
+                max_connections,
+                max_connections_per_address,
+            } => {
+                let caps = Caps {
+                    total: *max_connections,
+                    per_host: *max_connections_per_address,
+                };
+                addrs.push(start_tcp(*listen, caps, base, events)?);
+            }
             LinkConfig::Tls {
                 listen,
                 cert_file,
                 key_file,
                 client_ca_file,
                 handshake_timeout,
+                max_connections,
+                max_connections_per_address,
+                max_handshakes,
             } => {
-                let files = TlsFiles {
+                let tls = Tls {
                     cert: cert_file,
                     key: key_file,
                     client_ca: client_ca_file,
+                    handshake_timeout: *handshake_timeout,
+                    max_handshakes: *max_handshakes,
+                    caps: Caps {
+                        total: *max_connections,
+                        per_host: *max_connections_per_address,
+                    },
                 };
-                addrs.push(start_tls(
-                    *listen,
-                    &files,
-                    *handshake_timeout,
-                    base,
-                    events,
-                )?);
+                addrs.push(start_tls(*listen, &tls, base, events)?);
             }
             LinkConfig::Dtls(dtls) => addrs.push(start_dtls(dtls, base, events).await?),
             LinkConfig::Serial { path, baud } => start_serial(path, *baud, base, events),
@@ -62,6 +76,7 @@ pub(super) async fn start(
 
 fn start_tcp(
     listen: SocketAddr,
+    caps: Caps,
     base: LinkId,
     events: mpsc::Sender<LinkEvent>,
 ) -> Result<SocketAddr, RunError> {
@@ -71,34 +86,34 @@ fn start_tcp(
     } else {
         tracing::warn!(%addr, "plain TCP device link listening beyond loopback: any host can claim any device id");
     }
-    tokio::spawn(link::tcp::serve(listener, base, events));
+    tokio::spawn(link::tcp::serve(listener, base, caps, events));
     Ok(addr)
 }
 
-/// The files of a TLS device link.
-struct TlsFiles<'a> {
+/// The settings of a TLS device link.
+struct Tls<'a> {
     cert: &'a Path,
     key: &'a Path,
     client_ca: &'a Path,
+    handshake_timeout: Duration,
+    max_handshakes: usize,
+    caps: Caps,
 }
 
 fn start_tls(
     listen: SocketAddr,
-    files: &TlsFiles<'_>,
-    handshake_timeout: Duration,
+    tls: &Tls<'_>,
     base: LinkId,
     events: mpsc::Sender<LinkEvent>,
 ) -> Result<SocketAddr, RunError> {
     // Files first: a bad one stops the bridge before anything listens.
-    let acceptor = link::tls::acceptor(listen, files.cert, files.key, files.client_ca)?;
+    let acceptor = link::tls::acceptor(listen, tls.cert, tls.key, tls.client_ca)?;
     let (listener, addr) = device_listener(listen)?;
     tracing::info!(%addr, "TLS device link listening (client certificates required)");
+    let handshakes =
+        link::tls::Handshakes::new(acceptor, tls.handshake_timeout, tls.max_handshakes);
     tokio::spawn(link::tls::serve(
-        listener,
-        base,
-        events,
-        acceptor,
-        handshake_timeout,
+        listener, base, tls.caps, events, handshakes,
     ));
     Ok(addr)
 }

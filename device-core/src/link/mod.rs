@@ -20,7 +20,9 @@
 //!   dropped (and re-acked) by the receiver.
 //! - **Liveness**: a `Heartbeat` after each idle heartbeat interval; silence for the liveness
 //!   timeout ends the session ([`Event::PeerLost`]). A device then starts a new handshake and
-//!   re-sends what was still unacknowledged; a bridge drops the session.
+//!   re-sends what was still unacknowledged; a bridge drops the session. A bridge waiting for
+//!   a `Hello` hears only a `Hello`: other frames are answered `Reject(NoSession)` and do not
+//!   count as a sign of life, so a peer that never says `Hello` is dropped at the timeout.
 //! - **Flow control**: every frame's header carries the sender's credit (a device's free task
 //!   slots) for the ack it carries; [`Session::send`] refuses an `Assign` beyond it.
 

@@ -244,7 +244,7 @@ impl<const W: usize, const R: usize> Session<DeviceSide, W, R> {
 
 impl<const W: usize, const R: usize> Session<BridgeSide, W, R> {
     /// A bridge session waiting for a device's `Hello`. It closes itself if none arrives within
-    /// the liveness timeout.
+    /// the liveness timeout, whatever other frames arrive meanwhile.
     pub fn bridge(config: Config, now: Instant) -> Self {
         Self::new(config, now)
     }
@@ -473,7 +473,16 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
             self.refuse_version();
             return None;
         }
-        self.last_rx = now.as_millis();
+        // A bridge waiting for a `Hello` hears only a `Hello`: anything else (a device's
+        // heartbeats from an older session, or a peer that never says `Hello`) is answered
+        // with `Reject(NoSession)` and does not keep the session alive, so a connection that
+        // never opens a session is closed at the liveness timeout.
+        let awaiting_hello = S::ROLE == Role::Bridge
+            && self.state == State::Connecting
+            && !matches!(frame.message, Message::Hello(_));
+        if !awaiting_hello {
+            self.last_rx = now.as_millis();
+        }
         match (S::ROLE, frame.message) {
             (Role::Bridge, Message::Hello(hello)) => self.on_hello(hello, frame.credit, now),
             (Role::Device, Message::Welcome(welcome)) => self.on_welcome(welcome, now),

@@ -313,6 +313,40 @@ fn heartbeats_when_idle_and_liveness_ends_a_silent_session() {
 }
 
 #[test]
+fn a_bridge_waiting_for_a_hello_closes_at_the_liveness_timeout_whatever_else_arrives() {
+    let mut br = Br::bridge(Config::default(), at(0));
+    let mut buf = [0u8; MAX_FRAME];
+    // A heartbeat every second, and never a Hello: each is answered with NoSession, and none
+    // keeps the session alive.
+    for s in 1..7u64 {
+        let n = unsequenced(Message::Heartbeat, &mut buf);
+        assert_eq!(br.handle_bytes(&buf[..n], at(s * 1000)), Ok(None));
+        assert!(matches!(
+            &drain(&mut br, at(s * 1000))[..],
+            [Frame {
+                message: Message::Reject(Reject {
+                    reason: RejectReason::NoSession,
+                    ..
+                }),
+                ..
+            }]
+        ));
+        assert_eq!(br.poll_timeout(), Some(at(7000)), "after {s} s");
+    }
+    assert_eq!(br.handle_timeout(at(6999)), None);
+    assert_eq!(br.handle_timeout(at(7000)), Some(Event::PeerLost));
+    assert_eq!(br.state(), State::Closed);
+
+    // A Hello in time opens the session, and from then on every frame counts.
+    let mut br = Br::bridge(Config::default(), at(0));
+    let mut dev = Dev::device(hello(3), Config::default(), at(6000));
+    let ev = deliver(&mut br, drain(&mut dev, at(6000)), at(6000));
+    assert!(matches!(&ev[..], [Event::Connected { .. }]));
+    assert_eq!(br.handle_timeout(at(7000)), None);
+    assert_eq!(br.state(), State::Established);
+}
+
+#[test]
 fn reconnect_resends_unacknowledged_messages_in_a_new_session() {
     let (mut dev, br) = connected(1);
     let report = |h| {

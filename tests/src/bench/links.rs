@@ -24,6 +24,8 @@ pub struct DtlsLimits {
     pub handshakes_per_second: u32,
     pub max_half_open: usize,
     pub max_sessions: usize,
+    /// Each bench client holds many sessions of its one identity (phase 5).
+    pub max_sessions_per_identity: usize,
     /// Longer than any phase: an established session is never dropped for idleness.
     pub idle_timeout: Duration,
 }
@@ -32,6 +34,7 @@ pub(crate) const LIMITS: DtlsLimits = DtlsLimits {
     handshakes_per_second: 1_000_000,
     max_half_open: 100_000,
     max_sessions: 1_000_000,
+    max_sessions_per_identity: 1_000_000,
     idle_timeout: Duration::from_secs(3_600),
 };
 
@@ -119,19 +122,27 @@ impl LinkedBridge {
         std::fs::write(&psk_file, lines).map_err(io(&psk_file))?;
         std::fs::set_permissions(&psk_file, std::fs::Permissions::from_mode(0o600))
             .map_err(io(&psk_file))?;
+        // Every bench client is on 127.0.0.1: the per-address limits are the totals. Phase 5
+        // holds `--dtls-sessions` plain TCP connections too.
         let config = format!(
             "bridge_id = \"{bridge_id}\"\n\
              [broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:0\"\n\
              [[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:0\"\n\
+             max_connections = {}\nmax_connections_per_address = {}\n\
              [[link]]\nkind = \"dtls\"\nlisten = \"127.0.0.1:0\"\nciphers = \"{CIPHER}\"\n\
-             idle_timeout = \"{}s\"\nhandshakes_per_second = {}\nmax_half_open = {}\n\
-             max_half_open_per_address = {}\nmax_sessions = {}\npsk_file = {:?}\n",
+             idle_timeout = \"{}s\"\nhandshakes_per_second = {}\n\
+             handshakes_per_second_per_address = {}\nmax_half_open = {}\n\
+             max_half_open_per_address = {}\nmax_sessions = {}\n\
+             max_sessions_per_identity = {}\npsk_file = {:?}\n",
+            LIMITS.max_sessions,
+            LIMITS.max_sessions,
             LIMITS.idle_timeout.as_secs(),
             LIMITS.handshakes_per_second,
+            LIMITS.handshakes_per_second,
             LIMITS.max_half_open,
-            // Every bench client is on 127.0.0.1.
             LIMITS.max_half_open,
             LIMITS.max_sessions,
+            LIMITS.max_sessions_per_identity,
             psk_file.display().to_string()
         );
         let config_path = dir.join("bridge.toml");
@@ -196,8 +207,8 @@ impl LinkedBridge {
     }
 
     /// Handshakes the DTLS link refused for a limit (`max_sessions`, `max_half_open`,
-    /// `handshakes_per_second`). The bridge logs refusals at most once a second with a running
-    /// count, so this is the largest count logged.
+    /// `handshakes_per_second`, ...). The bridge logs refusals within a budget (a few lines,
+    /// then one every ten seconds) with a running count, so this is the largest count logged.
     pub(crate) fn refused(&self) -> u64 {
         self.log_lines("limit reached")
             .iter()

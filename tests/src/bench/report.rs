@@ -576,9 +576,10 @@ impl DtlsFigures {
             f,
             "DTLS link (phases 4-6): a fresh bridge per measurement with a plain TCP and a DTLS \
              link; {CIPHER} only, {} PSK keys in its psk_file; limits far above the load so the \
-             limiter is not measured (handshakes_per_second = {}, max_half_open = {} (also per address), \
-             max_sessions = {}, idle_timeout = {} s): {} handshakes refused for a limit, {} \
-             failed handshakes logged",
+             limiter is not measured (handshakes_per_second = {} (also per address), \
+             max_half_open = {} (also per address), max_sessions = {} (also per identity), \
+             idle_timeout = {} s): {} handshakes refused for a limit, {} failed handshakes \
+             logged (within the log budget of remote events)",
             self.keys,
             l.handshakes_per_second,
             l.max_half_open,

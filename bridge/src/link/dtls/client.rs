@@ -11,7 +11,7 @@ use openssl::error::ErrorStack;
 use openssl::ssl::{Ssl, SslContext, SslFiletype, SslMethod, SslStream, SslVerifyMode};
 use tokio::io::DuplexStream;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -166,25 +166,9 @@ pub async fn connect_on(
         })?;
     }
     let tls = SslStream::new(ssl, Datagrams::default()).map_err(ConnectError::OpenSsl)?;
-    // Datagrams from the bridge's address only.
-    let (tx, inbound) = mpsc::channel(64);
-    let reader = socket.clone();
-    let receive = tokio::spawn(async move {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        while let Ok((n, from)) = reader.recv_from(&mut buf).await {
-            if from == bridge && tx.send(buf[..n].to_vec()).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut session = Session {
-        tls,
-        wire: Wire {
-            socket,
-            peer: bridge,
-            inbound,
-        },
-    };
+    let (wire, datagrams, farewell) = Wire::new(socket.clone(), bridge, 64);
+    let receive = tokio::spawn(feed(socket, bridge, datagrams, farewell));
+    let mut session = Session { tls, wire };
     let deadline = Instant::now() + settings.handshake_timeout;
     if let Err(why) = session.handshake(Role::Client, deadline).await {
         receive.abort();
@@ -198,6 +182,45 @@ pub async fn connect_on(
         why
     });
     Ok(Connected { pipe, task })
+}
+
+/// Receive errors in a row after which the socket is taken for broken.
+const RECEIVE_FAILURES: u32 = 64;
+
+/// Hands the datagrams that come from `bridge` to the session, until the session is gone.
+///
+/// A receive error on a UDP socket is mostly news about an earlier datagram, not about the
+/// socket: an ICMP port unreachable (the bridge restarting) comes back as a "connection
+/// refused" (Windows' WSAECONNRESET; Linux with IP_RECVERR). The next datagram may well
+/// arrive, so the task keeps receiving; only [`RECEIVE_FAILURES`] errors in a row end it, and
+/// then the session is told why (`farewell`).
+async fn feed(
+    socket: Arc<UdpSocket>,
+    bridge: SocketAddr,
+    datagrams: mpsc::Sender<Vec<u8>>,
+    farewell: oneshot::Sender<String>,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut failures = 0u32;
+    let why = loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                failures = 0;
+                // The session is gone: nobody to tell anything.
+                if from == bridge && datagrams.send(buf[..n].to_vec()).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::debug!(%bridge, error = %e, failures, "DTLS client: UDP receive failed");
+                if failures >= RECEIVE_FAILURES {
+                    break format!("UDP receive failed {failures} times in a row: {e}");
+                }
+            }
+        }
+    };
+    let _ = farewell.send(why);
 }
 
 #[cfg(test)]

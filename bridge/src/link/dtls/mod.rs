@@ -5,27 +5,40 @@
 //! exchange (`DTLSv1_listen`, cookies keyed on the address): a ClientHello without a valid
 //! cookie is answered with a HelloVerifyRequest and forgotten, so spoofed or flooding sources
 //! cost a reply and no memory. Only a peer that returns its cookie gets a session, within
-//! `max_sessions`, `max_half_open` handshakes in progress and `handshakes_per_second`.
+//! `max_sessions`, `max_half_open` handshakes in progress (`max_half_open_per_address` from
+//! one host), `handshakes_per_second_per_address` from one host and `handshakes_per_second`
+//! in all (the backstop): one host whose handshakes fail fast cannot use the whole budget.
 //!
 //! Each session runs in its own task ([`session::Session`]): the handshake with OpenSSL's
 //! retransmission timer and a deadline (a wrong PSK makes a client go silent, not fail),
 //! then a relay between the DTLS records and the byte-stream driver ([`super::stream`]),
 //! which checks the device's `Hello` against the identity the handshake proved: the PSK
 //! identity, or the client certificate's CN or DNS names. A session that hears nothing for
-//! `idle_timeout` ends, and every ended session leaves the map.
+//! `idle_timeout` ends, and every ended session leaves the map. The socket task decides
+//! (in [`Sessions`], plain data) and never waits on a session or a write.
 //!
 //! A new epoch-0 ClientHello from an address whose session is established is a device that
-//! rebooted and kept its address and port: it goes through the cookie exchange again, and a
-//! valid one replaces the old session.
+//! rebooted and kept its address and port, or a replay of the device's own ClientHello (its
+//! cookie is valid for a minute or two). It goes through the cookie exchange again, and the
+//! new handshake runs beside the established session, which goes on: it takes the session's
+//! place only once it completes and proves the same identity.
+//!
+//! An identity holds `max_sessions_per_identity` established sessions (1 by default): a new
+//! one that completes its handshake beyond it closes the identity's oldest, so a device that
+//! reconnected from a new port replaces its stale session at once, and one leaked key holds
+//! that many sessions rather than `max_sessions`.
+//!
+//! Sessions that end without proving a device (failed handshakes, no identity) and refused
+//! handshakes are logged within the [`Throttle`] of remote events, with counts.
 
 pub mod client;
 pub mod ffi;
 pub mod session;
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openssl::ssl::{
@@ -33,11 +46,12 @@ use openssl::ssl::{
     SslVerifyMode,
 };
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use self::session::{ContextError, Datagrams, MAX_DATAGRAM, Role, Session, Wire};
-use super::{Identity, LinkEvent, LinkId, stream};
+use super::{Identity, LinkEvent, LinkId, host, stream};
+use crate::throttle::Throttle;
 
 /// The settings of one DTLS listener, from its `[[link]]` table.
 #[derive(Clone, Debug)]
@@ -52,9 +66,11 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_sessions: usize,
+    pub max_sessions_per_identity: usize,
     pub max_half_open: usize,
     pub max_half_open_per_address: usize,
     pub handshakes_per_second: u32,
+    pub handshakes_per_second_per_address: u32,
 }
 
 /// The settings of a `kind = "dtls"` link, with its PSK file read.
@@ -71,9 +87,11 @@ pub fn settings(link: &broker_config::DtlsLink) -> Result<Settings, LinkDtlsErro
         handshake_timeout,
         idle_timeout,
         max_sessions,
+        max_sessions_per_identity,
         max_half_open,
         max_half_open_per_address,
         handshakes_per_second,
+        handshakes_per_second_per_address,
     } = link;
     let mut keys = BTreeMap::new();
     if let Some(path) = psk_file {
@@ -103,9 +121,11 @@ pub fn settings(link: &broker_config::DtlsLink) -> Result<Settings, LinkDtlsErro
         handshake_timeout: *handshake_timeout,
         idle_timeout: *idle_timeout,
         max_sessions: *max_sessions,
+        max_sessions_per_identity: *max_sessions_per_identity,
         max_half_open: *max_half_open,
         max_half_open_per_address: *max_half_open_per_address,
         handshakes_per_second: *handshakes_per_second,
+        handshakes_per_second_per_address: *handshakes_per_second_per_address,
     })
 }
 
@@ -303,33 +323,20 @@ fn load_certificates(
     Ok(())
 }
 
-/// The host an address belongs to, for per-host limits: an IPv4 address (IPv4-mapped IPv6
-/// included) is one host; an IPv6 address counts by its /64, which one subscriber usually
-/// holds whole.
-fn host(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.into(),
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.into(),
-            None => {
-                let s = v6.segments();
-                std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0).into()
-            }
-        },
-    }
-}
-
-/// One peer address in the socket task's map.
-#[derive(Debug)]
-struct Peer {
-    datagrams: mpsc::Sender<Vec<u8>>,
-    established: Arc<AtomicBool>,
-    generation: u64,
-}
-
 /// Datagrams queued per session before more are dropped (UDP semantics: the peer
 /// retransmits).
 const SESSION_QUEUE: usize = 64;
+
+/// Per-host handshake buckets kept before the full ones (hosts quiet for a second) are
+/// forgotten: only hosts that returned a cookie get one, so this bounds the memory of a
+/// listener facing many hosts without ever forgetting a host that is using its budget.
+const HOST_BUCKETS: usize = 1024;
+
+/// Refused handshakes, and sessions that ended without proving a device (failed handshakes,
+/// no identity, another identity than their address's session), for every DTLS listener of
+/// the process: anyone can cause them.
+static REFUSALS: Throttle = Throttle::remote_events();
+static HANDSHAKE_FAILURES: Throttle = Throttle::remote_events();
 
 /// A token bucket: `rate` per second, bursts of `rate`.
 #[derive(Debug)]
@@ -340,24 +347,319 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(rate: u32) -> Self {
+    fn new(rate: u32, now: Instant) -> Self {
         Self {
             rate: f64::from(rate),
             tokens: f64::from(rate),
-            at: Instant::now(),
+            at: now,
         }
     }
 
-    fn take(&mut self, now: Instant) -> bool {
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// Whether the bucket is full at `now`: forgetting it changes nothing.
+    fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.rate
+    }
+}
+
+/// One session in the socket task's map.
+#[derive(Debug)]
+struct Slot {
+    /// Where its datagrams go.
+    datagrams: mpsc::Sender<Vec<u8>>,
+    /// Tells the session why the listener closes it, before `datagrams` goes (see
+    /// [`session::Wire::farewell`]).
+    farewell: Option<oneshot::Sender<String>>,
+    /// Its task's link id: a late report of a session that is gone never touches the entry
+    /// of the one that took its place.
+    generation: u64,
+    /// What its handshake proved, once the listener accepted it; `None` while half-open.
+    identity: Option<Identity>,
+}
+
+impl Slot {
+    fn established(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// Ends the session: it sends its peer a close_notify and reports `why` as its end.
+    fn close(mut self, why: String) {
+        if let Some(farewell) = self.farewell.take() {
+            let _ = farewell.send(why);
+        }
+    }
+}
+
+/// One peer address.
+#[derive(Debug)]
+struct Peer {
+    current: Slot,
+    /// A new handshake from the address while `current` is established: a device that
+    /// restarted and kept its port, or anyone replaying the device's ClientHello (its cookie
+    /// stays valid for a minute or two). It takes `current`'s place only once its handshake
+    /// completes and proves the same identity; until then `current` goes on.
+    successor: Option<Slot>,
+}
+
+/// From a session's task to the socket task.
+#[derive(Debug)]
+enum Report {
+    /// The handshake completed and proved `identity`: may the session go on? The answer is
+    /// `Err(why)` when it may not.
+    Proved {
+        from: SocketAddr,
+        generation: u64,
+        identity: Identity,
+        verdict: oneshot::Sender<Result<(), String>>,
+    },
+    /// The session ended; `identity` is what it proved if it was established.
+    Gone {
+        from: SocketAddr,
+        generation: u64,
+        identity: Option<Identity>,
+        reason: String,
+    },
+}
+
+/// Where a datagram goes.
+#[derive(Debug)]
+enum Route<'a> {
+    /// To this session.
+    To(&'a mpsc::Sender<Vec<u8>>),
+    /// To the established session and to its address's new handshake: records of epoch 1 or
+    /// later are either the session's or the new handshake's Finished, and each side silently
+    /// drops the records it cannot decrypt.
+    Both(&'a mpsc::Sender<Vec<u8>>, &'a mpsc::Sender<Vec<u8>>),
+    /// No session takes it: a ClientHello goes through the cookie exchange.
+    Listen,
+}
+
+/// The socket task's state: the sessions by address and by identity, and the handshake
+/// budgets. Plain data; [`serve`] moves the datagrams and runs the tasks.
+#[derive(Debug)]
+struct Sessions {
+    peers: HashMap<SocketAddr, Peer>,
+    /// Established sessions of each identity, oldest first (`max_sessions_per_identity`).
+    by_identity: HashMap<Identity, VecDeque<(SocketAddr, u64)>>,
+    max_per_identity: usize,
+    /// `handshakes_per_second`: the backstop for the listener.
+    global: Bucket,
+    /// `handshakes_per_second_per_address`, per host (see [`host`]).
+    per_host: HashMap<IpAddr, Bucket>,
+    host_rate: u32,
+}
+
+impl Sessions {
+    fn new(s: &Settings, now: Instant) -> Self {
+        Self {
+            peers: HashMap::new(),
+            by_identity: HashMap::new(),
+            max_per_identity: s.max_sessions_per_identity,
+            global: Bucket::new(s.handshakes_per_second, now),
+            per_host: HashMap::new(),
+            host_rate: s.handshakes_per_second_per_address,
+        }
+    }
+
+    /// Where a datagram from `from` goes. An address with a handshake in progress sends
+    /// everything to it; one with an established session sends everything there but a new
+    /// ClientHello (a new handshake, through the cookie exchange); while a new handshake from
+    /// an established address runs, its epoch-0 records (the handshake's) go to it and later
+    /// epochs to both (see [`Route::Both`]).
+    fn route(&self, from: SocketAddr, datagram: &[u8]) -> Route<'_> {
+        let Some(peer) = self.peers.get(&from) else {
+            return Route::Listen;
+        };
+        match &peer.successor {
+            Some(next) if session::epoch(datagram) == Some(0) => Route::To(&next.datagrams),
+            Some(next) => Route::Both(&peer.current.datagrams, &next.datagrams),
+            None if peer.current.established() && session::is_client_hello(datagram) => {
+                Route::Listen
+            }
+            None => Route::To(&peer.current.datagrams),
+        }
+    }
+
+    /// Handshakes in progress.
+    fn half_open(&self) -> usize {
+        self.peers.values().map(Peer::half_open).sum()
+    }
+
+    /// Which limit, if any, refuses a new handshake from `from` at `now` (a handshake that is
+    /// not refused has taken its tokens).
+    fn refusal(&mut self, from: SocketAddr, s: &Settings, now: Instant) -> Option<&'static str> {
+        let here = host(from.ip());
+        let (mut half_open, mut half_open_here) = (0, 0);
+        for (addr, peer) in &self.peers {
+            half_open += peer.half_open();
+            if host(addr.ip()) == here {
+                half_open_here += peer.half_open();
+            }
+        }
+        // A new handshake from an established address takes no new address.
+        if !self.peers.contains_key(&from) && self.peers.len() >= s.max_sessions {
+            return Some("max_sessions");
+        }
+        if half_open >= s.max_half_open {
+            return Some("max_half_open");
+        }
+        if half_open_here >= s.max_half_open_per_address {
+            return Some("max_half_open_per_address");
+        }
+        if self.per_host.len() >= HOST_BUCKETS && !self.per_host.contains_key(&here) {
+            self.per_host.retain(|_, b| !b.is_full(now));
+        }
+        let rate = self.host_rate;
+        let bucket = self
+            .per_host
+            .entry(here)
+            .or_insert_with(|| Bucket::new(rate, now));
+        if !bucket.take(now) {
+            return Some("handshakes_per_second_per_address");
+        }
+        if !self.global.take(now) {
+            return Some("handshakes_per_second");
+        }
+        None
+    }
+
+    /// A new handshake from `from`: the address's session, or the successor of its
+    /// established one.
+    fn start(&mut self, from: SocketAddr, slot: Slot) {
+        match self.peers.get_mut(&from) {
+            Some(peer) => peer.successor = Some(slot),
+            None => {
+                self.peers.insert(
+                    from,
+                    Peer {
+                        current: slot,
+                        successor: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The session `generation` from `from` proved `identity`: accepted, or `Err(why)`. A
+    /// successor takes its address's place only if it proved the same identity as the
+    /// established session; beyond `max_sessions_per_identity` the identity's oldest session
+    /// is closed.
+    fn proved(
+        &mut self,
+        from: SocketAddr,
+        generation: u64,
+        identity: &Identity,
+    ) -> Result<(), String> {
+        let gone = || "the listener had closed the session meanwhile".to_owned();
+        let peer = self.peers.get_mut(&from).ok_or_else(gone)?;
+        if peer.current.generation == generation {
+            peer.current.identity = Some(identity.clone());
+        } else {
+            let mut next = match peer.successor.take() {
+                Some(next) if next.generation == generation => next,
+                other => {
+                    peer.successor = other;
+                    return Err(gone());
+                }
+            };
+            if peer.current.identity.as_ref() != Some(identity) {
+                // `next` goes here; its session learns why from the answer.
+                let established = peer.current.identity.as_ref().map(|i| &i.names);
+                return Err(format!(
+                    "proved {:?} ({}) from an address whose established session proved {:?}: \
+                     the established session is kept",
+                    identity.names, identity.credential, established
+                ));
+            }
+            next.identity = Some(identity.clone());
+            let old = std::mem::replace(&mut peer.current, next);
+            self.forget(identity, from, old.generation);
+            tracing::info!(%from, names = ?identity.names, "a new DTLS session from an address with an established one proved the same identity: the device restarted; replacing it");
+            old.close(
+                "replaced by a new session from the same address proving the same identity \
+                 (the device restarted)"
+                    .into(),
+            );
+        }
+        let cap = self.max_per_identity;
+        let held = self.by_identity.entry(identity.clone()).or_default();
+        held.push_back((from, generation));
+        while held.len() > cap {
+            let Some((addr, oldest)) = held.pop_front() else {
+                break;
+            };
+            // Its address may hold a newer session by now (the identity's entry is stale).
+            let peer = match self.peers.entry(addr) {
+                Entry::Occupied(e) if e.get().current.generation == oldest => e.remove(),
+                _ => continue,
+            };
+            tracing::info!(from = %addr, names = ?identity.names, cap, "a newer DTLS session of the same identity: closing the oldest");
+            peer.current.close(format!(
+                "a newer session of {:?} took its place (max_sessions_per_identity = {cap})",
+                identity.names
+            ));
+            if let Some(next) = peer.successor {
+                next.close("its address's established session was closed".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The session `generation` from `from` ended (it proved `identity` if established). A
+    /// successor whose established session ended goes on in its place.
+    fn gone(&mut self, from: SocketAddr, generation: u64, identity: Option<&Identity>) {
+        if let Some(identity) = identity {
+            self.forget(identity, from, generation);
+        }
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        if peer.current.generation == generation {
+            match peer.successor.take() {
+                Some(next) => peer.current = next,
+                None => {
+                    self.peers.remove(&from);
+                }
+            }
+        } else if peer
+            .successor
+            .as_ref()
+            .is_some_and(|s| s.generation == generation)
+        {
+            peer.successor = None;
+        }
+    }
+
+    fn forget(&mut self, identity: &Identity, from: SocketAddr, generation: u64) {
+        if let Some(held) = self.by_identity.get_mut(identity) {
+            held.retain(|&entry| entry != (from, generation));
+            if held.is_empty() {
+                self.by_identity.remove(identity);
+            }
+        }
+    }
+}
+
+impl Peer {
+    /// Handshakes in progress at this address (0 to 2).
+    fn half_open(&self) -> usize {
+        usize::from(!self.current.established()) + usize::from(self.successor.is_some())
     }
 }
 
@@ -371,14 +673,16 @@ pub async fn serve(
 ) {
     let socket = Arc::new(socket);
     let local = socket.local_addr().ok();
-    let mut peers: HashMap<SocketAddr, Peer> = HashMap::new();
-    let (gone_tx, mut gone) = mpsc::unbounded_channel::<(SocketAddr, u64, String)>();
-    let mut bucket = Bucket::new(settings.handshakes_per_second);
+    let mut sessions = Sessions::new(&settings, Instant::now());
+    let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
+    let timeouts = Timeouts {
+        handshake: settings.handshake_timeout,
+        idle: settings.idle_timeout,
+    };
     let mut next_link = base;
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    // Refusals are counted and logged at most once per second, so a flood cannot flood the log.
+    // Refusals so far, for the log lines (themselves throttled).
     let mut refused = 0u64;
-    let mut refusal_logged: Option<Instant> = None;
     loop {
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
@@ -390,14 +694,18 @@ pub async fn serve(
                     }
                 };
                 let datagram = &buf[..n];
-                if let Some(peer) = peers.get(&from) {
-                    let restart = peer.established.load(Ordering::Acquire)
-                        && session::is_client_hello(datagram);
-                    if !restart {
-                        // A full queue drops the datagram, as a busy network would.
-                        let _ = peer.datagrams.try_send(datagram.to_vec());
+                // A full queue drops the datagram, as a busy network would.
+                match sessions.route(from, datagram) {
+                    Route::To(session) => {
+                        let _ = session.try_send(datagram.to_vec());
                         continue;
                     }
+                    Route::Both(current, next) => {
+                        let _ = current.try_send(datagram.to_vec());
+                        let _ = next.try_send(datagram.to_vec());
+                        continue;
+                    }
+                    Route::Listen => {}
                 }
                 // Only a ClientHello can start anything: other datagrams from unknown
                 // addresses cost nothing more than this check.
@@ -406,69 +714,53 @@ pub async fn serve(
                 }
                 match listen(&context, &settings, datagram, from) {
                     Listened::Answered(replies) => {
+                        // Never waits: a reply the socket has no room for is lost, and the
+                        // peer asks again.
                         for d in replies {
-                            let _ = socket.send_to(&d, from).await;
+                            let _ = socket.try_send_to(&d, from);
                         }
                     }
                     Listened::Ignored => {}
                     Listened::Verified(tls) => {
-                        let (mut half_open, mut half_open_here) = (0, 0);
-                        for (addr, p) in &peers {
-                            if !p.established.load(Ordering::Acquire) {
-                                half_open += 1;
-                                half_open_here += usize::from(host(addr.ip()) == host(from.ip()));
-                            }
-                        }
-                        let full = if peers.len() >= settings.max_sessions && !peers.contains_key(&from) {
-                            Some("max_sessions")
-                        } else if half_open >= settings.max_half_open {
-                            Some("max_half_open")
-                        } else if half_open_here >= settings.max_half_open_per_address {
-                            Some("max_half_open_per_address")
-                        } else if !bucket.take(Instant::now()) {
-                            Some("handshakes_per_second")
-                        } else {
-                            None
-                        };
-                        if let Some(limit) = full {
+                        if let Some(limit) = sessions.refusal(from, &settings, Instant::now()) {
                             refused += 1;
-                            if refusal_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                                refusal_logged = Some(Instant::now());
-                                tracing::warn!(?local, %from, limit, refused, sessions = peers.len(), half_open, "DTLS handshake refused: limit reached");
+                            if let Some(suppressed) = REFUSALS.admit(std::time::Instant::now()) {
+                                let (count, half_open) = (sessions.peers.len(), sessions.half_open());
+                                tracing::warn!(?local, %from, limit, refused, suppressed, sessions = count, half_open, "DTLS handshake refused: limit reached");
                             }
                             continue;
                         }
                         next_link += 1;
-                        let (datagrams, inbound) = mpsc::channel(SESSION_QUEUE);
-                        let established = Arc::new(AtomicBool::new(false));
-                        if let Some(old) = peers.insert(from, Peer { datagrams, established: established.clone(), generation: next_link }) {
-                            tracing::info!(%from, "new DTLS handshake from an address with a session: the device restarted; replacing it");
-                            drop(old);
-                        }
-                        let session = Session {
-                            tls,
-                            wire: Wire { socket: socket.clone(), peer: from, inbound },
-                        };
-                        tokio::spawn(run_session(
-                            session,
-                            next_link,
-                            established,
-                            core.clone(),
-                            Timeouts {
-                                handshake: settings.handshake_timeout,
-                                idle: settings.idle_timeout,
-                            },
-                            gone_tx.clone(),
-                        ));
+                        let (wire, datagrams, farewell) = Wire::new(socket.clone(), from, SESSION_QUEUE);
+                        sessions.start(from, Slot {
+                            datagrams,
+                            farewell: Some(farewell),
+                            generation: next_link,
+                            identity: None,
+                        });
+                        let session = Session { tls, wire };
+                        tokio::spawn(run_session(session, next_link, core.clone(), timeouts, reports_tx.clone()));
                     }
                 }
             }
-            Some((from, generation, reason)) = gone.recv() => {
-                if peers.get(&from).is_some_and(|p| p.generation == generation) {
-                    peers.remove(&from);
+            Some(report) = reports.recv() => match report {
+                Report::Proved { from, generation, identity, verdict } => {
+                    let _ = verdict.send(sessions.proved(from, generation, &identity));
                 }
-                let half_open = peers.values().filter(|p| !p.established.load(Ordering::Acquire)).count();
-                tracing::info!(?local, %from, %reason, sessions = peers.len(), half_open, "DTLS session ended");
+                Report::Gone { from, generation, identity, reason } => {
+                    sessions.gone(from, generation, identity.as_ref());
+                    let (count, half_open) = (sessions.peers.len(), sessions.half_open());
+                    match identity {
+                        Some(identity) => {
+                            tracing::info!(?local, %from, names = ?identity.names, %reason, sessions = count, half_open, "DTLS session ended");
+                        }
+                        None => {
+                            if let Some(suppressed) = HANDSHAKE_FAILURES.admit(std::time::Instant::now()) {
+                                tracing::warn!(?local, %from, %reason, suppressed, sessions = count, half_open, "DTLS session ended without proving a device");
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -517,47 +809,69 @@ struct Timeouts {
     idle: Duration,
 }
 
-/// One session: handshake, identity, then the device link until it ends.
+/// One session: handshake, identity (accepted by the socket task, see
+/// [`Sessions::proved`]), then the device link until it ends; its end is reported to the
+/// socket task, which logs it.
 async fn run_session(
     mut session: Session,
     link: LinkId,
-    established: Arc<AtomicBool>,
     core: mpsc::Sender<LinkEvent>,
     timeouts: Timeouts,
-    gone: mpsc::UnboundedSender<(SocketAddr, u64, String)>,
+    reports: mpsc::UnboundedSender<Report>,
 ) {
     let peer = session.wire.peer;
     let deadline = Instant::now() + timeouts.handshake;
+    let mut established = None;
     let reason = match session.handshake(Role::Server, deadline).await {
-        Err(why) => {
-            tracing::warn!(%peer, reason = %why, "DTLS handshake failed");
-            format!("handshake failed: {why}")
-        }
+        Err(why) => format!("handshake failed: {why}"),
         Ok(()) => match proven(session.tls.ssl()) {
             None => {
-                tracing::warn!(%peer, "DTLS handshake proved no device identity; closing");
-                "no identity".into()
+                let _ = session.tls.shutdown();
+                session.flush().await;
+                "handshake proved no device identity".into()
             }
             Some(identity) => {
-                established.store(true, Ordering::Release);
-                tracing::info!(%peer, credential = identity.credential, names = ?identity.names, cipher = session.tls.ssl().current_cipher().map_or("?", |c| c.name()), "DTLS session established");
-                let (app, driver_end) = tokio::io::duplex(16 * 1024);
-                let driver = tokio::spawn(stream::run(
-                    driver_end,
-                    link,
-                    peer.to_string(),
-                    Some(identity),
-                    core,
-                    device_core::link::Config::default(),
-                ));
-                let reason = session.relay(app, timeouts.idle).await;
-                // The driver sees the pipe close and reports the link down.
-                let _ = driver.await;
-                reason
+                let (verdict_tx, verdict) = oneshot::channel();
+                let _ = reports.send(Report::Proved {
+                    from: peer,
+                    generation: link,
+                    identity: identity.clone(),
+                    verdict: verdict_tx,
+                });
+                match verdict.await {
+                    Ok(Ok(())) => {
+                        tracing::info!(%peer, credential = identity.credential, names = ?identity.names, cipher = session.tls.ssl().current_cipher().map_or("?", |c| c.name()), "DTLS session established");
+                        let (app, driver_end) = tokio::io::duplex(16 * 1024);
+                        let driver = tokio::spawn(stream::run(
+                            driver_end,
+                            link,
+                            peer.to_string(),
+                            Some(identity.clone()),
+                            core,
+                            device_core::link::Config::default(),
+                        ));
+                        established = Some(identity);
+                        let reason = session.relay(app, timeouts.idle).await;
+                        // The driver sees the pipe close and reports the link down.
+                        let _ = driver.await;
+                        reason
+                    }
+                    Ok(Err(why)) => {
+                        let _ = session.tls.shutdown();
+                        session.flush().await;
+                        why
+                    }
+                    Err(_) => "the listener is gone".into(),
+                }
             }
         },
     };
-    let _ = gone.send((peer, link, reason));
+    let _ = reports.send(Report::Gone {
+        from: peer,
+        generation: link,
+        identity: established,
+        reason,
+    });
 }
 
 /// What the handshake proved: the PSK identity, or the client certificate's names.
@@ -609,9 +923,11 @@ mod tests {
             handshake_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             max_sessions: 1,
+            max_sessions_per_identity: 1,
             max_half_open: 1,
             max_half_open_per_address: 1,
             handshakes_per_second: 1,
+            handshakes_per_second_per_address: 1,
         }
     }
 
@@ -785,23 +1101,177 @@ mod tests {
         assert!(std::error::Error::source(&e).is_some());
     }
 
+    /// A slot for session `generation`, and its farewell's receiving end.
+    fn slot(generation: u64) -> (Slot, mpsc::Receiver<Vec<u8>>, oneshot::Receiver<String>) {
+        let (datagrams, inbound) = mpsc::channel(4);
+        let (farewell, told) = oneshot::channel();
+        let slot = Slot {
+            datagrams,
+            farewell: Some(farewell),
+            generation,
+            identity: None,
+        };
+        (slot, inbound, told)
+    }
+
+    fn psk(id: &str) -> Identity {
+        Identity {
+            credential: PSK_CREDENTIAL,
+            names: vec![id.to_owned()],
+        }
+    }
+
+    fn sessions(per_identity: usize) -> Sessions {
+        let s = Settings {
+            max_sessions: 8,
+            max_sessions_per_identity: per_identity,
+            max_half_open: 8,
+            max_half_open_per_address: 8,
+            handshakes_per_second: 100,
+            handshakes_per_second_per_address: 100,
+            ..psk_settings(broker_config::DEFAULT_DTLS_CIPHERS)
+        };
+        Sessions::new(&s, Instant::now())
+    }
+
+    /// A record of `epoch` (a ClientHello in epoch 0).
+    fn record(epoch: u8) -> Vec<u8> {
+        let mut d = vec![22, 0xfe, 0xfd, 0, epoch, 0, 0, 0, 0, 0, 1, 0, 50, 1];
+        d.extend_from_slice(&[0; 50]);
+        d
+    }
+
     #[test]
-    fn hosts_are_ipv4_addresses_and_ipv6_prefixes() {
-        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-        assert_eq!(host(ip("192.0.2.7")), ip("192.0.2.7"));
-        assert_ne!(host(ip("192.0.2.7")), host(ip("192.0.2.8")));
-        assert_eq!(host(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
-        assert_eq!(
-            host(ip("2001:db8:1:2::5")),
-            host(ip("2001:db8:1:2:aaaa::9"))
+    fn a_new_handshake_from_an_established_address_takes_over_only_proving_the_same_identity() {
+        let a: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let mut s = sessions(1);
+        let (first, mut first_rx, mut first_told) = slot(1);
+        s.start(a, first);
+        assert!(matches!(s.route(a, &record(0)), Route::To(_)), "half-open");
+        s.proved(a, 1, &psk("dev-a")).unwrap();
+        assert!(matches!(s.route(a, &record(0)), Route::Listen));
+        assert!(matches!(s.route(a, &record(1)), Route::To(_)));
+
+        // A replayed ClientHello starts a successor: the session goes on meanwhile.
+        let (second, _second_rx, _) = slot(2);
+        s.start(a, second);
+        assert_eq!(s.half_open(), 1);
+        assert!(
+            matches!(s.route(a, &record(0)), Route::To(t) if !t.same_channel(&s.peers[&a].current.datagrams))
         );
-        assert_ne!(host(ip("2001:db8:1:2::5")), host(ip("2001:db8:1:3::5")));
+        assert!(matches!(s.route(a, &record(1)), Route::Both(..)));
+        // Another identity: refused, the established session kept.
+        let e = s.proved(a, 2, &psk("dev-b")).unwrap_err();
+        assert!(e.contains("established session is kept"), "{e}");
+        assert_eq!(s.peers[&a].current.generation, 1);
+        assert!(s.peers[&a].successor.is_none());
+        assert!(
+            first_told.try_recv().is_err(),
+            "the session was told to end"
+        );
+
+        // The same identity: the successor takes over and the old session is told why.
+        let (third, _third_rx, _) = slot(3);
+        s.start(a, third);
+        s.proved(a, 3, &psk("dev-a")).unwrap();
+        assert_eq!(s.peers[&a].current.generation, 3);
+        let why = first_told.try_recv().unwrap();
+        assert!(why.contains("replaced"), "{why}");
+        assert!(first_rx.try_recv().is_err());
+        // The old session's end changes nothing now.
+        s.gone(a, 1, Some(&psk("dev-a")));
+        assert_eq!(s.peers[&a].current.generation, 3);
+        assert_eq!(s.by_identity[&psk("dev-a")], [(a, 3)]);
+    }
+
+    #[test]
+    fn an_identity_beyond_its_cap_loses_its_oldest_session() {
+        let (a, b, c): (SocketAddr, SocketAddr, SocketAddr) = (
+            "192.0.2.1:5000".parse().unwrap(),
+            "192.0.2.2:5000".parse().unwrap(),
+            "192.0.2.3:5000".parse().unwrap(),
+        );
+        let mut s = sessions(2);
+        let mut told = Vec::new();
+        for (n, addr) in [a, b, c].into_iter().enumerate() {
+            let (one, _rx, farewell) = slot(n as u64 + 1);
+            told.push(farewell);
+            s.start(addr, one);
+            s.proved(addr, n as u64 + 1, &psk("dev-a")).unwrap();
+        }
+        assert!(
+            !s.peers.contains_key(&a),
+            "the oldest of three, with a cap of two"
+        );
+        let why = told[0].try_recv().unwrap();
+        assert!(why.contains("max_sessions_per_identity = 2"), "{why}");
+        assert!(told[1].try_recv().is_err() && told[2].try_recv().is_err());
+        assert_eq!(s.by_identity[&psk("dev-a")], [(b, 2), (c, 3)]);
+        // Another identity has a place of its own.
+        let (other, _rx, _) = slot(4);
+        s.start(a, other);
+        s.proved(a, 4, &psk("dev-b")).unwrap();
+        assert_eq!(s.peers.len(), 3);
+        // Sessions that end leave the identity's list.
+        s.gone(b, 2, Some(&psk("dev-a")));
+        s.gone(c, 3, Some(&psk("dev-a")));
+        assert!(!s.by_identity.contains_key(&psk("dev-a")));
+        assert_eq!(s.peers.len(), 1);
+    }
+
+    #[test]
+    fn a_successor_goes_on_when_the_established_session_ends_first() {
+        let a: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let mut s = sessions(1);
+        let (first, _rx1, _) = slot(1);
+        s.start(a, first);
+        s.proved(a, 1, &psk("dev-a")).unwrap();
+        let (second, _rx2, _) = slot(2);
+        s.start(a, second);
+        s.gone(a, 1, Some(&psk("dev-a")));
+        assert_eq!(s.peers[&a].current.generation, 2);
+        assert!(matches!(s.route(a, &record(0)), Route::To(_)));
+        s.proved(a, 2, &psk("dev-a")).unwrap();
+        assert_eq!(s.half_open(), 0);
+    }
+
+    #[test]
+    fn one_host_spends_its_own_handshake_budget_and_not_the_others() {
+        let settings = Settings {
+            handshakes_per_second: 10,
+            handshakes_per_second_per_address: 2,
+            max_sessions: 100,
+            max_half_open: 100,
+            max_half_open_per_address: 100,
+            ..psk_settings(broker_config::DEFAULT_DTLS_CIPHERS)
+        };
+        let now = Instant::now();
+        let mut s = Sessions::new(&settings, now);
+        let (a, a2, b): (SocketAddr, SocketAddr, SocketAddr) = (
+            "192.0.2.1:5000".parse().unwrap(),
+            "192.0.2.1:5001".parse().unwrap(),
+            "192.0.2.2:5000".parse().unwrap(),
+        );
+        assert_eq!(s.refusal(a, &settings, now), None);
+        assert_eq!(s.refusal(a2, &settings, now), None);
+        assert_eq!(
+            s.refusal(a, &settings, now),
+            Some("handshakes_per_second_per_address")
+        );
+        assert_eq!(s.refusal(b, &settings, now), None);
+        // Half a second later the host has one more.
+        let later = now + Duration::from_millis(500);
+        assert_eq!(s.refusal(a, &settings, later), None);
+        assert_eq!(
+            s.refusal(a, &settings, later),
+            Some("handshakes_per_second_per_address")
+        );
     }
 
     #[test]
     fn the_bucket_allows_its_rate_and_refills() {
-        let mut b = Bucket::new(3);
-        let t = b.at;
+        let t = Instant::now();
+        let mut b = Bucket::new(3, t);
         assert!(b.take(t) && b.take(t) && b.take(t));
         assert!(!b.take(t));
         assert!(b.take(t + Duration::from_millis(400)), "1.2 tokens back");

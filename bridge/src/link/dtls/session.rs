@@ -6,6 +6,13 @@
 //! One record per datagram and one device frame per record: a frame read from the pipe (its
 //! bytes up to and including the `0x00` that ends it) becomes one `SSL_write`, which OpenSSL
 //! hands to the queue as one datagram; each datagram received is one `SSL_read`.
+//!
+//! The relay never waits on a write: datagrams go out with a non-blocking send (a full socket
+//! buffer loses one, as the network could), and records for the pipe wait in a bounded buffer
+//! written from within the same `select!` as everything else (a record that does not fit is
+//! dropped, as a lost datagram would be). So a reader of the pipe that falls behind (the link
+//! driver committing reports a device floods) never stops the relay from receiving, from
+//! running OpenSSL's timer or from ending an idle session.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -18,13 +25,17 @@ use openssl::error::ErrorStack;
 use openssl::ssl::{ErrorCode, SslRef, SslStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::ffi;
 
 /// Largest datagram accepted (and the read buffer's size).
 pub const MAX_DATAGRAM: usize = 16 * 1024 + 512;
+
+/// Bytes of received records waiting for the pipe's reader: twice a device session's window
+/// of the largest frames (16 × 403 B); beyond it records are dropped (see the module docs).
+pub const TO_APP_BYTES: usize = 16 * 1024;
 
 /// The datagrams between OpenSSL and the socket: one `read` returns one whole datagram (a
 /// larger datagram than the buffer is cut, as a UDP socket would), one `write` is one datagram.
@@ -84,6 +95,35 @@ pub struct Wire {
     pub peer: SocketAddr,
     /// Datagrams from `peer`, demultiplexed by whoever reads the socket.
     pub inbound: mpsc::Receiver<Vec<u8>>,
+    /// Why `inbound` ended, told by whoever feeds it before letting go: the listener replacing
+    /// or closing the session, the client's receive task giving up on its socket.
+    pub farewell: oneshot::Receiver<String>,
+}
+
+impl Wire {
+    /// A wire to `peer` fed by the returned sender (datagrams) and farewell.
+    pub fn new(
+        socket: Arc<UdpSocket>,
+        peer: SocketAddr,
+        queue: usize,
+    ) -> (Self, mpsc::Sender<Vec<u8>>, oneshot::Sender<String>) {
+        let (datagrams, inbound) = mpsc::channel(queue);
+        let (farewell_tx, farewell) = oneshot::channel();
+        let wire = Self {
+            socket,
+            peer,
+            inbound,
+            farewell,
+        };
+        (wire, datagrams, farewell_tx)
+    }
+
+    /// Why `inbound` ended (once it has returned `None`).
+    fn why_ended(&mut self) -> String {
+        self.farewell
+            .try_recv()
+            .unwrap_or_else(|_| "the session's datagram feed ended without a reason".into())
+    }
 }
 
 /// A DTLS session and its wire.
@@ -101,9 +141,10 @@ pub enum HandshakeError {
     /// that does not verify, a malformed record.
     #[error("{}", describe(.0))]
     Tls(#[source] openssl::ssl::Error),
-    /// A new handshake from the same address took this one's place.
-    #[error("replaced by a new handshake from the same address")]
-    Replaced,
+    /// The feed of datagrams ended: the listener closed the session, or the client's socket
+    /// failed; the reason says which.
+    #[error("{0}")]
+    Ended(String),
     /// The peer stopped answering (a wrong PSK makes a client go silent): OpenSSL gave up
     /// retransmitting its flight.
     #[error("peer silent: retransmissions exhausted")]
@@ -131,6 +172,16 @@ impl Session {
         }
     }
 
+    /// As [`flush`](Self::flush), without waiting: a datagram the socket has no room for now
+    /// is lost (see the module docs).
+    fn send_now(&mut self) {
+        for d in self.tls.get_mut().take_outbound() {
+            if let Err(e) = self.wire.socket.try_send_to(&d, self.wire.peer) {
+                tracing::debug!(peer = %self.wire.peer, error = %e, "DTLS send failed (datagram lost)");
+            }
+        }
+    }
+
     fn timer(&self) -> Option<Instant> {
         ffi::timeout(self.tls.ssl()).map(|d| Instant::now() + d)
     }
@@ -152,7 +203,7 @@ impl Session {
             tokio::select! {
                 d = self.wire.inbound.recv() => match d {
                     Some(d) => self.tls.get_mut().push(d),
-                    None => return Err(HandshakeError::Replaced),
+                    None => return Err(HandshakeError::Ended(self.wire.why_ended())),
                 },
                 () = sleep_until(timer) => {
                     if !ffi::handle_timeout(self.tls.ssl()) {
@@ -168,7 +219,8 @@ impl Session {
 
     /// Relays device frames between the established session and `app` until either side
     /// ends or nothing arrives for `idle`; returns why it ended. Closing `app` sends the peer
-    /// a close_notify.
+    /// a close_notify, and so does the end of the datagram feed (the listener closing the
+    /// session).
     pub async fn relay(mut self, app: DuplexStream, idle: Duration) -> String {
         let (mut app_rd, mut app_wr) = tokio::io::split(app);
         // Device frames are at most a few hundred bytes; a larger record is read in pieces.
@@ -176,75 +228,95 @@ impl Session {
         let mut from_app = vec![0u8; 4096];
         // Bytes of a frame from `app` whose terminating 0x00 has not come yet.
         let mut partial: Vec<u8> = Vec::new();
+        // Received records not yet written to `app` (see the module docs), and how many were
+        // dropped for want of room.
+        let mut to_app: Vec<u8> = Vec::new();
+        let mut dropped = 0u64;
         let mut last_heard = Instant::now();
-        loop {
+        let why = loop {
             let timer = self.timer();
             tokio::select! {
+                written = app_wr.write(&to_app), if !to_app.is_empty() => match written {
+                    Ok(n) if n > 0 => {
+                        to_app.drain(..n);
+                    }
+                    _ => break "link closed".to_owned(),
+                },
                 d = self.wire.inbound.recv() => {
                     let Some(d) = d else {
-                        return "replaced by a new handshake from the same address".into();
+                        let why = self.wire.why_ended();
+                        let _ = self.tls.shutdown();
+                        self.send_now();
+                        break why;
                     };
                     last_heard = Instant::now();
                     self.tls.get_mut().push(d);
-                    loop {
+                    let ended = loop {
                         match self.tls.ssl_read(&mut plain) {
-                            Ok(n) => {
-                                if app_wr.write_all(&plain[..n]).await.is_err() {
-                                    return "link closed".into();
-                                }
+                            Ok(n) if to_app.len() + n <= TO_APP_BYTES => {
+                                to_app.extend_from_slice(&plain[..n]);
                             }
-                            Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                            Ok(_) => dropped += 1,
+                            Err(e) if e.code() == ErrorCode::WANT_READ => break None,
                             Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
-                                self.flush().await;
-                                return "peer closed the session (close_notify)".into();
+                                break Some("peer closed the session (close_notify)".to_owned());
                             }
-                            Err(e) => {
-                                self.flush().await;
-                                return describe(&e);
-                            }
+                            Err(e) => break Some(describe(&e)),
                         }
-                    }
+                    };
                     // Alerts, retransmitted handshake flights.
-                    self.flush().await;
+                    self.send_now();
+                    if let Some(why) = ended {
+                        break why;
+                    }
                 }
                 read = app_rd.read(&mut from_app) => {
                     let n = match read {
                         Ok(0) | Err(_) => {
                             let _ = self.tls.shutdown();
-                            self.flush().await;
-                            return "closed by the bridge".into();
+                            self.send_now();
+                            break "closed by the bridge".to_owned();
                         }
                         Ok(n) => n,
                     };
                     let mut rest = &from_app[..n];
+                    let mut failed = None;
                     while let Some(end) = rest.iter().position(|&b| b == 0) {
                         partial.extend_from_slice(&rest[..=end]);
                         rest = &rest[end + 1..];
                         if let Err(e) = self.tls.ssl_write(&partial) {
-                            return describe(&e);
+                            failed = Some(describe(&e));
+                            break;
                         }
                         partial.clear();
                     }
+                    if let Some(why) = failed {
+                        break why;
+                    }
                     partial.extend_from_slice(rest);
                     if partial.len() > MAX_DATAGRAM {
-                        return "a frame larger than a datagram".into();
+                        break "a frame larger than a datagram".to_owned();
                     }
-                    self.flush().await;
+                    self.send_now();
                 }
                 () = sleep_until(timer) => {
                     // A failed retransmission leaves the timer expired: end rather than spin.
                     if !ffi::handle_timeout(self.tls.ssl()) {
-                        return "DTLS retransmission failed".into();
+                        break "DTLS retransmission failed".to_owned();
                     }
-                    self.flush().await;
+                    self.send_now();
                 }
                 () = tokio::time::sleep_until(last_heard + idle) => {
                     let _ = self.tls.shutdown();
-                    self.flush().await;
-                    return format!("nothing received for {idle:?}");
+                    self.send_now();
+                    break format!("nothing received for {idle:?}");
                 }
             }
+        };
+        if dropped > 0 {
+            tracing::debug!(peer = %self.wire.peer, dropped, "DTLS records dropped: the link driver fell behind");
         }
+        why
     }
 }
 
@@ -348,6 +420,16 @@ pub fn is_client_hello(datagram: &[u8]) -> bool {
     datagram.len() > 13 && datagram[0] == 22 && datagram[3..5] == [0, 0] && datagram[13] == 1
 }
 
+/// The epoch of the first record of `datagram`; `None` if it is too short to hold a record
+/// header.
+pub fn epoch(datagram: &[u8]) -> Option<u16> {
+    // Record: type (1), version (2), epoch (2), sequence (6), length (2).
+    if datagram.len() < 13 {
+        return None;
+    }
+    Some(u16::from_be_bytes([datagram[3], datagram[4]]))
+}
+
 /// The role-independent part of a session: what [`SslRef`] proves about the peer.
 pub fn peer_names(ssl: &SslRef) -> Option<Vec<String>> {
     let cert = ssl.peer_certificate()?;
@@ -391,9 +473,124 @@ mod tests {
             "peer silent: retransmissions exhausted"
         );
         assert_eq!(
-            HandshakeError::Replaced.to_string(),
-            "replaced by a new handshake from the same address"
+            HandshakeError::Ended("closed by the listener".into()).to_string(),
+            "closed by the listener"
         );
+    }
+
+    /// A server session (PSK `dev-x`, no cookies) and a client connected to it over two
+    /// loopback UDP sockets.
+    struct Pair {
+        server: Session,
+        /// The client's pipe and relay.
+        client: super::super::client::Connected,
+        /// The server's wire, as the socket task holds it: the farewell, and the task that
+        /// feeds it datagrams (aborting it ends the feed).
+        farewell: oneshot::Sender<String>,
+        feeder: tokio::task::JoinHandle<()>,
+    }
+
+    async fn pair() -> Pair {
+        use super::super::client::{self, ClientSettings, Credential};
+        use openssl::ssl::{Ssl, SslMethod};
+        let key = vec![9u8; 16];
+        let mut server = builder(SslMethod::dtls_server(), "PSK-AES128-CCM8").unwrap();
+        let server_key = key.clone();
+        server.set_psk_server_callback(move |_, _, out| {
+            out[..16].copy_from_slice(&server_key);
+            Ok(16)
+        });
+        let server = server.build();
+        let settings = ClientSettings {
+            credential: Credential::Psk {
+                identity: "dev-x".into(),
+                key,
+            },
+            ciphers: "PSK-AES128-CCM8".into(),
+            mtu: 1200,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let client_context = client::context(&settings).unwrap();
+        let server_socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let client_socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (wire, feed, farewell) = Wire::new(
+            server_socket.clone(),
+            client_socket.local_addr().unwrap(),
+            64,
+        );
+        let reader = server_socket.clone();
+        let feeder = tokio::spawn(async move {
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            while let Ok((n, _)) = reader.recv_from(&mut buf).await {
+                let _ = feed.try_send(buf[..n].to_vec());
+            }
+        });
+        let mut ssl = Ssl::new(&server).unwrap();
+        // No MTU discovery (the datagram queue reports none): the MTU is set.
+        ssl.set_mtu(1200).unwrap();
+        let tls = SslStream::new(ssl, Datagrams::default()).unwrap();
+        let mut session = Session { tls, wire };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let server_addr = server_socket.local_addr().unwrap();
+        let (connected, accepted) = tokio::join!(
+            client::connect_on(&client_context, &settings, server_addr, client_socket),
+            session.handshake(Role::Server, deadline)
+        );
+        accepted.unwrap();
+        Pair {
+            server: session,
+            client: connected.unwrap(),
+            farewell,
+            feeder,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pipe_reader_that_falls_behind_cannot_hold_off_the_idle_timeout() {
+        let Pair {
+            server, mut client, ..
+        } = pair().await;
+        // The link driver's end of the pipe holds 64 bytes and is never read.
+        let (app, _never_read) = tokio::io::duplex(64);
+        let relay = tokio::spawn(server.relay(app, Duration::from_millis(500)));
+        // 200 frames of 50 bytes from the device, then silence.
+        let mut frame = vec![1u8; 49];
+        frame.push(0);
+        for _ in 0..200 {
+            client.pipe.write_all(&frame).await.unwrap();
+        }
+        let why = tokio::time::timeout(Duration::from_secs(10), relay)
+            .await
+            .expect("the relay ended by its idle timeout")
+            .unwrap();
+        assert_eq!(why, "nothing received for 500ms");
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_feed_ends_says_why_and_tells_its_peer() {
+        let Pair {
+            server,
+            client,
+            farewell,
+            feeder,
+        } = pair().await;
+        let (app, _pipe) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(server.relay(app, Duration::from_secs(60)));
+        // What the listener does when it closes a session.
+        farewell.send("closed by the test".into()).unwrap();
+        feeder.abort();
+        let why = tokio::time::timeout(Duration::from_secs(10), relay)
+            .await
+            .expect("the relay ended with its feed")
+            .unwrap();
+        assert_eq!(why, "closed by the test");
+        // The client heard a close_notify.
+        let client_why = tokio::time::timeout(Duration::from_secs(10), client.task)
+            .await
+            .expect("the client's session ended")
+            .unwrap();
+        assert_eq!(client_why, "peer closed the session (close_notify)");
     }
 
     #[test]
