@@ -217,190 +217,285 @@ pub async fn run(
     // Clears of retained API messages published, by topic, whose echo is still to come.
     let mut clearing: HashMap<String, u32> = HashMap::new();
     loop {
-        while let Some(out) = waiting.pop_front() {
-            if !rumqttc::valid_topic(&out.topic) {
-                // Never publishable (written before device ids were checked): set aside, so
-                // it holds no place in the outbox or here.
-                tracing::warn!(topic = %out.topic, key = out.key, "not a valid MQTT topic; the event is dropped");
-                if out.key != 0
-                    && events
-                        .send(MqttEvent::Published(vec![out.key]))
+        if !hand_over(&client, &mut waiting, &mut requested, &events).await {
+            return;
+        }
+        // The event loop's future is never dropped before it completes: rumqttc's connection
+        // set-up is not cancel-safe, and a poll dropped between CONNECT and CONNACK closed the
+        // new connection (the broker then published the last will, "offline", at some starts).
+        // Publications arriving meanwhile are handed over without leaving it.
+        let polled = {
+            let poll = eventloop.poll();
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    polled = &mut poll => break polled,
+                    out = publish.recv() => {
+                        let Some(out) = out else { return };
+                        if out.key == 0 {
+                            // Not an outbox entry (the stats, an answer published once): only the
+                            // newest of a topic matters, and beyond a bound they are dropped (best
+                            // effort; outbox entries never are).
+                            waiting.retain(|w| !(w.key == 0 && w.topic == out.topic));
+                            if waiting.len() >= WAITING_UNSTORED_MAX {
+                                tracing::debug!(topic = %out.topic, "MQTT request channel full; a document not kept in the outbox is dropped");
+                                continue;
+                            }
+                        }
+                        waiting.push_back(out);
+                        if !hand_over(&client, &mut waiting, &mut requested, &events).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        match polled {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                connected_at = Some(tokio::time::Instant::now());
+                // A limit raised to read one oversize message holds for this connection
+                // only.
+                eventloop
+                    .mqtt_options
+                    .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes);
+                generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(host = %settings.host, port = settings.port, "connected to the MQTT broker");
+                let status = BridgeStatus::online(&settings.client_id).to_json();
+                subacks_due = 0;
+                for filter in api_filters(&settings.root) {
+                    if client.try_subscribe(filter, QoS::AtLeastOnce).is_ok() {
+                        subacks_due += 1;
+                    } else {
+                        tracing::warn!("request channel full while subscribing");
+                    }
+                }
+                let _ = client.try_publish(
+                    format!("{}/bridge/status", settings.root),
+                    QoS::AtLeastOnce,
+                    true,
+                    status,
+                );
+                // The status publish (queued after any pending requests) takes a packet id
+                // that is not an outbox entry.
+                requested.push_back(0);
+                let _ = events.send(MqttEvent::Connected).await;
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let topic = p.topic.clone();
+                let request = api_topic(&settings.root, &topic);
+                let own_clear = request.is_some()
+                    && p.payload.is_empty()
+                    && clearing.get_mut(&topic).is_some_and(|n| {
+                        *n -= 1;
+                        true
+                    });
+                clearing.retain(|_, n| *n > 0);
+                if own_clear {
+                    // The broker passing on our own clear of a retained message: not a
+                    // submission or a cancel.
+                    let (done, handled) = oneshot::channel();
+                    let _ = done.send(());
+                    let _ = acks.send((
+                        generation.load(std::sync::atomic::Ordering::SeqCst),
+                        p,
+                        handled,
+                    ));
+                    continue;
+                }
+                if p.retain && request.is_some() {
+                    // Kept by the broker and handed to every new subscription: cleared (an
+                    // empty retained message), refused on `{root}/errors`, never acted on.
+                    if client
+                        .try_publish(topic.clone(), QoS::AtLeastOnce, true, Vec::new())
+                        .is_ok()
+                    {
+                        requested.push_back(0);
+                        *clearing.entry(topic.clone()).or_default() += 1;
+                    } else {
+                        tracing::warn!(%topic, "could not clear a retained message (request channel full)");
+                    }
+                    let (done, handled) = oneshot::channel();
+                    if api
+                        .send(ApiInput::Retained {
+                            topic,
+                            payload: p.payload.to_vec(),
+                            done,
+                        })
                         .await
                         .is_err()
-                {
+                    {
+                        return;
+                    }
+                    let _ = acks.send((
+                        generation.load(std::sync::atomic::Ordering::SeqCst),
+                        p,
+                        handled,
+                    ));
+                } else if request == Some(ApiTopic::Submit) {
+                    let (accepted, committed) = oneshot::channel();
+                    if api
+                        .send(ApiInput::Submit {
+                            payload: p.payload.to_vec(),
+                            accepted,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let _ = acks.send((
+                        generation.load(std::sync::atomic::Ordering::SeqCst),
+                        p,
+                        committed,
+                    ));
+                } else if let Some(ApiTopic::Cancel(id)) = request {
+                    let (done, handled) = oneshot::channel();
+                    if api
+                        .send(ApiInput::Cancel {
+                            id: id.to_owned(),
+                            done,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let _ = acks.send((
+                        generation.load(std::sync::atomic::Ordering::SeqCst),
+                        p,
+                        handled,
+                    ));
+                } else {
+                    let (done, handled) = oneshot::channel();
+                    let _ = done.send(());
+                    let _ = acks.send((
+                        generation.load(std::sync::atomic::Ordering::SeqCst),
+                        p,
+                        handled,
+                    ));
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                // A new packet id belongs to the oldest request; a known one is a resend
+                // after a reconnect.
+                if let std::collections::hash_map::Entry::Vacant(slot) = by_pkid.entry(pkid) {
+                    if let Some(key) = requested.pop_front() {
+                        slot.insert(key);
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) if subacks_due > 0 => {
+                subacks_due -= 1;
+                if subacks_due == 0 && events.send(MqttEvent::Subscribed).await.is_err() {
                     return;
                 }
-                continue;
             }
-            let (topic, retain, payload) = (out.topic.clone(), out.retain, out.payload.clone());
-            if client
-                .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-                .is_err()
-            {
-                waiting.push_front(out);
-                break;
-            }
-            requested.push_back(out.key);
-        }
-        tokio::select! {
-            polled = eventloop.poll() => match polled {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    failures = 0;
-                    connected_at = Some(tokio::time::Instant::now());
-                    // A limit raised to read one oversize message holds for this connection
-                    // only.
-                    eventloop.mqtt_options.set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes);
-                    generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    tracing::info!(host = %settings.host, port = settings.port, "connected to the MQTT broker");
-                    let status = BridgeStatus::online(&settings.client_id).to_json();
-                    subacks_due = 0;
-                    for filter in api_filters(&settings.root) {
-                        if client.try_subscribe(filter, QoS::AtLeastOnce).is_ok() {
-                            subacks_due += 1;
-                        } else {
-                            tracing::warn!("request channel full while subscribing");
-                        }
-                    }
-                    let _ = client.try_publish(format!("{}/bridge/status", settings.root), QoS::AtLeastOnce, true, status);
-                    // The status publish (queued after any pending requests) takes a packet id
-                    // that is not an outbox entry.
-                    requested.push_back(0);
-                    let _ = events.send(MqttEvent::Connected).await;
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let topic = p.topic.clone();
-                    let request = api_topic(&settings.root, &topic);
-                    let own_clear = request.is_some()
-                        && p.payload.is_empty()
-                        && clearing.get_mut(&topic).is_some_and(|n| {
-                            *n -= 1;
-                            true
-                        });
-                    clearing.retain(|_, n| *n > 0);
-                    if own_clear {
-                        // The broker passing on our own clear of a retained message: not a
-                        // submission or a cancel.
-                        let (done, handled) = oneshot::channel();
-                        let _ = done.send(());
-                        let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, handled));
-                        continue;
-                    }
-                    if p.retain && request.is_some() {
-                        // Kept by the broker and handed to every new subscription: cleared (an
-                        // empty retained message), refused on `{root}/errors`, never acted on.
-                        if client.try_publish(topic.clone(), QoS::AtLeastOnce, true, Vec::new()).is_ok() {
-                            requested.push_back(0);
-                            *clearing.entry(topic.clone()).or_default() += 1;
-                        } else {
-                            tracing::warn!(%topic, "could not clear a retained message (request channel full)");
-                        }
-                        let (done, handled) = oneshot::channel();
-                        if api.send(ApiInput::Retained { topic, payload: p.payload.to_vec(), done }).await.is_err() {
-                            return;
-                        }
-                        let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, handled));
-                    } else if request == Some(ApiTopic::Submit) {
-                        let (accepted, committed) = oneshot::channel();
-                        if api.send(ApiInput::Submit { payload: p.payload.to_vec(), accepted }).await.is_err() {
-                            return;
-                        }
-                        let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, committed));
-                    } else if let Some(ApiTopic::Cancel(id)) = request {
-                        let (done, handled) = oneshot::channel();
-                        if api.send(ApiInput::Cancel { id: id.to_owned(), done }).await.is_err() {
-                            return;
-                        }
-                        let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, handled));
-                    } else {
-                        let (done, handled) = oneshot::channel();
-                        let _ = done.send(());
-                        let _ = acks.send((generation.load(std::sync::atomic::Ordering::SeqCst), p, handled));
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
-                    // A new packet id belongs to the oldest request; a known one is a resend
-                    // after a reconnect.
-                    if let std::collections::hash_map::Entry::Vacant(slot) = by_pkid.entry(pkid) {
-                        if let Some(key) = requested.pop_front() {
-                            slot.insert(key);
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) if subacks_due > 0 => {
-                    subacks_due -= 1;
-                    if subacks_due == 0 && events.send(MqttEvent::Subscribed).await.is_err() {
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Some(key) = by_pkid.remove(&ack.pkid) {
+                    if key != 0 && events.send(MqttEvent::Published(vec![key])).await.is_err() {
                         return;
                     }
                 }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if let Some(key) = by_pkid.remove(&ack.pkid) {
-                        if key != 0 && events.send(MqttEvent::Published(vec![key])).await.is_err() {
-                            return;
-                        }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => disconnecting = true,
+            Ok(_) => {}
+            Err(e) if disconnecting => {
+                tracing::info!(reason = %e, "MQTT connection closed after DISCONNECT");
+                let _ = events
+                    .send(MqttEvent::Disconnected("disconnected on request".into()))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                if let Some(since) = connected_at.take().filter(|_| oversize(&e).is_none()) {
+                    if settings.anonymous_own_broker {
+                        // The embedded broker ends the bridge's connection for one reason: a
+                        // client connected with the same client id and took its session over.
+                        tracing::error!(client_id = %settings.client_id, "the embedded broker closed the bridge's connection: another client connected with the bridge's client id and took its session (subscriptions, unread submissions) over; the bridge takes it back. Set broker.users_file to reserve the client id to the bridge");
+                    } else if since.elapsed() < TAKEOVER_HINT_WITHIN {
+                        tracing::warn!(client_id = %settings.client_id, lasted = ?since.elapsed(), "the broker closed the bridge's connection soon after accepting it; if another client connects with the same client id, it takes the bridge's session over (see the README's broker ACL)");
                     }
                 }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => disconnecting = true,
-                Ok(_) => {}
-                Err(e) if disconnecting => {
-                    tracing::info!(reason = %e, "MQTT connection closed after DISCONNECT");
-                    let _ = events.send(MqttEvent::Disconnected("disconnected on request".into())).await;
-                    return;
-                }
-                Err(e) => {
-                    if let Some(since) = connected_at.take().filter(|_| oversize(&e).is_none()) {
-                        if settings.anonymous_own_broker {
-                            // The embedded broker ends the bridge's connection for one reason: a
-                            // client connected with the same client id and took its session over.
-                            tracing::error!(client_id = %settings.client_id, "the embedded broker closed the bridge's connection: another client connected with the bridge's client id and took its session (subscriptions, unread submissions) over; the bridge takes it back. Set broker.users_file to reserve the client id to the bridge");
-                        } else if since.elapsed() < TAKEOVER_HINT_WITHIN {
-                            tracing::warn!(client_id = %settings.client_id, lasted = ?since.elapsed(), "the broker closed the bridge's connection soon after accepting it; if another client connects with the same client id, it takes the bridge's session over (see the README's broker ACL)");
-                        }
-                    }
-                    if let Some(size) = oversize(&e) {
-                        // A message above the packet limit waits on the broker (an external
-                        // one may have none): refused, it would be delivered again on every
-                        // connection and stop the session for good. The next connection reads
-                        // one packet of its size, so the API refuses it (message_too_large) and
-                        // acknowledges it; the limit is back to normal for the one after.
-                        if size <= MAX_OVERSIZE_READ {
-                            tracing::warn!(size, limit = settings.max_packet_bytes, "a message above the MQTT packet limit waits on the broker; reading it once to refuse it");
-                            eventloop.mqtt_options.set_max_packet_size(size, settings.max_packet_bytes);
-                        } else {
-                            tracing::error!(size, limit = MAX_OVERSIZE_READ, "a message of {size} bytes waits on the broker for the bridge, more than it will read: nothing after it can be delivered. Limit the broker's message size (mosquitto: message_size_limit) to the bridge's max_packet_bytes and remove the message");
-                        }
-                    }
-                    // Forget every publish in flight: after an error rumqttc may emit stale
-                    // `Outgoing::Publish` events and replay its pending publishes, which
-                    // would misalign packet ids and outbox keys. The engine offers every
-                    // unacknowledged entry again after the reconnect (at least once).
-                    eventloop.state.events.clear();
-                    eventloop.pending.retain(|r| !matches!(r, rumqttc::Request::Publish(_)));
-                    waiting.retain(|w| w.key == 0);
-                    requested.clear();
-                    by_pkid.clear();
-                    failures = failures.saturating_add(1);
-                    let _ = events.send(MqttEvent::Disconnected(e.to_string())).await;
-                    let delay = RECONNECT.delay(failures, random.next_u64());
-                    tracing::warn!(error = %e, retry_in = ?delay, "MQTT connection failed");
-                    tokio::time::sleep(delay).await;
-                }
-            },
-            out = publish.recv() => {
-                let Some(out) = out else { return };
-                if out.key == 0 {
-                    // Not an outbox entry (the stats, an answer published once): only the
-                    // newest of a topic matters, and beyond a bound they are dropped (best
-                    // effort; outbox entries never are).
-                    waiting.retain(|w| !(w.key == 0 && w.topic == out.topic));
-                    if waiting.len() >= WAITING_UNSTORED_MAX {
-                        tracing::debug!(topic = %out.topic, "MQTT request channel full; a document not kept in the outbox is dropped");
-                        continue;
+                if let Some(size) = oversize(&e) {
+                    // A message above the packet limit waits on the broker (an external
+                    // one may have none): refused, it would be delivered again on every
+                    // connection and stop the session for good. The next connection reads
+                    // one packet of its size, so the API refuses it (message_too_large) and
+                    // acknowledges it; the limit is back to normal for the one after.
+                    if size <= MAX_OVERSIZE_READ {
+                        tracing::warn!(
+                            size,
+                            limit = settings.max_packet_bytes,
+                            "a message above the MQTT packet limit waits on the broker; reading it once to refuse it"
+                        );
+                        eventloop
+                            .mqtt_options
+                            .set_max_packet_size(size, settings.max_packet_bytes);
+                    } else {
+                        tracing::error!(
+                            size,
+                            limit = MAX_OVERSIZE_READ,
+                            "a message of {size} bytes waits on the broker for the bridge, more than it will read: nothing after it can be delivered. Limit the broker's message size (mosquitto: message_size_limit) to the bridge's max_packet_bytes and remove the message"
+                        );
                     }
                 }
-                waiting.push_back(out);
+                // Forget every publish in flight: after an error rumqttc may emit stale
+                // `Outgoing::Publish` events and replay its pending publishes, which
+                // would misalign packet ids and outbox keys. The engine offers every
+                // unacknowledged entry again after the reconnect (at least once).
+                eventloop.state.events.clear();
+                eventloop
+                    .pending
+                    .retain(|r| !matches!(r, rumqttc::Request::Publish(_)));
+                waiting.retain(|w| w.key == 0);
+                requested.clear();
+                by_pkid.clear();
+                failures = failures.saturating_add(1);
+                let _ = events.send(MqttEvent::Disconnected(e.to_string())).await;
+                let delay = RECONNECT.delay(failures, random.next_u64());
+                tracing::warn!(error = %e, retry_in = ?delay, "MQTT connection failed");
+                tokio::time::sleep(delay).await;
             }
         }
     }
+}
+
+/// Hands the waiting publications to the client, in order, as far as its request channel
+/// takes them. A publication whose topic can never be published is set aside (reported as
+/// published, so it holds no place in the outbox). `false` when the engine is gone.
+async fn hand_over(
+    client: &AsyncClient,
+    waiting: &mut VecDeque<Publication>,
+    requested: &mut VecDeque<u64>,
+    events: &mpsc::Sender<MqttEvent>,
+) -> bool {
+    while let Some(out) = waiting.pop_front() {
+        if !rumqttc::valid_topic(&out.topic) {
+            // Never publishable (written before device ids were checked): set aside, so
+            // it holds no place in the outbox or here.
+            tracing::warn!(topic = %out.topic, key = out.key, "not a valid MQTT topic; the event is dropped");
+            if out.key != 0
+                && events
+                    .send(MqttEvent::Published(vec![out.key]))
+                    .await
+                    .is_err()
+            {
+                return false;
+            }
+            continue;
+        }
+        let (topic, retain, payload) = (out.topic.clone(), out.retain, out.payload.clone());
+        if client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .is_err()
+        {
+            waiting.push_front(out);
+            break;
+        }
+        requested.push_back(out.key);
+    }
+    true
 }
 
 /// Acknowledges received messages in order, each once the engine has committed it (never if

@@ -119,9 +119,9 @@ fn same_secret(given: &str, expected: &str) -> bool {
             == 0
 }
 
-/// Connections the embedded broker refused for their login, counted for the log: the first
-/// and then each power of two, so a client trying passwords cannot flood it.
-static REFUSED_LOGINS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Logins the embedded broker refused, logged within a budget (a client trying passwords
+/// cannot flood the log; the lines left out are counted).
+static REFUSED_LOGINS: crate::throttle::Throttle = crate::throttle::Throttle::remote_events();
 
 /// Starts rumqttd on `listen` (port 0: a free port is chosen). Returns the address it
 /// listens on and a receiver that fires if the broker stops.
@@ -165,9 +165,8 @@ pub fn start(
             .set_auth_handler(move |client_id: String, user: String, password: String| {
                 let allowed = access.allows(&client_id, &user, &password);
                 if !allowed {
-                    let n = REFUSED_LOGINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                    if n.is_power_of_two() {
-                        tracing::warn!(%client_id, %user, refused_so_far = n, "embedded broker refused a login");
+                    if let Some(suppressed) = REFUSED_LOGINS.admit(std::time::Instant::now()) {
+                        tracing::warn!(%client_id, %user, suppressed, "embedded broker refused a login");
                     }
                 }
                 std::future::ready(allowed)

@@ -5,12 +5,12 @@
 //!
 //! Each handshake has 10 s and at most `max_handshakes` run at once: a connection beyond that
 //! is closed at once, so clients that open connections and send nothing cannot hold the
-//! bridge's file descriptors.
+//! bridge's file descriptors. Refusals and failures are logged within a budget
+//! ([`Throttle`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use broker_config::EmbeddedTls;
 use rustls::ServerConfig;
@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::throttle::Throttle;
 use crate::tls::{TlsError, pem_certificates, pem_private_key};
 
 /// How long a client has to complete its TLS handshake.
@@ -42,18 +43,10 @@ pub fn acceptor(t: &EmbeddedTls) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// What the log has said of refused or failed connections: the first and then each power of
-/// two, with the count, so a flood of them cannot flood the log.
-#[derive(Debug, Default)]
-struct Counted(AtomicU64);
-
-impl Counted {
-    /// Counts one; whether this one is to be logged, and the count so far.
-    fn note(&self) -> (bool, u64) {
-        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
-        (n.is_power_of_two(), n)
-    }
-}
+/// Connections refused for want of a handshake place, and failed handshakes: logged within a
+/// budget, the lines left out counted.
+static REFUSED: Throttle = Throttle::remote_events();
+static FAILED: Throttle = Throttle::remote_events();
 
 /// Takes MQTT over TLS on `listener` for ever and passes each connection to the broker at
 /// `broker`.
@@ -64,8 +57,6 @@ pub async fn serve(
     max_handshakes: usize,
 ) {
     let handshakes = Arc::new(Semaphore::new(max_handshakes));
-    let refused = Arc::new(Counted::default());
-    let failed = Arc::new(Counted::default());
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -77,24 +68,24 @@ pub async fn serve(
             }
         };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            if let (true, n) = refused.note() {
-                tracing::warn!(%peer, max_handshakes, refused_so_far = n, "MQTT over TLS: too many handshakes in progress; connection closed");
+            if let Some(suppressed) = REFUSED.admit(Instant::now()) {
+                tracing::warn!(%peer, max_handshakes, suppressed, "MQTT over TLS: too many handshakes in progress; connection closed");
             }
             continue;
         };
-        let (acceptor, failed) = (acceptor.clone(), failed.clone());
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    if let (true, n) = failed.note() {
-                        tracing::warn!(%peer, error = %e, failed_so_far = n, "MQTT over TLS: handshake failed");
+                    if let Some(suppressed) = FAILED.admit(Instant::now()) {
+                        tracing::warn!(%peer, error = %e, suppressed, "MQTT over TLS: handshake failed");
                     }
                     return;
                 }
                 Err(_) => {
-                    if let (true, n) = failed.note() {
-                        tracing::warn!(%peer, failed_so_far = n, "MQTT over TLS: no handshake within 10 s");
+                    if let Some(suppressed) = FAILED.admit(Instant::now()) {
+                        tracing::warn!(%peer, suppressed, "MQTT over TLS: no handshake within 10 s");
                     }
                     return;
                 }

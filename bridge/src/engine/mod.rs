@@ -201,8 +201,10 @@ pub struct Engine {
     dispatch_examined: u64,
     /// Links without credentials may claim device ids a credential proved (off by default).
     unproven_claims: bool,
-    /// Sessions closed for claiming a proven id without a credential (for the log).
-    refused_claims: u64,
+    /// Remote events the log tells of, counted per kind ([`Remote`]): the first and then
+    /// each power of two is logged with the count, so a client or device repeating one cannot
+    /// flood the log (the engine reads no clock, so its budget is by count, not by time).
+    remote_events: [u64; Remote::KINDS],
     queue: Queue,
     retry: Retry,
     urgency: Urgency,
@@ -282,7 +284,7 @@ impl Engine {
             forget_after_ms: 0,
             offline_resumed: false,
             dispatch_examined: 0,
-            refused_claims: 0,
+            remote_events: [0; Remote::KINDS],
         }
     }
 
@@ -359,7 +361,9 @@ impl Engine {
         if !subs.is_empty() {
             for outcome in self.queue.submit(subs, now)? {
                 if let Admission::Rejected(code) = outcome {
-                    tracing::warn!(?code, "submission rejected");
+                    if let Some(so_far) = self.log_due(Remote::Rejection) {
+                        tracing::warn!(?code, so_far, "submission rejected");
+                    }
                 }
             }
         }
@@ -403,7 +407,9 @@ impl Engine {
     /// commit.
     pub fn handle_retained(&mut self, topic: &str, payload: &[u8], ticket: Ticket, now: Now) {
         self.staged.tickets.push(ticket);
-        tracing::warn!(%topic, "a retained message on an API topic refused and cleared");
+        if let Some(so_far) = self.log_due(Remote::Retained) {
+            tracing::warn!(%topic, so_far, "a retained message on an API topic refused and cleared");
+        }
         let (id, trace_id) = api::peek_ids(payload);
         let event = ErrorEvent {
             error: ApiError::new(
@@ -433,7 +439,13 @@ impl Engine {
         self.staged.tickets.push(ticket);
         let Some(task) = self.queue.get(id) else {
             if self.queue.cancel_unseen(id, now)? {
-                tracing::info!(id, "cancel for a task not submitted yet: it will not run");
+                if let Some(so_far) = self.log_due(Remote::UnseenCancel) {
+                    tracing::info!(
+                        id,
+                        so_far,
+                        "cancel for a task not submitted yet: it will not run"
+                    );
+                }
             } else {
                 // Too late: its final state is the answer.
                 self.queue.answer_final(id)?;
@@ -560,9 +572,8 @@ impl Engine {
         if self.unproven_claims || !self.queue.is_proven(id) {
             return true;
         }
-        self.refused_claims += 1;
-        if self.refused_claims.is_power_of_two() {
-            tracing::warn!(device = %id, link, %peer, refused_so_far = self.refused_claims, "a link without credentials claimed a device id that a credential proved; the link is closed (identity.unproven_claims allows it)");
+        if let Some(so_far) = self.log_due(Remote::Claim) {
+            tracing::warn!(device = %id, link, %peer, so_far, "a link without credentials claimed a device id that a credential proved; the link is closed (identity.unproven_claims allows it)");
         }
         self.staged.commands.push((link, LinkCommand::Close));
         false
@@ -572,6 +583,14 @@ impl Engine {
     /// kept for ever).
     pub fn set_forget_after(&mut self, after: Duration) {
         self.forget_after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    }
+
+    /// Counts one remote event of `kind`; `Some(count so far)` when this one is to be logged
+    /// (the first, then each power of two).
+    fn log_due(&mut self, kind: Remote) -> Option<u64> {
+        let n = &mut self.remote_events[kind as usize];
+        *n += 1;
+        n.is_power_of_two().then_some(*n)
     }
 
     /// Whether links without credentials may claim device ids that a credential proved.
@@ -809,6 +828,23 @@ impl Engine {
             ts_ms: now.wall_ms,
         }
     }
+}
+
+/// Kinds of remote events the engine logs within a budget (see `Engine::log_due`).
+#[derive(Clone, Copy, Debug)]
+enum Remote {
+    /// A submission refused (queue, outbox or disk full, id conflict).
+    Rejection,
+    /// A cancel for an id never submitted.
+    UnseenCancel,
+    /// A retained message on an API topic.
+    Retained,
+    /// A link without credentials claiming a proven device id.
+    Claim,
+}
+
+impl Remote {
+    const KINDS: usize = 4;
 }
 
 /// Where a refused submission is reported: its status topic when its id was readable, the
