@@ -104,14 +104,6 @@ impl Registry {
         }
     }
 
-    /// The device on `link` is taken to have no room until its next credit report (it refused
-    /// work it had advertised room for, or its session would not take an `Assign`).
-    pub(super) fn zero_credit(&mut self, link: LinkId) {
-        if let Some(online) = self.by_link.get(&link).and_then(|d| self.by_id.get_mut(d)) {
-            online.credit = 0;
-        }
-    }
-
     /// `Assign`s sent to `link` since it opened.
     pub(super) fn assigns_sent(&self, link: LinkId) -> u64 {
         self.assigns_sent.get(&link).copied().unwrap_or(0)

@@ -528,9 +528,6 @@ impl Engine {
                 self.staged.tickets.push(ticket);
             }
             LinkInput::Refused { handle } => {
-                // The session had no room for it: nothing more goes to that link until it
-                // reports credit again (no loop of Assigns it would refuse).
-                self.devices.zero_credit(link);
                 if let Some((id, _)) = self.task_of(link, handle) {
                     let requeue = self.unless_cancelling(Change::Requeue {
                         id,

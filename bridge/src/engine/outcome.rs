@@ -35,11 +35,12 @@ impl Engine {
     ) -> Option<Change> {
         let (id, device) = self.task_of(link, reject.handle?)?;
         let change = match reject.reason {
-            // It advertised room it did not have: it gets nothing more until it reports its
-            // credit again, and the refusal costs the task an attempt and its retry delay, so a
-            // device that refuses everything cannot drive a dispatch loop (one commit each).
+            // It advertised room it did not have: the refusal costs the task an attempt and
+            // its retry delay, so a device that refuses everything cannot drive a dispatch
+            // loop (one commit each). Its credit view is left as its link reports it: a link
+            // reports credit only when it changes, so a view zeroed here could stay at zero
+            // with the device idle (seen in the benchmark's preemption phase).
             RejectReason::NoFreeSlot => {
-                self.devices.zero_credit(link);
                 self.refused_change(&id, now, &format!("device {device} had no free slot"))
             }
             // A take-back that came too late: the task runs on; another may be chosen.

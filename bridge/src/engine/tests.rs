@@ -1913,8 +1913,8 @@ fn an_id_proven_by_a_credential_cannot_be_claimed_without_one() {
 
 /// A device that answers every `Assign` with `NoFreeSlot` while advertising credit cannot
 /// drive a dispatch loop (review M6): each refusal costs the task an attempt and its retry
-/// delay, and the device gets nothing more until it reports credit again; after its attempts
-/// the task fails.
+/// delay, so it is not sent again before that delay, whatever credit the device reports;
+/// after its attempts the task fails.
 #[test]
 fn a_device_refusing_everything_costs_attempts_and_delays_not_a_loop() {
     let mut s = Sim::new();
