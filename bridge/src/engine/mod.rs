@@ -521,6 +521,9 @@ impl Engine {
     /// Expires overdue tasks and dispatches what can be dispatched now (staged: the `Assign`s
     /// go out after the next commit). Then [`Engine::poll_timeout`] says when to look again.
     pub fn dispatch(&mut self, now: Now) {
+        // First what leases and grace periods that ended send back to the queue, so that those
+        // whose deadline passed meanwhile expire now, not at the next wake-up.
+        self.release_overdue(now);
         let overdue: Vec<Change> = self
             .queue
             .overdue(now.ms)
@@ -535,7 +538,6 @@ impl Engine {
             .collect();
         self.expired += overdue.len() as u64;
         self.queue.apply(overdue, now);
-        self.release_overdue(now);
 
         if self.devices.any_credit() {
             let urgent_at = self.urgency.urgent_at;
