@@ -302,6 +302,16 @@ impl Engine {
         &self.queue
     }
 
+    /// The online devices: each one's id, the link its session is on, its `Hello`, and the
+    /// `Assign`s the engine counts it can take now. For checks from outside (the fuzz targets
+    /// assert that no device is given more than its slots); the run loop has no use for it.
+    #[doc(hidden)]
+    pub fn online_devices(&self) -> impl Iterator<Item = (&str, LinkId, &Hello, u32)> {
+        self.devices
+            .iter()
+            .map(|(id, o)| (id.as_str(), o.link, &o.hello, o.credit))
+    }
+
     /// Replaces the urgency policy (reservation is on by default: [`Urgency::default`]). Devices
     /// online already keep their reserve until their next session.
     pub fn set_urgency(&mut self, urgency: Urgency) {
