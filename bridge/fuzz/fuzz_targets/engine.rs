@@ -206,8 +206,11 @@ struct Case {
     ops: Vec<Op>,
 }
 
-/// The queue's directory: one per process, emptied for every run.
+/// The queue's directory: one per process, emptied for every input. An input that crashes
+/// leaves its directory behind (minimising a crash leaves hundreds): those of processes that
+/// are gone are removed when the next process starts.
 fn queue_dir() -> &'static PathBuf {
+    const PREFIX: &str = "edge-bridge-fuzz-engine-";
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let shm = std::path::Path::new("/dev/shm");
@@ -216,7 +219,15 @@ fn queue_dir() -> &'static PathBuf {
         } else {
             std::env::temp_dir()
         };
-        base.join(format!("edge-bridge-fuzz-engine-{}", std::process::id()))
+        let proc = std::path::Path::new("/proc");
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix(PREFIX));
+            if pid.is_some_and(|pid| proc.is_dir() && !proc.join(pid).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        base.join(format!("{PREFIX}{}", std::process::id()))
     })
 }
 
