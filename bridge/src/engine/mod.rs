@@ -321,6 +321,16 @@ impl Engine {
         &self.queue
     }
 
+    /// The online devices: each one's id, the link its session is on, its `Hello`, and the
+    /// `Assign`s the engine counts it can take now. For checks from outside (the fuzz targets
+    /// assert that no device is given more than its slots); the run loop has no use for it.
+    #[doc(hidden)]
+    pub fn online_devices(&self) -> impl Iterator<Item = (&str, LinkId, &Hello, u32)> {
+        self.devices
+            .iter()
+            .map(|(id, o)| (id.as_str(), o.link, &o.hello, o.credit))
+    }
+
     /// Replaces the urgency policy (reservation is on by default: [`Urgency::default`]). Devices
     /// online already keep their reserve until their next session.
     pub fn set_urgency(&mut self, urgency: Urgency) {
@@ -604,6 +614,9 @@ impl Engine {
     /// Expires overdue tasks and dispatches what can be dispatched now (staged: the `Assign`s
     /// go out after the next commit). Then [`Engine::poll_timeout`] says when to look again.
     pub fn dispatch(&mut self, now: Now) {
+        // First what leases and grace periods that ended send back to the queue, so that those
+        // whose deadline passed meanwhile expire now, not at the next wake-up.
+        self.release_overdue(now);
         let overdue: Vec<Change> = self
             .queue
             .overdue(now.ms)
@@ -618,7 +631,6 @@ impl Engine {
             .collect();
         self.expired += overdue.len() as u64;
         self.queue.apply(overdue, now);
-        self.release_overdue(now);
         self.queue.release_delayed(now.ms);
 
         if self.devices.any_credit() {

@@ -509,6 +509,32 @@ fn a_queued_task_expires_when_its_deadline_passes() {
     assert_eq!(s.e.poll_timeout(), None);
 }
 
+/// A task whose lease ends after its deadline passed expires in the same turn that takes it
+/// back, not at the next wake-up (the retry delay, up to a minute by default, later); found by
+/// the `engine` fuzz target (no queued task is past its deadline after a dispatch).
+#[test]
+fn a_task_taken_back_after_its_deadline_expires_at_once() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 1);
+    s.submit(r#"{"id":"t","capability":"echo","deadline_ms":500,"timeout_ms":1000}"#);
+    assert_eq!(assigns(&s.turn(), LINK).len(), 1);
+    s.now += 1_000;
+    let released = s.turn();
+    assert!(s.task("t").is_none(), "{:?}", s.task("t"));
+    assert_eq!(s.e.expired(), 1);
+    let (state, error) = last_error(&s.events(), "t");
+    assert_eq!(
+        (state, error.code),
+        (TaskState::Expired, ErrorCode::DeadlineExpired)
+    );
+    // The device is told to stop it.
+    let cancels = to_link(&released, LINK, |c| match c {
+        LinkCommand::Cancel(c) => Some(c.handle),
+        _ => None,
+    });
+    assert_eq!(cancels.len(), 1);
+}
+
 /// A task is never started after its deadline: a device that gets a free slot just as the
 /// deadline passes does not get the task; one that gets it earlier is told the time left.
 #[test]
