@@ -8,7 +8,8 @@
 //! - **Accepted submissions** are within the documented limits: the id is a topic level (its
 //!   status topic is publishable and its cancel topic is matched by the cancel filter) and is
 //!   the client's when it gave one (the generated one only when it gave none); the
-//!   capability is 1 to 32 bytes; the device, if any, is a topic level; the deadline is
+//!   capability is 1 to 32 bytes; the device, if any, is a topic level of at most 32 bytes
+//!   (a device id); a message over 16 KiB is refused whole (`message_too_large`); the deadline is
 //!   positive; the lease (`timeout_ms`) is in range; the payload is the JSON text of what was
 //!   sent (`null` when nothing was), at most `MAX_PAYLOAD` bytes; the locks and resources are
 //!   distinct valid names, at most 4 each; the trace id is at most 32 bytes. A submission is
@@ -23,10 +24,12 @@ use std::cell::Cell;
 
 use arbitrary::Arbitrary;
 use broker_config::MAX_RESOURCE_NAME;
-use device_core::proto::{MAX_CAPABILITY_NAME, MAX_LOCK_NAME, MAX_PAYLOAD, MAX_TRACE_ID};
+use device_core::proto::{
+    MAX_CAPABILITY_NAME, MAX_DEVICE_ID, MAX_LOCK_NAME, MAX_PAYLOAD, MAX_TRACE_ID,
+};
 use edge_bridge::api::{
-    ErrorCode, MAX_ID, MAX_TASK_RESOURCES, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, Rejection, Submission,
-    parse_submission,
+    ErrorCode, MAX_ID, MAX_SUBMISSION_BYTES, MAX_TASK_RESOURCES, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS,
+    Rejection, Submission, parse_submission,
 };
 use edge_bridge::mqtt::{ApiTopic, api_filters, api_topic};
 use libfuzzer_sys::fuzz_target;
@@ -298,7 +301,13 @@ fn field_ok(key: &str, v: Option<&Value>) -> bool {
         Some(_) => false,
     };
     match key {
-        "id" | "device" => null || v.and_then(Value::as_str).is_some_and(topic_level),
+        "id" => null || v.and_then(Value::as_str).is_some_and(topic_level),
+        // A device id is a topic level of at most MAX_DEVICE_ID bytes.
+        "device" => {
+            null || v
+                .and_then(Value::as_str)
+                .is_some_and(|d| topic_level(d) && d.len() <= MAX_DEVICE_ID)
+        }
         "capability" => v
             .and_then(Value::as_str)
             .is_some_and(|c| !c.is_empty() && c.len() <= MAX_CAPABILITY_NAME),
@@ -368,7 +377,7 @@ fn check_accepted(s: &Submission, obj: &Map<String, Value>, generated: bool) {
         obj.get("capability").and_then(Value::as_str)
     );
     if let Some(d) = &s.device {
-        assert!(topic_level(d), "device {d:?}");
+        assert!(topic_level(d) && d.len() <= MAX_DEVICE_ID, "device {d:?}");
     }
     assert_eq!(
         s.device.as_deref(),
@@ -465,6 +474,12 @@ fn check_submission(bytes: &[u8]) {
         generated.set(true);
         "generated-1".to_owned()
     });
+    if bytes.len() > MAX_SUBMISSION_BYTES {
+        // Refused as a whole, under the id and trace id it had when readable.
+        let r = parsed.expect_err("a message longer than any submission was accepted");
+        assert_eq!(r.error.code, ErrorCode::MessageTooLarge);
+        return;
+    }
     let value = serde_json::from_slice::<Value>(bytes).ok();
     let obj = value.as_ref().and_then(Value::as_object);
     let wrong: Vec<String> = match obj {
