@@ -291,19 +291,15 @@ pub async fn run(
                         true
                     });
                 clearing.retain(|_, n| *n > 0);
-                if own_clear {
+                // What the engine is handed; `handled` answers once it has committed that
+                // (at once for what it is not handed), and releases the acknowledgement.
+                let (done, handled) = oneshot::channel();
+                let input = if own_clear {
                     // The broker passing on our own clear of a retained message: not a
                     // submission or a cancel.
-                    let (done, handled) = oneshot::channel();
                     let _ = done.send(());
-                    let _ = acks.send((
-                        generation.load(std::sync::atomic::Ordering::SeqCst),
-                        p,
-                        handled,
-                    ));
-                    continue;
-                }
-                if p.retain && request.is_some() {
+                    None
+                } else if p.retain && request.is_some() {
                     // Kept by the broker and handed to every new subscription: cleared (an
                     // empty retained message), refused on `{root}/errors`, never acted on.
                     if client
@@ -315,66 +311,37 @@ pub async fn run(
                     } else {
                         tracing::warn!(%topic, "could not clear a retained message (request channel full)");
                     }
-                    let (done, handled) = oneshot::channel();
-                    if api
-                        .send(ApiInput::Retained {
-                            topic,
+                    Some(ApiInput::Retained {
+                        topic: topic.clone(),
+                        payload: p.payload.to_vec(),
+                        done,
+                    })
+                } else {
+                    match request {
+                        Some(ApiTopic::Submit) => Some(ApiInput::Submit {
                             payload: p.payload.to_vec(),
-                            done,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    let _ = acks.send((
-                        generation.load(std::sync::atomic::Ordering::SeqCst),
-                        p,
-                        handled,
-                    ));
-                } else if request == Some(ApiTopic::Submit) {
-                    let (accepted, committed) = oneshot::channel();
-                    if api
-                        .send(ApiInput::Submit {
-                            payload: p.payload.to_vec(),
-                            accepted,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    let _ = acks.send((
-                        generation.load(std::sync::atomic::Ordering::SeqCst),
-                        p,
-                        committed,
-                    ));
-                } else if let Some(ApiTopic::Cancel(id)) = request {
-                    let (done, handled) = oneshot::channel();
-                    if api
-                        .send(ApiInput::Cancel {
+                            accepted: done,
+                        }),
+                        Some(ApiTopic::Cancel(id)) => Some(ApiInput::Cancel {
                             id: id.to_owned(),
                             done,
-                        })
-                        .await
-                        .is_err()
-                    {
+                        }),
+                        None => {
+                            let _ = done.send(());
+                            None
+                        }
+                    }
+                };
+                if let Some(input) = input {
+                    if api.send(input).await.is_err() {
                         return;
                     }
-                    let _ = acks.send((
-                        generation.load(std::sync::atomic::Ordering::SeqCst),
-                        p,
-                        handled,
-                    ));
-                } else {
-                    let (done, handled) = oneshot::channel();
-                    let _ = done.send(());
-                    let _ = acks.send((
-                        generation.load(std::sync::atomic::Ordering::SeqCst),
-                        p,
-                        handled,
-                    ));
                 }
+                let _ = acks.send((
+                    generation.load(std::sync::atomic::Ordering::SeqCst),
+                    p,
+                    handled,
+                ));
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
                 // A new packet id belongs to the oldest request; a known one is a resend
