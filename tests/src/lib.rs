@@ -786,6 +786,32 @@ impl Watcher {
         }
     }
 
+    /// Submits an `echo` task `id` for `device` under `root` and waits (30 s at most) until
+    /// it completed with its payload as its result.
+    pub async fn echo_completes(&mut self, root: &str, id: &str, device: &str) {
+        let payload = format!("payload of {id}");
+        let task = serde_json::json!({"id": id, "capability": "echo", "device": device, "payload": payload});
+        self.submit(root, &task.to_string()).await;
+        self.wait_for(
+            Duration::from_secs(30),
+            &format!("{id} completed"),
+            |seen| last_state(seen, id).as_deref() == Some("completed"),
+        )
+        .await;
+        assert_eq!(
+            self.states()[id].last().unwrap()["result"],
+            payload.as_str()
+        );
+    }
+
+    /// Whether `device`'s document has said it is offline.
+    pub fn saw_offline(&self, device: &str) -> bool {
+        let topic = format!("/devices/{device}");
+        self.seen
+            .iter()
+            .any(|(t, v)| t.ends_with(&topic) && v["online"] == false)
+    }
+
     /// The status events seen for each task id, in order.
     pub fn states(&self) -> HashMap<String, Vec<Value>> {
         let mut out: HashMap<String, Vec<Value>> = HashMap::new();

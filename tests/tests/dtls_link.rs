@@ -75,22 +75,6 @@ fn dtls_device(addr: SocketAddr, id: &str, extra: &[&str]) -> Proc {
     start_device_with(addr, id, &["echo"], &args)
 }
 
-/// Submits an echo task for `device` and waits until it completed with its payload back.
-async fn completes(w: &mut Watcher, id: &str, device: &str) {
-    let payload = format!("payload of {id}");
-    w.submit(
-        ROOT,
-        &serde_json::json!({"id": id, "capability": "echo", "device": device, "payload": payload})
-            .to_string(),
-    )
-    .await;
-    w.wait_for(WAIT, &format!("{id} completed"), |seen| {
-        last_state(seen, id).as_deref() == Some("completed")
-    })
-    .await;
-    assert_eq!(w.states()[id].last().unwrap()["result"], payload.as_str());
-}
-
 /// Runs an external tool to its end (bounded by `timeout`, the coreutils command) and
 /// returns its exit status and both outputs; fails loudly when it is missing.
 fn run_tool(program: &str, args: &[&str], stdin: &str) -> (bool, String) {
@@ -221,8 +205,8 @@ async fn devices_proving_their_id_by_psk_or_certificate_complete_tasks() {
             "127.0.0.1",
         ],
     );
-    completes(&mut w, "psk-1", "dev-a").await;
-    completes(&mut w, "cert-1", "dev-c").await;
+    w.echo_completes(ROOT, "psk-1", "dev-a").await;
+    w.echo_completes(ROOT, "cert-1", "dev-c").await;
     // Each credential on RFC 7925's suite for it.
     for (credential, name, cipher) in [
         ("DTLS PSK identity", "dev-a", "PSK-AES128-CCM8"),
@@ -342,7 +326,7 @@ async fn a_valid_psk_for_one_device_cannot_speak_for_another() {
     );
     // The real dev-a is served meanwhile; nothing was ever published for dev-b.
     let _a = dtls_device(bridge.devices, "dev-a", &["--psk", KEY_A]);
-    completes(&mut w, "a1", "dev-a").await;
+    w.echo_completes(ROOT, "a1", "dev-a").await;
     assert!(
         !w.seen.iter().any(|(t, _)| t.ends_with("/devices/dev-b")),
         "a device document for the unproven id"
@@ -365,7 +349,7 @@ async fn a_device_that_reboots_on_the_same_port_reconnects() {
     };
     let args = ["--psk", KEY_A, "--local-port", port.as_str()];
     let mut device = dtls_device(bridge.devices, "dev-a", &args);
-    completes(&mut w, "before", "dev-a").await;
+    w.echo_completes(ROOT, "before", "dev-a").await;
     // SIGKILL: no close_notify; the bridge still holds the established session.
     device.child.kill().unwrap();
     device.child.wait().unwrap();
@@ -374,7 +358,7 @@ async fn a_device_that_reboots_on_the_same_port_reconnects() {
         l.contains("the device restarted")
     })
     .await;
-    completes(&mut w, "after", "dev-a").await;
+    w.echo_completes(ROOT, "after", "dev-a").await;
 }
 
 /// Forwards datagrams between `device_side` (whoever talks to it first is the device) and
@@ -529,7 +513,7 @@ async fn a_flood_of_client_hellos_costs_no_memory_and_stops_no_device() {
         replies >= PORTS * EACH * 95 / 100,
         "only {replies} ClientHellos answered"
     );
-    completes(&mut w, "during-flood", "dev-a").await;
+    w.echo_completes(ROOT, "during-flood", "dev-a").await;
 
     let after = rss_kib(&bridge);
     assert!(
@@ -612,7 +596,7 @@ async fn half_open_handshakes_are_capped_and_freed_at_their_deadline() {
         l.contains("DTLS session ended") && l.contains("handshake deadline passed")
     })
     .await;
-    completes(&mut w, "after-the-stall", "dev-a").await;
+    w.echo_completes(ROOT, "after-the-stall", "dev-a").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

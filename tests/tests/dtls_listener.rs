@@ -44,30 +44,6 @@ fn start(dir: &Path, links: Vec<LinkConfig>) -> (Bridge, LogLines) {
     start_bridge_with_log(&dir.join("data"), &file)
 }
 
-/// Submits an echo task for `device` and waits until it completed with its payload back.
-async fn completes(w: &mut Watcher, id: &str, device: &str) {
-    let payload = format!("payload of {id}");
-    w.submit(
-        ROOT,
-        &serde_json::json!({"id": id, "capability": "echo", "device": device, "payload": payload})
-            .to_string(),
-    )
-    .await;
-    w.wait_for(WAIT, &format!("{id} completed"), |seen| {
-        last_state(seen, id).as_deref() == Some("completed")
-    })
-    .await;
-    assert_eq!(w.states()[id].last().unwrap()["result"], payload.as_str());
-}
-
-/// Whether the watcher saw `device`'s document say it is offline.
-fn went_offline(w: &Watcher, device: &str) -> bool {
-    let topic = format!("/devices/{device}");
-    w.seen
-        .iter()
-        .any(|(t, v)| t.ends_with(&topic) && v["online"] == false)
-}
-
 /// A DTLS link on a free port with PSKs for dev-a and dev-b, changed by `adjust`.
 fn dtls_link(adjust: impl FnOnce(&mut DtlsLink)) -> LinkConfig {
     let mut link = DtlsLink {
@@ -147,7 +123,7 @@ async fn a_host_whose_handshakes_fail_fast_cannot_spend_the_whole_handshake_budg
         started.elapsed(),
         attempts.load(Ordering::Relaxed)
     );
-    completes(&mut w, "during-the-flood", "dev-a").await;
+    w.echo_completes(ROOT, "during-the-flood", "dev-a").await;
     stop.store(true, Ordering::Relaxed);
     attackers.abort_all();
     while attackers.join_next().await.is_some() {}
@@ -291,7 +267,7 @@ async fn a_replayed_client_hello_does_not_replace_the_established_session() {
     let events = &w.states()["long"];
     let dispatched = events.iter().filter(|e| e["state"] == "dispatched").count();
     assert_eq!(dispatched, 1, "the task was dispatched again: {events:#?}");
-    assert!(!went_offline(&w, "dev-a"), "dev-a went offline");
+    assert!(!w.saw_offline("dev-a"), "dev-a went offline");
     assert!(
         !log.drain().iter().any(|l| l.contains("replacing it")),
         "the session was replaced"
@@ -339,7 +315,7 @@ async fn another_identity_from_an_established_address_cannot_replace_its_session
         .unwrap();
     assert!(why.contains("close_notify"), "{why}");
     // dev-a's session was never replaced: no device document changed.
-    assert!(!went_offline(&w, "dev-a"), "dev-a went offline");
+    assert!(!w.saw_offline("dev-a"), "dev-a went offline");
     assert!(
         !w.seen.iter().any(|(t, _)| t.ends_with("/devices/dev-b")),
         "dev-b got a device document"
@@ -375,7 +351,7 @@ async fn a_new_session_of_an_identity_closes_its_older_one() {
         })
         .await;
     assert!(line.contains("max_sessions_per_identity = 1"), "{line}");
-    completes(&mut w, "the-newest", "dev-a").await;
+    w.echo_completes(ROOT, "the-newest", "dev-a").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use broker_config::LinkConfig;
 use edge_tests::rogue::{Rogue, hello};
 use edge_tests::{
-    Bridge, LogLines, Proc, Watcher, embedded_config, issue_certificate, last_state, make_ca,
+    Bridge, LogLines, Proc, Watcher, embedded_config, issue_certificate, make_ca,
     start_bridge_with_log, start_device, start_device_with, write_config,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,30 +37,6 @@ fn start(dir: &Path, links: Vec<LinkConfig>) -> (Bridge, LogLines) {
     config.links = links;
     let file = write_config(dir, &config);
     start_bridge_with_log(&dir.join("data"), &file)
-}
-
-/// Submits an echo task for `device` and waits until it completed with its payload back.
-async fn completes(w: &mut Watcher, id: &str, device: &str) {
-    let payload = format!("payload of {id}");
-    w.submit(
-        ROOT,
-        &serde_json::json!({"id": id, "capability": "echo", "device": device, "payload": payload})
-            .to_string(),
-    )
-    .await;
-    w.wait_for(WAIT, &format!("{id} completed"), |seen| {
-        last_state(seen, id).as_deref() == Some("completed")
-    })
-    .await;
-    assert_eq!(w.states()[id].last().unwrap()["result"], payload.as_str());
-}
-
-/// Whether the watcher saw `device`'s document say it is offline.
-fn went_offline(w: &Watcher, device: &str) -> bool {
-    let topic = format!("/devices/{device}");
-    w.seen
-        .iter()
-        .any(|(t, v)| t.ends_with(&topic) && v["online"] == false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +80,7 @@ async fn connections_beyond_a_cap_are_closed_at_once_counted_and_logged_within_a
             .expect("the total cap closes a fifth connection");
     }
     // dev-1 is served meanwhile.
-    completes(&mut w, "during-the-refusals", "dev-1").await;
+    w.echo_completes(ROOT, "during-the-refusals", "dev-1").await;
 
     // Every refusal was logged or counted before its connection closed. Closing rogue-3's
     // link now logs a line after all of them.
@@ -229,7 +205,7 @@ async fn a_flood_of_idle_tls_connections_cannot_take_a_small_file_limit_from_a_d
     )
     .await;
     eprintln!("dev-a online {:?} after it started", started.elapsed());
-    completes(&mut w, "behind-the-flood", "dev-a").await;
+    w.echo_completes(ROOT, "behind-the-flood", "dev-a").await;
     drop(idle);
 }
 
@@ -305,7 +281,7 @@ async fn tls_handshakes_beyond_max_handshakes_wait_for_a_free_slot() {
     // A device gets in as usual.
     let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
     let _device = tls_device(&bridge, dir.path());
-    completes(&mut w, "after-the-wait", "dev-a").await;
+    w.echo_completes(ROOT, "after-the-wait", "dev-a").await;
 }
 
 /// The socket `pid` holds whose peer is `peer`, duplicated into this process.
@@ -402,8 +378,9 @@ async fn a_connection_that_never_says_hello_is_closed_however_many_heartbeats_it
         .await;
     assert!(line.contains("no Hello within 7000 ms"), "{line}");
     // The device with a session is served all along.
-    completes(&mut w, "beside-the-heartbeats", "dev-1").await;
-    assert!(!went_offline(&w, "dev-1"));
+    w.echo_completes(ROOT, "beside-the-heartbeats", "dev-1")
+        .await;
+    assert!(!w.saw_offline("dev-1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
