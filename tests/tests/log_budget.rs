@@ -45,6 +45,7 @@ async fn thousands_of_refusals_cost_a_handful_of_log_lines() {
         .iter()
         .filter(|l| l.contains("submission rejected"))
         .count();
+    println!("log lines for 2,000 queue_full refusals: {logged}");
     assert!(
         (5..=12).contains(&logged),
         "{logged} log lines for 2,000 refusals"
