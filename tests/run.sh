@@ -8,6 +8,9 @@ step() { printf '\n==> %s\n' "$*"; }
 die() { printf 'tests/run.sh: %s\n' "$*" >&2; exit 1; }
 
 THUMB_TARGETS=(thumbv6m-none-eabi thumbv7m-none-eabi thumbv7em-none-eabihf)
+# Gateway builds run end to end under qemu-user (tests/tests/gateway.rs); the aarch64 one is
+# also packaged and installed (tests/tests/package.rs).
+GATEWAY_TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf)
 # Seconds each fuzz target runs (override for a longer local campaign).
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 
@@ -74,6 +77,17 @@ if ! command -v qemu-system-arm >/dev/null || ! command -v arm-none-eabi-size >/
   $sudo_ apt-get update -qq
   $sudo_ apt-get install -y -qq --no-install-recommends qemu-system-arm binutils-arm-none-eabi
 fi
+# Gateway builds: zig as C compiler and linker, the musl targets' standard library
+# (tools/cross/setup); qemu-user runs them; the package test needs dpkg-deb, setpriv
+# (util-linux), adduser and systemd-analyze.
+tools/cross/setup "${GATEWAY_TARGETS[@]}"
+if ! command -v qemu-aarch64-static >/dev/null || ! command -v qemu-arm-static >/dev/null \
+  || ! command -v systemd-analyze >/dev/null || ! command -v adduser >/dev/null; then
+  echo "installing qemu-user-static, systemd (for systemd-analyze) and adduser"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  $sudo_ apt-get install -y -qq --no-install-recommends qemu-user-static systemd adduser
+fi
 # The fuzzers need the nightly toolchain (sanitizer flags) and cargo-fuzz.
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
@@ -106,6 +120,27 @@ done
 cargo build -p device-core-footprint --profile footprint --target thumbv7em-none-eabihf
 # The QEMU firmware (built by tests/tests/qemu.rs during `cargo test`): flash and RAM.
 arm-none-eabi-size device-core/firmware-qemu/target/thumbv7m-none-eabi/release/edge-firmware-qemu
+
+step "gateway builds (static musl, --profile gateway)"
+for t in "${GATEWAY_TARGETS[@]}"; do
+  started=$SECONDS
+  echo "cargo build --profile gateway --target $t -p edge-bridge --bins"
+  cargo build --profile gateway --target "$t" -p edge-bridge --bins
+  for b in edge-bridge edge-device-sim; do
+    printf '%s %s: %s bytes\n' "$t" "$b" "$(stat -c %s "target/$t/gateway/$b")"
+  done
+  echo "$t: built in $((SECONDS - started)) s"
+done
+
+step "gateway builds end to end under qemu-user"
+cargo test -p edge-tests --test gateway -- --ignored
+
+step "packages: Debian (arm64, two revisions: an upgrade) and the OpenHarmony tarball (armv7)"
+tools/package/build deb aarch64-unknown-linux-musl 1
+tools/package/build deb aarch64-unknown-linux-musl 2
+tools/package/build tarball armv7-unknown-linux-musleabihf
+# Installs, runs, upgrades and purges the package on this machine (as root, as CI runs).
+cargo test -p edge-tests --test package -- --ignored
 
 # fuzz DIR TARGET [cargo-fuzz options] -- [libFuzzer options]: runs one target of the cargo-fuzz
 # crate in DIR for FUZZ_SECONDS.

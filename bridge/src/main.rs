@@ -40,14 +40,21 @@ enum Command {
         device_listen: Option<SocketAddr>,
     },
     /// Print the commented default configuration.
-    GenConfig,
+    GenConfig {
+        /// Sets `data_dir` in the printed file (as the gateway packages do).
+        #[arg(long)]
+        data_dir: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::GenConfig => {
-            print!("{}", broker_config::DEFAULT_CONFIG);
+        Command::GenConfig { data_dir } => {
+            match data_dir {
+                Some(dir) => print!("{}", broker_config::default_config_with_data_dir(&dir)),
+                None => print!("{}", broker_config::DEFAULT_CONFIG),
+            }
             ExitCode::SUCCESS
         }
         Command::Run {

@@ -14,6 +14,7 @@
 //! - [`ConfigError`]: what can be wrong, naming the field.
 //! - [`MOSQUITTO_CONF`]: what mosquitto needs as the bridge's external broker;
 //!   [`MOSQUITTO_ACL`]: who may do what on it.
+//! - [`SYSTEMD_UNIT`] and [`OPENHARMONY_CFG`]: the bridge as a service on a gateway.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +35,31 @@ pub const MOSQUITTO_CONF: &str = include_str!("../mosquitto.conf");
 /// publishes states, device documents and its status; applications submit and cancel;
 /// viewers read.
 pub const MOSQUITTO_ACL: &str = include_str!("../mosquitto-acl");
+
+/// The systemd unit the Debian package installs: `Type=notify` (the bridge sends READY and
+/// pings the watchdog), a dedicated user, the queue in [`DEBIAN_DATA_DIR`], hardened.
+pub const SYSTEMD_UNIT: &str = include_str!("../edge-bridge.service");
+
+/// The OpenHarmony init service (`/system/etc/init/edge_bridge.cfg`) the gateway tarball
+/// carries: resident (restarted when it exits), its own uid, the queue in
+/// [`OPENHARMONY_DATA_DIR`], created by a `post-fs-data` job.
+pub const OPENHARMONY_CFG: &str = include_str!("../edge_bridge.cfg");
+
+/// Where the Debian package keeps the queue (systemd's `StateDirectory`).
+pub const DEBIAN_DATA_DIR: &str = "/var/lib/edge-bridge";
+
+/// Where the OpenHarmony tarball keeps the queue (a system service's device-level data).
+pub const OPENHARMONY_DATA_DIR: &str = "/data/service/el1/public/edge_bridge";
+
+/// [`DEFAULT_CONFIG`] with `data_dir` set to `data_dir`: the file a package installs
+/// (`edge-bridge gen-config --data-dir DIR`).
+pub fn default_config_with_data_dir(data_dir: &str) -> String {
+    let quoted = toml::Value::String(data_dir.to_owned()).to_string();
+    DEFAULT_CONFIG.replacen(DEFAULT_DATA_DIR_LINE, &format!("data_dir = {quoted}\n"), 1)
+}
+
+/// The line of [`DEFAULT_CONFIG`] that [`default_config_with_data_dir`] replaces.
+const DEFAULT_DATA_DIR_LINE: &str = "data_dir = \"edge-bridge-data\"\n";
 
 /// What is wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -1225,5 +1251,7 @@ impl Config {
     }
 }
 
+#[cfg(test)]
+mod service_tests;
 #[cfg(test)]
 mod tests;

@@ -76,7 +76,10 @@ impl Drop for Proc {
 pub struct Bridge {
     pub proc: Proc,
     pub mqtt: SocketAddr,
+    /// The first device listener.
     pub devices: SocketAddr,
+    /// Every device listener, in the configuration's order.
+    pub listeners: Vec<SocketAddr>,
 }
 
 /// Starts `edge-bridge run` with `args` (plus port-0 listeners unless given) and waits for
@@ -168,8 +171,9 @@ pub fn start_bridge_with_log_and(
     (wait_ready(child), log)
 }
 
-/// Waits for a bridge's ready line (its stdout must be piped) and reads its addresses.
-fn wait_ready(mut child: Child) -> Bridge {
+/// Waits for a bridge's ready line (its stdout must be piped) and reads its addresses: for a
+/// bridge started however the test needs (under an emulator, say).
+pub fn wait_ready(mut child: Child) -> Bridge {
     let stdout = child.stdout.take().expect("stdout");
     let proc = Proc {
         child,
@@ -177,20 +181,20 @@ fn wait_ready(mut child: Child) -> Bridge {
     };
     let line = read_line_with_deadline(stdout, Duration::from_secs(30))
         .expect("edge-bridge printed no ready line in 30 s");
-    let field = |key: &str| -> SocketAddr {
+    let field = |key: &str| -> Vec<SocketAddr> {
         let v = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix(key))
             .unwrap_or_else(|| panic!("no {key} in {line:?}"));
         v.split(',')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap_or_else(|e| panic!("{key}{v}: {e}"))
+            .map(|a| a.parse().unwrap_or_else(|e| panic!("{key}{v}: {e}")))
+            .collect()
     };
+    let listeners = field("devices=");
     Bridge {
-        mqtt: field("mqtt="),
-        devices: field("devices="),
+        mqtt: field("mqtt=")[0],
+        devices: listeners[0],
+        listeners,
         proc,
     }
 }

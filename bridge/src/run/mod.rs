@@ -14,6 +14,7 @@
 //! - `storage`: the data directory's free space, and its reserve.
 
 mod links;
+mod notify;
 mod pump;
 mod signals;
 mod storage;
@@ -33,6 +34,7 @@ use crate::mqtt::{self, ApiInput, MqttEvent, MqttSettings, Publication};
 use crate::queue::{Queue, QueueError};
 use crate::time::Clock;
 
+use notify::Notifier;
 use pump::OutboxPump;
 use signals::StopSignals;
 use storage::Storage;
@@ -174,6 +176,13 @@ pub async fn run(
         mqtt: mqtt_addr,
         devices,
     };
+    let notifier = Notifier::from_env();
+    let watchdog = notifier.watchdog_interval().map(|period| {
+        let mut interval = tokio::time::interval(period);
+        // After a slow turn, one ping, not a burst of the missed ones.
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
 
     let mut driver = Driver {
         engine,
@@ -187,6 +196,7 @@ pub async fn run(
         publish,
         client,
         storage,
+        notifier,
     };
     let inputs = Inputs {
         api,
@@ -196,6 +206,7 @@ pub async fn run(
         jumps,
         signals,
         stats: tokio::time::interval(config.stats_interval),
+        watchdog,
     };
     driver.run(inputs, Some((announce, ready))).await
 }
@@ -328,6 +339,8 @@ struct Inputs {
     jumps: mpsc::UnboundedReceiver<CursorJump>,
     signals: StopSignals,
     stats: tokio::time::Interval,
+    /// Pings systemd's watchdog (`WatchdogSec=`), when it has one.
+    watchdog: Option<tokio::time::Interval>,
 }
 
 /// Answers waiting for a commit, by the ticket the engine knows them by.
@@ -371,6 +384,8 @@ struct Driver {
     /// Free space of the data directory: measured before each batch of submissions and on
     /// each stats tick, so that the bridge notices by itself when space returns.
     storage: Storage,
+    /// systemd's READY, WATCHDOG and STOPPING notifications (nothing without systemd).
+    notifier: Notifier,
 }
 
 impl Driver {
@@ -397,6 +412,7 @@ impl Driver {
                         if matches!(event, MqttEvent::Subscribed) {
                             if let Some((announce, addrs)) = ready.take() {
                                 announce(&addrs);
+                                self.notifier.ready(&format!("ready: mqtt={}", addrs.mqtt));
                             }
                         }
                         self.on_mqtt(event);
@@ -418,6 +434,12 @@ impl Driver {
                     let _ = self.publish.try_send(publication);
                 }
                 Some(jump) = inputs.jumps.recv() => self.on_jump(jump),
+                _ = async {
+                    match inputs.watchdog.as_mut() {
+                        Some(interval) => interval.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.notifier.watchdog(),
                 () = tokio::time::sleep_until(wake.into()) => {}
                 why = async {
                     match inputs.broker_stopped.as_mut() {
@@ -430,6 +452,7 @@ impl Driver {
                     // start opens.
                     let live = self.engine.queue().len();
                     tracing::info!(signal, live, "stop requested; stopping");
+                    self.notifier.stopping();
                     return self.stop(&mut inputs).await;
                 }
             }

@@ -186,6 +186,7 @@ impl LinkedBridge {
                 proc,
                 mqtt,
                 devices: *tcp,
+                listeners: devices.clone(),
             },
             udp: *udp,
             log,
