@@ -321,9 +321,13 @@ impl Drop for Cleanup {
         let _ = std::fs::remove_dir_all(QUEUE);
         let _ = Command::new("deluser")
             .args(["--quiet", "--system", "edge-bridge"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status();
         let _ = Command::new("delgroup")
             .args(["--quiet", "--system", "edge-bridge"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status();
     }
 }
