@@ -30,7 +30,7 @@
 //! - [`backoff`]: the one backoff policy (task retries, MQTT and device reconnects) and its
 //!   seeded jitter source.
 //! - [`run`]: `edge-bridge run`: start-up, the run loop, link start-up, the outbox pump,
-//!   stop signals, the data directory's free space.
+//!   stop signals, the data directory's free space, the service manager's notifications.
 //! - [`mqtt`]: the MQTT client driver (rumqttc): API in, outbox out, PUBACK after commit.
 //! - [`link`]: device links (plain TCP, TLS with client certificates, UDP + DTLS, serial
 //!   ports): transport tasks driving device-core sessions, and the identity rule.

@@ -11,6 +11,7 @@
 //! - `links`: starting the configured device links, one function per kind.
 //! - `pump`: which outbox entries to hand the MQTT driver next.
 //! - `signals`: SIGTERM and SIGINT.
+//! - `notify`: systemd's READY, WATCHDOG and STOPPING notifications.
 //! - `storage`: the data directory's free space, and its reserve.
 
 mod links;
