@@ -77,17 +77,19 @@ if ! command -v qemu-system-arm >/dev/null || ! command -v arm-none-eabi-size >/
   $sudo_ apt-get update -qq
   $sudo_ apt-get install -y -qq --no-install-recommends qemu-system-arm binutils-arm-none-eabi
 fi
-# Gateway builds: zig as C compiler and linker, the musl targets' standard library
-# (tools/cross/setup); qemu-user runs them; the package test needs dpkg-deb, setpriv
-# (util-linux), adduser and systemd-analyze.
-tools/cross/setup "${GATEWAY_TARGETS[@]}"
-if ! command -v qemu-aarch64-static >/dev/null || ! command -v qemu-arm-static >/dev/null \
-  || ! command -v systemd-analyze >/dev/null || ! command -v adduser >/dev/null; then
-  echo "installing qemu-user-static, systemd (for systemd-analyze) and adduser"
+# Gateway builds: zig as C compiler and linker (downloaded with pip), the musl targets'
+# standard library (tools/cross/setup); qemu-user runs them; the package test needs
+# dpkg-deb, setpriv (util-linux), adduser, deb-systemd-helper and systemd-analyze.
+if ! python3 -m pip --version >/dev/null 2>&1 || ! command -v qemu-aarch64-static >/dev/null \
+  || ! command -v qemu-arm-static >/dev/null || ! command -v systemd-analyze >/dev/null \
+  || ! command -v deb-systemd-helper >/dev/null || ! command -v adduser >/dev/null; then
+  echo "installing python3-pip, qemu-user-static, systemd (systemd-analyze), init-system-helpers and adduser"
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
   $sudo_ apt-get update -qq
-  $sudo_ apt-get install -y -qq --no-install-recommends qemu-user-static systemd adduser
+  $sudo_ apt-get install -y -qq --no-install-recommends python3-pip qemu-user-static systemd \
+    init-system-helpers adduser
 fi
+tools/cross/setup "${GATEWAY_TARGETS[@]}"
 # The fuzzers need the nightly toolchain (sanitizer flags) and cargo-fuzz.
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked

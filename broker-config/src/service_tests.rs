@@ -1,6 +1,6 @@
 //! The gateway service files agree with the format their init system defines and with the
 //! layout the packages install (tools/package). `systemd-analyze verify` runs on the installed
-//! unit in tests/package.sh.
+//! unit in tests/tests/package.rs.
 
 use super::*;
 use serde_json::Value;
@@ -66,6 +66,24 @@ fn the_systemd_unit_waits_for_ready_keeps_a_watchdog_and_the_queue_in_its_state_
     assert_eq!(unit_value("ProtectSystem"), "strict");
     assert_eq!(unit_value("NoNewPrivileges"), "yes");
     assert_eq!(unit_value("CapabilityBoundingSet"), "");
+    // The bridge reads /proc/sys/kernel/random/boot_id to tell a reboot from a restart
+    // (bridge/src/time.rs): ProcSubset=pid would hide it, and every downtime would count as
+    // none.
+    assert!(
+        !unit_entries().iter().any(|(_, k, _)| k == "ProcSubset"),
+        "ProcSubset hides /proc/sys"
+    );
+    // An unattended gateway keeps restarting a bridge that fails to start.
+    let unit_section: Vec<_> = unit_entries()
+        .into_iter()
+        .filter(|(s, _, _)| s == "Unit")
+        .collect();
+    assert!(
+        unit_section
+            .iter()
+            .any(|(_, k, v)| k == "StartLimitIntervalSec" && v == "0"),
+        "{unit_section:?}"
+    );
 }
 
 fn openharmony_service() -> serde_json::Map<String, Value> {

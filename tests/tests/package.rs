@@ -2,14 +2,19 @@
 //! installed on this machine as an operator would, its bridge run under qemu-user:
 //! - `dpkg -i` makes the service user, the queue directory (0700, the user's), the
 //!   configuration (a conffile, 0640 root:edge-bridge) and a systemd unit that
-//!   `systemd-analyze verify` accepts without a word;
+//!   `systemd-analyze verify` accepts without a word, enabled (`multi-user.target.wants`);
 //! - the bridge, started as the unit starts it (its user, its working directory, its
 //!   configuration), tells the service manager READY=1 and pings the watchdog;
 //! - the operator edits the configuration; tasks are queued for a device that is away;
 //! - upgrading to the next revision keeps the edited configuration and the queue: after a
 //!   restart the device connects and every queued task completes, once;
-//! - `dpkg --remove` keeps the configuration, `dpkg --purge` removes it and keeps the queue
-//!   (it may hold accepted work), saying so.
+//! - `dpkg --remove` keeps the configuration and masks the unit; `dpkg --purge` removes the
+//!   configuration and the unit's enablement and keeps the queue (it may hold accepted work),
+//!   saying so.
+//!
+//! This machine runs no systemd (a container), so the bridge is started the way the unit
+//! starts it, and the maintainer scripts' `systemctl` calls (start, restart, stop) are not
+//! exercised; their enable, mask and purge of the unit are.
 //!
 //! It changes the machine (a package, a system user), so it runs as root, refuses to run
 //! where edge-bridge is already installed, and leaves nothing behind. `cargo test` lists it as
@@ -29,6 +34,8 @@ const ROOT: &str = "edge/edge-bridge";
 const CONFIG: &str = "/etc/edge-bridge/config.toml";
 const QUEUE: &str = "/var/lib/edge-bridge";
 const UNIT: &str = "/usr/lib/systemd/system/edge-bridge.service";
+const ENABLED: &str = "/etc/systemd/system/multi-user.target.wants/edge-bridge.service";
+const MASK: &str = "/etc/systemd/system/edge-bridge.service";
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "installs a package as root: tests/run.sh builds the packages and runs this"]
@@ -61,6 +68,10 @@ async fn the_debian_package_installs_runs_upgrades_keeping_the_queue_and_is_remo
     let conffiles = run("dpkg-query", &["-W", "-f=${Conffiles}", "edge-bridge"]);
     assert!(conffiles.contains(CONFIG), "conffiles: {conffiles}");
     verify_unit();
+    assert!(
+        std::fs::symlink_metadata(ENABLED).is_ok(),
+        "the service is enabled on installation"
+    );
 
     // The operator's edit: listeners on free ports (this machine may run a broker on 1883).
     let (mqtt_port, device_port) = (free_port(), free_port());
@@ -79,8 +90,8 @@ async fn the_debian_package_installs_runs_upgrades_keeping_the_queue_and_is_remo
     let notify = Notify::bind();
     let bridge = start_service(Some(&notify));
     assert_eq!(bridge.mqtt.port(), mqtt_port);
-    let ready = notify.until(|m| m.contains("READY=1"));
-    assert!(ready.contains("STATUS=ready: mqtt="), "{ready}");
+    notify.until(|m| m.starts_with("READY=1\n"));
+    notify.until(|m| m.starts_with("STATUS=running; MQTT API live on edge/edge-bridge"));
     notify.until(|m| m == "WATCHDOG=1\n");
     notify.until(|m| m == "WATCHDOG=1\n");
     let mut watcher = Watcher::connect(bridge.mqtt, ROOT).await;
@@ -101,11 +112,20 @@ async fn the_debian_package_installs_runs_upgrades_keeping_the_queue_and_is_remo
     assert!(status.success(), "stopped with {status}");
     notify.until(|m| m.starts_with("STOPPING=1"));
 
-    // Upgrade: same configuration (edited, so dpkg keeps it), same queue.
-    dpkg(&["--force-architecture", "--force-confold", "-i"], &second);
+    // Upgrade: same configuration (edited, so dpkg keeps it), same queue. No --force-confold:
+    // an edited conffile the new package does not change is kept without a question.
+    dpkg(&["--force-architecture", "-i"], &second);
     let version = run("dpkg-query", &["-W", "-f=${Version}", "edge-bridge"]);
     assert!(version.ends_with("-2"), "upgraded to {version}");
     assert_eq!(std::fs::read_to_string(CONFIG).unwrap(), edited);
+    let config = std::fs::metadata(CONFIG).unwrap();
+    assert_eq!(
+        config.mode() & 0o777,
+        0o640,
+        "{CONFIG} mode after the upgrade"
+    );
+    assert_eq!((config.uid(), config.gid()), (0, service.1));
+    assert!(std::fs::symlink_metadata(ENABLED).is_ok(), "still enabled");
     verify_unit();
     let bridge = start_service(None);
     let mut watcher = Watcher::connect(bridge.mqtt, ROOT).await;
@@ -135,11 +155,22 @@ async fn the_debian_package_installs_runs_upgrades_keeping_the_queue_and_is_remo
     dpkg(&["--remove"], Path::new("edge-bridge"));
     assert!(!Path::new("/usr/bin/edge-bridge").exists());
     assert!(Path::new(CONFIG).exists(), "remove keeps the configuration");
+    assert_eq!(
+        std::fs::read_link(MASK).ok(),
+        Some(PathBuf::from("/dev/null")),
+        "remove masks the unit"
+    );
     let said = dpkg(&["--purge"], Path::new("edge-bridge"));
     assert!(
         !Path::new(CONFIG).exists(),
         "purge removes the configuration"
     );
+    for link in [ENABLED, MASK] {
+        assert!(
+            std::fs::symlink_metadata(link).is_err(),
+            "purge removes {link}"
+        );
+    }
     assert!(
         std::fs::read_dir(QUEUE).unwrap().next().is_some(),
         "purge keeps the queue"

@@ -395,6 +395,10 @@ impl Driver {
         mut inputs: Inputs,
         mut ready: Option<(impl FnOnce(&Ready), Ready)>,
     ) -> Result<(), RunError> {
+        // The queue is open and every device listener bound: devices run their tasks from now
+        // on, whether or not the broker is reachable yet (STATUS says which).
+        self.notifier
+            .ready("running; connecting to the MQTT broker");
         loop {
             let wake = self
                 .engine
@@ -413,7 +417,6 @@ impl Driver {
                         if matches!(event, MqttEvent::Subscribed) {
                             if let Some((announce, addrs)) = ready.take() {
                                 announce(&addrs);
-                                self.notifier.ready(&format!("ready: mqtt={}", addrs.mqtt));
                             }
                         }
                         self.on_mqtt(event);
@@ -599,7 +602,9 @@ impl Driver {
     fn on_mqtt(&mut self, event: MqttEvent) {
         match event {
             MqttEvent::Connected => self.pump.connected(),
-            MqttEvent::Subscribed => {}
+            MqttEvent::Subscribed => self
+                .notifier
+                .status(&format!("running; MQTT API live on {}", self.root)),
             MqttEvent::Published(keys) => {
                 self.pump.published(&keys);
                 self.engine.handle_published(&keys);
@@ -607,6 +612,8 @@ impl Driver {
             MqttEvent::Disconnected(why) => {
                 if self.pump.disconnected() {
                     tracing::warn!(%why, "MQTT disconnected; events wait in the outbox");
+                    self.notifier
+                        .status("running; MQTT broker unreachable, events wait in the outbox");
                 }
             }
         }

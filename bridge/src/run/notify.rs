@@ -92,9 +92,14 @@ impl Notifier {
         self.watchdog.map(|t| t / 2)
     }
 
-    /// Everything listens and the MQTT API is live.
+    /// The bridge is running: its queue is open and its device listeners are bound.
     pub(super) fn ready(&self, status: &str) {
         self.send(&format!("READY=1\nSTATUS={status}\n"));
+    }
+
+    /// A one-line status for `systemctl status`.
+    pub(super) fn status(&self, status: &str) {
+        self.send(&format!("STATUS={status}\n"));
     }
 
     /// The driver's loop is alive.
@@ -172,6 +177,8 @@ mod tests {
         let n = Notifier::from_vars(Some(path), None, None, 7);
         n.ready("listening");
         assert_eq!(received(&socket), "READY=1\nSTATUS=listening\n");
+        n.status("MQTT API live");
+        assert_eq!(received(&socket), "STATUS=MQTT API live\n");
         n.watchdog();
         assert_eq!(received(&socket), "WATCHDOG=1\n");
         n.stopping();
