@@ -224,11 +224,7 @@ fn dpkg(args: &[&str], package: &Path) -> String {
         .arg(package)
         .output()
         .expect("dpkg is not installed (a Debian system is needed)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = said(&out);
     assert!(out.status.success(), "dpkg {args:?} failed: {text}");
     text
 }
@@ -260,12 +256,17 @@ fn verify_unit() {
         .args(["verify", UNIT])
         .output()
         .expect("systemd-analyze is not installed: apt-get install systemd (tests/run.sh does)");
-    let said = format!(
+    let said = said(&out);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+/// What a tool printed, both streams.
+fn said(out: &std::process::Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    )
 }
 
 /// The bridge as the unit starts it: `ExecStart=` as the unit's user, in its working
