@@ -89,9 +89,16 @@ async fn an_urgent_tasks_events_leave_before_a_low_priority_backlog_after_a_brok
         .iter()
         .filter(|(t, _)| is_status(t))
         .collect();
+    // The backlog is what the low-priority tasks did during the outage. Their `queued` events
+    // all reached the watcher before it; one seen again now is not backlog but mosquitto
+    // redelivering a message whose PUBACK from the watcher it had not processed when it
+    // stopped. (This test failed once on a loaded machine with a low-priority event first
+    // after the outage; such a redelivery is what fits that run's log.)
     let first_low = after
         .iter()
-        .position(|(_, v)| v["id"].as_str().is_some_and(|id| id.starts_with("low-")))
+        .position(|(_, v)| {
+            v["id"].as_str().is_some_and(|id| id.starts_with("low-")) && v["state"] != "queued"
+        })
         .expect("low-priority events after the outage");
     let urgent_dispatched = after
         .iter()
