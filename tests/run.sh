@@ -14,6 +14,9 @@ GATEWAY_TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf)
 # Seconds each fuzz target runs (override for a longer local campaign).
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 
+# One build per run: incremental compilation's caches would only cost disk (gigabytes) and time.
+export CARGO_INCREMENTAL=0
+
 step "toolchain"
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
 command -v rustup >/dev/null || die "rustup not found: the thumb targets are installed with rustup"
@@ -172,5 +175,9 @@ step "fuzzing the bridge (${FUZZ_SECONDS} s per target)"
 # libFuzzer does by default, they still held a handful of operations after three minutes.
 fuzz bridge/fuzz api_parse -s none --
 fuzz bridge/fuzz engine -s none -- -len_control=0 -max_len=1024
+
+step "disk used by the builds"
+du -sh target bridge/fuzz/target device-core/fuzz/target device-core/firmware-qemu/target \
+  tools/cross/.tools 2>/dev/null || true
 
 step "all checks passed"
