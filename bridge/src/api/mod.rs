@@ -13,7 +13,9 @@ use device_core::proto::{
     valid_lock_name,
 };
 
+mod discovery;
 mod documents;
+pub use discovery::*;
 pub use documents::*;
 
 /// Longest task id accepted (it becomes an MQTT topic level).

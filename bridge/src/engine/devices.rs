@@ -168,6 +168,7 @@ impl Engine {
         self.queue
             .notify(OutboxEntry::new(format!("devices/{id}"), &doc, true));
         self.devices.by_link.insert(link, id.clone());
+        self.discovery.touch(&id);
         let reserve = self.urgency.reserve_for(&id, hello.slots);
         self.devices.by_id.insert(
             id.clone(),
@@ -206,6 +207,7 @@ impl Engine {
             .is_some_and(|o| o.link == link)
         {
             let old = self.devices.by_id.remove(&device);
+            self.discovery.touch(&device);
             tracing::info!(%device, %reason, "device offline");
             let left: Vec<String> = self
                 .queue

@@ -22,6 +22,7 @@
 //! # Layout
 //! - `mod.rs`: the engine's inputs, outputs and turn (this file).
 //! - `devices`: the registry of online devices: sessions opening, ending, taking over links.
+//! - `discovery`: the retained `{root}/capabilities/{name}` documents.
 //! - `outcome`: what a device's report or refusal, a lost device or a retry does to a task.
 //! - `assign`: the `Assign` message for a task on a device (lock names to lock ids).
 //! - `preempt`: taking back unstarted work for urgent tasks that found no slot.
@@ -29,6 +30,7 @@
 mod absent;
 mod assign;
 mod devices;
+mod discovery;
 mod outcome;
 mod preempt;
 mod resources;
@@ -54,6 +56,7 @@ use crate::time::Now;
 pub use absent::Leases;
 use absent::LeftBehind;
 use devices::Registry;
+use discovery::Discovery;
 pub use resources::ResourcePolicy;
 
 /// Names an input whose acknowledgement waits for the commit that covers it; handed back in
@@ -250,6 +253,8 @@ pub struct Engine {
     unsure: std::collections::BTreeSet<String>,
     /// The share (percent) of the online slots each QoS class may hold (100: no quota).
     class_quota: [u8; 3],
+    /// The capability documents, and the devices whose figures changed since the last.
+    discovery: Discovery,
 }
 
 /// Urgent waits the stats are computed over.
@@ -280,6 +285,7 @@ impl Engine {
             lent: BTreeMap::new(),
             unsure: std::collections::BTreeSet::new(),
             class_quota: [100; 3],
+            discovery: Discovery::default(),
             unproven_claims: false,
             forget_after_ms: 0,
             offline_resumed: false,
@@ -491,6 +497,10 @@ impl Engine {
 
     /// Handles an event of device link `link`.
     pub fn handle_link(&mut self, link: LinkId, input: LinkInput, now: Now) {
+        // Whatever a link says may change its device's free slots or tasks in flight.
+        if let Some(device) = self.devices.device_on(link) {
+            self.discovery.touch(device);
+        }
         match input {
             LinkInput::Report { report, ticket } => {
                 let change = self.report_change(link, report, now);
@@ -678,10 +688,16 @@ impl Engine {
         self.take_back(now);
         self.lend_priorities();
         let forget = self.forget_devices(now);
-        self.timer = [self.queue.next_timer(now.ms), self.away_until(), forget]
-            .into_iter()
-            .flatten()
-            .min();
+        let discovery = self.refresh_discovery(now);
+        self.timer = [
+            self.queue.next_timer(now.ms),
+            self.away_until(),
+            forget,
+            discovery,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
     }
 
     /// The change one dispatch decision makes, staging the `Assign` it sends.
@@ -737,6 +753,7 @@ impl Engine {
                             self.urgent_waits.push_back(wait);
                         }
                         online.credit = online.credit.saturating_sub(1);
+                        self.discovery.touch(&device);
                         let boot = online.hello.boot_id;
                         let lease = self
                             .leases

@@ -971,6 +971,10 @@ fn a_task_whose_lease_ends_is_cancelled_there_and_tried_again() {
     let (own, cap) = (handle("own"), handle("cap"));
     assert_eq!(assigns(&released, LINK).len(), 2);
     let start = s.now;
+    // First the capability document's new figures (a second after the last), then the lease.
+    assert_eq!(s.e.poll_timeout(), Some(start + 1_000));
+    s.now = start + 1_000;
+    s.turn();
     assert_eq!(s.e.poll_timeout(), Some(start + 2_000));
     s.now = start + 1_999;
     assert!(cancels(&s.turn(), LINK).is_empty());
@@ -2120,4 +2124,131 @@ fn a_device_offline_long_enough_has_its_document_cleared() {
             .values()
             .all(|&since| since == u64::MAX)
     );
+}
+
+/// The capability documents in the outbox, oldest first: (capability, document or `None` for
+/// a clear).
+fn capability_documents(s: &Sim) -> Vec<(String, Option<serde_json::Value>)> {
+    s.e.queue()
+        .outbox(1_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(_, o)| {
+            let name = o.subtopic.strip_prefix("capabilities/")?.to_owned();
+            assert!(o.retain, "capability documents are retained");
+            let doc = (!o.payload.is_empty()).then(|| serde_json::from_str(&o.payload).unwrap());
+            Some((name, doc))
+        })
+        .collect()
+}
+
+/// (device id, free) of a capability document.
+fn listed(doc: &serde_json::Value) -> Vec<(String, u64)> {
+    doc["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["device_id"].as_str().unwrap().to_owned(),
+                d["free"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn capability_documents_follow_devices_at_once_and_their_free_slots_at_most_each_second() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    let docs = capability_documents(&s);
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    assert_eq!(docs[0].0, "echo");
+    let doc = docs[0].1.as_ref().unwrap();
+    assert_eq!(listed(doc), [("dev-1".to_owned(), 4)]);
+    assert_eq!(doc["free"], 4);
+    assert_eq!(doc["devices"][0]["slots"], 4);
+    // A second device: published in the same turn.
+    s.up(2, hello_of("dev-2"), 4);
+    let docs = capability_documents(&s);
+    assert_eq!(docs.len(), 2);
+    assert_eq!(
+        listed(docs[1].1.as_ref().unwrap()),
+        [("dev-1".to_owned(), 4), ("dev-2".to_owned(), 4)]
+    );
+    // A task takes a slot: within a second of the last document, the change waits.
+    s.now += 10;
+    s.submit(r#"{"id":"t1","capability":"echo"}"#);
+    s.turn();
+    assert_eq!(capability_documents(&s).len(), 2, "published too soon");
+    let last = s.now - 10;
+    assert_eq!(s.e.poll_timeout(), Some(last + discovery::SLOTS_EVERY_MS));
+    s.now = last + discovery::SLOTS_EVERY_MS;
+    s.turn();
+    let docs = capability_documents(&s);
+    assert_eq!(docs.len(), 3);
+    let doc = docs[2].1.as_ref().unwrap();
+    assert_eq!(doc["free"], 7, "{doc}");
+    // Only the task's lease is left to wake for.
+    let lease = s.task("t1").unwrap().lease_until_ms;
+    assert_eq!(s.e.poll_timeout(), lease, "nothing more to publish");
+    // Nothing changed: nothing published.
+    s.now += 5_000;
+    s.turn();
+    assert_eq!(capability_documents(&s).len(), 3);
+    // A device leaving is published at once; the last one leaving clears the document.
+    s.down(2);
+    s.turn();
+    let docs = capability_documents(&s);
+    assert_eq!(docs.len(), 4);
+    assert_eq!(listed(docs[3].1.as_ref().unwrap()).len(), 1);
+    s.down(LINK);
+    s.turn();
+    let docs = capability_documents(&s);
+    assert_eq!(docs.len(), 5);
+    assert_eq!(docs[4], ("echo".to_owned(), None));
+}
+
+#[test]
+fn a_restart_clears_the_capability_documents_of_devices_not_back() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    let mut other = hello_of("dev-2");
+    other.capabilities = heapless::Vec::from_slice(&["crc32".try_into().unwrap()]).unwrap();
+    s.up(2, other, 4);
+    s.events();
+    assert!(
+        capability_documents(&s).is_empty(),
+        "forgotten once acknowledged"
+    );
+    s.restart();
+    // dev-1 is back in the first turn; dev-2 is not.
+    s.up(3, hello(), 4);
+    let docs = capability_documents(&s);
+    assert!(docs.contains(&("crc32".to_owned(), None)), "{docs:?}");
+    let echo: Vec<_> = docs.iter().filter(|(n, _)| n == "echo").collect();
+    assert_eq!(echo.len(), 1, "{docs:?}");
+    assert_eq!(
+        listed(echo[0].1.as_ref().unwrap()),
+        [("dev-1".to_owned(), 4)]
+    );
+    // Cleared once: not again at the next start.
+    s.events();
+    s.restart();
+    s.turn();
+    assert!(!capability_documents(&s).contains(&("crc32".to_owned(), None)));
+}
+
+#[test]
+fn a_capability_name_that_is_no_topic_level_gets_no_document() {
+    let mut s = Sim::new();
+    let mut h = hello();
+    h.capabilities =
+        heapless::Vec::from_slice(&["a/#".try_into().unwrap(), "ok".try_into().unwrap()]).unwrap();
+    s.up(LINK, h, 1);
+    let names: Vec<String> = capability_documents(&s)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["ok"]);
 }

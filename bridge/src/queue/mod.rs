@@ -55,6 +55,12 @@ const PROVEN_END: &str = "proven0";
 const OFFLINE_PREFIX: &str = "offline/";
 /// Just past every key with [`OFFLINE_PREFIX`].
 const OFFLINE_END: &str = "offline0";
+/// Meta keys of capabilities with a retained discovery document on the broker: the prefix,
+/// then the name. Kept so that a restart clears the documents of capabilities no device
+/// offers any more (their devices are offline until they come back).
+const CAPABILITY_PREFIX: &str = "capability/";
+/// Just past every key with [`CAPABILITY_PREFIX`].
+const CAPABILITY_END: &str = "capability0";
 
 /// Page cache of the queue database.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
@@ -385,6 +391,8 @@ struct Pending {
     proven: Vec<String>,
     /// Devices gone offline (`Some(ms)`) or forgotten or back (`None`), in order.
     offline: Vec<(String, Option<u64>)>,
+    /// Capability documents published (`true`) or cleared (`false`), in order.
+    capabilities: Vec<(String, bool)>,
 }
 
 impl Pending {
@@ -395,6 +403,7 @@ impl Pending {
             && self.published.is_empty()
             && self.proven.is_empty()
             && self.offline.is_empty()
+            && self.capabilities.is_empty()
             && !self.clock
     }
 
@@ -405,7 +414,8 @@ impl Pending {
             && self.done.is_empty()
             && self.outbox.is_empty()
             && self.proven.is_empty()
-            && self.offline.is_empty())
+            && self.offline.is_empty()
+            && self.capabilities.is_empty())
             || self.clock
     }
 }
@@ -472,6 +482,9 @@ pub struct Queue {
     offline: BTreeMap<String, u64>,
     /// The devices of `offline` that are offline (not [`u64::MAX`]), by the time they went.
     offline_by_time: BTreeSet<(u64, String)>,
+    /// Capabilities with a retained discovery document on the broker (stored in the meta
+    /// table).
+    capability_docs: BTreeSet<String>,
     /// Outbox entries (stored and staged) per class: the bound is checked without reading
     /// the table.
     outbox_depth: [u64; CLASSES],
@@ -539,6 +552,7 @@ impl Queue {
             proven: std::collections::BTreeSet::new(),
             offline: BTreeMap::new(),
             offline_by_time: BTreeSet::new(),
+            capability_docs: BTreeSet::new(),
             outbox_depth: [0; CLASSES],
             outbox_limit: OUTBOX_LIMIT,
             storage_full: false,
@@ -579,6 +593,15 @@ impl Queue {
             let (key, _) = entry.map_err(db_err)?;
             if let Some(id) = key.value().strip_prefix(PROVEN_PREFIX) {
                 q.proven.insert(id.to_owned());
+            }
+        }
+        for entry in meta
+            .range(CAPABILITY_PREFIX..CAPABILITY_END)
+            .map_err(db_err)?
+        {
+            let (key, _) = entry.map_err(db_err)?;
+            if let Some(name) = key.value().strip_prefix(CAPABILITY_PREFIX) {
+                q.capability_docs.insert(name.to_owned());
             }
         }
         for entry in meta.range(OFFLINE_PREFIX..OFFLINE_END).map_err(db_err)? {
@@ -1317,6 +1340,24 @@ impl Queue {
             .map(|(ms, id)| (*ms, id.as_str()))
     }
 
+    /// Records that the retained document of capability `name` is on the broker (`true`) or
+    /// was cleared (`false`); stored with the next commit.
+    pub fn set_capability_doc(&mut self, name: &str, published: bool) {
+        let changed = if published {
+            self.capability_docs.insert(name.to_owned())
+        } else {
+            self.capability_docs.remove(name)
+        };
+        if changed {
+            self.pending.capabilities.push((name.to_owned(), published));
+        }
+    }
+
+    /// Capabilities whose retained document is on the broker, as recorded.
+    pub fn capability_docs(&self) -> &BTreeSet<String> {
+        &self.capability_docs
+    }
+
     /// Whether anything is staged.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
@@ -1392,6 +1433,15 @@ impl Queue {
                 match since {
                     Some(ms) => meta.insert(key.as_str(), ms).map(drop),
                     None => meta.remove(key.as_str()).map(drop),
+                }
+                .map_err(db_err)?;
+            }
+            for (name, published) in &p.capabilities {
+                let key = format!("{CAPABILITY_PREFIX}{name}");
+                if *published {
+                    meta.insert(key.as_str(), 1).map(drop)
+                } else {
+                    meta.remove(key.as_str()).map(drop)
                 }
                 .map_err(db_err)?;
             }

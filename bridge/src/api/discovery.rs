@@ -1,0 +1,64 @@
+//! The retained `{root}/capabilities/{name}` documents: which online devices offer a
+//! capability and how many tasks each can take now, so an application can find where work of
+//! a kind can run without reading every device's document.
+
+use serde::Serialize;
+
+/// The retained `{root}/capabilities/{name}` document. Published while at least one online
+/// device offers the capability, cleared (an empty retained message) when none does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CapabilityDocument {
+    pub capability: String,
+    /// The online devices offering it, by id.
+    pub devices: Vec<CapabilityDevice>,
+    /// Free slots of all of them together.
+    pub free: u32,
+    /// Wall-clock milliseconds since the Unix epoch when the document was made.
+    pub ts_ms: u64,
+}
+
+/// One device in a [`CapabilityDocument`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CapabilityDevice {
+    pub device_id: String,
+    /// Tasks it can be given now (its free slots, as its link last reported them, less the
+    /// tasks sent since). Some of them may be kept for urgent tasks: see `reserved`.
+    pub free: u32,
+    /// Tasks on it now.
+    pub in_flight: u32,
+    /// Of its slots, how many only urgent tasks may take.
+    pub reserved: u32,
+    pub slots: u8,
+}
+
+impl CapabilityDocument {
+    /// The JSON text published.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("documents serialise to JSON")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_json() {
+        let doc = CapabilityDocument {
+            capability: "sensor.read".into(),
+            devices: vec![CapabilityDevice {
+                device_id: "dev-a".into(),
+                free: 1,
+                in_flight: 1,
+                reserved: 0,
+                slots: 2,
+            }],
+            free: 1,
+            ts_ms: 7,
+        };
+        assert_eq!(
+            doc.to_json(),
+            r#"{"capability":"sensor.read","devices":[{"device_id":"dev-a","free":1,"in_flight":1,"reserved":0,"slots":2}],"free":1,"ts_ms":7}"#
+        );
+    }
+}
