@@ -51,7 +51,7 @@ pub struct DeviceView {
 
 impl DeviceView {
     /// The first of `locks` the device does not advertise, if any.
-    fn missing_lock<'t>(&self, locks: &'t [String]) -> Option<&'t str> {
+    pub(crate) fn missing_lock<'t>(&self, locks: &'t [String]) -> Option<&'t str> {
         locks
             .iter()
             .find(|l| !self.locks.contains(l))

@@ -15,8 +15,10 @@ use device_core::proto::{
 
 mod discovery;
 mod documents;
+mod query;
 pub use discovery::*;
 pub use documents::*;
+pub use query::*;
 
 /// Longest task id accepted (it becomes an MQTT topic level).
 pub const MAX_ID: usize = 128;
@@ -76,6 +78,12 @@ pub enum ErrorCode {
     /// them before the bridge could read them (its buffer for the bridge overflowed); the
     /// message says how many. Their senders saw a PUBACK but never a `queued` event.
     SubmissionsLost,
+    /// A query on `{root}/query/tasks` that cannot be answered as sent (the message says
+    /// which key is wrong).
+    InvalidQuery,
+    /// A query names a task the bridge does not know (never submitted, or finished so long
+    /// ago that its record was dropped).
+    UnknownTask,
 }
 
 /// A refusal: code plus human message.

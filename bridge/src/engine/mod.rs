@@ -26,6 +26,7 @@
 //! - `outcome`: what a device's report or refusal, a lost device or a retry does to a task.
 //! - `assign`: the `Assign` message for a task on a device (lock names to lock ids).
 //! - `preempt`: taking back unstarted work for urgent tasks that found no slot.
+//! - `query`: answers to "why is my task waiting?".
 
 mod absent;
 mod assign;
@@ -33,6 +34,7 @@ mod devices;
 mod discovery;
 mod outcome;
 mod preempt;
+mod query;
 mod resources;
 #[cfg(test)]
 mod tests;
@@ -645,28 +647,9 @@ impl Engine {
 
         if self.devices.any_credit() {
             let urgent_at = self.urgency.urgent_at;
-            let views: BTreeMap<String, DeviceView> = self
-                .devices
-                .iter()
-                .map(|(id, o)| {
-                    let urgent_on = self
-                        .queue
-                        .on_device(id)
-                        .filter(|t| !urgent_at.outranks(t.sub.priority))
-                        .count() as u32;
-                    let reserve_left = o.reserve.saturating_sub(urgent_on);
-                    (
-                        id.clone(),
-                        o.view(self.queue.in_flight(id) as u32, reserve_left),
-                    )
-                })
-                .collect();
+            let views = self.device_views();
             let may_hold = |t: &crate::queue::TaskRecord| self.may_hold(t, now);
-            let (slots, on) = self.class_load();
-            let room: [Option<u32>; 3] = std::array::from_fn(|c| {
-                (self.class_quota[c] < 100)
-                    .then(|| (slots * u32::from(self.class_quota[c]) / 100).saturating_sub(on[c]))
-            });
+            let room = self.class_room();
             let plan = dispatch::plan(
                 self.queue.lanes(),
                 &views,
@@ -698,6 +681,35 @@ impl Engine {
         .into_iter()
         .flatten()
         .min();
+    }
+
+    /// What the dispatch policy sees of each online device.
+    fn device_views(&self) -> BTreeMap<String, DeviceView> {
+        let urgent_at = self.urgency.urgent_at;
+        self.devices
+            .iter()
+            .map(|(id, o)| {
+                let urgent_on = self
+                    .queue
+                    .on_device(id)
+                    .filter(|t| !urgent_at.outranks(t.sub.priority))
+                    .count() as u32;
+                let reserve_left = o.reserve.saturating_sub(urgent_on);
+                (
+                    id.clone(),
+                    o.view(self.queue.in_flight(id) as u32, reserve_left),
+                )
+            })
+            .collect()
+    }
+
+    /// How many more tasks of each QoS class may go now (`None`: no quota).
+    fn class_room(&self) -> [Option<u32>; 3] {
+        let (slots, on) = self.class_load();
+        std::array::from_fn(|c| {
+            (self.class_quota[c] < 100)
+                .then(|| (slots * u32::from(self.class_quota[c]) / 100).saturating_sub(on[c]))
+        })
     }
 
     /// The change one dispatch decision makes, staging the `Assign` it sends.

@@ -55,7 +55,7 @@ impl Engine {
 
     /// Whether queued task `t` could be dispatched now but for its resources: its retry delay
     /// is over, its deadline not passed, and a device serving it is online.
-    fn could_run(&self, t: &TaskRecord, now: Now) -> bool {
+    pub(super) fn could_run(&self, t: &TaskRecord, now: Now) -> bool {
         let serves = |hello: &device_core::proto::Hello| {
             hello
                 .capabilities

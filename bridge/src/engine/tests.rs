@@ -2252,3 +2252,149 @@ fn a_capability_name_that_is_no_topic_level_gets_no_document() {
         .collect();
     assert_eq!(names, ["ok"]);
 }
+
+/// The waiting reason of task `id`, as a query answers it.
+fn why(s: &Sim, id: &str) -> crate::api::Waiting {
+    let query = crate::api::Query {
+        reply: "r".into(),
+        id: Some(id.into()),
+        limit: 1,
+    };
+    let answer = s.e.answer_query(&query, s.now()).unwrap();
+    assert_eq!(answer.tasks.len(), 1, "{answer:?}");
+    answer.tasks[0].waiting.clone()
+}
+
+#[test]
+fn a_query_says_why_each_task_waits() {
+    use crate::api::WaitCode;
+    let mut s = Sim::new();
+    with_bus(&mut s, ResourcePolicy::default());
+    let mut one_slot = hello();
+    one_slot.slots = 1;
+    one_slot.max_payload = 64;
+    s.up(LINK, one_slot, 1);
+    s.submit(r#"{"id":"runs","capability":"echo","resources":["bus"]}"#);
+    s.turn();
+    s.submit(r#"{"id":"busy","capability":"echo"}"#);
+    s.submit(r#"{"id":"nobody","capability":"sensor.read"}"#);
+    s.submit(r#"{"id":"named","capability":"echo","device":"dev-9"}"#);
+    s.submit(r#"{"id":"lock","capability":"echo","locks":["spi9"]}"#);
+    let big = "x".repeat(100);
+    s.submit(&format!(
+        r#"{{"id":"big","capability":"echo","payload":"{big}"}}"#
+    ));
+    s.submit(r#"{"id":"bus","capability":"echo","resources":["bus"]}"#);
+    s.turn();
+    assert_eq!(why(&s, "runs").code, WaitCode::OnDevice);
+    assert_eq!(why(&s, "runs").message, "dispatched on dev-1");
+    let w = why(&s, "busy");
+    assert_eq!(w.code, WaitCode::DevicesBusy, "{w:?}");
+    assert!(w.message.contains("dev-1"), "{}", w.message);
+    let w = why(&s, "nobody");
+    assert_eq!(w.code, WaitCode::NoDevice);
+    assert!(w.message.contains("sensor.read"), "{}", w.message);
+    let w = why(&s, "named");
+    assert_eq!(w.code, WaitCode::DeviceOffline);
+    assert!(w.message.contains("dev-9"), "{}", w.message);
+    let w = why(&s, "lock");
+    assert_eq!(w.code, WaitCode::NoLock);
+    assert!(w.message.contains("spi9"), "{}", w.message);
+    let w = why(&s, "big");
+    assert_eq!(w.code, WaitCode::PayloadTooLarge);
+    assert!(w.message.contains("at most 64 bytes"), "{}", w.message);
+    let w = why(&s, "bus");
+    assert_eq!(w.code, WaitCode::Resource);
+    assert_eq!(w.message, "resource bus is held by task runs");
+
+    // A transient failure: the retry delay, with the time it ends.
+    let handle = s.task("runs").unwrap().handle();
+    s.report(LINK, handle, TaskReport::Failed, Some(TRANSIENT_ERROR));
+    s.turn();
+    let w = why(&s, "runs");
+    assert_eq!(w.code, WaitCode::RetryBackoff, "{w:?}");
+    let wake = s.e.poll_timeout().unwrap();
+    let until_wall = s.now().wall_ms + (wake - s.now);
+    assert!(
+        w.until_ms
+            .is_some_and(|u| u <= until_wall && u > s.now().wall_ms),
+        "{w:?}"
+    );
+
+    // The device goes away with a task: it waits for it until the grace period ends.
+    s.credit(LINK, 1);
+    s.turn();
+    let on: Vec<String> =
+        s.e.queue()
+            .live()
+            .filter(|t| t.state.is_on_device())
+            .map(|t| t.sub.id.clone())
+            .collect();
+    assert_eq!(on.len(), 1, "the freed slot is taken");
+    let on = &on[0];
+    s.down(LINK);
+    s.turn();
+    let w = why(&s, on);
+    assert_eq!(w.code, WaitCode::DeviceAway, "{w:?}");
+    assert!(w.until_ms.is_some());
+
+    // Finished and unknown tasks.
+    let ticket = s.ticket();
+    s.e.handle_cancel("nobody", ticket, s.now()).unwrap();
+    s.turn();
+    let query = |id: &str| crate::api::Query {
+        reply: "r".into(),
+        id: Some(id.into()),
+        limit: 1,
+    };
+    let answer = s.e.answer_query(&query("nobody"), s.now()).unwrap();
+    assert!(answer.tasks.is_empty());
+    assert_eq!(answer.finished.unwrap().state, TaskState::Cancelled);
+    let answer = s.e.answer_query(&query("never"), s.now()).unwrap();
+    assert_eq!(answer.error.unwrap().code, ErrorCode::UnknownTask);
+}
+
+#[test]
+fn a_query_says_when_free_slots_are_kept_for_urgent_work() {
+    use crate::api::WaitCode;
+    let mut s = Sim::new();
+    s.e.set_urgency(Urgency::default());
+    s.up(LINK, hello(), 4);
+    for i in 0..4 {
+        s.submit(&format!(
+            r#"{{"id":"low-{i}","capability":"echo","priority":4}}"#
+        ));
+    }
+    s.turn();
+    let w = why(&s, "low-3");
+    assert_eq!(w.code, WaitCode::ReservedForUrgent, "{w:?}");
+}
+
+#[test]
+fn a_query_lists_tasks_on_devices_first_then_in_dispatch_order_up_to_its_limit() {
+    let mut s = Sim::new();
+    let mut one_slot = hello();
+    one_slot.slots = 1;
+    s.up(LINK, one_slot, 1);
+    s.submit(r#"{"id":"first","capability":"echo","priority":5}"#);
+    s.turn();
+    for (id, p) in [("p3", 3), ("p1", 1), ("p4", 4), ("p1b", 1), ("p0", 0)] {
+        s.submit(&format!(
+            r#"{{"id":"{id}","capability":"echo","priority":{p}}}"#
+        ));
+    }
+    s.turn();
+    let query = |limit| crate::api::Query {
+        reply: "r".into(),
+        id: None,
+        limit,
+    };
+    let ids = |limit| -> Vec<String> {
+        let answer = s.e.answer_query(&query(limit), s.now()).unwrap();
+        assert_eq!(answer.live, 6);
+        answer.tasks.into_iter().map(|t| t.id).collect()
+    };
+    assert_eq!(ids(100), ["first", "p0", "p1", "p1b", "p3", "p4"]);
+    assert_eq!(ids(3), ["first", "p0", "p1"]);
+    assert_eq!(ids(1), ["first"]);
+}

@@ -830,6 +830,16 @@ impl Queue {
         self.live.get(id)
     }
 
+    /// Every live task, in no particular order.
+    pub fn live(&self) -> impl Iterator<Item = &TaskRecord> {
+        self.live.values()
+    }
+
+    /// The final event of finished task `id`, if the queue still holds it.
+    pub fn final_state(&self, id: &str) -> Result<Option<StatusEvent>, QueueError> {
+        self.final_event(id)
+    }
+
     /// The live task with this device handle.
     pub fn by_handle(&self, handle: u32) -> Option<&TaskRecord> {
         self.by_handle.get(&handle).and_then(|id| self.live.get(id))
