@@ -35,6 +35,8 @@
 //! - [`link`]: device links (plain TCP, TLS with client certificates, UDP + DTLS, serial
 //!   ports): transport tasks driving device-core sessions, and the identity rule.
 //! - [`broker`]: the embedded MQTT broker (rumqttd).
+//! - [`client`]: the client commands (`submit`, `watch`, `tasks`): the MQTT API from the
+//!   other side, for application developers and operators.
 //! - [`tls`]: rustls client settings for an external broker, and the PEM readers.
 //! - [`throttle`]: the budget of log lines about remote events (bad frames, failed
 //!   handshakes, refused connections), with counts of the lines left out.
@@ -45,6 +47,7 @@
 pub mod api;
 pub mod backoff;
 pub mod broker;
+pub mod client;
 pub mod dispatch;
 pub mod engine;
 pub mod link;

@@ -45,6 +45,15 @@ enum Command {
         #[arg(long)]
         data_dir: Option<String>,
     },
+    /// Submit tasks and confirm each by the bridge's `queued` event (exit 1 if any was
+    /// rejected or never confirmed; with --wait, also if any did not complete).
+    Submit(edge_bridge::client::submit::SubmitArgs),
+    /// Follow status events: of one task until its final state (exit 1 unless it
+    /// completed), or of all.
+    Watch(edge_bridge::client::watch::WatchArgs),
+    /// List the queued and running tasks of a running bridge with the reason each waits, or
+    /// show one task (asked over MQTT: works from any host that reaches the broker).
+    Tasks(edge_bridge::client::tasks::TasksArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +66,14 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Submit(args) => client(|| async {
+            let summary = edge_bridge::client::submit::run(args).await?;
+            Ok(summary.all_good())
+        }),
+        Command::Watch(args) => {
+            client(|| async { Ok(edge_bridge::client::watch::run(args).await?.unwrap_or(true)) })
+        }
+        Command::Tasks(args) => client(|| edge_bridge::client::tasks::run(args)),
         Command::Run {
             config,
             bridge_id,
@@ -89,6 +106,33 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs a client command on a small runtime: exit 0 when it says all went well, 1 when not
+/// (a rejected or failed task), 2 when it could not do its work (no broker, bad input).
+fn client<F, Fut>(command: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("edge-bridge: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(command()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("edge-bridge: {}", report(&e));
+            ExitCode::from(2)
         }
     }
 }

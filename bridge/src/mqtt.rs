@@ -34,6 +34,8 @@ pub enum ApiInput {
         id: String,
         done: oneshot::Sender<()>,
     },
+    /// A message on `{root}/query/tasks`: answered from memory, nothing to commit.
+    Query { payload: Vec<u8> },
     /// A retained message on a submit or cancel topic, delivered by the broker on (re)subscribe:
     /// refused (it would act again on every reconnect) and cleared; `done` once the refusal is
     /// recorded.
@@ -91,6 +93,13 @@ pub fn api_filters(root: &str) -> [String; 2] {
         format!("{root}/tasks/submit"),
         format!("{root}/tasks/+/cancel"),
     ]
+}
+
+/// The topic of queries ("why is my task waiting?"): answered on
+/// `{root}/query/replies/{reply}`. Not one of [`api_filters`]: a query lost in a burst is
+/// asked again, and is no submission to account for.
+pub fn query_filter(root: &str) -> String {
+    format!("{root}/query/tasks")
 }
 
 /// What a message on one of the API's topics asks for.
@@ -263,7 +272,10 @@ pub async fn run(
                 tracing::info!(host = %settings.host, port = settings.port, "connected to the MQTT broker");
                 let status = BridgeStatus::online(&settings.client_id).to_json();
                 subacks_due = 0;
-                for filter in api_filters(&settings.root) {
+                let filters = api_filters(&settings.root)
+                    .into_iter()
+                    .chain([query_filter(&settings.root)]);
+                for filter in filters {
                     if client.try_subscribe(filter, QoS::AtLeastOnce).is_ok() {
                         subacks_due += 1;
                     } else {
@@ -280,6 +292,26 @@ pub async fn run(
                 // that is not an outbox entry.
                 requested.push_back(0);
                 let _ = events.send(MqttEvent::Connected).await;
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == query_filter(&settings.root) => {
+                // A retained query would be answered again on every reconnect: ignored.
+                if !p.retain
+                    && api
+                        .send(ApiInput::Query {
+                            payload: p.payload.to_vec(),
+                        })
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                let (done, handled) = oneshot::channel();
+                let _ = done.send(());
+                let _ = acks.send((
+                    generation.load(std::sync::atomic::Ordering::SeqCst),
+                    p,
+                    handled,
+                ));
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let topic = p.topic.clone();

@@ -10,12 +10,55 @@ use std::collections::BTreeMap;
 use device_core::Priority;
 
 use super::Engine;
-use crate::api::{ApiError, ErrorCode, Query, QueryAnswer, TaskState, TaskView, WaitCode, Waiting};
+use crate::api::{
+    self, ApiError, ErrorCode, ErrorEvent, Query, QueryAnswer, QueryRefusal, TaskState, TaskView,
+    WaitCode, Waiting,
+};
 use crate::dispatch::{self, DeviceView};
-use crate::queue::{QueueError, TaskRecord};
+use crate::queue::{OutboxEntry, QueueError, TaskRecord};
 use crate::time::Now;
 
 impl Engine {
+    /// A message on `{root}/query/tasks`: the answer to publish, as (subtopic, JSON), when it
+    /// names where to. One that does not is refused on `{root}/errors` (with the next commit).
+    pub fn handle_query(
+        &mut self,
+        payload: &[u8],
+        now: Now,
+    ) -> Result<Option<(String, String)>, QueueError> {
+        let (reply, answer) = match api::parse_query(payload) {
+            Ok(query) => {
+                let answer = self.answer_query(&query, now)?;
+                (query.reply, answer)
+            }
+            Err(QueryRefusal {
+                reply: Some(reply),
+                error,
+            }) => {
+                let answer = QueryAnswer {
+                    live: self.queue.len(),
+                    error: Some(error),
+                    ts_ms: now.wall_ms,
+                    ..QueryAnswer::default()
+                };
+                (reply, answer)
+            }
+            Err(QueryRefusal { reply: None, error }) => {
+                let event = ErrorEvent {
+                    error,
+                    id: None,
+                    trace_id: None,
+                    received: String::from_utf8_lossy(payload).chars().take(200).collect(),
+                    ts_ms: now.wall_ms,
+                };
+                self.queue
+                    .notify(OutboxEntry::new("errors".into(), &event, false));
+                return Ok(None);
+            }
+        };
+        Ok(Some((format!("query/replies/{reply}"), answer.to_json())))
+    }
+
     /// The answer to `query`. Fails only when the queue cannot be read (a finished task's
     /// record).
     pub fn answer_query(&self, query: &Query, now: Now) -> Result<QueryAnswer, QueueError> {

@@ -198,6 +198,7 @@ pub async fn run(
         client,
         storage,
         notifier,
+        answers: Vec::new(),
     };
     let inputs = Inputs {
         api,
@@ -387,6 +388,9 @@ struct Driver {
     storage: Storage,
     /// systemd's READY, WATCHDOG and STOPPING notifications (nothing without systemd).
     notifier: Notifier,
+    /// Answers to queries, published after the turn's commit (an answer never shows a task
+    /// that a crash could still lose).
+    answers: Vec<Publication>,
 }
 
 impl Driver {
@@ -484,6 +488,22 @@ impl Driver {
                 } => {
                     let ticket = self.tickets.issue(done);
                     self.engine.handle_retained(&topic, &payload, ticket, now);
+                }
+                ApiInput::Query { payload } => {
+                    // After the submissions before it, so a client that submitted and then
+                    // asked sees its task.
+                    if !submissions.is_empty() {
+                        self.engine
+                            .handle_submissions(std::mem::take(&mut submissions), now)?;
+                    }
+                    if let Some((subtopic, payload)) = self.engine.handle_query(&payload, now)? {
+                        self.answers.push(Publication {
+                            key: 0,
+                            topic: format!("{}/{subtopic}", self.root),
+                            payload,
+                            retain: false,
+                        });
+                    }
                 }
                 ApiInput::Cancel { id, done } => {
                     // In arrival order: the submissions before it first, so a cancel right
@@ -626,6 +646,12 @@ impl Driver {
         let released = self.engine.commit()?;
         if let Some(key) = released.appended {
             self.pump.appended(key);
+        }
+        for answer in self.answers.drain(..) {
+            // Best effort, like the stats: a client that gets no answer asks again.
+            if self.publish.try_send(answer).is_err() {
+                tracing::debug!("MQTT driver busy; a query's answer is dropped");
+            }
         }
         self.deliver(released);
         if let Some((from, max)) = self.pump.want() {

@@ -1,0 +1,153 @@
+//! `edge-bridge watch [ID]`: status events as they come, one readable line each.
+//!
+//! With an id, the task's current state is asked first (a query), so a task that finished
+//! before the command started is shown at once; the command ends with the task's final
+//! state, and its exit status says whether it completed.
+
+use std::time::Duration;
+
+use rumqttc::QoS;
+
+use super::{ConnectArgs, Incoming, clock_time, connect, json_name, subscribe, token};
+use crate::api::{QueryAnswer, StatusEvent, TaskState};
+
+#[derive(clap::Args, Debug)]
+pub struct WatchArgs {
+    /// One task: its current state, then its events until its final state.
+    pub id: Option<String>,
+    /// Print each event as the JSON the bridge published.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// How long to wait for the broker (and, with an id, for the bridge's answer).
+    #[arg(long, default_value = "5s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Runs the command. `Ok(Some(completed))` when a watched task ended; `Ok(None)` otherwise.
+pub async fn run(args: WatchArgs) -> anyhow::Result<Option<bool>> {
+    let target = args.connect.target()?;
+    if let Some(id) = &args.id {
+        anyhow::ensure!(
+            crate::api::valid_id(id),
+            "{id:?} is not a task id (one MQTT topic level)"
+        );
+    }
+    let level = args.id.as_deref().unwrap_or("+");
+    let status = format!("{}/tasks/{level}/status", target.root);
+    let reply = token();
+    let reply_topic = format!("{}/query/replies/{reply}", target.root);
+    let mut filters = vec![status];
+    if args.id.is_some() {
+        filters.push(reply_topic.clone());
+    }
+    let (client, mut events) = connect(&target, 8);
+    subscribe(&client, &mut events, &target, &filters, args.timeout).await?;
+    eprintln!(
+        "watching {} at {}:{} (Ctrl-C to stop)",
+        filters[0], target.host, target.port
+    );
+    let mut asked_at = None;
+    if let Some(id) = &args.id {
+        let query = serde_json::json!({"reply": reply, "id": id});
+        client
+            .publish(
+                format!("{}/query/tasks", target.root),
+                QoS::AtLeastOnce,
+                false,
+                query.to_string(),
+            )
+            .await?;
+        asked_at = Some(tokio::time::Instant::now());
+    }
+    let mut seen = 0u64;
+    loop {
+        let next = async {
+            match asked_at {
+                // The bridge answers a query at once; past the timeout it is not there.
+                Some(at) => tokio::time::timeout_at(at + args.timeout, events.recv())
+                    .await
+                    .map_err(|_| ()),
+                None => Ok(events.recv().await),
+            }
+        };
+        let event = match next.await {
+            Ok(Some(e)) => e,
+            Ok(None) => anyhow::bail!("the MQTT connection task ended"),
+            Err(()) => anyhow::bail!(
+                "no answer from the bridge on {reply_topic} within {:?}: is it running, and is \
+                 its topic root {}?",
+                args.timeout,
+                target.root
+            ),
+        };
+        match event {
+            Incoming::Message { topic, payload } if topic == reply_topic => {
+                asked_at = None;
+                let answer: QueryAnswer = serde_json::from_slice(&payload)?;
+                if let Some(e) = answer.error {
+                    eprintln!("{}", e.message);
+                }
+                if let Some(done) = answer.finished {
+                    print_event(&done, &serde_json::to_string(&done)?, args.json);
+                    return Ok(Some(done.state == TaskState::Completed));
+                }
+                if let Some(t) = answer.tasks.first() {
+                    eprintln!("{} is {}: {}", t.id, json_name(&t.state), t.waiting.message);
+                }
+            }
+            Incoming::Message { payload, .. } => {
+                let text = String::from_utf8_lossy(&payload);
+                let Ok(event) = serde_json::from_slice::<StatusEvent>(&payload) else {
+                    eprintln!("not a status event: {text}");
+                    continue;
+                };
+                print_event(&event, &text, args.json);
+                seen += 1;
+                if args.id.is_some() && event.state.is_terminal() {
+                    return Ok(Some(event.state == TaskState::Completed));
+                }
+                if args.count.is_some_and(|n| seen >= n) {
+                    return Ok(None);
+                }
+            }
+            Incoming::Lost(e) => eprintln!("connection to the broker lost ({e}); reconnecting"),
+            Incoming::Connected => {
+                // A clean session: subscribed again (events meanwhile are not replayed).
+                for f in &filters {
+                    client.subscribe(f.clone(), QoS::AtLeastOnce).await?;
+                }
+            }
+            Incoming::Subscribed | Incoming::Acked => {}
+        }
+    }
+}
+
+/// One event: `HH:MM:SS.mmm  id  state  device  attempt  result or error` (or its JSON).
+fn print_event(e: &StatusEvent, json: &str, as_json: bool) {
+    if as_json {
+        println!("{json}");
+        return;
+    }
+    let state = json_name(&e.state);
+    let mut line = format!(
+        "{}  {}  {:9}  {}  attempt {}",
+        clock_time(e.ts_ms),
+        e.id,
+        state,
+        e.device.as_deref().unwrap_or("-"),
+        e.attempt
+    );
+    if let Some(r) = &e.result {
+        line.push_str(&format!("  result {r}"));
+    }
+    if let Some(err) = &e.error {
+        let code = json_name(&err.code);
+        line.push_str(&format!("  {code}: {}", err.message));
+    }
+    println!("{line}");
+}
