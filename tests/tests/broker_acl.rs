@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use broker_config::BrokerConfig;
 use edge_tests::{
-    Watcher, external_config, free_port, last_state, run_mosquitto, start_bridge_with_config,
+    Watcher, binary, external_config, free_port, last_state, run_mosquitto,
+    start_bridge_with_config,
 };
 
 const ROOT: &str = "edge/acl";
@@ -178,4 +179,31 @@ async fn a_client_without_rights_cannot_forge_states_documents_or_cancel() {
         last_state(seen, "kept").as_deref() == Some("cancelled")
     })
     .await;
+
+    // A viewer may ask why tasks wait (a query changes nothing); the intruder gets no answer.
+    let tasks = |user: &'static str, password: &'static str| {
+        let mut cmd = Command::new(binary("edge-bridge"));
+        cmd.args(["tasks", "--json", "--timeout", "3s", "--root", ROOT])
+            .args(["--broker", &broker.to_string(), "--username", user])
+            .env("EDGE_BRIDGE_PASSWORD", password);
+        tokio::task::spawn_blocking(move || cmd.output().expect("run edge-bridge tasks"))
+    };
+    let out = tasks("viewer", "viewer-pw").await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["live"], 1, "the marker waits: {answer}");
+    assert_eq!(answer["tasks"][0]["id"], "marker");
+    let out = tasks("intruder", "intruder-pw").await.unwrap();
+    assert_eq!(out.status.code(), Some(2), "the intruder was answered");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // mosquitto grants the subscription and delivers nothing (MQTT 3.1.1 has no refusal of a
+    // publish): the command says what may be wrong.
+    assert!(
+        err.contains("no answer") && err.contains("access rules"),
+        "{err}"
+    );
 }

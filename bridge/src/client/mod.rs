@@ -143,6 +143,8 @@ pub enum Incoming {
     Connected,
     /// A subscription was acknowledged.
     Subscribed,
+    /// The broker refused a subscription (its access rules).
+    Refused,
     /// A message on a subscribed topic.
     Message { topic: String, payload: Vec<u8> },
     /// The broker acknowledged a QoS 1 publish.
@@ -178,7 +180,17 @@ async fn pump(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Incoming>) {
     loop {
         let incoming = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => Incoming::Connected,
-            Ok(Event::Incoming(Packet::SubAck(_))) => Incoming::Subscribed,
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                if refused {
+                    Incoming::Refused
+                } else {
+                    Incoming::Subscribed
+                }
+            }
             Ok(Event::Incoming(Packet::PubAck(_))) => Incoming::Acked,
             Ok(Event::Incoming(Packet::Publish(p))) => Incoming::Message {
                 topic: p.topic,
@@ -227,6 +239,13 @@ pub async fn subscribe(
                     return Ok(());
                 }
             }
+            Ok(Some(Incoming::Refused)) => anyhow::bail!(
+                "the MQTT broker {}:{} refused the subscription to {}: the user may not read \
+                 it (the broker's access rules)",
+                target.host,
+                target.port,
+                filters.join(" and ")
+            ),
             Ok(Some(Incoming::Lost(e))) => last_error = Some(e),
             Ok(Some(_)) => {}
             Ok(None) => anyhow::bail!("the MQTT connection task ended"),

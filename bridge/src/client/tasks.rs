@@ -59,10 +59,13 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<bool> {
             Ok(None) => anyhow::bail!("the MQTT connection task ended"),
             Err(_) => anyhow::bail!(
                 "no answer on {reply_topic} within {:?}: is the bridge running and connected to \
-                 {}:{}, and is its topic root {}? (--root, --bridge-id or --config)",
+                 {}:{}, is its topic root {} (--root, --bridge-id or --config), and do the \
+                 broker's access rules let this user publish to {}/query/tasks and read the \
+                 answer?",
                 args.timeout,
                 target.host,
                 target.port,
+                target.root,
                 target.root
             ),
         }

@@ -123,6 +123,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<Option<bool>> {
                 }
             }
             Incoming::Subscribed | Incoming::Acked => {}
+            Incoming::Refused => anyhow::bail!("the broker refused the subscription again"),
         }
     }
 }
