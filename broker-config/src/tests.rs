@@ -573,3 +573,26 @@ fn an_embedded_broker_beyond_loopback_needs_users_or_an_explicit_yes() {
         Config::from_toml(ok, "test.toml").unwrap();
     }
 }
+
+/// The commented DTLS link example of the default file, uncommented, is a valid link whose
+/// cipher list names only suites the bridge offers by default (it once ended in `...`).
+#[test]
+fn the_default_files_dtls_link_example_is_valid_and_its_ciphers_are_real_suites() {
+    let start = DEFAULT_CONFIG
+        .find("# [[link]]\n# kind = \"dtls\"")
+        .expect("a commented DTLS link example");
+    let example: String = DEFAULT_CONFIG[start..]
+        .lines()
+        .map_while(|l| l.strip_prefix("# "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = Config::from_toml(&example, "example").unwrap();
+    let [LinkConfig::Dtls(d)] = &c.links[..] else {
+        panic!("not one DTLS link: {example}");
+    };
+    assert!(example.contains("ciphers = "), "{example}");
+    let known: Vec<&str> = DEFAULT_DTLS_CIPHERS.split(':').collect();
+    for suite in d.ciphers.split(':') {
+        assert!(known.contains(&suite), "{suite:?} in {:?}", d.ciphers);
+    }
+}
