@@ -36,6 +36,7 @@
 //!   ports): transport tasks driving device-core sessions, and the identity rule.
 //! - [`broker`]: the embedded MQTT broker (rumqttd).
 //! - [`tls`]: rustls client settings for an external broker, and the PEM readers.
+//! - [`logging`]: log lines on stderr as text (coloured only on a terminal) or JSON.
 //! - [`throttle`]: the budget of log lines about remote events (bad frames, failed
 //!   handshakes, refused connections), with counts of the lines left out.
 // No unsafe code, but for the few OpenSSL calls the `openssl` crate does not wrap (DTLS
@@ -48,6 +49,7 @@ pub mod broker;
 pub mod dispatch;
 pub mod engine;
 pub mod link;
+pub mod logging;
 pub mod mqtt;
 pub mod queue;
 pub mod run;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use broker_config::{BrokerConfig, Config, LinkConfig};
 use clap::{Parser, Subcommand};
-use tracing_subscriber::Layer;
+use edge_bridge::logging::{self, LogFormat};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -38,6 +38,10 @@ enum Command {
         /// Replaces the device links with one plain TCP listener (port 0: any free port).
         #[arg(long)]
         device_listen: Option<SocketAddr>,
+        /// Log lines on stderr as text, or as one JSON object per line for log collectors
+        /// [default: text, or $EDGE_BRIDGE_LOG_FORMAT].
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// Print the commented default configuration.
     GenConfig {
@@ -63,26 +67,33 @@ fn main() -> ExitCode {
             data_dir,
             mqtt_listen,
             device_listen,
+            log_format,
         } => {
+            let format = match log_format.map(Ok).unwrap_or_else(log_format_from_env) {
+                Ok(format) => format,
+                Err(e) => {
+                    eprintln!("edge-bridge: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             // rumqttd logs every client disconnect as an error; a broker that dies is reported
             // by the bridge itself. RUST_LOG=info,rumqttd=info shows them.
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,rumqttd=off".into());
-            let log = tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter);
             // The embedded broker reports dropped messages only in its own log events, which
             // the log above leaves out: this layer reads them, whatever RUST_LOG says.
             let (losses, jumps) = edge_bridge::broker::loss::layer();
-            tracing_subscriber::registry().with(log).with(losses).init();
-            match run(
-                config,
+            tracing_subscriber::registry()
+                .with(logging::stderr_layer(format, filter))
+                .with(losses)
+                .init();
+            let overrides = Overrides {
                 bridge_id,
                 data_dir,
                 mqtt_listen,
                 device_listen,
-                jumps,
-            ) {
+            };
+            match run(config, overrides, jumps) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("edge-bridge: {}", report(&e));
@@ -91,6 +102,40 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `--log-format` from [`logging::FORMAT_VAR`], text when it is unset.
+fn log_format_from_env() -> anyhow::Result<LogFormat> {
+    use clap::ValueEnum;
+    match std::env::var(logging::FORMAT_VAR) {
+        Ok(v) => LogFormat::from_str(&v, true)
+            .map_err(|_| anyhow::anyhow!("{}={v:?}: text or json", logging::FORMAT_VAR)),
+        Err(_) => Ok(LogFormat::default()),
+    }
+}
+
+/// A link as the ready line shows it: its kind and where it listens (or its
+/// port's path).
+fn configured_link(link: &LinkConfig) -> String {
+    match (link, link.listen()) {
+        (LinkConfig::Serial { path, .. }, _) => format!("serial:{}", path.display()),
+        (_, Some(addr)) => format!("{}:{addr}", link.kind()),
+        (_, None) => link.kind().to_owned(),
+    }
+}
+
+/// The links with the addresses they ended up on (port 0 resolved): `addrs` holds one per
+/// link that listens, in order.
+fn ready_links(links: &[LinkConfig], addrs: &[SocketAddr]) -> String {
+    let mut addrs = addrs.iter();
+    let shown: Vec<String> = links
+        .iter()
+        .map(|link| match (link, link.listen().and(addrs.next())) {
+            (_, Some(addr)) => format!("{}:{addr}", link.kind()),
+            _ => configured_link(link),
+        })
+        .collect();
+    shown.join(",")
 }
 
 /// The error and its causes on one line. A cause whose text the line already ends with is
@@ -111,25 +156,31 @@ fn report(e: &anyhow::Error) -> String {
     line
 }
 
-fn run(
-    file: Option<PathBuf>,
+/// What the command line changes in the configuration.
+#[derive(Debug)]
+struct Overrides {
     bridge_id: Option<String>,
     data_dir: Option<PathBuf>,
     mqtt_listen: Option<SocketAddr>,
     device_listen: Option<SocketAddr>,
+}
+
+fn run(
+    file: Option<PathBuf>,
+    overrides: Overrides,
     jumps: tokio::sync::mpsc::UnboundedReceiver<edge_bridge::broker::loss::CursorJump>,
 ) -> anyhow::Result<()> {
     let mut config = match &file {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    if let Some(id) = bridge_id {
+    if let Some(id) = overrides.bridge_id {
         config.bridge_id = id;
     }
-    if let Some(dir) = data_dir {
+    if let Some(dir) = overrides.data_dir {
         config.data_dir = dir;
     }
-    if let Some(addr) = mqtt_listen {
+    if let Some(addr) = overrides.mqtt_listen {
         match &mut config.broker {
             BrokerConfig::Embedded { listen, .. } => *listen = addr,
             BrokerConfig::External { .. } => anyhow::bail!(
@@ -137,7 +188,7 @@ fn run(
             ),
         }
     }
-    if let Some(addr) = device_listen {
+    if let Some(addr) = overrides.device_listen {
         config.links = vec![LinkConfig::tcp(addr)];
     }
     config
@@ -147,14 +198,12 @@ fn run(
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let links = config.links.clone();
     runtime.block_on(edge_bridge::run::run(config, jumps, |ready| {
-        let devices: Vec<String> = ready.devices.iter().map(ToString::to_string).collect();
+        let links = ready_links(&links, &ready.devices);
+        tracing::info!(mqtt = %ready.mqtt, links = %links, "ready");
         // One line on stdout for scripts and tests; logs go to stderr.
-        println!(
-            "edge-bridge ready: mqtt={} devices={}",
-            ready.mqtt,
-            devices.join(",")
-        );
+        println!("edge-bridge ready: mqtt={} links={links}", ready.mqtt);
     }))?;
     Ok(())
 }

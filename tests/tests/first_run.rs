@@ -1,7 +1,15 @@
 //! What a new user meets when trying the README: the bridge's status naming the configured
-//! bridge id.
+//! bridge id, logs without colour codes in a file, a ready line that says what each link is,
+//! and JSON logs for log collectors.
 
-use edge_tests::{Watcher, start_bridge};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use broker_config::LinkConfig;
+use edge_tests::{
+    Watcher, binary, embedded_config, start_bridge, terminate, wait_ready, write_config,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_status_carries_the_configured_bridge_id() {
@@ -16,4 +24,141 @@ async fn the_bridge_status_carries_the_configured_bridge_id() {
         .expect("an online status");
     assert_eq!(status["bridge_id"], "gw1", "{status}");
     assert_eq!(status["client_id"], "edge-bridge-gw1", "{status}");
+}
+
+/// Starts a bridge on `config` (written into `dir`) with stderr going to `dir/bridge.log`,
+/// `env` applied, and returns it with the log's path.
+fn start_logging_to_file(
+    dir: &Path,
+    config: &broker_config::Config,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (edge_tests::Bridge, std::path::PathBuf) {
+    let file = write_config(dir, config);
+    let log = dir.join("bridge.log");
+    let mut cmd = Command::new(binary("edge-bridge"));
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(args)
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .env_remove("EDGE_BRIDGE_LOG_FORMAT")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+    (wait_ready(cmd.spawn().expect("spawn edge-bridge")), log)
+}
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bridge, log) = start_logging_to_file(dir.path(), &embedded_config("plain"), &[], &[]);
+    assert!(terminate(bridge.proc).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("queue opened"), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a file: {text:?}");
+}
+
+#[test]
+fn the_ready_line_names_each_links_kind_and_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = embedded_config("kinds");
+    // A port not plugged in yet: the bridge starts and keeps trying it.
+    let port = dir.path().join("ttyUSB-not-plugged");
+    config.links.push(LinkConfig::Serial {
+        path: port.clone(),
+        baud: 115_200,
+    });
+    let file = write_config(dir.path(), &config);
+    let mut child = Command::new(binary("edge-bridge"))
+        .arg("run")
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let proc = edge_tests::Proc {
+        child,
+        name: "edge-bridge",
+    };
+    let line = std::thread::spawn(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        line
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !line.is_finished() {
+        assert!(Instant::now() < deadline, "no ready line within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let line = line.join().unwrap();
+    let LinkConfig::Tcp { listen, .. } = &config.links[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        line.trim_end(),
+        format!(
+            "edge-bridge ready: mqtt={} links=tcp:{listen},serial:{}",
+            match &config.broker {
+                broker_config::BrokerConfig::Embedded { listen, .. } => *listen,
+                _ => unreachable!(),
+            },
+            port.display()
+        )
+    );
+    drop(proc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bridge, log) = start_logging_to_file(
+        dir.path(),
+        &embedded_config("json"),
+        &[],
+        &["--log-format", "json"],
+    );
+    assert!(terminate(bridge.proc).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut ready = None;
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        if v["fields"]["message"] == "ready" {
+            ready = Some(v);
+        }
+    }
+    let ready = ready.unwrap_or_else(|| panic!("no ready line in {text}"));
+    assert_eq!(ready["level"], "INFO");
+    assert_eq!(ready["fields"]["mqtt"], bridge.mqtt.to_string());
+    assert_eq!(
+        ready["fields"]["links"],
+        format!("tcp:{}", bridge.devices),
+        "{ready}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_can_be_chosen_by_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bridge, log) = start_logging_to_file(
+        dir.path(),
+        &embedded_config("jsonenv"),
+        &[("EDGE_BRIDGE_LOG_FORMAT", "json")],
+        &[],
+    );
+    assert!(terminate(bridge.proc).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().count() > 1, "{text}");
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+    }
 }
