@@ -36,6 +36,8 @@
 //!   ports): transport tasks driving device-core sessions, and the identity rule.
 //! - [`broker`]: the embedded MQTT broker (rumqttd).
 //! - [`tls`]: rustls client settings for an external broker, and the PEM readers.
+//! - [`preflight`]: the whole configuration checked before anything opens (certificates and
+//!   cipher lists built as at start), and the data directory locked for one bridge.
 //! - [`logging`]: log lines on stderr as text (coloured only on a terminal) or JSON.
 //! - [`throttle`]: the budget of log lines about remote events (bad frames, failed
 //!   handshakes, refused connections), with counts of the lines left out.
@@ -51,6 +53,7 @@ pub mod engine;
 pub mod link;
 pub mod logging;
 pub mod mqtt;
+pub mod preflight;
 pub mod queue;
 pub mod run;
 pub mod throttle;

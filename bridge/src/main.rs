@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use broker_config::{BrokerConfig, Config, LinkConfig};
+use broker_config::{BrokerConfig, Checked, Config, LinkConfig};
 use clap::{Parser, Subcommand};
 use edge_bridge::logging::{self, LogFormat};
 use tracing_subscriber::layer::SubscriberExt;
@@ -49,6 +49,14 @@ enum Command {
         #[arg(long)]
         data_dir: Option<String>,
     },
+    /// Check a configuration file whole, as `run` does before it opens anything: every value,
+    /// the files it names (certificates, keys, users and PSK files), listen addresses that
+    /// collide, the data directory. Prints every problem with its key and value; changes
+    /// nothing.
+    CheckConfig {
+        /// The configuration file (TOML).
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +69,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::CheckConfig { file } => check_config(&file),
         Command::Run {
             config,
             bridge_id,
@@ -114,7 +123,69 @@ fn log_format_from_env() -> anyhow::Result<LogFormat> {
     }
 }
 
-/// A link as the ready line shows it: its kind and where it listens (or its
+/// `edge-bridge check-config FILE`.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let config = match Config::read(file) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("edge-bridge: {}", report(&e.into()));
+            return ExitCode::FAILURE;
+        }
+    };
+    let checked = edge_bridge::preflight::check(&config);
+    for warning in &checked.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if !checked.errors.is_empty() {
+        eprintln!(
+            "edge-bridge: {}",
+            problems(&file.display().to_string(), &checked)
+        );
+        return ExitCode::FAILURE;
+    }
+    println!("{}: ok: {}", file.display(), summary(&config));
+    ExitCode::SUCCESS
+}
+
+/// Every error of `checked`, one per line under a heading naming `what`.
+fn problems(what: &str, checked: &Checked) -> String {
+    let n = checked.errors.len();
+    let mut text = format!(
+        "{what}: {n} problem{} in the configuration:",
+        if n == 1 { "" } else { "s" }
+    );
+    for p in &checked.errors {
+        text.push_str("\n  ");
+        text.push_str(&p.to_string());
+    }
+    text
+}
+
+/// What a valid configuration sets up, on one line.
+fn summary(config: &Config) -> String {
+    let broker = match &config.broker {
+        BrokerConfig::Embedded { listen, tls, .. } => match tls {
+            Some(t) => format!("embedded broker on {listen} and {} (TLS)", t.listen),
+            None => format!("embedded broker on {listen}"),
+        },
+        BrokerConfig::External {
+            host, port, tls, ..
+        } => format!(
+            "external broker {host}:{port}{}",
+            if tls.is_some() { " (TLS)" } else { "" }
+        ),
+    };
+    let links: Vec<String> = config.links.iter().map(configured_link).collect();
+    format!(
+        "bridge {}, topics under {}, {broker}, links {}, data in {}",
+        config.bridge_id,
+        config.root(),
+        links.join(","),
+        config.data_dir.display()
+    )
+}
+
+/// A link as the ready line and the check show it: its kind and where it listens (or its
 /// port's path).
 fn configured_link(link: &LinkConfig) -> String {
     match (link, link.listen()) {
@@ -170,8 +241,9 @@ fn run(
     overrides: Overrides,
     jumps: tokio::sync::mpsc::UnboundedReceiver<edge_bridge::broker::loss::CursorJump>,
 ) -> anyhow::Result<()> {
+    // Parsed only: the whole check below reports every invalid value, after the overrides.
     let mut config = match &file {
-        Some(path) => Config::load(path)?,
+        Some(path) => Config::read(path)?,
         None => Config::default(),
     };
     if let Some(id) = overrides.bridge_id {
@@ -191,9 +263,21 @@ fn run(
     if let Some(addr) = overrides.device_listen {
         config.links = vec![LinkConfig::tcp(addr)];
     }
-    config
-        .validate()
-        .context("invalid configuration after command-line overrides")?;
+    // Before the data directory, the queue, the broker or any listener opens: a bad file
+    // must not leave a half-started bridge, nor stop it at the first of several mistakes.
+    let checked = edge_bridge::preflight::check(&config);
+    for warning in &checked.warnings {
+        tracing::warn!(key = %warning.key, value = %warning.value, "{}", warning.reason);
+    }
+    if !checked.errors.is_empty() {
+        let what = file
+            .as_ref()
+            .map_or("the command line".to_owned(), |f| f.display().to_string());
+        anyhow::bail!("{}", problems(&what, &checked));
+    }
+    // Held until the bridge stops: a second bridge on this directory stops here, before it
+    // touches the queue or the storage reserve of the first.
+    let _lock = edge_bridge::preflight::DataDirLock::take(&config.data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,7 +1,9 @@
 //! What a new user meets when trying the README: the bridge's status naming the configured
 //! bridge id, logs without colour codes in a file, a ready line that says what each link is,
-//! and JSON logs for log collectors.
+//! error messages that print an OS error once, and JSON logs for log collectors.
 
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,6 +12,39 @@ use broker_config::LinkConfig;
 use edge_tests::{
     Watcher, binary, embedded_config, start_bridge, terminate, wait_ready, write_config,
 };
+
+/// Runs `cmd` to its end (within `within`) and returns its status, stdout and stderr.
+fn run_to_end(cmd: &mut Command, within: Duration) -> (std::process::ExitStatus, String, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} still running after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, out.join().unwrap(), err.join().unwrap())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_status_carries_the_configured_bridge_id() {
@@ -114,6 +149,42 @@ fn the_ready_line_names_each_links_kind_and_address() {
         )
     );
     drop(proc);
+}
+
+#[test]
+fn a_missing_certificate_is_reported_with_its_os_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = embedded_config("nocert");
+    let missing = dir.path().join("missing.pem");
+    config.links.push(LinkConfig::Tls {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        cert_file: missing.clone(),
+        key_file: missing.clone(),
+        client_ca_file: missing.clone(),
+        handshake_timeout: Duration::from_secs(10),
+        max_connections: 8,
+        max_connections_per_address: 8,
+        max_handshakes: 8,
+    });
+    let file = write_config(dir.path(), &config);
+    let (status, _, err) = run_to_end(
+        Command::new(binary("edge-bridge"))
+            .arg("run")
+            .arg("--config")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir.path().join("data")),
+        Duration::from_secs(20),
+    );
+    assert!(!status.success());
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    for line in err.lines().filter(|l| l.contains("missing.pem")) {
+        assert_eq!(
+            line.matches("No such file or directory").count(),
+            1,
+            "the OS error twice in {line:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
