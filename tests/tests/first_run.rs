@@ -1,6 +1,7 @@
-//! What a new user meets when trying the README: the bridge's status naming the configured
-//! bridge id, logs without colour codes in a file, a ready line that says what each link is,
-//! error messages that print an OS error once, and JSON logs for log collectors.
+//! What a new user meets when trying the README: the simulator's own help and version, the
+//! bridge's status naming the configured bridge id, logs without colour codes in a file, a
+//! ready line that says what each link is, error messages that print an OS error once, and
+//! JSON logs for log collectors.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -44,6 +45,50 @@ fn run_to_end(cmd: &mut Command, within: Duration) -> (std::process::ExitStatus,
         std::thread::sleep(Duration::from_millis(20));
     };
     (status, out.join().unwrap(), err.join().unwrap())
+}
+
+#[test]
+fn the_simulator_names_itself_in_its_version_and_help() {
+    let sim = binary("edge-device-sim");
+    let (status, version, _) =
+        run_to_end(Command::new(&sim).arg("--version"), Duration::from_secs(10));
+    assert!(status.success());
+    assert!(
+        version.starts_with("edge-device-sim "),
+        "--version printed {version:?}"
+    );
+    let (status, help, _) = run_to_end(Command::new(&sim).arg("--help"), Duration::from_secs(10));
+    assert!(status.success());
+    assert!(
+        help.contains("Usage: edge-device-sim"),
+        "--help printed {help:?}"
+    );
+    assert!(
+        !help.contains("durable task queue"),
+        "--help shows the bridge's description: {help:?}"
+    );
+}
+
+#[test]
+fn the_simulator_long_help_documents_each_capability_payload() {
+    let (status, help, _) = run_to_end(
+        Command::new(binary("edge-device-sim")).arg("--help"),
+        Duration::from_secs(10),
+    );
+    assert!(status.success());
+    for needle in [
+        "echo",
+        "sleep",
+        r#"{"ms":N}"#,
+        r#"{"slept_ms":N}"#,
+        "fail",
+        "flaky",
+        "count",
+        r#"{"steps":N}"#,
+        "--psk-file",
+    ] {
+        assert!(help.contains(needle), "no {needle:?} in --help: {help}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,4 +277,74 @@ async fn json_logs_can_be_chosen_by_the_environment() {
         serde_json::from_str::<serde_json::Value>(line)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
     }
+}
+
+/// `edge-device-sim --dtls --psk-file FILE` with `args` before it, to its end: a credential it
+/// refuses ends it at once.
+fn sim_with_psk_file(file: &Path) -> (std::process::ExitStatus, String) {
+    let (status, _, err) = run_to_end(
+        Command::new(binary("edge-device-sim"))
+            .args(["--dtls", "--connect", "127.0.0.1:9", "--id", "dev-1"])
+            .args(["--capability", "echo", "--psk-file"])
+            .arg(file),
+        Duration::from_secs(10),
+    );
+    (status, err)
+}
+
+#[test]
+fn a_psk_file_the_simulator_cannot_use_is_named_without_its_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.psk");
+    let (status, err) = sim_with_psk_file(&missing);
+    assert!(!status.success());
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "edge-device-sim: --psk-file {}: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
+    let bad = dir.path().join("bad.psk");
+    std::fs::write(&bad, "secret-not-hex-0123456789abcdef0\n").unwrap();
+    let (status, err) = sim_with_psk_file(&bad);
+    assert!(!status.success());
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "edge-device-sim: --psk-file {}: a key is hex digits only",
+            bad.display()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_device_proves_its_id_with_a_psk_file() {
+    const KEY: &str = "00112233445566778899aabbccddeeff";
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = embedded_config("pskfile");
+    config.links = vec![
+        toml::from_str(&format!(
+            "kind = \"dtls\"\nlisten = \"127.0.0.1:0\"\npsk = {{ \"dev-1\" = \"{KEY}\" }}\n"
+        ))
+        .unwrap(),
+    ];
+    // The file alone chooses the links (start_bridge_with_config would replace them with TCP).
+    let (bridge, _log) = edge_tests::start_bridge_with_log(
+        &dir.path().join("data"),
+        &write_config(dir.path(), &config),
+    );
+    let file = dir.path().join("dev-1.psk");
+    // As `cut -d: -f2 devices.psk` writes it: the key and a newline.
+    std::fs::write(&file, format!("{KEY}\n")).unwrap();
+    let file = file.display().to_string();
+    let _device = edge_tests::start_device_with(
+        bridge.devices,
+        "dev-1",
+        &["echo"],
+        &["--dtls", "--psk-file", &file],
+    );
+    let mut w = Watcher::connect(bridge.mqtt, "edge/pskfile").await;
+    w.wait_device_online("dev-1").await;
+    w.echo_completes("edge/pskfile", "over-dtls", "dev-1").await;
 }
