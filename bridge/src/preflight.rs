@@ -254,12 +254,14 @@ impl DataDirLock {
                 Err(e) => return Err(io("cannot lock it")(e.into())),
             }
         }
-        // For the message a second bridge prints: which process holds it.
+        // For the message a second bridge prints: which process holds it. Only that: on a
+        // full disk the write fails, and the bridge must still start (its storage reserve
+        // is given back so that the queue can open), so a failure is left out.
         let pid = format!("{}\n", std::process::id());
-        file.set_len(0)
+        let _ = file
+            .set_len(0)
             .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(pid.as_bytes()))
-            .map_err(io("cannot write its lock file"))?;
+            .and_then(|()| file.write_all(pid.as_bytes()));
         Ok(Self { _file: file })
     }
 }
