@@ -348,3 +348,43 @@ async fn a_simulated_device_proves_its_id_with_a_psk_file() {
     w.wait_device_online("dev-1").await;
     w.echo_completes("edge/pskfile", "over-dtls", "dev-1").await;
 }
+
+#[test]
+fn the_simulators_log_in_a_file_carries_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sim.log");
+    // Nothing listens on the discard port of loopback: the simulator logs a failed
+    // connection at once, and keeps trying.
+    let child = Command::new(binary("edge-device-sim"))
+        .args([
+            "--connect",
+            "127.0.0.1:9",
+            "--id",
+            "dev-1",
+            "--capability",
+            "echo",
+        ])
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _sim = edge_tests::Proc {
+        child,
+        name: "edge-device-sim",
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("cannot connect") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed connection logged: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!text.contains('\u{1b}'), "colour codes in a file: {text:?}");
+}
