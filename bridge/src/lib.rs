@@ -38,6 +38,9 @@
 //! - [`client`]: the client commands (`submit`, `watch`, `tasks`): the MQTT API from the
 //!   other side, for application developers and operators.
 //! - [`tls`]: rustls client settings for an external broker, and the PEM readers.
+//! - [`preflight`]: the whole configuration checked before anything opens (certificates and
+//!   cipher lists built as at start), and the data directory locked for one bridge.
+//! - [`logging`]: log lines on stderr as text (coloured only on a terminal) or JSON.
 //! - [`throttle`]: the budget of log lines about remote events (bad frames, failed
 //!   handshakes, refused connections), with counts of the lines left out.
 // No unsafe code, but for the few OpenSSL calls the `openssl` crate does not wrap (DTLS
@@ -51,7 +54,9 @@ pub mod client;
 pub mod dispatch;
 pub mod engine;
 pub mod link;
+pub mod logging;
 pub mod mqtt;
+pub mod preflight;
 pub mod queue;
 pub mod run;
 pub mod throttle;

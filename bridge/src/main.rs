@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use broker_config::{BrokerConfig, Config, LinkConfig};
+use broker_config::{BrokerConfig, Checked, Config, LinkConfig};
 use clap::{Parser, Subcommand};
-use tracing_subscriber::Layer;
+use edge_bridge::logging::{self, LogFormat};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -38,6 +38,10 @@ enum Command {
         /// Replaces the device links with one plain TCP listener (port 0: any free port).
         #[arg(long)]
         device_listen: Option<SocketAddr>,
+        /// Log lines on stderr as text, or as one JSON object per line for log collectors
+        /// [default: text, or $EDGE_BRIDGE_LOG_FORMAT].
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// Print the commented default configuration.
     GenConfig {
@@ -54,6 +58,14 @@ enum Command {
     /// List the queued and running tasks of a running bridge with the reason each waits, or
     /// show one task (asked over MQTT: works from any host that reaches the broker).
     Tasks(edge_bridge::client::tasks::TasksArgs),
+    /// Check a configuration file whole, as `run` does before it opens anything: every value,
+    /// the files it names (certificates, keys, users and PSK files), listen addresses that
+    /// collide, the data directory. Prints every problem with its key and value; changes
+    /// nothing.
+    CheckConfig {
+        /// The configuration file (TOML).
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,32 +86,40 @@ fn main() -> ExitCode {
             client(|| async { Ok(edge_bridge::client::watch::run(args).await?.unwrap_or(true)) })
         }
         Command::Tasks(args) => client(|| edge_bridge::client::tasks::run(args)),
+        Command::CheckConfig { file } => check_config(&file),
         Command::Run {
             config,
             bridge_id,
             data_dir,
             mqtt_listen,
             device_listen,
+            log_format,
         } => {
+            let format = match log_format.map(Ok).unwrap_or_else(log_format_from_env) {
+                Ok(format) => format,
+                Err(e) => {
+                    eprintln!("edge-bridge: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             // rumqttd logs every client disconnect as an error; a broker that dies is reported
             // by the bridge itself. RUST_LOG=info,rumqttd=info shows them.
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,rumqttd=off".into());
-            let log = tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter);
             // The embedded broker reports dropped messages only in its own log events, which
             // the log above leaves out: this layer reads them, whatever RUST_LOG says.
             let (losses, jumps) = edge_bridge::broker::loss::layer();
-            tracing_subscriber::registry().with(log).with(losses).init();
-            match run(
-                config,
+            tracing_subscriber::registry()
+                .with(logging::stderr_layer(format, filter))
+                .with(losses)
+                .init();
+            let overrides = Overrides {
                 bridge_id,
                 data_dir,
                 mqtt_listen,
                 device_listen,
-                jumps,
-            ) {
+            };
+            match run(config, overrides, jumps) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("edge-bridge: {}", report(&e));
@@ -137,6 +157,102 @@ where
     }
 }
 
+/// `--log-format` from [`logging::FORMAT_VAR`], text when it is unset.
+fn log_format_from_env() -> anyhow::Result<LogFormat> {
+    use clap::ValueEnum;
+    match std::env::var(logging::FORMAT_VAR) {
+        Ok(v) => LogFormat::from_str(&v, true)
+            .map_err(|_| anyhow::anyhow!("{}={v:?}: text or json", logging::FORMAT_VAR)),
+        Err(_) => Ok(LogFormat::default()),
+    }
+}
+
+/// `edge-bridge check-config FILE`.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let config = match Config::read(file) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("edge-bridge: {}", report(&e.into()));
+            return ExitCode::FAILURE;
+        }
+    };
+    let checked = edge_bridge::preflight::check(&config);
+    for warning in &checked.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if !checked.errors.is_empty() {
+        eprintln!(
+            "edge-bridge: {}",
+            problems(&file.display().to_string(), &checked)
+        );
+        return ExitCode::FAILURE;
+    }
+    println!("{}: ok: {}", file.display(), summary(&config));
+    ExitCode::SUCCESS
+}
+
+/// Every error of `checked`, one per line under a heading naming `what`.
+fn problems(what: &str, checked: &Checked) -> String {
+    let n = checked.errors.len();
+    let mut text = format!(
+        "{what}: {n} problem{} in the configuration:",
+        if n == 1 { "" } else { "s" }
+    );
+    for p in &checked.errors {
+        text.push_str("\n  ");
+        text.push_str(&p.to_string());
+    }
+    text
+}
+
+/// What a valid configuration sets up, on one line.
+fn summary(config: &Config) -> String {
+    let broker = match &config.broker {
+        BrokerConfig::Embedded { listen, tls, .. } => match tls {
+            Some(t) => format!("embedded broker on {listen} and {} (TLS)", t.listen),
+            None => format!("embedded broker on {listen}"),
+        },
+        BrokerConfig::External {
+            host, port, tls, ..
+        } => format!(
+            "external broker {host}:{port}{}",
+            if tls.is_some() { " (TLS)" } else { "" }
+        ),
+    };
+    let links: Vec<String> = config.links.iter().map(configured_link).collect();
+    format!(
+        "bridge {}, topics under {}, {broker}, links {}, data in {}",
+        config.bridge_id,
+        config.root(),
+        links.join(","),
+        config.data_dir.display()
+    )
+}
+
+/// A link as the ready line and the check show it: its kind and where it listens (or its
+/// port's path).
+fn configured_link(link: &LinkConfig) -> String {
+    match (link, link.listen()) {
+        (LinkConfig::Serial { path, .. }, _) => format!("serial:{}", path.display()),
+        (_, Some(addr)) => format!("{}:{addr}", link.kind()),
+        (_, None) => link.kind().to_owned(),
+    }
+}
+
+/// The links with the addresses they ended up on (port 0 resolved): `addrs` holds one per
+/// link that listens, in order.
+fn ready_links(links: &[LinkConfig], addrs: &[SocketAddr]) -> String {
+    let mut addrs = addrs.iter();
+    let shown: Vec<String> = links
+        .iter()
+        .map(|link| match (link, link.listen().and(addrs.next())) {
+            (_, Some(addr)) => format!("{}:{addr}", link.kind()),
+            _ => configured_link(link),
+        })
+        .collect();
+    shown.join(",")
+}
+
 /// The error and its causes on one line. A cause whose text the line already ends with is
 /// left out: the library's errors put their source in their own message (a log line shows
 /// only that message) and return it as `source()` too, which `{:#}` would print twice.
@@ -155,25 +271,32 @@ fn report(e: &anyhow::Error) -> String {
     line
 }
 
-fn run(
-    file: Option<PathBuf>,
+/// What the command line changes in the configuration.
+#[derive(Debug)]
+struct Overrides {
     bridge_id: Option<String>,
     data_dir: Option<PathBuf>,
     mqtt_listen: Option<SocketAddr>,
     device_listen: Option<SocketAddr>,
+}
+
+fn run(
+    file: Option<PathBuf>,
+    overrides: Overrides,
     jumps: tokio::sync::mpsc::UnboundedReceiver<edge_bridge::broker::loss::CursorJump>,
 ) -> anyhow::Result<()> {
+    // Parsed only: the whole check below reports every invalid value, after the overrides.
     let mut config = match &file {
-        Some(path) => Config::load(path)?,
+        Some(path) => Config::read(path)?,
         None => Config::default(),
     };
-    if let Some(id) = bridge_id {
+    if let Some(id) = overrides.bridge_id {
         config.bridge_id = id;
     }
-    if let Some(dir) = data_dir {
+    if let Some(dir) = overrides.data_dir {
         config.data_dir = dir;
     }
-    if let Some(addr) = mqtt_listen {
+    if let Some(addr) = overrides.mqtt_listen {
         match &mut config.broker {
             BrokerConfig::Embedded { listen, .. } => *listen = addr,
             BrokerConfig::External { .. } => anyhow::bail!(
@@ -181,24 +304,34 @@ fn run(
             ),
         }
     }
-    if let Some(addr) = device_listen {
+    if let Some(addr) = overrides.device_listen {
         config.links = vec![LinkConfig::tcp(addr)];
     }
-    config
-        .validate()
-        .context("invalid configuration after command-line overrides")?;
+    // Before the data directory, the queue, the broker or any listener opens: a bad file
+    // must not leave a half-started bridge, nor stop it at the first of several mistakes.
+    let checked = edge_bridge::preflight::check(&config);
+    for warning in &checked.warnings {
+        tracing::warn!(key = %warning.key, value = %warning.value, "{}", warning.reason);
+    }
+    if !checked.errors.is_empty() {
+        let what = file
+            .as_ref()
+            .map_or("the command line".to_owned(), |f| f.display().to_string());
+        anyhow::bail!("{}", problems(&what, &checked));
+    }
+    // Held until the bridge stops: a second bridge on this directory stops here, before it
+    // touches the queue or the storage reserve of the first.
+    let _lock = edge_bridge::preflight::DataDirLock::take(&config.data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let links = config.links.clone();
     runtime.block_on(edge_bridge::run::run(config, jumps, |ready| {
-        let devices: Vec<String> = ready.devices.iter().map(ToString::to_string).collect();
+        let links = ready_links(&links, &ready.devices);
+        tracing::info!(mqtt = %ready.mqtt, links = %links, "ready");
         // One line on stdout for scripts and tests; logs go to stderr.
-        println!(
-            "edge-bridge ready: mqtt={} devices={}",
-            ready.mqtt,
-            devices.join(",")
-        );
+        println!("edge-bridge ready: mqtt={} links={links}", ready.mqtt);
     }))?;
     Ok(())
 }

@@ -55,6 +55,9 @@ pub const INFLIGHT: u16 = 512;
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
+    /// The configured `bridge_id`, which `{root}/bridge/status` names (the client id is
+    /// derived from it but is not what an operator configured).
+    pub bridge_id: String,
     pub client_id: String,
     pub credentials: Option<(String, String)>,
     pub root: String,
@@ -270,7 +273,8 @@ pub async fn run(
                     .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes);
                 generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tracing::info!(host = %settings.host, port = settings.port, "connected to the MQTT broker");
-                let status = BridgeStatus::online(&settings.client_id).to_json();
+                let status =
+                    BridgeStatus::online(&settings.bridge_id, &settings.client_id).to_json();
                 subacks_due = 0;
                 let filters = api_filters(&settings.root)
                     .into_iter()

@@ -12,6 +12,9 @@
 //! - [`QueueConfig`]: the durable queue's bounds and retry policy.
 //! - [`StorageConfig`]: how much of the data directory's disk stays free.
 //! - [`ConfigError`]: what can be wrong, naming the field.
+//! - `check`: [`Config::check`], the whole configuration checked before the bridge opens
+//!   anything: every invalid value, the files it names, listen addresses that collide, the
+//!   data directory; each [`Problem`] names its key and its value.
 //! - [`MOSQUITTO_CONF`]: what mosquitto needs as the bridge's external broker;
 //!   [`MOSQUITTO_ACL`]: who may do what on it.
 //! - [`SYSTEMD_UNIT`] and [`OPENHARMONY_CFG`]: the bridge as a service on a gateway.
@@ -23,6 +26,9 @@ use std::time::Duration;
 
 use device_core::Priority;
 use serde::{Deserialize, Serialize};
+
+mod check;
+pub use check::{Checked, Problem, quoted};
 
 /// The commented default configuration file; parsing it gives [`Config::default`].
 pub const DEFAULT_CONFIG: &str = include_str!("../default-config.toml");
@@ -732,6 +738,16 @@ impl LinkConfig {
         }
     }
 
+    /// The link's `kind` as the file writes it: `tcp`, `tls`, `dtls` or `serial`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Tcp { .. } => "tcp",
+            Self::Tls { .. } => "tls",
+            Self::Dtls(_) => "dtls",
+            Self::Serial { .. } => "serial",
+        }
+    }
+
     /// What the link occupies, for duplicate checks: TCP and UDP ports are distinct.
     fn endpoint(&self) -> String {
         match self {
@@ -1027,21 +1043,34 @@ const MAX_HANDSHAKE: Duration = Duration::from_secs(300);
 impl Config {
     /// Parses TOML (`origin` names the source in errors) and validates it.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.to_owned(),
-            message: e.to_string(),
-        })?;
+        let config = Self::parse(text, origin)?;
         config.validate()?;
         Ok(config)
     }
 
+    /// Parses TOML without validating it (`origin` names the source in errors): for
+    /// [`Config::check`], which reports every invalid value, not only the first.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config = Self::read(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a file without validating it (see [`Config::parse`]).
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text, &path.display().to_string())
+        Self::parse(&text, &path.display().to_string())
     }
 
     /// The topic prefix: `topic_root`, or `edge/{bridge_id}`.
@@ -1051,14 +1080,31 @@ impl Config {
             .unwrap_or_else(|| format!("edge/{}", self.bridge_id))
     }
 
-    /// Checks every value; the error names the first field that is wrong.
+    /// Checks every value; the error names the first field that is wrong
+    /// ([`Config::check`] reports them all, and the files the configuration names).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let InvalidValues { found, in_links } = self.invalid_values();
+        match found
+            .into_iter()
+            .chain(in_links.into_iter().map(|(_, e)| e))
+            .next()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every value that is wrong, in the order [`Config::validate`] looks at them; a link
+    /// reports its first.
+    fn invalid_values(&self) -> InvalidValues {
+        let mut found = Vec::new();
+        let mut in_links = Vec::new();
         let id_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
         if self.bridge_id.is_empty()
             || self.bridge_id.len() > 64
             || !self.bridge_id.chars().all(id_ok)
         {
-            return Err(invalid(
+            found.push(invalid(
                 "bridge_id",
                 "1 to 64 letters, digits, '-', '_' or '.'",
             ));
@@ -1070,46 +1116,45 @@ impl Config {
                 || root.contains(['+', '#', '\0'])
                 || root.split('/').any(str::is_empty);
             if bad {
-                return Err(invalid(
+                found.push(invalid(
                     "topic_root",
                     "a topic prefix without wildcards, empty levels or leading/trailing '/'",
                 ));
             }
         }
         if self.data_dir.as_os_str().is_empty() {
-            return Err(invalid("data_dir", "must not be empty"));
+            found.push(invalid("data_dir", "must not be empty"));
         }
         if self.stats_interval < Duration::from_millis(100) {
-            return Err(invalid("stats_interval", "at least 100ms"));
+            found.push(invalid("stats_interval", "at least 100ms"));
         }
         let q = &self.queue;
         if q.limit == 0 {
-            return Err(invalid("queue.limit", "at least 1"));
+            found.push(invalid("queue.limit", "at least 1"));
         }
         if q.outbox_limit == 0 {
-            return Err(invalid("queue.outbox_limit", "at least 1"));
-        }
-        if q.outbox_limit < q.limit {
-            return Err(invalid(
+            found.push(invalid("queue.outbox_limit", "at least 1"));
+        } else if q.outbox_limit < q.limit {
+            found.push(invalid(
                 "queue.outbox_limit",
                 "at least queue.limit (a burst that fills the queue makes as many queued events)",
             ));
         }
         if q.max_attempts == 0 {
-            return Err(invalid("queue.max_attempts", "at least 1"));
+            found.push(invalid("queue.max_attempts", "at least 1"));
         }
         if q.retry_initial.is_zero() {
-            return Err(invalid("queue.retry_initial", "more than 0"));
+            found.push(invalid("queue.retry_initial", "more than 0"));
         }
         if q.retry_max < q.retry_initial {
-            return Err(invalid("queue.retry_max", "at least queue.retry_initial"));
+            found.push(invalid("queue.retry_max", "at least queue.retry_initial"));
         }
         if q.execution_timeout < Duration::from_millis(100) {
-            return Err(invalid("queue.execution_timeout", "at least 100ms"));
+            found.push(invalid("queue.execution_timeout", "at least 100ms"));
         }
         for (name, c) in &q.capabilities {
             if c.execution_timeout < Duration::from_millis(100) {
-                return Err(invalid(
+                found.push(invalid(
                     "queue.capabilities",
                     format!("{name:?}: execution_timeout of at least 100ms"),
                 ));
@@ -1126,13 +1171,13 @@ impl Config {
             ),
         ] {
             if !(1..=100).contains(&p) {
-                return Err(invalid(field, "1 to 100"));
+                found.push(invalid(field, "1 to 100"));
             }
         }
         let mut names = std::collections::BTreeSet::new();
         for r in &self.resources {
             if !valid_resource_name(&r.name) {
-                return Err(invalid(
+                found.push(invalid(
                     "resource.name",
                     format!(
                         "{:?}: letters, digits, '-', '_' and '.', 1 to {MAX_RESOURCE_NAME} bytes",
@@ -1141,7 +1186,7 @@ impl Config {
                 ));
             }
             if !names.insert(r.name.as_str()) {
-                return Err(invalid(
+                found.push(invalid(
                     "resource.name",
                     format!("{:?} is declared twice", r.name),
                 ));
@@ -1149,7 +1194,7 @@ impl Config {
         }
         for id in self.urgent.devices.keys() {
             if id.is_empty() || id.len() > device_core::proto::MAX_DEVICE_ID {
-                return Err(invalid(
+                found.push(invalid(
                     "urgent.devices",
                     format!(
                         "{id:?}: device ids of 1 to {} bytes",
@@ -1169,10 +1214,10 @@ impl Config {
                 tls,
             } => {
                 if *max_packet_bytes < 1024 {
-                    return Err(invalid("broker.max_packet_bytes", "at least 1024"));
+                    found.push(invalid("broker.max_packet_bytes", "at least 1024"));
                 }
                 if tls.as_ref().is_some_and(|t| t.max_handshakes == 0) {
-                    return Err(invalid("broker.tls.max_handshakes", "at least 1"));
+                    found.push(invalid("broker.tls.max_handshakes", "at least 1"));
                 }
                 let exposed = [
                     Some(("broker.listen", *listen)),
@@ -1184,7 +1229,7 @@ impl Config {
                 if let Some((field, listen)) =
                     exposed.filter(|_| users_file.is_none() && !*allow_anonymous)
                 {
-                    return Err(invalid(
+                    found.push(invalid(
                         field,
                         format!(
                             "{listen} is beyond loopback and the broker has no users: anyone who \
@@ -1194,10 +1239,10 @@ impl Config {
                     ));
                 }
                 if *max_connections == 0 {
-                    return Err(invalid("broker.max_connections", "at least 1"));
+                    found.push(invalid("broker.max_connections", "at least 1"));
                 }
                 if *api_log_bytes < 16 * 1024 {
-                    return Err(invalid("broker.api_log_bytes", "at least 16384"));
+                    found.push(invalid("broker.api_log_bytes", "at least 16384"));
                 }
             }
             BrokerConfig::External {
@@ -1209,20 +1254,20 @@ impl Config {
                 tls,
             } => {
                 if host.trim().is_empty() {
-                    return Err(invalid("broker.host", "must not be empty"));
+                    found.push(invalid("broker.host", "must not be empty"));
                 }
                 if *port == 0 {
-                    return Err(invalid("broker.port", "1 to 65535"));
+                    found.push(invalid("broker.port", "1 to 65535"));
                 }
                 if password.is_some() && username.is_none() {
-                    return Err(invalid("broker.password", "needs broker.username"));
+                    found.push(invalid("broker.password", "needs broker.username"));
                 }
                 if *max_packet_bytes < 1024 {
-                    return Err(invalid("broker.max_packet_bytes", "at least 1024"));
+                    found.push(invalid("broker.max_packet_bytes", "at least 1024"));
                 }
                 if let Some(t) = tls {
                     if t.client_cert.is_some() != t.client_key.is_some() {
-                        return Err(invalid(
+                        found.push(invalid(
                             "broker.tls.client_key",
                             "client_cert and client_key go together",
                         ));
@@ -1231,24 +1276,34 @@ impl Config {
             }
         }
         if self.links.is_empty() {
-            return Err(invalid("link", "at least one device link"));
+            found.push(invalid("link", "at least one device link"));
         }
         let mut seen = Vec::new();
-        for link in &self.links {
+        for (i, link) in self.links.iter().enumerate() {
             let endpoint = link.endpoint();
             // Port 0 asks for any free port: two of them never collide.
             let any_port = link.listen().is_some_and(|l| l.port() == 0);
             if !any_port && seen.contains(&endpoint) {
-                return Err(invalid(
-                    "link.listen",
-                    format!("{endpoint} is configured twice"),
+                in_links.push((
+                    i,
+                    invalid("link.listen", format!("{endpoint} is configured twice")),
                 ));
             }
             seen.push(endpoint);
-            link.validate()?;
+            if let Err(e) = link.validate() {
+                in_links.push((i, e));
+            }
         }
-        Ok(())
+        InvalidValues { found, in_links }
     }
+}
+
+/// What [`Config::invalid_values`] found: errors outside the links, and errors of links by
+/// their index in `links`.
+#[derive(Debug)]
+struct InvalidValues {
+    found: Vec<ConfigError>,
+    in_links: Vec<(usize, ConfigError)>,
 }
 
 #[cfg(test)]

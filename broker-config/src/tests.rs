@@ -573,3 +573,193 @@ fn an_embedded_broker_beyond_loopback_needs_users_or_an_explicit_yes() {
         Config::from_toml(ok, "test.toml").unwrap();
     }
 }
+
+/// The commented DTLS link example of the default file, uncommented, is a valid link whose
+/// cipher list names only suites the bridge offers by default (it once ended in `...`).
+#[test]
+fn the_default_files_dtls_link_example_is_valid_and_its_ciphers_are_real_suites() {
+    let start = DEFAULT_CONFIG
+        .find("# [[link]]\n# kind = \"dtls\"")
+        .expect("a commented DTLS link example");
+    let example: String = DEFAULT_CONFIG[start..]
+        .lines()
+        .map_while(|l| l.strip_prefix("# "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = Config::from_toml(&example, "example").unwrap();
+    let [LinkConfig::Dtls(d)] = &c.links[..] else {
+        panic!("not one DTLS link: {example}");
+    };
+    assert!(example.contains("ciphers = "), "{example}");
+    let known: Vec<&str> = DEFAULT_DTLS_CIPHERS.split(':').collect();
+    for suite in d.ciphers.split(':') {
+        assert!(known.contains(&suite), "{suite:?} in {:?}", d.ciphers);
+    }
+}
+
+/// A directory in the system's temporary directory, removed with its contents when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("broker-config-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The problems of `text`, as `key = value: reason` lines.
+fn problems(text: &str) -> Vec<String> {
+    Config::parse(text, "test.toml")
+        .unwrap()
+        .check()
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn a_check_lists_every_problem_with_its_key_and_value() {
+    let dir = TempDir::new("several");
+    let missing = dir.0.join("missing.pem");
+    let text = format!(
+        "bridge_id = \"a/b\"\ndata_dir = {data:?}\n[queue]\nlimit = 0\nmax_attempts = 0\n\
+         [[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:7878\"\n\
+         [[link]]\nkind = \"tls\"\nlisten = \"127.0.0.1:7879\"\ncert_file = {m:?}\n\
+         key_file = {m:?}\nclient_ca_file = {m:?}\n\
+         [[link]]\nkind = \"dtls\"\nlisten = \"127.0.0.1:5684\"\nmtu = 100\n\
+         psk = {{ \"dev-1\" = \"0011\" }}\n",
+        data = dir.0.join("data").display().to_string(),
+        m = missing.display().to_string(),
+    );
+    let found = problems(&text);
+    let m = missing.display();
+    let expected = [
+        "bridge_id = \"a/b\": 1 to 64 letters, digits, '-', '_' or '.'".to_owned(),
+        "queue.limit = 0: at least 1".to_owned(),
+        "queue.max_attempts = 0: at least 1".to_owned(),
+        "link[2].psk = (hidden): dev-1: a key has at least 16 bytes (32 hex digits)".to_owned(),
+        format!("link[1].cert_file = \"{m}\": cannot open: No such file or directory (os error 2)"),
+        format!("link[1].key_file = \"{m}\": cannot open: No such file or directory (os error 2)"),
+        format!(
+            "link[1].client_ca_file = \"{m}\": cannot open: No such file or directory (os error 2)"
+        ),
+    ];
+    assert_eq!(found, expected, "{found:#?}");
+    // The mtu is wrong too, but a link reports its first problem.
+    let text = text.replace(
+        "psk = { \"dev-1\" = \"0011\" }",
+        "psk = { \"dev-1\" = \"00112233445566778899aabbccddeeff\" }",
+    );
+    assert!(problems(&text).contains(&"link[2].mtu = 100: 512 to 9000 bytes".to_owned()));
+}
+
+#[test]
+fn a_valid_configuration_has_no_problems() {
+    let dir = TempDir::new("valid");
+    let config = Config {
+        data_dir: dir.0.join("not-yet/data"),
+        ..Config::default()
+    };
+    assert_eq!(config.check(), Checked::default());
+    // Nothing was created.
+    assert!(!dir.0.join("not-yet").exists());
+}
+
+#[test]
+fn listeners_on_the_same_port_and_protocol_are_problems() {
+    let text = "[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:1883\"\n\
+                [[link]]\nkind = \"tcp\"\nlisten = \"0.0.0.0:1883\"\n\
+                [[link]]\nkind = \"dtls\"\nlisten = \"0.0.0.0:1883\"\n\
+                psk = { \"dev-1\" = \"00112233445566778899aabbccddeeff\" }\n\
+                [[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.2:1884\"\n\
+                [[link]]\nkind = \"tcp\"\nlisten = \"127.0.0.3:1884\"\n";
+    let found: Vec<String> = problems(text)
+        .into_iter()
+        .filter(|p| !p.starts_with("data_dir"))
+        .collect();
+    // UDP 1883 is free; two addresses of port 1884 do not collide.
+    assert_eq!(
+        found,
+        [
+            "link[0].listen = \"0.0.0.0:1883\": tcp port 1883 is taken by broker.listen (127.0.0.1:1883) already"
+        ]
+    );
+}
+
+#[test]
+fn a_data_dir_that_cannot_be_created_is_a_problem() {
+    let dir = TempDir::new("datadir");
+    let file = dir.0.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let config = Config {
+        data_dir: file.join("data"),
+        ..Config::default()
+    };
+    let errors = config.check().errors;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key, "data_dir");
+    assert_eq!(
+        errors[0].value,
+        format!("\"{}\"", file.join("data").display())
+    );
+    assert!(
+        errors[0].reason.contains("not a directory"),
+        "{}",
+        errors[0]
+    );
+    let config = Config {
+        data_dir: file,
+        ..Config::default()
+    };
+    assert_eq!(config.check().errors[0].reason, "not a directory");
+}
+
+#[cfg(unix)]
+#[test]
+fn users_and_psk_files_are_parsed_and_a_missing_serial_port_is_a_warning() {
+    let users = TempFile::new("check-users", "app-no-password\n", 0o600);
+    let psk = TempFile::new(
+        "check-psk",
+        "dev-1:00112233445566778899aabbccddeeff\nbad\n",
+        0o600,
+    );
+    let text = format!(
+        "[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:1883\"\nusers_file = {u:?}\n\
+         [[link]]\nkind = \"dtls\"\nlisten = \"127.0.0.1:5684\"\npsk_file = {p:?}\n\
+         [[link]]\nkind = \"serial\"\npath = \"/dev/edge-bridge-no-such-port\"\n",
+        u = users.0.display().to_string(),
+        p = psk.0.display().to_string(),
+    );
+    let checked = Config::parse(&text, "test.toml").unwrap().check();
+    let errors: Vec<String> = checked
+        .errors
+        .iter()
+        .filter(|p| p.key != "data_dir")
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            format!(
+                "broker.users_file = \"{}\": line 1: not username:password",
+                users.0.display()
+            ),
+            format!(
+                "link[0].psk_file = \"{}\": line 2: expected device-id:hexkey",
+                psk.0.display()
+            ),
+        ]
+    );
+    assert_eq!(checked.warnings.len(), 1);
+    assert_eq!(checked.warnings[0].key, "link[1].path");
+}

@@ -190,13 +190,29 @@ pub fn wait_ready(mut child: Child) -> Bridge {
             .map(|a| a.parse().unwrap_or_else(|e| panic!("{key}{v}: {e}")))
             .collect()
     };
-    let listeners = field("devices=");
+    let listeners = listening_links(&line);
+    assert!(!listeners.is_empty(), "no listening link in {line:?}");
     Bridge {
         mqtt: field("mqtt=")[0],
         devices: listeners[0],
         listeners,
         proc,
     }
+}
+
+/// The addresses of the links of a ready line (`links=tcp:127.0.0.1:7878,serial:/dev/tty…`)
+/// that listen on one, in the configuration's order.
+pub fn listening_links(ready: &str) -> Vec<SocketAddr> {
+    let links = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("links="))
+        .unwrap_or_else(|| panic!("no links= in {ready:?}"));
+    links
+        .split(',')
+        .filter_map(|link| link.split_once(':'))
+        .filter(|(kind, _)| *kind != "serial")
+        .map(|(_, addr)| addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}")))
+        .collect()
 }
 
 /// A child's log, line by line, as it comes: read on a helper thread that also echoes each

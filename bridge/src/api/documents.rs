@@ -200,9 +200,13 @@ fn per_priority<S: Serializer>(
 /// offline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BridgeStatus {
-    /// The bridge's MQTT client id, when online: which bridge this is.
+    /// The configured `bridge_id`, when online: which bridge this is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bridge_id: Option<String>,
+    /// The bridge's MQTT client id, when online (`edge-bridge-{bridge_id}`): what the
+    /// broker's logs and ACLs know it by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     pub online: bool,
     /// Why the bridge is offline.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -210,10 +214,11 @@ pub struct BridgeStatus {
 }
 
 impl BridgeStatus {
-    /// Connected, as the bridge with MQTT client id `bridge_id`.
-    pub fn online(bridge_id: &str) -> Self {
+    /// Connected, as bridge `bridge_id` (configured) with MQTT client id `client_id`.
+    pub fn online(bridge_id: &str, client_id: &str) -> Self {
         Self {
             bridge_id: Some(bridge_id.to_owned()),
+            client_id: Some(client_id.to_owned()),
             online: true,
             reason: None,
         }
@@ -223,6 +228,7 @@ impl BridgeStatus {
     pub fn offline(reason: OfflineReason) -> Self {
         Self {
             bridge_id: None,
+            client_id: None,
             online: false,
             reason: Some(reason),
         }
@@ -446,8 +452,8 @@ mod tests {
     #[test]
     fn the_bridge_status_names_the_bridge_when_online_and_the_reason_when_offline() {
         assert_eq!(
-            BridgeStatus::online("edge-bridge-1").to_json(),
-            r#"{"bridge_id":"edge-bridge-1","online":true}"#
+            BridgeStatus::online("gw1", "edge-bridge-gw1").to_json(),
+            r#"{"bridge_id":"gw1","client_id":"edge-bridge-gw1","online":true}"#
         );
         assert_eq!(
             BridgeStatus::offline(OfflineReason::ConnectionLost).to_json(),
@@ -459,8 +465,9 @@ mod tests {
         );
         // As mqtt.rs and run.rs built them with `serde_json::json!` before this type existed.
         assert_eq!(
-            BridgeStatus::online("edge-bridge-1").to_json(),
-            serde_json::json!({ "online": true, "bridge_id": "edge-bridge-1" }).to_string()
+            BridgeStatus::online("gw1", "edge-bridge-gw1").to_json(),
+            serde_json::json!({ "online": true, "bridge_id": "gw1", "client_id": "edge-bridge-gw1" })
+                .to_string()
         );
         assert_eq!(
             BridgeStatus::offline(OfflineReason::ConnectionLost).to_json(),

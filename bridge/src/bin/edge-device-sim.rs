@@ -1,18 +1,15 @@
 //! `edge-device-sim`: a device on the host. It runs device-core's runtime and session over a
 //! TCP link (or TLS with a client certificate: `--tls-ca`, `--tls-cert`, `--tls-key`; or
-//! UDP + DTLS with `--dtls` and `--psk HEX` or those certificate flags), exactly as firmware
-//! does over a UART, and reconnects when the bridge goes away.
+//! UDP + DTLS with `--dtls` and `--psk HEX`, `--psk-file FILE` or those certificate flags),
+//! exactly as firmware does over a UART, and reconnects when the bridge goes away.
 //!
 //! Serial: `--serial PATH [--baud N]` instead of `--connect` talks to the bridge's serial link
 //! over a port (a USB serial adapter, or one end of a pseudo-terminal pair made by
 //! `socat -d -d pty,raw,echo=0 pty,raw,echo=0`), raw 8N1 without flow control, reopened
 //! with backoff when it fails or is not there yet.
 //!
-//! Capabilities: `echo` (result = payload), `sleep` (`{"ms":N}`, one step per millisecond, so
-//! preemption and cancellation are observable), `fail` (fails with code 7), `flaky` (every other
-//! execution fails with a transient code, the others echo), `count` (`{"steps":N}`, at most one
-//! step per millisecond, resumable: preempted, it resumes from its checkpoint on the next
-//! device). 8 task slots.
+//! Capabilities (payloads and results in [`CAPABILITIES_HELP`], shown by `--help`): `echo`,
+//! `sleep`, `fail`, `flaky`, `count`. 8 task slots.
 //!
 //! Locks: `--lock NAME` (repeatable) declares a lock, advertised in `Hello`, that tasks may
 //! name in their submission's `locks`. The runtime takes a task's locks before its first step
@@ -38,7 +35,15 @@ use tokio_rustls::rustls::pki_types::ServerName;
 
 /// A simulated device for the edge bridge.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+// Named and described here: `version` and `about` without a value would take the package's,
+// which are the bridge's (both binaries are in the edge-bridge package).
+#[command(
+    name = "edge-device-sim",
+    version,
+    about = "A simulated device for the edge bridge: device-core's runtime and session over \
+             TCP, TLS, UDP + DTLS or a serial port",
+    after_long_help = CAPABILITIES_HELP
+)]
 // Exactly one way to the bridge.
 #[command(group(clap::ArgGroup::new("transport").required(true).args(["connect", "serial"])))]
 struct Cli {
@@ -54,7 +59,8 @@ struct Cli {
     /// The device id.
     #[arg(long)]
     id: String,
-    /// A capability to offer (echo, sleep, fail, flaky); repeat for several.
+    /// A capability to offer (echo, sleep, fail, flaky, count; payloads in --help); repeat
+    /// for several.
     #[arg(long = "capability", required = true)]
     capabilities: Vec<String>,
     /// A lock tasks may name (lock ids in the order given); repeat for several, at most 4.
@@ -85,14 +91,24 @@ struct Cli {
     /// (`--tls-ca`, `--tls-cert`, `--tls-key` apply to DTLS then).
     #[arg(long)]
     dtls: bool,
-    /// Hex pre-shared key for DTLS; the PSK identity is `--id`.
+    /// Hex pre-shared key for DTLS; the PSK identity is `--id`. Other users of the host see
+    /// it in the process list (`ps`): prefer `--psk-file` outside a lab.
     #[arg(
         long,
         value_name = "HEX",
         requires = "dtls",
-        conflicts_with = "tls_cert"
+        conflicts_with_all = ["tls_cert", "psk_file"]
     )]
     psk: Option<String>,
+    /// A file holding the hex pre-shared key (as `--psk` takes it; surrounding whitespace
+    /// ignored), so the key stays out of the process list.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "dtls",
+        conflicts_with = "tls_cert"
+    )]
+    psk_file: Option<std::path::PathBuf>,
     /// The PSK identity, when it is not `--id` (the bridge then refuses the device: for
     /// testing the identity rule).
     #[arg(long, requires = "psk")]
@@ -120,10 +136,17 @@ impl Dtls {
         if !cli.dtls {
             return Ok(None);
         }
-        let credential = match (&cli.psk, &cli.tls_ca, &cli.tls_cert, &cli.tls_key) {
-            (Some(hex), None, None, None) => Credential::Psk {
+        let psk = match (&cli.psk, &cli.psk_file) {
+            (Some(hex), _) => {
+                Some(broker_config::parse_psk(hex).map_err(|e| format!("--psk: {e}"))?)
+            }
+            (None, Some(path)) => Some(psk_from_file(path)?),
+            (None, None) => None,
+        };
+        let credential = match (psk, &cli.tls_ca, &cli.tls_cert, &cli.tls_key) {
+            (Some(key), None, None, None) => Credential::Psk {
                 identity: cli.psk_identity.clone().unwrap_or_else(|| cli.id.clone()),
-                key: broker_config::parse_psk(hex).map_err(|e| format!("--psk: {e}"))?,
+                key,
             },
             (None, Some(ca), Some(cert), Some(key)) => Credential::Certificate {
                 cert: cert.clone(),
@@ -132,7 +155,10 @@ impl Dtls {
                 server_name: cli.tls_server_name.clone(),
             },
             _ => {
-                return Err("--dtls needs --psk HEX, or --tls-ca, --tls-cert and --tls-key".into());
+                return Err(
+                    "--dtls needs --psk HEX or --psk-file FILE, or --tls-ca, --tls-cert and --tls-key"
+                        .into(),
+                );
             }
         };
         let settings = dtls_client::ClientSettings {
@@ -145,6 +171,14 @@ impl Dtls {
         let context = dtls_client::context(&settings).map_err(|e| e.to_string())?;
         Ok(Some(Self { context, settings }))
     }
+}
+
+/// The key of `--psk-file`: the file's text, hex as `--psk` takes it. The error names the
+/// flag and the file, never the key.
+fn psk_from_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--psk-file {}: {e}", path.display()))?;
+    broker_config::parse_psk(text.trim()).map_err(|e| format!("--psk-file {}: {e}", path.display()))
 }
 
 /// TLS towards the bridge: rustls with its ring provider.
@@ -200,6 +234,26 @@ impl Tls {
         }))
     }
 }
+
+/// The built-in capabilities, for `--help` (kept beside the handlers below, which parse these
+/// payloads and build these results).
+const CAPABILITIES_HELP: &str = "\
+Capabilities (--capability NAME; the task's payload and result are JSON):
+  echo   payload: anything. Result: the payload, unchanged.
+  sleep  payload: {\"ms\":N}. Runs N milliseconds, one step per millisecond (preemption and
+         cancellation land between steps). Result: {\"slept_ms\":N}.
+  fail   payload: anything. Fails with error code 7.
+  flaky  payload: anything. Every other execution fails with a transient code (0x8001, so
+         the bridge tries again); the others succeed as echo.
+  count  payload: {\"steps\":N}. Counts N steps, at most one per millisecond; may be
+         preempted and resumes from its checkpoint, on this device or another. Result:
+         {\"counted\":N,\"first_step_here\":S}, S being the step this device started at
+         (0 unless it resumed a checkpoint).
+  A payload without its number (sleep, count) fails with code 2; a result too large for
+  the device fails with code 1. --hang makes every capability take its task and never end.
+
+DTLS keys: --psk HEX shows the key to every user of the host (ps, /proc); --psk-file FILE
+reads it from a file instead (hex, as --psk takes it).";
 
 /// Where executions are logged, with this boot's id.
 static EXEC_LOG: std::sync::OnceLock<(std::sync::Mutex<std::fs::File>, u32)> =
@@ -333,6 +387,10 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(edge_bridge::logging::ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
 
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -296,6 +296,7 @@ fn start_broker(
             let settings = MqttSettings {
                 host: addr.ip().to_string(),
                 port: addr.port(),
+                bridge_id: config.bridge_id.clone(),
                 client_id,
                 credentials: access.users.is_some().then(|| access.bridge_login.clone()),
                 root,
@@ -316,6 +317,7 @@ fn start_broker(
             let settings = MqttSettings {
                 host: host.clone(),
                 port: *port,
+                bridge_id: config.bridge_id.clone(),
                 client_id,
                 credentials: username
                     .clone()

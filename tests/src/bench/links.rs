@@ -177,7 +177,7 @@ impl LinkedBridge {
                 .unwrap_or_default()
         };
         // The ready line lists the device links in the order of the file: TCP, then DTLS.
-        let (mqtt, devices) = (field("mqtt="), field("devices="));
+        let (mqtt, devices) = (field("mqtt="), crate::listening_links(&line));
         let (Some(&mqtt), [tcp, udp]) = (mqtt.first(), devices.as_slice()) else {
             return Err(fail(format!("unexpected ready line {line:?}")));
         };
