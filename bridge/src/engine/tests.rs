@@ -1079,14 +1079,22 @@ fn lock_names_become_the_devices_lock_ids() {
     );
 }
 
-/// The device documents in the outbox, as (device id, online), in order.
-fn documents(s: &Sim) -> Vec<(String, bool)> {
-    s.e.queue()
-        .outbox(100)
-        .unwrap()
+/// Publishes the outbox: its entries, oldest first, acknowledged and gone with a commit.
+fn publish(s: &mut Sim) -> Vec<OutboxEntry> {
+    let entries = s.e.queue().outbox(10_000).unwrap();
+    let keys: Vec<u64> = entries.iter().map(|(k, _)| *k).collect();
+    s.e.handle_published(&keys);
+    s.e.commit().unwrap();
+    entries.into_iter().map(|(_, o)| o).collect()
+}
+
+/// The device documents published since the last call, as (device id, online), in order
+/// (a document replaced by a newer one of its device before it was published is not).
+fn documents(s: &mut Sim) -> Vec<(String, bool)> {
+    publish(s)
         .into_iter()
-        .filter(|(_, o)| o.subtopic.starts_with("devices/"))
-        .map(|(_, o)| {
+        .filter(|o| o.subtopic.starts_with("devices/"))
+        .map(|o| {
             let doc: serde_json::Value = serde_json::from_str(&o.payload).unwrap();
             (
                 o.subtopic["devices/".len()..].to_owned(),
@@ -1102,6 +1110,7 @@ fn documents(s: &Sim) -> Vec<(String, bool)> {
 fn a_new_session_of_the_same_device_on_its_link_keeps_the_link() {
     let mut s = Sim::new();
     s.up(LINK, hello(), 4);
+    assert_eq!(documents(&mut s), [("dev-1".into(), true)]);
     let mut restarted = hello();
     restarted.boot_id += 1;
     let released = s.up(LINK, restarted, 4);
@@ -1109,10 +1118,7 @@ fn a_new_session_of_the_same_device_on_its_link_keeps_the_link() {
         released.commands.is_empty(),
         "the link was closed under its new session"
     );
-    assert_eq!(
-        documents(&s),
-        [("dev-1".into(), true), ("dev-1".into(), true)]
-    );
+    assert_eq!(documents(&mut s), [("dev-1".into(), true)]);
     // It is the device on the link: tasks reach it there.
     s.submit(r#"{"id":"t","capability":"echo"}"#);
     assert_eq!(assigns(&s.turn(), LINK).len(), 1);
@@ -1136,14 +1142,11 @@ fn another_device_on_a_link_takes_the_previous_one_offline() {
     s.up(LINK, hello(), 4);
     s.submit(r#"{"id":"t","capability":"echo","device":"dev-1"}"#);
     assert_eq!(assigns(&s.turn(), LINK).len(), 1);
+    assert_eq!(documents(&mut s), [("dev-1".into(), true)]);
     let released = s.up(LINK, hello_of("dev-2"), 4);
     assert_eq!(
-        documents(&s),
-        [
-            ("dev-1".into(), true),
-            ("dev-1".into(), false),
-            ("dev-2".into(), true)
-        ]
+        documents(&mut s),
+        [("dev-1".into(), false), ("dev-2".into(), true)]
     );
     assert_eq!(s.task("t").unwrap().state, TaskState::Dispatched);
     // dev-1's task is not handed to dev-2 on the link dev-1 used.
@@ -2126,14 +2129,12 @@ fn a_device_offline_long_enough_has_its_document_cleared() {
     );
 }
 
-/// The capability documents in the outbox, oldest first: (capability, document or `None` for
-/// a clear).
-fn capability_documents(s: &Sim) -> Vec<(String, Option<serde_json::Value>)> {
-    s.e.queue()
-        .outbox(1_000)
-        .unwrap()
+/// The capability documents published since the last call, oldest first: (capability,
+/// document or `None` for a clear).
+fn capability_documents(s: &mut Sim) -> Vec<(String, Option<serde_json::Value>)> {
+    publish(s)
         .into_iter()
-        .filter_map(|(_, o)| {
+        .filter_map(|o| {
             let name = o.subtopic.strip_prefix("capabilities/")?.to_owned();
             assert!(o.retain, "capability documents are retained");
             let doc = (!o.payload.is_empty()).then(|| serde_json::from_str(&o.payload).unwrap());
@@ -2161,7 +2162,7 @@ fn listed(doc: &serde_json::Value) -> Vec<(String, u64)> {
 fn capability_documents_follow_devices_at_once_and_their_free_slots_at_most_each_second() {
     let mut s = Sim::new();
     s.up(LINK, hello(), 4);
-    let docs = capability_documents(&s);
+    let docs = capability_documents(&mut s);
     assert_eq!(docs.len(), 1, "{docs:?}");
     assert_eq!(docs[0].0, "echo");
     let doc = docs[0].1.as_ref().unwrap();
@@ -2170,24 +2171,27 @@ fn capability_documents_follow_devices_at_once_and_their_free_slots_at_most_each
     assert_eq!(doc["devices"][0]["slots"], 4);
     // A second device: published in the same turn.
     s.up(2, hello_of("dev-2"), 4);
-    let docs = capability_documents(&s);
-    assert_eq!(docs.len(), 2);
+    let docs = capability_documents(&mut s);
+    assert_eq!(docs.len(), 1);
     assert_eq!(
-        listed(docs[1].1.as_ref().unwrap()),
+        listed(docs[0].1.as_ref().unwrap()),
         [("dev-1".to_owned(), 4), ("dev-2".to_owned(), 4)]
     );
     // A task takes a slot: within a second of the last document, the change waits.
     s.now += 10;
     s.submit(r#"{"id":"t1","capability":"echo"}"#);
     s.turn();
-    assert_eq!(capability_documents(&s).len(), 2, "published too soon");
+    assert!(
+        capability_documents(&mut s).is_empty(),
+        "published too soon"
+    );
     let last = s.now - 10;
     assert_eq!(s.e.poll_timeout(), Some(last + discovery::SLOTS_EVERY_MS));
     s.now = last + discovery::SLOTS_EVERY_MS;
     s.turn();
-    let docs = capability_documents(&s);
-    assert_eq!(docs.len(), 3);
-    let doc = docs[2].1.as_ref().unwrap();
+    let docs = capability_documents(&mut s);
+    assert_eq!(docs.len(), 1);
+    let doc = docs[0].1.as_ref().unwrap();
     assert_eq!(doc["free"], 7, "{doc}");
     // Only the task's lease is left to wake for.
     let lease = s.task("t1").unwrap().lease_until_ms;
@@ -2195,18 +2199,39 @@ fn capability_documents_follow_devices_at_once_and_their_free_slots_at_most_each
     // Nothing changed: nothing published.
     s.now += 5_000;
     s.turn();
-    assert_eq!(capability_documents(&s).len(), 3);
+    assert!(capability_documents(&mut s).is_empty());
     // A device leaving is published at once; the last one leaving clears the document.
     s.down(2);
     s.turn();
-    let docs = capability_documents(&s);
-    assert_eq!(docs.len(), 4);
-    assert_eq!(listed(docs[3].1.as_ref().unwrap()).len(), 1);
+    let docs = capability_documents(&mut s);
+    assert_eq!(docs.len(), 1);
+    assert_eq!(listed(docs[0].1.as_ref().unwrap()).len(), 1);
     s.down(LINK);
     s.turn();
-    let docs = capability_documents(&s);
-    assert_eq!(docs.len(), 5);
-    assert_eq!(docs[4], ("echo".to_owned(), None));
+    assert_eq!(capability_documents(&mut s), [("echo".to_owned(), None)]);
+}
+
+/// While the broker is away, documents that change replace each other in the outbox: one per
+/// topic waits, the newest.
+#[test]
+fn capability_documents_do_not_pile_up_while_unpublished() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    for i in 0..20 {
+        s.submit(&format!(r#"{{"id":"t{i}","capability":"echo"}}"#));
+        s.now += discovery::SLOTS_EVERY_MS;
+        s.turn();
+        s.credit(LINK, 4);
+    }
+    s.turn();
+    let waiting =
+        s.e.queue()
+            .outbox(10_000)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, o)| o.subtopic == "capabilities/echo")
+            .count();
+    assert_eq!(waiting, 1);
 }
 
 #[test]
@@ -2218,13 +2243,13 @@ fn a_restart_clears_the_capability_documents_of_devices_not_back() {
     s.up(2, other, 4);
     s.events();
     assert!(
-        capability_documents(&s).is_empty(),
+        capability_documents(&mut s).is_empty(),
         "forgotten once acknowledged"
     );
     s.restart();
     // dev-1 is back in the first turn; dev-2 is not.
     s.up(3, hello(), 4);
-    let docs = capability_documents(&s);
+    let docs = capability_documents(&mut s);
     assert!(docs.contains(&("crc32".to_owned(), None)), "{docs:?}");
     let echo: Vec<_> = docs.iter().filter(|(n, _)| n == "echo").collect();
     assert_eq!(echo.len(), 1, "{docs:?}");
@@ -2236,7 +2261,7 @@ fn a_restart_clears_the_capability_documents_of_devices_not_back() {
     s.events();
     s.restart();
     s.turn();
-    assert!(!capability_documents(&s).contains(&("crc32".to_owned(), None)));
+    assert!(!capability_documents(&mut s).contains(&("crc32".to_owned(), None)));
 }
 
 #[test]
@@ -2246,7 +2271,7 @@ fn a_capability_name_that_is_no_topic_level_gets_no_document() {
     h.capabilities =
         heapless::Vec::from_slice(&["a/#".try_into().unwrap(), "ok".try_into().unwrap()]).unwrap();
     s.up(LINK, h, 1);
-    let names: Vec<String> = capability_documents(&s)
+    let names: Vec<String> = capability_documents(&mut s)
         .into_iter()
         .map(|(n, _)| n)
         .collect();

@@ -485,6 +485,10 @@ pub struct Queue {
     /// Capabilities with a retained discovery document on the broker (stored in the meta
     /// table).
     capability_docs: BTreeSet<String>,
+    /// The newest outbox key of each retained document's topic (device and capability
+    /// documents): a newer document of the topic replaces it in the outbox. A key here may
+    /// have been published and removed since; removing it again changes nothing.
+    retained_latest: HashMap<String, u64>,
     /// Outbox entries (stored and staged) per class: the bound is checked without reading
     /// the table.
     outbox_depth: [u64; CLASSES],
@@ -553,6 +557,7 @@ impl Queue {
             offline: BTreeMap::new(),
             offline_by_time: BTreeSet::new(),
             capability_docs: BTreeSet::new(),
+            retained_latest: HashMap::new(),
             outbox_depth: [0; CLASSES],
             outbox_limit: OUTBOX_LIMIT,
             storage_full: false,
@@ -639,8 +644,18 @@ impl Queue {
         }
         let outbox = read.open_table(OUTBOX).map_err(db_err)?;
         for row in outbox.iter().map_err(db_err)? {
-            let (k, _) = row.map_err(db_err)?;
-            q.outbox_depth[class_of(k.value())] += 1;
+            let (k, v) = row.map_err(db_err)?;
+            let key = k.value();
+            q.outbox_depth[class_of(key)] += 1;
+            // Retained documents left from before the start: the older of a topic go with
+            // the first commit (keys come in ascending order, so the last one stays).
+            if class_of(key) == usize::from(DEVICE_CLASS) {
+                if let Ok(entry) = serde_json::from_slice::<OutboxEntry>(v.value()) {
+                    if let Some(old) = q.retained_latest.insert(entry.subtopic, key) {
+                        q.pending.published.push(old);
+                    }
+                }
+            }
         }
         Ok(q)
     }
@@ -960,11 +975,12 @@ impl Queue {
     }
 
     /// Stages `entry` for the outbox in `class`.
-    fn stage_outbox(&mut self, class: u8, entry: &OutboxEntry) {
+    fn stage_outbox(&mut self, class: u8, entry: &OutboxEntry) -> u64 {
         let key = outbox_key(class, self.next_outbox);
         self.pending.outbox.push((key, json(entry)));
         self.outbox_depth[class_of(key)] += 1;
         self.next_outbox += 1;
+        key
     }
 
     /// Whether an answer (input that changed no task) may still be stored: the disk is not
@@ -1195,7 +1211,14 @@ impl Queue {
     /// while there is room, else published once without storage (see [`Queue::submit`]).
     pub fn notify(&mut self, entry: OutboxEntry) {
         if entry.retain {
-            self.stage_outbox(DEVICE_CLASS, &entry);
+            let key = self.stage_outbox(DEVICE_CLASS, &entry);
+            // Only the newest retained document of a topic matters: an older one still in
+            // the outbox is dropped with this commit (offered already, it is published
+            // before this one, which replaces it on the broker). So documents that change
+            // while the broker is away do not pile up.
+            if let Some(old) = self.retained_latest.insert(entry.subtopic, key) {
+                self.pending.published.push(old);
+            }
         } else {
             self.stage_answer(ANSWER_CLASS, entry, true);
         }

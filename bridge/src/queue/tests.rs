@@ -769,3 +769,63 @@ fn a_quiet_queue_with_waiting_tasks_commits_the_anchor_every_minute_and_an_empty
         committed + KEEP_TIME_EVERY_MS
     );
 }
+
+/// A retained document replaces the older one of its topic still in the outbox (the broker
+/// keeps only the newest anyway), within a commit, across commits and across a reopen; other
+/// topics and events are untouched.
+#[test]
+fn a_newer_retained_document_replaces_the_older_one_waiting_in_the_outbox() {
+    let doc = |topic: &str, n: u32| OutboxEntry {
+        subtopic: topic.into(),
+        payload: format!("{{\"n\":{n}}}"),
+        retain: true,
+    };
+    let retained = |q: &Queue| -> Vec<(String, String)> {
+        q.outbox(1000)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, e)| e.retain)
+            .map(|(_, e)| (e.subtopic, e.payload))
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 100).unwrap();
+    q.notify(doc("devices/a", 1));
+    q.notify(doc("devices/a", 2));
+    q.notify(doc("capabilities/echo", 1));
+    q.commit().unwrap();
+    assert_eq!(
+        retained(&q),
+        [
+            ("devices/a".to_owned(), "{\"n\":2}".to_owned()),
+            ("capabilities/echo".to_owned(), "{\"n\":1}".to_owned())
+        ]
+    );
+    assert_eq!(q.outbox_len(), 2);
+    q.notify(doc("capabilities/echo", 2));
+    q.commit().unwrap();
+    assert_eq!(q.outbox_len(), 2);
+    // Published and removed: a newer document then removes nothing twice.
+    let first = q.outbox(1).unwrap()[0].0;
+    q.published(&[first]);
+    q.commit().unwrap();
+    q.notify(doc("devices/a", 3));
+    q.commit().unwrap();
+    assert_eq!(q.outbox_len(), 2);
+    assert_eq!(
+        retained(&q),
+        [
+            ("capabilities/echo".to_owned(), "{\"n\":2}".to_owned()),
+            ("devices/a".to_owned(), "{\"n\":3}".to_owned())
+        ]
+    );
+    drop(q);
+    let mut q = Queue::open(dir.path(), 100).unwrap();
+    q.notify(doc("devices/a", 4));
+    q.commit().unwrap();
+    assert_eq!(q.outbox_len(), 2);
+    assert_eq!(
+        retained(&q)[1],
+        ("devices/a".to_owned(), "{\"n\":4}".to_owned())
+    );
+}
