@@ -9,13 +9,20 @@ use serde::Serialize;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CapabilityDocument {
     pub capability: String,
-    /// The online devices offering it, by id.
+    /// The online devices offering it, by id: all of them, or the [`MAX_LISTED`] with the
+    /// most free slots when more offer it (so the document stays one modest MQTT message).
     pub devices: Vec<CapabilityDevice>,
-    /// Free slots of all of them together.
+    /// Free slots of all the online devices offering it, listed or not.
     pub free: u32,
+    /// How many online devices offer it, listed or not.
+    pub online: u32,
     /// Wall-clock milliseconds since the Unix epoch when the document was made.
     pub ts_ms: u64,
 }
+
+/// Most devices one capability document lists: about 20 KiB of JSON, well below the
+/// smallest MQTT packet limit the bridge accepts beyond its default (256 KiB).
+pub const MAX_LISTED: usize = 256;
 
 /// One device in a [`CapabilityDocument`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -54,11 +61,12 @@ mod tests {
                 slots: 2,
             }],
             free: 1,
+            online: 1,
             ts_ms: 7,
         };
         assert_eq!(
             doc.to_json(),
-            r#"{"capability":"sensor.read","devices":[{"device_id":"dev-a","free":1,"in_flight":1,"reserved":0,"slots":2}],"free":1,"ts_ms":7}"#
+            r#"{"capability":"sensor.read","devices":[{"device_id":"dev-a","free":1,"in_flight":1,"reserved":0,"slots":2}],"free":1,"online":1,"ts_ms":7}"#
         );
     }
 }

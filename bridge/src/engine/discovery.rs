@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::Engine;
-use crate::api::{self, CapabilityDevice, CapabilityDocument};
+use crate::api::{self, CapabilityDevice, CapabilityDocument, MAX_LISTED};
 use crate::queue::OutboxEntry;
 use crate::time::Now;
 
@@ -29,9 +29,9 @@ pub(super) struct Discovery {
     listed_under: BTreeMap<String, Vec<String>>,
     /// The online devices offering each capability.
     members: BTreeMap<String, BTreeSet<String>>,
-    /// The device entries of each capability's last document, and when it was made (timer
-    /// clock ms): a document is published only when they change.
-    last: BTreeMap<String, (Vec<CapabilityDevice>, u64)>,
+    /// Each capability's last document, and when it was made (timer clock ms): a document is
+    /// published only when its figures change.
+    last: BTreeMap<String, (CapabilityDocument, u64)>,
     /// Capabilities whose figures changed too soon after their last document: published then.
     due: BTreeMap<String, u64>,
     /// Whether the documents left from before the start were looked at.
@@ -126,7 +126,7 @@ impl Engine {
     /// Publishes capability `name`'s document if it differs from the last one, or clears it
     /// when no online device offers it.
     fn publish_capability(&mut self, name: &str, now: Now) {
-        let devices: Vec<CapabilityDevice> = self
+        let mut devices: Vec<CapabilityDevice> = self
             .discovery
             .members
             .get(name)
@@ -157,24 +157,36 @@ impl Engine {
             }
             return;
         }
+        let free = devices.iter().map(|d| d.free).sum();
+        let online = devices.len().min(u32::MAX as usize) as u32;
+        if devices.len() > MAX_LISTED {
+            // The devices with the most room, listed by id.
+            devices.sort_by(|a, b| b.free.cmp(&a.free).then(a.device_id.cmp(&b.device_id)));
+            devices.truncate(MAX_LISTED);
+            devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        }
+        let doc = CapabilityDocument {
+            capability: name.to_owned(),
+            devices,
+            free,
+            online,
+            ts_ms: now.wall_ms,
+        };
         if self
             .discovery
             .last
             .get(name)
-            .is_some_and(|(last, _)| *last == devices)
+            .is_some_and(|(last, _)| same_figures(last, &doc))
         {
             return;
         }
-        let doc = CapabilityDocument {
-            capability: name.to_owned(),
-            free: devices.iter().map(|d| d.free).sum(),
-            devices,
-            ts_ms: now.wall_ms,
-        };
         self.queue.notify(OutboxEntry::new(subtopic, &doc, true));
         self.queue.set_capability_doc(name, true);
-        self.discovery
-            .last
-            .insert(name.to_owned(), (doc.devices, now.ms));
+        self.discovery.last.insert(name.to_owned(), (doc, now.ms));
     }
+}
+
+/// Whether two documents of a capability say the same (their times aside).
+fn same_figures(a: &CapabilityDocument, b: &CapabilityDocument) -> bool {
+    a.devices == b.devices && a.free == b.free && a.online == b.online
 }

@@ -2423,3 +2423,31 @@ fn a_query_lists_tasks_on_devices_first_then_in_dispatch_order_up_to_its_limit()
     assert_eq!(ids(3), ["first", "p0", "p1"]);
     assert_eq!(ids(1), ["first"]);
 }
+
+#[test]
+fn a_capability_offered_by_many_devices_lists_those_with_the_most_room() {
+    let mut s = Sim::new();
+    let n = crate::api::MAX_LISTED + 44;
+    for i in 0..n {
+        // Every fourth device has no free slot.
+        let credit = if i % 4 == 0 { 0 } else { 2 };
+        s.up(10 + i as LinkId, hello_of(&format!("d{i:03}")), credit);
+    }
+    let docs = capability_documents(&mut s);
+    let (_, doc) = docs.last().unwrap();
+    let doc = doc.as_ref().unwrap();
+    assert_eq!(doc["online"], n);
+    assert_eq!(doc["free"], 2 * (n - n.div_ceil(4)));
+    let listed = listed(doc);
+    assert_eq!(listed.len(), crate::api::MAX_LISTED);
+    // Every device with room is listed; full ones fill the rest of the list.
+    assert_eq!(
+        listed.iter().filter(|(_, free)| *free == 2).count(),
+        n - n.div_ceil(4)
+    );
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted, "listed by id");
+    let size = doc.to_string().len();
+    assert!(size < 32 * 1024, "{size} bytes");
+}
