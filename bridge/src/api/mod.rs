@@ -81,6 +81,9 @@ pub enum ErrorCode {
     /// A query on `{root}/query/tasks` that cannot be answered as sent (the message says
     /// which key is wrong).
     InvalidQuery,
+    /// More queries than the bridge answers in a second (each one reads the whole queue):
+    /// asked again a second later, it is answered.
+    TooManyQueries,
     /// A query names a task the bridge does not know (never submitted, or finished so long
     /// ago that its record was dropped).
     UnknownTask,

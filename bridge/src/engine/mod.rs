@@ -257,6 +257,8 @@ pub struct Engine {
     class_quota: [u8; 3],
     /// The capability documents, and the devices whose figures changed since the last.
     discovery: Discovery,
+    /// Queries answered in the current second of the timer clock: (second, count).
+    queries: (u64, u32),
 }
 
 /// Urgent waits the stats are computed over.
@@ -288,6 +290,7 @@ impl Engine {
             unsure: std::collections::BTreeSet::new(),
             class_quota: [100; 3],
             discovery: Discovery::default(),
+            queries: (0, 0),
             unproven_claims: false,
             forget_after_ms: 0,
             offline_resumed: false,

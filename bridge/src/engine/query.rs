@@ -18,6 +18,10 @@ use crate::dispatch::{self, DeviceView};
 use crate::queue::{OutboxEntry, QueueError, TaskRecord};
 use crate::time::Now;
 
+/// Queries answered in one second at most: an answer reads every live task, so a flood of
+/// queries must not hold up the turns that move work.
+pub const QUERIES_PER_SECOND: u32 = 20;
+
 impl Engine {
     /// A message on `{root}/query/tasks`: the answer to publish, as (subtopic, JSON), when it
     /// names where to. One that does not is refused on `{root}/errors` (with the next commit).
@@ -28,6 +32,29 @@ impl Engine {
     ) -> Result<Option<(String, String)>, QueueError> {
         let (reply, answer) = match api::parse_query(payload) {
             Ok(query) => {
+                let second = now.ms / 1000;
+                if self.queries.0 != second {
+                    self.queries = (second, 0);
+                }
+                self.queries.1 += 1;
+                if self.queries.1 > QUERIES_PER_SECOND {
+                    let answer = QueryAnswer {
+                        live: self.queue.len(),
+                        error: Some(ApiError::new(
+                            ErrorCode::TooManyQueries,
+                            format!(
+                                "the bridge answers {QUERIES_PER_SECOND} queries a second; ask \
+                                 again in a second"
+                            ),
+                        )),
+                        ts_ms: now.wall_ms,
+                        ..QueryAnswer::default()
+                    };
+                    return Ok(Some((
+                        format!("query/replies/{}", query.reply),
+                        answer.to_json(),
+                    )));
+                }
                 let answer = self.answer_query(&query, now)?;
                 (query.reply, answer)
             }

@@ -2451,3 +2451,25 @@ fn a_capability_offered_by_many_devices_lists_those_with_the_most_room() {
     let size = doc.to_string().len();
     assert!(size < 32 * 1024, "{size} bytes");
 }
+
+#[test]
+fn queries_beyond_the_budget_of_a_second_are_told_to_ask_again() {
+    let mut s = Sim::new();
+    let now = s.now();
+    let mut refused = 0;
+    for i in 0..query::QUERIES_PER_SECOND + 5 {
+        let q = format!(r#"{{"reply":"r{i}"}}"#);
+        let (topic, answer) = s.e.handle_query(q.as_bytes(), now).unwrap().unwrap();
+        assert_eq!(topic, format!("query/replies/r{i}"));
+        let answer: crate::api::QueryAnswer = serde_json::from_str(&answer).unwrap();
+        if let Some(e) = answer.error {
+            assert_eq!(e.code, ErrorCode::TooManyQueries);
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 5);
+    s.now += 1_000;
+    let now = s.now();
+    let (_, answer) = s.e.handle_query(br#"{"reply":"r"}"#, now).unwrap().unwrap();
+    assert!(!answer.contains("too_many_queries"), "{answer}");
+}
