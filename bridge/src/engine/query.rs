@@ -20,7 +20,7 @@ use crate::time::Now;
 
 /// Queries answered in one second at most: an answer reads every live task, so a flood of
 /// queries must not hold up the turns that move work.
-pub const QUERIES_PER_SECOND: u32 = 20;
+pub(super) const QUERIES_PER_SECOND: u32 = 20;
 
 impl Engine {
     /// A message on `{root}/query/tasks`: the answer to publish, as (subtopic, JSON), when it
