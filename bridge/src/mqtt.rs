@@ -76,6 +76,9 @@ pub struct Publication {
     pub topic: String,
     pub payload: String,
     pub retain: bool,
+    /// Sent at QoS 0: an answer its asker asks again for if it is lost, which must hold no
+    /// place in the QoS 1 window that submissions' acknowledgements and events share.
+    pub at_most_once: bool,
 }
 
 /// From the driver to the engine.
@@ -229,7 +232,15 @@ pub async fn run(
     // Clears of retained API messages published, by topic, whose echo is still to come.
     let mut clearing: HashMap<String, u32> = HashMap::new();
     loop {
-        if !hand_over(&client, &mut waiting, &mut requested, &events).await {
+        if !hand_over(
+            &client,
+            &mut waiting,
+            &mut requested,
+            &events,
+            settings.max_packet_bytes,
+        )
+        .await
+        {
             return;
         }
         // The event loop's future is never dropped before it completes: rumqttc's connection
@@ -245,17 +256,19 @@ pub async fn run(
                     out = publish.recv() => {
                         let Some(out) = out else { return };
                         if out.key == 0 {
-                            // Not an outbox entry (the stats, an answer published once): only the
-                            // newest of a topic matters, and beyond a bound they are dropped (best
-                            // effort; outbox entries never are).
-                            waiting.retain(|w| !(w.key == 0 && w.topic == out.topic));
+                            // Not an outbox entry (the stats, an answer published once): of a
+                            // retained document only the newest matters, and beyond a bound
+                            // they are dropped (best effort; outbox entries never are).
+                            if out.retain {
+                                waiting.retain(|w| !(w.key == 0 && w.retain && w.topic == out.topic));
+                            }
                             if waiting.len() >= WAITING_UNSTORED_MAX {
                                 tracing::debug!(topic = %out.topic, "MQTT request channel full; a document not kept in the outbox is dropped");
                                 continue;
                             }
                         }
                         waiting.push_back(out);
-                        if !hand_over(&client, &mut waiting, &mut requested, &events).await {
+                        if !hand_over(&client, &mut waiting, &mut requested, &events, settings.max_packet_bytes).await {
                             return;
                         }
                     }
@@ -276,11 +289,15 @@ pub async fn run(
                 let status =
                     BridgeStatus::online(&settings.bridge_id, &settings.client_id).to_json();
                 subacks_due = 0;
+                // Queries at QoS 0: a broker holding the bridge's session while it is away
+                // queues nothing for them (a dashboard polling during an outage would crowd
+                // out queued submissions), and a lost one is asked again.
                 let filters = api_filters(&settings.root)
                     .into_iter()
-                    .chain([query_filter(&settings.root)]);
-                for filter in filters {
-                    if client.try_subscribe(filter, QoS::AtLeastOnce).is_ok() {
+                    .map(|f| (f, QoS::AtLeastOnce))
+                    .chain([(query_filter(&settings.root), QoS::AtMostOnce)]);
+                for (filter, qos) in filters {
+                    if client.try_subscribe(filter, qos).is_ok() {
                         subacks_due += 1;
                     } else {
                         tracing::warn!("request channel full while subscribing");
@@ -298,16 +315,20 @@ pub async fn run(
                 let _ = events.send(MqttEvent::Connected).await;
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == query_filter(&settings.root) => {
-                // A retained query would be answered again on every reconnect: ignored.
-                if !p.retain
-                    && api
-                        .send(ApiInput::Query {
-                            payload: p.payload.to_vec(),
-                        })
-                        .await
-                        .is_err()
-                {
-                    return;
+                // A retained query would be answered again on every reconnect: ignored. A
+                // query never waits for room ahead of submissions: when the engine is behind,
+                // it is dropped, and asked again.
+                if !p.retain {
+                    let query = ApiInput::Query {
+                        payload: p.payload.to_vec(),
+                    };
+                    match api.try_send(query) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            tracing::debug!("engine busy; a query is dropped");
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
                 }
                 let (done, handled) = oneshot::channel();
                 let _ = done.send(());
@@ -472,12 +493,22 @@ async fn hand_over(
     waiting: &mut VecDeque<Publication>,
     requested: &mut VecDeque<u64>,
     events: &mpsc::Sender<MqttEvent>,
+    max_packet_bytes: usize,
 ) -> bool {
     while let Some(out) = waiting.pop_front() {
-        if !rumqttc::valid_topic(&out.topic) {
-            // Never publishable (written before device ids were checked): set aside, so
-            // it holds no place in the outbox or here.
-            tracing::warn!(topic = %out.topic, key = out.key, "not a valid MQTT topic; the event is dropped");
+        // The fixed header, the topic's length and the packet id come on top.
+        let size = out.topic.len() + out.payload.len() + 8;
+        let too_large = size > max_packet_bytes;
+        if too_large || !rumqttc::valid_topic(&out.topic) {
+            // Never publishable (a topic written before device ids were checked, or a
+            // message above the packet limit, which rumqttc would refuse by closing the
+            // connection, at every reconnect): set aside, so it holds no place in the
+            // outbox or here.
+            if too_large {
+                tracing::warn!(topic = %out.topic, key = out.key, size, limit = max_packet_bytes, "a message above the MQTT packet limit (broker.max_packet_bytes) is dropped");
+            } else {
+                tracing::warn!(topic = %out.topic, key = out.key, "not a valid MQTT topic; the event is dropped");
+            }
             if out.key != 0
                 && events
                     .send(MqttEvent::Published(vec![out.key]))
@@ -489,14 +520,19 @@ async fn hand_over(
             continue;
         }
         let (topic, retain, payload) = (out.topic.clone(), out.retain, out.payload.clone());
-        if client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-            .is_err()
-        {
+        let qos = if out.at_most_once {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        if client.try_publish(topic, qos, retain, payload).is_err() {
             waiting.push_front(out);
             break;
         }
-        requested.push_back(out.key);
+        // A QoS 0 publish takes no packet id.
+        if !out.at_most_once {
+            requested.push_back(out.key);
+        }
     }
     true
 }

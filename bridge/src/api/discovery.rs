@@ -29,11 +29,12 @@ pub const MAX_LISTED: usize = 256;
 pub struct CapabilityDevice {
     pub device_id: String,
     /// Tasks it can be given now (its free slots, as its link last reported them, less the
-    /// tasks sent since). Some of them may be kept for urgent tasks: see `reserved`.
+    /// tasks sent since). Of them, `reserved` only urgent tasks may take.
     pub free: u32,
     /// Tasks on it now.
     pub in_flight: u32,
-    /// Of its slots, how many only urgent tasks may take.
+    /// Of its free slots, how many only urgent tasks may take (its reserve, less what urgent
+    /// tasks on it hold already).
     pub reserved: u32,
     pub slots: u8,
 }

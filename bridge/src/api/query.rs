@@ -116,6 +116,8 @@ pub enum WaitCode {
     OnDevice,
     /// The task names a device that is not online.
     DeviceOffline,
+    /// The task names a device that is online but does not offer its capability.
+    DeviceLacksCapability,
     /// No online device offers the capability.
     NoDevice,
     /// Devices offer the capability, but none has every lock the task names.
@@ -160,8 +162,15 @@ pub struct TaskView {
 /// The answer to a query.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 pub struct QueryAnswer {
+    /// The task asked about, as the query named it (so a client can tell its answer from
+    /// another's on the same reply topic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// The live tasks asked for, or the one named when it is live.
     pub tasks: Vec<TaskView>,
+    /// The list was cut to keep the answer within the MQTT packet limit.
+    #[serde(default)]
+    pub truncated: bool,
     /// Live tasks in the queue, listed or not.
     pub live: usize,
     /// The final event of the task named, when it has finished.

@@ -237,6 +237,8 @@ impl Engine {
             }
             let why = format!("execution lease ended on device {device}");
             changes.extend(self.again(&id, now, &why));
+            // One task fewer on it: its capability documents' figures change.
+            self.discovery.touch(&device);
         }
         self.queue.apply(changes, now);
     }

@@ -259,6 +259,8 @@ pub struct Engine {
     discovery: Discovery,
     /// Queries answered in the current second of the timer clock: (second, count).
     queries: (u64, u32),
+    /// The longest answer to a query, in bytes.
+    answer_bytes: usize,
 }
 
 /// Urgent waits the stats are computed over.
@@ -291,6 +293,7 @@ impl Engine {
             class_quota: [100; 3],
             discovery: Discovery::default(),
             queries: (0, 0),
+            answer_bytes: 64 * 1024,
             unproven_claims: false,
             forget_after_ms: 0,
             offline_resumed: false,
@@ -873,7 +876,7 @@ impl Engine {
 
 /// Kinds of remote events the engine logs within a budget (see `Engine::log_due`).
 #[derive(Clone, Copy, Debug)]
-enum Remote {
+pub(super) enum Remote {
     /// A submission refused (queue, outbox or disk full, id conflict).
     Rejection,
     /// A cancel for an id never submitted.
@@ -882,10 +885,12 @@ enum Remote {
     Retained,
     /// A link without credentials claiming a proven device id.
     Claim,
+    /// A query that names no reply topic.
+    Query,
 }
 
 impl Remote {
-    const KINDS: usize = 4;
+    const KINDS: usize = 5;
 }
 
 /// Where a refused submission is reported: its status topic when its id was readable, the

@@ -15,7 +15,7 @@ use crate::api::{
     WaitCode, Waiting,
 };
 use crate::dispatch::{self, DeviceView};
-use crate::queue::{OutboxEntry, QueueError, TaskRecord};
+use crate::queue::{QueueError, TaskRecord};
 use crate::time::Now;
 
 /// Queries answered in one second at most: an answer reads every live task, so a flood of
@@ -30,47 +30,48 @@ impl Engine {
         payload: &[u8],
         now: Now,
     ) -> Result<Option<(String, String)>, QueueError> {
+        // Every query counts, answered or refused: each costs a publish.
+        let second = now.ms / 1000;
+        if self.queries.0 != second {
+            self.queries = (second, 0);
+        }
+        self.queries.1 += 1;
+        let over_budget = self.queries.1 > QUERIES_PER_SECOND;
+        let answer = |error: Option<ApiError>, id: Option<String>| QueryAnswer {
+            id,
+            live: self.queue.len(),
+            error,
+            ts_ms: now.wall_ms,
+            ..QueryAnswer::default()
+        };
         let (reply, answer) = match api::parse_query(payload) {
+            Ok(query) if over_budget => {
+                let error = ApiError::new(
+                    ErrorCode::TooManyQueries,
+                    format!(
+                        "the bridge answers {QUERIES_PER_SECOND} queries a second; ask again in \
+                         a second"
+                    ),
+                );
+                (query.reply, answer(Some(error), query.id))
+            }
             Ok(query) => {
-                let second = now.ms / 1000;
-                if self.queries.0 != second {
-                    self.queries = (second, 0);
-                }
-                self.queries.1 += 1;
-                if self.queries.1 > QUERIES_PER_SECOND {
-                    let answer = QueryAnswer {
-                        live: self.queue.len(),
-                        error: Some(ApiError::new(
-                            ErrorCode::TooManyQueries,
-                            format!(
-                                "the bridge answers {QUERIES_PER_SECOND} queries a second; ask \
-                                 again in a second"
-                            ),
-                        )),
-                        ts_ms: now.wall_ms,
-                        ..QueryAnswer::default()
-                    };
-                    return Ok(Some((
-                        format!("query/replies/{}", query.reply),
-                        answer.to_json(),
-                    )));
-                }
                 let answer = self.answer_query(&query, now)?;
                 (query.reply, answer)
             }
             Err(QueryRefusal {
                 reply: Some(reply),
                 error,
-            }) => {
-                let answer = QueryAnswer {
-                    live: self.queue.len(),
-                    error: Some(error),
-                    ts_ms: now.wall_ms,
-                    ..QueryAnswer::default()
-                };
-                (reply, answer)
-            }
+            }) => (reply, answer(Some(error), None)),
             Err(QueryRefusal { reply: None, error }) => {
+                if let Some(so_far) = self.log_due(super::Remote::Query) {
+                    tracing::warn!(so_far, message = %error.message, "a query without a usable reply level refused");
+                }
+                if over_budget {
+                    return Ok(None);
+                }
+                // On `{root}/errors`, best effort: not stored, so a flood of such queries
+                // cannot take the outbox's room for the answers to submissions.
                 let event = ErrorEvent {
                     error,
                     id: None,
@@ -78,18 +79,24 @@ impl Engine {
                     received: String::from_utf8_lossy(payload).chars().take(200).collect(),
                     ts_ms: now.wall_ms,
                 };
-                self.queue
-                    .notify(OutboxEntry::new("errors".into(), &event, false));
-                return Ok(None);
+                let json = serde_json::to_string(&event).expect("events serialise to JSON");
+                return Ok(Some(("errors".to_owned(), json)));
             }
         };
         Ok(Some((format!("query/replies/{reply}"), answer.to_json())))
+    }
+
+    /// The longest answer the bridge publishes, in bytes (the MQTT packet limit less room for
+    /// the topic): a list that would be longer is cut, and says so.
+    pub fn set_answer_limit(&mut self, bytes: usize) {
+        self.answer_bytes = bytes;
     }
 
     /// The answer to `query`. Fails only when the queue cannot be read (a finished task's
     /// record).
     pub fn answer_query(&self, query: &Query, now: Now) -> Result<QueryAnswer, QueueError> {
         let mut answer = QueryAnswer {
+            id: query.id.clone(),
             live: self.queue.len(),
             ts_ms: now.wall_ms,
             ..QueryAnswer::default()
@@ -115,18 +122,30 @@ impl Engine {
             },
             None => {
                 // On a device first (by device, then admission), then queued in dispatch
-                // order: the first `limit` of them without sorting the whole queue.
-                let (mut on, mut queued): (Vec<&TaskRecord>, Vec<&TaskRecord>) =
-                    self.queue.live().partition(|t| t.state.is_on_device());
-                on.sort_by(|a, b| (&a.device, a.seq).cmp(&(&b.device, b.seq)));
-                on.truncate(query.limit);
-                let left = query.limit - on.len();
-                if queued.len() > left && left > 0 {
-                    queued.select_nth_unstable_by_key(left - 1, |t| t.order_key());
+                // order; only the tasks listed are read.
+                let mut on: Vec<&TaskRecord> = Vec::new();
+                for device in self.queue.devices_with_tasks() {
+                    if on.len() >= query.limit {
+                        break;
+                    }
+                    let mut tasks: Vec<&TaskRecord> = self.queue.on_device(device).collect();
+                    tasks.sort_by_key(|t| t.seq);
+                    on.extend(tasks);
                 }
-                queued.truncate(left);
-                queued.sort_by_key(|t| t.order_key());
-                answer.tasks = on.into_iter().chain(queued).map(view).collect();
+                on.truncate(query.limit);
+                let queued = self.queue.first_queued(query.limit - on.len());
+                // The envelope (counts, time, error) takes well under 512 bytes.
+                let mut budget = self.answer_bytes.saturating_sub(512);
+                for t in on.into_iter().chain(queued) {
+                    let v = view(t);
+                    let size = serde_json::to_string(&v).map_or(0, |j| j.len() + 1);
+                    if size > budget {
+                        answer.truncated = true;
+                        break;
+                    }
+                    budget -= size;
+                    answer.tasks.push(v);
+                }
             }
         }
         Ok(answer)
@@ -209,6 +228,16 @@ impl Engine {
         }
         let capable: Vec<(&String, &DeviceView)> = match &t.sub.device {
             Some(named) => match views.get_key_value(named) {
+                Some((_, d)) if !d.capabilities.iter().any(|c| c == cap) => {
+                    return because(
+                        WaitCode::DeviceLacksCapability,
+                        format!(
+                            "the device it names, {named}, is online but does not offer {cap}; \
+                             the task waits until it does (a device declares its capabilities \
+                             when it connects)"
+                        ),
+                    );
+                }
                 Some(v) => vec![v],
                 None => {
                     return because(
@@ -233,15 +262,22 @@ impl Engine {
             .filter(|(_, d)| d.missing_lock(&t.sub.locks).is_none())
             .copied()
             .collect();
+        // A device the task names that cannot take it rejects it once it has a free slot
+        // (dispatch decides only for devices with room).
+        let named_rejects = " when that device has a free slot, the task is rejected";
         if with_locks.is_empty() {
-            return because(
-                WaitCode::NoLock,
-                format!(
+            let message = match &t.sub.device {
+                Some(named) => format!(
+                    "{named} lacks a lock it names ({});{named_rejects} (invalid_locks)",
+                    t.sub.locks.join(", ")
+                ),
+                None => format!(
                     "{} online device(s) offer {cap}, but none has every lock it names ({})",
                     capable.len(),
                     t.sub.locks.join(", ")
                 ),
-            );
+            };
+            return because(WaitCode::NoLock, message);
         }
         let size = t.sub.payload.len();
         let fitting: Vec<(&String, &DeviceView)> = with_locks
@@ -250,15 +286,22 @@ impl Engine {
             .copied()
             .collect();
         if fitting.is_empty() {
-            let max = with_locks.iter().map(|(_, d)| d.max_payload).max();
-            return because(
-                WaitCode::PayloadTooLarge,
-                format!(
-                    "its payload ({size} bytes) is larger than any online device offering {cap} \
-                     takes (at most {} bytes); it waits for one that takes it",
-                    max.unwrap_or(0)
+            let max = with_locks
+                .iter()
+                .map(|(_, d)| d.max_payload)
+                .max()
+                .unwrap_or(0);
+            let message = match &t.sub.device {
+                Some(named) => format!(
+                    "its payload ({size} bytes) is larger than {named} takes (at most {max} \
+                     bytes);{named_rejects} (payload_too_large)"
                 ),
-            );
+                None => format!(
+                    "its payload ({size} bytes) is larger than any online device offering {cap} \
+                     takes (at most {max} bytes); it waits for one that takes it"
+                ),
+            };
+            return because(WaitCode::PayloadTooLarge, message);
         }
         let class = dispatch::class_of(t.sub.priority);
         if room[class] == Some(0) {
@@ -321,12 +364,19 @@ impl Engine {
     }
 }
 
+/// Device names for a message: the first few, and how many more.
 fn names(devices: &[(&String, &DeviceView)]) -> String {
-    devices
+    const SHOWN: usize = 3;
+    let mut text = devices
         .iter()
+        .take(SHOWN)
         .map(|(id, _)| id.as_str())
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if devices.len() > SHOWN {
+        text.push_str(&format!(" and {} more", devices.len() - SHOWN));
+    }
+    text
 }
 
 fn state_word(state: TaskState) -> &'static str {

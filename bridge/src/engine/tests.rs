@@ -2473,3 +2473,75 @@ fn queries_beyond_the_budget_of_a_second_are_told_to_ask_again() {
     let (_, answer) = s.e.handle_query(br#"{"reply":"r"}"#, now).unwrap().unwrap();
     assert!(!answer.contains("too_many_queries"), "{answer}");
 }
+
+#[test]
+fn a_long_list_is_cut_to_the_answer_limit_and_says_so() {
+    let mut s = Sim::new();
+    for i in 0..50 {
+        s.submit(&format!(
+            r#"{{"id":"task-{i:02}","capability":"nowhere","trace_id":"trace-{i}"}}"#
+        ));
+    }
+    s.turn();
+    s.e.set_answer_limit(2_000);
+    let (_, json) =
+        s.e.handle_query(br#"{"reply":"r"}"#, s.now())
+            .unwrap()
+            .unwrap();
+    assert!(json.len() <= 2_000, "{} bytes", json.len());
+    let answer: crate::api::QueryAnswer = serde_json::from_str(&json).unwrap();
+    assert!(answer.truncated);
+    assert_eq!(answer.live, 50);
+    assert!(!answer.tasks.is_empty() && answer.tasks.len() < 50);
+    assert_eq!(answer.tasks[0].id, "task-00", "in dispatch order");
+    // With room, all of them.
+    s.e.set_answer_limit(64 * 1024);
+    s.now += 1_000;
+    let (_, json) =
+        s.e.handle_query(br#"{"reply":"r"}"#, s.now())
+            .unwrap()
+            .unwrap();
+    let answer: crate::api::QueryAnswer = serde_json::from_str(&json).unwrap();
+    assert!(!answer.truncated);
+    assert_eq!(answer.tasks.len(), 50);
+}
+
+#[test]
+fn a_query_about_a_named_device_says_what_dispatch_will_do() {
+    use crate::api::WaitCode;
+    let mut s = Sim::new();
+    let mut full = hello();
+    full.slots = 1;
+    s.up(LINK, full, 1);
+    s.submit(r#"{"id":"fills","capability":"echo"}"#);
+    s.turn();
+    s.submit(r#"{"id":"other-cap","capability":"crc32","device":"dev-1"}"#);
+    s.submit(r#"{"id":"no-lock","capability":"echo","device":"dev-1","locks":["spi9"]}"#);
+    s.turn();
+    let w = why(&s, "other-cap");
+    assert_eq!(w.code, WaitCode::DeviceLacksCapability, "{w:?}");
+    assert!(w.message.contains("does not offer crc32"), "{}", w.message);
+    let w = why(&s, "no-lock");
+    assert_eq!(w.code, WaitCode::NoLock, "{w:?}");
+    assert!(w.message.contains("the task is rejected"), "{}", w.message);
+    // And so it is, once the device has room.
+    let handle = s.task("fills").unwrap().handle();
+    s.report(LINK, handle, TaskReport::Completed, None);
+    s.credit(LINK, 1);
+    s.turn();
+    assert!(s.task("no-lock").is_none(), "rejected, as the answer said");
+}
+
+#[test]
+fn a_query_without_a_reply_level_is_refused_on_the_errors_topic_without_storing_it() {
+    let mut s = Sim::new();
+    let before = s.e.queue().outbox_len();
+    let (topic, json) =
+        s.e.handle_query(br#"{"id":"x"}"#, s.now())
+            .unwrap()
+            .unwrap();
+    assert_eq!(topic, "errors");
+    assert!(json.contains("invalid_query"), "{json}");
+    s.turn();
+    assert_eq!(s.e.queue().outbox_len(), before, "stored in the outbox");
+}

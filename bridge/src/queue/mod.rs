@@ -882,6 +882,52 @@ impl Queue {
             .map(|(lane, set)| (lane, set.iter().filter_map(|(_, id)| self.live.get(id))))
     }
 
+    /// The first `limit` queued tasks in dispatch order (priority, deadline, admission),
+    /// those waiting out a retry delay included, without reading the others: the heads of
+    /// the lanes are merged, so the cost follows `limit` and the number of lanes.
+    pub fn first_queued(&self, limit: usize) -> Vec<&TaskRecord> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut lanes: Vec<_> = self.lanes.values().map(|set| set.iter()).collect();
+        let mut heads = BinaryHeap::new();
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            if let Some((key, id)) = lane.next() {
+                heads.push(Reverse((*key, i, id)));
+            }
+        }
+        // Tasks in a retry delay are in no lane; there are few of them.
+        let mut delayed: Vec<&TaskRecord> = self
+            .delayed
+            .iter()
+            .filter_map(|(_, id)| self.live.get(id))
+            .collect();
+        delayed.sort_by_key(|t| t.order_key());
+        let mut delayed = delayed.into_iter().peekable();
+        let mut out = Vec::with_capacity(limit.min(self.live.len()));
+        while out.len() < limit {
+            let lane_head = heads.peek().map(|Reverse((key, _, _))| *key);
+            let take_delayed = match (lane_head, delayed.peek()) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(key), Some(t)) => t.order_key() < key,
+            };
+            if take_delayed {
+                out.extend(delayed.next());
+                continue;
+            }
+            let Some(Reverse((_, i, id))) = heads.pop() else {
+                break;
+            };
+            if let Some(t) = self.live.get(id) {
+                out.push(t);
+            }
+            if let Some((key, id)) = lanes[i].next() {
+                heads.push(Reverse((*key, i, id)));
+            }
+        }
+        out
+    }
+
     /// Puts the tasks whose retry delay ends at or before `now_ms` into their lanes, where
     /// dispatch sees them.
     pub fn release_delayed(&mut self, now_ms: u64) {

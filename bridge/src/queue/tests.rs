@@ -829,3 +829,43 @@ fn a_newer_retained_document_replaces_the_older_one_waiting_in_the_outbox() {
         ("devices/a".to_owned(), "{\"n\":4}".to_owned())
     );
 }
+
+/// `first_queued` lists what `ready` lists, in the same order, reading only what it lists:
+/// lanes of several capabilities and devices, priorities, deadlines and retry delays mixed.
+#[test]
+fn the_first_queued_tasks_are_the_head_of_the_dispatch_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1_000).unwrap();
+    let now = Now::at(1_000);
+    let mut subs = Vec::new();
+    for i in 0..60u64 {
+        let p = Priority::from_level((i % 6) as u8).unwrap();
+        let mut s = sub(&format!("t{i}"), p, (i % 4 == 0).then_some(10_000 - i * 10));
+        s.capability = ["a", "b", "c"][(i % 3) as usize].into();
+        if i % 5 == 0 {
+            s.device = Some("d1".into());
+        }
+        subs.push(s);
+    }
+    q.submit(subs, now).unwrap();
+    // Some wait out a retry delay.
+    let delayed: Vec<Change> = ["t7", "t13", "t20"]
+        .iter()
+        .map(|id| Change::Requeue {
+            id: (*id).to_owned(),
+            not_before_ms: 50_000,
+        })
+        .collect();
+    q.apply(delayed, now);
+    q.commit().unwrap();
+    let all: Vec<&str> = ids(q.ready());
+    assert_eq!(all.len(), 60);
+    for limit in [0, 1, 7, 59, 60, 100] {
+        let first: Vec<&str> = q
+            .first_queued(limit)
+            .iter()
+            .map(|t| t.sub.id.as_str())
+            .collect();
+        assert_eq!(first, all[..limit.min(60)], "limit {limit}");
+    }
+}

@@ -152,6 +152,9 @@ pub async fn run(
     );
 
     let (broker_stopped, settings) = start_broker(&config)?;
+    // An answer to a query is one message: within the packet limit, with room for its topic.
+    let reply_topic = settings.root.len() + "/query/replies/".len() + crate::api::MAX_ID;
+    engine.set_answer_limit(settings.max_packet_bytes.saturating_sub(reply_topic + 16));
     let mqtt_addr = format!("{}:{}", settings.host, settings.port)
         .parse()
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], settings.port)));
@@ -438,6 +441,7 @@ impl Driver {
                         topic: format!("{}/bridge/stats", self.root),
                         payload: stats.to_json(),
                         retain: true,
+                        at_most_once: false,
                     };
                     // Periodic and retained: a stats document that finds the channel full
                     // is replaced by the next.
@@ -504,6 +508,7 @@ impl Driver {
                             topic: format!("{}/{subtopic}", self.root),
                             payload,
                             retain: false,
+                            at_most_once: true,
                         });
                     }
                 }
@@ -649,12 +654,6 @@ impl Driver {
         if let Some(key) = released.appended {
             self.pump.appended(key);
         }
-        for answer in self.answers.drain(..) {
-            // Best effort, like the stats: a client that gets no answer asks again.
-            if self.publish.try_send(answer).is_err() {
-                tracing::debug!("MQTT driver busy; a query's answer is dropped");
-            }
-        }
         self.deliver(released);
         if let Some((from, max)) = self.pump.want() {
             let pump = &self.pump;
@@ -666,11 +665,19 @@ impl Driver {
                     topic: format!("{}/{}", self.root, entry.subtopic),
                     payload: entry.payload,
                     retain: entry.retain,
+                    at_most_once: false,
                 };
                 if self.publish.try_send(publication).is_err() {
                     break;
                 }
                 self.pump.offered(key);
+            }
+        }
+        // Last, after acknowledgements and events: best effort, like the stats (a client
+        // that gets no answer asks again).
+        for answer in self.answers.drain(..) {
+            if self.publish.try_send(answer).is_err() {
+                tracing::debug!("MQTT driver busy; a query's answer is dropped");
             }
         }
         Ok(())
@@ -689,6 +696,7 @@ impl Driver {
                 topic: format!("{}/{}", self.root, entry.subtopic),
                 payload: entry.payload,
                 retain: entry.retain,
+                at_most_once: false,
             };
             if self.publish.try_send(publication).is_err() {
                 tracing::warn!(topic = %entry.subtopic, "an unstored answer could not be published");
