@@ -34,6 +34,8 @@
 //! - [`mqtt`]: the MQTT client driver (rumqttc): API in, outbox out, PUBACK after commit.
 //! - [`link`]: device links (plain TCP, TLS with client certificates, UDP + DTLS, serial
 //!   ports): transport tasks driving device-core sessions, and the identity rule.
+//! - [`metrics`]: the optional Prometheus endpoint: a snapshot the run loop takes when
+//!   scraped, its text format, and a small HTTP/1.1 responder.
 //! - [`broker`]: the embedded MQTT broker (rumqttd).
 //! - [`tls`]: rustls client settings for an external broker, and the PEM readers.
 //! - [`throttle`]: the budget of log lines about remote events (bad frames, failed
@@ -48,6 +50,7 @@ pub mod broker;
 pub mod dispatch;
 pub mod engine;
 pub mod link;
+pub mod metrics;
 pub mod mqtt;
 pub mod queue;
 pub mod run;
