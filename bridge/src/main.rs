@@ -149,9 +149,14 @@ fn run(
         .context("starting the runtime")?;
     runtime.block_on(edge_bridge::run::run(config, jumps, |ready| {
         let devices: Vec<String> = ready.devices.iter().map(ToString::to_string).collect();
+        // The metrics endpoint's address only when it is on.
+        let metrics = ready
+            .metrics
+            .map(|addr| format!(" metrics={addr}"))
+            .unwrap_or_default();
         // One line on stdout for scripts and tests; logs go to stderr.
         println!(
-            "edge-bridge ready: mqtt={} devices={}",
+            "edge-bridge ready: mqtt={} devices={}{metrics}",
             ready.mqtt,
             devices.join(",")
         );

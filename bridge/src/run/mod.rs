@@ -31,6 +31,8 @@ use crate::api::{BridgeStatus, OfflineReason};
 use crate::broker::loss::CursorJump;
 use crate::engine::{Engine, Leases, LinkInput, Released, ResourcePolicy, Retry, Ticket, Urgency};
 use crate::link::{self, LinkCommand, LinkEvent, LinkId};
+use crate::metrics::http::SnapshotRequest;
+use crate::metrics::{LinkKind, Snapshot};
 use crate::mqtt::{self, ApiInput, MqttEvent, MqttSettings, Publication};
 use crate::queue::{Queue, QueueError};
 use crate::time::Clock;
@@ -87,6 +89,13 @@ pub enum RunError {
     /// The MQTT driver's task ended (it ends only when the bridge does).
     #[error("the MQTT driver stopped")]
     MqttStopped,
+    /// The metrics endpoint's socket could not be opened.
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The addresses the bridge ended up listening on (port 0 resolved).
@@ -94,6 +103,8 @@ pub enum RunError {
 pub struct Ready {
     pub mqtt: SocketAddr,
     pub devices: Vec<SocketAddr>,
+    /// The metrics endpoint, when `[metrics] listen` turns it on.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Runs the bridge; `ready` is called once everything listens and the MQTT API is live
@@ -173,9 +184,23 @@ pub async fn run(
     let (link_tx, link_events) = mpsc::channel::<LinkEvent>(1024);
     let devices = links::start(&config.links, &link_tx).await?;
     drop(link_tx);
+    let (metrics, scrapes) = match config.metrics.listen {
+        Some(listen) => {
+            let (addr, scrapes) = crate::metrics::http::start(listen)
+                .await
+                .map_err(|source| RunError::Metrics {
+                    addr: listen,
+                    source,
+                })?;
+            tracing::info!(%addr, "metrics endpoint listening (GET /metrics)");
+            (Some(addr), Some(scrapes))
+        }
+        None => (None, None),
+    };
     let ready = Ready {
         mqtt: mqtt_addr,
         devices,
+        metrics,
     };
     let notifier = Notifier::from_env();
     let watchdog = notifier.watchdog_interval().map(|period| {
@@ -198,6 +223,8 @@ pub async fn run(
         client,
         storage,
         notifier,
+        link_kinds: config.links.iter().map(LinkKind::of).collect(),
+        broker_connections: 0,
     };
     let inputs = Inputs {
         api,
@@ -208,6 +235,7 @@ pub async fn run(
         signals,
         stats: tokio::time::interval(config.stats_interval),
         watchdog,
+        scrapes,
     };
     driver.run(inputs, Some((announce, ready))).await
 }
@@ -342,6 +370,8 @@ struct Inputs {
     stats: tokio::time::Interval,
     /// Pings systemd's watchdog (`WatchdogSec=`), when it has one.
     watchdog: Option<tokio::time::Interval>,
+    /// Scrapes of the metrics endpoint asking for a snapshot (none when it is off).
+    scrapes: Option<mpsc::Receiver<SnapshotRequest>>,
 }
 
 /// Answers waiting for a commit, by the ticket the engine knows them by.
@@ -387,6 +417,11 @@ struct Driver {
     storage: Storage,
     /// systemd's READY, WATCHDOG and STOPPING notifications (nothing without systemd).
     notifier: Notifier,
+    /// The kind of each configured link, in order: a link id tells its listener
+    /// ([`links::listener_of`]), so sessions are counted per kind.
+    link_kinds: Vec<LinkKind>,
+    /// Connections to the MQTT broker made since the start (metrics).
+    broker_connections: u64,
 }
 
 impl Driver {
@@ -438,6 +473,17 @@ impl Driver {
                     let _ = self.publish.try_send(publication);
                 }
                 Some(jump) = inputs.jumps.recv() => self.on_jump(jump),
+                Some(reply) = async {
+                    match inputs.scrapes.as_mut() {
+                        Some(scrapes) => scrapes.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Between two turns: every figure is from the last commit. Nothing
+                    // changed, so no turn follows.
+                    let _ = reply.send(self.metrics());
+                    continue;
+                }
                 _ = async {
                     match inputs.watchdog.as_mut() {
                         Some(interval) => interval.tick().await,
@@ -599,9 +645,26 @@ impl Driver {
         }
     }
 
+    /// A metrics snapshot: the engine's figures, and the sessions and broker connection the
+    /// run loop knows of.
+    fn metrics(&self) -> Snapshot {
+        let mut snapshot = self.engine.metrics(self.clock.now());
+        for link in self.links.keys() {
+            if let Some(kind) = self.link_kinds.get(links::listener_of(*link)) {
+                snapshot.sessions[*kind as usize] += 1;
+            }
+        }
+        snapshot.broker_connected = self.pump.is_connected();
+        snapshot.broker_connections = self.broker_connections;
+        snapshot
+    }
+
     fn on_mqtt(&mut self, event: MqttEvent) {
         match event {
-            MqttEvent::Connected => self.pump.connected(),
+            MqttEvent::Connected => {
+                self.broker_connections += 1;
+                self.pump.connected();
+            }
             MqttEvent::Subscribed => self
                 .notifier
                 .status(&format!("running; MQTT API live on {}", self.root)),
