@@ -186,13 +186,7 @@ pub async fn run(
     drop(link_tx);
     let (metrics, scrapes) = match config.metrics.listen {
         Some(listen) => {
-            let (addr, scrapes) = crate::metrics::http::start(listen)
-                .await
-                .map_err(|source| RunError::Metrics {
-                    addr: listen,
-                    source,
-                })?;
-            tracing::info!(%addr, "metrics endpoint listening (GET /metrics)");
+            let (addr, scrapes) = start_metrics(listen).await?;
             (Some(addr), Some(scrapes))
         }
         None => (None, None),
@@ -238,6 +232,21 @@ pub async fn run(
         scrapes,
     };
     driver.run(inputs, Some((announce, ready))).await
+}
+
+/// Starts the metrics endpoint on `listen`: the address it got, and where its scrapes ask the
+/// run loop for snapshots.
+async fn start_metrics(
+    listen: SocketAddr,
+) -> Result<(SocketAddr, mpsc::Receiver<SnapshotRequest>), RunError> {
+    let (addr, scrapes) = crate::metrics::http::start(listen)
+        .await
+        .map_err(|source| RunError::Metrics {
+            addr: listen,
+            source,
+        })?;
+    tracing::info!(%addr, "metrics endpoint listening (GET /metrics)");
+    Ok((addr, scrapes))
 }
 
 /// The engine's grace period and execution leases from the `[queue]` settings.
