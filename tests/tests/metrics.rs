@@ -3,7 +3,7 @@
 //! with a plain HTTP client and parsed here. The text must be well formed (HELP and TYPE for
 //! every family, conventional names) and its figures must be the real ones: the tasks queued
 //! per priority, the device's slots and tasks, its session, the dispatch waits, the broker
-//! connection, the tasks that finished, the TLS handshakes that failed.
+//! connection, the tasks that finished, the TLS and DTLS handshakes that failed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -494,42 +494,67 @@ fn make_certificates(dir: &Path) {
     issue_certificate(dir, "bridge", "bridge", "ca", ext);
 }
 
-#[tokio::test]
-async fn failed_tls_handshakes_are_counted_for_the_tls_kind() {
+/// A device's pre-shared key on the test's DTLS link.
+const KEY: &str = "00112233445566778899aabbccddeeff";
+
+/// Failed handshakes are counted per link kind: two clients speaking plain text to a TLS link
+/// (the handshake fails at once) count 2 for `tls`; a DTLS client with an identity the link has
+/// no key for (it fails at once too) counts 1 for `dtls`; no session opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_handshakes_are_counted_per_link_kind() {
     let dir = tempfile::tempdir().unwrap();
     make_certificates(dir.path());
-    let mut config = with_metrics("metrics-tls");
+    let mut config = with_metrics("metrics-handshakes");
     if let broker_config::BrokerConfig::Embedded { listen, .. } = &mut config.broker {
         *listen = ANY_PORT;
     }
-    config.links = vec![LinkConfig::Tls {
-        listen: ANY_PORT,
-        cert_file: dir.path().join("bridge.pem"),
-        key_file: dir.path().join("bridge.key"),
-        client_ca_file: dir.path().join("ca.pem"),
-        handshake_timeout: Duration::from_secs(10),
-        max_connections: 16,
-        max_connections_per_address: 16,
-        max_handshakes: 4,
-    }];
+    config.links = vec![
+        LinkConfig::Tls {
+            listen: ANY_PORT,
+            cert_file: dir.path().join("bridge.pem"),
+            key_file: dir.path().join("bridge.key"),
+            client_ca_file: dir.path().join("ca.pem"),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 16,
+            max_connections_per_address: 16,
+            max_handshakes: 4,
+        },
+        LinkConfig::Dtls(broker_config::DtlsLink {
+            listen: ANY_PORT,
+            psk: BTreeMap::from([("dev-a".to_owned(), KEY.to_owned())]),
+            psk_file: None,
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            ciphers: broker_config::DEFAULT_DTLS_CIPHERS.to_owned(),
+            mtu: 1200,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_sessions: 16,
+            max_sessions_per_identity: 1,
+            max_half_open: 16,
+            max_half_open_per_address: 16,
+            handshakes_per_second: 100,
+            handshakes_per_second_per_address: 100,
+        }),
+    ];
     let file = write_config(dir.path(), &config);
     let (bridge, _log) = start_bridge_with_log(&dir.path().join("data"), &file);
+    let (tls, dtls) = (bridge.listeners[0], bridge.listeners[1]);
     let addr = bridge.metrics.expect("metrics= in the ready line");
-    let e = scrape(addr);
-    assert_eq!(
+    let failures = |e: &Exposition, kind: &str| {
         e.value(
             "edge_bridge_link_handshake_failures_total",
-            &[("kind", "tls")]
-        ),
-        0.0
-    );
+            &[("kind", kind)],
+        )
+    };
+    let e = scrape(addr);
+    assert_eq!((failures(&e, "tls"), failures(&e, "dtls")), (0.0, 0.0));
 
-    // Two clients that speak plain text to the TLS listener: the handshake fails at once.
     for _ in 0..2 {
-        let link = bridge.devices;
         tokio::task::spawn_blocking(move || {
             use std::io::{Read, Write};
-            let mut c = std::net::TcpStream::connect(link).expect("connect to the TLS link");
+            let mut c = std::net::TcpStream::connect(tls).expect("connect to the TLS link");
             c.set_read_timeout(Some(WAIT)).unwrap();
             c.write_all(b"HELLO I AM NOT TLS\r\n\r\n").unwrap();
             // Whatever the bridge answers (a TLS alert), it closes the connection.
@@ -539,31 +564,33 @@ async fn failed_tls_handshakes_are_counted_for_the_tls_kind() {
         .await
         .unwrap();
     }
-    let e = scrape_until(addr, "two failed TLS handshakes", |e| {
-        e.value(
-            "edge_bridge_link_handshake_failures_total",
-            &[("kind", "tls")],
-        ) >= 2.0
+    // A real DTLS client; it may wait for a reply after the failure: killed when done with.
+    let _client = edge_tests::Proc {
+        child: std::process::Command::new("openssl")
+            .args(["s_client", "-dtls1_2", "-connect", &dtls.to_string()])
+            .args([
+                "-psk",
+                KEY,
+                "-psk_identity",
+                "nobody",
+                "-cipher",
+                "PSK-AES128-CCM8",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl is not installed: tests/run.sh installs it"),
+        name: "openssl s_client",
+    };
+    let e = scrape_until(addr, "2 failed TLS and 1 failed DTLS handshakes", |e| {
+        failures(e, "tls") >= 2.0 && failures(e, "dtls") >= 1.0
     })
     .await;
-    assert_eq!(
-        e.value(
-            "edge_bridge_link_handshake_failures_total",
-            &[("kind", "tls")]
-        ),
-        2.0
-    );
-    assert_eq!(
-        e.value(
-            "edge_bridge_link_handshake_failures_total",
-            &[("kind", "dtls")]
-        ),
-        0.0
-    );
-    assert_eq!(
-        e.value("edge_bridge_link_sessions", &[("kind", "tls")]),
-        0.0
-    );
+    assert_eq!((failures(&e, "tls"), failures(&e, "dtls")), (2.0, 1.0));
+    for kind in ["tls", "dtls"] {
+        assert_eq!(e.value("edge_bridge_link_sessions", &[("kind", kind)]), 0.0);
+    }
 }
 
 /// The time of a scrape with several devices and a thousand queued tasks: the snapshot costs
