@@ -300,6 +300,58 @@ mod tests {
         assert_eq!(route(b"GET /\xff HTTP/1.1\r\n\r\n"), Route::BadRequest);
     }
 
+    /// Sends `request` on a new connection to `addr` and reads to the end (the server closes);
+    /// what came before the end, if the connection was reset (a refused connection is closed
+    /// with the request unread, which resets it).
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let mut answer = Vec::new();
+        if c.write_all(request).await.is_err() {
+            return answer;
+        }
+        let read = c.read_to_end(&mut answer);
+        let _ = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the server closes the connection");
+        answer
+    }
+
+    /// Beyond [`MAX_SCRAPES`] connections at once, one is closed unanswered; once one of them
+    /// ends, scrapes are served again (with the snapshot the run loop hands over).
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_unanswered() {
+        let (addr, mut scrapes) = start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        // The run loop's part: a snapshot per request.
+        tokio::spawn(async move {
+            while let Some(reply) = scrapes.recv().await {
+                let _ = reply.send(Snapshot::default());
+            }
+        });
+        let get = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
+        let ok = exchange(addr, get).await;
+        assert!(ok.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        // Connections that send nothing hold every slot (for up to READ_TIMEOUT).
+        let mut idle = Vec::new();
+        for _ in 0..MAX_SCRAPES {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Accepted in order: the connection after them finds no slot. (The server may not
+        // have taken the idle ones yet when this one connects; it takes them first.)
+        assert_eq!(exchange(addr, get).await, b"");
+        drop(idle);
+        // Their tasks end when they see the close; until then scrapes may still be refused.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = exchange(addr, get).await;
+            if answer.starts_with(b"HTTP/1.1 200 OK\r\n") {
+                break;
+            }
+            assert_eq!(answer, b"", "refused or served, nothing else");
+            assert!(tokio::time::Instant::now() < deadline, "no slot came back");
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[test]
     fn a_response_announces_its_length_and_closes() {
         let r = response(200, "text/plain", b"abc", false);
