@@ -34,6 +34,8 @@
 //! - [`mqtt`]: the MQTT client driver (rumqttc): API in, outbox out, PUBACK after commit.
 //! - [`link`]: device links (plain TCP, TLS with client certificates, UDP + DTLS, serial
 //!   ports): transport tasks driving device-core sessions, and the identity rule.
+//! - [`metrics`]: the optional Prometheus endpoint: a snapshot the run loop takes when
+//!   scraped, its text format, and a small HTTP/1.1 responder.
 //! - [`broker`]: the embedded MQTT broker (rumqttd).
 //! - [`client`]: the client commands (`submit`, `watch`, `tasks`): the MQTT API from the
 //!   other side, for application developers and operators.
@@ -55,6 +57,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod link;
 pub mod logging;
+pub mod metrics;
 pub mod mqtt;
 pub mod preflight;
 pub mod queue;

@@ -329,9 +329,17 @@ fn run(
     let links = config.links.clone();
     runtime.block_on(edge_bridge::run::run(config, jumps, |ready| {
         let links = ready_links(&links, &ready.devices);
-        tracing::info!(mqtt = %ready.mqtt, links = %links, "ready");
+        tracing::info!(mqtt = %ready.mqtt, links = %links, metrics = ?ready.metrics, "ready");
+        // The metrics endpoint's address only when it is on.
+        let metrics = ready
+            .metrics
+            .map(|addr| format!(" metrics={addr}"))
+            .unwrap_or_default();
         // One line on stdout for scripts and tests; logs go to stderr.
-        println!("edge-bridge ready: mqtt={} links={links}", ready.mqtt);
+        println!(
+            "edge-bridge ready: mqtt={} links={links}{metrics}",
+            ready.mqtt
+        );
     }))?;
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! - [`LinkConfig`]: how devices reach the bridge.
 //! - [`QueueConfig`]: the durable queue's bounds and retry policy.
 //! - [`StorageConfig`]: how much of the data directory's disk stays free.
+//! - [`MetricsConfig`]: the optional Prometheus endpoint.
 //! - [`ConfigError`]: what can be wrong, naming the field.
 //! - `check`: [`Config::check`], the whole configuration checked before the bridge opens
 //!   anything: every invalid value, the files it names, listen addresses that collide, the
@@ -166,6 +167,16 @@ pub struct Config {
     /// Resources shared across devices that submissions may name (`[[resource]]`).
     #[serde(rename = "resource", skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<ResourceConfig>,
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint (`GET /metrics`): off unless `listen` is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where the endpoint listens (port 0: a free one). Off by default: a gateway that is
+    /// not scraped should not hold a port open, and the figures name its devices.
+    pub listen: Option<SocketAddr>,
 }
 
 /// QoS classes over priority bands — realtime (P0–P1), guaranteed (P2–P3), besteffort
@@ -301,6 +312,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             links: vec![LinkConfig::tcp(SocketAddr::from(([127, 0, 0, 1], 7878)))],
             resources: Vec::new(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -1294,7 +1306,43 @@ impl Config {
                 in_links.push((i, e));
             }
         }
+        if let Err(e) = self.validate_metrics() {
+            found.push(e);
+        }
         InvalidValues { found, in_links }
+    }
+
+    /// The metrics endpoint must not take a TCP port the broker or a device link listens on
+    /// (the bridge would fail to start, naming the wrong listener).
+    fn validate_metrics(&self) -> Result<(), ConfigError> {
+        let Some(listen) = self.metrics.listen.filter(|l| l.port() != 0) else {
+            return Ok(());
+        };
+        let broker = match &self.broker {
+            BrokerConfig::Embedded { listen, tls, .. } => {
+                vec![Some(*listen), tls.as_ref().map(|t| t.listen)]
+            }
+            BrokerConfig::External { .. } => Vec::new(),
+        };
+        let links = self.links.iter().map(|l| match l {
+            LinkConfig::Tcp { listen, .. } | LinkConfig::Tls { listen, .. } => Some(*listen),
+            // UDP (DTLS) and serial ports take no TCP port.
+            LinkConfig::Dtls(_) | LinkConfig::Serial { .. } => None,
+        });
+        // A wildcard address takes the port on every address.
+        let clash = |a: SocketAddr| {
+            a.port() == listen.port()
+                && (a.ip() == listen.ip()
+                    || a.ip().is_unspecified()
+                    || listen.ip().is_unspecified())
+        };
+        if broker.into_iter().chain(links).flatten().any(clash) {
+            return Err(invalid(
+                "metrics.listen",
+                format!("{listen} is taken by the broker or a device link"),
+            ));
+        }
+        Ok(())
     }
 }
 

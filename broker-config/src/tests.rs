@@ -24,6 +24,54 @@ fn the_default_files_tls_link_example_is_valid() {
     assert!(matches!(c.links[..], [LinkConfig::Tls { .. }]), "{example}");
 }
 
+/// The commented metrics example of the default file, uncommented, turns the endpoint on.
+#[test]
+fn the_default_files_metrics_example_is_valid_and_metrics_are_off_by_default() {
+    assert_eq!(Config::default().metrics.listen, None);
+    let start = DEFAULT_CONFIG
+        .find("# [metrics]\n")
+        .expect("a commented metrics example");
+    let example: String = DEFAULT_CONFIG[start..]
+        .lines()
+        .map_while(|l| l.strip_prefix("# "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = Config::from_toml(&example, "example").unwrap();
+    assert_eq!(
+        c.metrics.listen,
+        Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        "{example}"
+    );
+}
+
+#[test]
+fn the_metrics_endpoint_may_not_take_a_port_of_the_broker_or_a_device_link() {
+    for text in [
+        "[metrics]\nlisten = \"127.0.0.1:1883\"",
+        "[metrics]\nlisten = \"0.0.0.0:7878\"",
+        "[[link]]\nkind = \"tcp\"\nlisten = \"0.0.0.0:9000\"\n[metrics]\nlisten = \"127.0.0.1:9000\"",
+    ] {
+        match Config::from_toml(text, "t") {
+            Err(ConfigError::Invalid { field, .. }) => {
+                assert_eq!(field, "metrics.listen", "{text}");
+            }
+            other => panic!("{text}: expected an invalid metrics.listen, got {other:?}"),
+        }
+    }
+    // Port 0 takes a free port; a UDP (DTLS) port is not a TCP port; another address is free.
+    for text in [
+        "[metrics]\nlisten = \"127.0.0.1:0\"",
+        "[metrics]\nlisten = \"127.0.0.2:1883\"",
+        "[[link]]\nkind = \"dtls\"\nlisten = \"127.0.0.1:9000\"\npsk = { d = \"00112233445566778899aabbccddeeff\" }\n[metrics]\nlisten = \"127.0.0.1:9000\"",
+    ] {
+        Config::from_toml(text, "t").unwrap_or_else(|e| panic!("{text}: {e}"));
+    }
+    let e = error("[metrics]\nlisten = \"localhost\"");
+    assert!(e.contains("listen"), "{e}");
+    let e = error("[metrics]\nport = 9464");
+    assert!(e.contains("port"), "{e}");
+}
+
 #[test]
 fn an_empty_file_is_the_default_config() {
     assert_eq!(Config::from_toml("", "empty").unwrap(), Config::default());

@@ -7,8 +7,8 @@
 //! executable (`tests/run.sh` builds them first); a missing one fails the test loudly.
 //!
 //! # Layout
-//! - this file: processes (bridge, device simulators, mosquitto) and the [`Watcher`] client
-//!   the end-to-end tests share;
+//! - this file: processes (bridge, device simulators, mosquitto), the [`Watcher`] client
+//!   the end-to-end tests share, and a plain HTTP client ([`http_request`]);
 //! - [`bench`](mod@bench): the benchmark behind the `edge-bench` binary (and its smoke test);
 //! - [`rogue`]: a rogue device on device-core's wire format and session, for tests of what
 //!   the bridge does with devices that misbehave.
@@ -80,6 +80,8 @@ pub struct Bridge {
     pub devices: SocketAddr,
     /// Every device listener, in the configuration's order.
     pub listeners: Vec<SocketAddr>,
+    /// The metrics endpoint, when the configuration turns it on (`metrics=` in the ready line).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Starts `edge-bridge run` with `args` (plus port-0 listeners unless given) and waits for
@@ -181,21 +183,21 @@ pub fn wait_ready(mut child: Child) -> Bridge {
     };
     let line = read_line_with_deadline(stdout, Duration::from_secs(30))
         .expect("edge-bridge printed no ready line in 30 s");
-    let field = |key: &str| -> Vec<SocketAddr> {
-        let v = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key} in {line:?}"));
-        v.split(',')
-            .map(|a| a.parse().unwrap_or_else(|e| panic!("{key}{v}: {e}")))
-            .collect()
+    let optional = |key: &str| -> Option<Vec<SocketAddr>> {
+        let v = line.split_whitespace().find_map(|w| w.strip_prefix(key))?;
+        let addrs = v
+            .split(',')
+            .map(|a| a.parse().unwrap_or_else(|e| panic!("{key}{v}: {e}")));
+        Some(addrs.collect())
     };
+    let field = |key: &str| optional(key).unwrap_or_else(|| panic!("no {key} in {line:?}"));
     let listeners = listening_links(&line);
     assert!(!listeners.is_empty(), "no listening link in {line:?}");
     Bridge {
         mqtt: field("mqtt=")[0],
         devices: listeners[0],
         listeners,
+        metrics: optional("metrics=").map(|m| m[0]),
         proc,
     }
 }
@@ -852,6 +854,73 @@ pub fn last_state(seen: &[(String, Value)], id: &str) -> Option<String> {
         .rev()
         .find(|(t, v)| t.ends_with("/status") && v.get("id").and_then(Value::as_str) == Some(id))
         .and_then(|(_, v)| v.get("state").and_then(Value::as_str).map(str::to_owned))
+}
+
+/// An HTTP response as [`http_request`] read it.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names in lower case, values trimmed, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends one HTTP/1.1 request (`method` on `path`, no body) to `addr` over plain TCP and reads
+/// the response to the end of the connection (the server closes it); 10 s at most for each
+/// read and write. A client with nothing between the test and the server's bytes, so it sees
+/// exactly what a scraper gets.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> HttpResponse {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the HTTP server");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("write timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .expect("read the response to its end");
+    let text = String::from_utf8(raw).expect("a UTF-8 response");
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of the response head in {text:?}"));
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP/1.1 status line: {status_line:?}"));
+    let headers = lines
+        .map(|l| {
+            let (n, v) = l
+                .split_once(':')
+                .unwrap_or_else(|| panic!("a header without ':': {l:?}"));
+            (n.to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
 }
 
 /// A TCP proxy on loopback in front of a device link, to cut a device's connection and to

@@ -52,6 +52,7 @@ use crate::api::{
 use crate::backoff::{Backoff, SplitMix64};
 use crate::dispatch::{self, Decision, DeviceView};
 use crate::link::{LinkCommand, LinkId};
+use crate::metrics::{DeviceFigures, DeviceLoad, Histogram, Snapshot};
 use crate::queue::{Admission, Change, Checkpoint, OutboxEntry, Queue, QueueError};
 use crate::time::Now;
 
@@ -261,6 +262,11 @@ pub struct Engine {
     queries: (u64, u32),
     /// The longest answer to a query, in bytes.
     answer_bytes: usize,
+    /// Metrics: acceptance to first dispatch, per priority (wall clock, as `urgent_waits`).
+    dispatch_waits: [Histogram; Priority::LEVELS],
+    /// Metrics: submissions rejected before they became tasks (unparsable, undeclared
+    /// resources, refused by the queue); the queue counts the tasks that finished.
+    rejected_submissions: u64,
 }
 
 /// Urgent waits the stats are computed over.
@@ -299,6 +305,8 @@ impl Engine {
             offline_resumed: false,
             dispatch_examined: 0,
             remote_events: [0; Remote::KINDS],
+            dispatch_waits: Default::default(),
+            rejected_submissions: 0,
         }
     }
 
@@ -370,12 +378,14 @@ impl Engine {
                 Ok(s) => match self.undeclared(&s.resources) {
                     None => subs.push(s),
                     Some(message) => {
+                        self.rejected_submissions += 1;
                         let error = ApiError::new(ErrorCode::InvalidResources, message);
                         let event = StatusEvent::rejected(s.id, s.trace_id, error, now.wall_ms);
                         self.queue.notify(OutboxEntry::status(&event));
                     }
                 },
                 Err(rejection) => {
+                    self.rejected_submissions += 1;
                     let entry = rejection_entry(rejection, &payload, now.wall_ms);
                     self.queue.notify(entry);
                 }
@@ -385,6 +395,7 @@ impl Engine {
         if !subs.is_empty() {
             for outcome in self.queue.submit(subs, now)? {
                 if let Admission::Rejected(code) = outcome {
+                    self.rejected_submissions += 1;
                     if let Some(so_far) = self.log_due(Remote::Rejection) {
                         tracing::warn!(?code, so_far, "submission rejected");
                     }
@@ -748,6 +759,12 @@ impl Engine {
                 let first_wait = (task.attempt == 0
                     && !self.urgency.urgent_at.outranks(task.sub.priority))
                 .then(|| now.wall_ms.saturating_sub(task.submitted_ms));
+                // Its first dispatch: not one after a refused Assign, a lost device or a
+                // take-back (those wait again, but the submitter's wait was this one).
+                let first_dispatch = (task.attempt == 0 && task.preemptions == 0).then(|| {
+                    let wait = now.wall_ms.saturating_sub(task.submitted_ms);
+                    (usize::from(task.sub.priority.level()), wait)
+                });
                 // A checkpoint goes just ahead of the Assign, to a device that resumes the
                 // capability; elsewhere the task starts over.
                 let restore = task.checkpoint.clone().filter(|_| {
@@ -763,6 +780,9 @@ impl Engine {
                             let handle = assign.handle;
                             let command = LinkCommand::Restore { handle, checkpoint };
                             self.staged.commands.push((online.link, command));
+                        }
+                        if let Some((level, wait)) = first_dispatch {
+                            self.dispatch_waits[level].observe(wait);
                         }
                         if let Some(wait) = first_wait {
                             if self.urgent_waits.len() == URGENT_WAITS_KEPT {
@@ -870,6 +890,55 @@ impl Engine {
             // The caller measures the disk.
             storage: StorageStats::default(),
             ts_ms: now.wall_ms,
+        }
+    }
+}
+
+impl Engine {
+    /// The engine's part of a metrics [`Snapshot`] (the caller adds what the run loop knows:
+    /// sessions and the broker connection). Costs one step per device known; nothing scans
+    /// the queue.
+    pub fn metrics(&self, now: Now) -> Snapshot {
+        let mut devices: Vec<DeviceFigures> = self
+            .devices
+            .iter()
+            .map(|(id, o)| DeviceFigures {
+                id: id.clone(),
+                online: Some(DeviceLoad {
+                    slots: o.hello.slots,
+                    in_flight: self.queue.in_flight(id) as u64,
+                    credit: o.credit,
+                    reserved: o.reserve,
+                }),
+            })
+            .collect();
+        // Known devices not online (u64::MAX marks the online ones in the queue's record).
+        let offline =
+            self.queue.offline().iter().filter(|(id, since)| {
+                **since != u64::MAX && self.devices.get(id.as_str()).is_none()
+            });
+        devices.extend(offline.map(|(id, _)| DeviceFigures {
+            id: id.clone(),
+            online: None,
+        }));
+        devices.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let mut finished = *self.queue.finished();
+        finished.count_many(TaskState::Rejected, self.rejected_submissions);
+        Snapshot {
+            devices,
+            queued: self.queue.depth(),
+            oldest_queued_ms: self
+                .queue
+                .oldest_queued_ms()
+                .map(|accepted| now.wall_ms.saturating_sub(accepted)),
+            dispatch_waits: self.dispatch_waits.clone(),
+            deadline_misses: self.expired,
+            preemptions: self.preemptions,
+            finished,
+            live: self.queue.len() as u64,
+            outbox: self.queue.outbox_len(),
+            submissions_lost: self.submissions_lost,
+            ..Snapshot::default()
         }
     }
 }

@@ -2545,3 +2545,72 @@ fn a_query_without_a_reply_level_is_refused_on_the_errors_topic_without_storing_
     s.turn();
     assert_eq!(s.e.queue().outbox_len(), before, "stored in the outbox");
 }
+
+// ----- metrics -----
+
+/// The metrics snapshot: a task's wait is observed once, at its first dispatch (a refused
+/// `Assign` does not count it again), in its priority's histogram; the queue's depth and its
+/// oldest task's age follow the queue; finished tasks are counted by state, rejected
+/// submissions included; the device shows its slots, tasks and credit.
+#[test]
+fn metrics_count_first_dispatches_queued_tasks_and_terminal_states() {
+    let mut s = Sim::new();
+    s.submit(r#"{"id":"a","capability":"echo","priority":2}"#);
+    s.now += 30;
+    s.submit(r#"{"id":"b","capability":"echo","priority":4}"#);
+    s.submit(r#"{"id":"c","capability":"echo","priority":4}"#);
+    s.submit("not json");
+    s.turn();
+    let m = s.e.metrics(s.now());
+    assert_eq!(m.queued, [0, 0, 1, 0, 2, 0]);
+    assert_eq!(m.oldest_queued_ms, Some(30), "a waited 30 ms");
+    assert_eq!(m.finished.get(TaskState::Rejected), 1);
+    assert!(m.devices.is_empty());
+
+    s.now += 20;
+    let h = assigns(&s.up(LINK, hello(), 1), LINK)[0].handle;
+    assert_eq!(s.task("a").unwrap().state, TaskState::Dispatched);
+    let m = s.e.metrics(s.now());
+    assert_eq!(m.dispatch_waits[2].count(), 1);
+    assert_eq!(
+        m.dispatch_waits[2].sum_ms(),
+        50,
+        "accepted at 1000, dispatched at 1050"
+    );
+    assert_eq!(m.queued, [0, 0, 0, 0, 2, 0]);
+    assert_eq!(m.oldest_queued_ms, Some(20), "b and c waited 20 ms");
+    let dev = &m.devices[..];
+    assert_eq!(dev.len(), 1);
+    assert_eq!(dev[0].id, "dev-1");
+    let load = dev[0].online.expect("online");
+    assert_eq!((load.slots, load.in_flight, load.credit), (4, 1, 0));
+
+    // Refused, and dispatched again: still one observation.
+    s.link(LINK, LinkInput::Refused { handle: h });
+    s.credit(LINK, 1);
+    s.turn();
+    assert_eq!(s.task("a").unwrap().state, TaskState::Dispatched);
+    assert_eq!(s.e.metrics(s.now()).dispatch_waits[2].count(), 1);
+
+    s.report(LINK, h, TaskReport::Completed, None);
+    s.credit(LINK, 1);
+    let ticket = s.ticket();
+    s.e.handle_cancel("b", ticket, s.now()).unwrap();
+    s.turn();
+    let m = s.e.metrics(s.now());
+    assert_eq!(m.finished.get(TaskState::Completed), 1);
+    assert_eq!(m.finished.get(TaskState::Cancelled), 1);
+    // c took the freed slot.
+    assert_eq!(m.dispatch_waits[4].count(), 1);
+    assert_eq!(m.live, 1);
+    assert_eq!(m.oldest_queued_ms, None);
+
+    s.down(LINK);
+    s.turn();
+    let m = s.e.metrics(s.now());
+    assert_eq!(m.devices.len(), 1);
+    assert_eq!(
+        (m.devices[0].id.as_str(), m.devices[0].online),
+        ("dev-1", None)
+    );
+}

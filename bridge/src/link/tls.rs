@@ -228,6 +228,7 @@ async fn connection(
     let timeout = handshakes.timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let failed = |why: &dyn std::fmt::Display, what: &str| {
+        crate::metrics::handshake_failed(crate::metrics::LinkKind::Tls);
         if let Some(suppressed) = HANDSHAKE_FAILURES.admit(std::time::Instant::now()) {
             tracing::warn!(link, %peer, error = %why, suppressed, "{what}; connection closed");
         }

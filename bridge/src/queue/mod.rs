@@ -454,6 +454,11 @@ pub struct Queue {
     on_device: HashMap<String, BTreeSet<String>>,
     /// Queued tasks per priority level.
     depth: [u64; 6],
+    /// Queued tasks by admission order, with the wall-clock ms they were accepted: the first
+    /// is the one queued longest (metrics).
+    queued_since: BTreeSet<(u64, u64)>,
+    /// Tasks that finished since the queue opened, per terminal state (metrics).
+    finished: crate::metrics::Finished,
     /// Live tasks by device handle (unique per task), so a device's report finds its task
     /// from durable state alone, also right after a restart.
     by_handle: HashMap<u32, String>,
@@ -543,6 +548,8 @@ impl Queue {
             holders: BTreeMap::new(),
             on_device: HashMap::new(),
             depth: [0; 6],
+            queued_since: BTreeSet::new(),
+            finished: crate::metrics::Finished::default(),
             by_handle: HashMap::new(),
             next_seq: 1,
             next_outbox: 1,
@@ -721,6 +728,7 @@ impl Queue {
                     .insert((rec.order_key(), id.clone()));
             }
             self.depth[usize::from(rec.sub.priority.level())] += 1;
+            self.queued_since.insert((rec.seq, rec.submitted_ms));
             if let Some(d) = rec.deadline_at_ms {
                 self.deadlines.insert((d, id.clone()));
             }
@@ -766,6 +774,7 @@ impl Queue {
                 }
             }
             self.depth[usize::from(old.sub.priority.level())] -= 1;
+            self.queued_since.remove(&(old.seq, old.submitted_ms));
             if let Some(d) = old.deadline_at_ms {
                 self.deadlines.remove(&(d, id.to_owned()));
             }
@@ -829,6 +838,16 @@ impl Queue {
         {
             self.pending.clock = true;
         }
+    }
+
+    /// When the task queued longest was accepted (wall-clock ms), if any task is queued.
+    pub fn oldest_queued_ms(&self) -> Option<u64> {
+        self.queued_since.first().map(|&(_, accepted)| accepted)
+    }
+
+    /// Tasks that finished since the queue opened, per terminal state.
+    pub fn finished(&self) -> &crate::metrics::Finished {
+        &self.finished
     }
 
     /// Live tasks (queued or on a device).
@@ -1239,6 +1258,7 @@ impl Queue {
             state: TaskState::Cancelled,
             ..StatusEvent::rejected(id.to_owned(), None, error, now.wall_ms)
         };
+        self.finished.count(TaskState::Cancelled);
         self.pending
             .done_by_id
             .insert(id.to_owned(), self.pending.done.len());
@@ -1342,6 +1362,7 @@ impl Queue {
                     error,
                     ..
                 } => {
+                    self.finished.count(state);
                     let mut e = rec.event(state, now_ms);
                     e.result = result;
                     e.error = error;

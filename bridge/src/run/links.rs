@@ -17,6 +17,11 @@ use crate::link::{self, LinkEvent, LinkId};
 /// about 248 days at 200 DTLS handshakes a second and spilled into the next listener's ids).
 const LINK_ID_SPAN: u64 = 1 << 48;
 
+/// The index, in the configuration's list, of the link whose listener gave `link` its id.
+pub(super) fn listener_of(link: LinkId) -> usize {
+    usize::try_from(link / LINK_ID_SPAN).unwrap_or(usize::MAX)
+}
+
 /// Connections a device listener queues before it accepts them. A fleet reconnecting at
 /// once after a restart overflows the usual 128 (each overflow costs a device a 1 s SYN
 /// retransmission).

@@ -31,6 +31,8 @@ use crate::api::{BridgeStatus, OfflineReason};
 use crate::broker::loss::CursorJump;
 use crate::engine::{Engine, Leases, LinkInput, Released, ResourcePolicy, Retry, Ticket, Urgency};
 use crate::link::{self, LinkCommand, LinkEvent, LinkId};
+use crate::metrics::http::SnapshotRequest;
+use crate::metrics::{LinkKind, Snapshot};
 use crate::mqtt::{self, ApiInput, MqttEvent, MqttSettings, Publication};
 use crate::queue::{Queue, QueueError};
 use crate::time::Clock;
@@ -87,6 +89,13 @@ pub enum RunError {
     /// The MQTT driver's task ended (it ends only when the bridge does).
     #[error("the MQTT driver stopped")]
     MqttStopped,
+    /// The metrics endpoint's socket could not be opened.
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The addresses the bridge ended up listening on (port 0 resolved).
@@ -94,6 +103,8 @@ pub enum RunError {
 pub struct Ready {
     pub mqtt: SocketAddr,
     pub devices: Vec<SocketAddr>,
+    /// The metrics endpoint, when `[metrics] listen` turns it on.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Runs the bridge; `ready` is called once everything listens and the MQTT API is live
@@ -176,9 +187,17 @@ pub async fn run(
     let (link_tx, link_events) = mpsc::channel::<LinkEvent>(1024);
     let devices = links::start(&config.links, &link_tx).await?;
     drop(link_tx);
+    let (metrics, scrapes) = match config.metrics.listen {
+        Some(listen) => {
+            let (addr, scrapes) = start_metrics(listen).await?;
+            (Some(addr), Some(scrapes))
+        }
+        None => (None, None),
+    };
     let ready = Ready {
         mqtt: mqtt_addr,
         devices,
+        metrics,
     };
     let notifier = Notifier::from_env();
     let watchdog = notifier.watchdog_interval().map(|period| {
@@ -202,6 +221,8 @@ pub async fn run(
         storage,
         notifier,
         answers: Vec::new(),
+        link_kinds: config.links.iter().map(LinkKind::of).collect(),
+        broker_connections: 0,
     };
     let inputs = Inputs {
         api,
@@ -212,8 +233,24 @@ pub async fn run(
         signals,
         stats: tokio::time::interval(config.stats_interval),
         watchdog,
+        scrapes,
     };
     driver.run(inputs, Some((announce, ready))).await
+}
+
+/// Starts the metrics endpoint on `listen`: the address it got, and where its scrapes ask the
+/// run loop for snapshots.
+async fn start_metrics(
+    listen: SocketAddr,
+) -> Result<(SocketAddr, mpsc::Receiver<SnapshotRequest>), RunError> {
+    let (addr, scrapes) = crate::metrics::http::start(listen)
+        .await
+        .map_err(|source| RunError::Metrics {
+            addr: listen,
+            source,
+        })?;
+    tracing::info!(%addr, "metrics endpoint listening (GET /metrics)");
+    Ok((addr, scrapes))
 }
 
 /// The engine's grace period and execution leases from the `[queue]` settings.
@@ -348,6 +385,8 @@ struct Inputs {
     stats: tokio::time::Interval,
     /// Pings systemd's watchdog (`WatchdogSec=`), when it has one.
     watchdog: Option<tokio::time::Interval>,
+    /// Scrapes of the metrics endpoint asking for a snapshot (none when it is off).
+    scrapes: Option<mpsc::Receiver<SnapshotRequest>>,
 }
 
 /// Answers waiting for a commit, by the ticket the engine knows them by.
@@ -396,6 +435,11 @@ struct Driver {
     /// Answers to queries, published after the turn's commit (an answer never shows a task
     /// that a crash could still lose).
     answers: Vec<Publication>,
+    /// The kind of each configured link, in order: a link id tells its listener
+    /// ([`links::listener_of`]), so sessions are counted per kind.
+    link_kinds: Vec<LinkKind>,
+    /// Connections to the MQTT broker made since the start (metrics).
+    broker_connections: u64,
 }
 
 impl Driver {
@@ -448,6 +492,17 @@ impl Driver {
                     let _ = self.publish.try_send(publication);
                 }
                 Some(jump) = inputs.jumps.recv() => self.on_jump(jump),
+                Some(reply) = async {
+                    match inputs.scrapes.as_mut() {
+                        Some(scrapes) => scrapes.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Between two turns: every figure is from the last commit. Nothing
+                    // changed, so no turn follows.
+                    let _ = reply.send(self.metrics());
+                    continue;
+                }
                 _ = async {
                     match inputs.watchdog.as_mut() {
                         Some(interval) => interval.tick().await,
@@ -626,9 +681,26 @@ impl Driver {
         }
     }
 
+    /// A metrics snapshot: the engine's figures, and the sessions and broker connection the
+    /// run loop knows of.
+    fn metrics(&self) -> Snapshot {
+        let mut snapshot = self.engine.metrics(self.clock.now());
+        for link in self.links.keys() {
+            if let Some(kind) = self.link_kinds.get(links::listener_of(*link)) {
+                snapshot.sessions[*kind as usize] += 1;
+            }
+        }
+        snapshot.broker_connected = self.pump.is_connected();
+        snapshot.broker_connections = self.broker_connections;
+        snapshot
+    }
+
     fn on_mqtt(&mut self, event: MqttEvent) {
         match event {
-            MqttEvent::Connected => self.pump.connected(),
+            MqttEvent::Connected => {
+                self.broker_connections += 1;
+                self.pump.connected();
+            }
             MqttEvent::Subscribed => self
                 .notifier
                 .status(&format!("running; MQTT API live on {}", self.root)),

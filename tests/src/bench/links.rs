@@ -187,6 +187,7 @@ impl LinkedBridge {
                 mqtt,
                 devices: *tcp,
                 listeners: devices.clone(),
+                metrics: field("metrics=").first().copied(),
             },
             udp: *udp,
             log,

@@ -755,6 +755,7 @@ pub async fn serve(
                             tracing::info!(?local, %from, names = ?identity.names, %reason, sessions = count, half_open, "DTLS session ended");
                         }
                         None => {
+                            crate::metrics::handshake_failed(crate::metrics::LinkKind::Dtls);
                             if let Some(suppressed) = HANDSHAKE_FAILURES.admit(std::time::Instant::now()) {
                                 tracing::warn!(?local, %from, %reason, suppressed, sessions = count, half_open, "DTLS session ended without proving a device");
                             }
