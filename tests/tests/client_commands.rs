@@ -167,6 +167,9 @@ async fn discovery_why_it_waits_submit_and_watch_against_a_running_bridge() {
     let out = cli(mqtt, &["tasks", "never-submitted"], None).await;
     expect_code(&out, 1, "tasks for an unknown id");
     assert!(text(&out.stderr).contains("no task never-submitted"));
+    let out = cli(mqtt, &["watch", "never-submitted"], None).await;
+    expect_code(&out, 1, "watch an unknown id");
+    assert!(text(&out.stderr).contains("no task never-submitted"));
     // A free slot makes the waiting one run: cancel the long ones.
     for i in 0..8 {
         w.cancel(ROOT, &format!("long-{i}")).await;
@@ -217,7 +220,7 @@ async fn discovery_why_it_waits_submit_and_watch_against_a_running_bridge() {
         "{}",
         text(&out.stderr)
     );
-    let lines = "{\"id\":\"ok-1\",\"capability\":\"echo\"}\nnot json\n[1]\n{\"id\":\"ok-1\",\"capability\":\"echo\"}\n";
+    let lines = "{\"id\":\"ok-1\",\"capability\":\"echo\"}\nnot json\n[1]\n{\"id\":\"ok-1\",\"capability\":\"echo\"}\n{\"id\":\"a/b\",\"capability\":\"echo\"}\n";
     let out = cli(mqtt, &["submit", "-f", "-"], Some(lines)).await;
     expect_code(&out, 1, "bad lines");
     assert_eq!(text(&out.stdout), "ok-1\tqueued\n");
@@ -226,6 +229,7 @@ async fn discovery_why_it_waits_submit_and_watch_against_a_running_bridge() {
         "line 2: not JSON",
         "line 3: not a JSON object",
         "line 4: id ok-1 was submitted before",
+        "line 5: id \"a/b\" is not a task id",
     ] {
         assert!(err.contains(says), "{err}");
     }
@@ -317,6 +321,7 @@ async fn submit_sends_again_what_got_no_answer_and_every_line_is_one_task() {
         .lines()
         .map(|l| l.strip_suffix("\tqueued").unwrap_or_else(|| panic!("{l}")))
         .collect();
+    assert_eq!(ids.len(), LINES, "one confirmation per line");
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), LINES, "each line confirmed once");

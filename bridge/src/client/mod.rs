@@ -259,6 +259,90 @@ pub async fn subscribe(
     }
 }
 
+/// What [`ask`] got: the bridge's answer (parsed and as sent), and the other messages that
+/// came meanwhile, in order, for the caller to handle.
+#[derive(Debug)]
+pub struct Asked {
+    pub answer: crate::api::QueryAnswer,
+    pub raw: Vec<u8>,
+    pub others: Vec<(String, Vec<u8>)>,
+}
+
+/// Asks the bridge on `{root}/query/tasks` (the reply topic `{root}/query/replies/{reply}`
+/// must be subscribed) and waits for its answer. The query goes again every second while no
+/// answer comes (answers travel at QoS 0) or the bridge says it is busy, until `within`; an
+/// answer about another task on the same reply topic is not taken.
+pub async fn ask(
+    client: &AsyncClient,
+    events: &mut mpsc::UnboundedReceiver<Incoming>,
+    target: &Target,
+    reply: &str,
+    id: Option<&str>,
+    limit: Option<usize>,
+    within: Duration,
+) -> anyhow::Result<Asked> {
+    let reply_topic = format!("{}/query/replies/{reply}", target.root);
+    let query = serde_json::json!({"reply": reply, "id": id, "limit": limit}).to_string();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut others = Vec::new();
+    let mut busy = None;
+    loop {
+        client
+            .publish(
+                format!("{}/query/tasks", target.root),
+                QoS::AtLeastOnce,
+                false,
+                query.clone(),
+            )
+            .await?;
+        let again = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+        loop {
+            match tokio::time::timeout_at(again, events.recv()).await {
+                Ok(Some(Incoming::Message { topic, payload })) if topic == reply_topic => {
+                    let Ok(answer) = serde_json::from_slice::<crate::api::QueryAnswer>(&payload)
+                    else {
+                        continue;
+                    };
+                    if answer.id.as_deref() != id {
+                        continue;
+                    }
+                    match &answer.error {
+                        Some(e) if e.code == crate::api::ErrorCode::TooManyQueries => {
+                            busy = Some(e.message.clone());
+                        }
+                        _ => {
+                            return Ok(Asked {
+                                answer,
+                                raw: payload,
+                                others,
+                            });
+                        }
+                    }
+                }
+                Ok(Some(Incoming::Message { topic, payload })) => others.push((topic, payload)),
+                Ok(Some(_)) => {}
+                Ok(None) => anyhow::bail!("the MQTT connection task ended"),
+                Err(_) => break,
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if let Some(message) = busy {
+                anyhow::bail!("the bridge is busy: {message} (for {within:?})");
+            }
+            anyhow::bail!(
+                "no answer on {reply_topic} within {within:?}: is the bridge running and \
+                 connected to {}:{}, is its topic root {} (--root, --bridge-id or --config), \
+                 and do the broker's access rules let this user publish to {}/query/tasks and \
+                 read the answer?",
+                target.host,
+                target.port,
+                target.root,
+                target.root
+            );
+        }
+    }
+}
+
 /// A token for a reply topic or generated ids: 16 hex digits, different at every run.
 pub fn token() -> String {
     let mut bytes = [0u8; 8];

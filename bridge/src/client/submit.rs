@@ -192,7 +192,9 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
     // Ids of this run: waiting for the bridge's answer, then (with --wait) for the end.
     let mut pending: HashMap<String, Pending> = HashMap::new();
-    let mut running: HashSet<String> = HashSet::new();
+    // With --wait: accepted and not ended, with their text, sent again after a reconnect
+    // (the bridge answers a known id with its current or final state).
+    let mut running: HashMap<String, String> = HashMap::new();
     let mut known: HashSet<String> = HashSet::new();
     let mut ended: HashSet<String> = HashSet::new();
     let mut exhausted = false;
@@ -208,11 +210,22 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<Summary> {
                 Some(Ok((line, mut task))) => {
                     let map = task.as_object_mut().expect("checked to be an object");
                     let id = match map.get("id") {
-                        Some(Value::String(id)) => id.clone(),
-                        _ => {
+                        Some(Value::String(id)) if crate::api::valid_id(id) => id.clone(),
+                        None | Some(Value::Null) => {
                             let id = format!("{prefix}-{line}");
                             map.insert("id".into(), id.clone().into());
                             id
+                        }
+                        // The bridge would refuse it on {root}/errors, with nothing to match
+                        // its answer by.
+                        Some(other) => {
+                            eprintln!(
+                                "line {line}: id {other} is not a task id (a string of 1 to \
+                                 {} bytes, one MQTT topic level: no /, + or #)",
+                                crate::api::MAX_ID
+                            );
+                            summary.invalid += 1;
+                            continue;
                         }
                     };
                     if !known.insert(id.clone()) {
@@ -251,7 +264,7 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<Summary> {
                 let Ok(event) = serde_json::from_slice::<StatusEvent>(&payload) else {
                     continue;
                 };
-                if pending.remove(&event.id).is_some() {
+                if let Some(sent) = pending.remove(&event.id) {
                     if event.state == TaskState::Rejected {
                         summary.rejected += 1;
                         let why = event
@@ -271,7 +284,7 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<Summary> {
                     if !args.wait {
                         println!("{}\t{}", event.id, json_name(&event.state));
                     } else if !event.state.is_terminal() {
-                        running.insert(event.id.clone());
+                        running.insert(event.id.clone(), sent.text);
                     }
                 }
                 // With --wait, each task of this run ends once (a final event published
@@ -296,10 +309,16 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<Summary> {
             }
             Ok(Some(Incoming::Connected)) => {
                 // A clean session: the subscription is made again, and every submission
-                // still without an answer is sent again (its id makes that safe).
+                // still without an answer is sent again (its id makes that safe); so is every
+                // task followed with --wait, whose final event may have gone by meanwhile.
                 client.subscribe(&status, QoS::AtLeastOnce).await?;
                 for p in pending.values_mut() {
                     p.sent_at = Instant::now() - args.timeout;
+                }
+                for text in running.values() {
+                    client
+                        .publish(&submit_topic, QoS::AtLeastOnce, false, text.clone())
+                        .await?;
                 }
             }
             Ok(Some(_)) => {}

@@ -3,10 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
-use rumqttc::QoS;
-
-use super::{ConnectArgs, Incoming, connect, human_ms, json_name, subscribe, token};
+use super::{ConnectArgs, ask, connect, human_ms, json_name, subscribe, token};
 use crate::api::{QueryAnswer, TaskView};
 
 #[derive(clap::Args, Debug)]
@@ -40,42 +37,28 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<bool> {
         args.timeout,
     )
     .await?;
-    let query = serde_json::json!({"reply": reply, "id": args.id, "limit": args.limit});
-    client
-        .publish(
-            format!("{}/query/tasks", target.root),
-            QoS::AtLeastOnce,
-            false,
-            query.to_string(),
-        )
-        .await?;
-    let deadline = tokio::time::Instant::now() + args.timeout;
-    let payload = loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(Incoming::Message { topic, payload })) if topic == reply_topic => {
-                break payload;
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => anyhow::bail!("the MQTT connection task ended"),
-            Err(_) => anyhow::bail!(
-                "no answer on {reply_topic} within {:?}: is the bridge running and connected to \
-                 {}:{}, is its topic root {} (--root, --bridge-id or --config), and do the \
-                 broker's access rules let this user publish to {}/query/tasks and read the \
-                 answer?",
-                args.timeout,
-                target.host,
-                target.port,
-                target.root,
-                target.root
-            ),
-        }
-    };
+    let asked = ask(
+        &client,
+        &mut events,
+        &target,
+        &reply,
+        args.id.as_deref(),
+        Some(args.limit),
+        args.timeout,
+    )
+    .await?;
     let _ = client.disconnect().await;
     if args.json {
-        println!("{}", String::from_utf8_lossy(&payload));
+        println!("{}", String::from_utf8_lossy(&asked.raw));
     }
-    let answer: QueryAnswer =
-        serde_json::from_slice(&payload).context("the bridge's answer is not a query answer")?;
+    let answer = asked.answer;
+    if answer.truncated && !args.json {
+        eprintln!(
+            "the list was cut to fit one MQTT message: {} of {} shown (--limit)",
+            answer.tasks.len(),
+            answer.live
+        );
+    }
     if let Some(e) = &answer.error {
         if !args.json {
             eprintln!("edge-bridge: {}", e.message);

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use rumqttc::QoS;
 
-use super::{ConnectArgs, Incoming, clock_time, connect, json_name, subscribe, token};
-use crate::api::{QueryAnswer, StatusEvent, TaskState};
+use super::{ConnectArgs, Incoming, ask, clock_time, connect, json_name, subscribe, token};
+use crate::api::{StatusEvent, TaskState};
 
 #[derive(clap::Args, Debug)]
 pub struct WatchArgs {
@@ -51,79 +51,85 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<Option<bool>> {
         "watching {} at {}:{} (Ctrl-C to stop)",
         filters[0], target.host, target.port
     );
-    let mut asked_at = None;
-    if let Some(id) = &args.id {
-        let query = serde_json::json!({"reply": reply, "id": id});
-        client
-            .publish(
-                format!("{}/query/tasks", target.root),
-                QoS::AtLeastOnce,
-                false,
-                query.to_string(),
+    let mut seen = 0u64;
+    // With an id: where the task stands now (again after a reconnect, whose clean session
+    // missed what happened meanwhile), then its events.
+    let mut ask_now = args.id.is_some();
+    loop {
+        let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
+        if std::mem::take(&mut ask_now) {
+            let id = args.id.as_deref();
+            let asked = ask(
+                &client,
+                &mut events,
+                &target,
+                &reply,
+                id,
+                None,
+                args.timeout,
             )
             .await?;
-        asked_at = Some(tokio::time::Instant::now());
-    }
-    let mut seen = 0u64;
-    loop {
-        let next = async {
-            match asked_at {
-                // The bridge answers a query at once; past the timeout it is not there.
-                Some(at) => tokio::time::timeout_at(at + args.timeout, events.recv())
-                    .await
-                    .map_err(|_| ()),
-                None => Ok(events.recv().await),
+            let answer = asked.answer;
+            if let Some(e) = &answer.error {
+                eprintln!("edge-bridge: {}", e.message);
+                return Ok(Some(false));
             }
-        };
-        let event = match next.await {
-            Ok(Some(e)) => e,
-            Ok(None) => anyhow::bail!("the MQTT connection task ended"),
-            Err(()) => anyhow::bail!(
-                "no answer from the bridge on {reply_topic} within {:?}: is it running, and is \
-                 its topic root {}?",
-                args.timeout,
-                target.root
-            ),
-        };
-        match event {
-            Incoming::Message { topic, payload } if topic == reply_topic => {
-                asked_at = None;
-                let answer: QueryAnswer = serde_json::from_slice(&payload)?;
-                if let Some(e) = answer.error {
-                    eprintln!("{}", e.message);
-                }
-                if let Some(done) = answer.finished {
-                    print_event(&done, &serde_json::to_string(&done)?, args.json);
-                    return Ok(Some(done.state == TaskState::Completed));
-                }
-                if let Some(t) = answer.tasks.first() {
-                    eprintln!("{} is {}: {}", t.id, json_name(&t.state), t.waiting.message);
-                }
+            if let Some(done) = answer.finished {
+                print_event(&done, &serde_json::to_string(&done)?, args.json);
+                return Ok(Some(done.state == TaskState::Completed));
             }
-            Incoming::Message { payload, .. } => {
-                let text = String::from_utf8_lossy(&payload);
-                let Ok(event) = serde_json::from_slice::<StatusEvent>(&payload) else {
-                    eprintln!("not a status event: {text}");
-                    continue;
-                };
-                print_event(&event, &text, args.json);
-                seen += 1;
-                if args.id.is_some() && event.state.is_terminal() {
-                    return Ok(Some(event.state == TaskState::Completed));
-                }
-                if args.count.is_some_and(|n| seen >= n) {
-                    return Ok(None);
-                }
+            if let Some(t) = answer.tasks.first() {
+                eprintln!("{} is {}: {}", t.id, json_name(&t.state), t.waiting.message);
             }
-            Incoming::Lost(e) => eprintln!("connection to the broker lost ({e}); reconnecting"),
-            Incoming::Connected => {
-                // A clean session: subscribed again (events meanwhile are not replayed).
-                for f in &filters {
-                    client.subscribe(f.clone(), QoS::AtLeastOnce).await?;
+            pending = asked.others;
+        }
+        let mut next = pending
+            .into_iter()
+            .map(|(topic, payload)| Incoming::Message { topic, payload })
+            .collect::<std::collections::VecDeque<_>>();
+        loop {
+            let event = match next.pop_front() {
+                Some(e) => e,
+                None => match events.recv().await {
+                    Some(e) => e,
+                    None => anyhow::bail!("the MQTT connection task ended"),
+                },
+            };
+            match event {
+                // Answers to earlier asks.
+                Incoming::Message { topic, .. } if topic == reply_topic => {}
+                Incoming::Message { payload, .. } => {
+                    let text = String::from_utf8_lossy(&payload);
+                    let Ok(event) = serde_json::from_slice::<StatusEvent>(&payload) else {
+                        eprintln!("not a status event: {text}");
+                        continue;
+                    };
+                    print_event(&event, &text, args.json);
+                    seen += 1;
+                    if args.id.is_some() && event.state.is_terminal() {
+                        return Ok(Some(event.state == TaskState::Completed));
+                    }
+                    if args.count.is_some_and(|n| seen >= n) {
+                        return Ok(None);
+                    }
                 }
+                Incoming::Lost(e) => {
+                    eprintln!("connection to the broker lost ({e}); reconnecting");
+                }
+                Incoming::Connected => {
+                    // A clean session: subscribed again; events meanwhile are not replayed,
+                    // so a watched task's state is asked again.
+                    for f in &filters {
+                        client.subscribe(f.clone(), QoS::AtLeastOnce).await?;
+                    }
+                    if args.id.is_some() {
+                        ask_now = true;
+                        break;
+                    }
+                }
+                Incoming::Subscribed | Incoming::Acked => {}
+                Incoming::Refused => anyhow::bail!("the broker refused the subscription again"),
             }
-            Incoming::Subscribed | Incoming::Acked => {}
-            Incoming::Refused => anyhow::bail!("the broker refused the subscription again"),
         }
     }
 }

@@ -1453,6 +1453,13 @@ impl Queue {
         }
     }
 
+    /// Forgets which outbox entries are the newest of their topic, as a queue written by a
+    /// version without that record (tests of the compaction at open).
+    #[cfg(test)]
+    pub(crate) fn forget_retained_latest(&mut self) {
+        self.retained_latest.clear();
+    }
+
     /// Capabilities whose retained document is on the broker, as recorded.
     pub fn capability_docs(&self) -> &BTreeSet<String> {
         &self.capability_docs

@@ -828,6 +828,20 @@ fn a_newer_retained_document_replaces_the_older_one_waiting_in_the_outbox() {
         retained(&q)[1],
         ("devices/a".to_owned(), "{\"n\":4}".to_owned())
     );
+    // An outbox written without the record (an older version): several documents of a topic
+    // wait; the first commit after the next open keeps only the newest.
+    q.forget_retained_latest();
+    q.notify(doc("devices/a", 5));
+    q.commit().unwrap();
+    assert_eq!(q.outbox_len(), 3);
+    drop(q);
+    let mut q = Queue::open(dir.path(), 100).unwrap();
+    q.commit().unwrap();
+    assert_eq!(q.outbox_len(), 2);
+    assert_eq!(
+        retained(&q)[1],
+        ("devices/a".to_owned(), "{\"n\":5}".to_owned())
+    );
 }
 
 /// `first_queued` lists what `ready` lists, in the same order, reading only what it lists:
