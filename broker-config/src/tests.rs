@@ -1,5 +1,16 @@
 use super::*;
 
+/// The commented example of the default file that starts with `marker`, uncommented: the
+/// lines that follow it while they are comments.
+fn commented_example(marker: &str, what: &str) -> String {
+    let start = DEFAULT_CONFIG.find(marker).expect(what);
+    DEFAULT_CONFIG[start..]
+        .lines()
+        .map_while(|l| l.strip_prefix("# "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 #[test]
 fn the_default_file_is_the_default_config() {
     assert_eq!(
@@ -12,14 +23,10 @@ fn the_default_file_is_the_default_config() {
 /// The commented TLS link example of the default file, uncommented, is a valid link.
 #[test]
 fn the_default_files_tls_link_example_is_valid() {
-    let start = DEFAULT_CONFIG
-        .find("# [[link]]\n# kind = \"tls\"")
-        .expect("a commented TLS link example");
-    let example: String = DEFAULT_CONFIG[start..]
-        .lines()
-        .map_while(|l| l.strip_prefix("# "))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let example = commented_example(
+        "# [[link]]\n# kind = \"tls\"",
+        "a commented TLS link example",
+    );
     let c = Config::from_toml(&example, "example").unwrap();
     assert!(matches!(c.links[..], [LinkConfig::Tls { .. }]), "{example}");
 }
@@ -28,14 +35,7 @@ fn the_default_files_tls_link_example_is_valid() {
 #[test]
 fn the_default_files_metrics_example_is_valid_and_metrics_are_off_by_default() {
     assert_eq!(Config::default().metrics.listen, None);
-    let start = DEFAULT_CONFIG
-        .find("# [metrics]\n")
-        .expect("a commented metrics example");
-    let example: String = DEFAULT_CONFIG[start..]
-        .lines()
-        .map_while(|l| l.strip_prefix("# "))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let example = commented_example("# [metrics]\n", "a commented metrics example");
     let c = Config::from_toml(&example, "example").unwrap();
     assert_eq!(
         c.metrics.listen,
@@ -626,14 +626,10 @@ fn an_embedded_broker_beyond_loopback_needs_users_or_an_explicit_yes() {
 /// cipher list names only suites the bridge offers by default (it once ended in `...`).
 #[test]
 fn the_default_files_dtls_link_example_is_valid_and_its_ciphers_are_real_suites() {
-    let start = DEFAULT_CONFIG
-        .find("# [[link]]\n# kind = \"dtls\"")
-        .expect("a commented DTLS link example");
-    let example: String = DEFAULT_CONFIG[start..]
-        .lines()
-        .map_while(|l| l.strip_prefix("# "))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let example = commented_example(
+        "# [[link]]\n# kind = \"dtls\"",
+        "a commented DTLS link example",
+    );
     let c = Config::from_toml(&example, "example").unwrap();
     let [LinkConfig::Dtls(d)] = &c.links[..] else {
         panic!("not one DTLS link: {example}");

@@ -3,49 +3,16 @@
 //! before it creates the data directory, and a second bridge on a data directory in use
 //! stops at once, naming it, while the first goes on.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use broker_config::{BrokerConfig, Config, LinkConfig};
 use edge_tests::{
-    Watcher, binary, embedded_config, start_bridge_with_config, start_device, write_config,
+    Watcher, binary, embedded_config, run_to_end, start_bridge_with_config, start_device,
+    write_config,
 };
-
-/// Runs `cmd` to its end (within `within`) and returns its status, stdout and stderr.
-fn run_to_end(cmd: &mut Command, within: Duration) -> (std::process::ExitStatus, String, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{cmd:?} still running after {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status, out.join().unwrap(), err.join().unwrap())
-}
 
 /// `edge-bridge check-config FILE`.
 fn check_config(file: &Path) -> (std::process::ExitStatus, String, String) {
