@@ -357,3 +357,70 @@ async fn submit_sends_again_what_got_no_answer_and_every_line_is_one_task() {
     );
     drop(bridge);
 }
+
+/// `watch ID` loses its connection while its task ends: the end's event goes by while it is
+/// away (a clean session keeps nothing), so after the reconnect it asks again, shows the end
+/// and exits. Its connection goes through a proxy that cuts it and holds the reconnection
+/// until the bridge has published the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_asks_again_after_a_reconnect_and_shows_the_end_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = start_bridge(&dir.path().join("data"), &[]);
+    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
+    w.submit(ROOT, r#"{"id":"missed","capability":"echo","payload":7}"#)
+        .await;
+    w.wait_for(Duration::from_secs(20), "missed queued", |seen| {
+        edge_tests::last_state(seen, "missed").as_deref() == Some("queued")
+    })
+    .await;
+    let proxy = edge_tests::Proxy::start(bridge.mqtt).await;
+    let mut watch = Command::new(binary("edge-bridge"))
+        .args(["watch", "missed", "--broker", &proxy.addr.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = edge_tests::LogLines::capture(watch.stderr.take().unwrap());
+    log.wait_for(Duration::from_secs(20), "the task's state", |l| {
+        l.contains("missed is queued")
+    })
+    .await;
+    proxy.hold();
+    proxy.cut();
+    log.wait_for(Duration::from_secs(20), "the connection lost", |l| {
+        l.contains("connection to the broker lost")
+    })
+    .await;
+    // The task runs and ends while the command is away.
+    let _device = start_device(bridge.devices, "dev-a", &["echo"]);
+    w.wait_for(Duration::from_secs(20), "missed completed", |seen| {
+        edge_tests::last_state(seen, "missed").as_deref() == Some("completed")
+    })
+    .await;
+    proxy.release();
+    // It ends by itself, or is killed: a watch that never learns of the end waits for ever.
+    let mut stdout = watch.stdout.take().unwrap();
+    let printed = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = watch.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = watch.kill();
+            let _ = watch.wait();
+            panic!("watch did not end after its reconnect: it never learnt of the end");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let printed = printed.join().unwrap();
+    assert!(status.success(), "{status}: {printed}");
+    assert!(
+        printed.contains("  missed  completed  dev-a  attempt 1  result 7"),
+        "{printed}"
+    );
+}
