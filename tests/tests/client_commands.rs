@@ -398,8 +398,18 @@ async fn watch_asks_again_after_a_reconnect_and_shows_the_end_it_missed() {
     })
     .await;
     proxy.release();
-    // It ends by itself, or is killed: a watch that never learns of the end waits for ever.
-    let mut stdout = watch.stdout.take().unwrap();
+    let (status, printed) = end_of(watch, "watch").await;
+    assert!(status.success(), "{status}: {printed}");
+    assert!(
+        printed.contains("  missed  completed  dev-a  attempt 1  result 7"),
+        "{printed}"
+    );
+}
+
+/// The end of a client command and what it printed on stdout; killed, and the test failed,
+/// if it has not ended within 30 s (a client that never learns of an end waits for ever).
+async fn end_of(mut child: std::process::Child, what: &str) -> (std::process::ExitStatus, String) {
+    let mut stdout = child.stdout.take().unwrap();
     let printed = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
@@ -407,20 +417,59 @@ async fn watch_asks_again_after_a_reconnect_and_shows_the_end_it_missed() {
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = watch.try_wait().unwrap() {
+        if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
         if Instant::now() > deadline {
-            let _ = watch.kill();
-            let _ = watch.wait();
-            panic!("watch did not end after its reconnect: it never learnt of the end");
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not end after its reconnect: it never learnt of the end");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let printed = printed.join().unwrap();
+    (status, printed.join().unwrap())
+}
+
+/// `submit --wait` loses its connection while the task it follows ends: after the reconnect
+/// it sends the submission again (same id), the bridge answers with the task's final state,
+/// and the command ends with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_sends_again_after_a_reconnect_and_gets_the_end_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = start_bridge(&dir.path().join("data"), &[]);
+    let mut w = Watcher::connect(bridge.mqtt, ROOT).await;
+    let proxy = edge_tests::Proxy::start(bridge.mqtt).await;
+    let mut submit = Command::new(binary("edge-bridge"))
+        .args([
+            "submit", "-c", "echo", "-p", "8", "--id", "followed", "--wait",
+        ])
+        .args(["--broker", &proxy.addr.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = edge_tests::LogLines::capture(submit.stderr.take().unwrap());
+    // The command took the `queued` (its progress line, every 5 s, says so): from now on it
+    // only follows the task.
+    log.wait_for(Duration::from_secs(20), "the submission accepted", |l| {
+        l.contains("accepted 1,") && l.contains("running 1")
+    })
+    .await;
+    proxy.hold();
+    proxy.cut();
+    log.wait_for(Duration::from_secs(20), "the connection lost", |l| {
+        l.contains("connection to the broker lost")
+    })
+    .await;
+    let _device = start_device(bridge.devices, "dev-a", &["echo"]);
+    w.wait_for(Duration::from_secs(20), "followed completed", |seen| {
+        edge_tests::last_state(seen, "followed").as_deref() == Some("completed")
+    })
+    .await;
+    proxy.release();
+    let (status, printed) = end_of(submit, "submit --wait").await;
     assert!(status.success(), "{status}: {printed}");
-    assert!(
-        printed.contains("  missed  completed  dev-a  attempt 1  result 7"),
-        "{printed}"
-    );
+    let end: Value = serde_json::from_str(printed.trim()).unwrap();
+    assert_eq!(end["state"], "completed", "{end}");
+    assert_eq!(end["result"], 8);
 }
