@@ -385,25 +385,38 @@ async fn watch_asks_again_after_a_reconnect_and_shows_the_end_it_missed() {
         l.contains("missed is queued")
     })
     .await;
-    proxy.hold();
-    proxy.cut();
-    log.wait_for(Duration::from_secs(20), "the connection lost", |l| {
-        l.contains("connection to the broker lost")
-    })
-    .await;
-    // The task runs and ends while the command is away.
-    let _device = start_device(bridge.devices, "dev-a", &["echo"]);
-    w.wait_for(Duration::from_secs(20), "missed completed", |seen| {
-        edge_tests::last_state(seen, "missed").as_deref() == Some("completed")
-    })
-    .await;
-    proxy.release();
+    let _device = away_while_it_ends(&bridge, &mut w, &proxy, &mut log, "missed").await;
     let (status, printed) = end_of(watch, "watch").await;
     assert!(status.success(), "{status}: {printed}");
     assert!(
         printed.contains("  missed  completed  dev-a  attempt 1  result 7"),
         "{printed}"
     );
+}
+
+/// Cuts the client command behind `proxy` from the broker and holds its reconnection (its
+/// `log` says it lost the connection); meanwhile a device comes and task `id` completes (`w`
+/// sees it); then lets it reconnect. Returns the device.
+async fn away_while_it_ends(
+    bridge: &edge_tests::Bridge,
+    w: &mut Watcher,
+    proxy: &edge_tests::Proxy,
+    log: &mut edge_tests::LogLines,
+    id: &str,
+) -> edge_tests::Proc {
+    proxy.hold();
+    proxy.cut();
+    log.wait_for(Duration::from_secs(20), "the connection lost", |l| {
+        l.contains("connection to the broker lost")
+    })
+    .await;
+    let device = start_device(bridge.devices, "dev-a", &["echo"]);
+    w.wait_for(Duration::from_secs(20), "the task completed", |seen| {
+        edge_tests::last_state(seen, id).as_deref() == Some("completed")
+    })
+    .await;
+    proxy.release();
+    device
 }
 
 /// The end of a client command and what it printed on stdout; killed, and the test failed,
@@ -455,18 +468,7 @@ async fn submit_wait_sends_again_after_a_reconnect_and_gets_the_end_it_missed() 
         l.contains("accepted 1,") && l.contains("running 1")
     })
     .await;
-    proxy.hold();
-    proxy.cut();
-    log.wait_for(Duration::from_secs(20), "the connection lost", |l| {
-        l.contains("connection to the broker lost")
-    })
-    .await;
-    let _device = start_device(bridge.devices, "dev-a", &["echo"]);
-    w.wait_for(Duration::from_secs(20), "followed completed", |seen| {
-        edge_tests::last_state(seen, "followed").as_deref() == Some("completed")
-    })
-    .await;
-    proxy.release();
+    let _device = away_while_it_ends(&bridge, &mut w, &proxy, &mut log, "followed").await;
     let (status, printed) = end_of(submit, "submit --wait").await;
     assert!(status.success(), "{status}: {printed}");
     let end: Value = serde_json::from_str(printed.trim()).unwrap();
