@@ -2614,3 +2614,21 @@ fn metrics_count_first_dispatches_queued_tasks_and_terminal_states() {
         ("dev-1", None)
     );
 }
+
+/// `reserved` in a capability document is the reserve still free, as dispatch counts it: an
+/// urgent task on the device holds its reserved slot.
+#[test]
+fn a_capability_document_counts_the_reserve_urgent_tasks_hold() {
+    let mut s = Sim::new();
+    s.e.set_urgency(Urgency::default());
+    s.up(LINK, hello(), 4);
+    let docs = capability_documents(&mut s);
+    assert_eq!(docs[0].1.as_ref().unwrap()["devices"][0]["reserved"], 1);
+    s.submit(r#"{"id":"urgent","capability":"echo","priority":0}"#);
+    s.now += discovery::SLOTS_EVERY_MS;
+    s.turn();
+    let docs = capability_documents(&mut s);
+    let doc = docs.last().unwrap().1.as_ref().unwrap();
+    assert_eq!(doc["devices"][0]["in_flight"], 1, "{doc}");
+    assert_eq!(doc["devices"][0]["reserved"], 0, "{doc}");
+}
