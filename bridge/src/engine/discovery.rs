@@ -134,18 +134,12 @@ impl Engine {
             .flatten()
             .filter_map(|id| {
                 let o = self.devices.get(id)?;
-                // The reserve urgent tasks on it do not hold yet, as dispatch counts it.
-                let urgent_at = self.urgency.urgent_at;
-                let urgent_on = self
-                    .queue
-                    .on_device(id)
-                    .filter(|t| !urgent_at.outranks(t.sub.priority))
-                    .count();
                 Some(CapabilityDevice {
                     device_id: id.clone(),
                     free: o.credit,
                     in_flight: self.queue.in_flight(id).min(u32::MAX as usize) as u32,
-                    reserved: o.reserve.saturating_sub(urgent_on as u32),
+                    // As dispatch counts it.
+                    reserved: self.reserve_left(id, o),
                     slots: o.hello.slots,
                 })
             })

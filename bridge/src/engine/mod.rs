@@ -702,22 +702,25 @@ impl Engine {
 
     /// What the dispatch policy sees of each online device.
     fn device_views(&self) -> BTreeMap<String, DeviceView> {
-        let urgent_at = self.urgency.urgent_at;
         self.devices
             .iter()
             .map(|(id, o)| {
-                let urgent_on = self
-                    .queue
-                    .on_device(id)
-                    .filter(|t| !urgent_at.outranks(t.sub.priority))
-                    .count() as u32;
-                let reserve_left = o.reserve.saturating_sub(urgent_on);
-                (
-                    id.clone(),
-                    o.view(self.queue.in_flight(id) as u32, reserve_left),
-                )
+                let view = o.view(self.queue.in_flight(id) as u32, self.reserve_left(id, o));
+                (id.clone(), view)
             })
             .collect()
+    }
+
+    /// Of device `id`'s reserved slots, those urgent tasks on it do not hold (urgent work
+    /// uses the reserve first).
+    fn reserve_left(&self, id: &str, o: &devices::Online) -> u32 {
+        let urgent_at = self.urgency.urgent_at;
+        let urgent_on = self
+            .queue
+            .on_device(id)
+            .filter(|t| !urgent_at.outranks(t.sub.priority))
+            .count() as u32;
+        o.reserve.saturating_sub(urgent_on)
     }
 
     /// How many more tasks of each QoS class may go now (`None`: no quota).

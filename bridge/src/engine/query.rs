@@ -7,8 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use device_core::Priority;
-
 use super::Engine;
 use crate::api::{
     self, ApiError, ErrorCode, ErrorEvent, Query, QueryAnswer, QueryRefusal, TaskState, TaskView,
@@ -18,13 +16,14 @@ use crate::dispatch::{self, DeviceView};
 use crate::queue::{QueueError, TaskRecord};
 use crate::time::Now;
 
-/// Queries answered in one second at most: an answer reads every live task, so a flood of
-/// queries must not hold up the turns that move work.
+/// Queries answered in one second at most: an answer reads the devices and up to `limit`
+/// tasks, so a flood of queries must not hold up the turns that move work.
 pub(super) const QUERIES_PER_SECOND: u32 = 20;
 
 impl Engine {
-    /// A message on `{root}/query/tasks`: the answer to publish, as (subtopic, JSON), when it
-    /// names where to. One that does not is refused on `{root}/errors` (with the next commit).
+    /// A message on `{root}/query/tasks`: the answer to publish, as (subtopic, JSON), on its
+    /// reply topic; for one that names no reply topic, its refusal on `{root}/errors` (neither
+    /// is stored). `None` beyond the budget for a query without a reply topic.
     pub fn handle_query(
         &mut self,
         payload: &[u8],
@@ -164,7 +163,7 @@ impl Engine {
             state: t.state,
             capability: t.sub.capability.clone(),
             device: t.device.clone().or_else(|| t.sub.device.clone()),
-            priority: format!("P{}", t.sub.priority.level()),
+            priority: t.sub.priority.to_string(),
             attempt: t.attempt,
             age_ms: now.wall_ms.saturating_sub(t.submitted_ms),
             trace_id: t.sub.trace_id.clone(),
@@ -332,9 +331,9 @@ impl Engine {
             return because(
                 WaitCode::ReservedForUrgent,
                 format!(
-                    "the free slots of {} are kept for urgent tasks (P{} or more urgent)",
+                    "the free slots of {} are kept for urgent tasks ({} or more urgent)",
                     names(&fitting),
-                    self.urgency.urgent_at.level()
+                    self.urgency.urgent_at
                 ),
             );
         }
@@ -355,8 +354,7 @@ impl Engine {
             if let Some(w) = first.filter(|w| w.sub.id != t.sub.id) {
                 return Some(format!(
                     "resource {r} goes first to task {} ({})",
-                    w.sub.id,
-                    priority_word(w.sub.priority)
+                    w.sub.id, w.sub.priority
                 ));
             }
         }
@@ -384,8 +382,4 @@ fn state_word(state: TaskState) -> &'static str {
         TaskState::Running => "running",
         _ => "dispatched",
     }
-}
-
-fn priority_word(p: Priority) -> String {
-    format!("P{}", p.level())
 }
