@@ -647,30 +647,16 @@ fn a_metrics_port_in_use_stops_the_bridge_naming_it() {
     let mut config = with_metrics("metrics-taken");
     config.metrics.listen = Some(taken.local_addr().unwrap());
     let file = write_config(dir.path(), &config);
-    let mut child = std::process::Command::new(edge_tests::binary("edge-bridge"))
-        .arg("run")
-        .arg("--config")
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn edge-bridge");
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for edge-bridge") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("edge-bridge did not stop within {WAIT:?} with its metrics port taken");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (status, _, stderr) = edge_tests::run_to_end(
+        std::process::Command::new(edge_tests::binary("edge-bridge"))
+            .arg("run")
+            .arg("--config")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("NO_COLOR", "1"),
+        WAIT,
+    );
     assert!(!status.success(), "{stderr}");
     let expected = format!("metrics endpoint {}: ", taken.local_addr().unwrap());
     assert!(stderr.contains(&expected), "{stderr}");
