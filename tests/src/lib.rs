@@ -299,7 +299,7 @@ fn strip_ansi(line: &str) -> String {
 }
 
 /// Reads the first line of `out` on a helper thread, with a deadline.
-fn read_line_with_deadline(
+pub fn read_line_with_deadline(
     out: impl std::io::Read + Send + 'static,
     deadline: Duration,
 ) -> Option<String> {

@@ -129,22 +129,13 @@ fn the_ready_line_names_each_links_kind_and_address() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let stdout = child.stdout.take().unwrap();
     let proc = edge_tests::Proc {
         child,
         name: "edge-bridge",
     };
-    let line = std::thread::spawn(move || {
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-        line
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !line.is_finished() {
-        assert!(Instant::now() < deadline, "no ready line within 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let line = line.join().unwrap();
+    let line = edge_tests::read_line_with_deadline(stdout, Duration::from_secs(30))
+        .expect("no ready line within 30 s");
     let LinkConfig::Tcp { listen, .. } = &config.links[0] else {
         unreachable!()
     };
