@@ -28,6 +28,14 @@ pub fn ansi(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
     stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
+/// [`ansi`] for this process's stderr and environment.
+pub fn stderr_colour() -> bool {
+    ansi(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
 /// The stderr layer in `format`, showing what `filter` lets through.
 pub fn stderr_layer<S>(
     format: LogFormat,
@@ -36,10 +44,7 @@ pub fn stderr_layer<S>(
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
-    let colour = ansi(
-        std::io::stderr().is_terminal(),
-        std::env::var_os("NO_COLOR").as_deref(),
-    );
+    let colour = stderr_colour();
     // Two optional layers rather than a boxed one: the format is chosen once, at start.
     let text = (format == LogFormat::Text).then(|| {
         tracing_subscriber::fmt::layer()

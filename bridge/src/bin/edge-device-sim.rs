@@ -387,10 +387,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(edge_bridge::logging::ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            std::env::var_os("NO_COLOR").as_deref(),
-        ))
+        .with_ansi(edge_bridge::logging::stderr_colour())
         .init();
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
