@@ -46,7 +46,8 @@
 //! - [`throttle`]: the budget of log lines about remote events (bad frames, failed
 //!   handshakes, refused connections), with counts of the lines left out.
 // No unsafe code, but for the few OpenSSL calls the `openssl` crate does not wrap (DTLS
-// timer and stateless cookie exchange), in `link::dtls::ffi`.
+// timer and stateless cookie exchange), in `link::dtls::ffi`, and one descriptor borrowed by
+// number in `broker::nodelay`.
 #![deny(unsafe_code)]
 
 pub mod api;

@@ -20,6 +20,8 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         "8",
         "--relay-messages",
         "200",
+        "--sequential",
+        "6",
         "--p0-interval-ms",
         "10",
         "--dtls-handshakes",
@@ -67,6 +69,11 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         assert!(l.p50().is_some_and(|d| !d.is_zero()));
     }
     assert_eq!(t.stages.wait.len(), 24);
+
+    let s = &report.sequential;
+    assert_eq!((s.completed, s.failed), (6, 0), "{:?}", s.failures);
+    assert_eq!(s.all.len(), 6);
+    assert!(s.all.p50().is_some_and(|d| !d.is_zero()));
 
     let b = &report.backlog;
     assert_eq!((b.p4_completed, b.failed), (50, 0), "{:?}", b.failures);

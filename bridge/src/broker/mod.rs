@@ -16,9 +16,11 @@
 //! - this file: the broker's settings and its thread;
 //! - [`loss`]: cursor jumps (messages dropped before a subscriber read them), from rumqttd's
 //!   log events;
+//! - [`nodelay`]: `TCP_NODELAY` on the broker's connections (rumqttd sets none);
 //! - [`tls`]: the TLS listener in front of the broker.
 
 pub mod loss;
+pub mod nodelay;
 pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
@@ -227,12 +229,56 @@ pub fn start(
     while std::net::TcpStream::connect(addr).is_err() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    match nodelay::set_on_listener(addr) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(%addr, "embedded broker's listener not found: its connections keep Nagle's delay (up to 40 ms per reply)")
+        }
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "cannot set TCP_NODELAY on the embedded broker's listener: its connections keep Nagle's delay (up to 40 ms per reply)")
+        }
+    }
     Ok((addr, stopped))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The connection a client opened to the embedded broker, as rumqttd accepted it: whether
+    /// it has `TCP_NODELAY` (waits, bounded, for rumqttd's thread to accept it).
+    fn accepted_nodelay(client: &std::net::TcpStream) -> bool {
+        let peer = client.local_addr().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(nodelay) = nodelay::of_accepted(peer).unwrap() {
+                return nodelay;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rumqttd never accepted {peer}"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn the_embedded_brokers_connections_have_no_nagle_delay() {
+        let api = ApiLog {
+            filters: vec!["edge/+/tasks/+".into()],
+            bytes: 64 * 1024,
+        };
+        let access = Access::new(None, "edge-bridge-x".into());
+        let (addr, _stopped) =
+            start("127.0.0.1:0".parse().unwrap(), 4096, 16, &api, &access).unwrap();
+        for _ in 0..3 {
+            let client = std::net::TcpStream::connect(addr).unwrap();
+            assert!(
+                accepted_nodelay(&client),
+                "a connection to {addr} keeps Nagle's algorithm"
+            );
+        }
+    }
 
     #[test]
     fn the_bridges_client_id_and_login_go_together_and_users_need_their_password() {

@@ -73,6 +73,9 @@ pub async fn serve(
             }
             continue;
         };
+        // The client's replies (PUBACKs, deliveries) are small writes: without this each one
+        // waits for the client's delayed ACK (see [`super::nodelay`]).
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

@@ -7,6 +7,7 @@
 //!    embedded broker, with no bridge logic in the path;
 //! 2. bridge throughput: echo tasks of mixed priorities P0..P5 with a bounded number
 //!    outstanding, tasks/s and submit→`completed` latency per priority;
+//!    then `--sequential` echo tasks one at a time: the latency at light load;
 //! 3. P0 latency under a backlog: a fresh bridge holds `--queued-p4` P4 tasks submitted while
 //!    no device was online; the devices connect and drain it while P0 tasks arrive
 //!    periodically;
@@ -85,6 +86,10 @@ pub struct Options {
     /// Echo tasks submitted in the throughput phase (priorities P0..P5 in turn).
     #[arg(long, default_value_t = 5_000)]
     pub tasks: usize,
+    /// Echo tasks submitted one at a time after the throughput phase, each once the previous
+    /// one completed: the latency a task sees at light load.
+    #[arg(long, default_value_t = 100)]
+    pub sequential: usize,
     /// P4 tasks queued before the devices connect, in the P0-under-load phase.
     #[arg(long, default_value_t = 10_000)]
     pub queued_p4: usize,
@@ -201,11 +206,12 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         opts.queued_p4,
         opts.concurrency,
         opts.relay_messages,
+        opts.sequential,
     ];
     if counts.contains(&0) {
         return Err(BenchError::Options(
-            "--devices, --tasks, --queued-p4, --concurrency and --relay-messages must be at \
-             least 1"
+            "--devices, --tasks, --queued-p4, --concurrency, --relay-messages and --sequential \
+             must be at least 1"
                 .into(),
         ));
     }
@@ -289,8 +295,18 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         phase: "throughput",
         tag: "t",
         link: tasks::DeviceLink::Tcp,
+        tasks: opts.tasks,
+        window: opts.concurrency,
     };
     let throughput = tasks::throughput(&bridge, opts, &nonce, plain).await?;
+    let one_by_one = tasks::ThroughputRun {
+        phase: "sequential",
+        tag: "s",
+        link: tasks::DeviceLink::Tcp,
+        tasks: opts.sequential,
+        window: 1,
+    };
+    let sequential = tasks::throughput(&bridge, opts, &nonce, one_by_one).await?;
     drop(bridge);
 
     let bridge = crate::start_bridge(
@@ -329,6 +345,7 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         fsync_per_s,
         relay,
         throughput,
+        sequential,
         backlog,
         dtls,
         incident,
@@ -398,6 +415,8 @@ async fn dtls(opts: &Options, data_dir: &Path, nonce: &str) -> Result<DtlsFigure
         phase: "tcp-tasks",
         tag: "tcp",
         link: tasks::DeviceLink::Tcp,
+        tasks: opts.tasks,
+        window: opts.concurrency,
     };
     let tcp = tasks::throughput(&lb.bridge, opts, nonce, run).await?;
     tally(&lb);
@@ -410,6 +429,8 @@ async fn dtls(opts: &Options, data_dir: &Path, nonce: &str) -> Result<DtlsFigure
             addr: lb.udp,
             keys: &device_keys,
         },
+        tasks: opts.tasks,
+        window: opts.concurrency,
     };
     let dtls = tasks::throughput(&lb.bridge, opts, nonce, run).await?;
     tally(&lb);

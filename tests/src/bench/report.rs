@@ -253,6 +253,8 @@ pub struct Report {
     pub fsync_per_s: f64,
     pub relay: RelayFigures,
     pub throughput: ThroughputFigures,
+    /// Phase 2, one task at a time.
+    pub sequential: ThroughputFigures,
     pub backlog: BacklogFigures,
     /// Phases 4 to 6; `None` with `--no-dtls`.
     pub dtls: Option<DtlsFigures>,
@@ -415,6 +417,23 @@ impl fmt::Display for Report {
             t.seconds,
             t.tasks_per_s,
             self.ratio()
+        )?;
+        throughput_table(f, t)?;
+
+        let t = &self.sequential;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "2b. latency at light load (echo tasks one at a time, each submitted once the \
+             previous one completed; the clients set TCP_NODELAY)"
+        )?;
+        writeln!(
+            f,
+            "  {} of {} completed in {:.2} s: submit -> completed P50 {}",
+            t.completed,
+            t.submitted,
+            t.seconds,
+            ms(t.all.percentile(50.0)),
         )?;
         throughput_table(f, t)?;
 

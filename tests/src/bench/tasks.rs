@@ -366,6 +366,10 @@ pub(crate) struct ThroughputRun<'a> {
     pub(crate) phase: &'static str,
     pub(crate) tag: &'static str,
     pub(crate) link: DeviceLink<'a>,
+    /// Tasks to submit, and at most how many outstanding (1: one at a time, each submitted
+    /// once the previous one ended).
+    pub(crate) tasks: usize,
+    pub(crate) window: usize,
 }
 
 /// Starts `n` device simulators offering `echo` and `sleep`.
@@ -438,9 +442,14 @@ pub(crate) async fn throughput(
     nonce: &str,
     run: ThroughputRun<'_>,
 ) -> Result<ThroughputFigures, BenchError> {
-    let ThroughputRun { phase, tag, link } = run;
+    let ThroughputRun {
+        phase,
+        tag,
+        link,
+        tasks: n,
+        window,
+    } = run;
     let mut progress = Progress::new(phase);
-    let window = opts.concurrency;
     let deadline = Instant::now() + opts.phase_timeout();
     let mut observer =
         Observer::connect(bridge, &format!("bench-watcher-{nonce}-{tag}"), window).await?;
@@ -456,7 +465,6 @@ pub(crate) async fn throughput(
     observer
         .wait_online(&ids, &mut [&mut batch], phase, deadline)
         .await?;
-    let n = opts.tasks;
     progress.say(&format!(
         "{} devices online; {n} echo tasks, P0..P5 in turn, {window} outstanding",
         ids.len()

@@ -1,7 +1,8 @@
 //! What the `openssl` crate does not wrap: the DTLS timer and the stateless cookie exchange.
 //!
-//! The workspace's only `unsafe` code, kept in this one file so that it can be audited on its
-//! own: each `unsafe` block says why it is sound.
+//! Most of the workspace's `unsafe` code (the rest is one line in `broker::nodelay`), kept in
+//! this one file so that it can be audited on its own: each `unsafe` block says why it is
+//! sound.
 #![allow(unsafe_code)]
 
 use std::os::raw::{c_int, c_long, c_void};
