@@ -75,6 +75,25 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
     assert_eq!(s.all.len(), 6);
     assert!(s.all.p50().is_some_and(|d| !d.is_zero()));
 
+    let m = report
+        .mosquitto
+        .as_ref()
+        .expect("the mosquitto phase runs by default");
+    assert_eq!(m.relay.round_trips, 200);
+    assert!(m.relay.per_s > 0.0 && m.ratio() > 0.0);
+    assert_eq!(
+        (m.throughput.completed, m.throughput.failed),
+        (24, 0),
+        "{:?}",
+        m.throughput.failures
+    );
+    assert_eq!(
+        (m.sequential.completed, m.sequential.failed),
+        (6, 0),
+        "{:?}",
+        m.sequential.failures
+    );
+
     let b = &report.backlog;
     assert_eq!((b.p4_completed, b.failed), (50, 0), "{:?}", b.failures);
     assert!(b.accepted_per_s > 0.0 && b.drained_per_s > 0.0);

@@ -8,6 +8,8 @@
 //! 2. bridge throughput: echo tasks of mixed priorities P0..P5 with a bounded number
 //!    outstanding, tasks/s and submit→`completed` latency per priority;
 //!    then `--sequential` echo tasks one at a time: the latency at light load;
+//!    2m. phases 1, 2 and 2b again through an external mosquitto (`--no-mosquitto` skips it),
+//!    so each broker's throughput ratio comes from the same run;
 //! 3. P0 latency under a backlog: a fresh bridge holds `--queued-p4` P4 tasks submitted while
 //!    no device was online; the devices connect and drain it while P0 tasks arrive
 //!    periodically;
@@ -66,8 +68,8 @@ use std::time::Duration;
 
 pub use links::DtlsLimits;
 pub use report::{
-    BacklogFigures, CpuUse, DtlsFigures, HandshakeFigures, IncidentFigures, MemoryFigures,
-    PathfinderFigures, RelayFigures, Report, Stages, ThroughputFigures,
+    BacklogFigures, BrokerFigures, CpuUse, DtlsFigures, HandshakeFigures, IncidentFigures,
+    MemoryFigures, PathfinderFigures, RelayFigures, Report, Stages, ThroughputFigures,
 };
 pub use stats::Latencies;
 
@@ -123,6 +125,9 @@ pub struct Options {
     /// Skips phases 4 to 6 (the DTLS link).
     #[arg(long)]
     pub no_dtls: bool,
+    /// Skips phase 2m (phases 1, 2 and 2b again through an external mosquitto).
+    #[arg(long)]
+    pub no_mosquitto: bool,
     /// Phase 7: devices (8 slots each) whose slots long P3 work holds.
     #[arg(long, default_value_t = 16)]
     pub incident_devices: usize,
@@ -316,6 +321,12 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
     let backlog = tasks::backlog(&bridge, opts, &nonce).await?;
     drop(bridge);
 
+    let mosquitto = if opts.no_mosquitto {
+        None
+    } else {
+        Some(through_mosquitto(opts, &data_dir, &nonce).await?)
+    };
+
     let dtls = if opts.no_dtls {
         None
     } else {
@@ -347,9 +358,53 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         throughput,
         sequential,
         backlog,
+        mosquitto,
         dtls,
         incident,
         pathfinder,
+    })
+}
+
+/// Phase 2m: phases 1, 2 and 2b again with mosquitto as the broker (configured as
+/// `broker-config/mosquitto.conf` says), a bridge in external mode on it.
+async fn through_mosquitto(
+    opts: &Options,
+    data_dir: &Path,
+    nonce: &str,
+) -> Result<BrokerFigures, BenchError> {
+    let dir = data_dir.join("mosquitto");
+    std::fs::create_dir_all(&dir).map_err(|source| BenchError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let (broker, port) = crate::start_mosquitto(&dir);
+    let bridge =
+        crate::start_bridge_with_config(&dir, &crate::external_config(tasks::BRIDGE_ID, port));
+    eprintln!("[mosquitto] mosquitto on 127.0.0.1:{port}, bridge up");
+    let nonce = format!("{nonce}m");
+    let relay = relay::run(&bridge, opts, &nonce).await?;
+    let run = tasks::ThroughputRun {
+        phase: "mosquitto-throughput",
+        tag: "mt",
+        link: tasks::DeviceLink::Tcp,
+        tasks: opts.tasks,
+        window: opts.concurrency,
+    };
+    let throughput = tasks::throughput(&bridge, opts, &nonce, run).await?;
+    let run = tasks::ThroughputRun {
+        phase: "mosquitto-sequential",
+        tag: "ms",
+        link: tasks::DeviceLink::Tcp,
+        tasks: opts.sequential,
+        window: 1,
+    };
+    let sequential = tasks::throughput(&bridge, opts, &nonce, run).await?;
+    drop(bridge);
+    drop(broker);
+    Ok(BrokerFigures {
+        relay,
+        throughput,
+        sequential,
     })
 }
 

@@ -32,6 +32,23 @@ pub struct RelayFigures {
     pub reconnects: u64,
 }
 
+/// Phase 2m: the raw relay, the throughput and the one-at-a-time latency with mosquitto as
+/// the broker (the bridge in external mode). The bridge's CPU figures do not include the
+/// broker's, which runs in its own process here.
+#[derive(Clone, Debug)]
+pub struct BrokerFigures {
+    pub relay: RelayFigures,
+    pub throughput: ThroughputFigures,
+    pub sequential: ThroughputFigures,
+}
+
+impl BrokerFigures {
+    /// Bridge tasks/s as a fraction of this broker's raw round trips/s.
+    pub fn ratio(&self) -> f64 {
+        self.throughput.tasks_per_s / self.relay.per_s
+    }
+}
+
 /// Where the time of completed tasks went, from the `ts_ms` the bridge stamps on each event
 /// (wall clock, 1 ms resolution; the engine stamps a change when it takes it up, before the
 /// commit that makes it durable):
@@ -256,6 +273,8 @@ pub struct Report {
     /// Phase 2, one task at a time.
     pub sequential: ThroughputFigures,
     pub backlog: BacklogFigures,
+    /// Phase 2m; `None` with `--no-mosquitto`.
+    pub mosquitto: Option<BrokerFigures>,
     /// Phases 4 to 6; `None` with `--no-dtls`.
     pub dtls: Option<DtlsFigures>,
     /// Phase 7, protocol off then on; `None` with `--no-incident`.
@@ -352,6 +371,50 @@ fn throughput_table(f: &mut fmt::Formatter<'_>, t: &ThroughputFigures) -> fmt::R
     failures(f, t.failed, &t.failures, t.reconnects)
 }
 
+/// Phase 2m, with the embedded broker's ratio beside mosquitto's.
+fn mosquitto(
+    f: &mut fmt::Formatter<'_>,
+    m: &BrokerFigures,
+    embedded_ratio: f64,
+    outstanding: usize,
+) -> fmt::Result {
+    let (r, t, s) = (&m.relay, &m.throughput, &m.sequential);
+    writeln!(f)?;
+    writeln!(
+        f,
+        "2m. through an external mosquitto (broker-config/mosquitto.conf; the bridge in external \
+         mode; CPU figures without mosquitto's own)"
+    )?;
+    writeln!(
+        f,
+        "  raw relay: {} round trips in {:.2} s: {:.0} round trips/s ({outstanding} outstanding)",
+        r.round_trips, r.seconds, r.per_s
+    )?;
+    header(f)?;
+    latency_line(f, "round trip", &r.latency)?;
+    failures(f, 0, &[], r.reconnects)?;
+    writeln!(
+        f,
+        "  throughput: {} of {} completed in {:.2} s: {:.0} tasks/s = {:.3} x mosquitto's raw \
+         relay rate (embedded broker: {embedded_ratio:.3} x its own)",
+        t.completed,
+        t.submitted,
+        t.seconds,
+        t.tasks_per_s,
+        m.ratio()
+    )?;
+    throughput_table(f, t)?;
+    writeln!(
+        f,
+        "  one at a time: {} of {} completed in {:.2} s: submit -> completed P50 {}",
+        s.completed,
+        s.submitted,
+        s.seconds,
+        ms(s.all.percentile(50.0)),
+    )?;
+    throughput_table(f, s)
+}
+
 fn failures(
     f: &mut fmt::Formatter<'_>,
     failed: usize,
@@ -436,6 +499,10 @@ impl fmt::Display for Report {
             ms(t.all.percentile(50.0)),
         )?;
         throughput_table(f, t)?;
+
+        if let Some(m) = &self.mosquitto {
+            mosquitto(f, m, self.ratio(), o.concurrency)?;
+        }
 
         let b = &self.backlog;
         writeln!(f)?;
