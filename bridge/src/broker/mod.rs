@@ -232,10 +232,10 @@ pub fn start(
     match nodelay::set_on_listener(addr) {
         Ok(true) => {}
         Ok(false) => {
-            tracing::warn!(%addr, "embedded broker's listener not found: its connections keep Nagle's delay (up to 40 ms per reply)")
+            tracing::warn!(%addr, "embedded broker's listener not found: its connections keep Nagle's delay (up to 40 ms per reply)");
         }
         Err(e) => {
-            tracing::warn!(%addr, error = %e, "cannot set TCP_NODELAY on the embedded broker's listener: its connections keep Nagle's delay (up to 40 ms per reply)")
+            tracing::warn!(%addr, error = %e, "cannot set TCP_NODELAY on the embedded broker's listener: its connections keep Nagle's delay (up to 40 ms per reply)");
         }
     }
     Ok((addr, stopped))
