@@ -3,10 +3,10 @@
 //! rumqttd accepts its connections without `TCP_NODELAY`, so a PUBACK or a small publication it
 //! writes waits behind Nagle's algorithm for the client's delayed ACK (up to 40 ms on Linux),
 //! which was most of a task's submit-to-`completed` time at light load (edge-bench phase 2b:
-//! BENCHMARKS.md has the figures before and after). rumqttd has no setting for it and binds its listener
-//! on its own thread. Linux copies `TCP_NODELAY` from a listening socket to every connection it
-//! accepts, so the bridge finds the broker's listener among the process's descriptors and sets
-//! the option there, once, before the first client connects.
+//! BENCHMARKS.md has the figures before and after). rumqttd has no setting for it and binds
+//! its listener on its own thread. Linux copies `TCP_NODELAY` from a listening socket to every
+//! connection it accepts, so the bridge finds the broker's listener among the process's
+//! descriptors and sets the option there, once, before the first client connects.
 //!
 //! The workspace's second `unsafe` block lives here: borrowing a descriptor by number.
 #![allow(unsafe_code)]
