@@ -456,6 +456,19 @@ pub fn issue_certificate(dir: &Path, name: &str, cn: &str, ca: &str, ext: &str) 
     );
 }
 
+/// The certificates of a device link with client certificates, in `dir`: a CA `ca.pem`/`ca.key`
+/// (subject `ca_subject`), the bridge's certificate `bridge.pem`/`bridge.key` for 127.0.0.1
+/// (server use) and, for each id of `devices`, `{id}.pem`/`{id}.key` with CN = the id (client
+/// use); all ECDSA P-256, signed by that CA.
+pub fn make_link_certificates(dir: &Path, ca_subject: &str, devices: &[&str]) {
+    make_ca(dir, "ca", ca_subject);
+    let server = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
+    issue_certificate(dir, "bridge", "bridge", "ca", server);
+    for id in devices {
+        issue_certificate(dir, id, id, "ca", "extendedKeyUsage=clientAuth\n");
+    }
+}
+
 /// Runs `openssl` with `args` in `dir` (tests make their certificates with it); fails
 /// loudly when it is missing or fails.
 pub fn openssl(dir: &Path, args: &[&str]) {

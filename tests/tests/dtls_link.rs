@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edge_tests::{
-    Bridge, LogLines, Proc, Watcher, issue_certificate, last_state, make_ca, start_bridge_with_log,
+    Bridge, LogLines, Proc, Watcher, last_state, make_link_certificates, start_bridge_with_log,
     start_device_with,
 };
 use tokio::net::UdpSocket;
@@ -57,15 +57,7 @@ fn start(dir: &Path, certificates: bool, extra: &str) -> (Bridge, LogLines) {
 
 /// A CA, the bridge's certificate (ECDSA P-256, for 127.0.0.1) and one for device dev-c.
 fn make_certificates(dir: &Path) {
-    make_ca(dir, "ca", "/CN=test CA");
-    issue_certificate(
-        dir,
-        "bridge",
-        "bridge",
-        "ca",
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    );
-    issue_certificate(dir, "dev-c", "dev-c", "ca", "extendedKeyUsage=clientAuth\n");
+    make_link_certificates(dir, "/CN=test CA", &["dev-c"]);
 }
 
 /// `edge-device-sim` over DTLS to `addr` with `extra` (the credential).

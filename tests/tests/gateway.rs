@@ -19,8 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use edge_tests::{
-    Proc, Watcher, binary, issue_certificate, last_state, make_ca, publish_lines, terminate,
-    wait_ready,
+    Proc, Watcher, binary, last_state, make_link_certificates, publish_lines, terminate, wait_ready,
 };
 
 const ROOT: &str = "edge/gateway";
@@ -56,15 +55,7 @@ async fn end_to_end(target: &str, qemu: &str, machine: u16) {
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    make_ca(d, "ca", "/CN=test CA");
-    issue_certificate(
-        d,
-        "bridge",
-        "bridge",
-        "ca",
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    );
-    issue_certificate(d, "dev-c", "dev-c", "ca", "extendedKeyUsage=clientAuth\n");
+    make_link_certificates(d, "/CN=test CA", &["dev-c"]);
     let file = |name: &str| d.join(name).to_str().unwrap().to_owned();
     let config = dir.path().join("bridge.toml");
     std::fs::write(

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use edge_tests::{
-    Watcher, executions, free_port, issue_certificate, last_state, make_ca, start_bridge_with_log,
+    Watcher, executions, free_port, last_state, make_link_certificates, start_bridge_with_log,
     start_device_with,
 };
 
@@ -18,15 +18,7 @@ const WAIT: Duration = Duration::from_secs(30);
 async fn a_link_without_credentials_cannot_claim_an_id_a_certificate_proved() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    make_ca(d, "ca", "/CN=edge devices CA");
-    issue_certificate(
-        d,
-        "bridge",
-        "bridge",
-        "ca",
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    );
-    issue_certificate(d, "dev-a", "dev-a", "ca", "extendedKeyUsage=clientAuth\n");
+    make_link_certificates(d, "/CN=edge devices CA", &["dev-a"]);
     let (tls, tcp) = (
         SocketAddr::from(([127, 0, 0, 1], free_port())),
         SocketAddr::from(([127, 0, 0, 1], free_port())),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use broker_config::LinkConfig;
 use edge_tests::rogue::{Rogue, hello};
 use edge_tests::{
-    Bridge, LogLines, Proc, Watcher, embedded_config, issue_certificate, make_ca,
+    Bridge, LogLines, Proc, Watcher, embedded_config, make_link_certificates,
     start_bridge_with_log, start_device, start_device_with, write_config,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -113,15 +113,7 @@ async fn connections_beyond_a_cap_are_closed_at_once_counted_and_logged_within_a
 /// The certificates of a TLS link: a CA, the bridge's certificate for 127.0.0.1 and one for
 /// device `dev-a`.
 fn make_certificates(dir: &Path) {
-    make_ca(dir, "ca", "/CN=listeners CA");
-    issue_certificate(
-        dir,
-        "bridge",
-        "bridge",
-        "ca",
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    );
-    issue_certificate(dir, "dev-a", "dev-a", "ca", "extendedKeyUsage=clientAuth\n");
+    make_link_certificates(dir, "/CN=listeners CA", &["dev-a"]);
 }
 
 /// A TLS link on a free port with the certificates of [`make_certificates`].

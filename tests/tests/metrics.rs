@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use broker_config::{Config, LinkConfig};
 use edge_tests::{
-    Watcher, embedded_config, http_request, issue_certificate, last_state, make_ca,
+    Watcher, embedded_config, http_request, last_state, make_link_certificates,
     start_bridge_with_config, start_bridge_with_log, start_device, write_config,
 };
 
@@ -489,9 +489,7 @@ async fn without_a_metrics_section_nothing_more_listens() {
 
 /// Certificates for a TLS device link in `dir` (the bridge's, and the devices' CA).
 fn make_certificates(dir: &Path) {
-    make_ca(dir, "ca", "/CN=edge devices CA");
-    let ext = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
-    issue_certificate(dir, "bridge", "bridge", "ca", ext);
+    make_link_certificates(dir, "/CN=edge devices CA", &[]);
 }
 
 /// A device's pre-shared key on the test's DTLS link.
