@@ -47,7 +47,7 @@
 //!   handshakes, refused connections), with counts of the lines left out.
 // No unsafe code, but for the few OpenSSL calls the `openssl` crate does not wrap (DTLS
 // timer and stateless cookie exchange), in `link::dtls::ffi`, and one descriptor borrowed by
-// number in `broker::nodelay`.
+// number (to duplicate it) in `broker::nodelay`.
 #![deny(unsafe_code)]
 
 pub mod api;

@@ -251,7 +251,8 @@ mod tests {
         let peer = client.local_addr().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            if let Some(nodelay) = nodelay::of_accepted(peer).unwrap() {
+            let listener = client.peer_addr().unwrap();
+            if let Some(nodelay) = nodelay::of_accepted(listener, peer).unwrap() {
                 return nodelay;
             }
             assert!(

@@ -8,12 +8,13 @@
 //! connection it accepts, so the bridge finds the broker's listener among the process's
 //! descriptors and sets the option there, once, before the first client connects.
 //!
-//! The workspace's second `unsafe` block lives here: borrowing a descriptor by number.
+//! The only `unsafe` outside `link::dtls::ffi` is here: borrowing a descriptor by number, just
+//! long enough to duplicate it.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 
 use socket2::SockRef;
 
@@ -21,35 +22,38 @@ use socket2::SockRef;
 /// one was found.
 pub fn set_on_listener(addr: SocketAddr) -> io::Result<bool> {
     let mut found = false;
-    each_socket(|socket| {
-        if socket.is_listener().unwrap_or(false) && local(socket) == Some(addr) {
+    for fd in sockets()? {
+        let socket = SockRef::from(&fd);
+        if socket.is_listener().unwrap_or(false) && local(&socket) == Some(addr) {
             socket.set_tcp_nodelay(true)?;
             found = true;
         }
-        Ok(())
-    })?;
+    }
     Ok(found)
 }
 
-/// Whether the process's TCP connection from `peer` (accepted by one of its listeners) has
+/// Whether the connection from `peer` that the process accepted on `listener`'s address has
 /// `TCP_NODELAY`; `None` if there is no such connection.
-pub fn of_accepted(peer: SocketAddr) -> io::Result<Option<bool>> {
-    let mut nodelay = None;
-    each_socket(|socket| {
-        if socket.peer_addr().ok().and_then(|a| a.as_socket()) == Some(peer) {
-            nodelay = Some(socket.tcp_nodelay()?);
+pub fn of_accepted(listener: SocketAddr, peer: SocketAddr) -> io::Result<Option<bool>> {
+    for fd in sockets()? {
+        let socket = SockRef::from(&fd);
+        let remote = socket.peer_addr().ok().and_then(|a| a.as_socket());
+        if remote == Some(peer) && local(&socket) == Some(listener) {
+            return socket.tcp_nodelay().map(Some);
         }
-        Ok(())
-    })?;
-    Ok(nodelay)
+    }
+    Ok(None)
 }
 
 fn local(socket: &SockRef<'_>) -> Option<SocketAddr> {
     socket.local_addr().ok()?.as_socket()
 }
 
-/// Calls `visit` with each socket descriptor the process has open.
-fn each_socket(mut visit: impl FnMut(&SockRef<'_>) -> io::Result<()>) -> io::Result<()> {
+/// A duplicate of each socket descriptor the process has open. Each is checked and changed
+/// through its own duplicate, so a descriptor number that another thread closes and reuses
+/// meanwhile cannot make the check and the change apply to different sockets.
+fn sockets() -> io::Result<Vec<OwnedFd>> {
+    let mut sockets = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let entry = entry?;
         let Some(fd) = entry
@@ -65,14 +69,15 @@ fn each_socket(mut visit: impl FnMut(&SockRef<'_>) -> io::Result<()>) -> io::Res
         if !is_socket {
             continue;
         }
-        // SAFETY: `fd` was open a moment ago. If another thread closed it since, the calls
-        // below fail with EBADF; if the number was reused meanwhile, they act on that socket,
-        // which is only changed when it is a TCP listener bound to the broker's address, that
-        // is the broker's (two listeners cannot share an address without SO_REUSEPORT, which
-        // neither the bridge nor rumqttd sets). The borrow does not outlive this iteration and
-        // nothing here closes the descriptor.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        visit(&SockRef::from(&fd))?;
+        // SAFETY: the borrow lives for one `fcntl(F_DUPFD_CLOEXEC)` call, which reads no
+        // memory through it. If another thread closed `fd` a moment ago the call fails with
+        // EBADF (skipped); if the number was reused, the duplicate is of that newer object,
+        // which the callers check (a TCP listener or connection on the broker's address)
+        // before they change anything, on the duplicate itself.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        if let Ok(owned) = borrowed.try_clone_to_owned() {
+            sockets.push(owned);
+        }
     }
-    Ok(())
+    Ok(sockets)
 }
