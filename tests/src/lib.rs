@@ -525,14 +525,19 @@ pub fn start_mosquitto_on(dir: &Path, port: u16, persistent: bool) -> Proc {
     run_mosquitto(&conf, &[port])
 }
 
+/// Where mosquitto is installed, if it is.
+pub fn mosquitto_binary() -> Option<&'static Path> {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+}
+
 /// Runs mosquitto with the configuration file `conf` and waits until it listens on every
 /// port of `ports` (loopback). Fails loudly when it is not installed.
 pub fn run_mosquitto(conf: &Path, ports: &[u16]) -> Proc {
-    let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    let exe =
-        exe.expect("mosquitto is not installed: apt-get install mosquitto (tests/run.sh does)");
+    let exe = mosquitto_binary()
+        .expect("mosquitto is not installed: apt-get install mosquitto (tests/run.sh does)");
     let child = Command::new(exe)
         .arg("-c")
         .arg(conf)

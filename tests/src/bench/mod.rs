@@ -260,6 +260,13 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
             "--p0-interval-ms must be at least 1".into(),
         ));
     }
+    // Phase 2m needs mosquitto: say so before the other phases run, not after.
+    if !opts.no_mosquitto && crate::mosquitto_binary().is_none() {
+        return Err(BenchError::Options(
+            "phase 2m needs mosquitto (apt-get install mosquitto), or --no-mosquitto to skip it"
+                .into(),
+        ));
+    }
     let temp;
     let data_dir = match &opts.data_dir {
         Some(d) => d.clone(),
