@@ -303,22 +303,8 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
     );
     eprintln!("[relay] bridge up: MQTT on {}", bridge.mqtt);
     let relay = relay::run(&bridge, opts, &nonce).await?;
-    let plain = tasks::ThroughputRun {
-        phase: "throughput",
-        tag: "t",
-        link: tasks::DeviceLink::Tcp,
-        tasks: opts.tasks,
-        window: opts.concurrency,
-    };
-    let throughput = tasks::throughput(&bridge, opts, &nonce, plain).await?;
-    let one_by_one = tasks::ThroughputRun {
-        phase: "sequential",
-        tag: "s",
-        link: tasks::DeviceLink::Tcp,
-        tasks: opts.sequential,
-        window: 1,
-    };
-    let sequential = tasks::throughput(&bridge, opts, &nonce, one_by_one).await?;
+    let [throughput, sequential] =
+        loaded_then_one_by_one(&bridge, opts, &nonce, ["throughput", "sequential"]).await?;
     drop(bridge);
 
     let bridge = crate::start_bridge(
@@ -372,6 +358,29 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
     })
 }
 
+/// Phases 2 and 2b on `bridge` (devices over plain TCP), named `phases`: `--tasks` with
+/// `--concurrency` outstanding, then `--sequential` one at a time.
+async fn loaded_then_one_by_one(
+    bridge: &crate::Bridge,
+    opts: &Options,
+    nonce: &str,
+    phases: [&'static str; 2],
+) -> Result<[ThroughputFigures; 2], BenchError> {
+    let [loaded, one_by_one] = phases;
+    let run = |phase, tag, tasks, window| tasks::ThroughputRun {
+        phase,
+        tag,
+        link: tasks::DeviceLink::Tcp,
+        tasks,
+        window,
+    };
+    let loaded = run(loaded, "t", opts.tasks, opts.concurrency);
+    let loaded = tasks::throughput(bridge, opts, nonce, loaded).await?;
+    let one_by_one = run(one_by_one, "s", opts.sequential, 1);
+    let one_by_one = tasks::throughput(bridge, opts, nonce, one_by_one).await?;
+    Ok([loaded, one_by_one])
+}
+
 /// Phase 2m: phases 1, 2 and 2b again with mosquitto as the broker (configured as
 /// `broker-config/mosquitto.conf` says), a bridge in external mode on it.
 async fn through_mosquitto(
@@ -390,22 +399,8 @@ async fn through_mosquitto(
     eprintln!("[mosquitto] mosquitto on 127.0.0.1:{port}, bridge up");
     let nonce = format!("{nonce}m");
     let relay = relay::run(&bridge, opts, &nonce).await?;
-    let run = tasks::ThroughputRun {
-        phase: "mosquitto-throughput",
-        tag: "mt",
-        link: tasks::DeviceLink::Tcp,
-        tasks: opts.tasks,
-        window: opts.concurrency,
-    };
-    let throughput = tasks::throughput(&bridge, opts, &nonce, run).await?;
-    let run = tasks::ThroughputRun {
-        phase: "mosquitto-sequential",
-        tag: "ms",
-        link: tasks::DeviceLink::Tcp,
-        tasks: opts.sequential,
-        window: 1,
-    };
-    let sequential = tasks::throughput(&bridge, opts, &nonce, run).await?;
+    let phases = ["mosquitto-throughput", "mosquitto-sequential"];
+    let [throughput, sequential] = loaded_then_one_by_one(&bridge, opts, &nonce, phases).await?;
     drop(bridge);
     drop(broker);
     Ok(BrokerFigures {

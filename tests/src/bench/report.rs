@@ -270,7 +270,7 @@ pub struct Report {
     pub fsync_per_s: f64,
     pub relay: RelayFigures,
     pub throughput: ThroughputFigures,
-    /// Phase 2, one task at a time.
+    /// Phase 2b: phase 2 one task at a time.
     pub sequential: ThroughputFigures,
     pub backlog: BacklogFigures,
     /// Phase 2m; `None` with `--no-mosquitto`.
@@ -404,15 +404,20 @@ fn mosquitto(
         m.ratio()
     )?;
     throughput_table(f, t)?;
+    one_at_a_time(f, "  one at a time: ", s)
+}
+
+/// A phase 2b run: its count, time and median, then its table.
+fn one_at_a_time(f: &mut fmt::Formatter<'_>, lead: &str, t: &ThroughputFigures) -> fmt::Result {
     writeln!(
         f,
-        "  one at a time: {} of {} completed in {:.2} s: submit -> completed P50 {}",
-        s.completed,
-        s.submitted,
-        s.seconds,
-        ms(s.all.percentile(50.0)),
+        "{lead}{} of {} completed in {:.2} s: submit -> completed P50 {}",
+        t.completed,
+        t.submitted,
+        t.seconds,
+        ms(t.all.percentile(50.0)),
     )?;
-    throughput_table(f, s)
+    throughput_table(f, t)
 }
 
 fn failures(
@@ -483,22 +488,13 @@ impl fmt::Display for Report {
         )?;
         throughput_table(f, t)?;
 
-        let t = &self.sequential;
         writeln!(f)?;
         writeln!(
             f,
             "2b. latency at light load (echo tasks one at a time, each submitted once the \
              previous one completed; the clients set TCP_NODELAY)"
         )?;
-        writeln!(
-            f,
-            "  {} of {} completed in {:.2} s: submit -> completed P50 {}",
-            t.completed,
-            t.submitted,
-            t.seconds,
-            ms(t.all.percentile(50.0)),
-        )?;
-        throughput_table(f, t)?;
+        one_at_a_time(f, "  ", &self.sequential)?;
 
         if let Some(m) = &self.mosquitto {
             mosquitto(f, m, self.ratio(), o.concurrency)?;
