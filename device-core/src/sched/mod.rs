@@ -40,15 +40,20 @@ pub enum Event {
     WaitTimedOut(TaskId, LockId),
 }
 
-/// One task slot: 32 bytes on 32-bit targets (checked by a test).
+/// `Slot::order >> 16` of a task without a deadline (and of one whose deadline is 2^48 ms,
+/// some 8,900 years, or later).
+const NO_DEADLINE: u64 = (1 << 48) - 1;
+
+/// One task slot: 24 bytes (checked by a test).
 #[derive(Clone, Copy, Debug)]
 struct Slot {
-    /// Latest start (exclusive), in ms; `u64::MAX` = none.
-    deadline: u64,
+    /// The task's place inside its priority level, one integer so that ordering is one
+    /// comparison: its latest start (exclusive) in ms in the high 48 bits (`NO_DEADLINE` for
+    /// none), its admission rank in the low 16 (FIFO among equal deadlines; renumbered before
+    /// the counter would wrap, see [`Scheduler::renumber`]).
+    order: u64,
     /// Release time while `Pending`, wait timeout while `Blocked`, in ms; `u64::MAX` = none.
     timer: u64,
-    /// Admission order, for FIFO among equal deadlines.
-    seq: u32,
     /// Bumped when the slot is freed, so stale `TaskId`s are refused.
     generation: u8,
     /// `None` while the slot is free.
@@ -68,9 +73,8 @@ struct Slot {
 
 impl Slot {
     const FREE: Self = Self {
-        deadline: u64::MAX,
+        order: u64::MAX,
         timer: u64::MAX,
-        seq: 0,
         generation: 0,
         state: None,
         base: Priority::P5,
@@ -80,6 +84,17 @@ impl Slot {
         flags: 0,
         timed_out_on: NONE,
     };
+
+    /// The latest start (exclusive) in ms; `NO_DEADLINE` = none, which as an instant is never
+    /// reached (and is left out of [`Scheduler::poll_timeout`]).
+    fn deadline(&self) -> u64 {
+        self.order >> 16
+    }
+
+    /// The admission rank.
+    fn seq(&self) -> u16 {
+        self.order as u16
+    }
 }
 
 /// Fixed-capacity priority scheduler with `N` task slots and `L` locks (both at most 254).
@@ -92,7 +107,7 @@ pub struct Scheduler<const N: usize, const L: usize> {
     ready: ReadyLists,
     /// Slot of the executing task, or `NONE`.
     current: u8,
-    /// Admission counter behind `Slot::seq`.
+    /// The admission rank of the next task (see [`Slot::order`]).
     next_seq: u32,
     /// No timer (release, start deadline, lock-wait timeout) is due before this instant, in ms:
     /// a lower bound lowered whenever a timer is set and recomputed by a full `advance` scan,
@@ -134,13 +149,18 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
         let Some(i) = self.slots.iter().position(|s| s.state.is_none()) else {
             return Err(spec);
         };
-        let seq = self.next_seq;
-        self.next_seq = seq.wrapping_add(1);
+        if self.next_seq > u32::from(u16::MAX) {
+            self.renumber();
+        }
+        let seq = u64::from(self.next_seq);
+        self.next_seq += 1;
+        let deadline = spec
+            .deadline
+            .map_or(NO_DEADLINE, |d| d.as_millis().min(NO_DEADLINE));
         let slot = &mut self.slots[i];
         *slot = Slot {
-            deadline: spec.deadline.map_or(u64::MAX, Instant::as_millis),
+            order: deadline << 16 | seq,
             timer: u64::MAX,
-            seq,
             generation: slot.generation,
             state: Some(TaskState::Ready),
             base: spec.priority,
@@ -148,7 +168,7 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
             ..Slot::FREE
         };
         let idx = i as u8;
-        self.due = self.due.min(slot.deadline);
+        self.due = self.due.min(slot.deadline());
         match spec.release_at {
             Some(at) if at > now => {
                 slot.state = Some(TaskState::Pending);
@@ -159,6 +179,30 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
         }
         self.expire_if_due(idx, now);
         Ok(self.id_of(idx))
+    }
+
+    /// Gives the tasks in their slots the admission ranks 0, 1, … in their order, so that the
+    /// 16-bit ranks of [`Slot::order`] keep FIFO order however many tasks a device admits over
+    /// its life. Runs once per 65,536 admissions: O(N²) comparisons, no memory but N ranks on
+    /// the stack.
+    fn renumber(&mut self) {
+        let mut ranks = [0u16; N];
+        for (rank, a) in ranks.iter_mut().zip(&self.slots) {
+            let earlier = self
+                .slots
+                .iter()
+                .filter(|b| b.state.is_some() && b.seq() < a.seq())
+                .count();
+            *rank = earlier as u16;
+        }
+        let mut live = 0;
+        for (slot, rank) in self.slots.iter_mut().zip(ranks) {
+            if slot.state.is_some() {
+                slot.order = (slot.order & !0xFFFF) | u64::from(rank);
+                live += 1;
+            }
+        }
+        self.next_seq = live;
     }
 
     /// Brings the scheduler to `now` (releases pending tasks, expires tasks whose deadline
@@ -238,7 +282,7 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
         let slot = self.slots[idx as usize];
         let unstarted = matches!(slot.state, Some(TaskState::Pending | TaskState::Ready))
             && slot.flags & STARTED == 0;
-        if unstarted && slot.deadline <= now.as_millis() {
+        if unstarted && slot.deadline() <= now.as_millis() {
             if slot.state == Some(TaskState::Ready) {
                 self.ready_remove(idx, slot.eff);
             }
@@ -343,12 +387,12 @@ impl<const N: usize, const L: usize> Scheduler<N, L> {
         self.slots
             .iter()
             .filter_map(|s| match s.state? {
-                TaskState::Pending => Some(s.timer.min(s.deadline)),
-                TaskState::Ready if s.flags & STARTED == 0 => Some(s.deadline),
+                TaskState::Pending => Some(s.timer.min(s.deadline())),
+                TaskState::Ready if s.flags & STARTED == 0 => Some(s.deadline()),
                 TaskState::Blocked => Some(s.timer),
                 _ => None,
             })
-            .filter(|&t| t != u64::MAX)
+            .filter(|&t| t < NO_DEADLINE)
             .min()
             .map(Instant::from_millis)
     }

@@ -31,11 +31,10 @@ impl ReadyLists {
     }
 }
 
-/// Whether `a` goes before `b` inside one level: earlier deadline first, then admission order.
-/// Sequence numbers are compared with wrap-around, so a device that admits more than 2^32
-/// tasks over its life keeps FIFO order among the tasks alive together.
+/// Whether `a` goes before `b` inside one level: earlier deadline first, then admission order
+/// (both in [`Slot::order`]).
 pub(super) fn goes_before(a: &Slot, b: &Slot) -> bool {
-    a.deadline < b.deadline || (a.deadline == b.deadline && (a.seq.wrapping_sub(b.seq) as i32) < 0)
+    a.order < b.order
 }
 
 impl<const N: usize, const L: usize> Scheduler<N, L> {
