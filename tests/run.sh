@@ -123,6 +123,8 @@ done
 # The footprint image links a whole Scheduler<8, 4> for Cortex-M4F, so a change that pulls
 # in std, alloc or an unlinkable symbol fails here rather than in someone's firmware.
 cargo build -p device-core-footprint --profile footprint --target thumbv7em-none-eabihf
+# Flash budgets (scheduler + locks 4 KiB, codec + session 6 KiB): over one, this fails.
+device-core/footprint/measure.sh --flash-budget
 # The QEMU firmware (built by tests/tests/qemu.rs during `cargo test`): flash and RAM.
 arm-none-eabi-size device-core/firmware-qemu/target/thumbv7m-none-eabi/release/edge-firmware-qemu
 

@@ -6,17 +6,29 @@
 #   3. Instructions per operation on the host, counted by callgrind (deterministic: the same
 #      binary and inputs give the same count whatever else the machine is doing).
 # Needs: rustup (installs the target, llvm-tools and the nightly target), valgrind.
+#
+# `measure.sh --flash-budget` prints only the flash figures (2.) and fails when one is over its
+# budget (scheduler + locks 4 KiB, codec + session 6 KiB): `tests/run.sh` runs it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 target=thumbv7em-none-eabihf
-for tool in valgrind callgrind_annotate; do
-  command -v "$tool" >/dev/null || { echo "measure.sh: '$tool' not found (apt-get install valgrind)" >&2; exit 1; }
-done
+budget=false
+case "${1:-}" in
+  --flash-budget) budget=true ;;
+  "") ;;
+  *) echo "usage: measure.sh [--flash-budget]" >&2; exit 2 ;;
+esac
+if ! $budget; then
+  for tool in valgrind callgrind_annotate; do
+    command -v "$tool" >/dev/null || { echo "measure.sh: '$tool' not found (apt-get install valgrind)" >&2; exit 1; }
+  done
+fi
 rustup target add "$target" >/dev/null 2>&1
 rustup component add llvm-tools >/dev/null 2>&1
 sysroot=$(rustc --print sysroot)
 llvm_bin=$(dirname "$(find "$sysroot" -name llvm-size -type f | head -n1)")
 
+if ! $budget; then
 echo "== RAM on $target (rustc -Zprint-type-sizes)"
 rustup target add --toolchain nightly "$target" >/dev/null 2>&1
 touch device-core/footprint/src/main.rs
@@ -25,8 +37,10 @@ cargo +nightly rustc -q -p device-core-footprint --profile footprint --target "$
   grep -E 'type: `device_core::(Scheduler<8, 4>|sched::Slot|sched::locks::LockSlot|runtime::Device<8, 4, 4, 4>|runtime::Runtime<8, 4, 4>|link::Session<device_core::link::DeviceSide, 4>|runtime::Task|proto::Message|proto::Restore|link::session::Unacked)`' |
   sed -e 's/print-type-size type: //' -e 's/device_core::sched::Slot/task slot (sched::Slot)/' \
       -e 's/device_core::sched::locks::LockSlot/lock (sched::locks::LockSlot)/' | sort -u
-
 echo
+fi
+
+over=0
 echo "== .text on $target, opt-level s + LTO (llvm-size -A; compiler_builtins' memcpy/memclr,"
 echo "   which every firmware links anyway, counted apart)"
 for part in scheduler link device; do
@@ -45,7 +59,16 @@ for part in scheduler link device; do
     device) label="whole Device (codec, session, runtime, scheduler)" ;;
   esac
   printf '%-52s %6d bytes (image %d, builtins %d)\n' "$label" $((text - builtins)) "$text" "$builtins"
+  limit=0
+  case "$part" in scheduler) limit=4096 ;; link) limit=6144 ;; esac
+  if [ "$limit" -gt 0 ] && [ $((text - builtins)) -gt "$limit" ]; then
+    echo "measure.sh: $label is over its budget of $limit bytes" >&2
+    over=1
+  fi
 done
+if $budget; then
+  exit "$over"
+fi
 
 echo
 echo "== instructions per operation on the host, Scheduler<8, 4> (valgrind --tool=callgrind)"
