@@ -48,6 +48,8 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         "2",
         "--pathfinder-steps",
         "150",
+        "--queue-tasks",
+        "3000",
         "--timeout-s",
         "60",
         "--data-dir",
@@ -161,6 +163,10 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         );
     }
     assert!(report.pathfinder_ratio(50.0).is_some());
+    let q = report.queue.as_ref().expect("the queue phase runs by default");
+    assert_eq!(q.tasks, 3000);
+    assert!(q.per_s() > 0.0 && q.restart_s > 0.0 && q.stop_s > 0.0);
+    assert!(q.rss_empty_kib > 0 && q.rss_full_kib > 0 && q.rss_restarted_kib > 0);
     let text = report.to_string();
     for section in [
         "4. DTLS handshakes",
@@ -168,6 +174,7 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         "6. tasks over DTLS",
         "7. The Harness incident",
         "8. Mars Pathfinder",
+        "9. The queue at scale",
     ] {
         assert!(text.contains(section), "{section} missing from the report");
     }

@@ -27,7 +27,10 @@
 //! 8. Mars Pathfinder across devices (`pathfinder`): a P0 on one device waiting for a bridge
 //!    resource that a P4 holds on another device, where a P2 flood starves the holder; the
 //!    P0's blocking time with priority inheritance off and on, on fresh bridges
-//!    (`--no-pathfinder` skips it).
+//!    (`--no-pathfinder` skips it);
+//! 9. the queue at scale (`queue`): `--queue-tasks` P4 tasks submitted to a fresh bridge with no
+//!    device online; submissions/s, resident memory per queued task, and the time a restart
+//!    takes to be ready with all of them (`--no-queue` skips it).
 //!
 //! Phases 4 to 6 run on bridges with both a plain TCP and a DTLS device link, a fresh one per
 //! measurement, with the DTLS link's limits far above the load (`--no-dtls` skips them).
@@ -57,6 +60,7 @@ mod incident;
 mod links;
 mod memory;
 mod pathfinder;
+mod queue;
 mod relay;
 mod report;
 mod stats;
@@ -69,7 +73,8 @@ use std::time::Duration;
 pub use links::DtlsLimits;
 pub use report::{
     BacklogFigures, BrokerFigures, CpuUse, DtlsFigures, HandshakeFigures, IncidentFigures,
-    MemoryFigures, PathfinderFigures, RelayFigures, Report, Stages, ThroughputFigures,
+    MemoryFigures, PathfinderFigures, QueueFigures, RelayFigures, Report, Stages,
+    ThroughputFigures,
 };
 pub use stats::Latencies;
 
@@ -161,6 +166,12 @@ pub struct Options {
     /// Skips phase 8.
     #[arg(long)]
     pub no_pathfinder: bool,
+    /// Phase 9: P4 tasks queued on a fresh bridge with no device online.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub queue_tasks: usize,
+    /// Skips phase 9.
+    #[arg(long)]
+    pub no_queue: bool,
     /// Each phase fails after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout_s: u64,
@@ -255,6 +266,11 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
             pathfinder::SLOTS - 1
         )));
     }
+    if !opts.no_queue && opts.queue_tasks == 0 {
+        return Err(BenchError::Options(
+            "--queue-tasks must be at least 1 (--no-queue skips that phase)".into(),
+        ));
+    }
     if opts.p0_interval_ms == 0 {
         return Err(BenchError::Options(
             "--p0-interval-ms must be at least 1".into(),
@@ -342,6 +358,12 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         Some([off, on])
     };
 
+    let queue = if opts.no_queue {
+        None
+    } else {
+        Some(queue::run(&data_dir.join("bridge-queue"), opts, &nonce).await?)
+    };
+
     Ok(Report {
         options: opts.clone(),
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
@@ -355,6 +377,7 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         dtls,
         incident,
         pathfinder,
+        queue,
     })
 }
 

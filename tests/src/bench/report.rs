@@ -20,6 +20,37 @@ pub struct CpuUse {
     pub bench: Option<f64>,
 }
 
+/// Phase 9: the queue at scale.
+#[derive(Clone, Debug)]
+pub struct QueueFigures {
+    /// P4 tasks queued (no device online).
+    pub tasks: u64,
+    /// From the first submission to the last one live (accepted: committed).
+    pub fill_s: f64,
+    pub fill_cpu: CpuUse,
+    /// The bridge's resident memory when ready and empty, then with every task queued and
+    /// their `queued` events published.
+    pub rss_empty_kib: u64,
+    pub rss_full_kib: u64,
+    /// SIGTERM to exit, with every task queued.
+    pub stop_s: f64,
+    /// Start to ready line, with every task queued, and its memory then.
+    pub restart_s: f64,
+    pub rss_restarted_kib: u64,
+}
+
+impl QueueFigures {
+    /// Resident bytes per queued task: (full − empty) ÷ tasks.
+    pub fn bytes_per_task(&self, rss_kib: u64) -> f64 {
+        rss_kib.saturating_sub(self.rss_empty_kib) as f64 * 1024.0 / self.tasks.max(1) as f64
+    }
+
+    /// Accepted submissions per second.
+    pub fn per_s(&self) -> f64 {
+        self.tasks as f64 / self.fill_s.max(1e-9)
+    }
+}
+
 /// Phase 1: request/response through the broker alone.
 #[derive(Clone, Debug)]
 pub struct RelayFigures {
@@ -281,6 +312,8 @@ pub struct Report {
     pub incident: Option<[IncidentFigures; 2]>,
     /// Phase 8, inheritance off then on; `None` with `--no-pathfinder`.
     pub pathfinder: Option<[PathfinderFigures; 2]>,
+    /// Phase 9; `None` with `--no-queue`.
+    pub queue: Option<QueueFigures>,
 }
 
 impl Report {
@@ -555,8 +588,51 @@ impl fmt::Display for Report {
                 ratio(100.0)
             )?;
         }
+        if let Some(q) = &self.queue {
+            queue(f, q)?;
+        }
         Ok(())
     }
+}
+
+/// Section 9 of the report: the queue at scale.
+fn queue(f: &mut fmt::Formatter<'_>, q: &QueueFigures) -> fmt::Result {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    writeln!(f)?;
+    writeln!(
+        f,
+        "9. The queue at scale: {} P4 tasks submitted to a fresh bridge, no device online",
+        q.tasks
+    )?;
+    writeln!(
+        f,
+        "  accepted in {:.1} s: {:.0} submissions/s (goal: at least 50,000); CPU: {}",
+        q.fill_s,
+        q.per_s(),
+        q.fill_cpu
+    )?;
+    if let Some(cpu) = q.fill_cpu.bridge {
+        writeln!(
+            f,
+            "  bridge CPU per submission: {:.1} µs",
+            cpu * q.fill_cpu.wall_s * 1e6 / q.tasks.max(1) as f64
+        )?;
+    }
+    writeln!(
+        f,
+        "  bridge resident memory: {:.1} MiB empty, {:.1} MiB with every task queued: {:.0} bytes per queued task (goal: at most 128)",
+        mib(q.rss_empty_kib),
+        mib(q.rss_full_kib),
+        q.bytes_per_task(q.rss_full_kib)
+    )?;
+    writeln!(
+        f,
+        "  stopped (SIGTERM) in {:.2} s; restarted to ready in {:.2} s (goal: at most 2 s), then {:.1} MiB: {:.0} bytes per queued task",
+        q.stop_s,
+        q.restart_s,
+        mib(q.rss_restarted_kib),
+        q.bytes_per_task(q.rss_restarted_kib)
+    )
 }
 
 /// Section 7 of the report: the incident without and with the protocol.
