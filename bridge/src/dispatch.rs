@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 
 use device_core::Priority;
 
-use crate::queue::{Lane, TaskRecord};
+use crate::queue::{Lane, Queued, TaskRecord};
 
 /// What the dispatcher knows of an online device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,16 +120,20 @@ pub struct Plan {
 /// whole: its class is at its quota, no device serving it has its locks, or its head may not
 /// take its resources (then no task behind it may: they wait for the same resources, behind
 /// the same more urgent waiter). So tasks that fit nowhere cost nothing turn after turn.
+///
+/// A decision names its task by id, which `id_of` gives for the few tasks decided on (a fresh
+/// queued task's is on disk); a task it gives none for is left out of the plan.
 pub fn plan<'a, I>(
     lanes: impl IntoIterator<Item = (&'a Lane, I)>,
     devices: &'a BTreeMap<String, DeviceView>,
     urgent_at: Priority,
     now_ms: u64,
     may_hold: &dyn Fn(&TaskRecord) -> bool,
+    id_of: &dyn Fn(&Queued<'a>) -> Option<String>,
     class_room: [Option<u32>; 3],
 ) -> Plan
 where
-    I: Iterator<Item = &'a TaskRecord>,
+    I: Iterator<Item = Queued<'a>>,
 {
     // (credit, in flight, reserve left) per device, as assignments are made.
     let mut load: BTreeMap<&str, (u32, u32, u32)> = devices
@@ -173,39 +177,45 @@ where
                 let Some(task) = tasks.peek() else {
                     break Head::Closed;
                 };
-                if task.not_before_ms > now_ms || task.deadline_at_ms.is_some_and(|d| d <= now_ms) {
+                if task.not_before_ms() > now_ms
+                    || task.deadline_at_ms().is_some_and(|d| d <= now_ms)
+                {
                     out.examined += 1;
                     tasks.next();
                     continue;
                 }
                 // Waits for its resources: held, or to be served to a more urgent waiter; so
-                // does every task behind it.
+                // does every task behind it. (A task naming resources is always held whole.)
                 if !lane.resources.is_empty()
                     && (lane.resources.iter().any(|r| claimed.contains(r.as_str()))
-                        || !may_hold(task))
+                        || !task.record().is_some_and(may_hold))
                 {
                     break Head::Closed;
                 }
-                let size = task.sub.payload.len();
-                let urgent = !urgent_at.outranks(task.sub.priority);
+                let size = task.payload_len();
+                let urgent = !urgent_at.outranks(task.priority());
                 match named {
                     Some(n) => {
                         let d = &devices[n.as_str()];
                         if size > d.max_payload {
-                            out.decisions.push(Decision::TooLarge {
-                                id: task.sub.id.clone(),
-                                device: n.clone(),
-                                max: d.max_payload,
-                            });
+                            if let Some(id) = id_of(task) {
+                                out.decisions.push(Decision::TooLarge {
+                                    id,
+                                    device: n.clone(),
+                                    max: d.max_payload,
+                                });
+                            }
                             tasks.next();
                             continue;
                         }
                         if let Some(lock) = d.missing_lock(&lane.locks) {
-                            out.decisions.push(Decision::MissingLock {
-                                id: task.sub.id.clone(),
-                                device: n.clone(),
-                                lock: lock.to_owned(),
-                            });
+                            if let Some(id) = id_of(task) {
+                                out.decisions.push(Decision::MissingLock {
+                                    id,
+                                    device: n.clone(),
+                                    lock: lock.to_owned(),
+                                });
+                            }
                             tasks.next();
                             continue;
                         }
@@ -233,7 +243,7 @@ where
                             // another can take it (a task whose lease ended there, or that
                             // failed there, is tried elsewhere).
                             .min_by_key(|(id, _)| {
-                                let last = task.device.as_deref() == Some(id.as_str());
+                                let last = task.last_device() == Some(id.as_str());
                                 (last, load[id.as_str()].1, id.as_str())
                             });
                         match fit {
@@ -262,21 +272,24 @@ where
         let Some((_, i, device)) = best else {
             break;
         };
-        let task = open[i].1.next().expect("the head just looked at");
-        claimed.extend(task.sub.resources.iter().map(String::as_str));
-        if let Some(room) = &mut class_room[class_of(task.sub.priority)] {
+        let (lane, tasks) = &mut open[i];
+        let task = tasks.next().expect("the head just looked at");
+        claimed.extend(lane.resources.iter().map(String::as_str));
+        if let Some(room) = &mut class_room[class_of(task.priority())] {
             *room -= 1;
         }
         let l = load.get_mut(device).expect("chosen among known devices");
         l.0 -= 1;
         l.1 += 1;
-        if !urgent_at.outranks(task.sub.priority) {
+        if !urgent_at.outranks(task.priority()) {
             l.2 = l.2.saturating_sub(1);
         }
-        out.decisions.push(Decision::Assign {
-            id: task.sub.id.clone(),
-            device: device.to_owned(),
-        });
+        if let Some(id) = id_of(&task) {
+            out.decisions.push(Decision::Assign {
+                id,
+                device: device.to_owned(),
+            });
+        }
     }
     out.examined += out.decisions.len() as u64;
     out
@@ -359,11 +372,14 @@ mod tests {
             l.sort_by_key(|t| t.order_key());
         }
         super::plan(
-            lanes.iter().map(|(l, ts)| (l, ts.iter().copied())),
+            lanes
+                .iter()
+                .map(|(l, ts)| (l, ts.iter().map(|t| Queued::Whole(t)))),
             devices,
             Priority::P1,
             now_ms,
             &|t| !t.sub.resources.iter().any(|r| r == "held"),
+            &|t| t.record().map(|r| r.sub.id.clone()),
             [None, None, None],
         )
         .decisions

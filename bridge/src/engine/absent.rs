@@ -127,7 +127,7 @@ impl Engine {
                     .push((link, LinkCommand::Cancel(cancel)));
                 continue;
             }
-            match super::assign::assign_for(t, hello, now.ms) {
+            match super::assign::assign_for(&t, hello, now.ms) {
                 Ok(assign) => {
                     if let Some(checkpoint) = t.checkpoint.clone() {
                         let command = LinkCommand::Restore {

@@ -649,9 +649,10 @@ impl Engine {
         let overdue: Vec<Change> = self
             .queue
             .overdue(now.ms)
+            .into_iter()
             .map(|id| {
                 Change::finished(
-                    id,
+                    &id,
                     TaskState::Expired,
                     ErrorCode::DeadlineExpired,
                     "the deadline passed while the task waited",
@@ -666,6 +667,10 @@ impl Engine {
             let urgent_at = self.urgency.urgent_at;
             let views = self.device_views();
             let may_hold = |t: &crate::queue::TaskRecord| self.may_hold(t, now);
+            let id_of = |t: &crate::queue::Queued<'_>| match t.record() {
+                Some(r) => Some(r.sub.id.clone()),
+                None => self.queue.id_of(t.seq()),
+            };
             let room = self.class_room();
             let plan = dispatch::plan(
                 self.queue.lanes(),
@@ -673,6 +678,7 @@ impl Engine {
                 urgent_at,
                 now.ms,
                 &may_hold,
+                &id_of,
                 room,
             );
             self.dispatch_examined += plan.examined;
@@ -756,7 +762,7 @@ impl Engine {
                 let task = self.queue.get(&id)?;
                 // A resource holder starts at its ceiling, or its most urgent waiter's priority.
                 let holding = (!task.sub.resources.is_empty())
-                    .then(|| self.holding_priority(task))
+                    .then(|| self.holding_priority(&task))
                     .filter(|p| *p != task.sub.priority);
                 let online = self.devices.get_mut(&device)?;
                 let first_wait = (task.attempt == 0
@@ -773,7 +779,7 @@ impl Engine {
                 let restore = task.checkpoint.clone().filter(|_| {
                     devices::preemption(&online.hello, &task.sub.capability) == Preemption::Resume
                 });
-                match assign::assign_for(task, &online.hello, now.ms) {
+                match assign::assign_for(&task, &online.hello, now.ms) {
                     Ok(mut assign) => {
                         if let Some(p) = holding {
                             assign.priority = p;

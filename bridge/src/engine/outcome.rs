@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::Engine;
 use crate::api::{ErrorCode, TaskState};
 use crate::link::LinkId;
-use crate::queue::{Change, TaskRecord};
+use crate::queue::Change;
 use crate::time::Now;
 
 impl Engine {
@@ -126,7 +126,7 @@ impl Engine {
     /// Another attempt of live task `id` after the retry delay, with a new handle (a
     /// `Retry`), or `failed` when it has had its attempts; `why` says what ended this one.
     pub(super) fn retry_change(&mut self, id: &str, now: Now, why: &str) -> Option<Change> {
-        let t: &TaskRecord = self.queue.get(id)?;
+        let t = self.queue.get(id)?;
         if t.attempt >= self.retry.max_attempts {
             return Some(Change::finished(
                 id,

@@ -47,37 +47,38 @@ impl Engine {
         if candidates.is_empty() {
             return;
         }
-        let waiting_for: std::collections::HashSet<&String> = self
+        // By admission sequence: a fresh queued task's id is on disk.
+        let waiting_for: std::collections::HashSet<u64> = self
             .preempting
             .values()
             .chain(self.freed_for.keys())
+            .filter_map(|id| self.queue.get(id).map(|t| t.seq))
             .collect();
-        let mut chosen: Vec<(String, Candidate)> = Vec::new();
+        let mut chosen: Vec<(u64, Candidate)> = Vec::new();
         'lanes: for (lane, tasks) in self.queue.lanes() {
             let (capability, named) = (&lane.capability, &lane.device);
             for task in tasks {
                 if candidates.is_empty() {
                     break 'lanes;
                 }
-                if urgent_at.outranks(task.sub.priority) {
+                if urgent_at.outranks(task.priority()) {
                     break; // the rest of the lane is less urgent still
                 }
-                let ready =
-                    task.not_before_ms <= now.ms && task.deadline_at_ms.is_none_or(|d| d > now.ms);
-                if !ready || waiting_for.contains(&task.sub.id) {
+                let ready = task.not_before_ms() <= now.ms
+                    && task.deadline_at_ms().is_none_or(|d| d > now.ms);
+                if !ready || waiting_for.contains(&task.seq()) {
                     continue;
                 }
                 let fits = |c: &Candidate| {
-                    task.sub.priority.outranks(c.priority)
+                    task.priority().outranks(c.priority)
                         && named.as_ref().is_none_or(|n| *n == c.device)
                         && self.devices.get(&c.device).is_some_and(|o| {
                             o.hello
                                 .capabilities
                                 .iter()
                                 .any(|x| x.as_str() == capability)
-                                && usize::from(o.hello.max_payload) >= task.sub.payload.len()
-                                && task
-                                    .sub
+                                && usize::from(o.hello.max_payload) >= task.payload_len()
+                                && lane
                                     .locks
                                     .iter()
                                     .all(|l| o.hello.locks.iter().any(|x| x.as_str() == l))
@@ -90,11 +91,14 @@ impl Engine {
                     .max_by_key(|(_, c)| c.rank)
                     .map(|(i, _)| i);
                 if let Some(i) = best {
-                    chosen.push((task.sub.id.clone(), candidates.swap_remove(i)));
+                    chosen.push((task.seq(), candidates.swap_remove(i)));
                 }
             }
         }
         for (waiting, victim) in chosen {
+            let Some(waiting) = self.queue.id_of(waiting) else {
+                continue;
+            };
             let started = !victim.rank.0;
             tracing::info!(task = %victim.id, device = %victim.device, started, for_task = %waiting, "taking a task back for urgent work");
             self.staged.commands.push((

@@ -105,7 +105,7 @@ impl Engine {
         let view = |t: &TaskRecord| self.task_view(t, &views, room, now);
         match &query.id {
             Some(id) => match self.queue.get(id) {
-                Some(t) => answer.tasks.push(view(t)),
+                Some(t) => answer.tasks.push(view(&t)),
                 None => match self.queue.final_state(id)? {
                     Some(event) => answer.finished = Some(event),
                     None => {
@@ -135,8 +135,9 @@ impl Engine {
                 let queued = self.queue.first_queued(query.limit - on.len());
                 // The envelope (counts, time, error) takes well under 512 bytes.
                 let mut budget = self.answer_bytes.saturating_sub(512);
-                for t in on.into_iter().chain(queued) {
-                    let v = view(t);
+                let on = on.into_iter().map(std::borrow::Cow::Borrowed);
+                for t in on.chain(queued) {
+                    let v = view(&t);
                     let size = serde_json::to_string(&v).map_or(0, |j| j.len() + 1);
                     if size > budget {
                         answer.truncated = true;

@@ -155,8 +155,8 @@ impl Sim {
         self.e.commit().unwrap()
     }
 
-    fn task(&self, id: &str) -> Option<&crate::queue::TaskRecord> {
-        self.e.queue().get(id)
+    fn task(&self, id: &str) -> Option<crate::queue::TaskRecord> {
+        self.e.queue().get(id).map(std::borrow::Cow::into_owned)
     }
 
     /// The committed status events so far, oldest first (and forgets them).
@@ -1602,7 +1602,7 @@ fn a_started_task_is_taken_back_with_its_checkpoint_and_resumed_from_it() {
     };
     s.link(LINK, suspended);
     s.turn();
-    let t: &TaskRecord = s.task("resumable").unwrap();
+    let t: &TaskRecord = &s.task("resumable").unwrap();
     assert_eq!(t.checkpoint.as_ref(), Some(&checkpoint));
     s.restart();
     assert_eq!(
@@ -2352,6 +2352,7 @@ fn a_query_says_why_each_task_waits() {
     let on: Vec<String> =
         s.e.queue()
             .live()
+            .into_iter()
             .filter(|t| t.state.is_on_device())
             .map(|t| t.sub.id.clone())
             .collect();

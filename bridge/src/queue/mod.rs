@@ -1,9 +1,16 @@
 //! The durable task queue, on redb.
 //!
-//! The database is the truth; live tasks are mirrored in memory, with the indexes dispatch
-//! needs, so dispatch never reads the disk. Changes are staged and written by one
-//! transaction per batch ([`Queue::commit`], group commit): callers collect what arrived,
-//! decide, and commit it at once, so durability does not cap throughput.
+//! The database is the truth. In memory the queue keeps what dispatch needs, and no more: the
+//! whole record of every task on a device (or queued again after a dispatch, or naming bridge
+//! resources), which the devices' slots bound; and for each *fresh* queued task — never
+//! dispatched, naming no resource, the bulk of any backlog — one entry in its lane's
+//! dispatch order: a 16-byte key (priority, deadline, admission sequence) and its payload's
+//! size. A fresh task's record stays on disk until it is dispatched (or asked about), so a
+//! queued task costs tens of bytes of memory and a million fit a small gateway.
+//!
+//! Changes are staged and written by one transaction per batch ([`Queue::commit`], group
+//! commit): callers collect what arrived, decide, and commit it at once, so durability does
+//! not cap throughput.
 //!
 //! Rules (DESIGN.md, "Bridge durability rules"):
 //! - A submission is accepted by the transaction that stores it *and* its `queued` event in
@@ -28,14 +35,18 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `tasks` | task id | live [`TaskRecord`] (JSON) |
+//! | `queued_ids` | admission sequence | task id of each fresh queued task (see above), to read its record when dispatch picks it |
 //! | `done` | task id | final [`StatusEvent`] (JSON) |
 //! | `done_order` | finish sequence | task id, to forget the oldest beyond `DONE_KEPT` |
 //! | `outbox` | class and event sequence ([`outbox_key`]) | [`OutboxEntry`] (JSON) |
 //! | `meta` | name | counter (`seq`, `outbox`, `done`, `gen` for generated ids); the timer clock's [`Anchor`] (`clock_ms`, `clock_boot`, `clock_boot_ms`) |
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
+use device_core::Priority;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +54,7 @@ use crate::api::{ApiError, ErrorCode, StatusEvent, Submission, TaskState};
 use crate::time::{Anchor, Now};
 
 const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
+const QUEUED_IDS: TableDefinition<'_, u64, &str> = TableDefinition::new("queued_ids");
 const DONE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("done");
 const DONE_ORDER: TableDefinition<'_, u64, &str> = TableDefinition::new("done_order");
 const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
@@ -128,6 +140,10 @@ pub enum QueueError {
     /// damaged.
     #[error("queue record {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// A read of the database failed while the queue looked up a task (reported by the next
+    /// commit, so that nothing decided on an incomplete view is let out).
+    #[error("queue database: a read failed: {0}")]
+    Read(String),
 }
 
 /// Any of redb's transaction, table, storage or commit errors (all convert into `redb::Error`).
@@ -242,6 +258,115 @@ impl OutboxEntry {
     pub fn status(e: &StatusEvent) -> Self {
         Self::new(format!("tasks/{}/status", e.id), e, false)
     }
+}
+
+/// The length of a JSON string, read without keeping it.
+struct StrLen(usize);
+
+impl<'de> Deserialize<'de> for StrLen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = StrLen;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StrLen, E> {
+                Ok(StrLen(v.len()))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
+/// What [`Queue::open`] reads first of a stored [`TaskRecord`]: whether the task is fresh,
+/// and if so its lane entry. Field for field as `TaskRecord` and `Submission` store them
+/// (serde ignores the others).
+#[derive(Deserialize)]
+struct StoredHead<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    sub: StoredSub<'a>,
+    state: TaskState,
+    device: Option<serde::de::IgnoredAny>,
+    attempt: u32,
+    deadline_at_ms: Option<u64>,
+    not_before_ms: u64,
+    #[serde(default)]
+    retry_handle: Option<u32>,
+    #[serde(default)]
+    preemptions: u32,
+    #[serde(default)]
+    checkpoint: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    cancelling: bool,
+}
+
+#[derive(Deserialize)]
+struct StoredSub<'a> {
+    #[serde(borrow)]
+    capability: Cow<'a, str>,
+    #[serde(borrow)]
+    device: Option<Cow<'a, str>>,
+    priority: Priority,
+    payload: StrLen,
+    #[serde(borrow)]
+    locks: Vec<Cow<'a, str>>,
+    #[serde(default)]
+    resources: Vec<serde::de::IgnoredAny>,
+}
+
+impl StoredHead<'_> {
+    /// As [`is_fresh`] says of the whole record.
+    fn is_fresh(&self) -> bool {
+        self.state == TaskState::Queued
+            && self.attempt == 0
+            && self.preemptions == 0
+            && self.device.is_none()
+            && self.retry_handle.is_none()
+            && self.checkpoint.is_none()
+            && !self.cancelling
+            && self.not_before_ms == 0
+            && self.sub.resources.is_empty()
+    }
+
+    fn deadline(&self) -> u64 {
+        self.deadline_at_ms.unwrap_or(u64::MAX)
+    }
+
+    /// As [`Lane::of`] the whole record.
+    fn lane(&self) -> Lane {
+        Lane {
+            capability: self.sub.capability.clone().into_owned(),
+            device: self.sub.device.as_ref().map(|d| d.clone().into_owned()),
+            class: crate::dispatch::class_of(self.sub.priority),
+            locks: self
+                .sub
+                .locks
+                .iter()
+                .map(|l| l.clone().into_owned())
+                .collect(),
+            resources: Vec::new(),
+        }
+    }
+
+    /// Whether the task is in `lane` (a fresh task names no resource).
+    fn is_in(&self, lane: &Lane) -> bool {
+        lane.capability == self.sub.capability
+            && lane.device.as_deref() == self.sub.device.as_deref()
+            && lane.class == crate::dispatch::class_of(self.sub.priority)
+            && lane.locks.len() == self.sub.locks.len()
+            && lane.locks.iter().zip(&self.sub.locks).all(|(a, b)| a == b)
+            && lane.resources.is_empty()
+    }
+}
+
+/// A stored task record, or why it is not one.
+fn decode_record(id: &str, raw: &[u8]) -> Result<TaskRecord, QueueError> {
+    serde_json::from_slice(raw).map_err(|e| QueueError::Corrupt {
+        key: id.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 fn json(v: &impl Serialize) -> String {
@@ -364,14 +489,138 @@ impl Lane {
     }
 }
 
-/// Dispatch order key of a queued task (see [`TaskRecord::order_key`]).
+/// Dispatch order key of a queued task (see [`TaskRecord::order_key`]); its last part, the
+/// admission sequence, makes it unique.
 type OrderKey = (u8, u64, u64);
+
+/// An [`OrderKey`] packed into one integer of the same order: the priority level in the top 3
+/// bits, the deadline (`u64::MAX`: none) in the next 64, the admission sequence in the low 61
+/// (it counts tasks accepted, far below 2^61).
+type LaneKey = u128;
+
+const SEQ_BITS: u32 = 61;
+
+fn pack(key: OrderKey) -> LaneKey {
+    (u128::from(key.0) << (64 + SEQ_BITS))
+        | (u128::from(key.1) << SEQ_BITS)
+        | u128::from(key.2 & ((1 << SEQ_BITS) - 1))
+}
+
+fn unpack(key: LaneKey) -> OrderKey {
+    (
+        (key >> (64 + SEQ_BITS)) as u8,
+        (key >> SEQ_BITS) as u64,
+        (key as u64) & ((1 << SEQ_BITS) - 1),
+    )
+}
+
+/// The value of a lane entry: the payload's size, or this bit for a task held whole.
+const WHOLE: u32 = 1 << 31;
+
+/// Whether `rec` is fresh, kept only as its lane entry: queued, never handed to a device, and
+/// naming no bridge resource (whose waiters and holders are kept whole).
+fn is_fresh(rec: &TaskRecord) -> bool {
+    rec.state == TaskState::Queued
+        && rec.attempt == 0
+        && rec.preemptions == 0
+        && rec.device.is_none()
+        && rec.retry_handle.is_none()
+        && rec.checkpoint.is_none()
+        && !rec.cancelling
+        && rec.not_before_ms == 0
+        && rec.sub.resources.is_empty()
+}
+
+/// A queued task as [`Queue::lanes`] yields it: whole, or what its lane entry says of a fresh
+/// one.
+#[derive(Clone, Copy, Debug)]
+pub enum Queued<'a> {
+    Whole(&'a TaskRecord),
+    Fresh {
+        seq: u64,
+        priority: Priority,
+        /// `u64::MAX`: none.
+        deadline_at_ms: u64,
+        payload_len: u32,
+    },
+}
+
+impl Queued<'_> {
+    /// Its admission sequence.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Self::Whole(t) => t.seq,
+            Self::Fresh { seq, .. } => *seq,
+        }
+    }
+
+    pub fn priority(&self) -> Priority {
+        match self {
+            Self::Whole(t) => t.sub.priority,
+            Self::Fresh { priority, .. } => *priority,
+        }
+    }
+
+    pub fn deadline_at_ms(&self) -> Option<u64> {
+        match self {
+            Self::Whole(t) => t.deadline_at_ms,
+            Self::Fresh { deadline_at_ms, .. } => Some(*deadline_at_ms).filter(|&d| d != u64::MAX),
+        }
+    }
+
+    /// Not dispatched again before this timer-clock ms (0 for a fresh task).
+    pub fn not_before_ms(&self) -> u64 {
+        match self {
+            Self::Whole(t) => t.not_before_ms,
+            Self::Fresh { .. } => 0,
+        }
+    }
+
+    /// The payload's size in bytes.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Self::Whole(t) => t.sub.payload.len(),
+            Self::Fresh { payload_len, .. } => *payload_len as usize,
+        }
+    }
+
+    /// The device of its last attempt (none for a fresh task).
+    pub fn last_device(&self) -> Option<&str> {
+        match self {
+            Self::Whole(t) => t.device.as_deref(),
+            Self::Fresh { .. } => None,
+        }
+    }
+
+    /// The whole record, when the queue holds it in memory.
+    pub fn record(&self) -> Option<&TaskRecord> {
+        match self {
+            Self::Whole(t) => Some(t),
+            Self::Fresh { .. } => None,
+        }
+    }
+
+    /// Dispatch order: priority, then deadline, then admission.
+    pub fn order_key(&self) -> OrderKey {
+        (
+            self.priority().level(),
+            self.deadline_at_ms().unwrap_or(u64::MAX),
+            self.seq(),
+        )
+    }
+}
+
+/// The queued tasks of one lane, in dispatch order: packed order key → payload size, or
+/// [`WHOLE`] for a task held whole (in `Queue::active`).
+type LaneTasks = BTreeMap<LaneKey, u32>;
 
 /// Writes staged since the last [`Queue::commit`].
 #[derive(Debug, Default)]
 struct Pending {
     /// Task rows to store (`Some`) or delete (`None`); the last write of a batch wins.
     tasks: HashMap<String, Option<String>>,
+    /// Rows of `queued_ids` to store (`Some(id)`) or delete (`None`), by admission sequence.
+    queued_ids: HashMap<u64, Option<String>>,
     /// Final events: (finish sequence, id, event JSON).
     done: Vec<(u64, String, String)>,
     /// Index into `done` by id, for duplicates submitted before the commit.
@@ -398,6 +647,7 @@ struct Pending {
 impl Pending {
     fn is_empty(&self) -> bool {
         self.tasks.is_empty()
+            && self.queued_ids.is_empty()
             && self.done.is_empty()
             && self.outbox.is_empty()
             && self.published.is_empty()
@@ -411,6 +661,7 @@ impl Pending {
     /// acknowledged outbox keys, whose loss only publishes those events again).
     fn must_sync(&self) -> bool {
         !(self.tasks.is_empty()
+            && self.queued_ids.is_empty()
             && self.done.is_empty()
             && self.outbox.is_empty()
             && self.proven.is_empty()
@@ -432,15 +683,19 @@ impl Pending {
 pub struct Queue {
     db: Database,
     limit: u64,
-    /// Live tasks, mirrored from `tasks`.
-    live: HashMap<String, TaskRecord>,
+    /// Live tasks held whole: all but the fresh queued ones (see [`is_fresh`]).
+    active: HashMap<String, TaskRecord>,
+    /// The queued tasks of `active`, by admission sequence.
+    active_queued: HashMap<u64, String>,
+    /// Fresh queued tasks: each is an entry of its lane, its record on disk.
+    fresh: usize,
     /// Queued tasks in dispatch order, per lane.
-    lanes: BTreeMap<Lane, BTreeSet<(OrderKey, String)>>,
-    /// Queued tasks with a deadline, by deadline.
-    deadlines: BTreeSet<(u64, String)>,
+    lanes: BTreeMap<Lane, LaneTasks>,
+    /// Queued tasks with a deadline, by deadline: (deadline, admission sequence).
+    deadlines: BTreeSet<(u64, u64)>,
     /// Queued tasks waiting for a retry delay, by the time it ends: out of the lanes until
-    /// [`Queue::release_delayed`] reaches that time.
-    delayed: BTreeSet<(u64, String)>,
+    /// [`Queue::release_delayed`] reaches that time. (time, admission sequence).
+    delayed: BTreeSet<(u64, u64)>,
     /// The time up to which retry delays have been released (ms on the timer clock).
     released_ms: u64,
     /// Tasks on devices, by the time their execution lease ends.
@@ -454,9 +709,6 @@ pub struct Queue {
     on_device: HashMap<String, BTreeSet<String>>,
     /// Queued tasks per priority level.
     depth: [u64; 6],
-    /// Queued tasks by admission order, with the wall-clock ms they were accepted: the first
-    /// is the one queued longest (metrics).
-    queued_since: BTreeSet<(u64, u64)>,
     /// Tasks that finished since the queue opened, per terminal state (metrics).
     finished: crate::metrics::Finished,
     /// Live tasks by device handle (unique per task), so a device's report finds its task
@@ -508,6 +760,10 @@ pub struct Queue {
     shed: u64,
     /// Whether the last answer was shed (to log the start and end of shedding once).
     shedding: bool,
+    /// A read of the database failed while looking a task up (the lookup answered as if the
+    /// task did not exist): the next commit fails with it, so nothing decided on that answer
+    /// is let out.
+    read_error: RefCell<Option<String>>,
     /// Tests: the next commit fails as a full disk would make it.
     #[cfg(test)]
     fail_next_commit: bool,
@@ -538,7 +794,9 @@ impl Queue {
         let mut q = Self {
             db,
             limit,
-            live: HashMap::new(),
+            active: HashMap::new(),
+            active_queued: HashMap::new(),
+            fresh: 0,
             lanes: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             delayed: BTreeSet::new(),
@@ -548,7 +806,6 @@ impl Queue {
             holders: BTreeMap::new(),
             on_device: HashMap::new(),
             depth: [0; 6],
-            queued_since: BTreeSet::new(),
             finished: crate::metrics::Finished::default(),
             by_handle: HashMap::new(),
             next_seq: 1,
@@ -570,6 +827,7 @@ impl Queue {
             storage_full: false,
             shed: 0,
             shedding: false,
+            read_error: RefCell::new(None),
             #[cfg(test)]
             fail_next_commit: false,
         };
@@ -581,10 +839,18 @@ impl Queue {
             let tables = read.list_tables().map_err(db_err)?;
             tables.map(|t| t.name().to_owned()).collect()
         };
-        let all = ["tasks", "done", "outbox", "done_order", "meta"];
+        let all = [
+            "tasks",
+            "queued_ids",
+            "done",
+            "outbox",
+            "done_order",
+            "meta",
+        ];
         if !all.iter().all(|t| names.contains(*t)) {
             let txn = q.db.begin_write().map_err(db_err)?;
             txn.open_table(TASKS).map_err(db_err)?;
+            txn.open_table(QUEUED_IDS).map_err(db_err)?;
             txn.open_table(DONE).map_err(db_err)?;
             txn.open_table(OUTBOX).map_err(db_err)?;
             txn.open_table(DONE_ORDER).map_err(db_err)?;
@@ -640,14 +906,67 @@ impl Queue {
             });
         }
         let tasks = read.open_table(TASKS).map_err(db_err)?;
+        // A fresh task becomes its lane entry from the few fields that say so (most of a
+        // backlog, read fast); any other is read whole.
+        let mut last_lane: Option<Lane> = None;
         for row in tasks.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
-            let rec: TaskRecord =
+            let head: StoredHead<'_> =
                 serde_json::from_slice(v.value()).map_err(|e| QueueError::Corrupt {
                     key: k.value().to_owned(),
                     reason: e.to_string(),
                 })?;
-            q.put(rec);
+            if !head.is_fresh() {
+                q.put(decode_record(k.value(), v.value())?);
+                continue;
+            }
+            let lane = match last_lane.take() {
+                Some(lane) if head.is_in(&lane) => lane,
+                _ => head.lane(),
+            };
+            let key = (head.sub.priority.level(), head.deadline(), head.seq);
+            let size = u32::try_from(head.sub.payload.0)
+                .unwrap_or(u32::MAX)
+                .min(WHOLE - 1);
+            match q.lanes.get_mut(&lane) {
+                Some(tasks) => {
+                    tasks.insert(pack(key), size);
+                }
+                None => q.enter_lane(lane.clone(), key, size),
+            }
+            last_lane = Some(lane);
+            q.fresh += 1;
+            q.depth[usize::from(key.0)] += 1;
+            if let Some(d) = head.deadline_at_ms {
+                q.deadlines.insert((d, head.seq));
+            }
+        }
+        // Each fresh task has its row in `queued_ids`, written with it; a database of a
+        // version before that table has none, and gets them now.
+        let indexed = read
+            .open_table(QUEUED_IDS)
+            .map_err(db_err)?
+            .len()
+            .map_err(db_err)?;
+        if indexed != q.fresh as u64 {
+            tracing::info!(
+                fresh = q.fresh,
+                indexed,
+                "indexing the queued tasks by admission order (once, after an upgrade)"
+            );
+            let txn = q.db.begin_write().map_err(db_err)?;
+            {
+                let mut ids = txn.open_table(QUEUED_IDS).map_err(db_err)?;
+                ids.retain(|_, _| false).map_err(db_err)?;
+                for row in tasks.iter().map_err(db_err)? {
+                    let (k, v) = row.map_err(db_err)?;
+                    let rec = decode_record(k.value(), v.value())?;
+                    if is_fresh(&rec) {
+                        ids.insert(rec.seq, k.value()).map_err(db_err)?;
+                    }
+                }
+            }
+            txn.commit().map_err(db_err)?;
         }
         let outbox = read.open_table(OUTBOX).map_err(db_err)?;
         for row in outbox.iter().map_err(db_err)? {
@@ -709,28 +1028,50 @@ impl Queue {
         std::mem::take(&mut self.pending.unstored)
     }
 
-    /// Stores `rec` in memory, replacing and re-indexing the previous record of its id.
+    /// Puts a task into its lane (creating the lane).
+    fn enter_lane(&mut self, lane: Lane, key: OrderKey, value: u32) {
+        self.lanes.entry(lane).or_default().insert(pack(key), value);
+    }
+
+    /// Takes a task out of its lane, dropping the lane once it is empty; whether it was there.
+    fn leave_lane(&mut self, lane: &Lane, key: OrderKey) -> bool {
+        let Some(tasks) = self.lanes.get_mut(lane) else {
+            return false;
+        };
+        let was = tasks.remove(&pack(key)).is_some();
+        if tasks.is_empty() {
+            self.lanes.remove(lane);
+        }
+        was
+    }
+
+    /// Stores `rec` in memory, replacing and re-indexing the previous record of its task:
+    /// as its lane entry alone if it is fresh, whole otherwise.
     fn put(&mut self, rec: TaskRecord) {
+        self.remove(&rec);
         let id = rec.sub.id.clone();
-        self.unindex(&id);
-        if let Some(old) = self.live.get(&id) {
-            self.by_handle.remove(&old.handle());
+        if rec.state == TaskState::Queued {
+            self.depth[usize::from(rec.sub.priority.level())] += 1;
+            if let Some(d) = rec.deadline_at_ms {
+                self.deadlines.insert((d, rec.seq));
+            }
+        }
+        if is_fresh(&rec) {
+            let size = u32::try_from(rec.sub.payload.len())
+                .unwrap_or(u32::MAX)
+                .min(WHOLE - 1);
+            self.enter_lane(Lane::of(&rec), rec.order_key(), size);
+            self.fresh += 1;
+            return;
         }
         if rec.state == TaskState::Queued {
+            self.active_queued.insert(rec.seq, id.clone());
             // A task in its retry delay waits out of the lanes (dispatch never looks at it)
             // until `release_delayed` reaches its time.
             if rec.not_before_ms > self.released_ms {
-                self.delayed.insert((rec.not_before_ms, id.clone()));
+                self.delayed.insert((rec.not_before_ms, rec.seq));
             } else {
-                self.lanes
-                    .entry(Lane::of(&rec))
-                    .or_default()
-                    .insert((rec.order_key(), id.clone()));
-            }
-            self.depth[usize::from(rec.sub.priority.level())] += 1;
-            self.queued_since.insert((rec.seq, rec.submitted_ms));
-            if let Some(d) = rec.deadline_at_ms {
-                self.deadlines.insert((d, id.clone()));
+                self.enter_lane(Lane::of(&rec), rec.order_key(), WHOLE);
             }
             for r in &rec.sub.resources {
                 self.waiting
@@ -755,28 +1096,32 @@ impl Queue {
             }
         }
         self.by_handle.insert(rec.handle(), id.clone());
-        self.live.insert(id, rec);
+        self.active.insert(id, rec);
     }
 
-    /// Removes the in-memory record of `id` from every index (it stays in `live`).
-    fn unindex(&mut self, id: &str) {
-        let Some(old) = self.live.get(id) else {
-            return;
-        };
-        if old.state == TaskState::Queued {
-            if !self.delayed.remove(&(old.not_before_ms, id.to_owned())) {
-                let lane = Lane::of(old);
-                if let Some(set) = self.lanes.get_mut(&lane) {
-                    set.remove(&(old.order_key(), id.to_owned()));
-                    if set.is_empty() {
-                        self.lanes.remove(&lane);
-                    }
+    /// Forgets the live task of `rec` (any version of its record: a fresh task's lane and
+    /// order key never change) in memory: its record or lane entry, and every index entry.
+    fn remove(&mut self, rec: &TaskRecord) {
+        let id = rec.sub.id.as_str();
+        let Some(old) = self.active.remove(id) else {
+            if self.leave_lane(&Lane::of(rec), rec.order_key()) {
+                self.fresh -= 1;
+                self.depth[usize::from(rec.sub.priority.level())] -= 1;
+                if let Some(d) = rec.deadline_at_ms {
+                    self.deadlines.remove(&(d, rec.seq));
                 }
             }
+            return;
+        };
+        self.by_handle.remove(&old.handle());
+        if old.state == TaskState::Queued {
+            self.active_queued.remove(&old.seq);
+            if !self.delayed.remove(&(old.not_before_ms, old.seq)) {
+                self.leave_lane(&Lane::of(&old), old.order_key());
+            }
             self.depth[usize::from(old.sub.priority.level())] -= 1;
-            self.queued_since.remove(&(old.seq, old.submitted_ms));
             if let Some(d) = old.deadline_at_ms {
-                self.deadlines.remove(&(d, id.to_owned()));
+                self.deadlines.remove(&(d, old.seq));
             }
             for r in &old.sub.resources {
                 if let Some(set) = self.waiting.get_mut(r) {
@@ -804,12 +1149,74 @@ impl Queue {
         }
     }
 
-    /// Forgets the live task `id`.
-    fn forget(&mut self, id: &str) {
-        self.unindex(id);
-        if let Some(old) = self.live.remove(id) {
-            self.by_handle.remove(&old.handle());
+    /// Runs `f` on a read transaction; a failure is kept for the next commit (see
+    /// `read_error`) and answered as `None`.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, QueueError>,
+    ) -> Option<T> {
+        let result = self.db.begin_read().map_err(db_err).and_then(|r| f(&r));
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the queue database failed");
+                self.read_error.borrow_mut().get_or_insert(e.to_string());
+                None
+            }
         }
+    }
+
+    /// The stored record of `id`, staged writes first: a live task's (or, until the commit
+    /// that deletes it, a finished one's).
+    fn load(&self, id: &str) -> Option<TaskRecord> {
+        match self.pending.tasks.get(id) {
+            Some(Some(json)) => self.read(|_| decode_record(id, json.as_bytes())),
+            Some(None) => None,
+            None => self
+                .read(|read| {
+                    let tasks = read.open_table(TASKS).map_err(db_err)?;
+                    let row = tasks.get(id).map_err(db_err)?;
+                    row.map(|v| decode_record(id, v.value())).transpose()
+                })
+                .flatten(),
+        }
+    }
+
+    /// The id of the queued task of admission sequence `seq`.
+    pub fn id_of(&self, seq: u64) -> Option<String> {
+        if let Some(id) = self.active_queued.get(&seq) {
+            return Some(id.clone());
+        }
+        match self.pending.queued_ids.get(&seq) {
+            Some(id) => id.clone(),
+            None => self
+                .read(|read| {
+                    let ids = read.open_table(QUEUED_IDS).map_err(db_err)?;
+                    let id = ids.get(seq).map_err(db_err)?;
+                    Ok(id.map(|v| v.value().to_owned()))
+                })
+                .flatten(),
+        }
+    }
+
+    /// The queued task of admission sequence `seq` (read from disk if it is fresh).
+    pub fn queued(&self, seq: u64) -> Option<Cow<'_, TaskRecord>> {
+        self.get(&self.id_of(seq)?)
+    }
+
+    /// How [`Queue::lanes`] shows a lane's entry.
+    fn view(&self, key: LaneKey, value: u32) -> Option<Queued<'_>> {
+        let (level, deadline_at_ms, seq) = unpack(key);
+        if value == WHOLE {
+            let id = self.active_queued.get(&seq)?;
+            return self.active.get(id).map(Queued::Whole);
+        }
+        Some(Queued::Fresh {
+            seq,
+            priority: Priority::from_level(level)?,
+            deadline_at_ms,
+            payload_len: value,
+        })
     }
 
     /// The timer clock's anchor as committed before this run (none in a new database).
@@ -833,7 +1240,7 @@ impl Queue {
             return;
         };
         *anchor = anchor.at(now.ms);
-        if !self.live.is_empty()
+        if !(self.active.is_empty() && self.fresh == 0)
             && anchor.clock_ms >= self.anchor_committed_ms.saturating_add(KEEP_TIME_EVERY_MS)
         {
             self.pending.clock = true;
@@ -842,7 +1249,42 @@ impl Queue {
 
     /// When the task queued longest was accepted (wall-clock ms), if any task is queued.
     pub fn oldest_queued_ms(&self) -> Option<u64> {
-        self.queued_since.first().map(|&(_, accepted)| accepted)
+        // The first fresh one in `queued_ids` (staged rows first), read from disk.
+        let staged = self
+            .pending
+            .queued_ids
+            .iter()
+            .filter(|(_, id)| id.is_some())
+            .map(|(&seq, _)| seq)
+            .min();
+        let stored = (self.fresh > 0)
+            .then(|| {
+                self.read(|read| {
+                    let ids = read.open_table(QUEUED_IDS).map_err(db_err)?;
+                    for row in ids.iter().map_err(db_err)? {
+                        let (seq, _) = row.map_err(db_err)?;
+                        if !matches!(self.pending.queued_ids.get(&seq.value()), Some(None)) {
+                            return Ok(Some(seq.value()));
+                        }
+                    }
+                    Ok(None)
+                })
+            })
+            .flatten()
+            .flatten();
+        let fresh = staged
+            .into_iter()
+            .chain(stored)
+            .min()
+            .and_then(|seq| self.queued(seq))
+            .map(|t| (t.seq, t.submitted_ms));
+        let active = self
+            .active_queued
+            .values()
+            .filter_map(|id| self.active.get(id))
+            .map(|t| (t.seq, t.submitted_ms))
+            .min();
+        fresh.into_iter().chain(active).min().map(|(_, ms)| ms)
     }
 
     /// Tasks that finished since the queue opened, per terminal state.
@@ -852,21 +1294,36 @@ impl Queue {
 
     /// Live tasks (queued or on a device).
     pub fn len(&self) -> usize {
-        self.live.len()
+        self.active.len() + self.fresh
     }
 
     pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
+        self.active.is_empty() && self.fresh == 0
     }
 
-    /// A live task.
-    pub fn get(&self, id: &str) -> Option<&TaskRecord> {
-        self.live.get(id)
+    /// A live task (read from disk if it is a fresh queued one).
+    pub fn get(&self, id: &str) -> Option<Cow<'_, TaskRecord>> {
+        if let Some(t) = self.active.get(id) {
+            return Some(Cow::Borrowed(t));
+        }
+        // Stored and not held whole: fresh (the `tasks` table holds live tasks only).
+        self.load(id).map(Cow::Owned)
     }
 
-    /// Every live task, in no particular order.
-    pub fn live(&self) -> impl Iterator<Item = &TaskRecord> {
-        self.live.values()
+    /// Every live task, in no particular order (reads every fresh one from disk: for tests
+    /// and tools).
+    pub fn live(&self) -> Vec<Cow<'_, TaskRecord>> {
+        let fresh = self
+            .lanes
+            .values()
+            .flatten()
+            .filter(|(_, v)| **v != WHOLE)
+            .filter_map(|(k, _)| self.queued(unpack(*k).2));
+        self.active
+            .values()
+            .map(Cow::Borrowed)
+            .chain(fresh)
+            .collect()
     }
 
     /// The final event of finished task `id`, if the queue still holds it.
@@ -874,74 +1331,76 @@ impl Queue {
         self.final_event(id)
     }
 
-    /// The live task with this device handle.
+    /// The live task with this device handle (only a task that has been on a device has one
+    /// a device knows).
     pub fn by_handle(&self, handle: u32) -> Option<&TaskRecord> {
-        self.by_handle.get(&handle).and_then(|id| self.live.get(id))
+        self.by_handle
+            .get(&handle)
+            .and_then(|id| self.active.get(id))
     }
 
     /// Queued tasks in dispatch order (priority, deadline, admission), across all lanes.
-    /// Linear in the queue: for tests and tools, not for the dispatch path.
-    pub fn ready(&self) -> impl Iterator<Item = &TaskRecord> {
-        let mut all: Vec<&TaskRecord> = self
+    /// Linear in the queue, and reads every fresh task from disk: for tests and tools, not
+    /// for the dispatch path.
+    pub fn ready(&self) -> Vec<Cow<'_, TaskRecord>> {
+        let mut all: Vec<Cow<'_, TaskRecord>> = self
             .lanes
             .values()
-            .flatten()
-            .map(|(_, id)| id)
-            .chain(self.delayed.iter().map(|(_, id)| id))
-            .filter_map(|id| self.live.get(id))
+            .flat_map(|l| l.keys().map(|k| unpack(*k).2))
+            .chain(self.delayed.iter().map(|&(_, seq)| seq))
+            .filter_map(|seq| self.queued(seq))
             .collect();
         all.sort_by_key(|t| t.order_key());
-        all.into_iter()
+        all
     }
 
     /// The lanes with queued tasks, each with its tasks in dispatch order.
-    pub fn lanes(&self) -> impl Iterator<Item = (&Lane, impl Iterator<Item = &TaskRecord> + '_)> {
+    pub fn lanes(&self) -> impl Iterator<Item = (&Lane, impl Iterator<Item = Queued<'_>> + '_)> {
         self.lanes
             .iter()
-            .map(|(lane, set)| (lane, set.iter().filter_map(|(_, id)| self.live.get(id))))
+            .map(|(lane, l)| (lane, l.iter().filter_map(|(k, v)| self.view(*k, *v))))
     }
 
     /// The first `limit` queued tasks in dispatch order (priority, deadline, admission),
     /// those waiting out a retry delay included, without reading the others: the heads of
     /// the lanes are merged, so the cost follows `limit` and the number of lanes.
-    pub fn first_queued(&self, limit: usize) -> Vec<&TaskRecord> {
+    pub fn first_queued(&self, limit: usize) -> Vec<Cow<'_, TaskRecord>> {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
-        let mut lanes: Vec<_> = self.lanes.values().map(|set| set.iter()).collect();
+        let mut lanes: Vec<_> = self.lanes.values().map(|l| l.keys()).collect();
         let mut heads = BinaryHeap::new();
         for (i, lane) in lanes.iter_mut().enumerate() {
-            if let Some((key, id)) = lane.next() {
-                heads.push(Reverse((*key, i, id)));
+            if let Some(key) = lane.next() {
+                heads.push(Reverse((unpack(*key), i)));
             }
         }
-        // Tasks in a retry delay are in no lane; there are few of them.
+        // Tasks in a retry delay are in no lane; there are few of them (all held whole).
         let mut delayed: Vec<&TaskRecord> = self
             .delayed
             .iter()
-            .filter_map(|(_, id)| self.live.get(id))
+            .filter_map(|(_, seq)| self.active_queued.get(seq))
+            .filter_map(|id| self.active.get(id))
             .collect();
         delayed.sort_by_key(|t| t.order_key());
         let mut delayed = delayed.into_iter().peekable();
-        let mut out = Vec::with_capacity(limit.min(self.live.len()));
+        let mut out = Vec::with_capacity(limit.min(self.len()));
         while out.len() < limit {
-            let lane_head = heads.peek().map(|Reverse((key, _, _))| *key);
+            let lane_head = heads.peek().map(|Reverse((key, _))| *key);
             let take_delayed = match (lane_head, delayed.peek()) {
                 (_, None) => false,
                 (None, Some(_)) => true,
                 (Some(key), Some(t)) => t.order_key() < key,
             };
             if take_delayed {
-                out.extend(delayed.next());
+                out.extend(delayed.next().map(Cow::Borrowed));
                 continue;
             }
-            let Some(Reverse((_, i, id))) = heads.pop() else {
+            let Some(Reverse((key, i))) = heads.pop() else {
                 break;
             };
-            if let Some(t) = self.live.get(id) {
-                out.push(t);
-            }
-            if let Some((key, id)) = lanes[i].next() {
-                heads.push(Reverse((*key, i, id)));
+            out.extend(self.queued(key.2));
+            if let Some(key) = lanes[i].next() {
+                heads.push(Reverse((unpack(*key), i)));
             }
         }
         out
@@ -954,16 +1413,17 @@ impl Queue {
             return;
         }
         self.released_ms = now_ms;
-        while let Some((until, id)) = self.delayed.first().cloned() {
+        while let Some(&(until, seq)) = self.delayed.first() {
             if until > now_ms {
                 break;
             }
             self.delayed.pop_first();
-            if let Some(rec) = self.live.get(&id) {
-                self.lanes
-                    .entry(Lane::of(rec))
-                    .or_default()
-                    .insert((rec.order_key(), id));
+            let task = self
+                .active_queued
+                .get(&seq)
+                .and_then(|id| self.active.get(id));
+            if let Some((lane, key)) = task.map(|t| (Lane::of(t), t.order_key())) {
+                self.enter_lane(lane, key, WHOLE);
             }
         }
     }
@@ -973,12 +1433,13 @@ impl Queue {
         self.depth
     }
 
-    /// Queued tasks whose deadline is at or before `now_ms`.
-    pub fn overdue(&self, now_ms: u64) -> impl Iterator<Item = &str> {
+    /// The ids of the queued tasks whose deadline is at or before `now_ms`.
+    pub fn overdue(&self, now_ms: u64) -> Vec<String> {
         self.deadlines
             .iter()
             .take_while(move |(d, _)| *d <= now_ms)
-            .map(|(_, id)| id.as_str())
+            .filter_map(|&(_, seq)| self.id_of(seq))
+            .collect()
     }
 
     /// Tasks on devices whose execution lease ended at or before `now_ms`.
@@ -992,23 +1453,27 @@ impl Queue {
     /// The earliest time after `now_ms` at which a queued task's deadline passes or its retry
     /// delay ends, or a task's execution lease ends.
     pub fn next_timer(&self, now_ms: u64) -> Option<u64> {
-        let after = (now_ms.saturating_add(1), String::new());
-        let deadline = self.deadlines.range(after.clone()..).next().map(|e| e.0);
-        let delay = self.delayed.range(after.clone()..).next().map(|e| e.0);
-        let lease = self.leases.range(after..).next().map(|e| e.0);
+        let after = now_ms.saturating_add(1);
+        let deadline = self.deadlines.range((after, 0)..).next().map(|e| e.0);
+        let delay = self.delayed.range((after, 0)..).next().map(|e| e.0);
+        let lease = self
+            .leases
+            .range((after, String::new())..)
+            .next()
+            .map(|e| e.0);
         deadline.into_iter().chain(delay).chain(lease).min()
     }
 
     /// The task holding bridge resource `name`, if any.
     pub fn holder(&self, name: &str) -> Option<&TaskRecord> {
-        self.holders.get(name).and_then(|id| self.live.get(id))
+        self.holders.get(name).and_then(|id| self.active.get(id))
     }
 
     /// Held bridge resources with their holders.
     pub fn held(&self) -> impl Iterator<Item = (&str, &TaskRecord)> {
         self.holders
             .iter()
-            .filter_map(|(r, id)| self.live.get(id).map(|t| (r.as_str(), t)))
+            .filter_map(|(r, id)| self.active.get(id).map(|t| (r.as_str(), t)))
     }
 
     /// The queued tasks naming bridge resource `name`, in dispatch order.
@@ -1017,7 +1482,7 @@ impl Queue {
             .get(name)
             .into_iter()
             .flatten()
-            .filter_map(|(_, id)| self.live.get(id))
+            .filter_map(|(_, id)| self.active.get(id))
     }
 
     /// The devices that have tasks on them (online or not).
@@ -1031,7 +1496,7 @@ impl Queue {
             .get(device)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.live.get(id))
+            .filter_map(|id| self.active.get(id))
     }
 
     /// How many tasks are on a device.
@@ -1086,13 +1551,20 @@ impl Queue {
 
     /// The final event of a finished task, staged or stored.
     fn final_event(&self, id: &str) -> Result<Option<StatusEvent>, QueueError> {
+        let read = self.db.begin_read().map_err(db_err)?;
+        let done = read.open_table(DONE).map_err(db_err)?;
+        self.final_event_in(&done, id)
+    }
+
+    /// As [`Queue::final_event`], reading `done` of an open read transaction.
+    fn final_event_in(
+        &self,
+        done: &redb::ReadOnlyTable<&str, &[u8]>,
+        id: &str,
+    ) -> Result<Option<StatusEvent>, QueueError> {
         let raw = match self.pending.done_by_id.get(id) {
             Some(&i) => Some(self.pending.done[i].2.clone().into_bytes()),
-            None => {
-                let read = self.db.begin_read().map_err(db_err)?;
-                let done = read.open_table(DONE).map_err(db_err)?;
-                done.get(id).map_err(db_err)?.map(|v| v.value().to_vec())
-            }
+            None => done.get(id).map_err(db_err)?.map(|v| v.value().to_vec()),
         };
         raw.map(|raw| {
             serde_json::from_slice(&raw).map_err(|e| QueueError::Corrupt {
@@ -1133,8 +1605,26 @@ impl Queue {
         self.advance_anchor(now);
         let now_ms = now.wall_ms;
         let mut outcomes = Vec::with_capacity(batch.len());
+        // One read transaction for the batch's lookups of ids already known.
+        let read = self.db.begin_read().map_err(db_err)?;
+        let stored_tasks = read.open_table(TASKS).map_err(db_err)?;
+        let stored_done = read.open_table(DONE).map_err(db_err)?;
         for sub in batch {
-            if let Some(rec) = self.live.get(&sub.id).filter(|rec| rec.sub != sub) {
+            let known = match (self.active.get(&sub.id), self.pending.tasks.get(&sub.id)) {
+                (Some(t), _) => Some(Cow::Borrowed(t)),
+                (None, Some(row)) => row
+                    .as_ref()
+                    .map(|json| decode_record(&sub.id, json.as_bytes()))
+                    .transpose()?
+                    .map(Cow::Owned),
+                (None, None) => stored_tasks
+                    .get(sub.id.as_str())
+                    .map_err(db_err)?
+                    .map(|v| decode_record(&sub.id, v.value()))
+                    .transpose()?
+                    .map(Cow::Owned),
+            };
+            if let Some(rec) = known.as_ref().filter(|rec| rec.sub != sub) {
                 // The id is taken by a task with other content: not a resubmission of it.
                 let error = ApiError::new(
                     ErrorCode::IdConflict,
@@ -1159,14 +1649,14 @@ impl Queue {
                 );
                 continue;
             }
-            if let Some(rec) = self.live.get(&sub.id) {
+            if let Some(rec) = known {
                 let event = rec.event(rec.state, now_ms);
                 let class = rec.sub.priority.level();
                 outcomes.push(Admission::Duplicate(rec.state));
                 self.stage_answer(class, OutboxEntry::status(&event), false);
                 continue;
             }
-            if let Some(event) = self.final_event(&sub.id)? {
+            if let Some(event) = self.final_event_in(&stored_done, &sub.id)? {
                 outcomes.push(Admission::Duplicate(event.state));
                 self.stage_answer(ANSWER_CLASS, OutboxEntry::status(&event), false);
                 continue;
@@ -1184,7 +1674,7 @@ impl Queue {
                         self.outbox_len()
                     ),
                 ))
-            } else if self.live.len() as u64 >= self.limit {
+            } else if self.len() as u64 >= self.limit {
                 Some((
                     ErrorCode::QueueFull,
                     format!(
@@ -1224,6 +1714,11 @@ impl Queue {
             self.pending
                 .tasks
                 .insert(rec.sub.id.clone(), Some(json(&rec)));
+            if is_fresh(&rec) {
+                self.pending
+                    .queued_ids
+                    .insert(rec.seq, Some(rec.sub.id.clone()));
+            }
             let queued = OutboxEntry::status(&rec.event(TaskState::Queued, now_ms));
             self.stage_outbox(rec.sub.priority.level(), &queued);
             outcomes.push(Admission::Queued);
@@ -1247,7 +1742,7 @@ impl Queue {
     /// id is recorded as finished `cancelled` (staged, with its event), so that submission
     /// is answered as a duplicate and never runs. `false` if the id had finished already.
     pub fn cancel_unseen(&mut self, id: &str, now: Now) -> Result<bool, QueueError> {
-        if self.live.contains_key(id) || self.final_event(id)?.is_some() {
+        if self.get(id).is_some() || self.final_event(id)?.is_some() {
             return Ok(false);
         }
         let error = ApiError::new(
@@ -1298,10 +1793,11 @@ impl Queue {
         let mut skipped = Vec::new();
         for change in batch {
             let id = change.id().to_owned();
-            let Some(mut rec) = self.live.get(&id).cloned() else {
+            let Some(mut rec) = self.get(&id).map(Cow::into_owned) else {
                 skipped.push(change);
                 continue;
             };
+            let was_fresh = is_fresh(&rec);
             let event = match change {
                 Change::Dispatched {
                     device,
@@ -1374,12 +1870,24 @@ impl Queue {
                     self.pending.done.push((self.next_done, id.clone(), event));
                     self.next_done += 1;
                     self.stage_outbox(rec.sub.priority.level(), &OutboxEntry::status(&e));
-                    self.forget(&id);
+                    if was_fresh {
+                        self.pending.queued_ids.insert(rec.seq, None);
+                    }
+                    self.remove(&rec);
                     continue;
                 }
             };
             if rec.state == TaskState::Queued {
                 rec.lease_until_ms = None;
+            }
+            match (was_fresh, is_fresh(&rec)) {
+                (true, false) => {
+                    self.pending.queued_ids.insert(rec.seq, None);
+                }
+                (false, true) => {
+                    self.pending.queued_ids.insert(rec.seq, Some(id.clone()));
+                }
+                _ => {}
             }
             self.pending.tasks.insert(id, Some(json(&rec)));
             if let Some(e) = event {
@@ -1475,6 +1983,9 @@ impl Queue {
     /// outbox entries (those ride on the next durable commit; losing them in a crash only
     /// publishes the events again, which at-least-once delivery allows).
     pub fn commit(&mut self) -> Result<(), QueueError> {
+        if let Some(reason) = self.read_error.borrow_mut().take() {
+            return Err(QueueError::Read(reason));
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -1497,6 +2008,14 @@ impl Queue {
                 match row {
                     Some(json) => tasks.insert(id.as_str(), json.as_bytes()).map(drop),
                     None => tasks.remove(id.as_str()).map(drop),
+                }
+                .map_err(db_err)?;
+            }
+            let mut queued_ids = txn.open_table(QUEUED_IDS).map_err(db_err)?;
+            for (seq, id) in &p.queued_ids {
+                match id {
+                    Some(id) => queued_ids.insert(*seq, id.as_str()).map(drop),
+                    None => queued_ids.remove(*seq).map(drop),
                 }
                 .map_err(db_err)?;
             }

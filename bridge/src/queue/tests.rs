@@ -43,8 +43,14 @@ fn drain(q: &mut Queue) -> Vec<(String, TaskState)> {
     ev
 }
 
-fn ids<'a>(it: impl Iterator<Item = &'a TaskRecord>) -> Vec<&'a str> {
-    it.map(|t| t.sub.id.as_str()).collect()
+fn ids<T: std::ops::Deref<Target = TaskRecord>>(it: impl IntoIterator<Item = T>) -> Vec<String> {
+    it.into_iter().map(|t| t.sub.id.clone()).collect()
+}
+
+/// The ids of a lane's tasks, in its order, read through the queue.
+fn lane_ids<'a>(q: &Queue, it: impl Iterator<Item = Queued<'a>>) -> Vec<String> {
+    it.map(|t| q.id_of(t.seq()).expect("a queued task's id"))
+        .collect()
 }
 
 #[test]
@@ -214,7 +220,7 @@ fn a_task_goes_through_its_states_each_with_an_event() {
         Now::at(1),
     );
     q.commit().unwrap();
-    assert!(q.ready().next().is_none());
+    assert!(q.ready().is_empty());
     assert_eq!(ids(q.on_device("d1")), ["t"]);
     // The device is lost: back to the queue, dispatched again as attempt 2 elsewhere.
     q.apply(
@@ -347,28 +353,28 @@ fn indexes_follow_every_change() {
         Now::at(0),
     )
     .unwrap();
-    type LaneIds<'a> = ((&'a str, Option<&'a str>, usize), Vec<&'a str>);
+    type LaneIds<'a> = ((&'a str, Option<&'a str>, usize), Vec<String>);
     let lanes: Vec<LaneIds<'_>> = q
         .lanes()
         .map(|(l, ts): (&Lane, _)| {
             (
                 (l.capability.as_str(), l.device.as_deref(), l.class),
-                ids(ts),
+                lane_ids(&q, ts),
             )
         })
         .collect();
     assert_eq!(
         lanes,
         [
-            (("echo", None, 0), vec!["b"]),
-            (("echo", None, 1), vec!["a"]),
-            (("echo", Some("d2"), 0), vec!["named"]),
-            (("sleep", None, 1), vec!["other"]),
+            (("echo", None, 0), vec!["b".to_owned()]),
+            (("echo", None, 1), vec!["a".to_owned()]),
+            (("echo", Some("d2"), 0), vec!["named".to_owned()]),
+            (("sleep", None, 1), vec!["other".to_owned()]),
         ]
     );
     assert_eq!(q.depth(), [1, 1, 1, 1, 0, 0]);
-    assert_eq!(q.overdue(49).count(), 0);
-    assert_eq!(q.overdue(100).collect::<Vec<_>>(), ["other", "a"]);
+    assert_eq!(q.overdue(49).len(), 0);
+    assert_eq!(q.overdue(100), ["other", "a"]);
     assert_eq!(q.next_timer(0), Some(50));
     assert_eq!(q.next_timer(50), Some(100));
     assert_eq!(q.next_timer(100), None);
@@ -872,14 +878,178 @@ fn the_first_queued_tasks_are_the_head_of_the_dispatch_order() {
         .collect();
     q.apply(delayed, now);
     q.commit().unwrap();
-    let all: Vec<&str> = ids(q.ready());
+    let all: Vec<String> = ids(q.ready());
     assert_eq!(all.len(), 60);
     for limit in [0, 1, 7, 59, 60, 100] {
-        let first: Vec<&str> = q
-            .first_queued(limit)
-            .iter()
-            .map(|t| t.sub.id.as_str())
-            .collect();
+        let first: Vec<String> = ids(q.first_queued(limit));
         assert_eq!(first, all[..limit.min(60)], "limit {limit}");
     }
+}
+
+/// What the queue's in-memory view says of its queued tasks: per lane, each task's id, order
+/// key, payload size and deadline, as dispatch sees them.
+/// A queued task as dispatch sees it: id, order key, payload size, deadline.
+type Seen = (String, OrderKey, usize, Option<u64>);
+
+fn dispatch_view(q: &Queue) -> Vec<(Lane, Vec<Seen>)> {
+    q.lanes()
+        .map(|(lane, tasks)| {
+            let tasks = tasks
+                .map(|t| {
+                    let id = q.id_of(t.seq()).expect("a queued task's id");
+                    (id, t.order_key(), t.payload_len(), t.deadline_at_ms())
+                })
+                .collect();
+            (lane.clone(), tasks)
+        })
+        .collect()
+}
+
+/// A backlog of varied fresh tasks (priorities, deadlines, named devices, locks, payloads
+/// with escapes and non-ASCII text) and a few that are not fresh (one on a device, one
+/// naming a bridge resource, one queued again after a lost device).
+fn varied_backlog(q: &mut Queue) {
+    let mut batch = Vec::new();
+    for i in 0..40u64 {
+        let mut s = sub(
+            &format!("t{i}"),
+            Priority::from_level((i % 6) as u8).unwrap(),
+            None,
+        );
+        if i % 3 == 0 {
+            s.deadline_ms = Some(1_000 + i);
+        }
+        if i % 4 == 0 {
+            s.device = Some(format!("d{}", i % 2));
+        }
+        if i % 5 == 0 {
+            s.locks = vec!["bus".into(), "spi".into()];
+        }
+        s.payload = format!(
+            r#"{{"i":{i},"text":"é \"quoted\" \\ {}"}}"#,
+            "x".repeat(i as usize)
+        );
+        batch.push(s);
+    }
+    let mut held = sub("holder", Priority::P2, None);
+    held.resources = vec!["crane".into()];
+    batch.push(held);
+    batch.push(sub("on-device", Priority::P1, None));
+    batch.push(sub("lost", Priority::P3, None));
+    q.submit(batch, Now::at(0)).unwrap();
+    let dispatched = |id: &str| Change::Dispatched {
+        id: id.into(),
+        device: "d0".into(),
+        boot: 1,
+        lease_until_ms: 60_000,
+    };
+    q.apply(
+        vec![dispatched("on-device"), dispatched("lost")],
+        Now::at(0),
+    );
+    q.apply(
+        vec![Change::Requeue {
+            id: "lost".into(),
+            not_before_ms: 0,
+        }],
+        Now::at(0),
+    );
+    q.commit().unwrap();
+}
+
+#[test]
+fn a_fresh_queued_task_is_a_lane_entry_and_its_record_stays_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    varied_backlog(&mut q);
+    // Held whole: the task on a device, the one naming a resource, the one queued again.
+    let mut whole: Vec<&str> = q.active.keys().map(String::as_str).collect();
+    whole.sort_unstable();
+    assert_eq!(whole, ["holder", "lost", "on-device"]);
+    assert_eq!((q.fresh, q.len()), (40, 43));
+    // Every fresh one is still found by id, with its whole record, and by its lane entry.
+    let t7 = q.get("t7").expect("a fresh task is found by id");
+    assert_eq!(
+        (t7.state, t7.sub.payload.contains("quoted")),
+        (TaskState::Queued, true)
+    );
+    let view = dispatch_view(&q);
+    let entry = view
+        .iter()
+        .flat_map(|(_, ts)| ts)
+        .find(|(id, ..)| id == "t7")
+        .expect("t7 in its lane");
+    assert_eq!((entry.1, entry.2), (t7.order_key(), t7.sub.payload.len()));
+    assert_eq!(q.depth().iter().sum::<u64>(), 42);
+    // The dispatch order is the whole records' order.
+    let mut by_record: Vec<(OrderKey, String)> = q
+        .live()
+        .iter()
+        .filter(|t| t.state == TaskState::Queued)
+        .map(|t| (t.order_key(), t.sub.id.clone()))
+        .collect();
+    by_record.sort();
+    let by_queue: Vec<(OrderKey, String)> = q
+        .ready()
+        .iter()
+        .map(|t| (t.order_key(), t.sub.id.clone()))
+        .collect();
+    assert_eq!(by_queue, by_record);
+}
+
+#[test]
+fn a_reopened_queue_sees_its_backlog_exactly_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    varied_backlog(&mut q);
+    let before = dispatch_view(&q);
+    let (depth, overdue, timer) = (q.depth(), q.overdue(1_030), q.next_timer(0));
+    drop(q);
+    let q = Queue::open(dir.path(), 1000).unwrap();
+    assert_eq!(dispatch_view(&q), before);
+    assert_eq!(
+        (q.depth(), q.overdue(1_030), q.next_timer(0)),
+        (depth, overdue, timer)
+    );
+    assert_eq!((q.fresh, q.active.len()), (40, 3));
+    // What the fast path read matches the records read whole.
+    for (lane, tasks) in &before {
+        for (id, key, size, _) in tasks {
+            let t = q.get(id).unwrap();
+            assert_eq!(
+                (&Lane::of(&t), t.order_key(), t.sub.payload.len()),
+                (lane, *key, *size)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_queue_written_before_the_index_of_fresh_tasks_gets_it_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    varied_backlog(&mut q);
+    let before = dispatch_view(&q);
+    // As an older version left it: no `queued_ids` rows.
+    let txn = q.db.begin_write().unwrap();
+    txn.delete_table(QUEUED_IDS).unwrap();
+    txn.commit().unwrap();
+    drop(q);
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    assert_eq!(dispatch_view(&q), before);
+    // And a fresh task found through it goes to a device as any other.
+    let (_, head) = &before[0];
+    let id = head[0].0.clone();
+    q.apply(
+        vec![Change::Dispatched {
+            id: id.clone(),
+            device: "d1".into(),
+            boot: 1,
+            lease_until_ms: 60_000,
+        }],
+        Now::at(0),
+    );
+    q.commit().unwrap();
+    assert_eq!(q.get(&id).unwrap().state, TaskState::Dispatched);
+    assert_eq!((q.fresh, q.len()), (39, 43));
 }

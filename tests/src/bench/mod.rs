@@ -30,7 +30,8 @@
 //!    (`--no-pathfinder` skips it);
 //! 9. the queue at scale (`queue`): `--queue-tasks` P4 tasks submitted to a fresh bridge with no
 //!    device online; submissions/s, resident memory per queued task, and the time a restart
-//!    takes to be ready with all of them (`--no-queue` skips it).
+//!    takes to be ready with all of them; on mosquitto (the queue alone), then with the embedded
+//!    broker (`--no-queue` skips it).
 //!
 //! Phases 4 to 6 run on bridges with both a plain TCP and a DTLS device link, a fresh one per
 //! measurement, with the DTLS link's limits far above the load (`--no-dtls` skips them).
@@ -358,11 +359,21 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         Some([off, on])
     };
 
-    let queue = if opts.no_queue {
-        None
-    } else {
-        Some(queue::run(&data_dir.join("bridge-queue"), opts, &nonce).await?)
-    };
+    let mut queue = Vec::new();
+    if !opts.no_queue {
+        if !opts.no_mosquitto {
+            let dir = data_dir.join("queue-mosquitto");
+            std::fs::create_dir_all(&dir).map_err(|source| BenchError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let (broker, port) = crate::start_mosquitto(&dir);
+            queue.push(queue::run(&dir, opts, &nonce, Some(port)).await?);
+            drop(broker);
+        }
+        let dir = data_dir.join("queue-embedded");
+        queue.push(queue::run(&dir, opts, &nonce, None).await?);
+    }
 
     Ok(Report {
         options: opts.clone(),

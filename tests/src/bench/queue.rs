@@ -1,6 +1,8 @@
 //! Phase 9: the queue at scale. A fresh bridge, no device online, takes `--queue-tasks` P4
 //! submissions as fast as it accepts them; then its resident memory per queued task, and the
-//! time a restart takes to be ready again with all of them queued.
+//! time a restart takes to be ready again with all of them queued. Run twice: on an external
+//! mosquitto, so that the bridge's memory is its own (the queue's), then with the embedded
+//! broker, whose memory is in the bridge's process too.
 //!
 //! Progress is read from the bridge's metrics endpoint (`edge_bridge_tasks_live`, which counts
 //! a task once the commit that accepted it is done), not from a million `queued` events: the
@@ -54,8 +56,11 @@ fn rss(pid: u32) -> Result<u64, BenchError> {
     rss_kib(pid).ok_or_else(|| BenchError::Bridge("cannot read its VmRSS in /proc".into()))
 }
 
-fn config(n: u64) -> broker_config::Config {
-    let mut config = crate::embedded_config(tasks::BRIDGE_ID);
+fn config(n: u64, mosquitto: Option<u16>) -> broker_config::Config {
+    let mut config = match mosquitto {
+        Some(port) => crate::external_config(tasks::BRIDGE_ID, port),
+        None => crate::embedded_config(tasks::BRIDGE_ID),
+    };
     // Room for every task and its `queued` event, whatever the defaults.
     config.queue.limit = config.queue.limit.max(n);
     config.queue.outbox_limit = config.queue.outbox_limit.max(n);
@@ -69,16 +74,23 @@ fn started(bridge: &crate::Bridge) -> Result<SocketAddr, BenchError> {
         .ok_or_else(|| BenchError::Bridge("no metrics endpoint in its ready line".into()))
 }
 
-/// Phase 9 on a fresh bridge in `dir`.
+/// Phase 9 on a fresh bridge in `dir`, on the mosquitto listening on `mosquitto` or with its
+/// embedded broker.
 pub(crate) async fn run(
     dir: &Path,
     opts: &Options,
     nonce: &str,
+    mosquitto: Option<u16>,
 ) -> Result<QueueFigures, BenchError> {
     let n = opts.queue_tasks as u64;
     let mut progress = Progress::new(PHASE);
     let deadline = Instant::now() + opts.phase_timeout();
-    let config = config(n);
+    let config = config(n, mosquitto);
+    let broker = if mosquitto.is_some() {
+        "external mosquitto"
+    } else {
+        "embedded broker"
+    };
     std::fs::create_dir_all(dir).map_err(|source| BenchError::Io {
         path: dir.to_owned(),
         source,
@@ -95,7 +107,9 @@ pub(crate) async fn run(
     )
     .await?;
     let topic = tasks::submit_topic();
-    progress.say(&format!("submitting {n} P4 tasks, no device online"));
+    progress.say(&format!(
+        "submitting {n} P4 tasks, no device online ({broker})"
+    ));
 
     let cpu_start = CpuSnapshot::take(pid, &[]);
     let start = Instant::now();
@@ -168,6 +182,7 @@ pub(crate) async fn run(
     let rss_restarted_kib = rss(bridge.proc.child.id())?;
     drop(bridge);
     Ok(QueueFigures {
+        broker,
         tasks: n,
         fill_s,
         fill_cpu,

@@ -23,6 +23,8 @@ pub struct CpuUse {
 /// Phase 9: the queue at scale.
 #[derive(Clone, Debug)]
 pub struct QueueFigures {
+    /// "external mosquitto" or "embedded broker".
+    pub broker: &'static str,
     /// P4 tasks queued (no device online).
     pub tasks: u64,
     /// From the first submission to the last one live (accepted: committed).
@@ -312,8 +314,9 @@ pub struct Report {
     pub incident: Option<[IncidentFigures; 2]>,
     /// Phase 8, inheritance off then on; `None` with `--no-pathfinder`.
     pub pathfinder: Option<[PathfinderFigures; 2]>,
-    /// Phase 9; `None` with `--no-queue`.
-    pub queue: Option<QueueFigures>,
+    /// Phase 9: on mosquitto (unless `--no-mosquitto`), then with the embedded broker; empty
+    /// with `--no-queue`.
+    pub queue: Vec<QueueFigures>,
 }
 
 impl Report {
@@ -588,7 +591,15 @@ impl fmt::Display for Report {
                 ratio(100.0)
             )?;
         }
-        if let Some(q) = &self.queue {
+        if !self.queue.is_empty() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "9. The queue at scale: {} P4 tasks submitted to a fresh bridge, no device online",
+                self.queue[0].tasks
+            )?;
+        }
+        for q in &self.queue {
             queue(f, q)?;
         }
         Ok(())
@@ -598,12 +609,7 @@ impl fmt::Display for Report {
 /// Section 9 of the report: the queue at scale.
 fn queue(f: &mut fmt::Formatter<'_>, q: &QueueFigures) -> fmt::Result {
     let mib = |kib: u64| kib as f64 / 1024.0;
-    writeln!(f)?;
-    writeln!(
-        f,
-        "9. The queue at scale: {} P4 tasks submitted to a fresh bridge, no device online",
-        q.tasks
-    )?;
+    writeln!(f, "  {}:", q.broker)?;
     writeln!(
         f,
         "  accepted in {:.1} s: {:.0} submissions/s (goal: at least 50,000); CPU: {}",
