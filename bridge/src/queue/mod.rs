@@ -35,7 +35,8 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `tasks` | task id | live [`TaskRecord`] (JSON) |
-//! | `queued_ids` | admission sequence | task id of each fresh queued task (see above), to read its record when dispatch picks it |
+//! | `fresh` | admission sequence | each fresh queued task's id and lane entry ([`FreshRow`]): what open rebuilds the lanes from, without reading the records, and how dispatch finds the record it picks |
+//! | `active` | task id | nothing: the live tasks that are not fresh, which open reads whole |
 //! | `done` | task id | final [`StatusEvent`] (JSON) |
 //! | `done_order` | finish sequence | task id, to forget the oldest beyond `DONE_KEPT` |
 //! | `outbox` | class and event sequence ([`outbox_key`]) | [`OutboxEntry`] (JSON) |
@@ -54,7 +55,8 @@ use crate::api::{ApiError, ErrorCode, StatusEvent, Submission, TaskState};
 use crate::time::{Anchor, Now};
 
 const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
-const QUEUED_IDS: TableDefinition<'_, u64, &str> = TableDefinition::new("queued_ids");
+const FRESH: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("fresh");
+const ACTIVE: TableDefinition<'_, &str, ()> = TableDefinition::new("active");
 const DONE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("done");
 const DONE_ORDER: TableDefinition<'_, u64, &str> = TableDefinition::new("done_order");
 const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
@@ -260,105 +262,156 @@ impl OutboxEntry {
     }
 }
 
-/// The length of a JSON string, read without keeping it.
-struct StrLen(usize);
-
-impl<'de> Deserialize<'de> for StrLen {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = StrLen;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StrLen, E> {
-                Ok(StrLen(v.len()))
-            }
-        }
-        d.deserialize_str(Visitor)
-    }
-}
-
-/// What [`Queue::open`] reads first of a stored [`TaskRecord`]: whether the task is fresh,
-/// and if so its lane entry. Field for field as `TaskRecord` and `Submission` store them
-/// (serde ignores the others).
-#[derive(Deserialize)]
-struct StoredHead<'a> {
-    seq: u64,
-    #[serde(borrow)]
-    sub: StoredSub<'a>,
-    state: TaskState,
-    device: Option<serde::de::IgnoredAny>,
-    attempt: u32,
-    deadline_at_ms: Option<u64>,
-    not_before_ms: u64,
-    #[serde(default)]
-    retry_handle: Option<u32>,
-    #[serde(default)]
-    preemptions: u32,
-    #[serde(default)]
-    checkpoint: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    cancelling: bool,
-}
-
-#[derive(Deserialize)]
-struct StoredSub<'a> {
-    #[serde(borrow)]
-    capability: Cow<'a, str>,
-    #[serde(borrow)]
-    device: Option<Cow<'a, str>>,
+/// A fresh task's row in the `fresh` table: its id, and what its lane entry is made of.
+/// Encoded by hand (a version byte, fixed-width little-endian numbers, strings as a u16
+/// length and UTF-8 bytes): a submission is at most 16 KiB, so every string fits.
+#[derive(Debug, PartialEq, Eq)]
+struct FreshRow<'a> {
+    id: &'a str,
     priority: Priority,
-    payload: StrLen,
-    #[serde(borrow)]
-    locks: Vec<Cow<'a, str>>,
-    #[serde(default)]
-    resources: Vec<serde::de::IgnoredAny>,
+    deadline_at_ms: u64,
+    payload_len: u32,
+    submitted_ms: u64,
+    capability: &'a str,
+    device: Option<&'a str>,
+    locks: Vec<&'a str>,
 }
 
-impl StoredHead<'_> {
-    /// As [`is_fresh`] says of the whole record.
-    fn is_fresh(&self) -> bool {
-        self.state == TaskState::Queued
-            && self.attempt == 0
-            && self.preemptions == 0
-            && self.device.is_none()
-            && self.retry_handle.is_none()
-            && self.checkpoint.is_none()
-            && !self.cancelling
-            && self.not_before_ms == 0
-            && self.sub.resources.is_empty()
-    }
+const FRESH_ROW_VERSION: u8 = 1;
 
-    fn deadline(&self) -> u64 {
-        self.deadline_at_ms.unwrap_or(u64::MAX)
-    }
-
-    /// As [`Lane::of`] the whole record.
-    fn lane(&self) -> Lane {
-        Lane {
-            capability: self.sub.capability.clone().into_owned(),
-            device: self.sub.device.as_ref().map(|d| d.clone().into_owned()),
-            class: crate::dispatch::class_of(self.sub.priority),
-            locks: self
-                .sub
-                .locks
-                .iter()
-                .map(|l| l.clone().into_owned())
-                .collect(),
-            resources: Vec::new(),
+impl<'a> FreshRow<'a> {
+    fn of(rec: &'a TaskRecord) -> Self {
+        Self {
+            id: &rec.sub.id,
+            priority: rec.sub.priority,
+            deadline_at_ms: rec.deadline_at_ms.unwrap_or(u64::MAX),
+            payload_len: lane_size(rec),
+            submitted_ms: rec.submitted_ms,
+            capability: &rec.sub.capability,
+            device: rec.sub.device.as_deref(),
+            locks: rec.sub.locks.iter().map(String::as_str).collect(),
         }
     }
 
-    /// Whether the task is in `lane` (a fresh task names no resource).
-    fn is_in(&self, lane: &Lane) -> bool {
-        lane.capability == self.sub.capability
-            && lane.device.as_deref() == self.sub.device.as_deref()
-            && lane.class == crate::dispatch::class_of(self.sub.priority)
-            && lane.locks.len() == self.sub.locks.len()
-            && lane.locks.iter().zip(&self.sub.locks).all(|(a, b)| a == b)
-            && lane.resources.is_empty()
+    fn encode(&self) -> Vec<u8> {
+        fn text(out: &mut Vec<u8>, s: &str) {
+            let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&s.as_bytes()[..usize::from(len)]);
+        }
+        let mut out = Vec::with_capacity(48 + self.id.len() + self.capability.len());
+        out.push(FRESH_ROW_VERSION);
+        out.push(self.priority.level());
+        out.extend_from_slice(&self.deadline_at_ms.to_le_bytes());
+        out.extend_from_slice(&self.payload_len.to_le_bytes());
+        out.extend_from_slice(&self.submitted_ms.to_le_bytes());
+        text(&mut out, self.id);
+        text(&mut out, self.capability);
+        match self.device {
+            Some(d) => {
+                out.push(1);
+                text(&mut out, d);
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(&(self.locks.len() as u16).to_le_bytes());
+        for l in &self.locks {
+            text(&mut out, l);
+        }
+        out
     }
+
+    fn decode(raw: &'a [u8]) -> Option<Self> {
+        struct Cursor<'a>(&'a [u8]);
+        impl<'a> Cursor<'a> {
+            fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+                if self.0.len() < n {
+                    return None;
+                }
+                let (head, rest) = self.0.split_at(n);
+                self.0 = rest;
+                Some(head)
+            }
+            fn byte(&mut self) -> Option<u8> {
+                self.take(1).map(|b| b[0])
+            }
+            fn u16(&mut self) -> Option<u16> {
+                self.take(2)?.try_into().ok().map(u16::from_le_bytes)
+            }
+            fn u32(&mut self) -> Option<u32> {
+                self.take(4)?.try_into().ok().map(u32::from_le_bytes)
+            }
+            fn u64(&mut self) -> Option<u64> {
+                self.take(8)?.try_into().ok().map(u64::from_le_bytes)
+            }
+            fn text(&mut self) -> Option<&'a str> {
+                let n = self.u16()?;
+                std::str::from_utf8(self.take(usize::from(n))?).ok()
+            }
+        }
+        let mut c = Cursor(raw);
+        if c.byte()? != FRESH_ROW_VERSION {
+            return None;
+        }
+        let priority = Priority::from_level(c.byte()?)?;
+        let deadline_at_ms = c.u64()?;
+        let payload_len = c.u32()?;
+        let submitted_ms = c.u64()?;
+        let id = c.text()?;
+        let capability = c.text()?;
+        let device = match c.byte()? {
+            0 => None,
+            1 => Some(c.text()?),
+            _ => return None,
+        };
+        let locks = (0..c.u16()?)
+            .map(|_| c.text())
+            .collect::<Option<Vec<_>>>()?;
+        c.0.is_empty().then_some(Self {
+            id,
+            priority,
+            deadline_at_ms,
+            payload_len,
+            submitted_ms,
+            capability,
+            device,
+            locks,
+        })
+    }
+
+    /// Its lane (as [`Lane::of`] the record), when it is not `last`'s, which is reused.
+    fn lane(&self, last: Option<Lane>) -> Lane {
+        let class = crate::dispatch::class_of(self.priority);
+        match last {
+            Some(lane)
+                if lane.capability == self.capability
+                    && lane.device.as_deref() == self.device
+                    && lane.class == class
+                    && lane
+                        .locks
+                        .iter()
+                        .map(String::as_str)
+                        .eq(self.locks.iter().copied())
+                    && lane.resources.is_empty() =>
+            {
+                lane
+            }
+            _ => Lane {
+                capability: self.capability.to_owned(),
+                device: self.device.map(str::to_owned),
+                class,
+                locks: self.locks.iter().map(|l| (*l).to_owned()).collect(),
+                resources: Vec::new(),
+            },
+        }
+    }
+}
+
+/// A fresh task's lane entry value: its payload's size (below [`WHOLE`]).
+fn lane_size(rec: &TaskRecord) -> u32 {
+    u32::try_from(rec.sub.payload.len())
+        .unwrap_or(u32::MAX)
+        .min(WHOLE - 1)
 }
 
 /// A stored task record, or why it is not one.
@@ -619,8 +672,10 @@ type LaneTasks = BTreeMap<LaneKey, u32>;
 struct Pending {
     /// Task rows to store (`Some`) or delete (`None`); the last write of a batch wins.
     tasks: HashMap<String, Option<String>>,
-    /// Rows of `queued_ids` to store (`Some(id)`) or delete (`None`), by admission sequence.
-    queued_ids: HashMap<u64, Option<String>>,
+    /// Rows of `fresh` to store (`Some(row)`) or delete (`None`), by admission sequence.
+    fresh: HashMap<u64, Option<Vec<u8>>>,
+    /// Rows of `active` to store (`true`) or delete (`false`), by task id.
+    active: HashMap<String, bool>,
     /// Final events: (finish sequence, id, event JSON).
     done: Vec<(u64, String, String)>,
     /// Index into `done` by id, for duplicates submitted before the commit.
@@ -647,7 +702,8 @@ struct Pending {
 impl Pending {
     fn is_empty(&self) -> bool {
         self.tasks.is_empty()
-            && self.queued_ids.is_empty()
+            && self.fresh.is_empty()
+            && self.active.is_empty()
             && self.done.is_empty()
             && self.outbox.is_empty()
             && self.published.is_empty()
@@ -661,7 +717,8 @@ impl Pending {
     /// acknowledged outbox keys, whose loss only publishes those events again).
     fn must_sync(&self) -> bool {
         !(self.tasks.is_empty()
-            && self.queued_ids.is_empty()
+            && self.fresh.is_empty()
+            && self.active.is_empty()
             && self.done.is_empty()
             && self.outbox.is_empty()
             && self.proven.is_empty()
@@ -841,7 +898,8 @@ impl Queue {
         };
         let all = [
             "tasks",
-            "queued_ids",
+            "fresh",
+            "active",
             "done",
             "outbox",
             "done_order",
@@ -850,7 +908,8 @@ impl Queue {
         if !all.iter().all(|t| names.contains(*t)) {
             let txn = q.db.begin_write().map_err(db_err)?;
             txn.open_table(TASKS).map_err(db_err)?;
-            txn.open_table(QUEUED_IDS).map_err(db_err)?;
+            txn.open_table(FRESH).map_err(db_err)?;
+            txn.open_table(ACTIVE).map_err(db_err)?;
             txn.open_table(DONE).map_err(db_err)?;
             txn.open_table(OUTBOX).map_err(db_err)?;
             txn.open_table(DONE_ORDER).map_err(db_err)?;
@@ -906,64 +965,70 @@ impl Queue {
             });
         }
         let tasks = read.open_table(TASKS).map_err(db_err)?;
-        // A fresh task becomes its lane entry from the few fields that say so (most of a
-        // backlog, read fast); any other is read whole.
-        let mut last_lane: Option<Lane> = None;
-        for row in tasks.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            let head: StoredHead<'_> =
-                serde_json::from_slice(v.value()).map_err(|e| QueueError::Corrupt {
-                    key: k.value().to_owned(),
-                    reason: e.to_string(),
+        let fresh = read.open_table(FRESH).map_err(db_err)?;
+        let active = read.open_table(ACTIVE).map_err(db_err)?;
+        let rows = |t: &dyn ReadableTableMetadata| t.len().map_err(db_err);
+        if rows(&fresh)? + rows(&active)? == rows(&tasks)? {
+            // The lanes from the fresh tasks' rows, without reading their records; the other
+            // live tasks read whole.
+            let mut last: Option<Lane> = None;
+            for row in fresh.iter().map_err(db_err)? {
+                let (seq, raw) = row.map_err(db_err)?;
+                let seq = seq.value();
+                let f = FreshRow::decode(raw.value()).ok_or_else(|| QueueError::Corrupt {
+                    key: format!("fresh {seq}"),
+                    reason: "not a fresh task's row".into(),
                 })?;
-            if !head.is_fresh() {
-                q.put(decode_record(k.value(), v.value())?);
-                continue;
-            }
-            let lane = match last_lane.take() {
-                Some(lane) if head.is_in(&lane) => lane,
-                _ => head.lane(),
-            };
-            let key = (head.sub.priority.level(), head.deadline(), head.seq);
-            let size = u32::try_from(head.sub.payload.0)
-                .unwrap_or(u32::MAX)
-                .min(WHOLE - 1);
-            match q.lanes.get_mut(&lane) {
-                Some(tasks) => {
-                    tasks.insert(pack(key), size);
+                let lane = f.lane(last.take());
+                let key = (f.priority.level(), f.deadline_at_ms, seq);
+                match q.lanes.get_mut(&lane) {
+                    Some(tasks) => {
+                        tasks.insert(pack(key), f.payload_len);
+                    }
+                    None => q.enter_lane(lane.clone(), key, f.payload_len),
                 }
-                None => q.enter_lane(lane.clone(), key, size),
+                last = Some(lane);
+                q.fresh += 1;
+                q.depth[usize::from(key.0)] += 1;
+                if f.deadline_at_ms != u64::MAX {
+                    q.deadlines.insert((f.deadline_at_ms, seq));
+                }
             }
-            last_lane = Some(lane);
-            q.fresh += 1;
-            q.depth[usize::from(key.0)] += 1;
-            if let Some(d) = head.deadline_at_ms {
-                q.deadlines.insert((d, head.seq));
+            for row in active.iter().map_err(db_err)? {
+                let (id, _) = row.map_err(db_err)?;
+                let id = id.value();
+                let raw = tasks
+                    .get(id)
+                    .map_err(db_err)?
+                    .ok_or_else(|| QueueError::Corrupt {
+                        key: id.to_owned(),
+                        reason: "listed as active, without a record".into(),
+                    })?;
+                q.put(decode_record(id, raw.value())?);
             }
-        }
-        // Each fresh task has its row in `queued_ids`, written with it; a database of a
-        // version before that table has none, and gets them now.
-        let indexed = read
-            .open_table(QUEUED_IDS)
-            .map_err(db_err)?
-            .len()
-            .map_err(db_err)?;
-        if indexed != q.fresh as u64 {
+        } else {
+            // A database of a version before these two tables (or one they do not match):
+            // every record read whole, and the tables written from them, once.
             tracing::info!(
-                fresh = q.fresh,
-                indexed,
-                "indexing the queued tasks by admission order (once, after an upgrade)"
+                tasks = rows(&tasks)?,
+                "indexing the queued tasks (once, after an upgrade)"
             );
             let txn = q.db.begin_write().map_err(db_err)?;
             {
-                let mut ids = txn.open_table(QUEUED_IDS).map_err(db_err)?;
-                ids.retain(|_, _| false).map_err(db_err)?;
+                let mut fresh = txn.open_table(FRESH).map_err(db_err)?;
+                let mut active = txn.open_table(ACTIVE).map_err(db_err)?;
+                fresh.retain(|_, _| false).map_err(db_err)?;
+                active.retain(|_, ()| false).map_err(db_err)?;
                 for row in tasks.iter().map_err(db_err)? {
-                    let (k, v) = row.map_err(db_err)?;
-                    let rec = decode_record(k.value(), v.value())?;
+                    let (id, raw) = row.map_err(db_err)?;
+                    let rec = decode_record(id.value(), raw.value())?;
                     if is_fresh(&rec) {
-                        ids.insert(rec.seq, k.value()).map_err(db_err)?;
+                        let row = FreshRow::of(&rec).encode();
+                        fresh.insert(rec.seq, row.as_slice()).map_err(db_err)?;
+                    } else {
+                        active.insert(id.value(), ()).map_err(db_err)?;
                     }
+                    q.put(rec);
                 }
             }
             txn.commit().map_err(db_err)?;
@@ -1057,10 +1122,7 @@ impl Queue {
             }
         }
         if is_fresh(&rec) {
-            let size = u32::try_from(rec.sub.payload.len())
-                .unwrap_or(u32::MAX)
-                .min(WHOLE - 1);
-            self.enter_lane(Lane::of(&rec), rec.order_key(), size);
+            self.enter_lane(Lane::of(&rec), rec.order_key(), lane_size(&rec));
             self.fresh += 1;
             return;
         }
@@ -1187,13 +1249,14 @@ impl Queue {
         if let Some(id) = self.active_queued.get(&seq) {
             return Some(id.clone());
         }
-        match self.pending.queued_ids.get(&seq) {
-            Some(id) => id.clone(),
+        let id = |raw: &[u8]| FreshRow::decode(raw).map(|f| f.id.to_owned());
+        match self.pending.fresh.get(&seq) {
+            Some(row) => row.as_deref().and_then(id),
             None => self
                 .read(|read| {
-                    let ids = read.open_table(QUEUED_IDS).map_err(db_err)?;
-                    let id = ids.get(seq).map_err(db_err)?;
-                    Ok(id.map(|v| v.value().to_owned()))
+                    let fresh = read.open_table(FRESH).map_err(db_err)?;
+                    let row = fresh.get(seq).map_err(db_err)?;
+                    Ok(row.and_then(|v| id(v.value())))
                 })
                 .flatten(),
         }
@@ -1249,22 +1312,23 @@ impl Queue {
 
     /// When the task queued longest was accepted (wall-clock ms), if any task is queued.
     pub fn oldest_queued_ms(&self) -> Option<u64> {
-        // The first fresh one in `queued_ids` (staged rows first), read from disk.
+        // The first fresh one by admission: among the staged rows, or the first stored row
+        // not staged for deletion (its row carries the time).
+        let accepted = |raw: &[u8]| FreshRow::decode(raw).map(|f| f.submitted_ms);
         let staged = self
             .pending
-            .queued_ids
+            .fresh
             .iter()
-            .filter(|(_, id)| id.is_some())
-            .map(|(&seq, _)| seq)
+            .filter_map(|(&seq, row)| Some((seq, accepted(row.as_deref()?)?)))
             .min();
         let stored = (self.fresh > 0)
             .then(|| {
                 self.read(|read| {
-                    let ids = read.open_table(QUEUED_IDS).map_err(db_err)?;
-                    for row in ids.iter().map_err(db_err)? {
-                        let (seq, _) = row.map_err(db_err)?;
-                        if !matches!(self.pending.queued_ids.get(&seq.value()), Some(None)) {
-                            return Ok(Some(seq.value()));
+                    let fresh = read.open_table(FRESH).map_err(db_err)?;
+                    for row in fresh.iter().map_err(db_err)? {
+                        let (seq, raw) = row.map_err(db_err)?;
+                        if !self.pending.fresh.contains_key(&seq.value()) {
+                            return Ok(accepted(raw.value()).map(|ms| (seq.value(), ms)));
                         }
                     }
                     Ok(None)
@@ -1272,12 +1336,7 @@ impl Queue {
             })
             .flatten()
             .flatten();
-        let fresh = staged
-            .into_iter()
-            .chain(stored)
-            .min()
-            .and_then(|seq| self.queued(seq))
-            .map(|t| (t.seq, t.submitted_ms));
+        let fresh = staged.into_iter().chain(stored).min();
         let active = self
             .active_queued
             .values()
@@ -1714,17 +1773,38 @@ impl Queue {
             self.pending
                 .tasks
                 .insert(rec.sub.id.clone(), Some(json(&rec)));
-            if is_fresh(&rec) {
-                self.pending
-                    .queued_ids
-                    .insert(rec.seq, Some(rec.sub.id.clone()));
-            }
+            self.stage_index(&rec, None);
             let queued = OutboxEntry::status(&rec.event(TaskState::Queued, now_ms));
             self.stage_outbox(rec.sub.priority.level(), &queued);
             outcomes.push(Admission::Queued);
             self.put(rec);
         }
         Ok(outcomes)
+    }
+
+    /// Stages the row `rec` has in `fresh` or in `active` (as it is fresh or not), and the
+    /// removal of its row in the other if it had one: `was_fresh` is what it was before this
+    /// change, `None` for a new task.
+    fn stage_index(&mut self, rec: &TaskRecord, was_fresh: Option<bool>) {
+        let now_fresh = is_fresh(rec);
+        if was_fresh == Some(now_fresh) {
+            return;
+        }
+        if now_fresh {
+            let row = FreshRow::of(rec).encode();
+            self.pending.fresh.insert(rec.seq, Some(row));
+        } else {
+            self.pending.active.insert(rec.sub.id.clone(), true);
+        }
+        match was_fresh {
+            Some(true) => {
+                self.pending.fresh.insert(rec.seq, None);
+            }
+            Some(false) => {
+                self.pending.active.insert(rec.sub.id.clone(), false);
+            }
+            None => {}
+        }
     }
 
     /// Publishes the final event of finished task `id` again (the answer to a cancel that came
@@ -1871,7 +1951,9 @@ impl Queue {
                     self.next_done += 1;
                     self.stage_outbox(rec.sub.priority.level(), &OutboxEntry::status(&e));
                     if was_fresh {
-                        self.pending.queued_ids.insert(rec.seq, None);
+                        self.pending.fresh.insert(rec.seq, None);
+                    } else {
+                        self.pending.active.insert(id.clone(), false);
                     }
                     self.remove(&rec);
                     continue;
@@ -1880,15 +1962,7 @@ impl Queue {
             if rec.state == TaskState::Queued {
                 rec.lease_until_ms = None;
             }
-            match (was_fresh, is_fresh(&rec)) {
-                (true, false) => {
-                    self.pending.queued_ids.insert(rec.seq, None);
-                }
-                (false, true) => {
-                    self.pending.queued_ids.insert(rec.seq, Some(id.clone()));
-                }
-                _ => {}
-            }
+            self.stage_index(&rec, Some(was_fresh));
             self.pending.tasks.insert(id, Some(json(&rec)));
             if let Some(e) = event {
                 self.stage_outbox(rec.sub.priority.level(), &OutboxEntry::status(&e));
@@ -2011,11 +2085,20 @@ impl Queue {
                 }
                 .map_err(db_err)?;
             }
-            let mut queued_ids = txn.open_table(QUEUED_IDS).map_err(db_err)?;
-            for (seq, id) in &p.queued_ids {
-                match id {
-                    Some(id) => queued_ids.insert(*seq, id.as_str()).map(drop),
-                    None => queued_ids.remove(*seq).map(drop),
+            let mut fresh = txn.open_table(FRESH).map_err(db_err)?;
+            for (seq, row) in &p.fresh {
+                match row {
+                    Some(row) => fresh.insert(*seq, row.as_slice()).map(drop),
+                    None => fresh.remove(*seq).map(drop),
+                }
+                .map_err(db_err)?;
+            }
+            let mut active = txn.open_table(ACTIVE).map_err(db_err)?;
+            for (id, is) in &p.active {
+                if *is {
+                    active.insert(id.as_str(), ()).map(drop)
+                } else {
+                    active.remove(id.as_str()).map(drop)
                 }
                 .map_err(db_err)?;
             }

@@ -997,11 +997,43 @@ fn a_fresh_queued_task_is_a_lane_entry_and_its_record_stays_on_disk() {
     assert_eq!(by_queue, by_record);
 }
 
+/// The rows of `fresh` and `active`, which open trusts when they add up to `tasks`' (else it
+/// reads every record and writes them again).
+fn index_rows(q: &Queue) -> (u64, u64, u64) {
+    let read = q.db.begin_read().unwrap();
+    let len = |t: &dyn ReadableTableMetadata| t.len().unwrap();
+    (
+        len(&read.open_table(FRESH).unwrap()),
+        len(&read.open_table(ACTIVE).unwrap()),
+        len(&read.open_table(TASKS).unwrap()),
+    )
+}
+
 #[test]
 fn a_reopened_queue_sees_its_backlog_exactly_as_before() {
     let dir = tempfile::tempdir().unwrap();
     let mut q = Queue::open(dir.path(), 1000).unwrap();
     varied_backlog(&mut q);
+    // Tasks leave by every way: a fresh one expires, a dispatched one completes, another
+    // goes to a device and fails for good.
+    let dispatched = |id: &str| Change::Dispatched {
+        id: id.into(),
+        device: "d1".into(),
+        boot: 1,
+        lease_until_ms: 60_000,
+    };
+    let end = |id: &str, state| Change::finished(id, state, ErrorCode::DeadlineExpired, "test");
+    q.apply(vec![dispatched("t1"), dispatched("t2")], Now::at(0));
+    q.apply(
+        vec![
+            end("t0", TaskState::Expired),
+            end("t1", TaskState::Completed),
+            end("on-device", TaskState::Failed),
+        ],
+        Now::at(0),
+    );
+    q.commit().unwrap();
+    assert_eq!(index_rows(&q), (37, 3, 40), "t2, holder, lost are active");
     let before = dispatch_view(&q);
     let (depth, overdue, timer) = (q.depth(), q.overdue(1_030), q.next_timer(0));
     drop(q);
@@ -1011,7 +1043,7 @@ fn a_reopened_queue_sees_its_backlog_exactly_as_before() {
         (q.depth(), q.overdue(1_030), q.next_timer(0)),
         (depth, overdue, timer)
     );
-    assert_eq!((q.fresh, q.active.len()), (40, 3));
+    assert_eq!((q.fresh, q.active.len()), (37, 3));
     // What the fast path read matches the records read whole.
     for (lane, tasks) in &before {
         for (id, key, size, _) in tasks {
@@ -1025,14 +1057,52 @@ fn a_reopened_queue_sees_its_backlog_exactly_as_before() {
 }
 
 #[test]
+fn a_fresh_tasks_row_round_trips_and_a_damaged_one_is_refused() {
+    let mut rec = TaskRecord {
+        seq: 7,
+        sub: sub("é-1", Priority::P4, Some(5)),
+        state: TaskState::Queued,
+        device: None,
+        attempt: 0,
+        submitted_ms: 1_234,
+        deadline_at_ms: Some(99),
+        not_before_ms: 0,
+        retry_handle: None,
+        preemptions: 0,
+        checkpoint: None,
+        boot: None,
+        lease_until_ms: None,
+        cancelling: false,
+    };
+    rec.sub.device = Some("d-ü".into());
+    rec.sub.locks = vec!["bus".into(), "spi".into()];
+    rec.sub.payload = "[1,2,3]".into();
+    let row = FreshRow::of(&rec).encode();
+    let back = FreshRow::decode(&row).expect("a row decodes");
+    assert_eq!(back, FreshRow::of(&rec));
+    assert_eq!(back.lane(None), Lane::of(&rec));
+    assert_eq!((back.payload_len, back.submitted_ms), (7, 1_234));
+    for cut in 0..row.len() {
+        assert_eq!(FreshRow::decode(&row[..cut]), None, "cut at {cut}");
+    }
+    let mut longer = row.clone();
+    longer.push(0);
+    assert_eq!(FreshRow::decode(&longer), None);
+    let mut other_version = row;
+    other_version[0] = 2;
+    assert_eq!(FreshRow::decode(&other_version), None);
+}
+
+#[test]
 fn a_queue_written_before_the_index_of_fresh_tasks_gets_it_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let mut q = Queue::open(dir.path(), 1000).unwrap();
     varied_backlog(&mut q);
     let before = dispatch_view(&q);
-    // As an older version left it: no `queued_ids` rows.
+    // As an older version left it: no `fresh` or `active` table.
     let txn = q.db.begin_write().unwrap();
-    txn.delete_table(QUEUED_IDS).unwrap();
+    txn.delete_table(FRESH).unwrap();
+    txn.delete_table(ACTIVE).unwrap();
     txn.commit().unwrap();
     drop(q);
     let mut q = Queue::open(dir.path(), 1000).unwrap();
