@@ -821,6 +821,9 @@ pub struct Queue {
     /// task did not exist): the next commit fails with it, so nothing decided on that answer
     /// is let out.
     read_error: RefCell<Option<String>>,
+    /// The record [`Queue::load`] read last, until its task's row is staged again: dispatch
+    /// reads a fresh task's record to decide on it, then again to apply the decision.
+    last_loaded: RefCell<Option<TaskRecord>>,
     /// Tests: the next commit fails as a full disk would make it.
     #[cfg(test)]
     fail_next_commit: bool,
@@ -885,6 +888,7 @@ impl Queue {
             shed: 0,
             shedding: false,
             read_error: RefCell::new(None),
+            last_loaded: RefCell::new(None),
             #[cfg(test)]
             fail_next_commit: false,
         };
@@ -1231,6 +1235,23 @@ impl Queue {
     /// The stored record of `id`, staged writes first: a live task's (or, until the commit
     /// that deletes it, a finished one's).
     fn load(&self, id: &str) -> Option<TaskRecord> {
+        if let Some(t) = self
+            .last_loaded
+            .borrow()
+            .as_ref()
+            .filter(|t| t.sub.id == id)
+        {
+            return Some(t.clone());
+        }
+        let loaded = self.load_stored(id);
+        if let Some(t) = &loaded {
+            *self.last_loaded.borrow_mut() = Some(t.clone());
+        }
+        loaded
+    }
+
+    /// As [`Queue::load`], without `last_loaded`.
+    fn load_stored(&self, id: &str) -> Option<TaskRecord> {
         match self.pending.tasks.get(id) {
             Some(Some(json)) => self.read(|_| decode_record(id, json.as_bytes())),
             Some(None) => None,
@@ -1770,9 +1791,7 @@ impl Queue {
                 cancelling: false,
             };
             self.next_seq += 1;
-            self.pending
-                .tasks
-                .insert(rec.sub.id.clone(), Some(json(&rec)));
+            self.stage_task(rec.sub.id.clone(), Some(json(&rec)));
             self.stage_index(&rec, None);
             let queued = OutboxEntry::status(&rec.event(TaskState::Queued, now_ms));
             self.stage_outbox(rec.sub.priority.level(), &queued);
@@ -1780,6 +1799,15 @@ impl Queue {
             self.put(rec);
         }
         Ok(outcomes)
+    }
+
+    /// Stages `id`'s row of `tasks`: its record as JSON, or none (finished).
+    fn stage_task(&mut self, id: String, row: Option<String>) {
+        let last = self.last_loaded.get_mut();
+        if last.as_ref().is_some_and(|t| t.sub.id == id) {
+            *last = None;
+        }
+        self.pending.tasks.insert(id, row);
     }
 
     /// Stages the row `rec` has in `fresh` or in `active` (as it is fresh or not), and the
@@ -1797,13 +1825,29 @@ impl Queue {
             self.pending.active.insert(rec.sub.id.clone(), true);
         }
         match was_fresh {
-            Some(true) => {
-                self.pending.fresh.insert(rec.seq, None);
-            }
-            Some(false) => {
-                self.pending.active.insert(rec.sub.id.clone(), false);
-            }
+            Some(true) => self.drop_fresh_row(rec.seq),
+            Some(false) => self.drop_active_row(&rec.sub.id),
             None => {}
+        }
+    }
+
+    /// Stages the deletion of a fresh task's row; one staged in this batch (a task accepted
+    /// and dispatched in one turn, the usual case under load) is simply not written.
+    fn drop_fresh_row(&mut self, seq: u64) {
+        if matches!(self.pending.fresh.get(&seq), Some(Some(_))) {
+            self.pending.fresh.remove(&seq);
+        } else {
+            self.pending.fresh.insert(seq, None);
+        }
+    }
+
+    /// As [`Queue::drop_fresh_row`] for a row of `active` (each is written once, when its task
+    /// stops being fresh, so one staged now was not stored before).
+    fn drop_active_row(&mut self, id: &str) {
+        if self.pending.active.get(id) == Some(&true) {
+            self.pending.active.remove(id);
+        } else {
+            self.pending.active.insert(id.to_owned(), false);
         }
     }
 
@@ -1943,7 +1987,7 @@ impl Queue {
                     e.result = result;
                     e.error = error;
                     let event = json(&e);
-                    self.pending.tasks.insert(id.clone(), None);
+                    self.stage_task(id.clone(), None);
                     self.pending
                         .done_by_id
                         .insert(id.clone(), self.pending.done.len());
@@ -1951,9 +1995,9 @@ impl Queue {
                     self.next_done += 1;
                     self.stage_outbox(rec.sub.priority.level(), &OutboxEntry::status(&e));
                     if was_fresh {
-                        self.pending.fresh.insert(rec.seq, None);
+                        self.drop_fresh_row(rec.seq);
                     } else {
-                        self.pending.active.insert(id.clone(), false);
+                        self.drop_active_row(&id);
                     }
                     self.remove(&rec);
                     continue;
@@ -1963,7 +2007,7 @@ impl Queue {
                 rec.lease_until_ms = None;
             }
             self.stage_index(&rec, Some(was_fresh));
-            self.pending.tasks.insert(id, Some(json(&rec)));
+            self.stage_task(id, Some(json(&rec)));
             if let Some(e) = event {
                 self.stage_outbox(rec.sub.priority.level(), &OutboxEntry::status(&e));
             }

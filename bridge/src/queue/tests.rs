@@ -1123,3 +1123,27 @@ fn a_queue_written_before_the_index_of_fresh_tasks_gets_it_at_open() {
     assert_eq!(q.get(&id).unwrap().state, TaskState::Dispatched);
     assert_eq!((q.fresh, q.len()), (39, 43));
 }
+
+#[test]
+fn a_fresh_task_read_once_is_read_again_after_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    varied_backlog(&mut q);
+    assert_eq!(q.get("t5").unwrap().state, TaskState::Queued);
+    let end = Change::finished("t5", TaskState::Cancelled, ErrorCode::Cancelled, "test");
+    q.apply(vec![end], Now::at(0));
+    assert!(q.get("t5").is_none(), "finished, before the commit");
+    q.commit().unwrap();
+    assert!(q.get("t5").is_none(), "finished, after the commit");
+    assert_eq!(q.get("t6").unwrap().attempt, 0);
+    q.apply(
+        vec![Change::Dispatched {
+            id: "t6".into(),
+            device: "d1".into(),
+            boot: 1,
+            lease_until_ms: 60_000,
+        }],
+        Now::at(0),
+    );
+    assert_eq!(q.get("t6").unwrap().attempt, 1);
+}
