@@ -260,12 +260,28 @@ pub struct PathfinderFigures {
     pub failures: Vec<String>,
 }
 
-/// Everything one run measured.
+/// Phase 9: idle device links over plain TCP held by one bridge.
 #[derive(Clone, Debug)]
-pub struct Report {
-    pub options: Options,
-    pub cpus: usize,
-    pub arch: &'static str,
+pub struct IdleLinkFigures {
+    /// `sessions`: the links; `open_seconds`: until the last was welcomed; the bridge's
+    /// `VmRSS` before the first connected and after all had been idle for `idle_seconds`.
+    pub memory: MemoryFigures,
+    pub idle_seconds: u64,
+    /// Device sessions open on the bridge's TCP links by its own count (metrics endpoint),
+    /// when the memory was read.
+    pub bridge_sessions: u64,
+    /// The bridge's open file descriptors before and while the links were held.
+    pub fds_before: usize,
+    pub fds_held: usize,
+    /// The limit on open files the bench and the bridge ran with.
+    pub fd_limit: u64,
+    /// While the links were idle (heartbeats only): the bridge's and the bench's CPU.
+    pub cpu: CpuUse,
+}
+
+/// Phases 0 to 3, on two bridges with the embedded broker.
+#[derive(Clone, Debug)]
+pub struct CoreFigures {
     /// 4 KiB write + fdatasync per second in the data directory.
     pub fsync_per_s: f64,
     pub relay: RelayFigures,
@@ -273,6 +289,23 @@ pub struct Report {
     /// Phase 2b: phase 2 one task at a time.
     pub sequential: ThroughputFigures,
     pub backlog: BacklogFigures,
+}
+
+impl CoreFigures {
+    /// Bridge tasks/s as a fraction of the broker's raw round trips/s.
+    pub fn ratio(&self) -> f64 {
+        self.throughput.tasks_per_s / self.relay.per_s
+    }
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub options: Options,
+    pub cpus: usize,
+    pub arch: &'static str,
+    /// Phases 0 to 3; `None` when `--only` leaves them out.
+    pub core: Option<CoreFigures>,
     /// Phase 2m; `None` with `--no-mosquitto`.
     pub mosquitto: Option<BrokerFigures>,
     /// Phases 4 to 6; `None` with `--no-dtls`.
@@ -281,14 +314,11 @@ pub struct Report {
     pub incident: Option<[IncidentFigures; 2]>,
     /// Phase 8, inheritance off then on; `None` with `--no-pathfinder`.
     pub pathfinder: Option<[PathfinderFigures; 2]>,
+    /// Phase 9; `None` with `--no-links`.
+    pub links: Option<IdleLinkFigures>,
 }
 
 impl Report {
-    /// Bridge tasks/s as a fraction of the broker's raw round trips/s.
-    pub fn ratio(&self) -> f64 {
-        self.throughput.tasks_per_s / self.relay.per_s
-    }
-
     /// Phase 8: the P0's blocking time without inheritance as a multiple of the time with it,
     /// at the percentile `p`; `None` without phase 8 or without samples.
     pub fn pathfinder_ratio(&self, p: f64) -> Option<f64> {
@@ -375,7 +405,7 @@ fn throughput_table(f: &mut fmt::Formatter<'_>, t: &ThroughputFigures) -> fmt::R
 fn mosquitto(
     f: &mut fmt::Formatter<'_>,
     m: &BrokerFigures,
-    embedded_ratio: f64,
+    embedded_ratio: Option<f64>,
     outstanding: usize,
 ) -> fmt::Result {
     let (r, t, s) = (&m.relay, &m.throughput, &m.sequential);
@@ -393,10 +423,12 @@ fn mosquitto(
     header(f)?;
     latency_line(f, "round trip", &r.latency)?;
     failures(f, 0, &[], r.reconnects)?;
+    let embedded =
+        embedded_ratio.map_or_else(|| "not run".to_owned(), |r| format!("{r:.3} x its own"));
     writeln!(
         f,
         "  throughput: {} of {} completed in {:.2} s: {:.0} tasks/s = {:.3} x mosquitto's raw \
-         relay rate (embedded broker: {embedded_ratio:.3} x its own)",
+         relay rate (embedded broker: {embedded})",
         t.completed,
         t.submitted,
         t.seconds,
@@ -441,11 +473,98 @@ fn failures(
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let o = &self.options;
+        writeln!(f, "edge-bench: {} x {} CPUs", self.arch, self.cpus)?;
+        match &self.core {
+            Some(core) => core.fmt_with(f, o, self.mosquitto.as_ref())?,
+            None => {
+                if let Some(m) = &self.mosquitto {
+                    mosquitto(f, m, None, o.concurrency)?;
+                }
+            }
+        }
+        if let Some(d) = &self.dtls {
+            d.fmt_with(f, o)?;
+        }
+        if let Some(runs) = &self.incident {
+            incident(f, o, runs)?;
+        }
+        if let Some(runs) = &self.pathfinder {
+            pathfinder(f, runs)?;
+            let ratio = |p| {
+                self.pathfinder_ratio(p)
+                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2} x"))
+            };
+            writeln!(
+                f,
+                "  P0 blocked without / with inheritance: {} (P50), {} (max)",
+                ratio(50.0),
+                ratio(100.0)
+            )?;
+        }
+        if let Some(links) = &self.links {
+            links.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// The goal of issue 18 for an idle TCP device link, in KiB of the bridge's memory.
+const IDLE_LINK_GOAL_KIB: f64 = 8.0;
+
+impl IdleLinkFigures {
+    /// Section 9 of the report.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.memory;
+        writeln!(f)?;
         writeln!(
             f,
-            "edge-bench: {} devices (8 slots each), {} tasks with {} outstanding, {} queued P4; \
-             {} x {} CPUs",
-            o.devices, o.tasks, o.concurrency, o.queued_p4, self.arch, self.cpus
+            "9. memory per idle device link over plain TCP (devices in this process: Hello, \
+             Welcome, then heartbeats only; a fresh bridge; growth of its VmRSS from before the \
+             first connected to after all had been idle {} s, divided by their number)",
+            self.idle_seconds
+        )?;
+        writeln!(
+            f,
+            "  {} links welcomed in {:.2} s, {} held by the bridge after {} s idle (its \
+             metrics); its open files {} -> {} (limit {})",
+            m.sessions,
+            m.open_seconds,
+            self.bridge_sessions,
+            self.idle_seconds,
+            self.fds_before,
+            self.fds_held,
+            self.fd_limit
+        )?;
+        writeln!(
+            f,
+            "  VmRSS {} -> {} KiB: {:.2} KiB per idle device link (goal: at most \
+             {IDLE_LINK_GOAL_KIB} KiB)",
+            m.rss_before_kib,
+            m.rss_held_kib,
+            m.per_session_kib()
+        )?;
+        writeln!(
+            f,
+            "  CPU while idle: bridge {}, bench devices {} (of one core, over {:.1} s)",
+            share(self.cpu.bridge),
+            share(self.cpu.bench),
+            self.cpu.wall_s
+        )
+    }
+}
+
+impl CoreFigures {
+    /// The disk line and sections 1 to 3 of the report (2m among them when it ran).
+    fn fmt_with(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        o: &Options,
+        mosquitto_figures: Option<&BrokerFigures>,
+    ) -> fmt::Result {
+        writeln!(
+            f,
+            "{} devices (8 slots each), {} tasks with {} outstanding, {} queued P4",
+            o.devices, o.tasks, o.concurrency, o.queued_p4
         )?;
         writeln!(
             f,
@@ -496,8 +615,8 @@ impl fmt::Display for Report {
         )?;
         one_at_a_time(f, "  ", &self.sequential)?;
 
-        if let Some(m) = &self.mosquitto {
-            mosquitto(f, m, self.ratio(), o.concurrency)?;
+        if let Some(m) = mosquitto_figures {
+            mosquitto(f, m, Some(self.ratio()), o.concurrency)?;
         }
 
         let b = &self.backlog;
@@ -536,25 +655,6 @@ impl fmt::Display for Report {
         latency_line(f, "P0 submit -> completed", &b.p0)?;
         stages(f, &b.p0_stages)?;
         failures(f, b.failed, &b.failures, b.reconnects)?;
-        if let Some(d) = &self.dtls {
-            d.fmt_with(f, o)?;
-        }
-        if let Some(runs) = &self.incident {
-            incident(f, o, runs)?;
-        }
-        if let Some(runs) = &self.pathfinder {
-            pathfinder(f, runs)?;
-            let ratio = |p| {
-                self.pathfinder_ratio(p)
-                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2} x"))
-            };
-            writeln!(
-                f,
-                "  P0 blocked without / with inheritance: {} (P50), {} (max)",
-                ratio(50.0),
-                ratio(100.0)
-            )?;
-        }
         Ok(())
     }
 }
