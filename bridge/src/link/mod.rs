@@ -7,6 +7,8 @@
 //!
 //! # Layout
 //! - [`stream`]: the byte-stream driver, generic over the stream; checks [`Identity`].
+//! - [`heap`]: where a driver's session keeps its send window and reorder buffer: on the heap,
+//!   only while they hold messages.
 //! - [`listener`]: the accept loop of the stream listeners: connection caps (in total and per
 //!   host) and the socket options of device sockets (keepalive, user timeout).
 //! - [`tcp`]: plain TCP listener: no credential, any device id.
@@ -27,6 +29,7 @@
 //! this).
 
 pub mod dtls;
+pub mod heap;
 pub mod listener;
 pub mod serial;
 pub mod stream;

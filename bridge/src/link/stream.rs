@@ -21,6 +21,7 @@ use device_core::proto::{MAX_FRAME, Message, Preempt, Reprioritize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use super::heap::OnHeap;
 use super::{Identity, LinkCommand, LinkEvent, LinkId};
 use crate::throttle::Throttle;
 
@@ -35,8 +36,11 @@ static BAD_FRAMES: Throttle = Throttle::remote_events();
 /// Messages a device should not send (a `Welcome`, an `Assign`).
 static UNEXPECTED: Throttle = Throttle::remote_events();
 
-/// Send window and reorder buffer of a bridge-side session.
-pub type BridgeSession = Session<BridgeSide, 16, 16>;
+/// A bridge-side session: a send window of 16 and a reorder buffer of 16 (DTLS sessions come
+/// through this driver too, one datagram per frame, and datagrams may be reordered), both on
+/// the heap and only while they hold messages (see [`super::heap`]): inline they were 16.8 KiB
+/// of every link, idle or not.
+pub type BridgeSession = Session<BridgeSide, 16, 16, OnHeap>;
 
 /// Drives one device connection until it ends; the last event sent is [`LinkEvent::Down`].
 /// `identity`: what the link's credential proved, if it has one; a `Hello` with another

@@ -130,6 +130,13 @@ pub struct Unacked {
     message: Message,
 }
 
+impl Unacked {
+    /// `message` numbered `seq`: for tests of a storage (a session makes its own).
+    pub fn new(seq: u32, message: Message) -> Self {
+        Self { seq, message }
+    }
+}
+
 /// Sequence numbers run 1..=u32::MAX and wrap to 1 (0 marks unsequenced frames); comparisons
 /// are serial-number arithmetic, so a session may outlive 2^32 messages.
 pub(super) const fn next_seq(seq: u32) -> u32 {
