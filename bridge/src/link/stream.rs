@@ -25,6 +25,7 @@ use device_core::proto::{MAX_FRAME, Message, Preempt, Reprioritize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
+use super::commands::CommandSender;
 use super::heap::OnHeap;
 use super::{Identity, LinkCommand, LinkEvent, LinkId};
 use crate::throttle::Throttle;
@@ -146,7 +147,7 @@ where
     let mut session = BridgeSession::bridge(config, now());
     let mut deframer: Deframer<MAX_FRAME> = Deframer::new();
     // The link keeps a sender, so `commands` ends only on `Close`; each session gets a clone.
-    let (commands_tx, mut commands) = mpsc::channel::<LinkCommand>(64);
+    let (commands_tx, mut commands) = super::commands::channel(64);
     // The credit last reported, with the `Assign`s taken when it was counted: the engine
     // discounts the ones it sent after those (see `LinkEvent::Credit`).
     let mut credit_sent = None;
@@ -399,7 +400,7 @@ fn deliver(
     permit: mpsc::Permit<'_, LinkEvent>,
     on: &Link<'_>,
     session: &BridgeSession,
-    commands: &mpsc::Sender<LinkCommand>,
+    commands: &CommandSender,
 ) -> Result<Option<oneshot::Receiver<()>>, String> {
     let Link { link, peer, .. } = *on;
     let (committed, done) = oneshot::channel();
