@@ -269,7 +269,7 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         opts.relay_messages,
         opts.sequential,
     ];
-    if opts.runs(Phases::Core) && counts.contains(&0) {
+    if (opts.runs(Phases::Core) || opts.runs(Phases::Dtls)) && counts.contains(&0) {
         return Err(BenchError::Options(
             "--devices, --tasks, --queued-p4, --concurrency, --relay-messages and --sequential \
              must be at least 1"
