@@ -34,7 +34,7 @@ rustup target add --toolchain nightly "$target" >/dev/null 2>&1
 touch device-core/footprint/src/main.rs
 cargo +nightly rustc -q -p device-core-footprint --profile footprint --target "$target" \
   --features device --target-dir target/type-sizes -- -Zprint-type-sizes 2>/dev/null |
-  grep -E 'type: `device_core::(Scheduler<8, 4>|sched::Slot|sched::locks::LockSlot|runtime::Device<8, 4, 4, 4>|runtime::Runtime<8, 4, 4>|link::Session<device_core::link::DeviceSide, 4>|runtime::Task|proto::Message|proto::Restore|link::session::Unacked)`' |
+  grep -E 'type: `device_core::(Scheduler<8, 4>|sched::Slot|sched::locks::LockSlot|runtime::Device<8, 4, 4, 4>|runtime::Runtime<8, 4, 4>|link::Session<device_core::link::DeviceSide, 4>|runtime::Task|proto::Message|proto::Restore|link::Unacked)`' |
   sed -e 's/print-type-size type: //' -e 's/device_core::sched::Slot/task slot (sched::Slot)/' \
       -e 's/device_core::sched::locks::LockSlot/lock (sched::locks::LockSlot)/' | sort -u
 echo

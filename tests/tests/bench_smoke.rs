@@ -1,5 +1,6 @@
 //! The benchmark (`edge-bench`) with tiny numbers, so it keeps working: every phase runs (the
-//! DTLS ones too), every task and handshake completes, and every figure is a positive number.
+//! DTLS ones too), every task and handshake completes, and every figure is a positive number;
+//! `--only` runs one phase alone.
 
 use clap::Parser;
 use edge_tests::bench::{self, Options};
@@ -48,6 +49,10 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         "2",
         "--pathfinder-steps",
         "150",
+        "--links",
+        "20",
+        "--links-idle-s",
+        "3",
         "--queue-tasks",
         "3000",
         "--timeout-s",
@@ -58,21 +63,22 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
     let report = bench::run(&opts).await.expect("the benchmark runs");
     println!("{report}");
 
-    assert!(report.fsync_per_s > 0.0);
-    assert_eq!(report.relay.round_trips, 200);
-    assert_eq!(report.relay.latency.len(), 200);
-    assert!(report.relay.per_s > 0.0);
+    let core = report.core.as_ref().expect("phases 0 to 3 run by default");
+    assert!(core.fsync_per_s > 0.0);
+    assert_eq!(core.relay.round_trips, 200);
+    assert_eq!(core.relay.latency.len(), 200);
+    assert!(core.relay.per_s > 0.0);
 
-    let t = &report.throughput;
+    let t = &core.throughput;
     assert_eq!((t.completed, t.failed), (24, 0), "{:?}", t.failures);
-    assert!(t.tasks_per_s > 0.0 && report.ratio() > 0.0);
+    assert!(t.tasks_per_s > 0.0 && core.ratio() > 0.0);
     for (p, l) in t.per_priority.iter().enumerate() {
         assert_eq!(l.len(), 4, "P{p}: four tasks of each priority");
         assert!(l.p50().is_some_and(|d| !d.is_zero()));
     }
     assert_eq!(t.stages.wait.len(), 24);
 
-    let s = &report.sequential;
+    let s = &core.sequential;
     assert_eq!((s.completed, s.failed), (6, 0), "{:?}", s.failures);
     assert_eq!(s.all.len(), 6);
     assert!(s.all.p50().is_some_and(|d| !d.is_zero()));
@@ -96,7 +102,7 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         m.sequential.failures
     );
 
-    let b = &report.backlog;
+    let b = &core.backlog;
     assert_eq!((b.p4_completed, b.failed), (50, 0), "{:?}", b.failures);
     assert!(b.accepted_per_s > 0.0 && b.drained_per_s > 0.0);
     assert!(b.p0_submitted >= 1);
@@ -163,6 +169,11 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         );
     }
     assert!(report.pathfinder_ratio(50.0).is_some());
+    let l = report.links.as_ref().expect("phase 9 runs by default");
+    assert_eq!((l.memory.sessions, l.bridge_sessions), (20, 20));
+    assert_eq!(l.idle_seconds, 3);
+    assert!(l.memory.rss_before_kib > 0 && l.memory.rss_held_kib > 0);
+    assert!(l.fds_held >= l.fds_before + 20, "{l:?}");
     let brokers: Vec<&str> = report.queue.iter().map(|q| q.broker).collect();
     assert_eq!(brokers, ["external mosquitto", "embedded broker"]);
     for q in &report.queue {
@@ -177,8 +188,37 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         "6. tasks over DTLS",
         "7. The Harness incident",
         "8. Mars Pathfinder",
-        "9. The queue at scale",
+        "9. memory per idle device link",
+        "10. The queue at scale",
     ] {
         assert!(text.contains(section), "{section} missing from the report");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_links_runs_the_idle_device_links_phase_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::parse_from([
+        "edge-bench",
+        "--only",
+        "links",
+        "--links",
+        "50",
+        "--links-idle-s",
+        "2",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let report = bench::run(&opts).await.expect("the benchmark runs");
+    println!("{report}");
+    assert!(report.core.is_none() && report.mosquitto.is_none() && report.dtls.is_none());
+    assert!(report.incident.is_none() && report.pathfinder.is_none());
+    assert!(report.queue.is_empty());
+    let l = report.links.as_ref().expect("phase 9 runs");
+    assert_eq!((l.memory.sessions, l.bridge_sessions), (50, 50));
+    assert!(l.memory.open_seconds > 0.0 && l.memory.rss_held_kib > l.memory.rss_before_kib);
+    let text = report.to_string();
+    assert!(text.contains("9. memory per idle device link"), "{text}");
+    assert!(text.contains("50 links welcomed"), "{text}");
+    assert!(!text.contains("1. broker raw relay"), "{text}");
 }

@@ -7,6 +7,9 @@
 //!
 //! # Layout
 //! - [`stream`]: the byte-stream driver, generic over the stream; checks [`Identity`].
+//! - [`commands`]: the queue of [`LinkCommand`]s from the core to one link.
+//! - [`heap`]: where a driver's session keeps its send window and reorder buffer: on the heap,
+//!   only while they hold messages.
 //! - [`listener`]: the accept loop of the stream listeners: connection caps (in total and per
 //!   host) and the socket options of device sockets (keepalive, user timeout).
 //! - [`tcp`]: plain TCP listener: no credential, any device id.
@@ -26,7 +29,9 @@
 //! task only once the bridge can no longer lose it (device-core's at-most-once rule relies on
 //! this).
 
+pub mod commands;
 pub mod dtls;
+pub mod heap;
 pub mod listener;
 pub mod serial;
 pub mod stream;
@@ -36,7 +41,8 @@ pub mod tls;
 use device_core::proto::{Assign, Cancel, Hello, Reject, Report, Restore, Suspended};
 
 use crate::queue::Checkpoint;
-use tokio::sync::{mpsc, oneshot};
+use commands::CommandSender;
+use tokio::sync::oneshot;
 
 /// Identifies one connection (a device may reconnect on a new one).
 pub type LinkId = u64;
@@ -79,7 +85,7 @@ pub enum LinkEvent {
         credit: u8,
         /// What proved the device id on this link ("TLS client certificate"), if anything.
         credential: Option<&'static str>,
-        commands: mpsc::Sender<LinkCommand>,
+        commands: CommandSender,
     },
     /// The device can take `credit` more tasks (after acks, reports, slots freed), counted
     /// once the link had taken `taken` `Assign` commands (sent or refused): the engine

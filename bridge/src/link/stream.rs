@@ -12,17 +12,28 @@
 //! only). Bad frames and unexpected messages are logged within the [`Throttle`] of remote
 //! events, with counts.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Instant as StdInstant;
 
 use device_core::Instant;
 use device_core::link::{BridgeSide, Config, Event, Refusal, Session, State};
 use device_core::proto::Deframer;
 use device_core::proto::{MAX_FRAME, Message, Preempt, Reprioritize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
+use super::commands::CommandSender;
+use super::heap::OnHeap;
 use super::{Identity, LinkCommand, LinkEvent, LinkId};
 use crate::throttle::Throttle;
+
+/// The most bytes one read takes from the stream, into a buffer on the stack of the poll
+/// that finds them ready ([`read_frames`]): none are held while a link waits, and 10,000
+/// idle links held 40 MB of 4 KiB read buffers before. A few frames at a time.
+const READ_BYTES: usize = 4096;
 
 /// Bytes of frames for the device that wait in the driver, beyond what the transport buffers:
 /// a full window of the largest frames (16 × 403 B) twice over, so a device that reads at all
@@ -35,8 +46,11 @@ static BAD_FRAMES: Throttle = Throttle::remote_events();
 /// Messages a device should not send (a `Welcome`, an `Assign`).
 static UNEXPECTED: Throttle = Throttle::remote_events();
 
-/// Send window and reorder buffer of a bridge-side session.
-pub type BridgeSession = Session<BridgeSide, 16, 16>;
+/// A bridge-side session: a send window of 16 and a reorder buffer of 16 (DTLS sessions come
+/// through this driver too, one datagram per frame, and datagrams may be reordered), both on
+/// the heap and only while they hold messages (see [`super::heap`]): inline they were 16.8 KiB
+/// of every link, idle or not.
+pub type BridgeSession = Session<BridgeSide, 16, 16, OnHeap>;
 
 /// Drives one device connection until it ends; the last event sent is [`LinkEvent::Down`].
 /// `identity`: what the link's credential proved, if it has one; a `Hello` with another
@@ -87,6 +101,14 @@ struct Outbox {
 }
 
 impl Outbox {
+    /// Gives back the room a burst took once it is written: an idle link keeps only what a
+    /// few small frames take.
+    fn release_if_empty(&mut self) {
+        if self.bytes.is_empty() && self.bytes.capacity() > MAX_FRAME {
+            self.bytes = Vec::new();
+        }
+    }
+
     /// Queues `frame`, or drops it whole when it does not fit.
     fn push(&mut self, frame: &[u8]) {
         if self.bytes.len() + frame.len() <= OUTBOX_BYTES {
@@ -119,24 +141,20 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Link {
-        link, peer, core, ..
-    } = *on;
+    let Link { link, core, .. } = *on;
     let epoch = StdInstant::now();
     let now = || Instant::from_millis(epoch.elapsed().as_millis() as u64);
     let mut session = BridgeSession::bridge(config, now());
     let mut deframer: Deframer<MAX_FRAME> = Deframer::new();
     // The link keeps a sender, so `commands` ends only on `Close`; each session gets a clone.
-    let (commands_tx, mut commands) = mpsc::channel::<LinkCommand>(64);
-    let mut input = vec![0u8; 4096];
-    let mut out = [0u8; MAX_FRAME];
+    let (commands_tx, mut commands) = super::commands::channel(64);
     // The credit last reported, with the `Assign`s taken when it was counted: the engine
     // discounts the ones it sent after those (see `LinkEvent::Credit`).
     let mut credit_sent = None;
     let mut assigns_taken = 0u64;
     // Replayed `Assign`s wait here for room in the session's window (a device that comes back
     // holding more tasks than the window takes at once); they need no credit.
-    let mut replays: std::collections::VecDeque<Message> = std::collections::VecDeque::new();
+    let mut replays: VecDeque<Message> = VecDeque::new();
     loop {
         while session.can_send() {
             let Some(replay) = replays.pop_front() else {
@@ -150,23 +168,21 @@ where
                 break;
             }
         }
-        while let Some(n) = session.poll_transmit(now(), &mut out) {
-            outbox.push(&out[..n]);
+        if replays.is_empty() {
+            replays.shrink_to_fit(); // an idle link keeps no room for replays
         }
+        transmit_session(&mut session, outbox, now());
         let counted = (session.credit(), assigns_taken);
         if session.state() == State::Established && credit_sent != Some(counted) {
             credit_sent = Some(counted);
-            if core
-                .send(LinkEvent::Credit {
-                    link,
-                    credit: counted.0,
-                    taken: counted.1,
-                })
-                .await
-                .is_err()
-            {
+            let Ok(permit) = core.reserve().await else {
                 return Ok("bridge shutting down".into());
-            }
+            };
+            permit.send(LinkEvent::Credit {
+                link,
+                credit: counted.0,
+                taken: counted.1,
+            });
         }
         if session.state() == State::Closed {
             return Ok("session closed (peer silent or wrong protocol version)".into());
@@ -185,44 +201,37 @@ where
                     Some(n) => {
                         outbox.bytes.drain(..n);
                         outbox.unflushed = true;
+                        outbox.release_if_empty();
                     }
                     None => outbox.unflushed = false,
                 }
             }
-            read = rd.read(&mut input) => {
-                let n = read?;
-                if n == 0 {
+            read = read_frames(rd, &mut deframer, &mut session, epoch, on) => {
+                let Some(events) = read? else {
                     return Ok("connection closed by the device".into());
-                }
-                let mut rest = &input[..n];
-                while !rest.is_empty() {
-                    let (used, frame) = deframer.push_raw(rest);
-                    rest = &rest[used..];
-                    let Some(frame) = frame else { continue };
-                    let event = match frame.map(|f| session.handle_bytes(f, now())) {
-                        Ok(Ok(e)) => e,
-                        Ok(Err(e)) | Err(e) => {
-                            if let Some(suppressed) = BAD_FRAMES.admit(StdInstant::now()) {
-                                let bad_frames = session.stats().bad_frames;
-                                tracing::warn!(link, %peer, error = %e, bad_frames, suppressed, "dropped a bad frame from the device");
-                            }
-                            None
-                        }
+                };
+                // In order; each one's permit to reach the core taken before it is taken
+                // out, so that no event waits in this future (see `READ_BYTES`).
+                let mut events = events.into_iter();
+                while events.len() > 0 {
+                    let Ok(permit) = core.reserve().await else {
+                        return Ok("bridge shutting down".into());
                     };
-                    let mut events: Vec<Event> = event.into_iter().collect();
-                    while let Some(e) = session.poll_event() {
-                        events.push(e);
+                    let Some(e) = events.next() else { break };
+                    // Replays waiting for the window were for the previous session.
+                    if matches!(e, Event::Connected { .. }) {
+                        replays = VecDeque::new();
                     }
-                    for e in events {
-                        // Replays waiting for the window were for the previous session.
-                        if matches!(e, Event::Connected { .. }) {
-                            replays.clear();
+                    // The session's answer to this input (a Welcome) is not sent yet: a
+                    // link closed here has told the device nothing.
+                    match deliver(e, permit, on, &session, &commands_tx) {
+                        Ok(None) => {}
+                        Ok(Some(committed)) => {
+                            if committed.await.is_err() {
+                                return Ok("bridge shutting down".into());
+                            }
                         }
-                        // The session's answer to this input (a Welcome) is not sent yet: a
-                        // link closed here has told the device nothing.
-                        if let Err(reason) = deliver(e, on, &mut session, &commands_tx).await {
-                            return Ok(reason);
-                        }
+                        Err(reason) => return Ok(reason),
                     }
                 }
             }
@@ -253,28 +262,14 @@ where
                     }
                     Some(LinkCommand::Close) | None => return Ok("closed by the bridge".into()),
                 };
-                if let Err(e) = session.send(message) {
-                    match (e.message, e.reason) {
-                        (Message::Assign(a), Refusal::NoCredit | Refusal::WindowFull | Refusal::NotEstablished) => {
-                            let _ = core.send(LinkEvent::Refused { link, handle: a.handle }).await;
-                        }
-                        // Not sent (window full, or a device of an older protocol): the engine
-                        // may choose another task to take back.
-                        (Message::Preempt(p), reason) => {
-                            tracing::debug!(link, handle = p.handle, ?reason, "take-back not sent");
-                            let _ = core.send(LinkEvent::PreemptNotSent { link, handle: p.handle }).await;
-                        }
-                        // A device older than protocol version 3 cannot change a task's
-                        // priority: its holder runs at its own, as it would without resources.
-                        (Message::Reprioritize(r), Refusal::Unsupported) => {
-                            tracing::debug!(link, handle = r.handle, "device predates Reprioritize: not sent");
-                        }
-                        // Window full or no session: the task keeps the priority it has.
-                        (Message::Reprioritize(r), reason) => {
-                            tracing::warn!(link, handle = r.handle, priority = ?r.priority, ?reason, "Reprioritize not sent");
-                        }
-                        _ => {}
-                    }
+                let Some(unsent) = session.send(message).err().and_then(|e| unsent(link, e)) else {
+                    continue;
+                };
+                if let Ok(permit) = core.reserve().await {
+                    permit.send(match unsent {
+                        Unsent::Assign(handle) => LinkEvent::Refused { link, handle },
+                        Unsent::Preempt(handle) => LinkEvent::PreemptNotSent { link, handle },
+                    });
                 }
             }
             () = sleep => {
@@ -289,6 +284,96 @@ where
             }
         }
     }
+}
+
+/// A command the session would not send that the core must hear of (by handle).
+#[derive(Clone, Copy, Debug)]
+enum Unsent {
+    Assign(u32),
+    Preempt(u32),
+}
+
+/// What becomes of a message the session refused: what the core must hear of, if anything
+/// (logged here otherwise).
+fn unsent(link: LinkId, e: device_core::link::SendError) -> Option<Unsent> {
+    match (e.message, e.reason) {
+        (Message::Assign(a), Refusal::NoCredit | Refusal::WindowFull | Refusal::NotEstablished) => {
+            Some(Unsent::Assign(a.handle))
+        }
+        // Not sent (window full, or a device of an older protocol): the engine may choose
+        // another task to take back.
+        (Message::Preempt(p), reason) => {
+            tracing::debug!(link, handle = p.handle, ?reason, "take-back not sent");
+            Some(Unsent::Preempt(p.handle))
+        }
+        // A device older than protocol version 3 cannot change a task's priority: its holder
+        // runs at its own, as it would without resources.
+        (Message::Reprioritize(r), Refusal::Unsupported) => {
+            tracing::debug!(
+                link,
+                handle = r.handle,
+                "device predates Reprioritize: not sent"
+            );
+            None
+        }
+        // Window full or no session: the task keeps the priority it has.
+        (Message::Reprioritize(r), reason) => {
+            tracing::warn!(link, handle = r.handle, priority = ?r.priority, ?reason, "Reprioritize not sent");
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Whatever the session has to send, into the outbox. The frame is built on this call's
+/// stack, not kept in the driver's future.
+fn transmit_session(session: &mut BridgeSession, outbox: &mut Outbox, now: Instant) {
+    let mut out = [0u8; MAX_FRAME];
+    while let Some(n) = session.poll_transmit(now, &mut out) {
+        outbox.push(&out[..n]);
+    }
+}
+
+/// Reads what the device sent and hands every complete frame to the session at once,
+/// returning the session's events (`None` at the end of the stream). The bytes are read into
+/// a buffer on the stack of the poll that finds them ready, so a link waiting for its device
+/// holds no read buffer (see [`READ_BYTES`]). Cancel-safe (a `select!` branch): bytes are
+/// taken from the stream only by the poll that returns them.
+fn read_frames<'a, R: AsyncRead + Unpin>(
+    rd: &'a mut R,
+    deframer: &'a mut Deframer<MAX_FRAME>,
+    session: &'a mut BridgeSession,
+    epoch: StdInstant,
+    on: &'a Link<'_>,
+) -> impl Future<Output = std::io::Result<Option<Vec<Event>>>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut buf = [0u8; READ_BYTES];
+        let mut read = ReadBuf::new(&mut buf);
+        std::task::ready!(Pin::new(&mut *rd).poll_read(cx, &mut read))?;
+        if read.filled().is_empty() {
+            return Poll::Ready(Ok(None));
+        }
+        let now = Instant::from_millis(epoch.elapsed().as_millis() as u64);
+        let mut events = Vec::new();
+        let mut rest = read.filled();
+        while !rest.is_empty() {
+            let (used, frame) = deframer.push_raw(rest);
+            rest = &rest[used..];
+            let Some(frame) = frame else { continue };
+            match frame.map(|f| session.handle_bytes(f, now)) {
+                Ok(Ok(e)) => events.extend(e),
+                Ok(Err(e)) | Err(e) => {
+                    if let Some(suppressed) = BAD_FRAMES.admit(StdInstant::now()) {
+                        let (link, peer) = (on.link, on.peer);
+                        let bad_frames = session.stats().bad_frames;
+                        tracing::warn!(link, %peer, error = %e, bad_frames, suppressed, "dropped a bad frame from the device");
+                    }
+                }
+            }
+            events.extend(std::iter::from_fn(|| session.poll_event()));
+        }
+        Poll::Ready(Ok(Some(events)))
+    })
 }
 
 /// One step of writing the outbox: `Some(n)` bytes of `bytes` written, or `None` when
@@ -306,19 +391,20 @@ async fn transmit<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Hands one session event to the core; for reports and rejects, waits until the core has
-/// committed them (see the module docs). `Err(why)` when the link must close: the core is
-/// gone, or a `Hello` claims an id the link's credential did not prove.
-async fn deliver(
+/// Hands one session event to the core through `permit`. For reports, give-backs and rejects
+/// it returns the channel on which the core says it has committed them: the driver waits for
+/// it before anything else (see the module docs). `Err(why)` when the link must close: a
+/// `Hello` claims an id that is no topic level or that the link's credential did not prove.
+fn deliver(
     event: Event,
+    permit: mpsc::Permit<'_, LinkEvent>,
     on: &Link<'_>,
-    session: &mut BridgeSession,
-    commands: &mpsc::Sender<LinkCommand>,
-) -> Result<(), String> {
-    let Link {
-        link, peer, core, ..
-    } = *on;
-    let delivered = match event {
+    session: &BridgeSession,
+    commands: &CommandSender,
+) -> Result<Option<oneshot::Receiver<()>>, String> {
+    let Link { link, peer, .. } = *on;
+    let (committed, done) = oneshot::channel();
+    let event = match event {
         Event::Connected { hello, rebooted } => {
             if !super::valid_device_id(&hello.device_id) {
                 tracing::warn!(
@@ -350,67 +436,42 @@ async fn deliver(
                 }
             }
             tracing::info!(link, %peer, device = %hello.device_id, rebooted, "device connected");
-            let commands = commands.clone();
-            let credit = session.credit();
-            core.send(LinkEvent::Up {
+            permit.send(LinkEvent::Up {
                 link,
                 peer: peer.to_owned(),
                 hello,
                 rebooted,
-                credit,
+                credit: session.credit(),
                 credential: on.identity.map(|i| i.credential),
-                commands,
-            })
-            .await
-            .is_ok()
+                commands: commands.clone(),
+            });
+            return Ok(None);
         }
-        Event::Received(Message::Report(report)) => {
-            hand_over(core, |committed| LinkEvent::Report {
-                link,
-                report,
-                committed,
-            })
-            .await
-        }
-        Event::Received(Message::Suspended(suspended)) => {
-            hand_over(core, |committed| LinkEvent::Suspended {
-                link,
-                suspended,
-                committed,
-            })
-            .await
-        }
-        Event::Received(Message::Reject(reject)) => {
-            hand_over(core, |committed| LinkEvent::Reject {
-                link,
-                reject,
-                committed,
-            })
-            .await
-        }
+        Event::Received(Message::Report(report)) => LinkEvent::Report {
+            link,
+            report,
+            committed,
+        },
+        Event::Received(Message::Suspended(suspended)) => LinkEvent::Suspended {
+            link,
+            suspended,
+            committed,
+        },
+        Event::Received(Message::Reject(reject)) => LinkEvent::Reject {
+            link,
+            reject,
+            committed,
+        },
         Event::Received(other) => {
             if let Some(suppressed) = UNEXPECTED.admit(StdInstant::now()) {
                 tracing::warn!(link, %peer, message = ?other, suppressed, "unexpected message from a device, ignored");
             }
-            true
+            return Ok(None);
         }
-        Event::Welcomed | Event::PeerLost => true,
+        Event::Welcomed | Event::PeerLost => return Ok(None),
     };
-    if delivered {
-        Ok(())
-    } else {
-        Err("bridge shutting down".into())
-    }
-}
-
-/// Sends an event that carries a `committed` channel and waits until the core has committed
-/// it; `false` when the core is gone.
-async fn hand_over(
-    core: &mpsc::Sender<LinkEvent>,
-    event: impl FnOnce(oneshot::Sender<()>) -> LinkEvent,
-) -> bool {
-    let (committed, done) = oneshot::channel();
-    core.send(event(committed)).await.is_ok() && done.await.is_ok()
+    permit.send(event);
+    Ok(Some(done))
 }
 
 #[cfg(test)]
@@ -418,7 +479,7 @@ mod tests {
     use std::time::Duration;
 
     use device_core::runtime::{Device, Runtime};
-    use tokio::io::DuplexStream;
+    use tokio::io::{AsyncReadExt, DuplexStream};
 
     use super::*;
 
@@ -517,6 +578,25 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn a_link_driver_holds_no_room_for_messages_or_reads_while_it_waits() {
+        let (bridge_end, _device_end) = tokio::io::duplex(64);
+        let (core_tx, _core) = mpsc::channel(1);
+        let driver = run(
+            bridge_end,
+            7,
+            "peer-7".into(),
+            None,
+            core_tx,
+            Config::default(),
+        );
+        // Its session (with the device's Hello) and a partial frame are most of it. It was
+        // 22.8 KiB with the session's buffers inline, 6.7 KiB with a read buffer in it and
+        // events and messages for the core held across its awaits.
+        let size = std::mem::size_of_val(&driver);
+        assert!(size <= 3 * 1024, "the driver's future is {size} bytes");
     }
 
     #[tokio::test]

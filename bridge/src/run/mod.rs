@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::api::{BridgeStatus, OfflineReason};
 use crate::broker::loss::CursorJump;
 use crate::engine::{Engine, Leases, LinkInput, Released, ResourcePolicy, Retry, Ticket, Urgency};
+use crate::link::commands::CommandSender;
 use crate::link::{self, LinkCommand, LinkEvent, LinkId};
 use crate::metrics::http::SnapshotRequest;
 use crate::metrics::{LinkKind, Snapshot};
@@ -422,7 +423,7 @@ struct Driver {
     api_filters: [String; 2],
     tickets: Tickets,
     /// Where each open link takes its commands.
-    links: HashMap<LinkId, mpsc::Sender<LinkCommand>>,
+    links: HashMap<LinkId, CommandSender>,
     pump: OutboxPump,
     publish: mpsc::Sender<Publication>,
     /// For the stop: the last publish and a clean disconnect.

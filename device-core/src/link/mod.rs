@@ -26,10 +26,12 @@
 //! - **Flow control**: every frame's header carries the sender's credit (a device's free task
 //!   slots) for the ack it carries; [`Session::send`] refuses an `Assign` beyond it.
 
+pub mod buffer;
 mod session;
 mod side;
 #[cfg(test)]
 mod tests;
 
-pub use session::{Config, Event, Refusal, SendError, Session, State, Stats};
+pub use buffer::{Buffers, Inline, MessageBuffer};
+pub use session::{Config, Event, Refusal, SendError, Session, State, Stats, Unacked};
 pub use side::{BridgeSide, DeviceSide, Role, Side};

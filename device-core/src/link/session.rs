@@ -1,11 +1,10 @@
-use heapless::Deque;
-
 use crate::Instant;
 use crate::proto::{
     DecodeError, Frame, Hello, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Reject,
     RejectReason, Welcome,
 };
 
+use super::buffer::{Buffers, Inline, MessageBuffer};
 use super::side::{BridgeSide, DeviceSide, Role, Side};
 
 /// Timing of a session. All durations in milliseconds.
@@ -122,11 +121,20 @@ enum Control {
     Reject(Reject),
 }
 
-/// One reliable message awaiting acknowledgement.
+/// One message a session holds: reliable and awaiting acknowledgement (the send window), or
+/// arrived ahead of a missing one (the reorder buffer). Opaque outside the session: a
+/// [`MessageBuffer`] only stores it.
 #[derive(Clone, Debug)]
-struct Unacked {
+pub struct Unacked {
     seq: u32,
     message: Message,
+}
+
+impl Unacked {
+    /// `message` numbered `seq`: for tests of a storage (a session makes its own).
+    pub fn new(seq: u32, message: Message) -> Self {
+        Self { seq, message }
+    }
 }
 
 /// Sequence numbers run 1..=u32::MAX and wrap to 1 (0 marks unsequenced frames); comparisons
@@ -167,9 +175,11 @@ pub(super) const fn initial_seq(boot_id: u32, session_id: u32, role: Role) -> u3
 /// The reliable link session (see the [module docs](super)). `W` is the send window; `R`
 /// the reorder buffer: how many messages that arrive ahead of a missing one are kept for
 /// in-order delivery instead of dropped (0 suits links that never reorder, UART and TCP; a
-/// few suit UDP, each costs one [`Message`] of RAM).
+/// few suit UDP, each costs one [`Message`] of RAM). `B` is where both are kept: inside the
+/// session by default ([`Inline`]), or wherever a host with a heap chooses (see
+/// [`buffer`](super::buffer)).
 #[derive(Clone, Debug)]
-pub struct Session<S: Side, const W: usize, const R: usize = 0> {
+pub struct Session<S: Side, const W: usize, const R: usize = 0, B: Buffers<W, R> = Inline> {
     side: core::marker::PhantomData<S>,
     config: Config,
     state: State,
@@ -187,7 +197,7 @@ pub struct Session<S: Side, const W: usize, const R: usize = 0> {
     /// Highest sequence number transmitted in this session, to tell first sends from resends.
     highest_sent: u32,
     /// Sent or queued reliable messages not yet acknowledged, oldest first.
-    window: Deque<Unacked, W>,
+    window: B::Window,
     /// Index in `window` of the next message to transmit; the ones before it are in flight.
     cursor: usize,
     /// When the oldest in-flight message times out; `u64::MAX` when nothing is in flight.
@@ -200,7 +210,7 @@ pub struct Session<S: Side, const W: usize, const R: usize = 0> {
     dup_acks: u8,
 
     /// Messages that arrived ahead of a missing one, held for in-order delivery.
-    reorder: heapless::Vec<Unacked, R>,
+    reorder: B::Reorder,
     /// Fast retransmit is owed: resend the oldest in-flight message before anything else.
     resend_oldest: bool,
     /// Sequence number of the last message delivered in order (the one before the peer's
@@ -230,7 +240,7 @@ pub struct Session<S: Side, const W: usize, const R: usize = 0> {
     stats: Stats,
 }
 
-impl<const W: usize, const R: usize> Session<DeviceSide, W, R> {
+impl<const W: usize, const R: usize, B: Buffers<W, R>> Session<DeviceSide, W, R, B> {
     /// A device session that will open with `hello` (its version is set here). It starts
     /// connecting at once: [`poll_transmit`](Self::poll_transmit) yields the first `Hello`.
     pub fn device(mut hello: Hello, config: Config, now: Instant) -> Self {
@@ -242,7 +252,7 @@ impl<const W: usize, const R: usize> Session<DeviceSide, W, R> {
     }
 }
 
-impl<const W: usize, const R: usize> Session<BridgeSide, W, R> {
+impl<const W: usize, const R: usize, B: Buffers<W, R>> Session<BridgeSide, W, R, B> {
     /// A bridge session waiting for a device's `Hello`. It closes itself if none arrives within
     /// the liveness timeout, whatever other frames arrive meanwhile.
     pub fn bridge(config: Config, now: Instant) -> Self {
@@ -250,7 +260,7 @@ impl<const W: usize, const R: usize> Session<BridgeSide, W, R> {
     }
 }
 
-impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
+impl<S: Side, const W: usize, const R: usize, B: Buffers<W, R>> Session<S, W, R, B> {
     fn new(config: Config, now: Instant) -> Self {
         Self {
             side: core::marker::PhantomData,
@@ -262,12 +272,12 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
             control: None,
             next_seq: 1,
             highest_sent: 0,
-            window: Deque::new(),
+            window: B::Window::default(),
             cursor: 0,
             rto_at: u64::MAX,
             rto: config.initial_rto_ms,
             dup_acks: 0,
-            reorder: heapless::Vec::new(),
+            reorder: B::Reorder::default(),
             resend_oldest: false,
             delivered: 0,
             ack_owed: false,
@@ -687,7 +697,7 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
             // Ahead of a hole: keep it if there is room (and it is not kept already).
             if self.reorder.iter().any(|u| u.seq == seq) {
                 self.stats.duplicates += 1;
-            } else if self.reorder.push(Unacked { seq, message }).is_ok() {
+            } else if self.reorder.push_back(Unacked { seq, message }).is_ok() {
                 self.stats.reordered += 1;
             } else {
                 self.stats.out_of_order += 1;
@@ -711,8 +721,7 @@ impl<S: Side, const W: usize, const R: usize> Session<S, W, R> {
             return None;
         }
         let expected = next_seq(self.delivered);
-        let i = self.reorder.iter().position(|u| u.seq == expected)?;
-        let u = self.reorder.swap_remove(i);
+        let u = self.reorder.take(|u| u.seq == expected)?;
         self.delivered = u.seq;
         self.ack_owed = true;
         self.stats.delivered += 1;

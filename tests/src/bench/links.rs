@@ -1,6 +1,7 @@
 //! The bridge of phases 4 to 6: two device links, plain TCP and DTLS with pre-shared keys,
-//! written to a configuration file; its log goes to a file in its directory, so the bench can
-//! count what the bridge says about sessions and refusals without flooding the terminal.
+//! written to a configuration file; its log goes to a file in its directory ([`spawn`], which
+//! phase 9 uses too), so the bench can count what the bridge says about sessions and refusals
+//! without flooding the terminal.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -147,51 +148,17 @@ impl LinkedBridge {
         );
         let config_path = dir.join("bridge.toml");
         std::fs::write(&config_path, config).map_err(io(&config_path))?;
-        let log = dir.join("bridge.log");
-        let log_file = std::fs::File::create(&log).map_err(io(&log))?;
-        let exe = crate::binary("edge-bridge");
-        let mut child = Command::new(&exe)
-            .arg("run")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--config")
-            .arg(&config_path)
-            // Plain lines in the log file, for the bench to match.
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .map_err(|e| BenchError::Bridge(format!("{}: {e}", exe.display())))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let proc = Proc {
-            child,
-            name: "edge-bridge",
-        };
-        let fail = |why: String| BenchError::Bridge(format!("{why}; its log: {}", log.display()));
-        let line = first_line(stdout, Duration::from_secs(30))
-            .ok_or_else(|| fail("no ready line within 30 s".into()))?;
-        let field = |key: &str| -> Vec<SocketAddr> {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .map(|v| v.split(',').filter_map(|a| a.parse().ok()).collect())
-                .unwrap_or_default()
-        };
+        let (bridge, log) = spawn(dir, &config_path)?;
         // The ready line lists the device links in the order of the file: TCP, then DTLS.
-        let (mqtt, devices) = (field("mqtt="), crate::listening_links(&line));
-        let (Some(&mqtt), [tcp, udp]) = (mqtt.first(), devices.as_slice()) else {
-            return Err(fail(format!("unexpected ready line {line:?}")));
+        let [_, udp] = bridge.listeners.as_slice() else {
+            return Err(BenchError::Bridge(format!(
+                "expected a TCP and a DTLS link, got {:?}; its log: {}",
+                bridge.listeners,
+                log.display()
+            )));
         };
-        Ok(Self {
-            bridge: Bridge {
-                proc,
-                mqtt,
-                devices: *tcp,
-                listeners: devices.clone(),
-                metrics: field("metrics=").first().copied(),
-            },
-            udp: *udp,
-            log,
-        })
+        let udp = *udp;
+        Ok(Self { bridge, udp, log })
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -222,6 +189,56 @@ impl LinkedBridge {
             .max()
             .unwrap_or(0)
     }
+}
+
+/// Starts `edge-bridge run` on the configuration file `config` with its data in `dir/data` and
+/// its log (stderr, plain lines) in `dir/bridge.log`, and waits for its ready line; returns
+/// the bridge (its device links in the file's order) and the log's path.
+pub(crate) fn spawn(dir: &Path, config: &Path) -> Result<(Bridge, PathBuf), BenchError> {
+    let log = dir.join("bridge.log");
+    let log_file = std::fs::File::create(&log).map_err(|source| BenchError::Io {
+        path: log.clone(),
+        source,
+    })?;
+    let exe = crate::binary("edge-bridge");
+    let mut child = Command::new(&exe)
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--config")
+        .arg(config)
+        // Plain lines in the log file, for the bench to match.
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| BenchError::Bridge(format!("{}: {e}", exe.display())))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let proc = Proc {
+        child,
+        name: "edge-bridge",
+    };
+    let fail = |why: String| BenchError::Bridge(format!("{why}; its log: {}", log.display()));
+    let line = first_line(stdout, Duration::from_secs(30))
+        .ok_or_else(|| fail("no ready line within 30 s".into()))?;
+    let field = |key: &str| -> Vec<SocketAddr> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .map(|v| v.split(',').filter_map(|a| a.parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    let (mqtt, listeners) = (field("mqtt="), crate::listening_links(&line));
+    let (Some(&mqtt), Some(&devices)) = (mqtt.first(), listeners.first()) else {
+        return Err(fail(format!("unexpected ready line {line:?}")));
+    };
+    let bridge = Bridge {
+        proc,
+        mqtt,
+        devices,
+        listeners,
+        metrics: field("metrics=").first().copied(),
+    };
+    Ok((bridge, log))
 }
 
 /// The first line of `out`, read on a helper thread, or `None` after `within`.

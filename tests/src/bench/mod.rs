@@ -28,10 +28,18 @@
 //!    resource that a P4 holds on another device, where a P2 flood starves the holder; the
 //!    P0's blocking time with priority inheritance off and on, on fresh bridges
 //!    (`--no-pathfinder` skips it);
-//! 9. the queue at scale (`queue`): `--queue-tasks` P4 tasks submitted to a fresh bridge with no
-//!    device online; submissions/s, resident memory per queued task, and the time a restart
-//!    takes to be ready with all of them; on mosquitto (the queue alone), then with the embedded
-//!    broker (`--no-queue` skips it).
+//! 9. memory per idle device link (`idle`): `--links` devices in this process over plain TCP
+//!    hold a session each (`Hello`, `Welcome`, then heartbeats only) on a fresh bridge, and the
+//!    growth of its resident memory per link (`--no-links` skips it).
+//!
+//! 10. the queue at scale (`queue`): `--queue-tasks` P4 tasks submitted to a fresh bridge
+//!     with no device online; submissions/s, resident memory per queued task, and the time a
+//!     restart takes to be ready with all of them; on mosquitto (the queue alone; not with
+//!     `--no-mosquitto`), then with the embedded broker (`--no-queue` skips it).
+//!
+//! `--only` runs some groups of phases and skips the rest: `core` (0 to 3), `mosquitto` (2m),
+//! `dtls` (4 to 6), `incident` (7), `pathfinder` (8), `links` (9), `queue` (10); for example
+//! `edge-bench --only links --links 10000`.
 //!
 //! Phases 4 to 6 run on bridges with both a plain TCP and a DTLS device link, a fresh one per
 //! measurement, with the DTLS link's limits far above the load (`--no-dtls` skips them).
@@ -51,12 +59,14 @@
 //!   clients;
 //! - `handshakes`: phase 4;
 //! - `memory`: phase 5;
+//! - `idle`: phase 9, and the lightweight in-process devices it holds;
 //! - `incident`: phase 7;
 //! - `pathfinder`: phase 8;
 //! - `report`: the figures and how they are printed.
 
 mod client;
 mod handshakes;
+mod idle;
 mod incident;
 mod links;
 mod memory;
@@ -73,9 +83,9 @@ use std::time::Duration;
 
 pub use links::DtlsLimits;
 pub use report::{
-    BacklogFigures, BrokerFigures, CpuUse, DtlsFigures, HandshakeFigures, IncidentFigures,
-    MemoryFigures, PathfinderFigures, QueueFigures, RelayFigures, Report, Stages,
-    ThroughputFigures,
+    BacklogFigures, BrokerFigures, CoreFigures, CpuUse, DtlsFigures, HandshakeFigures,
+    IdleLinkFigures, IncidentFigures, MemoryFigures, PathfinderFigures, QueueFigures, RelayFigures,
+    Report, Stages, ThroughputFigures,
 };
 pub use stats::Latencies;
 
@@ -167,15 +177,49 @@ pub struct Options {
     /// Skips phase 8.
     #[arg(long)]
     pub no_pathfinder: bool,
-    /// Phase 9: P4 tasks queued on a fresh bridge with no device online.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub queue_tasks: usize,
+    /// Phase 9: idle device links held at once over plain TCP (devices in this process, one
+    /// connection and one file descriptor each, in the bench and in the bridge).
+    #[arg(long, default_value_t = 10_000)]
+    pub links: usize,
+    /// Phase 9: how long every link stays idle before the bridge's memory is read (seconds).
+    /// The default outlasts the session's liveness timeout (7 s) and a heartbeat (2 s).
+    #[arg(long, default_value_t = 9)]
+    pub links_idle_s: u64,
     /// Skips phase 9.
     #[arg(long)]
+    pub no_links: bool,
+    /// Phase 10: P4 tasks queued on a fresh bridge with no device online.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub queue_tasks: usize,
+    /// Skips phase 10.
+    #[arg(long)]
     pub no_queue: bool,
+    /// Runs only these groups of phases (comma-separated), e.g. `--only links`; the `--no-*`
+    /// flags still skip theirs.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<Phases>,
     /// Each phase fails after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout_s: u64,
+}
+
+/// Groups of phases, for `--only`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phases {
+    /// 0 to 3: the disk, the broker's relay, throughput and light load, P0 under a backlog.
+    Core,
+    /// 2m: phases 1, 2 and 2b through mosquitto.
+    Mosquitto,
+    /// 4 to 6: DTLS handshakes, memory per session, tasks over DTLS.
+    Dtls,
+    /// 7: the Harness incident.
+    Incident,
+    /// 8: Mars Pathfinder.
+    Pathfinder,
+    /// 9: memory per idle device link.
+    Links,
+    /// 10: the queue at scale.
+    Queue,
 }
 
 /// A phase fails when nothing at all arrives for this long while it waits for something.
@@ -184,6 +228,21 @@ const STALL: Duration = Duration::from_secs(60);
 impl Options {
     fn phase_timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_s)
+    }
+
+    /// Whether this run includes `phases`: named by `--only` (or no `--only`), and not
+    /// skipped by its `--no-*` flag.
+    pub fn runs(&self, phases: Phases) -> bool {
+        let skipped = match phases {
+            Phases::Core => false,
+            Phases::Mosquitto => self.no_mosquitto,
+            Phases::Dtls => self.no_dtls,
+            Phases::Incident => self.no_incident,
+            Phases::Pathfinder => self.no_pathfinder,
+            Phases::Links => self.no_links,
+            Phases::Queue => self.no_queue,
+        };
+        (self.only.is_empty() || self.only.contains(&phases)) && !skipped
     }
 }
 
@@ -225,14 +284,14 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         opts.relay_messages,
         opts.sequential,
     ];
-    if counts.contains(&0) {
+    if (opts.runs(Phases::Core) || opts.runs(Phases::Dtls)) && counts.contains(&0) {
         return Err(BenchError::Options(
             "--devices, --tasks, --queued-p4, --concurrency, --relay-messages and --sequential \
              must be at least 1"
                 .into(),
         ));
     }
-    if !opts.no_dtls
+    if opts.runs(Phases::Dtls)
         && [
             opts.dtls_handshakes,
             opts.dtls_sessions,
@@ -246,7 +305,7 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
                 .into(),
         ));
     }
-    if !opts.no_incident
+    if opts.runs(Phases::Incident)
         && (opts.incident_devices == 0
             || opts.incident_seconds == 0
             || opts.incident_urgent_ms == 0)
@@ -256,7 +315,7 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
                 .into(),
         ));
     }
-    if !opts.no_pathfinder
+    if opts.runs(Phases::Pathfinder)
         && (opts.pathfinder_rounds == 0
             || opts.pathfinder_steps == 0
             || !(1..pathfinder::SLOTS).contains(&opts.pathfinder_flood))
@@ -267,18 +326,24 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
             pathfinder::SLOTS - 1
         )));
     }
-    if !opts.no_queue && opts.queue_tasks == 0 {
+    if opts.runs(Phases::Links) && (opts.links == 0 || opts.links_idle_s == 0) {
         return Err(BenchError::Options(
-            "--queue-tasks must be at least 1 (--no-queue skips that phase)".into(),
+            "--links and --links-idle-s must be at least 1 (--no-links skips that phase)".into(),
         ));
     }
-    if opts.p0_interval_ms == 0 {
+    if opts.runs(Phases::Core) && opts.p0_interval_ms == 0 {
         return Err(BenchError::Options(
             "--p0-interval-ms must be at least 1".into(),
         ));
     }
-    // Phase 2m needs mosquitto: say so before the other phases run, not after.
-    if !opts.no_mosquitto && crate::mosquitto_binary().is_none() {
+    if opts.runs(Phases::Queue) && opts.queue_tasks == 0 {
+        return Err(BenchError::Options(
+            "--queue-tasks must be at least 1 (--no-queue skips that phase)".into(),
+        ));
+    }
+    // Phases 2m and 10 need mosquitto: say so before the other phases run, not after.
+    let queue_on_mosquitto = opts.runs(Phases::Queue) && !opts.no_mosquitto;
+    if (opts.runs(Phases::Mosquitto) || queue_on_mosquitto) && crate::mosquitto_binary().is_none() {
         return Err(BenchError::Options(
             "phase 2m needs mosquitto (apt-get install mosquitto), or --no-mosquitto to skip it"
                 .into(),
@@ -307,61 +372,49 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
             .map_or(0, |d| d.as_nanos() as u64 & 0xffff_ffff)
     );
 
-    eprintln!("[disk] measuring fsync rate in the data directory");
-    let fsync_per_s =
-        stats::fsync_rate(&data_dir, Duration::from_secs(2)).map_err(|source| BenchError::Io {
-            path: data_dir.clone(),
-            source,
-        })?;
-
-    let bridge = crate::start_bridge(
-        &data_dir.join("bridge-throughput"),
-        &["--bridge-id", tasks::BRIDGE_ID],
-    );
-    eprintln!("[relay] bridge up: MQTT on {}", bridge.mqtt);
-    let relay = relay::run(&bridge, opts, &nonce).await?;
-    let [throughput, sequential] =
-        loaded_then_one_by_one(&bridge, opts, &nonce, ["throughput", "sequential"]).await?;
-    drop(bridge);
-
-    let bridge = crate::start_bridge(
-        &data_dir.join("bridge-backlog"),
-        &["--bridge-id", tasks::BRIDGE_ID],
-    );
-    let backlog = tasks::backlog(&bridge, opts, &nonce).await?;
-    drop(bridge);
-
-    let mosquitto = if opts.no_mosquitto {
-        None
+    let core = if opts.runs(Phases::Core) {
+        Some(core(opts, &data_dir, &nonce).await?)
     } else {
+        None
+    };
+
+    let mosquitto = if opts.runs(Phases::Mosquitto) {
         Some(through_mosquitto(opts, &data_dir, &nonce).await?)
+    } else {
+        None
     };
 
-    let dtls = if opts.no_dtls {
-        None
-    } else {
+    let dtls = if opts.runs(Phases::Dtls) {
         Some(dtls(opts, &data_dir, &nonce).await?)
+    } else {
+        None
     };
 
-    let incident = if opts.no_incident {
-        None
-    } else {
+    let incident = if opts.runs(Phases::Incident) {
         let off = incident::run(&data_dir, opts, &nonce, false).await?;
         let on = incident::run(&data_dir, opts, &nonce, true).await?;
         Some([off, on])
+    } else {
+        None
     };
 
-    let pathfinder = if opts.no_pathfinder {
-        None
-    } else {
+    let pathfinder = if opts.runs(Phases::Pathfinder) {
         let off = pathfinder::run(&data_dir, opts, &nonce, false).await?;
         let on = pathfinder::run(&data_dir, opts, &nonce, true).await?;
         Some([off, on])
+    } else {
+        None
+    };
+
+    let links = if opts.runs(Phases::Links) {
+        Some(idle::run(opts, &data_dir).await?)
+    } else {
+        None
     };
 
     let mut queue = Vec::new();
-    if !opts.no_queue {
-        if !opts.no_mosquitto {
+    if opts.runs(Phases::Queue) {
+        if queue_on_mosquitto {
             let dir = data_dir.join("queue-mosquitto");
             std::fs::create_dir_all(&dir).map_err(|source| BenchError::Io {
                 path: dir.clone(),
@@ -379,16 +432,48 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         options: opts.clone(),
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
         arch: std::env::consts::ARCH,
+        core,
+        mosquitto,
+        dtls,
+        incident,
+        pathfinder,
+        links,
+        queue,
+    })
+}
+
+/// Phases 0 to 3: the disk's fsync rate, then the relay, throughput and light load on one
+/// bridge, then P0 under a backlog on another.
+async fn core(opts: &Options, data_dir: &Path, nonce: &str) -> Result<CoreFigures, BenchError> {
+    eprintln!("[disk] measuring fsync rate in the data directory");
+    let fsync_per_s =
+        stats::fsync_rate(data_dir, Duration::from_secs(2)).map_err(|source| BenchError::Io {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+
+    let bridge = crate::start_bridge(
+        &data_dir.join("bridge-throughput"),
+        &["--bridge-id", tasks::BRIDGE_ID],
+    );
+    eprintln!("[relay] bridge up: MQTT on {}", bridge.mqtt);
+    let relay = relay::run(&bridge, opts, nonce).await?;
+    let [throughput, sequential] =
+        loaded_then_one_by_one(&bridge, opts, nonce, ["throughput", "sequential"]).await?;
+    drop(bridge);
+
+    let bridge = crate::start_bridge(
+        &data_dir.join("bridge-backlog"),
+        &["--bridge-id", tasks::BRIDGE_ID],
+    );
+    let backlog = tasks::backlog(&bridge, opts, nonce).await?;
+    drop(bridge);
+    Ok(CoreFigures {
         fsync_per_s,
         relay,
         throughput,
         sequential,
         backlog,
-        mosquitto,
-        dtls,
-        incident,
-        pathfinder,
-        queue,
     })
 }
 

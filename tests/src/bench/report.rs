@@ -20,7 +20,7 @@ pub struct CpuUse {
     pub bench: Option<f64>,
 }
 
-/// Phase 9: the queue at scale.
+/// Phase 10: the queue at scale.
 #[derive(Clone, Debug)]
 pub struct QueueFigures {
     /// "external mosquitto" or "embedded broker".
@@ -293,12 +293,28 @@ pub struct PathfinderFigures {
     pub failures: Vec<String>,
 }
 
-/// Everything one run measured.
+/// Phase 9: idle device links over plain TCP held by one bridge.
 #[derive(Clone, Debug)]
-pub struct Report {
-    pub options: Options,
-    pub cpus: usize,
-    pub arch: &'static str,
+pub struct IdleLinkFigures {
+    /// `sessions`: the links; `open_seconds`: until the last was welcomed; the bridge's
+    /// `VmRSS` before the first connected and after all had been idle for `idle_seconds`.
+    pub memory: MemoryFigures,
+    pub idle_seconds: u64,
+    /// Device sessions open on the bridge's TCP links by its own count (metrics endpoint),
+    /// when the memory was read.
+    pub bridge_sessions: u64,
+    /// The bridge's open file descriptors before and while the links were held.
+    pub fds_before: usize,
+    pub fds_held: usize,
+    /// The limit on open files the bench and the bridge ran with.
+    pub fd_limit: u64,
+    /// While the links were idle (heartbeats only): the bridge's and the bench's CPU.
+    pub cpu: CpuUse,
+}
+
+/// Phases 0 to 3, on two bridges with the embedded broker.
+#[derive(Clone, Debug)]
+pub struct CoreFigures {
     /// 4 KiB write + fdatasync per second in the data directory.
     pub fsync_per_s: f64,
     pub relay: RelayFigures,
@@ -306,6 +322,23 @@ pub struct Report {
     /// Phase 2b: phase 2 one task at a time.
     pub sequential: ThroughputFigures,
     pub backlog: BacklogFigures,
+}
+
+impl CoreFigures {
+    /// Bridge tasks/s as a fraction of the broker's raw round trips/s.
+    pub fn ratio(&self) -> f64 {
+        self.throughput.tasks_per_s / self.relay.per_s
+    }
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub options: Options,
+    pub cpus: usize,
+    pub arch: &'static str,
+    /// Phases 0 to 3; `None` when `--only` leaves them out.
+    pub core: Option<CoreFigures>,
     /// Phase 2m; `None` with `--no-mosquitto`.
     pub mosquitto: Option<BrokerFigures>,
     /// Phases 4 to 6; `None` with `--no-dtls`.
@@ -314,17 +347,14 @@ pub struct Report {
     pub incident: Option<[IncidentFigures; 2]>,
     /// Phase 8, inheritance off then on; `None` with `--no-pathfinder`.
     pub pathfinder: Option<[PathfinderFigures; 2]>,
-    /// Phase 9: on mosquitto (unless `--no-mosquitto`), then with the embedded broker; empty
+    /// Phase 9; `None` with `--no-links`.
+    pub links: Option<IdleLinkFigures>,
+    /// Phase 10: on mosquitto (unless `--no-mosquitto`), then with the embedded broker; empty
     /// with `--no-queue`.
     pub queue: Vec<QueueFigures>,
 }
 
 impl Report {
-    /// Bridge tasks/s as a fraction of the broker's raw round trips/s.
-    pub fn ratio(&self) -> f64 {
-        self.throughput.tasks_per_s / self.relay.per_s
-    }
-
     /// Phase 8: the P0's blocking time without inheritance as a multiple of the time with it,
     /// at the percentile `p`; `None` without phase 8 or without samples.
     pub fn pathfinder_ratio(&self, p: f64) -> Option<f64> {
@@ -411,7 +441,7 @@ fn throughput_table(f: &mut fmt::Formatter<'_>, t: &ThroughputFigures) -> fmt::R
 fn mosquitto(
     f: &mut fmt::Formatter<'_>,
     m: &BrokerFigures,
-    embedded_ratio: f64,
+    embedded_ratio: Option<f64>,
     outstanding: usize,
 ) -> fmt::Result {
     let (r, t, s) = (&m.relay, &m.throughput, &m.sequential);
@@ -429,10 +459,12 @@ fn mosquitto(
     header(f)?;
     latency_line(f, "round trip", &r.latency)?;
     failures(f, 0, &[], r.reconnects)?;
+    let embedded =
+        embedded_ratio.map_or_else(|| "not run".to_owned(), |r| format!("{r:.3} x its own"));
     writeln!(
         f,
         "  throughput: {} of {} completed in {:.2} s: {:.0} tasks/s = {:.3} x mosquitto's raw \
-         relay rate (embedded broker: {embedded_ratio:.3} x its own)",
+         relay rate (embedded broker: {embedded})",
         t.completed,
         t.submitted,
         t.seconds,
@@ -477,11 +509,144 @@ fn failures(
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let o = &self.options;
+        writeln!(f, "edge-bench: {} x {} CPUs", self.arch, self.cpus)?;
+        match &self.core {
+            Some(core) => core.fmt_with(f, o, self.mosquitto.as_ref())?,
+            None => {
+                if let Some(m) = &self.mosquitto {
+                    mosquitto(f, m, None, o.concurrency)?;
+                }
+            }
+        }
+        if let Some(d) = &self.dtls {
+            d.fmt_with(f, o)?;
+        }
+        if let Some(runs) = &self.incident {
+            incident(f, o, runs)?;
+        }
+        if let Some(runs) = &self.pathfinder {
+            pathfinder(f, runs)?;
+            let ratio = |p| {
+                self.pathfinder_ratio(p)
+                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2} x"))
+            };
+            writeln!(
+                f,
+                "  P0 blocked without / with inheritance: {} (P50), {} (max)",
+                ratio(50.0),
+                ratio(100.0)
+            )?;
+        }
+        if let Some(links) = &self.links {
+            links.fmt(f)?;
+        }
+        if let Some(first) = self.queue.first() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "10. The queue at scale: {} P4 tasks submitted to a fresh bridge, no device online",
+                first.tasks
+            )?;
+        }
+        for q in &self.queue {
+            queue(f, q)?;
+        }
+        Ok(())
+    }
+}
+
+/// Section 10 of the report: the queue at scale, on one broker.
+fn queue(f: &mut fmt::Formatter<'_>, q: &QueueFigures) -> fmt::Result {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    writeln!(f, "  {}:", q.broker)?;
+    writeln!(
+        f,
+        "  accepted in {:.1} s: {:.0} submissions/s (goal: at least 50,000); CPU: {}",
+        q.fill_s,
+        q.per_s(),
+        q.fill_cpu
+    )?;
+    if let Some(cpu) = q.fill_cpu.bridge {
         writeln!(
             f,
-            "edge-bench: {} devices (8 slots each), {} tasks with {} outstanding, {} queued P4; \
-             {} x {} CPUs",
-            o.devices, o.tasks, o.concurrency, o.queued_p4, self.arch, self.cpus
+            "  bridge CPU per submission: {:.1} µs",
+            cpu * q.fill_cpu.wall_s * 1e6 / q.tasks.max(1) as f64
+        )?;
+    }
+    writeln!(
+        f,
+        "  bridge resident memory: {:.1} MiB empty, {:.1} MiB with every task queued: {:.0} bytes per queued task (goal: at most 128)",
+        mib(q.rss_empty_kib),
+        mib(q.rss_full_kib),
+        q.bytes_per_task(q.rss_full_kib)
+    )?;
+    writeln!(
+        f,
+        "  stopped (SIGTERM) in {:.2} s; restarted to ready in {:.2} s (goal: at most 2 s), then {:.1} MiB: {:.0} bytes per queued task",
+        q.stop_s,
+        q.restart_s,
+        mib(q.rss_restarted_kib),
+        q.bytes_per_task(q.rss_restarted_kib)
+    )
+}
+
+/// The goal of issue 18 for an idle TCP device link, in KiB of the bridge's memory.
+const IDLE_LINK_GOAL_KIB: f64 = 8.0;
+
+impl IdleLinkFigures {
+    /// Section 9 of the report.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.memory;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "9. memory per idle device link over plain TCP (devices in this process: Hello, \
+             Welcome, then heartbeats only; a fresh bridge; growth of its VmRSS from before the \
+             first connected to after all had been idle {} s, divided by their number)",
+            self.idle_seconds
+        )?;
+        writeln!(
+            f,
+            "  {} links welcomed in {:.2} s, {} held by the bridge after {} s idle (its \
+             metrics); its open files {} -> {} (limit {})",
+            m.sessions,
+            m.open_seconds,
+            self.bridge_sessions,
+            self.idle_seconds,
+            self.fds_before,
+            self.fds_held,
+            self.fd_limit
+        )?;
+        writeln!(
+            f,
+            "  VmRSS {} -> {} KiB: {:.2} KiB per idle device link (goal: at most \
+             {IDLE_LINK_GOAL_KIB} KiB)",
+            m.rss_before_kib,
+            m.rss_held_kib,
+            m.per_session_kib()
+        )?;
+        writeln!(
+            f,
+            "  CPU while idle: bridge {}, bench devices {} (of one core, over {:.1} s)",
+            share(self.cpu.bridge),
+            share(self.cpu.bench),
+            self.cpu.wall_s
+        )
+    }
+}
+
+impl CoreFigures {
+    /// The disk line and sections 1 to 3 of the report (2m among them when it ran).
+    fn fmt_with(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        o: &Options,
+        mosquitto_figures: Option<&BrokerFigures>,
+    ) -> fmt::Result {
+        writeln!(
+            f,
+            "{} devices (8 slots each), {} tasks with {} outstanding, {} queued P4",
+            o.devices, o.tasks, o.concurrency, o.queued_p4
         )?;
         writeln!(
             f,
@@ -532,8 +697,8 @@ impl fmt::Display for Report {
         )?;
         one_at_a_time(f, "  ", &self.sequential)?;
 
-        if let Some(m) = &self.mosquitto {
-            mosquitto(f, m, self.ratio(), o.concurrency)?;
+        if let Some(m) = mosquitto_figures {
+            mosquitto(f, m, Some(self.ratio()), o.concurrency)?;
         }
 
         let b = &self.backlog;
@@ -572,73 +737,8 @@ impl fmt::Display for Report {
         latency_line(f, "P0 submit -> completed", &b.p0)?;
         stages(f, &b.p0_stages)?;
         failures(f, b.failed, &b.failures, b.reconnects)?;
-        if let Some(d) = &self.dtls {
-            d.fmt_with(f, o)?;
-        }
-        if let Some(runs) = &self.incident {
-            incident(f, o, runs)?;
-        }
-        if let Some(runs) = &self.pathfinder {
-            pathfinder(f, runs)?;
-            let ratio = |p| {
-                self.pathfinder_ratio(p)
-                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2} x"))
-            };
-            writeln!(
-                f,
-                "  P0 blocked without / with inheritance: {} (P50), {} (max)",
-                ratio(50.0),
-                ratio(100.0)
-            )?;
-        }
-        if !self.queue.is_empty() {
-            writeln!(f)?;
-            writeln!(
-                f,
-                "9. The queue at scale: {} P4 tasks submitted to a fresh bridge, no device online",
-                self.queue[0].tasks
-            )?;
-        }
-        for q in &self.queue {
-            queue(f, q)?;
-        }
         Ok(())
     }
-}
-
-/// Section 9 of the report: the queue at scale.
-fn queue(f: &mut fmt::Formatter<'_>, q: &QueueFigures) -> fmt::Result {
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    writeln!(f, "  {}:", q.broker)?;
-    writeln!(
-        f,
-        "  accepted in {:.1} s: {:.0} submissions/s (goal: at least 50,000); CPU: {}",
-        q.fill_s,
-        q.per_s(),
-        q.fill_cpu
-    )?;
-    if let Some(cpu) = q.fill_cpu.bridge {
-        writeln!(
-            f,
-            "  bridge CPU per submission: {:.1} µs",
-            cpu * q.fill_cpu.wall_s * 1e6 / q.tasks.max(1) as f64
-        )?;
-    }
-    writeln!(
-        f,
-        "  bridge resident memory: {:.1} MiB empty, {:.1} MiB with every task queued: {:.0} bytes per queued task (goal: at most 128)",
-        mib(q.rss_empty_kib),
-        mib(q.rss_full_kib),
-        q.bytes_per_task(q.rss_full_kib)
-    )?;
-    writeln!(
-        f,
-        "  stopped (SIGTERM) in {:.2} s; restarted to ready in {:.2} s (goal: at most 2 s), then {:.1} MiB: {:.0} bytes per queued task",
-        q.stop_s,
-        q.restart_s,
-        mib(q.rss_restarted_kib),
-        q.bytes_per_task(q.rss_restarted_kib)
-    )
 }
 
 /// Section 7 of the report: the incident without and with the protocol.
