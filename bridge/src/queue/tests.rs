@@ -1058,30 +1058,19 @@ fn a_reopened_queue_sees_its_backlog_exactly_as_before() {
 
 #[test]
 fn a_fresh_tasks_row_round_trips_and_a_damaged_one_is_refused() {
-    let mut rec = TaskRecord {
-        seq: 7,
-        sub: sub("é-1", Priority::P4, Some(5)),
-        state: TaskState::Queued,
-        device: None,
-        attempt: 0,
-        submitted_ms: 1_234,
-        deadline_at_ms: Some(99),
-        not_before_ms: 0,
-        retry_handle: None,
-        preemptions: 0,
-        checkpoint: None,
-        boot: None,
-        lease_until_ms: None,
-        cancelling: false,
-    };
-    rec.sub.device = Some("d-ü".into());
-    rec.sub.locks = vec!["bus".into(), "spi".into()];
-    rec.sub.payload = "[1,2,3]".into();
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 10).unwrap();
+    let mut s = sub("é-1", Priority::P4, Some(5));
+    s.device = Some("d-ü".into());
+    s.locks = vec!["bus".into(), "spi".into()];
+    s.payload = "[1,2,3]".into();
+    q.submit(vec![s], Now::at(1_234)).unwrap();
+    let rec = q.get("é-1").unwrap().into_owned();
     let row = FreshRow::of(&rec).encode();
     let back = FreshRow::decode(&row).expect("a row decodes");
     assert_eq!(back, FreshRow::of(&rec));
     assert_eq!(back.lane(None), Lane::of(&rec));
-    assert_eq!((back.payload_len, back.submitted_ms), (7, 1_234));
+    assert_eq!((back.payload_len, back.submitted_ms), (7, rec.submitted_ms));
     for cut in 0..row.len() {
         assert_eq!(FreshRow::decode(&row[..cut]), None, "cut at {cut}");
     }
