@@ -826,9 +826,9 @@ impl Engine {
     /// let out, and the engine must not be used again: its memory is ahead of the database
     /// (the next start loads the last committed state).
     pub fn commit(&mut self) -> Result<Released, QueueError> {
-        if self.queue.has_pending() {
-            self.queue.commit()?;
-        }
+        // Also with nothing staged: a failed read this turn (a task looked up and not found
+        // for it) must stop what the turn decided from going out.
+        self.queue.commit()?;
         let mut released = std::mem::take(&mut self.staged);
         released.unstored = self.queue.take_unstored();
         released.appended = self.queue.take_appended();

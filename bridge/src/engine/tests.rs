@@ -259,6 +259,18 @@ fn a_failed_commit_releases_nothing() {
     assert!(s.e.queue().is_empty());
 }
 
+/// A turn in which a read of the queue failed (a lookup answered as if the task did not
+/// exist) releases nothing, even when it staged nothing to commit.
+#[test]
+fn a_turn_with_a_failed_read_releases_nothing() {
+    let mut s = Sim::new();
+    s.up(LINK, hello(), 4);
+    s.turn();
+    assert!(!s.e.queue.has_pending());
+    s.e.queue.fail_a_read();
+    assert!(s.e.commit().is_err());
+}
+
 /// Every kind of input is told only after its commit, step by step: a report's ticket, a
 /// cancel's ticket and the Cancel it sends, a reject's ticket. After a crash before the commit,
 /// the restarted engine shows the state before the step.

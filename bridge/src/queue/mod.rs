@@ -57,6 +57,9 @@ use crate::time::{Anchor, Now};
 const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
 const FRESH: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("fresh");
 const ACTIVE: TableDefinition<'_, &str, ()> = TableDefinition::new("active");
+/// Meta key: the event counter (`outbox`) as of the last commit by a version that keeps
+/// `fresh` and `active` (see [`Queue::open`]).
+const INDEXED: &str = "indexed";
 const DONE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("done");
 const DONE_ORDER: TableDefinition<'_, u64, &str> = TableDefinition::new("done_order");
 const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
@@ -972,51 +975,24 @@ impl Queue {
         let fresh = read.open_table(FRESH).map_err(db_err)?;
         let active = read.open_table(ACTIVE).map_err(db_err)?;
         let rows = |t: &dyn ReadableTableMetadata| t.len().map_err(db_err);
-        if rows(&fresh)? + rows(&active)? == rows(&tasks)? {
-            // The lanes from the fresh tasks' rows, without reading their records; the other
-            // live tasks read whole.
-            let mut last: Option<Lane> = None;
-            for row in fresh.iter().map_err(db_err)? {
-                let (seq, raw) = row.map_err(db_err)?;
-                let seq = seq.value();
-                let f = FreshRow::decode(raw.value()).ok_or_else(|| QueueError::Corrupt {
-                    key: format!("fresh {seq}"),
-                    reason: "not a fresh task's row".into(),
-                })?;
-                let lane = f.lane(last.take());
-                let key = (f.priority.level(), f.deadline_at_ms, seq);
-                match q.lanes.get_mut(&lane) {
-                    Some(tasks) => {
-                        tasks.insert(pack(key), f.payload_len);
-                    }
-                    None => q.enter_lane(lane.clone(), key, f.payload_len),
-                }
-                last = Some(lane);
-                q.fresh += 1;
-                q.depth[usize::from(key.0)] += 1;
-                if f.deadline_at_ms != u64::MAX {
-                    q.deadlines.insert((f.deadline_at_ms, seq));
-                }
-            }
-            for row in active.iter().map_err(db_err)? {
-                let (id, _) = row.map_err(db_err)?;
-                let id = id.value();
-                let raw = tasks
-                    .get(id)
-                    .map_err(db_err)?
-                    .ok_or_else(|| QueueError::Corrupt {
-                        key: id.to_owned(),
-                        reason: "listed as active, without a record".into(),
-                    })?;
-                q.put(decode_record(id, raw.value())?);
-            }
+        // The index is this version's: every commit writes `indexed` with the event counter,
+        // which every change of a task's place moves (each has its event). A commit by a
+        // version without the index (a downgrade, then an upgrade again) moves the counter and
+        // not `indexed`: then the index is rebuilt from the records, the truth.
+        let current = value(INDEXED)? == Some(q.next_outbox)
+            && rows(&fresh)? + rows(&active)? == rows(&tasks)?;
+        let loaded = if current {
+            q.load_index(&tasks, &fresh, &active)
         } else {
-            // A database of a version before these two tables (or one they do not match):
-            // every record read whole, and the tables written from them, once.
-            tracing::info!(
-                tasks = rows(&tasks)?,
-                "indexing the queued tasks (once, after an upgrade)"
-            );
+            Err(QueueError::Corrupt {
+                key: INDEXED.into(),
+                reason: "written by another version".into(),
+            })
+        };
+        if let Err(why) = loaded {
+            // Every record read whole, and the index written from them, once.
+            tracing::info!(tasks = rows(&tasks)?, %why, "indexing the queued tasks from their records");
+            q.forget_tasks();
             let txn = q.db.begin_write().map_err(db_err)?;
             {
                 let mut fresh = txn.open_table(FRESH).map_err(db_err)?;
@@ -1034,6 +1010,8 @@ impl Queue {
                     }
                     q.put(rec);
                 }
+                let mut meta = txn.open_table(META).map_err(db_err)?;
+                meta.insert(INDEXED, q.next_outbox).map_err(db_err)?;
             }
             txn.commit().map_err(db_err)?;
         }
@@ -1053,6 +1031,69 @@ impl Queue {
             }
         }
         Ok(q)
+    }
+
+    /// Loads the live tasks from the index: the lanes from the fresh tasks' rows, without
+    /// reading their records, and the tasks listed in `active` whole. A row that does not
+    /// decode, or an active task without a record, is an error (the caller rebuilds).
+    fn load_index(
+        &mut self,
+        tasks: &redb::ReadOnlyTable<&str, &[u8]>,
+        fresh: &redb::ReadOnlyTable<u64, &[u8]>,
+        active: &redb::ReadOnlyTable<&str, ()>,
+    ) -> Result<(), QueueError> {
+        let mut last: Option<Lane> = None;
+        for row in fresh.iter().map_err(db_err)? {
+            let (seq, raw) = row.map_err(db_err)?;
+            let seq = seq.value();
+            let f = FreshRow::decode(raw.value()).ok_or_else(|| QueueError::Corrupt {
+                key: format!("fresh {seq}"),
+                reason: "not a fresh task's row".into(),
+            })?;
+            let lane = f.lane(last.take());
+            let key = (f.priority.level(), f.deadline_at_ms, seq);
+            match self.lanes.get_mut(&lane) {
+                Some(tasks) => {
+                    tasks.insert(pack(key), f.payload_len);
+                }
+                None => self.enter_lane(lane.clone(), key, f.payload_len),
+            }
+            last = Some(lane);
+            self.fresh += 1;
+            self.depth[usize::from(key.0)] += 1;
+            if f.deadline_at_ms != u64::MAX {
+                self.deadlines.insert((f.deadline_at_ms, seq));
+            }
+        }
+        for row in active.iter().map_err(db_err)? {
+            let (id, _) = row.map_err(db_err)?;
+            let id = id.value();
+            let raw = tasks
+                .get(id)
+                .map_err(db_err)?
+                .ok_or_else(|| QueueError::Corrupt {
+                    key: id.to_owned(),
+                    reason: "listed as active, without a record".into(),
+                })?;
+            self.put(decode_record(id, raw.value())?);
+        }
+        Ok(())
+    }
+
+    /// Forgets every live task in memory (before loading them again).
+    fn forget_tasks(&mut self) {
+        self.active.clear();
+        self.active_queued.clear();
+        self.fresh = 0;
+        self.lanes.clear();
+        self.deadlines.clear();
+        self.delayed.clear();
+        self.leases.clear();
+        self.waiting.clear();
+        self.holders.clear();
+        self.on_device.clear();
+        self.depth = [0; 6];
+        self.by_handle.clear();
     }
 
     /// Bounds the outbox: at `limit` entries new submissions are rejected (`outbox_full`)
@@ -2175,6 +2216,7 @@ impl Queue {
             let mut meta = txn.open_table(META).map_err(db_err)?;
             meta.insert("seq", self.next_seq).map_err(db_err)?;
             meta.insert("outbox", self.next_outbox).map_err(db_err)?;
+            meta.insert(INDEXED, self.next_outbox).map_err(db_err)?;
             meta.insert("done", self.next_done).map_err(db_err)?;
             meta.insert("gen", self.next_gen).map_err(db_err)?;
             for id in &p.proven {
@@ -2254,6 +2296,13 @@ impl Queue {
     #[cfg(test)]
     pub(crate) fn fail_next_commit(&mut self) {
         self.fail_next_commit = true;
+    }
+
+    /// As a failed read of the database does: the lookup answers nothing, and the next commit
+    /// fails with it (tests).
+    #[cfg(test)]
+    pub(crate) fn fail_a_read(&self) {
+        *self.read_error.borrow_mut() = Some("a read failed (injected by a test)".into());
     }
 
     /// Up to `max` committed outbox entries, oldest first.

@@ -1136,3 +1136,60 @@ fn a_fresh_task_read_once_is_read_again_after_it_changes() {
     );
     assert_eq!(q.get("t6").unwrap().attempt, 1);
 }
+
+#[test]
+fn an_index_an_older_version_left_behind_is_rebuilt_from_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    varied_backlog(&mut q);
+    let mut t3 = q.get("t3").unwrap().into_owned();
+    // A version without the index dispatches t3: its record and the event counter change,
+    // the index does not (and the table counts still add up).
+    t3.state = TaskState::Dispatched;
+    t3.device = Some("d1".into());
+    t3.attempt = 1;
+    let txn = q.db.begin_write().unwrap();
+    {
+        let mut tasks = txn.open_table(TASKS).unwrap();
+        tasks.insert("t3", json(&t3).as_bytes()).unwrap();
+        let mut meta = txn.open_table(META).unwrap();
+        meta.insert("outbox", q.next_outbox + 1).unwrap();
+    }
+    txn.commit().unwrap();
+    drop(q);
+    let q = Queue::open(dir.path(), 1000).unwrap();
+    assert_eq!(q.get("t3").unwrap().state, TaskState::Dispatched);
+    let queued: Vec<String> = dispatch_view(&q)
+        .into_iter()
+        .flat_map(|(_, ts)| ts.into_iter().map(|t| t.0))
+        .collect();
+    assert!(
+        !queued.contains(&"t3".to_owned()),
+        "t3 is on a device, not queued"
+    );
+    assert_eq!(q.in_flight("d1"), 1);
+    assert_eq!(index_rows(&q), (39, 4, 43));
+}
+
+#[test]
+fn a_damaged_index_is_rebuilt_from_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    varied_backlog(&mut q);
+    let before = dispatch_view(&q);
+    let txn = q.db.begin_write().unwrap();
+    {
+        let mut fresh = txn.open_table(FRESH).unwrap();
+        let (seq, _) = fresh
+            .first()
+            .unwrap()
+            .map(|(k, v)| (k.value(), v.value().len()))
+            .unwrap();
+        fresh.insert(seq, &[0xff, 0x00][..]).unwrap();
+    }
+    txn.commit().unwrap();
+    drop(q);
+    let q = Queue::open(dir.path(), 1000).unwrap();
+    assert_eq!(dispatch_view(&q), before);
+    assert_eq!(index_rows(&q), (40, 3, 43));
+}
