@@ -40,7 +40,7 @@
 //! | `done` | task id | final [`StatusEvent`] (JSON) |
 //! | `done_order` | finish sequence | task id, to forget the oldest beyond `DONE_KEPT` |
 //! | `outbox` | class and event sequence ([`outbox_key`]) | [`OutboxEntry`] (JSON) |
-//! | `meta` | name | counter (`seq`, `outbox`, `done`, `gen` for generated ids); the timer clock's [`Anchor`] (`clock_ms`, `clock_boot`, `clock_boot_ms`) |
+//! | `meta` | name | counter (`seq`, `outbox`, `done`, `gen` for generated ids); the timer clock's [`Anchor`] (`clock_ms`, `clock_boot`, `clock_boot_ms`); `indexed`: `outbox` as of the last commit by a version that keeps `fresh` and `active` |
 
 use std::borrow::Cow;
 use std::cell::RefCell;
