@@ -795,6 +795,7 @@ impl<'a> Harness<'a> {
         let q = self.engine.as_ref().expect("an engine").queue();
         let mut all = BTreeMap::new();
         for t in q.ready() {
+            let t = t.into_owned();
             assert!(
                 all.insert(t.sub.id.clone(), t.clone()).is_none(),
                 "{} queued twice",
