@@ -180,6 +180,7 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
         assert_eq!(q.tasks, 3000);
         assert!(q.per_s() > 0.0 && q.restart_s > 0.0 && q.stop_s > 0.0);
         assert!(q.rss_empty_kib > 0 && q.rss_full_kib > 0 && q.rss_restarted_kib > 0);
+        assert!(q.disk_bytes > 0);
     }
     let text = report.to_string();
     for section in [
@@ -204,8 +205,9 @@ async fn only_links_runs_the_idle_device_links_phase_alone() {
         "links",
         "--links",
         "50",
+        // Past the link's liveness timeout (7 s): the links must live on heartbeats alone.
         "--links-idle-s",
-        "2",
+        "9",
         "--data-dir",
         dir.path().to_str().unwrap(),
     ]);

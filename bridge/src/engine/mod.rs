@@ -667,10 +667,7 @@ impl Engine {
             let urgent_at = self.urgency.urgent_at;
             let views = self.device_views();
             let may_hold = |t: &crate::queue::TaskRecord| self.may_hold(t, now);
-            let id_of = |t: &crate::queue::Queued<'_>| match t.record() {
-                Some(r) => Some(r.sub.id.clone()),
-                None => self.queue.id_of(t.seq()),
-            };
+            let id_of = |t: &crate::queue::Queued<'_>| self.queue.id_of(t.seq());
             let room = self.class_room();
             let plan = dispatch::plan(
                 self.queue.lanes(),

@@ -265,18 +265,21 @@ impl OutboxEntry {
     }
 }
 
-/// A fresh task's row in the `fresh` table: its id, and what its lane entry is made of.
-/// Encoded by hand (a version byte, fixed-width little-endian numbers, strings as a u16
-/// length and UTF-8 bytes): a submission is at most 16 KiB, so every string fits.
-#[derive(Debug, PartialEq, Eq)]
+/// A fresh task's row in the `fresh` table: its id, and what its lane entry is made of, in
+/// postcard after a version byte.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct FreshRow<'a> {
+    #[serde(borrow)]
     id: &'a str,
     priority: Priority,
     deadline_at_ms: u64,
     payload_len: u32,
     submitted_ms: u64,
+    #[serde(borrow)]
     capability: &'a str,
+    #[serde(borrow)]
     device: Option<&'a str>,
+    #[serde(borrow)]
     locks: Vec<&'a str>,
 }
 
@@ -297,89 +300,16 @@ impl<'a> FreshRow<'a> {
     }
 
     fn encode(&self) -> Vec<u8> {
-        fn text(out: &mut Vec<u8>, s: &str) {
-            let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
-            out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(&s.as_bytes()[..usize::from(len)]);
-        }
-        let mut out = Vec::with_capacity(48 + self.id.len() + self.capability.len());
-        out.push(FRESH_ROW_VERSION);
-        out.push(self.priority.level());
-        out.extend_from_slice(&self.deadline_at_ms.to_le_bytes());
-        out.extend_from_slice(&self.payload_len.to_le_bytes());
-        out.extend_from_slice(&self.submitted_ms.to_le_bytes());
-        text(&mut out, self.id);
-        text(&mut out, self.capability);
-        match self.device {
-            Some(d) => {
-                out.push(1);
-                text(&mut out, d);
-            }
-            None => out.push(0),
-        }
-        out.extend_from_slice(&(self.locks.len() as u16).to_le_bytes());
-        for l in &self.locks {
-            text(&mut out, l);
-        }
-        out
+        // Our own type of strings and numbers always serialises.
+        postcard::to_allocvec(&(FRESH_ROW_VERSION, self)).unwrap_or_default()
     }
 
+    /// The row `raw` holds: `None` for another version, a damaged row or trailing bytes.
     fn decode(raw: &'a [u8]) -> Option<Self> {
-        struct Cursor<'a>(&'a [u8]);
-        impl<'a> Cursor<'a> {
-            fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-                if self.0.len() < n {
-                    return None;
-                }
-                let (head, rest) = self.0.split_at(n);
-                self.0 = rest;
-                Some(head)
-            }
-            fn byte(&mut self) -> Option<u8> {
-                self.take(1).map(|b| b[0])
-            }
-            fn u16(&mut self) -> Option<u16> {
-                self.take(2)?.try_into().ok().map(u16::from_le_bytes)
-            }
-            fn u32(&mut self) -> Option<u32> {
-                self.take(4)?.try_into().ok().map(u32::from_le_bytes)
-            }
-            fn u64(&mut self) -> Option<u64> {
-                self.take(8)?.try_into().ok().map(u64::from_le_bytes)
-            }
-            fn text(&mut self) -> Option<&'a str> {
-                let n = self.u16()?;
-                std::str::from_utf8(self.take(usize::from(n))?).ok()
-            }
+        match postcard::take_from_bytes::<(u8, Self)>(raw) {
+            Ok(((FRESH_ROW_VERSION, row), [])) => Some(row),
+            _ => None,
         }
-        let mut c = Cursor(raw);
-        if c.byte()? != FRESH_ROW_VERSION {
-            return None;
-        }
-        let priority = Priority::from_level(c.byte()?)?;
-        let deadline_at_ms = c.u64()?;
-        let payload_len = c.u32()?;
-        let submitted_ms = c.u64()?;
-        let id = c.text()?;
-        let capability = c.text()?;
-        let device = match c.byte()? {
-            0 => None,
-            1 => Some(c.text()?),
-            _ => return None,
-        };
-        let locks = (0..c.u16()?)
-            .map(|_| c.text())
-            .collect::<Option<Vec<_>>>()?;
-        c.0.is_empty().then_some(Self {
-            id,
-            priority,
-            deadline_at_ms,
-            payload_len,
-            submitted_ms,
-            capability,
-            device,
-            locks,
-        })
     }
 
     /// Its lane (as [`Lane::of`] the record), when it is not `last`'s, which is reused.
@@ -990,8 +920,12 @@ impl Queue {
             })
         };
         if let Err(why) = loaded {
-            // Every record read whole, and the index written from them, once.
-            tracing::info!(tasks = rows(&tasks)?, %why, "indexing the queued tasks from their records");
+            // Every record read whole, and the index written from them, once (a new database
+            // too: it gets its `indexed`).
+            let tasks_stored = rows(&tasks)?;
+            if tasks_stored > 0 {
+                tracing::info!(tasks = tasks_stored, %why, "indexing the queued tasks from their records");
+            }
             q.forget_tasks();
             let txn = q.db.begin_write().map_err(db_err)?;
             {

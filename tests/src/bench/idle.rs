@@ -28,7 +28,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::report::{IdleLinkFigures, MemoryFigures};
-use super::stats::{CpuSnapshot, Progress, open_fds, rss_kib};
+use super::stats::{CpuSnapshot, Progress, open_fds, rss_kib, sample_sum, scrape};
 use super::{BenchError, Options, STALL};
 use crate::Bridge;
 
@@ -122,35 +122,18 @@ fn start_bridge(dir: &Path, links: usize) -> Result<(Bridge, std::path::PathBuf)
         max_connections_per_address: links * 2,
     }];
     config.metrics.listen = Some(loopback);
-    let file = dir.join("bridge.toml");
-    let text = toml::to_string(&config).map_err(|e| BenchError::Options(e.to_string()))?;
-    std::fs::write(&file, text).map_err(|source| BenchError::Io {
-        path: file.clone(),
-        source,
-    })?;
+    let file = crate::write_config(dir, &config);
     super::links::spawn(dir, &file)
 }
 
 /// The bridge's count of open device sessions on its TCP links, from its metrics endpoint.
 async fn tcp_sessions(metrics: SocketAddr) -> Result<u64, BenchError> {
-    let fail = |why: String| BenchError::Bridge(format!("metrics endpoint {metrics}: {why}"));
-    let scrape = async {
-        let mut stream = TcpStream::connect(metrics).await?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
-            .await?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await?;
-        Ok::<_, std::io::Error>(text)
-    };
-    let text = tokio::time::timeout(Duration::from_secs(30), scrape)
-        .await
-        .map_err(|_| fail("no answer within 30 s".into()))?
-        .map_err(|e| fail(e.to_string()))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("edge_bridge_link_sessions{kind=\"tcp\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| fail("no edge_bridge_link_sessions{kind=\"tcp\"} sample".into()))
+    const SAMPLE: &str = "edge_bridge_link_sessions{kind=\"tcp\"}";
+    sample_sum(&scrape(metrics).await?, SAMPLE)
+        .map(|v| v as u64)
+        .ok_or_else(|| {
+            BenchError::Bridge(format!("metrics endpoint {metrics}: no {SAMPLE} sample"))
+        })
 }
 
 /// Phase 9 on a fresh bridge in `data_dir/bridge-idle-links`.

@@ -1,6 +1,7 @@
-//! Phase 9: the queue at scale. A fresh bridge, no device online, takes `--queue-tasks` P4
+//! Phase 10: the queue at scale. A fresh bridge, no device online, takes `--queue-tasks` P4
 //! submissions as fast as it accepts them; then its resident memory per queued task, and the
-//! time a restart takes to be ready again with all of them queued. Run twice: on an external
+//! time a restart takes to be ready again with all of them queued, and the disk they take. Run
+//! twice: on an external
 //! mosquitto, so that the bridge's memory is its own (the queue's), then with the embedded
 //! broker, whose memory is in the bridge's process too.
 //!
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::client::Client;
 use super::report::QueueFigures;
-use super::stats::{CpuSnapshot, Progress, rss_kib};
+use super::stats::{CpuSnapshot, Progress, dir_bytes, rss_kib, sample_sum, scrape};
 use super::{BenchError, Options, tasks};
 
 const PHASE: &str = "queue-at-scale";
@@ -26,30 +27,14 @@ const WINDOW: u64 = 4_000;
 /// How long the bridge may take to publish every `queued` event once all tasks are live.
 const DRAIN: Duration = Duration::from_secs(600);
 
-/// One figure of the bridge's metrics (the sum of its samples, all label sets), `None` when
-/// the endpoint does not answer or has no such family.
-fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
-    let response =
-        std::panic::catch_unwind(|| crate::http_request(addr, "GET", "/metrics")).ok()?;
-    let mut sum = None;
-    for line in response.body.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        // `name value` or `name{labels} value`, not a longer name with this prefix.
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
-            continue;
-        }
-        let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
-        sum = Some(sum.unwrap_or(0.0) + value);
-    }
-    sum
+/// The sum of the samples of metric `name` (every label set).
+async fn metric(addr: SocketAddr, name: &str) -> Result<f64, BenchError> {
+    sample_sum(&scrape(addr).await?, name)
+        .ok_or_else(|| BenchError::Bridge(format!("metrics endpoint {addr}: no {name}")))
 }
 
-fn live(addr: SocketAddr) -> Result<u64, BenchError> {
-    metric(addr, "edge_bridge_tasks_live")
-        .map(|v| v as u64)
-        .ok_or_else(|| BenchError::Bridge("its metrics endpoint gives no tasks_live".into()))
+async fn live(addr: SocketAddr) -> Result<u64, BenchError> {
+    Ok(metric(addr, "edge_bridge_tasks_live").await? as u64)
 }
 
 fn rss(pid: u32) -> Result<u64, BenchError> {
@@ -74,7 +59,7 @@ fn started(bridge: &crate::Bridge) -> Result<SocketAddr, BenchError> {
         .ok_or_else(|| BenchError::Bridge("no metrics endpoint in its ready line".into()))
 }
 
-/// Phase 9 on a fresh bridge in `dir`, on the mosquitto listening on `mosquitto` or with its
+/// Phase 10 on a fresh bridge in `dir`, on the mosquitto listening on `mosquitto` or with its
 /// embedded broker.
 pub(crate) async fn run(
     dir: &Path,
@@ -124,7 +109,7 @@ pub(crate) async fn run(
             submitter.publish(&topic, payload.into_bytes()).await?;
             published += 1;
         }
-        let now_live = live(metrics)?;
+        let now_live = live(metrics).await?;
         if now_live != accepted {
             accepted = now_live;
             last_change = Instant::now();
@@ -149,7 +134,7 @@ pub(crate) async fn run(
     // Memory once the outbox has drained: what the queue holds, not the events in flight.
     let drained_by = Instant::now() + DRAIN;
     loop {
-        let depth = metric(metrics, "edge_bridge_outbox_depth").unwrap_or(f64::MAX);
+        let depth = metric(metrics, "edge_bridge_outbox_depth").await?;
         if depth == 0.0 {
             break;
         }
@@ -162,6 +147,8 @@ pub(crate) async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let rss_full_kib = rss(pid)?;
+    let data = dir.join("data");
+    let disk_bytes = dir_bytes(&data).map_err(|source| BenchError::Io { path: data, source })?;
     drop(submitter);
 
     progress.say("stopping the bridge (SIGTERM) and starting it again");
@@ -173,7 +160,7 @@ pub(crate) async fn run(
     let bridge = crate::start_bridge_with_config(dir, &config);
     let restart_s = restart_started.elapsed().as_secs_f64();
     let metrics = started(&bridge)?;
-    let after = live(metrics)?;
+    let after = live(metrics).await?;
     if after != n {
         return Err(BenchError::Bridge(format!(
             "{after} tasks live after the restart, {n} before"
@@ -191,5 +178,6 @@ pub(crate) async fn run(
         stop_s,
         restart_s,
         rss_restarted_kib,
+        disk_bytes,
     })
 }

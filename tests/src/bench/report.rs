@@ -39,6 +39,8 @@ pub struct QueueFigures {
     /// Start to ready line, with every task queued, and its memory then.
     pub restart_s: f64,
     pub rss_restarted_kib: u64,
+    /// The bridge's data directory with every task queued (the files' sizes).
+    pub disk_bytes: u64,
 }
 
 impl QueueFigures {
@@ -587,6 +589,12 @@ fn queue(f: &mut fmt::Formatter<'_>, q: &QueueFigures) -> fmt::Result {
         q.restart_s,
         mib(q.rss_restarted_kib),
         q.bytes_per_task(q.rss_restarted_kib)
+    )?;
+    writeln!(
+        f,
+        "  disk: {:.0} MB of data directory, {:.0} bytes per queued task",
+        q.disk_bytes as f64 / 1e6,
+        q.disk_bytes as f64 / q.tasks.max(1) as f64
     )
 }
 

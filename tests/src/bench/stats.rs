@@ -1,8 +1,66 @@
-//! Measuring: latency percentiles, CPU time of processes, the disk's fsync rate, progress lines.
+//! Measuring: latency percentiles, CPU time of processes, the disk's fsync rate, the bridge's
+//! metrics, the size of a directory, progress lines.
 
 use std::io::{Seek, SeekFrom, Write};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::BenchError;
+
+/// The bridge's metrics (`GET /metrics` on its endpoint at `addr`), within 30 s.
+pub(crate) async fn scrape(addr: SocketAddr) -> Result<String, BenchError> {
+    let fail = |why: String| BenchError::Bridge(format!("metrics endpoint {addr}: {why}"));
+    let get = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        Ok::<_, std::io::Error>(text)
+    };
+    tokio::time::timeout(Duration::from_secs(30), get)
+        .await
+        .map_err(|_| fail("no answer within 30 s".into()))?
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// The sum of the samples named `name` in the metrics `text`: every label set of a family
+/// (`name` alone), or one sample (`name{labels}`). `None` when there is none.
+pub(crate) fn sample_sum(text: &str, name: &str) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines() {
+        // `name value` or `name{labels} value`, not a longer name with this prefix.
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let value: f64 = rest.rsplit(' ').next()?.trim().parse().ok()?;
+        sum = Some(sum.unwrap_or(0.0) + value);
+    }
+    sum
+}
+
+/// The bytes of the files under `dir`, however deep.
+pub(crate) fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
 
 /// Latency samples of one kind.
 #[derive(Clone, Debug, Default)]
