@@ -200,14 +200,39 @@ mod tests {
         assert_eq!(rx.room(), 0, "given back once empty");
     }
 
-    #[tokio::test]
-    async fn the_receiver_waits_for_a_command_sent_later() {
+    /// A waker that records that it was woken.
+    struct Woken(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Polls `recv` once (it must be waiting), runs `then`, and checks that it woke the
+    /// receiver, whose next poll gives what it got.
+    fn woken_by(rx: &mut CommandReceiver, then: impl FnOnce()) -> Option<LinkCommand> {
+        use std::future::Future;
+        use std::sync::atomic::Ordering;
+        use std::task::{Context, Poll, Waker};
+        let woken = std::sync::Arc::new(Woken(false.into()));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut recv = std::pin::pin!(rx.recv());
+        assert!(recv.as_mut().poll(&mut cx).is_pending(), "waiting");
+        then();
+        assert!(woken.0.load(Ordering::SeqCst), "woken");
+        match recv.as_mut().poll(&mut cx) {
+            Poll::Ready(got) => got,
+            Poll::Pending => panic!("woken, and still waiting"),
+        }
+    }
+
+    #[test]
+    fn the_receiver_waits_for_a_command_sent_later() {
         let (tx, mut rx) = channel(4);
-        let got = tokio::spawn(async move { handle(rx.recv().await) });
-        tokio::task::yield_now().await;
-        tx.try_send(cancel(9)).unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(10), got).await;
-        assert_eq!(got.unwrap().unwrap(), Some(9));
+        let got = woken_by(&mut rx, || tx.try_send(cancel(9)).unwrap());
+        assert_eq!(handle(got), Some(9));
     }
 
     #[tokio::test]
@@ -217,17 +242,9 @@ mod tests {
         tx.try_send(cancel(1)).unwrap();
         drop(tx);
         other.try_send(cancel(2)).unwrap();
-        let waiting = tokio::spawn(async move {
-            let mut got = Vec::new();
-            while let Some(c) = rx.recv().await {
-                got.push(handle(Some(c)).unwrap());
-            }
-            got
-        });
-        tokio::task::yield_now().await;
-        drop(other);
-        let got = tokio::time::timeout(Duration::from_secs(10), waiting).await;
-        assert_eq!(got.unwrap().unwrap(), [1, 2]);
+        assert_eq!(handle(rx.recv().await), Some(1));
+        assert_eq!(handle(rx.recv().await), Some(2));
+        assert!(woken_by(&mut rx, || drop(other)).is_none(), "ended");
     }
 
     #[tokio::test]
@@ -246,8 +263,11 @@ mod tests {
         use std::task::{Context, Waker};
         let (tx, mut rx) = channel(4);
         // Given up while waiting, as a select! gives up its other branches.
-        let gave_up = tokio::time::timeout(Duration::from_millis(10), rx.recv()).await;
-        assert!(gave_up.is_err());
+        {
+            let mut pending = std::pin::pin!(rx.recv());
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(pending.as_mut().poll(&mut cx).is_pending());
+        }
         // Given up after the command woke it and before it was polled again.
         {
             let mut pending = std::pin::pin!(rx.recv());

@@ -80,6 +80,7 @@ impl<const N: usize> MessageBuffer for HeapBuffer<N> {
 
 #[cfg(test)]
 mod tests {
+    use crate::backoff::SplitMix64;
     use device_core::Instant;
     use device_core::link::{BridgeSide, Config, DeviceSide, Event, Inline, Session};
     use device_core::proto::{self, Assign, Hello, MAX_FRAME, Message, Report, TaskReport};
@@ -148,15 +149,13 @@ mod tests {
     }
 
     /// A lossy link that also reorders: each frame is dropped one time in eight, or put at
-    /// a random place among the frames still in flight (xorshift, so every run is the same).
-    fn carry(rng: &mut u64, in_flight: &mut VecDeque<Vec<u8>>, frame: &[u8]) {
-        *rng ^= *rng << 13;
-        *rng ^= *rng >> 7;
-        *rng ^= *rng << 17;
-        if *rng % 8 == 0 {
+    /// a random place among the frames still in flight (seeded, so every run is the same).
+    fn carry(rng: &mut SplitMix64, in_flight: &mut VecDeque<Vec<u8>>, frame: &[u8]) {
+        let draw = rng.next_u64();
+        if draw % 8 == 0 {
             return;
         }
-        let at = (*rng >> 8) as usize % (in_flight.len() + 1);
+        let at = (draw >> 8) as usize % (in_flight.len() + 1);
         in_flight.insert(at, frame.to_vec());
     }
 
@@ -171,7 +170,7 @@ mod tests {
         let mut bridge: Session<BridgeSide, 16, 16, B> = Session::bridge(config, at(0));
         let (mut to_device, mut to_bridge) = (VecDeque::new(), VecDeque::new());
         let (mut sent, mut events, mut reports) = (Vec::new(), Vec::new(), VecDeque::new());
-        let (mut rng, mut next) = (0x2545_F491_4F6C_DD1D_u64, 1);
+        let (mut rng, mut next) = (SplitMix64::new(0x2545_F491_4F6C_DD1D), 1);
         let mut buf = [0u8; MAX_FRAME];
         for step in 0..6_000 {
             let now = at(step * 5);

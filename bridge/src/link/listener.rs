@@ -104,6 +104,14 @@ struct Slots {
 }
 
 impl Slots {
+    /// No connection open yet, within `caps`.
+    fn new(caps: Caps) -> Self {
+        Self {
+            caps,
+            open: Arc::default(),
+        }
+    }
+
     fn take(&self, ip: IpAddr) -> Result<Slot, Refusal> {
         let host = self
             .open
@@ -152,10 +160,7 @@ pub async fn serve<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let addr = listener.local_addr().ok();
-    let slots = Slots {
-        caps,
-        open: Arc::default(),
-    };
+    let slots = Slots::new(caps);
     let mut n = base;
     let mut refused = 0u64;
     loop {
@@ -235,13 +240,10 @@ mod tests {
 
     #[test]
     fn caps_count_per_host_and_in_total_and_slots_come_back() {
-        let slots = Slots {
-            caps: Caps {
-                total: 3,
-                per_host: 2,
-            },
-            open: Arc::default(),
-        };
+        let slots = Slots::new(Caps {
+            total: 3,
+            per_host: 2,
+        });
         let a1 = slots.take(ip("192.0.2.1")).unwrap();
         let _a2 = slots.take(ip("192.0.2.1")).unwrap();
         assert_eq!(
@@ -265,13 +267,10 @@ mod tests {
 
     #[test]
     fn a_host_whose_connections_all_ended_is_forgotten() {
-        let slots = Slots {
-            caps: Caps {
-                total: 8,
-                per_host: 8,
-            },
-            open: Arc::default(),
-        };
+        let slots = Slots::new(Caps {
+            total: 8,
+            per_host: 8,
+        });
         let held: Vec<Slot> = (0..4)
             .map(|_| slots.take(ip("198.51.100.7")).unwrap())
             .collect();
@@ -291,15 +290,16 @@ mod tests {
         };
         let size = std::mem::size_of_val(&driver);
         assert!(size >= 16 * 1024, "{size}");
-        let slots = Slots {
-            caps: Caps {
-                total: 1,
-                per_host: 1,
-            },
-            open: Arc::default(),
-        };
+        let slots = Slots::new(Caps {
+            total: 1,
+            per_host: 1,
+        });
         let slot = slots.take(ip("192.0.2.1")).unwrap();
         let task = holding(slot, driver);
+        println!(
+            "a connection task for a driver of {size} bytes: {} bytes",
+            std::mem::size_of_val(&task)
+        );
         assert!(
             std::mem::size_of_val(&task) <= 256,
             "the spawned task's future is {} bytes for a driver of {size}",
