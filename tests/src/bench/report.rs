@@ -39,7 +39,7 @@ pub struct QueueFigures {
     /// Start to ready line, with every task queued, and its memory then.
     pub restart_s: f64,
     pub rss_restarted_kib: u64,
-    /// The bridge's data directory with every task queued (the files' sizes).
+    /// The disk the bridge's data directory takes with every task queued (allocated blocks).
     pub disk_bytes: u64,
 }
 
@@ -592,7 +592,7 @@ fn queue(f: &mut fmt::Formatter<'_>, q: &QueueFigures) -> fmt::Result {
     )?;
     writeln!(
         f,
-        "  disk: {:.0} MB of data directory, {:.0} bytes per queued task",
+        "  disk: {:.0} MB used by the data directory, {:.0} bytes per queued task",
         q.disk_bytes as f64 / 1e6,
         q.disk_bytes as f64 / q.tasks.max(1) as f64
     )

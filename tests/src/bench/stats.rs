@@ -47,8 +47,10 @@ pub(crate) fn sample_sum(text: &str, name: &str) -> Option<f64> {
     sum
 }
 
-/// The bytes of the files under `dir`, however deep.
+/// The disk the files under `dir` take, however deep: their allocated blocks (as `du`
+/// counts), not their apparent sizes (redb grows its file ahead of what it has written).
 pub(crate) fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -56,7 +58,7 @@ pub(crate) fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
         total += if meta.is_dir() {
             dir_bytes(&entry.path())?
         } else {
-            meta.len()
+            meta.blocks() * 512
         };
     }
     Ok(total)
