@@ -45,9 +45,8 @@
 //! - [`logging`]: log lines on stderr as text (coloured only on a terminal) or JSON.
 //! - [`throttle`]: the budget of log lines about remote events (bad frames, failed
 //!   handshakes, refused connections), with counts of the lines left out.
-// No unsafe code, but for the few OpenSSL calls the `openssl` crate does not wrap (DTLS
-// timer and stateless cookie exchange), in `link::dtls::ffi`, and one descriptor borrowed by
-// number (to duplicate it) in `broker::nodelay`.
+// No unsafe code, but for one descriptor borrowed by number (to duplicate it) in
+// `broker::nodelay`.
 #![deny(unsafe_code)]
 
 pub mod api;

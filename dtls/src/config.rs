@@ -65,6 +65,19 @@ pub enum LoadError {
     },
 }
 
+impl LoadError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Pem { path, .. }
+            | Self::NoCertificate { path }
+            | Self::Key { path, .. }
+            | Self::KeyMismatch { path }
+            | Self::Certificate { path, .. } => path,
+        }
+    }
+}
+
 impl Certified {
     /// Reads a PEM chain and a PEM private key (PKCS#8, SEC1 or PKCS#1) and checks that they
     /// belong together.

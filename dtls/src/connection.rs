@@ -115,7 +115,7 @@ pub enum Error {
     #[error("the peer sent alert {name} ({0})", name = alert::name(*.0))]
     Alert(u8),
     /// The peer closed the connection with close_notify.
-    #[error("the peer closed the session (close_notify)")]
+    #[error("peer closed the session (close_notify)")]
     Closed,
     /// The system's random number generator failed.
     #[error("no randomness")]
@@ -408,20 +408,33 @@ impl Connection {
     }
 
     /// A client connection: its ClientHello is ready in [`poll_datagram`](Self::poll_datagram).
+    /// It offers the configured suites it has credentials for (PSK suites with a PSK, ECDHE
+    /// suites with the CAs to verify the server); none is [`Error::NoSharedSuite`].
     pub fn connect(config: Arc<ClientConfig>, now: Instant) -> Result<Self, Error> {
         let mtu = config.mtu;
         let mut hs = Handshake::new(Step::ServerHello, 0);
         hs.client_random = random()?;
-        let ecdhe = config
+        // Only the suites this client has the credentials for: a server preferring a PSK
+        // suite must not pick it for a client that has only a certificate.
+        let usable: Vec<Suite> = config
             .suites
             .iter()
-            .any(|s| s.key_exchange() != KeyExchange::Psk);
+            .copied()
+            .filter(|s| match s.key_exchange() {
+                KeyExchange::Psk => config.psk.is_some(),
+                _ => config.server_roots.is_some(),
+            })
+            .collect();
+        if usable.is_empty() {
+            return Err(Error::NoSharedSuite);
+        }
+        let ecdhe = usable.iter().any(|s| s.key_exchange() != KeyExchange::Psk);
         let hello = ClientHello {
             version: DTLS12,
             random: hs.client_random,
             session_id: Vec::new(),
             cookie: Vec::new(),
-            suites: config.suites.iter().map(|s| s.id()).collect(),
+            suites: usable.iter().map(|s| s.id()).collect(),
             groups: ecdhe.then(|| GROUPS.to_vec()),
             signature_schemes: ecdhe.then(|| SCHEMES.to_vec()),
             extended_master_secret: true,

@@ -247,3 +247,30 @@ fn the_handshake_state_is_gone_once_established() {
     let shown = format!("{:?}", p.server());
     assert!(shown.contains("handshake: None"), "{shown}");
 }
+
+#[test]
+fn a_client_offers_only_the_suites_it_has_credentials_for() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path(), "ec");
+    // The server prefers PSK and has both; the client has only a certificate.
+    let server = edge_dtls::ServerConfig {
+        psk: psk_server(&[]).psk,
+        ..cert_server(dir.path(), &Suite::ALL)
+    };
+    let mut p = Pair::new(cert_client(dir.path(), &Suite::ALL), server);
+    p.run(50, &mut never);
+    assert_eq!(
+        p.client.suite(),
+        Some(Suite::EcdheEcdsaAes128Ccm8),
+        "{:?}",
+        p.client.error()
+    );
+    assert!(p.server().is_established());
+    // A PSK-only client with only certificate suites configured cannot offer anything.
+    let e = edge_dtls::Connection::connect(
+        std::sync::Arc::new(psk_client(&[Suite::EcdheEcdsaAes128Ccm8], &PSK)),
+        std::time::Instant::now(),
+    )
+    .unwrap_err();
+    assert_eq!(e, Error::NoSharedSuite);
+}

@@ -246,10 +246,14 @@ async fn a_wrong_psk_or_an_unknown_identity_is_dropped_within_the_handshake_dead
     let addr = bridge.devices.to_string();
     for (identity, key, reason) in [
         // A wrong key: the bridge cannot decrypt the client's Finished and DTLS drops bad
-        // records silently, so only the deadline ends it.
-        ("dev-a", KEY_B, "handshake deadline passed"),
+        // records silently, so only the deadline ends it; the log says what was seen.
+        (
+            "dev-a",
+            KEY_B,
+            "handshake deadline passed: the peer's Finished failed authentication",
+        ),
         // An unknown identity: no key, the handshake fails at once.
-        ("nobody", KEY_A, "psk identity not found"),
+        ("nobody", KEY_A, "unknown PSK identity \"nobody\""),
     ] {
         let started = std::time::Instant::now();
         // s_client waits silently for a reply that never comes: killed when done with.
@@ -424,23 +428,29 @@ async fn every_task_completes_through_a_link_losing_a_fifth_of_its_datagrams() {
     }
 }
 
+/// A DTLS client's configuration: PSK `identity` with a key of 16 sevens, CCM-8 only.
+fn psk_client(identity: &str) -> std::sync::Arc<edge_dtls::ClientConfig> {
+    use edge_bridge::link::dtls::client::{self, ClientSettings, Credential};
+    client::context(&ClientSettings {
+        credential: Credential::Psk {
+            identity: identity.into(),
+            key: vec![7; 16],
+        },
+        ciphers: "PSK-AES128-CCM8".into(),
+        mtu: 1200,
+        handshake_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+    })
+    .unwrap()
+}
+
 /// The first flight of a DTLS 1.2 client: one ClientHello datagram (no cookie yet).
 fn client_hello() -> Vec<u8> {
-    use edge_bridge::link::dtls::session::Datagrams;
-    use openssl::ssl::{Ssl, SslContext, SslMethod, SslStream};
-    let mut ctx = SslContext::builder(SslMethod::dtls_client()).unwrap();
-    ctx.set_cipher_list("PSK-AES128-CCM8").unwrap();
-    ctx.set_psk_client_callback(|_, _, id, key| {
-        id[..6].copy_from_slice(b"flood\0");
-        key[..16].fill(7);
-        Ok(16)
-    });
-    let ssl = Ssl::new(&ctx.build()).unwrap();
-    let mut tls = SslStream::new(ssl, Datagrams::default()).unwrap();
-    assert!(tls.connect().is_err(), "no reply yet: WANT_READ");
-    let flight = tls.get_mut().take_outbound();
-    assert_eq!(flight.len(), 1, "one ClientHello datagram");
-    flight.into_iter().next().unwrap()
+    let mut c =
+        edge_dtls::Connection::connect(psk_client("flood"), std::time::Instant::now()).unwrap();
+    let hello = c.poll_datagram().expect("a ClientHello");
+    assert_eq!(c.poll_datagram(), None, "one ClientHello datagram");
+    hello
 }
 
 /// The bridge process's resident memory, in KiB.
@@ -529,29 +539,21 @@ async fn a_flood_of_client_hellos_costs_no_memory_and_stops_no_device() {
 /// bridge answered the cookie (kept open so the port stays the client's); `None` when the
 /// bridge started no handshake for it.
 async fn stall_after_cookie(bridge: SocketAddr, from: &str) -> Option<UdpSocket> {
-    use edge_bridge::link::dtls::session::Datagrams;
-    use openssl::ssl::{Ssl, SslContext, SslMethod, SslStream};
     let socket = UdpSocket::bind((from, 0)).await.unwrap();
-    let mut ctx = SslContext::builder(SslMethod::dtls_client()).unwrap();
-    ctx.set_cipher_list("PSK-AES128-CCM8").unwrap();
-    ctx.set_psk_client_callback(|_, _, id, key| {
-        id[..6].copy_from_slice(b"dev-a\0");
-        key[..16].fill(1);
-        Ok(16)
-    });
-    let mut tls = SslStream::new(Ssl::new(&ctx.build()).unwrap(), Datagrams::default()).unwrap();
+    let mut c =
+        edge_dtls::Connection::connect(psk_client("dev-a"), std::time::Instant::now()).unwrap();
     let mut buf = vec![0u8; 4096];
     // ClientHello, HelloVerifyRequest, ClientHello with the cookie.
     for _ in 0..2 {
-        assert!(tls.connect().is_err(), "the handshake cannot finish here");
-        for d in tls.get_mut().take_outbound() {
+        assert!(!c.is_established(), "the handshake cannot finish here");
+        while let Some(d) = c.poll_datagram() {
             socket.send_to(&d, bridge).await.unwrap();
         }
         let reply = tokio::time::timeout(Duration::from_secs(3), socket.recv(&mut buf)).await;
         let Ok(Ok(n)) = reply else {
             return None;
         };
-        tls.get_mut().push(buf[..n].to_vec());
+        c.handle_datagram(&buf[..n], std::time::Instant::now());
     }
     // The bridge's ServerHello flight arrived: a session holds a half-open slot for us.
     Some(socket)

@@ -201,16 +201,21 @@ async fn a_flood_of_idle_tls_connections_cannot_take_a_small_file_limit_from_a_d
     drop(idle);
 }
 
-/// The first flight of a TLS client (a ClientHello), made by OpenSSL in memory.
+/// The first flight of a TLS client (a ClientHello), made by rustls in memory.
 fn tls_client_hello() -> Vec<u8> {
-    use edge_bridge::link::dtls::session::Datagrams;
-    use openssl::ssl::{Ssl, SslContext, SslMethod, SslStream};
-    let context = SslContext::builder(SslMethod::tls_client())
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
         .unwrap()
-        .build();
-    let mut tls = SslStream::new(Ssl::new(&context).unwrap(), Datagrams::default()).unwrap();
-    assert!(tls.connect().is_err(), "no reply yet: WANT_READ");
-    tls.get_mut().take_outbound().concat()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut hello).unwrap();
+    }
+    hello
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,9 +123,9 @@ struct Cli {
     boot_id: Option<u32>,
 }
 
-/// DTLS towards the bridge: OpenSSL.
+/// DTLS towards the bridge.
 struct Dtls {
-    context: openssl::ssl::SslContext,
+    context: std::sync::Arc<edge_dtls::ClientConfig>,
     settings: dtls_client::ClientSettings,
 }
 

@@ -8,7 +8,7 @@
 //! connection it accepts, so the bridge finds the broker's listener among the process's
 //! descriptors and sets the option there, once, before the first client connects.
 //!
-//! The only `unsafe` outside `link::dtls::ffi` is here: borrowing a descriptor by number, just
+//! The only `unsafe` of the bridge is here: borrowing a descriptor by number, just
 //! long enough to duplicate it.
 #![allow(unsafe_code)]
 

@@ -10,7 +10,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use edge_bridge::link::dtls::client::{self, ClientSettings, Connected, Credential};
-use openssl::ssl::SslContext;
 
 use super::BenchError;
 use crate::{Bridge, Proc};
@@ -49,7 +48,12 @@ pub(crate) struct Psk {
 impl Psk {
     pub(crate) fn random(identity: String) -> Result<Self, BenchError> {
         let mut key = vec![0u8; 16];
-        openssl::rand::rand_bytes(&mut key).map_err(|e| BenchError::Dtls(e.to_string()))?;
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom")
+                .map_err(|e| BenchError::Dtls(e.to_string()))?,
+            &mut key,
+        )
+        .map_err(|e| BenchError::Dtls(e.to_string()))?;
         Ok(Self { identity, key })
     }
 
@@ -72,11 +76,11 @@ impl Psk {
     }
 }
 
-/// An in-process DTLS client of one identity: its OpenSSL context is built once and serves
+/// An in-process DTLS client of one identity: its configuration is built once and serves
 /// every handshake it makes.
 #[derive(Debug)]
 pub(crate) struct DtlsClient {
-    pub(crate) context: SslContext,
+    pub(crate) context: std::sync::Arc<edge_dtls::ClientConfig>,
     pub(crate) settings: ClientSettings,
 }
 

@@ -7,15 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openssl::error::ErrorStack;
-use openssl::ssl::{Ssl, SslContext, SslFiletype, SslMethod, SslStream, SslVerifyMode};
+use edge_dtls::{ClientConfig, Connection};
 use tokio::io::DuplexStream;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::session::{ContextError, Datagrams, HandshakeError, MAX_DATAGRAM, Role, Session, Wire};
+use super::session::{self, ContextError, HandshakeError, MAX_DATAGRAM, Session, Wire};
 
 /// How a device proves its id.
 #[derive(Clone, Debug)]
@@ -44,50 +43,41 @@ pub struct ClientSettings {
     pub idle_timeout: Duration,
 }
 
-/// Builds the client context; errors name the file or the setting.
-pub fn context(s: &ClientSettings) -> Result<SslContext, ContextError> {
-    let mut b = super::session::builder(SslMethod::dtls_client(), &s.ciphers)?;
+/// Builds the client's configuration; errors name the file or the setting.
+pub fn context(s: &ClientSettings) -> Result<Arc<ClientConfig>, ContextError> {
+    let mut config = ClientConfig {
+        suites: session::suites(&s.ciphers)?,
+        psk: None,
+        certificate: None,
+        server_roots: None,
+        server_name: None,
+        mtu: s.mtu,
+        clock: rustls_pki_types::UnixTime::now,
+    };
     match &s.credential {
         Credential::Psk { identity, key } => {
-            let (identity, key) = (identity.clone(), key.clone());
-            b.set_psk_client_callback(move |_, _hint, id_out, key_out| {
-                // The identity is written NUL-terminated.
-                if identity.len() >= id_out.len() || key.len() > key_out.len() {
-                    return Err(openssl::error::ErrorStack::get());
-                }
-                id_out[..identity.len()].copy_from_slice(identity.as_bytes());
-                id_out[identity.len()] = 0;
-                key_out[..key.len()].copy_from_slice(&key);
-                Ok(key.len())
-            });
-            // Without certificates, only PSK suites can be agreed.
-            b.set_verify(SslVerifyMode::NONE);
+            config.psk = Some((identity.as_bytes().to_vec(), key.clone()));
         }
-        Credential::Certificate { cert, key, ca, .. } => {
-            let file = |setting: &'static str, path: &PathBuf| {
-                let path = path.clone();
-                move |source| ContextError::File {
-                    setting,
-                    path,
-                    source,
-                }
-            };
-            b.set_certificate_chain_file(cert)
-                .map_err(file("certificate", cert))?;
-            b.set_private_key_file(key, SslFiletype::PEM)
-                .map_err(file("key", key))?;
-            b.check_private_key()
-                .map_err(|source| ContextError::KeyMismatch {
-                    key: "key",
-                    certificate: "the certificate",
-                    path: key.clone(),
-                    source,
-                })?;
-            b.set_ca_file(ca).map_err(file("CA", ca))?;
-            b.set_verify(SslVerifyMode::PEER);
+        Credential::Certificate {
+            cert,
+            key,
+            ca,
+            server_name,
+        } => {
+            config.certificate = Some(session::certified(cert, key, "certificate", "key")?);
+            config.server_roots = Some(session::roots(ca, "CA")?);
+            // An address is checked against the certificate's IP addresses, a name against
+            // its DNS names.
+            config.server_name = server_name
+                .as_ref()
+                .map(|name| {
+                    rustls_pki_types::ServerName::try_from(name.clone())
+                        .map_err(|_| ContextError::ServerName(name.clone()))
+                })
+                .transpose()?;
         }
     }
-    Ok(b.build())
+    Ok(Arc::new(config))
 }
 
 /// Why a device could not connect to a bridge over DTLS.
@@ -97,19 +87,9 @@ pub enum ConnectError {
     /// No local UDP port could be bound.
     #[error("UDP bind: {0}")]
     Bind(#[source] std::io::Error),
-    /// OpenSSL cannot make the session (out of memory, a broken library).
-    #[error("OpenSSL: {0}")]
-    OpenSsl(#[source] ErrorStack),
-    /// OpenSSL refused the configured MTU.
-    #[error("mtu: {0}")]
-    Mtu(#[source] ErrorStack),
-    /// The name (or address) the bridge's certificate must carry cannot be set.
-    #[error("server name {name}: {source}")]
-    ServerName {
-        name: String,
-        #[source]
-        source: ErrorStack,
-    },
+    /// The system's random generator failed.
+    #[error("DTLS: {0}")]
+    Dtls(#[source] edge_dtls::Error),
     /// The handshake failed or did not finish in time.
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
@@ -125,7 +105,7 @@ pub struct Connected {
 
 /// Connects to `bridge` from a fresh UDP port and completes the handshake.
 pub async fn connect(
-    context: &SslContext,
+    context: &Arc<ClientConfig>,
     settings: &ClientSettings,
     bridge: SocketAddr,
 ) -> Result<Connected, ConnectError> {
@@ -140,37 +120,19 @@ pub async fn connect(
 
 /// As [`connect`], from a socket the caller bound (a device that reboots keeps its port).
 pub async fn connect_on(
-    context: &SslContext,
+    context: &Arc<ClientConfig>,
     settings: &ClientSettings,
     bridge: SocketAddr,
     socket: UdpSocket,
 ) -> Result<Connected, ConnectError> {
     let socket = Arc::new(socket);
-    let mut ssl = Ssl::new(context).map_err(ConnectError::OpenSsl)?;
-    ssl.set_mtu(u32::from(settings.mtu))
-        .map_err(ConnectError::Mtu)?;
-    if let Credential::Certificate {
-        server_name: Some(name),
-        ..
-    } = &settings.credential
-    {
-        // An address is checked against the certificate's IP addresses, a name against its
-        // DNS names (and CN).
-        let checked = match name.parse::<std::net::IpAddr>() {
-            Ok(ip) => ssl.param_mut().set_ip(ip),
-            Err(_) => ssl.param_mut().set_host(name),
-        };
-        checked.map_err(|source| ConnectError::ServerName {
-            name: name.clone(),
-            source,
-        })?;
-    }
-    let tls = SslStream::new(ssl, Datagrams::default()).map_err(ConnectError::OpenSsl)?;
+    let conn = Connection::connect(context.clone(), Instant::now().into_std())
+        .map_err(ConnectError::Dtls)?;
     let (wire, datagrams, farewell) = Wire::new(socket.clone(), bridge, 64);
     let receive = tokio::spawn(feed(socket, bridge, datagrams, farewell));
-    let mut session = Session { tls, wire };
+    let mut session = Session { conn, wire };
     let deadline = Instant::now() + settings.handshake_timeout;
-    if let Err(why) = session.handshake(Role::Client, deadline).await {
+    if let Err(why) = session.handshake(deadline).await {
         receive.abort();
         return Err(why.into());
     }
@@ -233,7 +195,7 @@ mod tests {
         assert!(bind.to_string().starts_with("UDP bind: "), "{bind}");
         assert!(std::error::Error::source(&bind).is_some());
         // The handshake's reason is the whole message, as the bridge logs it.
-        let handshake = ConnectError::from(HandshakeError::Deadline);
+        let handshake = ConnectError::from(HandshakeError::Deadline { stall: None });
         assert_eq!(handshake.to_string(), "handshake deadline passed");
     }
 }

@@ -1,15 +1,15 @@
-//! The DTLS device link: UDP with DTLS 1.2 (OpenSSL), one device frame per datagram.
+//! The DTLS device link: UDP with DTLS 1.2 ([`edge_dtls`]), one device frame per datagram.
 //!
 //! One socket task reads every datagram and hands it to the session of its source address.
-//! A datagram from an address without a session goes through OpenSSL's stateless cookie
-//! exchange (`DTLSv1_listen`, cookies keyed on the address): a ClientHello without a valid
+//! A datagram from an address without a session goes through the stateless cookie exchange
+//! ([`edge_dtls::cookie`], cookies keyed on the address): a ClientHello without a valid
 //! cookie is answered with a HelloVerifyRequest and forgotten, so spoofed or flooding sources
 //! cost a reply and no memory. Only a peer that returns its cookie gets a session, within
 //! `max_sessions`, `max_half_open` handshakes in progress (`max_half_open_per_address` from
 //! one host), `handshakes_per_second_per_address` from one host and `handshakes_per_second`
 //! in all (the backstop): one host whose handshakes fail fast cannot use the whole budget.
 //!
-//! Each session runs in its own task ([`session::Session`]): the handshake with OpenSSL's
+//! Each session runs in its own task ([`session::Session`]): the handshake with its
 //! retransmission timer and a deadline (a wrong PSK makes a client go silent, not fail),
 //! then a relay between the DTLS records and the byte-stream driver ([`super::stream`]),
 //! which checks the device's `Hello` against the identity the handshake proved: the PSK
@@ -32,7 +32,6 @@
 //! handshakes are logged within the [`Throttle`] of remote events, with counts.
 
 pub mod client;
-pub mod ffi;
 pub mod session;
 
 use std::collections::hash_map::Entry;
@@ -41,15 +40,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openssl::ssl::{
-    Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslOptions, SslStream,
-    SslVerifyMode,
-};
+use edge_dtls::{Connection, PeerIdentity, ServerConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use self::session::{ContextError, Datagrams, MAX_DATAGRAM, Role, Session, Wire};
+use self::session::{ContextError, MAX_DATAGRAM, Session, Wire};
 use super::{Identity, LinkEvent, LinkId, host, stream};
 use crate::throttle::Throttle;
 
@@ -150,7 +146,7 @@ pub enum LinkDtlsError {
         #[source]
         source: broker_config::PskError,
     },
-    /// OpenSSL refused a setting or a file: the cipher list, a certificate, key or CA file.
+    /// A setting or a file is unusable: the cipher list, a certificate, key or CA file.
     #[error("DTLS link {listen}: {source}")]
     Context {
         listen: SocketAddr,
@@ -163,22 +159,6 @@ pub enum LinkDtlsError {
 const PSK_CREDENTIAL: &str = "DTLS PSK identity";
 const CERT_CREDENTIAL: &str = "DTLS client certificate";
 
-/// Per-connection data the OpenSSL callbacks read and write.
-struct Indexes {
-    /// The source address of the datagram being answered (cookie callbacks).
-    peer: openssl::ex_data::Index<Ssl, SocketAddr>,
-    /// The PSK identity the handshake proved.
-    psk_identity: openssl::ex_data::Index<Ssl, String>,
-}
-
-fn indexes() -> &'static Indexes {
-    static INDEXES: std::sync::OnceLock<Indexes> = std::sync::OnceLock::new();
-    INDEXES.get_or_init(|| Indexes {
-        peer: Ssl::new_ex_index().expect("OpenSSL ex_data index"),
-        psk_identity: Ssl::new_ex_index().expect("OpenSSL ex_data index"),
-    })
-}
-
 /// Cookies: HMAC-SHA256 over a per-process secret, the current minute and the peer address;
 /// a cookie from this minute or the last one is accepted.
 struct Cookies {
@@ -187,10 +167,17 @@ struct Cookies {
     key: ring::hmac::Key,
 }
 
+impl std::fmt::Debug for Cookies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cookies { .. }")
+    }
+}
+
 impl Cookies {
-    fn new() -> Result<Self, openssl::error::ErrorStack> {
+    fn new() -> Result<Self, ring::error::Unspecified> {
+        use ring::rand::SecureRandom;
         let mut secret = [0u8; 32];
-        openssl::rand::rand_bytes(&mut secret)?;
+        ring::rand::SystemRandom::new().fill(&mut secret)?;
         Ok(Self {
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
         })
@@ -234,93 +221,54 @@ impl Cookies {
     }
 }
 
-/// Builds the OpenSSL context of a listener: DTLS 1.2 only, its cipher list, cookies, the PSK
-/// callback and/or certificates. Errors name the file or the setting.
-pub fn context(s: &Settings) -> Result<SslContext, LinkDtlsError> {
+/// What a listener answers handshakes with: the DTLS server's configuration and the cookie
+/// secret of its stateless exchange.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub config: Arc<ServerConfig>,
+    cookies: Arc<Cookies>,
+}
+
+/// Builds a listener's context: its cipher list, the PSK lookup and/or certificates, a fresh
+/// cookie secret. Errors name the file or the setting.
+pub fn context(s: &Settings) -> Result<Context, LinkDtlsError> {
     let fail = |source: ContextError| LinkDtlsError::Context {
         listen: s.listen,
         source,
     };
-    let mut b = session::builder(SslMethod::dtls_server(), &s.ciphers).map_err(fail)?;
-    b.set_options(SslOptions::COOKIE_EXCHANGE);
-    // Idle sessions give their record buffers back (most device links are idle most of the
-    // time; thousands of sessions otherwise hold ~32 KiB each).
-    b.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
-    // No session resumption: a resumed PSK session never calls the PSK callback (no identity
-    // proven) and a resumed certificate session has no verified peer to name the device; the
-    // cache would also hold sessions beyond max_sessions. Every device does a full handshake.
-    b.set_session_cache_mode(openssl::ssl::SslSessionCacheMode::OFF);
-    let cookies = Arc::new(
-        Cookies::new()
-            .map_err(ContextError::CookieSecret)
-            .map_err(fail)?,
-    );
-    let generate = cookies.clone();
-    b.set_cookie_generate_cb(move |ssl, out| {
-        let peer = ssl.ex_data(indexes().peer).copied();
-        let cookie = peer
-            .map(|p| generate.cookie(&p, Cookies::minute()))
-            .filter(|c| c.len() <= out.len())
-            .ok_or_else(openssl::error::ErrorStack::get)?;
-        out[..cookie.len()].copy_from_slice(&cookie);
-        Ok(cookie.len())
-    });
-    b.set_cookie_verify_cb(move |ssl, cookie| {
-        ssl.ex_data(indexes().peer)
-            .is_some_and(|p| cookies.verify(p, cookie))
-    });
+    let mut config = ServerConfig {
+        suites: session::suites(&s.ciphers).map_err(fail)?,
+        psk: None,
+        certificate: None,
+        client_roots: None,
+        mtu: s.mtu,
+        clock: rustls_pki_types::UnixTime::now,
+    };
     if !s.psk.is_empty() {
         let keys = s.psk.clone();
-        b.set_psk_server_callback(move |ssl, identity, out| {
-            let Some(id) = identity.and_then(|i| std::str::from_utf8(i).ok()) else {
-                return Ok(0);
-            };
-            match keys.get(id) {
-                Some(key) if key.len() <= out.len() => {
-                    out[..key.len()].copy_from_slice(key);
-                    ssl.set_ex_data(indexes().psk_identity, id.to_owned());
-                    Ok(key.len())
-                }
-                // Unknown identity: no key, the handshake fails.
-                _ => Ok(0),
-            }
-        });
+        config.psk = Some(Arc::new(move |identity: &[u8]| {
+            // Unknown identity: no key, the handshake fails.
+            std::str::from_utf8(identity)
+                .ok()
+                .and_then(|id| keys.get(id))
+                .cloned()
+        }));
     }
+    // No session resumption (edge-dtls has none): a resumed session would prove no identity,
+    // and every device does a full handshake. Certificate suites require a client
+    // certificate: it is what names the device.
     if let Some((cert, key, ca)) = &s.certificates {
-        load_certificates(&mut b, cert, key, ca).map_err(fail)?;
-        // PSK suites never ask for a certificate; certificate suites require one.
-        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        config.certificate =
+            Some(session::certified(cert, key, "cert_file", "key_file").map_err(fail)?);
+        config.client_roots = Some(session::roots(ca, "client_ca_file").map_err(fail)?);
     }
-    Ok(b.build())
-}
-
-fn load_certificates(
-    b: &mut SslContextBuilder,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    ca: &std::path::Path,
-) -> Result<(), ContextError> {
-    let file = |setting: &'static str, path: &std::path::Path| {
-        let path = path.to_owned();
-        move |source| ContextError::File {
-            setting,
-            path,
-            source,
-        }
-    };
-    b.set_certificate_chain_file(cert)
-        .map_err(file("cert_file", cert))?;
-    b.set_private_key_file(key, SslFiletype::PEM)
-        .map_err(file("key_file", key))?;
-    b.check_private_key()
-        .map_err(|source| ContextError::KeyMismatch {
-            key: "key_file",
-            certificate: "cert_file",
-            path: key.to_owned(),
-            source,
-        })?;
-    b.set_ca_file(ca).map_err(file("client_ca_file", ca))?;
-    Ok(())
+    let cookies = Cookies::new()
+        .map_err(|_| ContextError::CookieSecret)
+        .map_err(fail)?;
+    Ok(Context {
+        config: Arc::new(config),
+        cookies: Arc::new(cookies),
+    })
 }
 
 /// Datagrams queued per session before more are dropped (UDP semantics: the peer
@@ -668,7 +616,7 @@ pub async fn serve(
     socket: UdpSocket,
     base: LinkId,
     core: mpsc::Sender<LinkEvent>,
-    context: SslContext,
+    context: Context,
     settings: Settings,
 ) {
     let socket = Arc::new(socket);
@@ -712,36 +660,38 @@ pub async fn serve(
                 if !session::is_client_hello(datagram) {
                     continue;
                 }
-                match listen(&context, &settings, datagram, from) {
-                    Listened::Answered(replies) => {
-                        // Never waits: a reply the socket has no room for is lost, and the
-                        // peer asks again.
-                        for d in replies {
-                            let _ = socket.try_send_to(&d, from);
-                        }
-                    }
-                    Listened::Ignored => {}
-                    Listened::Verified(tls) => {
-                        if let Some(limit) = sessions.refusal(from, &settings, Instant::now()) {
-                            refused += 1;
-                            if let Some(suppressed) = REFUSALS.admit(std::time::Instant::now()) {
-                                let (count, half_open) = (sessions.peers.len(), sessions.half_open());
-                                tracing::warn!(?local, %from, limit, refused, suppressed, sessions = count, half_open, "DTLS handshake refused: limit reached");
-                            }
-                            continue;
-                        }
-                        next_link += 1;
-                        let (wire, datagrams, farewell) = Wire::new(socket.clone(), from, SESSION_QUEUE);
-                        sessions.start(from, Slot {
-                            datagrams,
-                            farewell: Some(farewell),
-                            generation: next_link,
-                            identity: None,
-                        });
-                        let session = Session { tls, wire };
-                        tokio::spawn(run_session(session, next_link, core.clone(), timeouts, reports_tx.clone()));
-                    }
+                // The stateless cookie exchange: a hello without this address's cookie gets
+                // one (never waiting: a reply the socket has no room for is lost, and the
+                // peer asks again) and nothing is kept.
+                let Some(hello) = edge_dtls::cookie::client_hello(datagram) else {
+                    continue;
+                };
+                if !context.cookies.verify(&from, &hello.cookie) {
+                    let cookie = context.cookies.cookie(&from, Cookies::minute());
+                    let reply = edge_dtls::cookie::hello_verify_request(&hello, &cookie);
+                    let _ = socket.try_send_to(&reply, from);
+                    continue;
                 }
+                if let Some(limit) = sessions.refusal(from, &settings, Instant::now()) {
+                    refused += 1;
+                    if let Some(suppressed) = REFUSALS.admit(std::time::Instant::now()) {
+                        let (count, half_open) = (sessions.peers.len(), sessions.half_open());
+                        tracing::warn!(?local, %from, limit, refused, suppressed, sessions = count, half_open, "DTLS handshake refused: limit reached");
+                    }
+                    continue;
+                }
+                next_link += 1;
+                let (wire, datagrams, farewell) = Wire::new(socket.clone(), from, SESSION_QUEUE);
+                sessions.start(from, Slot {
+                    datagrams,
+                    farewell: Some(farewell),
+                    generation: next_link,
+                    identity: None,
+                });
+                // The server's first flight (its ECDHE key and signature) is made in the
+                // session's task, not here.
+                let hello = Hello { datagram: datagram.to_vec(), config: context.config.clone() };
+                tokio::spawn(run_session(hello, wire, next_link, core.clone(), timeouts, reports_tx.clone()));
             }
             Some(report) = reports.recv() => match report {
                 Report::Proved { from, generation, identity, verdict } => {
@@ -767,39 +717,10 @@ pub async fn serve(
     }
 }
 
-/// What the stateless cookie exchange made of one datagram.
-enum Listened {
-    /// HelloVerifyRequest(s) to send back; nothing kept.
-    Answered(Vec<Vec<u8>>),
-    /// Not a ClientHello, or malformed: dropped.
-    Ignored,
-    /// A ClientHello with a valid cookie: the session, ready to continue its handshake.
-    Verified(SslStream<Datagrams>),
-}
-
-fn listen(context: &SslContext, s: &Settings, datagram: &[u8], from: SocketAddr) -> Listened {
-    let Ok(mut ssl) = Ssl::new(context) else {
-        return Listened::Ignored;
-    };
-    ssl.set_ex_data(indexes().peer, from);
-    if ssl.set_mtu(u32::from(s.mtu)).is_err() {
-        return Listened::Ignored;
-    }
-    let Ok(mut tls) = SslStream::new(ssl, Datagrams::with(datagram)) else {
-        return Listened::Ignored;
-    };
-    match ffi::listen(tls.ssl()) {
-        ffi::Listen::Verified => Listened::Verified(tls),
-        ffi::Listen::NotYet => {
-            let replies = tls.get_mut().take_outbound();
-            if replies.is_empty() {
-                Listened::Ignored
-            } else {
-                Listened::Answered(replies)
-            }
-        }
-        ffi::Listen::Failed => Listened::Ignored,
-    }
+/// A ClientHello that returned its cookie, and the configuration to answer it with.
+struct Hello {
+    datagram: Vec<u8>,
+    config: Arc<ServerConfig>,
 }
 
 /// What a session needs of its listener's settings (not the keys: a session must not carry
@@ -814,20 +735,24 @@ struct Timeouts {
 /// [`Sessions::proved`]), then the device link until it ends; its end is reported to the
 /// socket task, which logs it.
 async fn run_session(
-    mut session: Session,
+    hello: Hello,
+    wire: Wire,
     link: LinkId,
     core: mpsc::Sender<LinkEvent>,
     timeouts: Timeouts,
     reports: mpsc::UnboundedSender<Report>,
 ) {
-    let peer = session.wire.peer;
+    let peer = wire.peer;
     let deadline = Instant::now() + timeouts.handshake;
+    let conn = Connection::accept(hello.config, &hello.datagram, Instant::now().into_std());
+    drop(hello.datagram);
+    let mut session = Session { conn, wire };
     let mut established = None;
-    let reason = match session.handshake(Role::Server, deadline).await {
+    let reason = match session.handshake(deadline).await {
         Err(why) => format!("handshake failed: {why}"),
-        Ok(()) => match proven(session.tls.ssl()) {
+        Ok(()) => match proven(&session.conn) {
             None => {
-                let _ = session.tls.shutdown();
+                session.conn.close();
                 session.flush().await;
                 "handshake proved no device identity".into()
             }
@@ -841,7 +766,7 @@ async fn run_session(
                 });
                 match verdict.await {
                     Ok(Ok(())) => {
-                        tracing::info!(%peer, credential = identity.credential, names = ?identity.names, cipher = session.tls.ssl().current_cipher().map_or("?", |c| c.name()), "DTLS session established");
+                        tracing::info!(%peer, credential = identity.credential, names = ?identity.names, cipher = session.conn.suite().map_or("?", edge_dtls::Suite::name), "DTLS session established");
                         let (app, driver_end) = tokio::io::duplex(16 * 1024);
                         let driver = tokio::spawn(stream::run(
                             driver_end,
@@ -858,7 +783,7 @@ async fn run_session(
                         reason
                     }
                     Ok(Err(why)) => {
-                        let _ = session.tls.shutdown();
+                        session.conn.close();
                         session.flush().await;
                         why
                     }
@@ -876,17 +801,18 @@ async fn run_session(
 }
 
 /// What the handshake proved: the PSK identity, or the client certificate's names.
-fn proven(ssl: &openssl::ssl::SslRef) -> Option<Identity> {
-    if let Some(id) = ssl.ex_data(indexes().psk_identity) {
-        return Some(Identity {
+fn proven(conn: &Connection) -> Option<Identity> {
+    match conn.peer_identity()? {
+        // The PSK lookup only knows UTF-8 identities.
+        PeerIdentity::Psk(id) => Some(Identity {
             credential: PSK_CREDENTIAL,
-            names: vec![id.clone()],
-        });
+            names: vec![std::str::from_utf8(id).ok()?.to_owned()],
+        }),
+        cert @ PeerIdentity::Certificate(_) => session::peer_names(cert).map(|names| Identity {
+            credential: CERT_CREDENTIAL,
+            names,
+        }),
     }
-    session::peer_names(ssl).map(|names| Identity {
-        credential: CERT_CREDENTIAL,
-        names,
-    })
 }
 
 #[cfg(test)]
@@ -932,16 +858,17 @@ mod tests {
         }
     }
 
-    /// OpenSSL 3.2+ rates CCM_8 below the default security level and drops it silently: a
-    /// list naming it runs at level 0 (the list decides); any other list keeps the default.
     #[test]
-    fn ccm8_suites_are_not_dropped_by_the_security_level() {
-        let ccm8 = context(&psk_settings(broker_config::DEFAULT_DTLS_CIPHERS)).unwrap();
-        assert_eq!(ccm8.security_level(), 0);
-        let gcm = context(&psk_settings("PSK-AES128-GCM-SHA256")).unwrap();
-        assert!(gcm.security_level() >= 1, "{}", gcm.security_level());
-        let bad = context(&psk_settings("NO-SUCH-CIPHER")).unwrap_err();
-        assert!(bad.to_string().contains("ciphers"), "{bad}");
+    fn the_default_cipher_list_is_every_suite_and_an_unknown_name_is_named() {
+        let c = context(&psk_settings(broker_config::DEFAULT_DTLS_CIPHERS)).unwrap();
+        assert_eq!(c.config.suites, edge_dtls::Suite::ALL);
+        let bad = context(&psk_settings("PSK-AES128-CCM8:NO-SUCH-CIPHER")).unwrap_err();
+        assert!(
+            bad.to_string().starts_with(
+                "DTLS link 127.0.0.1:0: ciphers: unknown cipher suite \"NO-SUCH-CIPHER\""
+            ),
+            "{bad}"
+        );
     }
 
     /// A DTLS link from TOML (validated), with `extra` lines added to its table.
@@ -985,39 +912,31 @@ mod tests {
         );
     }
 
-    /// A self-signed certificate for `key`.
-    fn self_signed(key: &openssl::pkey::PKey<openssl::pkey::Private>) -> openssl::x509::X509 {
-        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", "bridge").unwrap();
-        let name = name.build();
-        let mut b = openssl::x509::X509::builder().unwrap();
-        b.set_version(2).unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
-        b.set_pubkey(key).unwrap();
-        let now = openssl::asn1::Asn1Time::days_from_now(0).unwrap();
-        let later = openssl::asn1::Asn1Time::days_from_now(1).unwrap();
-        b.set_not_before(&now).unwrap();
-        b.set_not_after(&later).unwrap();
-        b.sign(key, openssl::hash::MessageDigest::sha256()).unwrap();
-        b.build()
+    /// A self-signed ECDSA P-256 certificate and its key in `dir`: `{name}.pem`,
+    /// `{name}.key`; made with the openssl command (tests/run.sh installs it).
+    fn self_signed(dir: &std::path::Path, name: &str) {
+        let (pem, key) = (format!("{name}.pem"), format!("{name}.key"));
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=bridge", "-keyout", &key, "-out", &pem])
+            .current_dir(dir)
+            .output()
+            .expect("openssl is not installed: tests/run.sh installs it");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
     fn unusable_certificate_files_and_keys_of_another_certificate_are_named() {
-        use openssl::ec::{EcGroup, EcKey};
-        use openssl::nid::Nid;
-        use openssl::pkey::PKey;
         let dir = tempfile::tempdir().unwrap();
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        let key_a = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-        let key_b = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-        let cert = dir.path().join("bridge.pem");
-        std::fs::write(&cert, self_signed(&key_a).to_pem().unwrap()).unwrap();
-        let key = dir.path().join("bridge.key");
-        std::fs::write(&key, key_a.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        self_signed(dir.path(), "bridge");
+        self_signed(dir.path(), "other");
+        let (cert, key) = (dir.path().join("bridge.pem"), dir.path().join("bridge.key"));
         let other_key = dir.path().join("other.key");
-        std::fs::write(&other_key, key_b.private_key_to_pem_pkcs8().unwrap()).unwrap();
         let missing = dir.path().join("missing.pem");
         let error = |files: [&std::path::Path; 3]| {
             let [c, k, a] = files.map(std::path::Path::to_owned);
@@ -1035,71 +954,27 @@ mod tests {
             ..psk_settings(broker_config::DEFAULT_DTLS_CIPHERS)
         })
         .unwrap();
-        let e = error([&missing, &key, &cert]);
-        assert!(
-            matches!(
-                e,
-                ContextError::File {
-                    setting: "cert_file",
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        assert!(
-            e.to_string()
-                .starts_with(&format!("cert_file {}: ", missing.display())),
-            "{e}"
-        );
-        let e = error([&cert, &missing, &cert]);
-        assert!(
-            matches!(
-                e,
-                ContextError::File {
-                    setting: "key_file",
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        // OpenSSL checks the key against the certificate as it loads it.
-        let e = error([&cert, &other_key, &cert]);
-        assert!(
-            matches!(
-                e,
-                ContextError::File {
-                    setting: "key_file",
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        assert!(e.to_string().contains("other.key"), "{e}");
-        let mismatch = ContextError::KeyMismatch {
-            key: "key_file",
-            certificate: "cert_file",
-            path: other_key.clone(),
-            source: openssl::error::ErrorStack::get(),
+        let named = |e: &ContextError, setting: &str, path: &std::path::Path| {
+            assert!(
+                matches!(e, ContextError::File { setting: s, .. } if *s == setting),
+                "{e}"
+            );
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("{setting}: {}", path.display())),
+                "{e}"
+            );
+            assert!(std::error::Error::source(e).is_some());
         };
+        named(&error([&missing, &key, &cert]), "cert_file", &missing);
+        named(&error([&cert, &missing, &cert]), "key_file", &missing);
+        let e = error([&cert, &other_key, &cert]);
+        named(&e, "key_file", &other_key);
         assert!(
-            mismatch.to_string().starts_with(&format!(
-                "key_file (does not match cert_file) {}: ",
-                other_key.display()
-            )),
-            "{mismatch}"
-        );
-        let e = error([&cert, &key, &missing]);
-        assert!(
-            matches!(
-                e,
-                ContextError::File {
-                    setting: "client_ca_file",
-                    ..
-                }
-            ),
+            e.to_string().contains("does not match the certificate"),
             "{e}"
         );
-        assert!(std::error::Error::source(&e).is_some());
+        named(&error([&cert, &key, &missing]), "client_ca_file", &missing);
     }
 
     /// A slot for session `generation`, and its farewell's receiving end.

@@ -1,34 +1,28 @@
-//! One DTLS session over datagrams, for either side: OpenSSL reads and writes through an
-//! in-memory datagram queue ([`Datagrams`]), and [`Session`] moves datagrams between that
-//! queue and a UDP socket, drives the handshake and OpenSSL's retransmission timer, and
-//! relays records to and from a byte pipe that carries device frames.
+//! One DTLS session over datagrams, for either side: [`Session`] moves datagrams between a
+//! UDP socket and the sans-IO connection ([`edge_dtls::Connection`]), drives the handshake
+//! and the retransmission timer, and relays records to and from a byte pipe that carries
+//! device frames.
 //!
 //! One record per datagram and one device frame per record: a frame read from the pipe (its
-//! bytes up to and including the `0x00` that ends it) becomes one `SSL_write`, which OpenSSL
-//! hands to the queue as one datagram; each datagram received is one `SSL_read`.
+//! bytes up to and including the `0x00` that ends it) becomes one record, sent as one
+//! datagram; each record received goes to the pipe whole.
 //!
 //! The relay never waits on a write: datagrams go out with a non-blocking send (a full socket
 //! buffer loses one, as the network could), and records for the pipe wait in a bounded buffer
 //! written from within the same `select!` as everything else (a record that does not fit is
 //! dropped, as a lost datagram would be). So a reader of the pipe that falls behind (the link
 //! driver committing reports a device floods) never stops the relay from receiving, from
-//! running OpenSSL's timer or from ending an idle session.
+//! running the retransmission timer or from ending an idle session.
 
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openssl::error::ErrorStack;
-use openssl::ssl::{ErrorCode, SslRef, SslStream};
+use edge_dtls::{Connection, PeerIdentity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-
-use super::ffi;
 
 /// Largest datagram accepted (and the read buffer's size).
 pub const MAX_DATAGRAM: usize = 16 * 1024 + 512;
@@ -36,57 +30,6 @@ pub const MAX_DATAGRAM: usize = 16 * 1024 + 512;
 /// Bytes of received records waiting for the pipe's reader: twice a device session's window
 /// of the largest frames (16 × 403 B); beyond it records are dropped (see the module docs).
 pub const TO_APP_BYTES: usize = 16 * 1024;
-
-/// The datagrams between OpenSSL and the socket: one `read` returns one whole datagram (a
-/// larger datagram than the buffer is cut, as a UDP socket would), one `write` is one datagram.
-#[derive(Debug, Default)]
-pub struct Datagrams {
-    inbound: VecDeque<Vec<u8>>,
-    outbound: Vec<Vec<u8>>,
-}
-
-impl Datagrams {
-    /// A queue holding one received datagram.
-    pub fn with(datagram: &[u8]) -> Self {
-        let mut d = Self::default();
-        d.inbound.push_back(datagram.to_vec());
-        d
-    }
-
-    /// Queues a received datagram for OpenSSL.
-    pub fn push(&mut self, datagram: Vec<u8>) {
-        self.inbound.push_back(datagram);
-    }
-
-    /// The datagrams OpenSSL wrote since the last call.
-    pub fn take_outbound(&mut self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut self.outbound)
-    }
-}
-
-impl Read for Datagrams {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.inbound.pop_front() {
-            Some(d) => {
-                let n = d.len().min(buf.len());
-                buf[..n].copy_from_slice(&d[..n]);
-                Ok(n)
-            }
-            None => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-}
-
-impl Write for Datagrams {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.outbound.push(buf.to_vec());
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Where a session's datagrams go and come from.
 #[derive(Debug)]
@@ -129,7 +72,7 @@ impl Wire {
 /// A DTLS session and its wire.
 #[derive(Debug)]
 pub struct Session {
-    pub tls: SslStream<Datagrams>,
+    pub conn: Connection,
     pub wire: Wire,
 }
 
@@ -137,35 +80,30 @@ pub struct Session {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandshakeError {
-    /// OpenSSL ended the handshake: an alert from the peer, no shared cipher, a certificate
-    /// that does not verify, a malformed record.
-    #[error("{}", describe(.0))]
-    Tls(#[source] openssl::ssl::Error),
+    /// The handshake failed: an alert from the peer, no shared cipher, a certificate that
+    /// does not verify, a malformed message.
+    #[error("DTLS error: {0}")]
+    Tls(#[source] edge_dtls::Error),
     /// The feed of datagrams ended: the listener closed the session, or the client's socket
     /// failed; the reason says which.
     #[error("{0}")]
     Ended(String),
-    /// The peer stopped answering (a wrong PSK makes a client go silent): OpenSSL gave up
-    /// retransmitting its flight.
-    #[error("peer silent: retransmissions exhausted")]
-    PeerSilent,
-    /// The handshake did not finish before its deadline.
-    #[error("handshake deadline passed")]
-    Deadline,
+    /// The handshake did not finish before its deadline (a wrong PSK makes a client go
+    /// silent, not fail: the stall says so when it is seen).
+    #[error("handshake deadline passed{}", .stall.map(|s| format!(": {s}")).unwrap_or_default())]
+    Deadline { stall: Option<&'static str> },
 }
 
-/// Which side of the handshake.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Client,
-    Server,
+/// The connection's clock: tokio's (paused in tests), as std's.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 impl Session {
-    /// Sends what OpenSSL wrote. UDP: a failed send is a lost datagram, which DTLS (handshake)
-    /// and the device session (frames) retransmit.
+    /// Sends what the connection has for the peer. UDP: a failed send is a lost datagram,
+    /// which DTLS (handshake) and the device session (frames) retransmit.
     pub async fn flush(&mut self) {
-        for d in self.tls.get_mut().take_outbound() {
+        while let Some(d) = self.conn.poll_datagram() {
             if let Err(e) = self.wire.socket.send_to(&d, self.wire.peer).await {
                 tracing::debug!(peer = %self.wire.peer, error = %e, "DTLS send failed");
             }
@@ -175,7 +113,7 @@ impl Session {
     /// As [`flush`](Self::flush), without waiting: a datagram the socket has no room for now
     /// is lost (see the module docs).
     fn send_now(&mut self) {
-        for d in self.tls.get_mut().take_outbound() {
+        while let Some(d) = self.conn.poll_datagram() {
             if let Err(e) = self.wire.socket.try_send_to(&d, self.wire.peer) {
                 tracing::debug!(peer = %self.wire.peer, error = %e, "DTLS send failed (datagram lost)");
             }
@@ -183,38 +121,43 @@ impl Session {
     }
 
     fn timer(&self) -> Option<Instant> {
-        ffi::timeout(self.tls.ssl()).map(|d| Instant::now() + d)
+        self.conn.poll_timeout().map(Instant::from_std)
     }
 
-    /// Runs the handshake to its end, retransmitting on OpenSSL's timer, until `deadline`.
-    pub async fn handshake(&mut self, role: Role, deadline: Instant) -> Result<(), HandshakeError> {
+    /// Runs the handshake to its end, retransmitting on the connection's timer, until
+    /// `deadline`.
+    pub async fn handshake(&mut self, deadline: Instant) -> Result<(), HandshakeError> {
         loop {
-            let step = match role {
-                Role::Server => self.tls.accept(),
-                Role::Client => self.tls.connect(),
-            };
             self.flush().await;
-            match step {
-                Ok(()) => return Ok(()),
-                Err(e) if e.code() == ErrorCode::WANT_READ => {}
-                Err(e) => return Err(HandshakeError::Tls(e)),
+            if self.conn.is_established() {
+                return Ok(());
+            }
+            if self.conn.is_ended() {
+                let e = self
+                    .conn
+                    .error()
+                    .cloned()
+                    .unwrap_or(edge_dtls::Error::Closed);
+                return Err(HandshakeError::Tls(e));
             }
             let timer = self.timer();
             tokio::select! {
                 d = self.wire.inbound.recv() => match d {
-                    Some(d) => self.tls.get_mut().push(d),
+                    Some(d) => self.conn.handle_datagram(&d, now()),
                     None => return Err(HandshakeError::Ended(self.wire.why_ended())),
                 },
-                () = sleep_until(timer) => {
-                    if !ffi::handle_timeout(self.tls.ssl()) {
-                        return Err(HandshakeError::PeerSilent);
-                    }
-                }
+                () = sleep_until(timer) => self.conn.handle_timeout(now()),
                 () = tokio::time::sleep_until(deadline) => {
-                    return Err(HandshakeError::Deadline);
+                    return Err(HandshakeError::Deadline { stall: self.conn.stall_reason() });
                 }
             }
         }
+    }
+
+    /// Ends the session with a close_notify to the peer.
+    fn close(&mut self) {
+        self.conn.close();
+        self.send_now();
     }
 
     /// Relays device frames between the established session and `app` until either side
@@ -223,8 +166,6 @@ impl Session {
     /// session).
     pub async fn relay(mut self, app: DuplexStream, idle: Duration) -> String {
         let (mut app_rd, mut app_wr) = tokio::io::split(app);
-        // Device frames are at most a few hundred bytes; a larger record is read in pieces.
-        let mut plain = vec![0u8; 2048];
         let mut from_app = vec![0u8; 4096];
         // Bytes of a frame from `app` whose terminating 0x00 has not come yet.
         let mut partial: Vec<u8> = Vec::new();
@@ -245,36 +186,28 @@ impl Session {
                 d = self.wire.inbound.recv() => {
                     let Some(d) = d else {
                         let why = self.wire.why_ended();
-                        let _ = self.tls.shutdown();
-                        self.send_now();
+                        self.close();
                         break why;
                     };
                     last_heard = Instant::now();
-                    self.tls.get_mut().push(d);
-                    let ended = loop {
-                        match self.tls.ssl_read(&mut plain) {
-                            Ok(n) if to_app.len() + n <= TO_APP_BYTES => {
-                                to_app.extend_from_slice(&plain[..n]);
-                            }
-                            Ok(_) => dropped += 1,
-                            Err(e) if e.code() == ErrorCode::WANT_READ => break None,
-                            Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
-                                break Some("peer closed the session (close_notify)".to_owned());
-                            }
-                            Err(e) => break Some(describe(&e)),
+                    self.conn.handle_datagram(&d, now());
+                    while let Some(record) = self.conn.poll_app() {
+                        if to_app.len() + record.len() <= TO_APP_BYTES {
+                            to_app.extend_from_slice(&record);
+                        } else {
+                            dropped += 1;
                         }
-                    };
+                    }
                     // Alerts, retransmitted handshake flights.
                     self.send_now();
-                    if let Some(why) = ended {
-                        break why;
+                    if self.conn.is_ended() {
+                        break self.conn.error().map_or_else(|| "session ended".to_owned(), ToString::to_string);
                     }
                 }
                 read = app_rd.read(&mut from_app) => {
                     let n = match read {
                         Ok(0) | Err(_) => {
-                            let _ = self.tls.shutdown();
-                            self.send_now();
+                            self.close();
                             break "closed by the bridge".to_owned();
                         }
                         Ok(n) => n,
@@ -284,8 +217,8 @@ impl Session {
                     while let Some(end) = rest.iter().position(|&b| b == 0) {
                         partial.extend_from_slice(&rest[..=end]);
                         rest = &rest[end + 1..];
-                        if let Err(e) = self.tls.ssl_write(&partial) {
-                            failed = Some(describe(&e));
+                        if let Err(e) = self.conn.send(&partial) {
+                            failed = Some(format!("DTLS error: {e}"));
                             break;
                         }
                         partial.clear();
@@ -300,15 +233,11 @@ impl Session {
                     self.send_now();
                 }
                 () = sleep_until(timer) => {
-                    // A failed retransmission leaves the timer expired: end rather than spin.
-                    if !ffi::handle_timeout(self.tls.ssl()) {
-                        break "DTLS retransmission failed".to_owned();
-                    }
+                    self.conn.handle_timeout(now());
                     self.send_now();
                 }
                 () = tokio::time::sleep_until(last_heard + idle) => {
-                    let _ = self.tls.shutdown();
-                    self.send_now();
+                    self.close();
                     break format!("nothing received for {idle:?}");
                 }
             }
@@ -320,36 +249,6 @@ impl Session {
     }
 }
 
-/// The part of a DTLS context both sides share: DTLS 1.2 only, `ciphers` (CCM_8 allowed, see
-/// [`allow_ccm8`]), no MTU probing (the datagram queue reports none; sessions set theirs) and
-/// no session tickets. Errors name the setting.
-pub fn builder(
-    method: openssl::ssl::SslMethod,
-    ciphers: &str,
-) -> Result<openssl::ssl::SslContextBuilder, ContextError> {
-    use openssl::ssl::{SslContext, SslOptions, SslVersion};
-    let mut b = SslContext::builder(method).map_err(ContextError::OpenSsl)?;
-    b.set_min_proto_version(Some(SslVersion::DTLS1_2))
-        .map_err(ContextError::Version)?;
-    b.set_max_proto_version(Some(SslVersion::DTLS1_2))
-        .map_err(ContextError::Version)?;
-    b.set_cipher_list(ciphers).map_err(ContextError::Ciphers)?;
-    allow_ccm8(&mut b, ciphers);
-    b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
-    Ok(b)
-}
-
-/// Lets OpenSSL offer the cipher list's CCM_8 suites. RFC 7925 makes `*-AES128-CCM8` the
-/// mandatory suites of constrained devices, but OpenSSL 3.2 and later rate their 64-bit tag as
-/// 64 bits of security, below the default security level (1: 80 bits), and silently leave
-/// them out ("no shared cipher"). With a CCM_8 suite listed, the context runs at level 0: the
-/// explicit cipher list, not the level, then decides what is offered.
-fn allow_ccm8(b: &mut openssl::ssl::SslContextBuilder, ciphers: &str) {
-    if ciphers.to_ascii_uppercase().contains("CCM8") {
-        b.set_security_level(0);
-    }
-}
-
 /// Sleeps until `at`, or forever without a timer.
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -358,58 +257,75 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// An OpenSSL error as one line: the SSL error code and OpenSSL's reasons.
-pub fn describe(e: &openssl::ssl::Error) -> String {
-    match e.ssl_error() {
-        Some(stack) => {
-            let reasons: Vec<String> = stack
-                .errors()
-                .iter()
-                .map(|e| e.reason().unwrap_or("unknown").to_owned())
-                .collect();
-            format!("DTLS error: {}", reasons.join("; "))
-        }
-        None => format!("DTLS error: {e}"),
-    }
-}
-
-/// Why a DTLS context (either side's) cannot be built; names the setting or the file.
+/// Why a DTLS configuration (either side's) cannot be built; names the setting or the file.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ContextError {
-    /// OpenSSL cannot make a context (out of memory, a broken library).
-    #[error("OpenSSL: {0}")]
-    OpenSsl(#[source] ErrorStack),
-    /// OpenSSL cannot restrict the context to DTLS 1.2 (a library built without it).
-    #[error("DTLS 1.2: {0}")]
-    Version(#[source] ErrorStack),
-    /// The cipher list names no cipher this OpenSSL knows.
-    #[error("ciphers: {0}")]
-    Ciphers(#[source] ErrorStack),
-    /// A certificate, key or CA file cannot be read or holds nothing usable; `setting` names
-    /// it as the configuration (or the command line) does.
-    #[error("{setting} {}: {source}", path.display())]
+    /// The cipher list names a suite this implementation does not have.
+    #[error("ciphers: {0} (known: {known})", known = known_suites())]
+    Ciphers(#[source] edge_dtls::crypto::UnknownSuite),
+    /// A certificate, key or CA file cannot be read, holds nothing usable, or the key is not
+    /// the certificate's; `setting` names it as the configuration (or the command line) does.
+    #[error("{setting}: {source}")]
     File {
         setting: &'static str,
-        path: PathBuf,
+        /// Boxed: the error of a file is rare and large, the `Result`s carrying it are not.
         #[source]
-        source: ErrorStack,
+        source: Box<edge_dtls::LoadError>,
     },
-    /// The private key is not the certificate's.
-    #[error("{key} (does not match {certificate}) {}: {source}", path.display())]
-    KeyMismatch {
-        /// The key's setting.
-        key: &'static str,
-        /// The certificate, as the error names it.
-        certificate: &'static str,
-        /// The key file.
-        path: PathBuf,
-        #[source]
-        source: ErrorStack,
-    },
-    /// OpenSSL's random generator could not draw the cookie secret.
-    #[error("cookie secret: {0}")]
-    CookieSecret(#[source] ErrorStack),
+    /// The name the bridge's certificate must carry is not a DNS name or an address.
+    #[error("server name {0:?}: not a DNS name or an IP address")]
+    ServerName(String),
+    /// The system's random generator could not draw the cookie secret.
+    #[error("cookie secret: the system's random generator failed")]
+    CookieSecret,
+}
+
+/// The suites a cipher list may name.
+pub fn known_suites() -> String {
+    let names: Vec<&str> = edge_dtls::Suite::ALL.iter().map(|s| s.name()).collect();
+    names.join(":")
+}
+
+/// The suites of a cipher list (OpenSSL or IANA names, `:`-separated).
+pub fn suites(ciphers: &str) -> Result<Vec<edge_dtls::Suite>, ContextError> {
+    edge_dtls::Suite::parse_list(ciphers).map_err(ContextError::Ciphers)
+}
+
+/// Loads a certificate chain and its key; errors name `cert_setting` or `key_setting`.
+pub fn certified(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    cert_setting: &'static str,
+    key_setting: &'static str,
+) -> Result<edge_dtls::Certified, ContextError> {
+    edge_dtls::Certified::from_pem_files(cert, key).map_err(|source| {
+        let setting = match &source {
+            edge_dtls::LoadError::Pem { path, .. }
+            | edge_dtls::LoadError::NoCertificate { path }
+            | edge_dtls::LoadError::Certificate { path, .. }
+                if path == cert =>
+            {
+                cert_setting
+            }
+            _ => key_setting,
+        };
+        ContextError::File {
+            setting,
+            source: Box::new(source),
+        }
+    })
+}
+
+/// Loads the CA certificates of a file; errors name `setting`.
+pub fn roots(
+    path: &std::path::Path,
+    setting: &'static str,
+) -> Result<edge_dtls::Roots, ContextError> {
+    edge_dtls::Roots::from_pem_file(path).map_err(|source| ContextError::File {
+        setting,
+        source: Box::new(source),
+    })
 }
 
 /// Whether `datagram` starts with a DTLS record carrying a ClientHello in epoch 0: a peer
@@ -430,12 +346,15 @@ pub fn epoch(datagram: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes([datagram[3], datagram[4]]))
 }
 
-/// The role-independent part of a session: what [`SslRef`] proves about the peer.
-pub fn peer_names(ssl: &SslRef) -> Option<Vec<String>> {
-    let cert = ssl.peer_certificate()?;
-    let der = cert.to_der().ok()?;
-    let der = rustls_pki_types::CertificateDer::from(der);
-    crate::link::tls::identity(&der).ok().map(|i| i.names)
+/// The device ids a verified client certificate names (see [`crate::link::tls::identity`]).
+pub fn peer_names(peer: &PeerIdentity) -> Option<Vec<String>> {
+    match peer {
+        PeerIdentity::Certificate(der) => {
+            let der = rustls_pki_types::CertificateDer::from(der.as_slice());
+            crate::link::tls::identity(&der).ok().map(|i| i.names)
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -443,34 +362,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_read_is_one_datagram_and_one_write_is_one_datagram() {
-        let mut d = Datagrams::with(b"first");
-        d.push(b"second datagram".to_vec());
-        let mut buf = [0u8; 8];
-        assert_eq!(d.read(&mut buf).unwrap(), 5);
-        assert_eq!(&buf[..5], b"first");
-        // A datagram longer than the buffer is cut, not split across reads.
-        assert_eq!(d.read(&mut buf).unwrap(), 8);
-        assert_eq!(&buf, b"second d");
-        assert_eq!(
-            d.read(&mut buf).unwrap_err().kind(),
-            io::ErrorKind::WouldBlock
-        );
-        d.write_all(b"a").unwrap();
-        d.write_all(b"bc").unwrap();
-        assert_eq!(d.take_outbound(), vec![b"a".to_vec(), b"bc".to_vec()]);
-        assert!(d.take_outbound().is_empty());
-    }
-
-    #[test]
     fn a_failed_handshake_says_why_for_the_log() {
         assert_eq!(
-            HandshakeError::Deadline.to_string(),
+            HandshakeError::Deadline { stall: None }.to_string(),
             "handshake deadline passed"
         );
         assert_eq!(
-            HandshakeError::PeerSilent.to_string(),
-            "peer silent: retransmissions exhausted"
+            HandshakeError::Deadline {
+                stall: Some("the peer's Finished failed authentication")
+            }
+            .to_string(),
+            "handshake deadline passed: the peer's Finished failed authentication"
+        );
+        assert_eq!(
+            HandshakeError::Tls(edge_dtls::Error::NoSharedSuite).to_string(),
+            "DTLS error: no cipher suite in common"
         );
         assert_eq!(
             HandshakeError::Ended("closed by the listener".into()).to_string(),
@@ -492,15 +398,16 @@ mod tests {
 
     async fn pair() -> Pair {
         use super::super::client::{self, ClientSettings, Credential};
-        use openssl::ssl::{Ssl, SslMethod};
         let key = vec![9u8; 16];
-        let mut server = builder(SslMethod::dtls_server(), "PSK-AES128-CCM8").unwrap();
         let server_key = key.clone();
-        server.set_psk_server_callback(move |_, _, out| {
-            out[..16].copy_from_slice(&server_key);
-            Ok(16)
+        let server = Arc::new(edge_dtls::ServerConfig {
+            suites: vec![edge_dtls::Suite::PskAes128Ccm8],
+            psk: Some(Arc::new(move |_: &[u8]| Some(server_key.clone()))),
+            certificate: None,
+            client_roots: None,
+            mtu: 1200,
+            clock: rustls_pki_types::UnixTime::now,
         });
-        let server = server.build();
         let settings = ClientSettings {
             credential: Credential::Psk {
                 identity: "dev-x".into(),
@@ -519,25 +426,39 @@ mod tests {
             client_socket.local_addr().unwrap(),
             64,
         );
-        let reader = server_socket.clone();
-        let feeder = tokio::spawn(async move {
-            let mut buf = vec![0u8; MAX_DATAGRAM];
-            while let Ok((n, _)) = reader.recv_from(&mut buf).await {
-                let _ = feed.try_send(buf[..n].to_vec());
-            }
-        });
-        let mut ssl = Ssl::new(&server).unwrap();
-        // No MTU discovery (the datagram queue reports none): the MTU is set.
-        ssl.set_mtu(1200).unwrap();
-        let tls = SslStream::new(ssl, Datagrams::default()).unwrap();
-        let mut session = Session { tls, wire };
-        let deadline = Instant::now() + Duration::from_secs(10);
         let server_addr = server_socket.local_addr().unwrap();
-        let (connected, accepted) = tokio::join!(
+        // The listener's part: the cookie exchange, then a session for the hello that
+        // returned the cookie, fed the socket's datagrams.
+        let accept = async move {
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            let first = loop {
+                let (n, from) = server_socket.recv_from(&mut buf).await.unwrap();
+                let hello = edge_dtls::cookie::client_hello(&buf[..n]).unwrap();
+                if hello.cookie == b"test cookie" {
+                    break buf[..n].to_vec();
+                }
+                let hvr = edge_dtls::cookie::hello_verify_request(&hello, b"test cookie");
+                server_socket.send_to(&hvr, from).await.unwrap();
+            };
+            let reader = server_socket.clone();
+            let feeder = tokio::spawn(async move {
+                let mut buf = vec![0u8; MAX_DATAGRAM];
+                while let Ok((n, _)) = reader.recv_from(&mut buf).await {
+                    let _ = feed.try_send(buf[..n].to_vec());
+                }
+            });
+            let conn = Connection::accept(server, &first, now());
+            let mut session = Session { conn, wire };
+            session
+                .handshake(Instant::now() + Duration::from_secs(10))
+                .await
+                .unwrap();
+            (session, feeder)
+        };
+        let (connected, (session, feeder)) = tokio::join!(
             client::connect_on(&client_context, &settings, server_addr, client_socket),
-            session.handshake(Role::Server, deadline)
+            accept
         );
-        accepted.unwrap();
         Pair {
             server: session,
             client: connected.unwrap(),
