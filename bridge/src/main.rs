@@ -104,8 +104,13 @@ fn main() -> ExitCode {
             };
             // rumqttd logs every client disconnect as an error; a broker that dies is reported
             // by the bridge itself. RUST_LOG=info,rumqttd=info shows them.
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=off".into());
+            let filter = match logging::filter_from_env("info,rumqttd=off") {
+                Ok(filter) => filter,
+                Err(e) => {
+                    eprintln!("edge-bridge: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             // The embedded broker reports dropped messages only in its own log events, which
             // the log above leaves out: this layer reads them, whatever RUST_LOG says.
             let (losses, jumps) = edge_bridge::broker::loss::layer();

@@ -32,6 +32,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// A simulated device for the edge bridge.
 #[derive(Parser, Debug)]
@@ -382,12 +384,18 @@ static FIRST_STEPS: std::sync::Mutex<std::collections::BTreeMap<u32, u32>> =
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = match edge_bridge::logging::filter_from_env("info") {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("edge-device-sim: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
         .with_writer(std::io::stderr)
         .with_ansi(edge_bridge::logging::stderr_colour())
+        .finish()
+        .with(filter)
         .init();
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
