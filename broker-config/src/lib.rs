@@ -633,7 +633,8 @@ pub struct DtlsLink {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub client_ca_file: Option<PathBuf>,
-    /// OpenSSL cipher list; the default is RFC 7925's CCM_8 suites plus GCM.
+    /// The suites offered, in order of preference, by OpenSSL or IANA name, `:`-separated;
+    /// the default is RFC 7925's CCM_8 suites plus GCM (every suite the bridge has).
     #[serde(default = "default_dtls_ciphers")]
     pub ciphers: String,
     /// Largest datagram the bridge sends, in bytes: handshake messages are fragmented
@@ -907,7 +908,8 @@ fn check_handshake_timeout(t: Duration) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Longest pre-shared key accepted, in bytes (OpenSSL's limit).
+/// Longest pre-shared key accepted, in bytes (OpenSSL's limit, kept so that a key works with
+/// every DTLS peer).
 pub const MAX_PSK_BYTES: usize = 256;
 
 /// The shortest pre-shared key accepted: 16 bytes, 128 bits.

@@ -1,4 +1,4 @@
-//! The DTLS device link (UDP + DTLS 1.2, OpenSSL), against the real bridge process:
+//! The DTLS device link (UDP + DTLS 1.2, edge-dtls), against the real bridge process:
 //! - `openssl s_client -dtls1_2` and `gnutls-cli --udp` complete a PSK-AES128-CCM8 handshake;
 //! - a device proving its id with a PSK, or with a certificate, completes tasks;
 //! - a wrong PSK and an unknown identity are dropped within the handshake deadline and leave

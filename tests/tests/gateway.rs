@@ -3,13 +3,11 @@
 //! qemu-user. For each target:
 //! - both binaries are ELF for that machine, static (no interpreter, no shared library);
 //! - the bridge starts with its embedded broker, a TCP and a DTLS device listener (PSK and
-//!   certificates: the gateway builds' OpenSSL is configured without what the bridge does not
-//!   use, see `tools/cross/perl`, so both DTLS modes are run here);
+//!   certificates: both DTLS modes run on the target's own build of ring's assembly);
 //! - one simulated device on the TCP link, one proving its id by PSK and one by an ECDSA
 //!   certificate on the DTLS link, the simulator emulated too;
-//! - the bridge starts with the default DTLS cipher list, so the trimmed OpenSSL knows each of
-//!   its suites (an unknown one stops `run`), and `check-config` names a `DHE-*` suite as
-//!   unknown (the configuration took effect);
+//! - the bridge starts with the default DTLS cipher list (an unknown suite stops `run`), and
+//!   `check-config` names a `DHE-*` suite as unknown;
 //! - one task per device, published with `mosquitto_pub`, completes with its payload echoed;
 //! - SIGTERM stops the bridge cleanly (exit status 0).
 //!
@@ -181,9 +179,8 @@ fn find_qemu(name: &str) -> PathBuf {
     })
 }
 
-/// The gateway build's OpenSSL has no finite-field DH (`tools/cross/perl`): `check-config`
-/// names a DTLS link's `DHE-*` suite as unknown. On a build whose OpenSSL kept it, the check
-/// passes and this fails.
+/// The DTLS stack has no finite-field DH: `check-config` on the gateway build names a DTLS
+/// link's `DHE-*` suite as unknown.
 fn dhe_is_left_out(qemu: &Path, bridge: &Path, dir: &Path) {
     let config = dir.join("dhe.toml");
     std::fs::write(

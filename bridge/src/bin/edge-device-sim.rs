@@ -194,7 +194,7 @@ impl Tls {
     fn from_cli(cli: &Cli) -> Result<Option<Self>, String> {
         use edge_bridge::tls::{pem_certificates, pem_private_key};
         use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
-        // With --dtls the certificate flags are DTLS's (OpenSSL), not TLS's.
+        // With --dtls the certificate flags are DTLS's, not TLS's.
         if cli.dtls {
             return Ok(None);
         }

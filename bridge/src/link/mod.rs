@@ -16,7 +16,7 @@
 //! - [`tls`]: TLS listener requiring client certificates: the certificate names the device.
 //! - [`serial`]: a serial port (UART), one device per port: no credential (the cable is one),
 //!   reopened with backoff when it fails or is not there yet.
-//! - [`dtls`]: UDP + DTLS 1.2 listener (OpenSSL): PSK identity or client certificate names the
+//! - [`dtls`]: UDP + DTLS 1.2 listener ([`edge_dtls`]): PSK identity or client certificate names the
 //!   device; each session feeds the byte-stream driver through a pipe, one frame per datagram.
 //!
 //! Identity: a link kind with a credential hands the driver the [`Identity`] it proved, and
