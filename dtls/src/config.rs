@@ -307,6 +307,16 @@ pub fn verify_chain(
     Ok(())
 }
 
+/// Whether `key` can sign with one of `offered`.
+pub fn can_sign(key: &dyn SigningKey, offered: &[u16]) -> bool {
+    let offered: Vec<SignatureScheme> = offered
+        .iter()
+        .filter(|s| SCHEMES.contains(s))
+        .map(|&s| SignatureScheme::from(s))
+        .collect();
+    key.choose_scheme(&offered).is_some()
+}
+
 /// Signs `message` with `key` using one of `offered` (the peer's schemes; our own when the
 /// peer named none), returning the scheme used and the signature.
 pub fn sign(key: &dyn SigningKey, offered: &[u16], message: &[u8]) -> Option<(u16, Vec<u8>)> {

@@ -221,6 +221,11 @@ struct Handshake {
     /// A record of epoch 1 failed authentication while the Finished was awaited: the peer's
     /// key is likely another (a wrong PSK), said when the handshake times out.
     finished_unreadable: bool,
+    /// This side's write keys between their derivation and its ChangeCipherSpec.
+    pending_write: Option<Protection>,
+    /// The PSK identity the client named: the peer's identity once its Finished proves it
+    /// holds the key.
+    psk_identity: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Handshake {
@@ -251,6 +256,8 @@ impl Handshake {
             hello: None,
             master: None,
             finished_unreadable: false,
+            pending_write: None,
+            psk_identity: None,
         }
     }
 
@@ -335,8 +342,6 @@ pub struct Connection {
     /// The next record sequence number of epochs 0 and 1.
     write_seq: [u64; 2],
     write_keys: Option<Protection>,
-    /// This side's write keys between their derivation and its ChangeCipherSpec.
-    pending_write: Option<Protection>,
     /// The peer's write keys, from their derivation on: only the peer's Finished and later
     /// records open with them.
     read_keys: Option<Protection>,
@@ -346,6 +351,8 @@ pub struct Connection {
     flight: Vec<Item>,
     /// When the flight is sent again, and the timeout after that.
     retransmit: Option<(Instant, Duration)>,
+    /// When the flight was last sent because the peer repeated its own.
+    last_transmit: Option<Instant>,
     /// The peer's last handshake message_seq, once established: a retransmission of the
     /// client's last flight gets the server's again.
     last_peer_seq: Option<u16>,
@@ -395,11 +402,11 @@ impl Connection {
             write_epoch: 0,
             write_seq: [0, 0],
             write_keys: None,
-            pending_write: None,
             read_keys: None,
             replay: ReplayWindow::new(),
             flight: Vec::new(),
             retransmit: None,
+            last_transmit: None,
             last_peer_seq: None,
             outbound: VecDeque::new(),
             inbound_app: VecDeque::new(),
@@ -557,59 +564,71 @@ impl Connection {
         }
     }
 
-    /// Takes one received datagram. Records this side cannot use (another epoch, failed
-    /// authentication, replays) are dropped; an error ends the connection (see
-    /// [`error`](Self::error)) after queueing an alert for the peer.
-    pub fn handle_datagram(&mut self, datagram: &[u8], now: Instant) {
+    /// Takes one received datagram; returns whether it held a record authenticated under the
+    /// peer's keys (epoch 1): only those prove the peer is there (anyone can send the rest
+    /// from its address). Records this side cannot use (another epoch, failed
+    /// authentication, replays, plaintext once established) are dropped; an error ends the
+    /// connection (see [`error`](Self::error)) after queueing an alert for the peer.
+    pub fn handle_datagram(&mut self, datagram: &[u8], now: Instant) -> bool {
         if self.is_ended() {
-            return;
+            return false;
         }
         let mut peer_retransmitted = false;
+        let mut authenticated = false;
         for (header, fragment) in record::records(datagram) {
             if header.version != DTLS12 && header.version != record::DTLS10 {
                 continue;
             }
             match self.handle_record(&header, fragment, now, &mut peer_retransmitted) {
-                Ok(()) => {}
+                Ok(heard) => authenticated |= heard,
                 Err(e) => {
                     self.fail(e);
-                    return;
+                    return authenticated;
                 }
             }
             if self.is_ended() {
-                return;
+                return authenticated;
             }
         }
-        if peer_retransmitted && !self.flight.is_empty() {
+        // The peer repeating its last flight means ours was lost: sent again, at most once
+        // per half initial timeout (a spoofer repeating it cannot make this side send its
+        // flight, certificates and all, at will).
+        let due = self
+            .last_transmit
+            .is_none_or(|at| now.saturating_duration_since(at) >= INITIAL_RETRANSMIT / 2);
+        if peer_retransmitted && !self.flight.is_empty() && due {
+            self.last_transmit = Some(now);
             self.transmit_flight();
         }
+        authenticated
     }
 
+    /// Takes one record; `Ok(true)` when it was authenticated under the peer's keys.
     fn handle_record(
         &mut self,
         header: &Header,
         fragment: &[u8],
         now: Instant,
         peer_retransmitted: &mut bool,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let plain;
         let body = match header.epoch {
-            0 => {
-                // Once keys are in use, plaintext records are only the peer's retransmitted
-                // handshake: unauthenticated alerts or data would let anyone end the session.
-                if self.state == State::Established
-                    && header.content_type != ContentType::Handshake as u8
-                {
-                    return Ok(());
+            0 if self.state == State::Established => {
+                // Once keys are in use, plaintext records can only be the peer's
+                // retransmitted handshake; anything else, malformed or not, is dropped:
+                // anyone can send it from the peer's address.
+                if header.content_type == ContentType::Handshake as u8 {
+                    self.note_retransmission(fragment, peer_retransmitted);
                 }
-                fragment
+                return Ok(false);
             }
+            0 => fragment,
             1 => {
                 let Some(keys) = &self.read_keys else {
-                    return Ok(());
+                    return Ok(false);
                 };
                 if !self.replay.is_fresh(header.sequence) {
-                    return Ok(());
+                    return Ok(false);
                 }
                 match keys.open(header, fragment) {
                     Ok(p) => plain = p,
@@ -617,35 +636,44 @@ impl Connection {
                         if let Some(hs) = self.handshake.as_mut() {
                             hs.finished_unreadable |= hs.step == Step::Finished;
                         }
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
                 self.replay.mark(header.sequence);
                 &plain[..]
             }
-            _ => return Ok(()),
+            _ => return Ok(false),
         };
+        let authenticated = header.epoch == 1;
         match ContentType::from_u8(header.content_type) {
             Some(ContentType::Handshake) => {
-                self.handle_handshake(body, header.epoch, now, peer_retransmitted)
+                self.handle_handshake(body, header.epoch, now, peer_retransmitted)?;
             }
-            Some(ContentType::Alert) => self.handle_alert(body),
-            Some(ContentType::ChangeCipherSpec) => {
-                // Keys change when they are derived and the peer's Finished is checked under
-                // them; the ChangeCipherSpec itself carries nothing to act on.
-                Ok(())
-            }
-            Some(ContentType::ApplicationData) if header.epoch == 1 => {
-                if self.state != State::Established {
-                    return Ok(());
-                }
+            Some(ContentType::Alert) => self.handle_alert(body)?,
+            // Keys change when they are derived and the peer's Finished is checked under
+            // them; the ChangeCipherSpec itself carries nothing to act on.
+            Some(ContentType::ChangeCipherSpec) => {}
+            Some(ContentType::ApplicationData)
+                if authenticated && self.state == State::Established =>
+            {
                 // The peer is speaking under the new keys: it has our Finished.
                 self.flight = Vec::new();
                 self.last_peer_seq = None;
                 self.inbound_app.push_back(body.to_vec());
-                Ok(())
             }
-            _ => Ok(()),
+            _ => {}
+        }
+        Ok(authenticated)
+    }
+
+    /// Established: whether plaintext handshake fragments repeat the client's last flight
+    /// (the server's Finished was lost). Malformed ones are ignored.
+    fn note_retransmission(&self, fragments: &[u8], peer_retransmitted: &mut bool) {
+        let mut r = Reader::new(fragments);
+        while let Ok(f) = Fragment::read(&mut r) {
+            if self.last_peer_seq.is_some_and(|last| f.seq <= last) {
+                *peer_retransmitted = true;
+            }
         }
     }
 
@@ -670,14 +698,10 @@ impl Connection {
     ) -> Result<(), Error> {
         let mut r = Reader::new(body);
         let Some(hs) = self.handshake.as_mut() else {
-            // Established: a retransmission of the client's last flight means the server's
-            // Finished was lost; anything newer (renegotiation) is ignored.
-            while !r.is_empty() {
-                let f = Fragment::read(&mut r)?;
-                if self.last_peer_seq.is_some_and(|last| f.seq <= last) {
-                    *peer_retransmitted = true;
-                }
-            }
+            // Established: a retransmission of the client's last flight (its Finished, in
+            // epoch 1) means the server's Finished was lost; anything newer (renegotiation)
+            // is ignored.
+            self.note_retransmission(body, peer_retransmitted);
             return Ok(());
         };
         while !r.is_empty() {
@@ -757,7 +781,7 @@ impl Connection {
                         let key = lookup(&identity).ok_or_else(|| {
                             Error::UnknownPskIdentity(String::from_utf8_lossy(&identity).into())
                         })?;
-                        self.peer = Some(PeerIdentity::Psk(identity));
+                        self.hs()?.psk_identity = Some(identity);
                         crypto::psk_pre_master(&key)
                     }
                     KeyExchange::EcdheEcdsa | KeyExchange::EcdheRsa => {
@@ -784,7 +808,7 @@ impl Connection {
                 } else {
                     Step::CertificateVerify
                 };
-                self.pending_write = Some(write);
+                hs.pending_write = Some(write);
                 self.read_keys = Some(read);
                 Ok(())
             }
@@ -810,6 +834,8 @@ impl Connection {
                 let finished = hs.verify_data(false)?;
                 if let Some(ee) = hs.peer_chain.first() {
                     self.peer = Some(PeerIdentity::Certificate(ee.to_vec()));
+                } else if let Some(identity) = hs.psk_identity.take() {
+                    self.peer = Some(PeerIdentity::Psk(identity));
                 }
                 let seq = m.seq;
                 self.send_finished(&finished, None);
@@ -835,14 +861,22 @@ impl Connection {
             .unwrap_or_else(|| vec![group::SECP256R1]);
         let shared_group = GROUPS.iter().copied().find(|g| client_groups.contains(g));
         let certificate = config.certificate.as_ref();
+        let client_schemes = hello
+            .signature_schemes
+            .clone()
+            .unwrap_or_else(|| vec![0x0403, 0x0401]);
+        // An ECDHE suite needs a group in common and a signature the client accepts.
+        let ecdhe_ok = |ecdsa: bool| {
+            shared_group.is_some()
+                && config.client_roots.is_some()
+                && certificate.is_some_and(|c| {
+                    c.is_ecdsa() == ecdsa && config::can_sign(c.key.as_ref(), &client_schemes)
+                })
+        };
         let can_serve = |s: &Suite| match s.key_exchange() {
             KeyExchange::Psk => config.psk.is_some(),
-            KeyExchange::EcdheEcdsa => {
-                certificate.is_some_and(|c| c.is_ecdsa()) && config.client_roots.is_some()
-            }
-            KeyExchange::EcdheRsa => {
-                certificate.is_some_and(|c| !c.is_ecdsa()) && config.client_roots.is_some()
-            }
+            KeyExchange::EcdheEcdsa => ecdhe_ok(true),
+            KeyExchange::EcdheRsa => ecdhe_ok(false),
         };
         let suite = config
             .suites
@@ -857,10 +891,7 @@ impl Connection {
         hs.client_random = hello.random;
         hs.server_random = random()?;
         hs.extended_master_secret = hello.extended_master_secret;
-        hs.peer_schemes = hello
-            .signature_schemes
-            .clone()
-            .unwrap_or_else(|| vec![0x0403, 0x0401]);
+        hs.peer_schemes = client_schemes;
         let server_hello = ServerHello {
             version: DTLS12,
             random: hs.server_random,
@@ -914,7 +945,7 @@ impl Connection {
         let Some(hello) = &hs.hello else { return };
         let body = hello.write();
         let seq = hs.send_seq;
-        hs.send_seq += 1;
+        hs.send_seq = hs.send_seq.wrapping_add(1);
         let whole = handshake::whole(kind::CLIENT_HELLO, seq, &body);
         hs.transcript.clear();
         hs.transcript.extend_from_slice(&whole);
@@ -1085,8 +1116,9 @@ impl Connection {
             }
         };
         flight.push(self.message(kind::CLIENT_KEY_EXCHANGE, &body)?);
-        let (write, read) = self.hs()?.derive(&pre_master, true)?;
-        self.pending_write = Some(write);
+        let hs = self.hs()?;
+        let (write, read) = hs.derive(&pre_master, true)?;
+        hs.pending_write = Some(write);
         self.read_keys = Some(read);
         if let (true, Some(certified)) = (send_certificate, &config.certificate) {
             let hs = self.hs()?;
@@ -1107,7 +1139,7 @@ impl Connection {
     fn message(&mut self, kind: u8, body: &[u8]) -> Result<Item, Error> {
         let hs = self.hs()?;
         let whole = handshake::whole(kind, hs.send_seq, body);
-        hs.send_seq += 1;
+        hs.send_seq = hs.send_seq.wrapping_add(1);
         hs.transcript.extend_from_slice(&whole);
         Ok(Item::Handshake { epoch: 0, whole })
     }
@@ -1121,9 +1153,9 @@ impl Connection {
             return;
         };
         let whole = handshake::whole(kind::FINISHED, hs.send_seq, verify_data);
-        hs.send_seq += 1;
+        hs.send_seq = hs.send_seq.wrapping_add(1);
         hs.transcript.extend_from_slice(&whole);
-        self.write_keys = self.pending_write.take();
+        self.write_keys = hs.pending_write.take();
         self.write_epoch = 1;
         let (mut flight, now) = before.map_or((Vec::new(), None), |(f, now)| (f, Some(now)));
         flight.push(Item::ChangeCipherSpec);

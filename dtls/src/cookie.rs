@@ -8,6 +8,9 @@ use crate::handshake::{self, Fragment, kind};
 use crate::messages;
 use crate::record::{self, ContentType, Header};
 
+/// The highest message_seq a ClientHello may carry to be answered.
+const MAX_HELLO_SEQ: u16 = 16;
+
 /// What the cookie exchange needs of a ClientHello.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
@@ -29,6 +32,11 @@ pub fn client_hello(datagram: &[u8]) -> Option<Hello> {
     }
     let f = Fragment::read(&mut Reader::new(fragment)).ok()?;
     if f.kind != kind::CLIENT_HELLO || f.offset != 0 || f.body.len() != f.length as usize {
+        return None;
+    }
+    // A first hello is message 0 and the one returning the cookie 1 (a client that lost a
+    // HelloVerifyRequest may count a few more); a server numbers its messages on from it.
+    if f.seq > MAX_HELLO_SEQ {
         return None;
     }
     let hello = messages::ClientHello::read(f.body).ok()?;

@@ -26,8 +26,17 @@ pub mod kind {
 pub const MAX_MESSAGE: usize = 32 * 1024;
 
 /// Messages further ahead than this of the next expected one are dropped (the peer
-/// retransmits), so a peer cannot make a session buffer many partial messages.
-const MAX_AHEAD: u16 = 8;
+/// retransmits): the largest flight (the server's) has five messages.
+const MAX_AHEAD: u16 = 5;
+
+/// The bytes of every partial message together: a few empty fragments announcing large
+/// messages must not pin a large buffer each (nine announcing 32 KiB held 288 KiB).
+const MAX_PENDING: usize = MAX_MESSAGE + 8 * 1024;
+
+/// Received ranges of one message: beyond them the message is dropped and the peer's
+/// retransmission starts it over. Real peers send a message in order, in at most a few pieces;
+/// thousands of one-byte pieces with gaps cost memory and time for nothing.
+const MAX_RANGES: usize = 32;
 
 /// One fragment of a handshake message as it appears in a record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,13 +128,15 @@ impl Partial {
         len == 0 || self.have.get(&0).is_some_and(|&end| end == len)
     }
 
-    /// Records `[start, end)` as received, merging it with its neighbours.
+    /// Records `[start, end)` as received, merging it with its neighbours (the ranges are
+    /// disjoint, so those it touches are the last ones starting at or before `end`).
     fn mark(&mut self, start: u32, end: u32) {
         let (mut start, mut end) = (start, end);
         let touching: Vec<(u32, u32)> = self
             .have
             .range(..=end)
-            .filter(|&(_, &e)| e >= start)
+            .rev()
+            .take_while(|&(_, &e)| e >= start)
             .map(|(&s, &e)| (s, e))
             .collect();
         for (s, e) in touching {
@@ -154,6 +165,8 @@ pub enum Received {
 pub struct Reassembler {
     next: u16,
     pending: BTreeMap<u16, Partial>,
+    /// The bytes of `pending`'s bodies.
+    pending_bytes: usize,
 }
 
 impl Reassembler {
@@ -163,6 +176,7 @@ impl Reassembler {
         Self {
             next,
             pending: BTreeMap::new(),
+            pending_bytes: 0,
         }
     }
 
@@ -179,13 +193,20 @@ impl Reassembler {
         if f.seq - self.next > MAX_AHEAD {
             return Ok(Received::Dropped);
         }
-        if f.length as usize > MAX_MESSAGE {
+        let length = f.length as usize;
+        if length > MAX_MESSAGE {
             return Err(Malformed("handshake message over 32 KiB"));
+        }
+        if !self.pending.contains_key(&f.seq) {
+            if self.pending_bytes + length > MAX_PENDING {
+                return Ok(Received::Dropped);
+            }
+            self.pending_bytes += length;
         }
         let partial = self.pending.entry(f.seq).or_insert_with(|| Partial {
             kind: f.kind,
             epoch,
-            body: vec![0; f.length as usize],
+            body: vec![0; length],
             have: BTreeMap::new(),
         });
         if partial.kind != f.kind || partial.body.len() != f.length as usize {
@@ -199,7 +220,17 @@ impl Reassembler {
         let start = f.offset as usize;
         partial.body[start..start + f.body.len()].copy_from_slice(f.body);
         partial.mark(f.offset, f.offset + f.body.len() as u32);
+        if partial.have.len() > MAX_RANGES {
+            self.forget(f.seq);
+            return Ok(Received::Dropped);
+        }
         Ok(Received::Buffered)
+    }
+
+    fn forget(&mut self, seq: u16) {
+        if let Some(p) = self.pending.remove(&seq) {
+            self.pending_bytes -= p.body.len();
+        }
     }
 
     /// The next message, once all of it has come.
@@ -209,6 +240,7 @@ impl Reassembler {
             return None;
         }
         let partial = self.pending.remove(&self.next)?;
+        self.pending_bytes -= partial.body.len();
         let seq = self.next;
         self.next = self.next.wrapping_add(1);
         Some(Message {
@@ -222,6 +254,7 @@ impl Reassembler {
     /// Forgets what is buffered (the handshake is over).
     pub fn clear(&mut self) {
         self.pending.clear();
+        self.pending_bytes = 0;
     }
 }
 
@@ -365,5 +398,67 @@ mod tests {
         for n in 0..m.len() {
             assert!(Fragment::read(&mut Reader::new(&m[..n])).is_err(), "{n}");
         }
+    }
+
+    fn fragment(seq: u16, length: u32, offset: u32, body: &[u8]) -> Fragment<'_> {
+        Fragment {
+            kind: kind::CERTIFICATE,
+            length,
+            seq,
+            offset,
+            body,
+        }
+    }
+
+    #[test]
+    fn empty_fragments_announcing_large_messages_pin_a_bounded_buffer() {
+        let mut r = Reassembler::default();
+        let big = MAX_MESSAGE as u32;
+        let taken: Vec<Received> = (0..=MAX_AHEAD)
+            .map(|seq| r.push(&fragment(seq, big, 0, &[]), 0).unwrap())
+            .collect();
+        assert!(r.pending_bytes <= MAX_PENDING, "{}", r.pending_bytes);
+        let held: usize = r.pending.values().map(|p| p.body.len()).sum();
+        assert_eq!(held, r.pending_bytes);
+        assert_eq!(taken[0], Received::Buffered);
+        assert!(taken.contains(&Received::Dropped), "{taken:?}");
+        // Delivering the message frees its room for the next.
+        let body = vec![1u8; MAX_MESSAGE];
+        r.push(&fragment(0, big, 0, &body), 0).unwrap();
+        assert_eq!(r.pop().unwrap().body.len(), MAX_MESSAGE);
+        assert_eq!(
+            r.push(&fragment(1, big, 0, &[]), 0).unwrap(),
+            Received::Buffered
+        );
+    }
+
+    #[test]
+    fn a_message_in_many_pieces_with_gaps_is_dropped_and_can_start_over() {
+        let mut r = Reassembler::default();
+        let length = 4096u32;
+        let byte = [7u8];
+        let mut results = Vec::new();
+        for i in 0..(length / 2) {
+            results.push(r.push(&fragment(0, length, i * 2, &byte), 0).unwrap());
+        }
+        assert!(r.pending.get(&0).is_none_or(|p| p.have.len() <= MAX_RANGES));
+        assert!(results.contains(&Received::Dropped));
+        // The peer's retransmission in one piece is taken.
+        let body = vec![3u8; length as usize];
+        assert_eq!(
+            r.push(&fragment(0, length, 0, &body), 0).unwrap(),
+            Received::Buffered
+        );
+        assert_eq!(r.pop().unwrap().body, body);
+        assert_eq!(r.pending_bytes, 0);
+    }
+
+    #[test]
+    fn pieces_in_order_merge_into_one_range() {
+        let mut r = Reassembler::default();
+        for i in 0..1000u32 {
+            r.push(&fragment(0, 2000, i, &[1]), 0).unwrap();
+        }
+        assert_eq!(r.pending[&0].have.len(), 1);
     }
 }

@@ -367,7 +367,9 @@ fn against_s_server(dir: &Path, args: &[&str], config: ClientConfig) -> (bool, S
                 .set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
             match socket.recv_from(&mut buf) {
-                Ok((n, _)) => c.handle_datagram(&buf[..n], Instant::now()),
+                Ok((n, _)) => {
+                    c.handle_datagram(&buf[..n], Instant::now());
+                }
                 Err(_) => c.handle_timeout(Instant::now()),
             }
         }

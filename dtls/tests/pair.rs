@@ -274,3 +274,131 @@ fn a_client_offers_only_the_suites_it_has_credentials_for() {
     .unwrap_err();
     assert_eq!(e, Error::NoSharedSuite);
 }
+
+#[test]
+fn a_spoofed_plaintext_record_changes_nothing_on_an_established_session() {
+    let mut p = Pair::new(
+        psk_client(&[Suite::PskAes128Ccm8], &PSK),
+        psk_server(&Suite::ALL),
+    );
+    p.run(50, &mut never);
+    let now = p.now;
+    // A truncated handshake fragment, an alert and application data, all in epoch 0.
+    for spoofed in [
+        &[0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x63, 0, 1, 0xff][..],
+        &[0x15, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x64, 0, 2, 2, 40][..],
+        &[0x17, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x65, 0, 1, 0][..],
+    ] {
+        assert!(
+            !p.server().handle_datagram(spoofed, now),
+            "not authenticated"
+        );
+        assert!(!p.client.handle_datagram(spoofed, now), "not authenticated");
+    }
+    assert!(p.server().is_established(), "{:?}", p.server().error());
+    assert!(p.client.is_established(), "{:?}", p.client.error());
+    assert_eq!(
+        p.client_to_server(b"still\0").as_deref(),
+        Some(&b"still\0"[..])
+    );
+}
+
+#[test]
+fn only_authenticated_records_count_as_hearing_from_the_peer() {
+    let mut p = Pair::new(
+        psk_client(&[Suite::PskAes128Ccm8], &PSK),
+        psk_server(&Suite::ALL),
+    );
+    p.run(50, &mut never);
+    p.client.send(b"real\0").unwrap();
+    let mut d = p.client.poll_datagram().unwrap();
+    let now = p.now;
+    let mut forged = d.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert!(!p.server().handle_datagram(&forged, now));
+    assert!(p.server().handle_datagram(&d, now));
+    // The same record again is a replay.
+    assert!(!p.server().handle_datagram(&d, now));
+    d.truncate(5);
+    assert!(!p.server().handle_datagram(&d, now));
+}
+
+#[test]
+fn the_psk_identity_is_not_told_before_the_handshake_proves_it() {
+    let mut p = Pair::new(
+        psk_client(&[Suite::PskAes128Ccm8], b"another key 1234"),
+        psk_server(&Suite::ALL),
+    );
+    p.run(8, &mut never);
+    assert!(!p.server().is_established());
+    assert_eq!(p.server().peer_identity(), None);
+}
+
+#[test]
+fn a_hello_with_a_huge_message_sequence_is_not_taken() {
+    // A ClientHello whose message_seq is 0xffff: no server can be made of it, and nothing
+    // overflows.
+    let mut c = edge_dtls::Connection::connect(
+        std::sync::Arc::new(psk_client(&[Suite::PskAes128Ccm8], &PSK)),
+        std::time::Instant::now(),
+    )
+    .unwrap();
+    let mut hello = c.poll_datagram().unwrap();
+    // Record header (13 bytes), then the handshake header: type, length (3), message_seq.
+    hello[17] = 0xff;
+    hello[18] = 0xff;
+    assert_eq!(edge_dtls::cookie::client_hello(&hello), None);
+    let server = edge_dtls::Connection::accept(
+        std::sync::Arc::new(psk_server(&Suite::ALL)),
+        &hello,
+        std::time::Instant::now(),
+    );
+    assert!(server.is_ended());
+}
+
+#[test]
+fn a_server_without_a_common_group_picks_a_psk_suite_the_client_also_offers() {
+    use edge_dtls::messages::ClientHello;
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path(), "ec");
+    // The server prefers the ECDHE suite.
+    let server = edge_dtls::ServerConfig {
+        psk: psk_server(&[]).psk,
+        ..cert_server(
+            dir.path(),
+            &[Suite::EcdheEcdsaAes128Ccm8, Suite::PskAes128Ccm8],
+        )
+    };
+    // A client offering the ECDHE suite first, but only an unknown group, and a PSK suite.
+    let mut c = edge_dtls::Connection::connect(
+        std::sync::Arc::new(psk_client(&[Suite::PskAes128Ccm8], &PSK)),
+        std::time::Instant::now(),
+    )
+    .unwrap();
+    let first = c.poll_datagram().unwrap();
+    let body = &first[13 + 12..];
+    let mut hello = ClientHello::read(body).unwrap();
+    hello.suites = vec![Suite::EcdheEcdsaAes128Ccm8.id(), Suite::PskAes128Ccm8.id()];
+    hello.groups = Some(vec![0x0101]);
+    hello.cookie = b"cookie".to_vec();
+    let body = hello.write();
+    let message = edge_dtls::handshake::whole(1, 1, &body);
+    let mut datagram = Vec::new();
+    edge_dtls::record::Header {
+        content_type: 22,
+        version: edge_dtls::record::DTLS12,
+        epoch: 0,
+        sequence: 1,
+        length: message.len() as u16,
+    }
+    .write(&mut datagram);
+    datagram.extend_from_slice(&message);
+    let s = edge_dtls::Connection::accept(
+        std::sync::Arc::new(server),
+        &datagram,
+        std::time::Instant::now(),
+    );
+    assert!(!s.is_ended(), "{:?}", s.error());
+    assert_eq!(s.suite(), Some(Suite::PskAes128Ccm8));
+}

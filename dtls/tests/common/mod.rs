@@ -178,7 +178,9 @@ impl Pair {
                     continue;
                 }
                 match &mut self.server {
-                    Some(s) => s.handle_datagram(&d, self.now),
+                    Some(s) => {
+                        s.handle_datagram(&d, self.now);
+                    }
                     None => {
                         let hello = edge_dtls::cookie::client_hello(&d).expect("a ClientHello");
                         if hello.cookie == b"cookie" {

@@ -136,7 +136,7 @@ pub async fn connect_on(
         receive.abort();
         return Err(why.into());
     }
-    let (pipe, app) = tokio::io::duplex(16 * 1024);
+    let (pipe, app) = tokio::io::duplex(super::session::PIPE_BYTES);
     let idle = settings.idle_timeout;
     let task = tokio::spawn(async move {
         let why = session.relay(app, idle).await;

@@ -767,7 +767,7 @@ async fn run_session(
                 match verdict.await {
                     Ok(Ok(())) => {
                         tracing::info!(%peer, credential = identity.credential, names = ?identity.names, cipher = session.conn.suite().map_or("?", edge_dtls::Suite::name), "DTLS session established");
-                        let (app, driver_end) = tokio::io::duplex(16 * 1024);
+                        let (app, driver_end) = tokio::io::duplex(session::PIPE_BYTES);
                         let driver = tokio::spawn(stream::run(
                             driver_end,
                             link,

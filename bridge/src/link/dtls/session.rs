@@ -27,6 +27,11 @@ use tokio::time::Instant;
 /// Largest datagram accepted (and the read buffer's size).
 pub const MAX_DATAGRAM: usize = 16 * 1024 + 512;
 
+/// Each direction of the pipe between a session and its link driver: a few frames (at most
+/// 403 bytes each). Its buffer keeps its largest size for the session's life (tokio's pipe
+/// never shrinks it), and `TO_APP_BYTES` already holds what the driver is slow to take.
+pub const PIPE_BYTES: usize = 2 * 1024;
+
 /// Bytes of received records waiting for the pipe's reader: twice a device session's window
 /// of the largest frames (16 × 403 B); beyond it records are dropped (see the module docs).
 pub const TO_APP_BYTES: usize = 16 * 1024;
@@ -143,7 +148,9 @@ impl Session {
             let timer = self.timer();
             tokio::select! {
                 d = self.wire.inbound.recv() => match d {
-                    Some(d) => self.conn.handle_datagram(&d, now()),
+                    Some(d) => {
+                        self.conn.handle_datagram(&d, now());
+                    }
                     None => return Err(HandshakeError::Ended(self.wire.why_ended())),
                 },
                 () = sleep_until(timer) => self.conn.handle_timeout(now()),
@@ -166,7 +173,9 @@ impl Session {
     /// session).
     pub async fn relay(mut self, app: DuplexStream, idle: Duration) -> String {
         let (mut app_rd, mut app_wr) = tokio::io::split(app);
-        let mut from_app = vec![0u8; 4096];
+        // In the task's own state, not on the heap: a device frame is at most 403 bytes, so
+        // one read takes a frame or more, and an idle session holds no read buffer of 4 KiB.
+        let mut from_app = [0u8; 512];
         // Bytes of a frame from `app` whose terminating 0x00 has not come yet.
         let mut partial: Vec<u8> = Vec::new();
         // Received records not yet written to `app` (see the module docs), and how many were
@@ -180,6 +189,10 @@ impl Session {
                 written = app_wr.write(&to_app), if !to_app.is_empty() => match written {
                     Ok(n) if n > 0 => {
                         to_app.drain(..n);
+                        // An idle session keeps no buffer from its last burst.
+                        if to_app.is_empty() {
+                            to_app = Vec::new();
+                        }
                     }
                     _ => break "link closed".to_owned(),
                 },
@@ -189,8 +202,11 @@ impl Session {
                         self.close();
                         break why;
                     };
-                    last_heard = Instant::now();
-                    self.conn.handle_datagram(&d, now());
+                    // Only records that authenticate prove the peer is there: anyone can send
+                    // the rest from its address.
+                    if self.conn.handle_datagram(&d, now()) {
+                        last_heard = Instant::now();
+                    }
                     while let Some(record) = self.conn.poll_app() {
                         if to_app.len() + record.len() <= TO_APP_BYTES {
                             to_app.extend_from_slice(&record);
@@ -486,6 +502,42 @@ mod tests {
             .expect("the relay ended by its idle timeout")
             .unwrap();
         assert_eq!(why, "nothing received for 500ms");
+    }
+
+    #[tokio::test]
+    async fn datagrams_that_do_not_authenticate_do_not_keep_a_session_alive() {
+        // The client stays (its end of the pipe open) and silent.
+        let Pair {
+            server,
+            client: _client,
+            feeder: _feeder,
+            ..
+        } = pair().await;
+        let target = server.wire.socket.local_addr().unwrap();
+        let (app, _pipe) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(server.relay(app, Duration::from_millis(500)));
+        // Garbage and forged records every 50 ms for up to 5 s (the test's feeder takes
+        // datagrams from any address, as if spoofed from the device's).
+        let spoofer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let started = Instant::now();
+        let forged: [&[u8]; 2] = [
+            &[
+                23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 9, 0, 17, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+                12, 13, 14, 15, 16, 17,
+            ],
+            &[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 9, 0, 1, 0xff],
+        ];
+        let mut n = 0;
+        while !relay.is_finished() && started.elapsed() < Duration::from_secs(5) {
+            spoofer.send_to(forged[n % 2], target).await.unwrap();
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            relay.is_finished(),
+            "the spoofed datagrams kept the session alive"
+        );
+        assert_eq!(relay.await.unwrap(), "nothing received for 500ms");
     }
 
     #[tokio::test]
