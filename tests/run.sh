@@ -176,6 +176,10 @@ step "fuzzing the bridge (${FUZZ_SECONDS} s per target)"
 # libFuzzer does by default, they still held a handful of operations after three minutes.
 fuzz bridge/fuzz api_parse -s none --
 fuzz bridge/fuzz engine -s none -- -len_control=0 -max_len=1024
+# The DTLS stack: its parsers and codecs on any bytes, and a server beside a real client
+# whose datagrams the input drops, duplicates, cuts and corrupts, with clock jumps.
+fuzz bridge/fuzz dtls_records -s none --
+fuzz bridge/fuzz dtls_server -s none --
 
 step "disk used by the builds"
 du -sh target bridge/fuzz/target device-core/fuzz/target device-core/firmware-qemu/target \
