@@ -65,14 +65,10 @@ fn echo_server(config: ServerConfig) -> (SocketAddr, mpsc::Receiver<Seen>) {
                         }
                     }
                     if let Some(c) = sessions.get_mut(&from) {
-                        let was = c.is_established();
                         while let Some(app) = c.poll_app() {
                             let mut reply = b"echo: ".to_vec();
                             reply.extend_from_slice(&app);
                             c.send(&reply).unwrap();
-                        }
-                        if !was || c.is_established() {
-                            // Reported below once.
                         }
                     }
                 }
