@@ -78,3 +78,25 @@ pub fn hello_verify_request(hello: &Hello, cookie: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&message);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_hellos_are_told_from_other_records() {
+        let mut hello = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 50, 1];
+        hello.extend_from_slice(&[0; 50]);
+        assert!(is_client_hello(&hello));
+        let mut later_epoch = hello.clone();
+        later_epoch[4] = 1;
+        assert!(!is_client_hello(&later_epoch));
+        let mut application_data = hello.clone();
+        application_data[0] = 23;
+        assert!(!is_client_hello(&application_data));
+        let mut server_hello = hello.clone();
+        server_hello[13] = 2;
+        assert!(!is_client_hello(&server_hello));
+        assert!(!is_client_hello(&hello[..13]));
+    }
+}

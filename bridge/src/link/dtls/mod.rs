@@ -435,9 +435,11 @@ impl Sessions {
             return Route::Listen;
         };
         match &peer.successor {
-            Some(next) if session::epoch(datagram) == Some(0) => Route::To(&next.datagrams),
+            Some(next) if edge_dtls::cookie::epoch(datagram) == Some(0) => {
+                Route::To(&next.datagrams)
+            }
             Some(next) => Route::Both(&peer.current.datagrams, &next.datagrams),
-            None if peer.current.established() && session::is_client_hello(datagram) => {
+            None if peer.current.established() && edge_dtls::cookie::is_client_hello(datagram) => {
                 Route::Listen
             }
             None => Route::To(&peer.current.datagrams),
@@ -656,10 +658,7 @@ pub async fn serve(
                     Route::Listen => {}
                 }
                 // Only a ClientHello can start anything: other datagrams from unknown
-                // addresses cost nothing more than this check.
-                if !session::is_client_hello(datagram) {
-                    continue;
-                }
+                // addresses cost nothing more than reading their first record.
                 // The stateless cookie exchange: a hello without this address's cookie gets
                 // one (never waiting: a reply the socket has no room for is lost, and the
                 // peer asks again) and nothing is kept.

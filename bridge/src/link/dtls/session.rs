@@ -344,24 +344,6 @@ pub fn roots(
     })
 }
 
-/// Whether `datagram` starts with a DTLS record carrying a ClientHello in epoch 0: a peer
-/// starting over (a device that rebooted keeps its address and port).
-pub fn is_client_hello(datagram: &[u8]) -> bool {
-    // Record: type (22 = handshake), version (2), epoch (2), sequence (6), length (2); then
-    // the handshake message type (1 = ClientHello).
-    datagram.len() > 13 && datagram[0] == 22 && datagram[3..5] == [0, 0] && datagram[13] == 1
-}
-
-/// The epoch of the first record of `datagram`; `None` if it is too short to hold a record
-/// header.
-pub fn epoch(datagram: &[u8]) -> Option<u16> {
-    // Record: type (1), version (2), epoch (2), sequence (6), length (2).
-    if datagram.len() < 13 {
-        return None;
-    }
-    Some(u16::from_be_bytes([datagram[3], datagram[4]]))
-}
-
 /// The device ids a verified client certificate names (see [`crate::link::tls::identity`]).
 pub fn peer_names(peer: &PeerIdentity) -> Option<Vec<String>> {
     match peer {
@@ -564,22 +546,5 @@ mod tests {
             .expect("the client's session ended")
             .unwrap();
         assert_eq!(client_why, "peer closed the session (close_notify)");
-    }
-
-    #[test]
-    fn client_hellos_are_told_from_other_records() {
-        let mut hello = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 50, 1];
-        hello.extend_from_slice(&[0; 50]);
-        assert!(is_client_hello(&hello));
-        let mut later_epoch = hello.clone();
-        later_epoch[4] = 1;
-        assert!(!is_client_hello(&later_epoch));
-        let mut application_data = hello.clone();
-        application_data[0] = 23;
-        assert!(!is_client_hello(&application_data));
-        let mut server_hello = hello.clone();
-        server_hello[13] = 2;
-        assert!(!is_client_hello(&server_hello));
-        assert!(!is_client_hello(&hello[..13]));
     }
 }
