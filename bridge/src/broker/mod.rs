@@ -1,9 +1,15 @@
 //! The embedded MQTT broker (rumqttd), for gateways with nothing else installed.
 //!
-//! rumqttd runs its own threads (one current-thread runtime per listener) and its `start`
-//! blocks for the broker's whole life, so it gets a thread of its own. It has no shutdown:
-//! it ends with the process. If `start` ever returns, the broker is dead (its listener could
-//! not bind, say) and the bridge stops with an error rather than run without it.
+//! rumqttd's router runs on a thread of its own, and its MQTT listener on another (a
+//! current-thread runtime). Neither has a shutdown: they end with the process. If the listener
+//! ever stops, the broker is dead (it could not bind, say) and the bridge stops with an error
+//! rather than run without it.
+//!
+//! The bridge starts those two parts itself rather than through `rumqttd::Broker::start`,
+//! which would also link in everything that function could start from a configuration: a
+//! Prometheus exporter with its HTTP server, a console with a regex-based log filter, a
+//! bridge to another broker, a metrics timer. The bridge starts none of them; linked, they
+//! were about half a megabyte of every gateway binary.
 //!
 //! rumqttd acknowledges a message as soon as it is in its in-memory log of the matching
 //! subscription filter, whatever its subscribers have read, and that log is bounded: a burst
@@ -23,10 +29,13 @@ pub mod loss;
 pub mod nodelay;
 pub mod tls;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
+use rumqttd::protocol::v4::V4;
+use rumqttd::{
+    ConnectionSettings, LinkType, Router, RouterConfig, SegmentConfig, Server, ServerSettings,
+};
 use tokio::sync::oneshot;
 
 /// Errors of the embedded broker.
@@ -174,49 +183,45 @@ pub fn start(
                 std::future::ready(allowed)
             });
     }
-    let config = Config {
-        id: 0,
-        router: RouterConfig {
-            max_connections,
-            max_outgoing_packet_count: 500,
-            // rumqttd keeps an in-memory log of up to size x count bytes per topic filter;
-            // 1 MiB x 10 bounds it for gateways (must be >= 1 KiB and >= 1, or the router
-            // thread panics on first use).
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 10,
-            // The API's filters hold a burst while the bridge commits: 200,000 submissions
-            // at full speed from mosquitto_pub overflowed 10 MiB (67,471 lost) while the bridge
-            // (a debug build) queued 2,500 a second.
-            custom_segment: Some(
-                api.filters
-                    .iter()
-                    .map(|filter| {
-                        let segment = SegmentConfig {
-                            max_segment_size: (api.bytes / API_LOG_SEGMENTS).max(1024),
-                            max_segment_count: API_LOG_SEGMENTS,
-                        };
-                        (filter.clone(), segment)
-                    })
-                    .collect(),
-            ),
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-        },
-        v4: Some(HashMap::from([("v4".to_owned(), server)])),
-        v5: None,
-        ws: None,
-        cluster: None,
-        console: None,
-        bridge: None,
-        prometheus: None,
-        metrics: None,
+    let router = RouterConfig {
+        max_connections,
+        max_outgoing_packet_count: 500,
+        // rumqttd keeps an in-memory log of up to size x count bytes per topic filter;
+        // 1 MiB x 10 bounds it for gateways (must be >= 1 KiB and >= 1, or the router
+        // thread panics on first use).
+        max_segment_size: 1024 * 1024,
+        max_segment_count: 10,
+        // The API's filters hold a burst while the bridge commits: 200,000 submissions
+        // at full speed from mosquitto_pub overflowed 10 MiB (67,471 lost) while the bridge
+        // (a debug build) queued 2,500 a second.
+        custom_segment: Some(
+            api.filters
+                .iter()
+                .map(|filter| {
+                    let segment = SegmentConfig {
+                        max_segment_size: (api.bytes / API_LOG_SEGMENTS).max(1024),
+                        max_segment_count: API_LOG_SEGMENTS,
+                    };
+                    (filter.clone(), segment)
+                })
+                .collect(),
+        ),
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
     };
+    // The listener's runtime is built before the router starts, so a failure leaves no
+    // thread behind.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(BrokerError::Thread)?;
+    let router_tx = Router::new(0, router).spawn();
+    let mut server = Server::new(server, router_tx, V4);
     let (died, stopped) = oneshot::channel();
     std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || {
-            let mut broker = Broker::new(config);
-            let why = match broker.start() {
+            let why = match runtime.block_on(server.start(LinkType::Remote)) {
                 Ok(()) => "the embedded broker stopped".to_owned(),
                 Err(e) => format!("the embedded broker failed: {e}"),
             };
