@@ -9,7 +9,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
 
 /// The format of log lines.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LogFormat {
     /// One line per event for people: time, level, target, message, fields.
     #[default]
@@ -17,6 +17,21 @@ pub enum LogFormat {
     /// One JSON object per line (`timestamp`, `level`, `target`, `fields` with `message`),
     /// for journald exporters, Loki, Fluent Bit and the like.
     Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = &'static str;
+
+    /// `text` or `json`, in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("text") {
+            Ok(Self::Text)
+        } else if s.eq_ignore_ascii_case("json") {
+            Ok(Self::Json)
+        } else {
+            Err("text or json")
+        }
+    }
 }
 
 /// The environment variable that chooses the format when the command line does not.

@@ -6,71 +6,39 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use broker_config::{BrokerConfig, Checked, Config, LinkConfig};
-use clap::{Parser, Subcommand};
 use edge_bridge::logging::{self, LogFormat};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// MQTT edge bridge for constrained devices.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
+mod cli;
 
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run the bridge (with the embedded MQTT broker unless the configuration names another).
-    Run {
-        /// Configuration file (TOML); without it every setting has its default.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Overrides `bridge_id`.
-        #[arg(long)]
-        bridge_id: Option<String>,
-        /// Overrides `data_dir`.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Overrides the embedded broker's listener (port 0: any free port).
-        #[arg(long)]
-        mqtt_listen: Option<SocketAddr>,
-        /// Replaces the device links with one plain TCP listener (port 0: any free port).
-        #[arg(long)]
-        device_listen: Option<SocketAddr>,
-        /// Log lines on stderr as text, or as one JSON object per line for log collectors
-        /// [default: text, or $EDGE_BRIDGE_LOG_FORMAT].
-        #[arg(long, value_enum)]
-        log_format: Option<LogFormat>,
-    },
-    /// Print the commented default configuration.
-    GenConfig {
-        /// Sets `data_dir` in the printed file (as the gateway packages do).
-        #[arg(long)]
-        data_dir: Option<String>,
-    },
-    /// Submit tasks and confirm each by the bridge's `queued` event (exit 1 if any was
-    /// rejected or never confirmed; with --wait, also if any did not complete).
-    Submit(edge_bridge::client::submit::SubmitArgs),
-    /// Follow status events: of one task until its final state (exit 1 unless it
-    /// completed), or of all.
-    Watch(edge_bridge::client::watch::WatchArgs),
-    /// List the queued and running tasks of a running bridge with the reason each waits, or
-    /// show one task (asked over MQTT: works from any host that reaches the broker).
-    Tasks(edge_bridge::client::tasks::TasksArgs),
-    /// Check a configuration file whole, as `run` does before it opens anything: every value,
-    /// the files it names (certificates, keys, users and PSK files), listen addresses that
-    /// collide, the data directory. Prints every problem with its key and value; changes
-    /// nothing.
-    CheckConfig {
-        /// The configuration file (TOML).
-        file: PathBuf,
-    },
-}
+use cli::{Command, Parsed, RunArgs};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    let args: Result<Vec<String>, _> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string())
+        .collect();
+    let Ok(args) = args else {
+        eprintln!("edge-bridge: an argument is not valid UTF-8");
+        return ExitCode::from(2);
+    };
+    let command = match cli::parse(args) {
+        Ok(Parsed::Command(command)) => *command,
+        Ok(Parsed::Help(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Version) => {
+            println!("edge-bridge {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
         Command::GenConfig { data_dir } => {
             match data_dir {
                 Some(dir) => print!("{}", broker_config::default_config_with_data_dir(&dir)),
@@ -87,14 +55,14 @@ fn main() -> ExitCode {
         }
         Command::Tasks(args) => client(|| edge_bridge::client::tasks::run(args)),
         Command::CheckConfig { file } => check_config(&file),
-        Command::Run {
+        Command::Run(RunArgs {
             config,
             bridge_id,
             data_dir,
             mqtt_listen,
             device_listen,
             log_format,
-        } => {
+        }) => {
             let format = match log_format.map(Ok).unwrap_or_else(log_format_from_env) {
                 Ok(format) => format,
                 Err(e) => {
@@ -164,9 +132,9 @@ where
 
 /// `--log-format` from [`logging::FORMAT_VAR`], text when it is unset.
 fn log_format_from_env() -> anyhow::Result<LogFormat> {
-    use clap::ValueEnum;
     match std::env::var(logging::FORMAT_VAR) {
-        Ok(v) => LogFormat::from_str(&v, true)
+        Ok(v) => v
+            .parse::<LogFormat>()
             .map_err(|_| anyhow::anyhow!("{}={v:?}: text or json", logging::FORMAT_VAR)),
         Err(_) => Ok(LogFormat::default()),
     }

@@ -57,6 +57,35 @@ fn the_simulator_long_help_documents_each_capability_payload() {
     }
 }
 
+#[test]
+fn the_bridge_names_itself_and_refuses_a_bad_command_line_with_status_2() {
+    let bridge = binary("edge-bridge");
+    let (status, version, _) = run_to_end(
+        Command::new(&bridge).arg("--version"),
+        Duration::from_secs(10),
+    );
+    assert!(status.success());
+    assert!(
+        version.starts_with("edge-bridge "),
+        "--version printed {version:?}"
+    );
+    let (status, help, _) = run_to_end(
+        Command::new(&bridge).args(["help", "submit"]),
+        Duration::from_secs(10),
+    );
+    assert!(status.success());
+    assert!(help.contains("Usage: edge-bridge submit"), "{help}");
+    // A mistake is reported on stderr, naming the option, with status 2 (as a client
+    // command that could not do its work), and nothing runs.
+    let (status, out, err) = run_to_end(
+        Command::new(&bridge).args(["submit", "--capability", "echo", "--windw", "5"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(status.code(), Some(2), "stdout {out:?} stderr {err:?}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("no option --windw"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_status_carries_the_configured_bridge_id() {
     let dir = tempfile::tempdir().unwrap();

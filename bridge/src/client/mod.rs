@@ -23,25 +23,20 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
 /// Where the bridge's MQTT API is, and how to log in.
-#[derive(clap::Args, Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ConnectArgs {
     /// The bridge's configuration file: its broker address, login and topic root are used
     /// (the options below override them).
-    #[arg(long)]
     pub config: Option<PathBuf>,
     /// The MQTT broker the bridge uses, as HOST:PORT [default: the configuration's, or
     /// 127.0.0.1:1883].
-    #[arg(long)]
     pub broker: Option<String>,
     /// The bridge's topic root [default: the configuration's, or edge/{bridge-id}].
-    #[arg(long)]
     pub root: Option<String>,
     /// The bridge's id, for the default topic root edge/{bridge-id}.
-    #[arg(long)]
     pub bridge_id: Option<String>,
     /// MQTT user name; the password is read from the environment variable
     /// EDGE_BRIDGE_PASSWORD (not from the command line, where `ps` shows it).
-    #[arg(long)]
     pub username: Option<String>,
 }
 

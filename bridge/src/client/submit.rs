@@ -21,46 +21,58 @@ use tokio::time::Instant;
 use super::{ConnectArgs, Incoming, connect, json_name, subscribe, token};
 use crate::api::{StatusEvent, TaskState};
 
-#[derive(clap::Args, Debug)]
+/// The values `--window` may take.
+pub const WINDOW_RANGE: std::ops::RangeInclusive<u16> = 1..=1000;
+
+#[derive(Debug)]
 pub struct SubmitArgs {
     /// JSON lines, one submission per line (the MQTT API's JSON); `-` reads standard input.
     /// Without it, one task is made from the options below.
-    #[arg(long, short = 'f', conflicts_with_all = ["capability", "payload", "priority", "device", "deadline_ms", "id", "trace_id"])]
     pub file: Option<PathBuf>,
     /// The capability the task needs.
-    #[arg(long, short = 'c', required_unless_present = "file")]
     pub capability: Option<String>,
     /// The task's payload, as JSON (`'{"ms":500}'`).
-    #[arg(long, short = 'p')]
     pub payload: Option<String>,
     /// 0 (P0, most urgent) to 5.
-    #[arg(long)]
     pub priority: Option<u8>,
     /// The device to run it on (otherwise any online device offering the capability).
-    #[arg(long)]
     pub device: Option<String>,
     /// Never started later than this many milliseconds after submission.
-    #[arg(long)]
     pub deadline_ms: Option<u64>,
     /// The task id (the idempotency key); generated if absent.
-    #[arg(long)]
     pub id: Option<String>,
-    #[arg(long)]
+    /// A trace id carried into the task's events.
     pub trace_id: Option<String>,
-    /// Submissions waiting for the bridge's answer at once, at most.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    /// Submissions waiting for the bridge's answer at once, at most (in [`WINDOW_RANGE`]).
     pub window: u16,
     /// How long to wait for the bridge's answer before sending a submission again.
-    #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
     pub timeout: Duration,
     /// Times a submission is sent again without an answer before it counts as unconfirmed.
-    #[arg(long, default_value_t = 3)]
     pub retries: u32,
     /// Follow every task to its final state and print that event (JSON) on standard output.
-    #[arg(long)]
     pub wait: bool,
-    #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+impl Default for SubmitArgs {
+    /// No task yet; a window of 64, answers awaited 10 s, each submission sent 3 more times.
+    fn default() -> Self {
+        Self {
+            file: None,
+            capability: None,
+            payload: None,
+            priority: None,
+            device: None,
+            deadline_ms: None,
+            id: None,
+            trace_id: None,
+            window: 64,
+            timeout: Duration::from_secs(10),
+            retries: 3,
+            wait: false,
+            connect: ConnectArgs::default(),
+        }
+    }
 }
 
 /// What became of the submissions.

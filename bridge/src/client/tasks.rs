@@ -6,21 +6,30 @@ use std::time::Duration;
 use super::{ConnectArgs, ask, connect, human_ms, json_name, subscribe, token};
 use crate::api::{QueryAnswer, TaskView};
 
-#[derive(clap::Args, Debug)]
+#[derive(Debug)]
 pub struct TasksArgs {
     /// One task (live or finished) instead of the list.
     pub id: Option<String>,
     /// Most tasks listed (on a device first, then queued in dispatch order).
-    #[arg(long, default_value_t = 100)]
     pub limit: usize,
     /// Print the bridge's answer as JSON.
-    #[arg(long)]
     pub json: bool,
     /// How long to wait for the bridge's answer.
-    #[arg(long, default_value = "5s", value_parser = humantime_serde::re::humantime::parse_duration)]
     pub timeout: Duration,
-    #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+impl Default for TasksArgs {
+    /// The list, at most 100 tasks, as a table, the answer awaited 5 s.
+    fn default() -> Self {
+        Self {
+            id: None,
+            limit: 100,
+            json: false,
+            timeout: Duration::from_secs(5),
+            connect: ConnectArgs::default(),
+        }
+    }
 }
 
 /// Runs the command; `Ok(false)` when the task asked for is unknown.

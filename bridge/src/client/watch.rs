@@ -11,21 +11,30 @@ use rumqttc::QoS;
 use super::{ConnectArgs, Incoming, ask, clock_time, connect, json_name, subscribe, token};
 use crate::api::{StatusEvent, TaskState};
 
-#[derive(clap::Args, Debug)]
+#[derive(Debug)]
 pub struct WatchArgs {
     /// One task: its current state, then its events until its final state.
     pub id: Option<String>,
     /// Print each event as the JSON the bridge published.
-    #[arg(long)]
     pub json: bool,
     /// Stop after this many events.
-    #[arg(long)]
     pub count: Option<u64>,
     /// How long to wait for the broker (and, with an id, for the bridge's answer).
-    #[arg(long, default_value = "5s", value_parser = humantime_serde::re::humantime::parse_duration)]
     pub timeout: Duration,
-    #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+impl Default for WatchArgs {
+    /// Every event, as lines, the broker awaited 5 s.
+    fn default() -> Self {
+        Self {
+            id: None,
+            json: false,
+            count: None,
+            timeout: Duration::from_secs(5),
+            connect: ConnectArgs::default(),
+        }
+    }
 }
 
 /// Runs the command. `Ok(Some(completed))` when a watched task ended; `Ok(None)` otherwise.
