@@ -36,11 +36,17 @@
 //! |---|---|---|
 //! | `tasks` | task id | live [`TaskRecord`] (JSON) |
 //! | `fresh` | admission sequence | each fresh queued task's id and lane entry ([`FreshRow`]): what open rebuilds the lanes from, without reading the records, and how dispatch finds the record it picks |
-//! | `active` | task id | nothing: the live tasks that are not fresh, which open reads whole |
+//! | `active_ids` | task id | nothing (empty): the live tasks that are not fresh, which open reads whole |
 //! | `done` | task id | final [`StatusEvent`] (JSON) |
-//! | `done_order` | finish sequence | task id, to forget the oldest beyond `DONE_KEPT` |
+//! | `done_ids` | finish sequence | task id (UTF-8), to forget the oldest beyond `DONE_KEPT` |
 //! | `outbox` | class and event sequence ([`outbox_key`]) | [`OutboxEntry`] (JSON) |
-//! | `meta` | name | counter (`seq`, `outbox`, `done`, `gen` for generated ids); the timer clock's [`Anchor`] (`clock_ms`, `clock_boot`, `clock_boot_ms`); `indexed`: `outbox` as of the last commit by a version that keeps `fresh` and `active` |
+//! | `meta` | name | counter (`seq`, `outbox`, `done`, `gen` for generated ids); the timer clock's [`Anchor`] (`clock_ms`, `clock_boot`, `clock_boot_ms`); `indexed`: `outbox` as of the last commit by a version that keeps `fresh` and `active_ids` |
+//!
+//! Keys are ids (`&str`) or sequences (`u64`), values bytes (`&[u8]`), `meta`'s counters
+//! aside: redb compiles its B-tree code once per key and value type pair, about 21 KB of the
+//! gateway binary each. Earlier versions kept `active` (values `()`) and `done_order` (values
+//! `&str`); [`Queue::open`] moves their contents to `active_ids` and `done_ids` and deletes
+//! them.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -48,7 +54,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use device_core::Priority;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ErrorCode, StatusEvent, Submission, TaskState};
@@ -56,12 +64,19 @@ use crate::time::{Anchor, Now};
 
 const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
 const FRESH: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("fresh");
-const ACTIVE: TableDefinition<'_, &str, ()> = TableDefinition::new("active");
+const ACTIVE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("active_ids");
+/// An `active` row's value.
+const NOTHING: &[u8] = &[];
+/// `active_ids` as versions before it kept it (values `()`): present when one of them wrote
+/// the database last. Only its name is used: open deletes it and rebuilds the index.
+const LEGACY_ACTIVE: &str = "active";
 /// Meta key: the event counter (`outbox`) as of the last commit by a version that keeps
 /// `fresh` and `active` (see [`Queue::open`]).
 const INDEXED: &str = "indexed";
 const DONE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("done");
-const DONE_ORDER: TableDefinition<'_, u64, &str> = TableDefinition::new("done_order");
+const DONE_ORDER: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("done_ids");
+/// `done_ids` as versions before it kept it (values `&str`), read once by open and deleted.
+const LEGACY_DONE_ORDER: TableDefinition<'_, u64, &str> = TableDefinition::new("done_order");
 const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// Meta keys of device ids proven by a credential: the prefix, then the id.
@@ -836,14 +851,46 @@ impl Queue {
         let all = [
             "tasks",
             "fresh",
-            "active",
+            "active_ids",
             "done",
             "outbox",
-            "done_order",
+            "done_ids",
             "meta",
         ];
-        if !all.iter().all(|t| names.contains(*t)) {
+        // Written last by an earlier version (or by one, then this one, then it again).
+        let legacy_active = names.contains(LEGACY_ACTIVE);
+        let legacy_done = names.contains(LEGACY_DONE_ORDER.name());
+        let legacy_done_rows: Vec<(u64, String)> = if legacy_done {
+            let read = q.db.begin_read().map_err(db_err)?;
+            let old = read.open_table(LEGACY_DONE_ORDER).map_err(db_err)?;
+            old.iter()
+                .map_err(db_err)?
+                .map(|row| {
+                    let (n, id) = row.map_err(db_err)?;
+                    Ok((n.value(), id.value().to_owned()))
+                })
+                .collect::<Result<_, QueueError>>()?
+        } else {
+            Vec::new()
+        };
+        if !all.iter().all(|t| names.contains(*t)) || legacy_active || legacy_done {
             let txn = q.db.begin_write().map_err(db_err)?;
+            if legacy_active {
+                // Its `active_ids`, if any, is from before that version ran: rebuilt below.
+                txn.delete_table(ACTIVE).map_err(db_err)?;
+                txn.delete_table(TableDefinition::<&str, &[u8]>::new(LEGACY_ACTIVE))
+                    .map_err(db_err)?;
+            }
+            if legacy_done {
+                // Finish sequences come from one counter (`meta.done`) in every version:
+                // the rows of both tables are one order.
+                let mut order = txn.open_table(DONE_ORDER).map_err(db_err)?;
+                for (n, id) in &legacy_done_rows {
+                    order.insert(*n, id.as_bytes()).map_err(db_err)?;
+                }
+                drop(order);
+                txn.delete_table(LEGACY_DONE_ORDER).map_err(db_err)?;
+            }
             txn.open_table(TASKS).map_err(db_err)?;
             txn.open_table(FRESH).map_err(db_err)?;
             txn.open_table(ACTIVE).map_err(db_err)?;
@@ -909,7 +956,8 @@ impl Queue {
         // which every change of a task's place moves (each has its event). A commit by a
         // version without the index (a downgrade, then an upgrade again) moves the counter and
         // not `indexed`: then the index is rebuilt from the records, the truth.
-        let current = value(INDEXED)? == Some(q.next_outbox)
+        let current = !legacy_active
+            && value(INDEXED)? == Some(q.next_outbox)
             && rows(&fresh)? + rows(&active)? == rows(&tasks)?;
         let loaded = if current {
             q.load_index(&tasks, &fresh, &active)
@@ -932,7 +980,7 @@ impl Queue {
                 let mut fresh = txn.open_table(FRESH).map_err(db_err)?;
                 let mut active = txn.open_table(ACTIVE).map_err(db_err)?;
                 fresh.retain(|_, _| false).map_err(db_err)?;
-                active.retain(|_, ()| false).map_err(db_err)?;
+                active.retain(|_, _| false).map_err(db_err)?;
                 for row in tasks.iter().map_err(db_err)? {
                     let (id, raw) = row.map_err(db_err)?;
                     let rec = decode_record(id.value(), raw.value())?;
@@ -940,7 +988,7 @@ impl Queue {
                         let row = FreshRow::of(&rec).encode();
                         fresh.insert(rec.seq, row.as_slice()).map_err(db_err)?;
                     } else {
-                        active.insert(id.value(), ()).map_err(db_err)?;
+                        active.insert(id.value(), NOTHING).map_err(db_err)?;
                     }
                     q.put(rec);
                 }
@@ -974,7 +1022,7 @@ impl Queue {
         &mut self,
         tasks: &redb::ReadOnlyTable<&str, &[u8]>,
         fresh: &redb::ReadOnlyTable<u64, &[u8]>,
-        active: &redb::ReadOnlyTable<&str, ()>,
+        active: &redb::ReadOnlyTable<&str, &[u8]>,
     ) -> Result<(), QueueError> {
         let mut last: Option<Lane> = None;
         for row in fresh.iter().map_err(db_err)? {
@@ -1405,7 +1453,7 @@ impl Queue {
             .chain(self.delayed.iter().map(|&(_, seq)| seq))
             .filter_map(|seq| self.queued(seq))
             .collect();
-        all.sort_by_key(|t| t.order_key());
+        all.sort_unstable_by_key(|t| t.order_key());
         all
     }
 
@@ -1436,7 +1484,7 @@ impl Queue {
             .filter_map(|(_, seq)| self.active_queued.get(seq))
             .filter_map(|id| self.active.get(id))
             .collect();
-        delayed.sort_by_key(|t| t.order_key());
+        delayed.sort_unstable_by_key(|t| t.order_key());
         let mut delayed = delayed.into_iter().peekable();
         let mut out = Vec::with_capacity(limit.min(self.len()));
         while out.len() < limit {
@@ -2115,7 +2163,7 @@ impl Queue {
             let mut active = txn.open_table(ACTIVE).map_err(db_err)?;
             for (id, is) in &p.active {
                 if *is {
-                    active.insert(id.as_str(), ()).map(drop)
+                    active.insert(id.as_str(), NOTHING).map(drop)
                 } else {
                     active.remove(id.as_str()).map(drop)
                 }
@@ -2125,7 +2173,7 @@ impl Queue {
             let mut done_order = txn.open_table(DONE_ORDER).map_err(db_err)?;
             for (n, id, event) in &p.done {
                 done.insert(id.as_str(), event.as_bytes()).map_err(db_err)?;
-                done_order.insert(*n, id.as_str()).map_err(db_err)?;
+                done_order.insert(*n, id.as_bytes()).map_err(db_err)?;
             }
             // Forget the oldest final events beyond DONE_KEPT.
             if !p.done.is_empty() {
@@ -2134,7 +2182,7 @@ impl Queue {
                     let Some((_, old)) = done_order.pop_first().map_err(db_err)? else {
                         break;
                     };
-                    let old = old.value().to_owned();
+                    let old = String::from_utf8_lossy(old.value()).into_owned();
                     done.remove(old.as_str()).map_err(db_err)?;
                 }
             }

@@ -1193,3 +1193,126 @@ fn a_damaged_index_is_rebuilt_from_the_records() {
     assert_eq!(dispatch_view(&q), before);
     assert_eq!(index_rows(&q), (40, 3, 43));
 }
+
+/// `done_ids`, in order.
+fn done_order_rows(q: &Queue) -> Vec<(u64, String)> {
+    let read = q.db.begin_read().unwrap();
+    let order = read.open_table(DONE_ORDER).unwrap();
+    order
+        .iter()
+        .unwrap()
+        .map(|row| {
+            let (n, id) = row.unwrap();
+            (n.value(), String::from_utf8(id.value().to_vec()).unwrap())
+        })
+        .collect()
+}
+
+/// `active` as versions before `active_ids` kept it.
+const OLD_ACTIVE: TableDefinition<'_, &str, ()> = TableDefinition::new(LEGACY_ACTIVE);
+
+/// The database as a version before `active_ids` and `done_ids` leaves it: their rows in
+/// `active` and `done_order`, with those tables' value types, and no `active_ids` or
+/// `done_ids`.
+fn as_an_earlier_version_left_it(q: &Queue) {
+    let active: Vec<String> = {
+        let read = q.db.begin_read().unwrap();
+        let table = read.open_table(ACTIVE).unwrap();
+        let ids = table.iter().unwrap();
+        ids.map(|row| row.unwrap().0.value().to_owned()).collect()
+    };
+    let order = done_order_rows(q);
+    let txn = q.db.begin_write().unwrap();
+    {
+        let mut old = txn.open_table(OLD_ACTIVE).unwrap();
+        for id in &active {
+            old.insert(id.as_str(), ()).unwrap();
+        }
+        let mut old = txn.open_table(LEGACY_DONE_ORDER).unwrap();
+        for (n, id) in &order {
+            old.insert(*n, id.as_str()).unwrap();
+        }
+    }
+    txn.delete_table(ACTIVE).unwrap();
+    txn.delete_table(DONE_ORDER).unwrap();
+    txn.commit().unwrap();
+}
+
+fn table_names(q: &Queue) -> BTreeSet<String> {
+    let read = q.db.begin_read().unwrap();
+    let tables = read.list_tables().unwrap();
+    tables.map(|t| t.name().to_owned()).collect()
+}
+
+#[test]
+fn a_queue_an_earlier_version_wrote_opens_with_every_task_and_its_finish_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    varied_backlog(&mut q);
+    for (id, at) in [("t7", 10), ("t2", 20), ("t11", 30)] {
+        let end = Change::finished(id, TaskState::Cancelled, ErrorCode::Cancelled, "test");
+        q.apply(vec![end], Now::at(at));
+        q.commit().unwrap();
+    }
+    let view = dispatch_view(&q);
+    let ids = |rows: Vec<(u64, String)>| rows.into_iter().map(|(_, id)| id).collect::<Vec<_>>();
+    let order = done_order_rows(&q);
+    assert_eq!(ids(order.clone()), ["t7", "t2", "t11"]);
+    let rows = index_rows(&q);
+    as_an_earlier_version_left_it(&q);
+    drop(q);
+    let q = Queue::open(dir.path(), 1000).unwrap();
+    assert_eq!(dispatch_view(&q), view);
+    assert_eq!(q.in_flight("d0"), 1);
+    assert_eq!(done_order_rows(&q), order);
+    assert_eq!(index_rows(&q), rows);
+    let names = table_names(&q);
+    assert!(
+        !names.contains(LEGACY_ACTIVE) && !names.contains(LEGACY_DONE_ORDER.name()),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn a_queue_an_earlier_version_ran_on_after_this_one_opens_as_that_version_left_it() {
+    // This version writes `active_ids`; an earlier one then runs (it keeps `active`, not
+    // `active_ids`), dispatches t3 and completes the task on d0; then this version opens the
+    // database again, with its `active_ids` from before.
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    varied_backlog(&mut q);
+    assert_eq!(index_rows(&q), (40, 3, 43));
+    let mut t3 = q.get("t3").unwrap().into_owned();
+    t3.state = TaskState::Dispatched;
+    t3.device = Some("d1".into());
+    t3.attempt = 1;
+    let txn = q.db.begin_write().unwrap();
+    {
+        let mut tasks = txn.open_table(TASKS).unwrap();
+        tasks.insert("t3", json(&t3).as_bytes()).unwrap();
+        assert!(tasks.remove("on-device").unwrap().is_some());
+        let mut fresh = txn.open_table(FRESH).unwrap();
+        assert!(fresh.remove(t3.seq).unwrap().is_some());
+        let mut old = txn.open_table(OLD_ACTIVE).unwrap();
+        for id in ["holder", "lost", "t3"] {
+            old.insert(id, ()).unwrap();
+        }
+        let mut meta = txn.open_table(META).unwrap();
+        meta.insert("outbox", q.next_outbox + 1).unwrap();
+        meta.insert(INDEXED, q.next_outbox + 1).unwrap();
+    }
+    txn.commit().unwrap();
+    drop(q);
+    let q = Queue::open(dir.path(), 1000).unwrap();
+    assert_eq!(q.get("t3").unwrap().state, TaskState::Dispatched);
+    assert!(q.get("on-device").is_none());
+    assert_eq!((q.in_flight("d1"), q.in_flight("d0")), (1, 0));
+    let queued: Vec<String> = dispatch_view(&q)
+        .into_iter()
+        .flat_map(|(_, ts)| ts.into_iter().map(|t| t.0))
+        .collect();
+    assert_eq!(queued.len(), 41, "39 fresh, lost queued again, holder");
+    assert!(!queued.contains(&"t3".to_owned()));
+    assert_eq!(index_rows(&q), (39, 3, 42));
+    assert!(!table_names(&q).contains(LEGACY_ACTIVE));
+}
