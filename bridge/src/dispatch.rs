@@ -369,7 +369,7 @@ mod tests {
             lanes.entry(Lane::of(t)).or_default().push(t);
         }
         for l in lanes.values_mut() {
-            l.sort_by_key(|t| t.order_key());
+            l.sort_unstable_by_key(|t| t.order_key());
         }
         super::plan(
             lanes

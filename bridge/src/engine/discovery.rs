@@ -162,9 +162,10 @@ impl Engine {
         let online = devices.len().min(u32::MAX as usize) as u32;
         if devices.len() > MAX_LISTED {
             // The devices with the most room, listed by id.
-            devices.sort_by(|a, b| b.free.cmp(&a.free).then(a.device_id.cmp(&b.device_id)));
+            devices
+                .sort_unstable_by(|a, b| b.free.cmp(&a.free).then(a.device_id.cmp(&b.device_id)));
             devices.truncate(MAX_LISTED);
-            devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+            devices.sort_unstable_by(|a, b| a.device_id.cmp(&b.device_id));
         }
         let doc = CapabilityDocument {
             capability: name.to_owned(),

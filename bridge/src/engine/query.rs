@@ -128,7 +128,7 @@ impl Engine {
                         break;
                     }
                     let mut tasks: Vec<&TaskRecord> = self.queue.on_device(device).collect();
-                    tasks.sort_by_key(|t| t.seq);
+                    tasks.sort_unstable_by_key(|t| t.seq);
                     on.extend(tasks);
                 }
                 on.truncate(query.limit);
