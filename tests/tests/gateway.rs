@@ -2,6 +2,7 @@
 //! of `cargo build --profile gateway --target T` (aarch64 and armv7 musl), each under
 //! qemu-user. For each target:
 //! - both binaries are ELF for that machine, static (no interpreter, no shared library);
+//! - the bridge is at most 4 MiB (4,194,304 bytes), the size goal for gateways' flash;
 //! - the bridge starts with its embedded broker, a TCP and a DTLS device listener (PSK and
 //!   certificates: both DTLS modes run on the target's own build of ring's assembly);
 //! - one simulated device on the TCP link, one proving its id by PSK and one by an ECDSA
@@ -29,6 +30,9 @@ const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
 /// ELF machine numbers.
 const EM_ARM: u16 = 40;
 const EM_AARCH64: u16 = 183;
+/// The most a gateway build of `edge-bridge` may take, in bytes: 4 MiB, the "4M" of `ls -h`
+/// and of flash parts (a 32 Mbit NOR flash holds 4,194,304 bytes).
+const BRIDGE_MAX_BYTES: u64 = 4 * 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the aarch64 gateway build: tests/run.sh builds it and runs this"]
@@ -53,6 +57,12 @@ async fn end_to_end(target: &str, qemu: &str, machine: u16) {
     for bin in [&bridge_bin, &sim_bin] {
         assert_static_elf(bin, machine);
     }
+    let size = std::fs::metadata(&bridge_bin).unwrap().len();
+    assert!(
+        size <= BRIDGE_MAX_BYTES,
+        "{}: {size} bytes, over the goal of {BRIDGE_MAX_BYTES}",
+        bridge_bin.display()
+    );
     let qemu = find_qemu(qemu);
 
     let dir = tempfile::tempdir().unwrap();
