@@ -255,6 +255,8 @@ struct Words {
     /// The last option, for messages about its value.
     last: String,
     after_dashes: bool,
+    /// The options read so far (by their long names): each may be given once.
+    seen: Vec<String>,
 }
 
 impl Words {
@@ -265,6 +267,7 @@ impl Words {
             glued: None,
             last: String::new(),
             after_dashes: false,
+            seen: Vec::new(),
         }
     }
 
@@ -303,7 +306,9 @@ impl Words {
         if chars.next() == Some('-') {
             if let Some(c) = chars.next() {
                 self.last = format!("-{c}");
+                // `-fFILE` and `-f=FILE` alike.
                 let rest = chars.as_str();
+                let rest = rest.strip_prefix('=').unwrap_or(rest);
                 self.glued = (!rest.is_empty()).then(|| rest.to_owned());
                 return Ok(Some(Word::Short(c)));
             }
@@ -311,14 +316,28 @@ impl Words {
         Ok(Some(Word::Positional(word)))
     }
 
-    /// The value of the option just read: glued to it, or the next word.
+    /// The value of the option just read: glued to it, or the next word. A next word that
+    /// looks like an option is not taken as a value (`-c --wait` forgot the capability):
+    /// such a value is given glued, `--payload=-1`.
     fn value(&mut self) -> Result<String, UsageError> {
         if let Some(value) = self.glued.take() {
             return Ok(value);
         }
-        self.rest
-            .next()
-            .ok_or_else(|| self.error(format!("{} needs a value", self.last)))
+        match self.rest.as_slice().first() {
+            Some(next) if !next.starts_with('-') || next == "-" => {
+                Ok(self.rest.next().unwrap_or_default())
+            }
+            _ => Err(self.error(format!("{} needs a value", self.last))),
+        }
+    }
+
+    /// Refuses `name` (an option's long name) the second time it is given.
+    fn once(&mut self, name: &str) -> Result<(), UsageError> {
+        if self.seen.iter().any(|n| n == name) {
+            return Err(self.error(format!("--{name} is given twice")));
+        }
+        self.seen.push(name.to_owned());
+        Ok(())
     }
 
     /// The value of the option just read, converted by `parse`.
@@ -441,15 +460,18 @@ fn run(words: &mut Words) -> Result<Option<Command>, UsageError> {
     while let Some(word) = words.next()? {
         match &word {
             w if is_help(w) => return Ok(None),
-            Word::Long(name) => match name.as_str() {
-                "config" => args.config = Some(words.value()?.into()),
-                "bridge-id" => args.bridge_id = Some(words.value()?),
-                "data-dir" => args.data_dir = Some(words.value()?.into()),
-                "mqtt-listen" => args.mqtt_listen = Some(words.value_as()?),
-                "device-listen" => args.device_listen = Some(words.value_as()?),
-                "log-format" => args.log_format = Some(words.value_as()?),
-                _ => return Err(words.unexpected(word)),
-            },
+            Word::Long(name) => {
+                words.once(name)?;
+                match name.as_str() {
+                    "config" => args.config = Some(words.value()?.into()),
+                    "bridge-id" => args.bridge_id = Some(words.value()?),
+                    "data-dir" => args.data_dir = Some(words.value()?.into()),
+                    "mqtt-listen" => args.mqtt_listen = Some(words.value_as()?),
+                    "device-listen" => args.device_listen = Some(words.value_as()?),
+                    "log-format" => args.log_format = Some(words.value_as()?),
+                    _ => return Err(words.unexpected(word)),
+                }
+            }
             _ => return Err(words.unexpected(word)),
         }
     }
@@ -461,7 +483,10 @@ fn gen_config(words: &mut Words) -> Result<Option<Command>, UsageError> {
     while let Some(word) = words.next()? {
         match &word {
             w if is_help(w) => return Ok(None),
-            Word::Long(name) if name == "data-dir" => data_dir = Some(words.value()?),
+            Word::Long(name) if name == "data-dir" => {
+                words.once(name)?;
+                data_dir = Some(words.value()?);
+            }
             _ => return Err(words.unexpected(word)),
         }
     }
@@ -481,6 +506,7 @@ fn submit(words: &mut Words) -> Result<Option<Command>, UsageError> {
             Word::Short('p') => "payload".to_owned(),
             _ => return Err(words.unexpected(word)),
         };
+        words.once(&name)?;
         match name.as_str() {
             "file" => args.file = Some(words.value()?.into()),
             "capability" => args.capability = Some(words.value()?),
@@ -526,40 +552,69 @@ fn submit(words: &mut Words) -> Result<Option<Command>, UsageError> {
 
 fn watch(words: &mut Words) -> Result<Option<Command>, UsageError> {
     let mut args = WatchArgs::default();
-    while let Some(word) = words.next()? {
-        match word {
-            ref w if is_help(w) => return Ok(None),
-            Word::Positional(id) => words.positional(&mut args.id, id)?,
-            Word::Long(ref name) => match name.as_str() {
-                "json" => args.json = true,
-                "count" => args.count = Some(words.value_as()?),
-                "timeout" => args.timeout = words.duration()?,
-                n if connect_option(words, &mut args.connect, n)? => {}
-                _ => return Err(words.unexpected(word)),
-            },
-            Word::Short(_) => return Err(words.unexpected(word)),
+    let WatchArgs {
+        id,
+        json,
+        count,
+        timeout,
+        connect,
+    } = &mut args;
+    let read = id_and_options(words, id, connect, |words, name| {
+        match name {
+            "json" => *json = true,
+            "count" => *count = Some(words.value_as()?),
+            "timeout" => *timeout = words.duration()?,
+            _ => return Ok(false),
         }
-    }
-    Ok(Some(Command::Watch(args)))
+        Ok(true)
+    })?;
+    Ok(read.then_some(Command::Watch(args)))
 }
 
 fn tasks(words: &mut Words) -> Result<Option<Command>, UsageError> {
     let mut args = TasksArgs::default();
+    let TasksArgs {
+        id,
+        limit,
+        json,
+        timeout,
+        connect,
+    } = &mut args;
+    let read = id_and_options(words, id, connect, |words, name| {
+        match name {
+            "json" => *json = true,
+            "limit" => *limit = words.value_as()?,
+            "timeout" => *timeout = words.duration()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    })?;
+    Ok(read.then_some(Command::Tasks(args)))
+}
+
+/// Reads the words of a command that takes at most one task id and long options: `option`
+/// reads those it knows and says `false` for others, which may be the connection's.
+/// `Ok(false)` when asked for help.
+fn id_and_options(
+    words: &mut Words,
+    id: &mut Option<String>,
+    connect: &mut ConnectArgs,
+    mut option: impl FnMut(&mut Words, &str) -> Result<bool, UsageError>,
+) -> Result<bool, UsageError> {
     while let Some(word) = words.next()? {
         match word {
-            ref w if is_help(w) => return Ok(None),
-            Word::Positional(id) => words.positional(&mut args.id, id)?,
-            Word::Long(ref name) => match name.as_str() {
-                "json" => args.json = true,
-                "limit" => args.limit = words.value_as()?,
-                "timeout" => args.timeout = words.duration()?,
-                n if connect_option(words, &mut args.connect, n)? => {}
-                _ => return Err(words.unexpected(word)),
-            },
+            ref w if is_help(w) => return Ok(false),
+            Word::Positional(p) => words.positional(id, p)?,
+            Word::Long(ref name) => {
+                words.once(name)?;
+                if !option(words, name)? && !connect_option(words, connect, name)? {
+                    return Err(words.unexpected(word));
+                }
+            }
             Word::Short(_) => return Err(words.unexpected(word)),
         }
     }
-    Ok(Some(Command::Tasks(args)))
+    Ok(true)
 }
 
 fn check_config(words: &mut Words) -> Result<Option<Command>, UsageError> {
@@ -630,6 +685,18 @@ mod tests {
         assert_eq!(args.window, 64);
         assert_eq!(args.timeout, Duration::from_secs(10));
         assert_eq!(args.retries, 3);
+        // A short option's value may follow `=`, and `-` (standard input) is a value.
+        let Command::Submit(args) = command("submit --payload=-1 -c=x") else {
+            panic!("not submit");
+        };
+        assert_eq!(args.payload.as_deref(), Some("-1"));
+        assert_eq!(args.capability.as_deref(), Some("x"));
+        for line in ["submit -f=- --window 8", "submit -f - --window 8"] {
+            let Command::Submit(args) = command(line) else {
+                panic!("not submit");
+            };
+            assert_eq!((args.file, args.window), (Some(PathBuf::from("-")), 8));
+        }
     }
 
     #[test]
@@ -678,6 +745,12 @@ mod tests {
                 "the configuration file to check is required",
             ),
             ("help serve", "no command \"serve\""),
+            ("submit -c --wait", "-c needs a value"),
+            ("tasks --config --json", "--config needs a value"),
+            ("submit -c a -c b", "--capability is given twice"),
+            ("submit -f x.jsonl --file y.jsonl", "--file is given twice"),
+            ("watch --json --json", "--json is given twice"),
+            ("run --data-dir a --data-dir=b", "--data-dir is given twice"),
         ] {
             let message = refused(line);
             assert!(message.contains(needle), "{line:?}: {message}");

@@ -71,7 +71,8 @@ const NOTHING: &[u8] = &[];
 /// the database last. Only its name is used: open deletes it and rebuilds the index.
 const LEGACY_ACTIVE: &str = "active";
 /// Meta key: the event counter (`outbox`) as of the last commit by a version that keeps
-/// `fresh` and `active` (see [`Queue::open`]).
+/// `fresh` and an index of the other live tasks (`active_ids`, or `active` before it; see
+/// [`Queue::open`]).
 const INDEXED: &str = "indexed";
 const DONE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("done");
 const DONE_ORDER: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("done_ids");
@@ -876,7 +877,9 @@ impl Queue {
         if !all.iter().all(|t| names.contains(*t)) || legacy_active || legacy_done {
             let txn = q.db.begin_write().map_err(db_err)?;
             if legacy_active {
-                // Its `active_ids`, if any, is from before that version ran: rebuilt below.
+                // Its `active_ids`, if any, is from before that version ran: emptied, it no
+                // longer adds up with `fresh` unless every task is fresh, and the index is
+                // rebuilt from the records below (also after a crash right after this).
                 txn.delete_table(ACTIVE).map_err(db_err)?;
                 txn.delete_table(TableDefinition::<&str, &[u8]>::new(LEGACY_ACTIVE))
                     .map_err(db_err)?;
@@ -956,8 +959,7 @@ impl Queue {
         // which every change of a task's place moves (each has its event). A commit by a
         // version without the index (a downgrade, then an upgrade again) moves the counter and
         // not `indexed`: then the index is rebuilt from the records, the truth.
-        let current = !legacy_active
-            && value(INDEXED)? == Some(q.next_outbox)
+        let current = value(INDEXED)? == Some(q.next_outbox)
             && rows(&fresh)? + rows(&active)? == rows(&tasks)?;
         let loaded = if current {
             q.load_index(&tasks, &fresh, &active)

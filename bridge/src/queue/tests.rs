@@ -1137,17 +1137,23 @@ fn a_fresh_task_read_once_is_read_again_after_it_changes() {
     assert_eq!(q.get("t6").unwrap().attempt, 1);
 }
 
+/// t3's record once it went to d1 (not written).
+fn t3_dispatched_to_d1(q: &Queue) -> TaskRecord {
+    let mut t3 = q.get("t3").unwrap().into_owned();
+    t3.state = TaskState::Dispatched;
+    t3.device = Some("d1".into());
+    t3.attempt = 1;
+    t3
+}
+
 #[test]
 fn an_index_an_older_version_left_behind_is_rebuilt_from_the_records() {
     let dir = tempfile::tempdir().unwrap();
     let mut q = Queue::open(dir.path(), 1000).unwrap();
     varied_backlog(&mut q);
-    let mut t3 = q.get("t3").unwrap().into_owned();
     // A version without the index dispatches t3: its record and the event counter change,
     // the index does not (and the table counts still add up).
-    t3.state = TaskState::Dispatched;
-    t3.device = Some("d1".into());
-    t3.attempt = 1;
+    let t3 = t3_dispatched_to_d1(&q);
     let txn = q.db.begin_write().unwrap();
     {
         let mut tasks = txn.open_table(TASKS).unwrap();
@@ -1276,28 +1282,34 @@ fn a_queue_an_earlier_version_wrote_opens_with_every_task_and_its_finish_order()
 #[test]
 fn a_queue_an_earlier_version_ran_on_after_this_one_opens_as_that_version_left_it() {
     // This version writes `active_ids`; an earlier one then runs (it keeps `active`, not
-    // `active_ids`), dispatches t3 and completes the task on d0; then this version opens the
-    // database again, with its `active_ids` from before.
+    // `active_ids`): it dispatches t3, and the task on d0 finishes, is forgotten and is
+    // submitted again under its id, fresh. Then this version opens the database again, with
+    // its `active_ids` from before: they still add up with `fresh` to the tasks' count, and
+    // every id they list has a record, so only the earlier version's table says that they
+    // are stale. Trusted, they would lose t3 and hold the new on-device task twice.
     let dir = tempfile::tempdir().unwrap();
     let mut q = Queue::open(dir.path(), 1000).unwrap();
     varied_backlog(&mut q);
     assert_eq!(index_rows(&q), (40, 3, 43));
-    let mut t3 = q.get("t3").unwrap().into_owned();
-    t3.state = TaskState::Dispatched;
-    t3.device = Some("d1".into());
-    t3.attempt = 1;
+    let t3 = t3_dispatched_to_d1(&q);
+    let mut again = q.get("t5").unwrap().into_owned();
+    again.sub.id = "on-device".into();
+    again.seq = q.next_seq;
     let txn = q.db.begin_write().unwrap();
     {
         let mut tasks = txn.open_table(TASKS).unwrap();
         tasks.insert("t3", json(&t3).as_bytes()).unwrap();
-        assert!(tasks.remove("on-device").unwrap().is_some());
+        tasks.insert("on-device", json(&again).as_bytes()).unwrap();
         let mut fresh = txn.open_table(FRESH).unwrap();
         assert!(fresh.remove(t3.seq).unwrap().is_some());
+        let row = FreshRow::of(&again).encode();
+        fresh.insert(again.seq, row.as_slice()).unwrap();
         let mut old = txn.open_table(OLD_ACTIVE).unwrap();
         for id in ["holder", "lost", "t3"] {
             old.insert(id, ()).unwrap();
         }
         let mut meta = txn.open_table(META).unwrap();
+        meta.insert("seq", q.next_seq + 1).unwrap();
         meta.insert("outbox", q.next_outbox + 1).unwrap();
         meta.insert(INDEXED, q.next_outbox + 1).unwrap();
     }
@@ -1305,14 +1317,15 @@ fn a_queue_an_earlier_version_ran_on_after_this_one_opens_as_that_version_left_i
     drop(q);
     let q = Queue::open(dir.path(), 1000).unwrap();
     assert_eq!(q.get("t3").unwrap().state, TaskState::Dispatched);
-    assert!(q.get("on-device").is_none());
     assert_eq!((q.in_flight("d1"), q.in_flight("d0")), (1, 0));
     let queued: Vec<String> = dispatch_view(&q)
         .into_iter()
         .flat_map(|(_, ts)| ts.into_iter().map(|t| t.0))
         .collect();
-    assert_eq!(queued.len(), 41, "39 fresh, lost queued again, holder");
+    assert_eq!(queued.iter().filter(|id| *id == "on-device").count(), 1);
     assert!(!queued.contains(&"t3".to_owned()));
-    assert_eq!(index_rows(&q), (39, 3, 42));
+    assert_eq!(queued.len(), 42, "39 fresh, on-device again, lost, holder");
+    assert_eq!(q.len(), 43);
+    assert_eq!(index_rows(&q), (40, 3, 43));
     assert!(!table_names(&q).contains(LEGACY_ACTIVE));
 }
