@@ -10,9 +10,9 @@ die() { printf 'tests/run.sh: %s\n' "$*" >&2; exit 1; }
 THUMB_TARGETS=(thumbv6m-none-eabi thumbv7m-none-eabi thumbv7em-none-eabihf)
 # Gateway builds run end to end under qemu-user (tests/tests/gateway.rs); the aarch64 one is
 # also packaged and installed (tests/tests/package.rs).
-GATEWAY_TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf)
+GATEWAY_TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf x86_64-unknown-linux-musl)
 # Seconds each fuzz target runs (override for a longer local campaign).
-FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+FUZZ_SECONDS=${FUZZ_SECONDS:-40}
 
 # One build per run: incremental compilation's caches would only cost disk (gigabytes) and time.
 export CARGO_INCREMENTAL=0
@@ -83,7 +83,8 @@ fi
 # standard library (tools/cross/setup); qemu-user runs them; the package test needs
 # dpkg-deb, setpriv (util-linux), adduser, deb-systemd-helper and systemd-analyze.
 if ! python3 -m pip --version >/dev/null 2>&1 || ! command -v qemu-aarch64-static >/dev/null \
-  || ! command -v qemu-arm-static >/dev/null || ! command -v systemd-analyze >/dev/null \
+  || ! command -v qemu-arm-static >/dev/null || ! command -v qemu-x86_64-static >/dev/null \
+  || ! command -v systemd-analyze >/dev/null \
   || ! command -v deb-systemd-helper >/dev/null || ! command -v adduser >/dev/null; then
   echo "installing python3-pip, qemu-user-static, systemd (systemd-analyze), init-system-helpers and adduser"
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
