@@ -486,10 +486,18 @@ pub fn openssl(dir: &Path, args: &[&str]) {
 
 /// A free loopback port (for programs that cannot report the port they bound).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free loopback ports. Each is free when the call returns, and no two are the
+/// same: their listeners are all held until every port is known (one port after another,
+/// each released before the next, the kernel may hand out the same port twice, and a bridge
+/// given it for two listeners refuses to start).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("free port").port())
 }
 
 /// Starts mosquitto on a free loopback port. Fails loudly when it is not installed.
@@ -1097,16 +1105,17 @@ pub fn fill(path: &Path, leave: u64) {
 /// A configuration for one test bridge: the embedded broker (with its defaults) and one
 /// plain TCP device link, each on a free loopback port, kept across restarts.
 pub fn embedded_config(bridge_id: &str) -> broker_config::Config {
+    let [mqtt, devices] = free_ports();
     let mut broker = broker_config::BrokerConfig::default();
     if let broker_config::BrokerConfig::Embedded { listen, .. } = &mut broker {
-        *listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        *listen = SocketAddr::from(([127, 0, 0, 1], mqtt));
     }
     broker_config::Config {
         bridge_id: bridge_id.into(),
         broker,
         links: vec![broker_config::LinkConfig::tcp(SocketAddr::from((
             [127, 0, 0, 1],
-            free_port(),
+            devices,
         )))],
         ..broker_config::Config::default()
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use broker_config::{Config, QueueConfig};
 use edge_tests::{
-    Bridge, WallClock, Watcher, free_port, last_state, start_bridge_with, start_device, terminate,
+    Bridge, WallClock, Watcher, free_ports, last_state, start_bridge_with, start_device, terminate,
     write_config,
 };
 use serde_json::{Value, json};
@@ -45,11 +45,12 @@ impl Gateway {
             ..Config::default()
         };
         let file = write_config(dir.path(), &config);
+        let [mqtt, devices] = free_ports();
         Self {
             data: dir.path().join("data"),
             config: file,
-            mqtt: format!("127.0.0.1:{}", free_port()),
-            devices: format!("127.0.0.1:{}", free_port()),
+            mqtt: format!("127.0.0.1:{mqtt}"),
+            devices: format!("127.0.0.1:{devices}"),
             clock: WallClock::new(dir.path()),
             _dir: dir,
         }

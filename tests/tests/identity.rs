@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use edge_tests::{
-    Watcher, executions, free_port, last_state, make_link_certificates, start_bridge_with_log,
+    Watcher, executions, free_ports, last_state, make_link_certificates, start_bridge_with_log,
     start_device_with,
 };
 
@@ -19,10 +19,7 @@ async fn a_link_without_credentials_cannot_claim_an_id_a_certificate_proved() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     make_link_certificates(d, "/CN=edge devices CA", &["dev-a"]);
-    let (tls, tcp) = (
-        SocketAddr::from(([127, 0, 0, 1], free_port())),
-        SocketAddr::from(([127, 0, 0, 1], free_port())),
-    );
+    let [tls, tcp] = free_ports().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
     let file = |name: &str| d.join(name).display().to_string();
     let config = d.join("bridge.toml");
     std::fs::write(
