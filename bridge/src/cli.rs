@@ -559,13 +559,17 @@ fn watch(words: &mut Words) -> Result<Option<Command>, UsageError> {
         timeout,
         connect,
     } = &mut args;
-    let read = id_and_options(words, id, connect, |words, name| {
-        match name {
-            "json" => *json = true,
-            "count" => *count = Some(words.value_as()?),
-            "timeout" => *timeout = words.duration()?,
-            _ => return Ok(false),
+    let query = Query {
+        id,
+        json,
+        timeout,
+        connect,
+    };
+    let read = query.read(words, |words, name| {
+        if name != "count" {
+            return Ok(false);
         }
+        *count = Some(words.value_as()?);
         Ok(true)
     })?;
     Ok(read.then_some(Command::Watch(args)))
@@ -580,41 +584,58 @@ fn tasks(words: &mut Words) -> Result<Option<Command>, UsageError> {
         timeout,
         connect,
     } = &mut args;
-    let read = id_and_options(words, id, connect, |words, name| {
-        match name {
-            "json" => *json = true,
-            "limit" => *limit = words.value_as()?,
-            "timeout" => *timeout = words.duration()?,
-            _ => return Ok(false),
+    let query = Query {
+        id,
+        json,
+        timeout,
+        connect,
+    };
+    let read = query.read(words, |words, name| {
+        if name != "limit" {
+            return Ok(false);
         }
+        *limit = words.value_as()?;
         Ok(true)
     })?;
     Ok(read.then_some(Command::Tasks(args)))
 }
 
-/// Reads the words of a command that takes at most one task id and long options: `option`
-/// reads those it knows and says `false` for others, which may be the connection's.
-/// `Ok(false)` when asked for help.
-fn id_and_options(
-    words: &mut Words,
-    id: &mut Option<String>,
-    connect: &mut ConnectArgs,
-    mut option: impl FnMut(&mut Words, &str) -> Result<bool, UsageError>,
-) -> Result<bool, UsageError> {
-    while let Some(word) = words.next()? {
-        match word {
-            ref w if is_help(w) => return Ok(false),
-            Word::Positional(p) => words.positional(id, p)?,
-            Word::Long(ref name) => {
-                words.once(name)?;
-                if !option(words, name)? && !connect_option(words, connect, name)? {
-                    return Err(words.unexpected(word));
+/// What `watch` and `tasks` both take: at most one task id, `--json`, `--timeout` and the
+/// connection's options.
+struct Query<'a> {
+    id: &'a mut Option<String>,
+    json: &'a mut bool,
+    timeout: &'a mut Duration,
+    connect: &'a mut ConnectArgs,
+}
+
+impl Query<'_> {
+    /// Reads the command's words; `other` reads the one option of its own and says `false`
+    /// for any other. `Ok(false)` when asked for help.
+    fn read(
+        self,
+        words: &mut Words,
+        mut other: impl FnMut(&mut Words, &str) -> Result<bool, UsageError>,
+    ) -> Result<bool, UsageError> {
+        while let Some(word) = words.next()? {
+            match word {
+                ref w if is_help(w) => return Ok(false),
+                Word::Positional(p) => words.positional(self.id, p)?,
+                Word::Long(ref name) => {
+                    words.once(name)?;
+                    match name.as_str() {
+                        "json" => *self.json = true,
+                        "timeout" => *self.timeout = words.duration()?,
+                        n if other(words, n)? => {}
+                        n if connect_option(words, self.connect, n)? => {}
+                        _ => return Err(words.unexpected(word)),
+                    }
                 }
+                Word::Short(_) => return Err(words.unexpected(word)),
             }
-            Word::Short(_) => return Err(words.unexpected(word)),
         }
+        Ok(true)
     }
-    Ok(true)
 }
 
 fn check_config(words: &mut Words) -> Result<Option<Command>, UsageError> {
