@@ -194,6 +194,13 @@ async fn the_benchmark_runs_every_phase_with_tiny_numbers() {
     ] {
         assert!(text.contains(section), "{section} missing from the report");
     }
+    // Issue 18's CPU goal is read from these lines: one per throughput phase, each a figure.
+    let cpu: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("bridge CPU per task: "))
+        .collect();
+    assert!(cpu.len() >= 2, "{text}");
+    assert!(cpu.iter().all(|l| !l.contains(": ? ")), "{cpu:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

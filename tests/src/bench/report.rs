@@ -436,8 +436,17 @@ fn throughput_table(f: &mut fmt::Formatter<'_>, t: &ThroughputFigures) -> fmt::R
     latency_line(f, "all submit -> completed", &t.all)?;
     stages(f, &t.stages)?;
     writeln!(f, "  CPU: {}", t.cpu)?;
+    let bridge = per_item_us(t.cpu.bridge, t.cpu.wall_s, t.completed);
+    writeln!(
+        f,
+        "  bridge CPU per task: {} (goal: at most {BRIDGE_CPU_GOAL_US} us)",
+        us(bridge)
+    )?;
     failures(f, t.failed, &t.failures, t.reconnects)
 }
+
+/// Issue 18's goal for the bridge's CPU time per echo task, end to end (microseconds).
+const BRIDGE_CPU_GOAL_US: u32 = 150;
 
 /// Phase 2m, with the embedded broker's ratio beside mosquitto's.
 fn mosquitto(
