@@ -80,6 +80,14 @@ const DONE_ORDER: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("done_i
 const LEGACY_DONE_ORDER: TableDefinition<'_, u64, &str> = TableDefinition::new("done_order");
 const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// `meta` key: the last write-ahead log record the database holds ([`wal`]); every record
+/// after it is applied again at open.
+const WAL_CHECKPOINT: &str = "wal";
+/// `meta` key: the write-ahead log's id, random per database, in every record's checksum.
+const WAL_ID: &str = "wal_id";
+/// `meta` key: the `outbox` counter as of the last checkpoint: when `outbox` has moved since,
+/// another version committed after it, and the log is not applied.
+const WAL_OUTBOX: &str = "wal_outbox";
 /// Meta keys of device ids proven by a credential: the prefix, then the id.
 const PROVEN_PREFIX: &str = "proven/";
 /// Just past every key with [`PROVEN_PREFIX`] (`'0'` follows `'/'`).
@@ -165,6 +173,13 @@ pub enum QueueError {
     /// commit, so that nothing decided on an incomplete view is let out).
     #[error("queue database: a read failed: {0}")]
     Read(String),
+    /// The write-ahead log cannot be opened, read or written.
+    #[error("queue write-ahead log: {}: {source}", path.display())]
+    Wal {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Any of redb's transaction, table, storage or commit errors (all convert into `redb::Error`).
@@ -688,6 +703,8 @@ impl Pending {
 #[derive(Debug)]
 pub struct Queue {
     db: Database,
+    /// Makes commits durable between checkpoints ([`wal`]).
+    wal: wal::Wal,
     limit: u64,
     /// Live tasks held whole: all but the fresh queued ones (see [`is_fresh`]).
     active: HashMap<String, TaskRecord>,
@@ -800,8 +817,58 @@ impl Queue {
             })
             .create(&path)
             .map_err(|source| QueueError::Open { path, source })?;
+        // The log's records after the database's last checkpoint are applied below, before
+        // anything is read.
+        let wal_path = dir.join("queue.wal");
+        let stored = |name: &str| -> Result<Option<u64>, QueueError> {
+            let read = db.begin_read().map_err(db_err)?;
+            match read.open_table(META) {
+                Ok(meta) => Ok(meta.get(name).map_err(db_err)?.map(|v| v.value())),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+                Err(e) => Err(db_err(e)),
+            }
+        };
+        let log_id = match stored(WAL_ID)? {
+            Some(id) => id,
+            None => {
+                // A database without a log yet (new, or written by an earlier version): its
+                // own log id, so no other database's log file is ever read as its own.
+                let mut id = [0u8; 8];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id).map_err(
+                    |_| QueueError::Corrupt {
+                        key: WAL_ID.into(),
+                        reason: "no random number for the write-ahead log's id".into(),
+                    },
+                )?;
+                let id = u64::from_le_bytes(id);
+                let txn = db.begin_write().map_err(db_err)?;
+                {
+                    let mut meta = txn.open_table(META).map_err(db_err)?;
+                    meta.insert(WAL_ID, id).map_err(db_err)?;
+                }
+                txn.commit().map_err(db_err)?;
+                id
+            }
+        };
+        let checkpoint = stored(WAL_CHECKPOINT)?.unwrap_or(0);
+        // Another version's commit after the last checkpoint (a downgrade): the log's
+        // records are older than the database, never applied over it.
+        let current = stored(WAL_OUTBOX)? == stored("outbox")?;
+        let (wal, mut replay) =
+            wal::Wal::open(&wal_path, log_id, checkpoint).map_err(|source| QueueError::Wal {
+                path: wal_path.clone(),
+                source,
+            })?;
+        if !current && !replay.is_empty() {
+            tracing::warn!(
+                records = replay.len(),
+                "the write-ahead log holds commits older than the database (another version wrote it since); not applied"
+            );
+            replay.clear();
+        }
         let mut q = Self {
             db,
+            wal,
             limit,
             active: HashMap::new(),
             active_queued: HashMap::new(),
@@ -902,6 +969,10 @@ impl Queue {
             txn.open_table(DONE_ORDER).map_err(db_err)?;
             txn.open_table(META).map_err(db_err)?;
             txn.commit().map_err(db_err)?;
+        }
+
+        if !replay.is_empty() {
+            q.replay(&replay)?;
         }
 
         let read = q.db.begin_read().map_err(db_err)?;
@@ -2141,100 +2212,117 @@ impl Queue {
         // Released by the caller after this commit (`take_unstored`, `take_appended`).
         self.pending.unstored = std::mem::take(&mut p.unstored);
         self.pending.appended = p.outbox.iter().map(|e| e.0).min();
+        let counters = Counters {
+            seq: self.next_seq,
+            outbox: self.next_outbox,
+            done: self.next_done,
+            generated: self.next_gen,
+            anchor: self.anchor.map(|a| (a.clock_ms, a.boot, a.boot_ms)),
+        };
+        let record = Record {
+            tasks: &p.tasks,
+            fresh: &p.fresh,
+            active: &p.active,
+            done: &p.done,
+            outbox: &p.outbox,
+            published: &p.published,
+            proven: &p.proven,
+            offline: &p.offline,
+            capabilities: &p.capabilities,
+            counters,
+        };
+        // What must survive a crash goes to the log, or, when the log is due a checkpoint, in
+        // a durable commit of the database (which covers the log's records before it).
+        let logged = if p.must_sync() {
+            let bytes = postcard::to_allocvec(&record).map_err(|e| QueueError::Corrupt {
+                key: "write-ahead log record".into(),
+                reason: e.to_string(),
+            })?;
+            Some(bytes).filter(|b| self.wal.takes(b.len()))
+        } else {
+            None
+        };
+        let checkpoint = p.must_sync() && logged.is_none();
         let mut txn = self.db.begin_write().map_err(db_err)?;
-        if !p.must_sync() {
+        if !checkpoint {
             txn.set_durability(redb::Durability::None).map_err(db_err)?;
         }
-        {
-            let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
-            for (id, row) in &p.tasks {
-                match row {
-                    Some(json) => tasks.insert(id.as_str(), json.as_bytes()).map(drop),
-                    None => tasks.remove(id.as_str()).map(drop),
-                }
-                .map_err(db_err)?;
-            }
-            let mut fresh = txn.open_table(FRESH).map_err(db_err)?;
-            for (seq, row) in &p.fresh {
-                match row {
-                    Some(row) => fresh.insert(*seq, row.as_slice()).map(drop),
-                    None => fresh.remove(*seq).map(drop),
-                }
-                .map_err(db_err)?;
-            }
-            let mut active = txn.open_table(ACTIVE).map_err(db_err)?;
-            for (id, is) in &p.active {
-                if *is {
-                    active.insert(id.as_str(), NOTHING).map(drop)
-                } else {
-                    active.remove(id.as_str()).map(drop)
-                }
-                .map_err(db_err)?;
-            }
-            let mut done = txn.open_table(DONE).map_err(db_err)?;
-            let mut done_order = txn.open_table(DONE_ORDER).map_err(db_err)?;
-            for (n, id, event) in &p.done {
-                done.insert(id.as_str(), event.as_bytes()).map_err(db_err)?;
-                done_order.insert(*n, id.as_bytes()).map_err(db_err)?;
-            }
-            // Forget the oldest final events beyond DONE_KEPT.
-            if !p.done.is_empty() {
-                let kept = done_order.len().map_err(db_err)?;
-                for _ in DONE_KEPT..kept {
-                    let Some((_, old)) = done_order.pop_first().map_err(db_err)? else {
-                        break;
-                    };
-                    let old = String::from_utf8_lossy(old.value()).into_owned();
-                    done.remove(old.as_str()).map_err(db_err)?;
-                }
-            }
-            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-            for (key, entry) in &p.outbox {
-                outbox.insert(*key, entry.as_bytes()).map_err(db_err)?;
-            }
-            for key in &p.published {
-                if outbox.remove(key).map_err(db_err)?.is_some() {
-                    self.outbox_depth[class_of(*key)] -= 1;
-                }
-            }
+        let removed = write_changes(&txn, &record)?;
+        if checkpoint {
             let mut meta = txn.open_table(META).map_err(db_err)?;
-            meta.insert("seq", self.next_seq).map_err(db_err)?;
-            meta.insert("outbox", self.next_outbox).map_err(db_err)?;
-            meta.insert(INDEXED, self.next_outbox).map_err(db_err)?;
-            meta.insert("done", self.next_done).map_err(db_err)?;
-            meta.insert("gen", self.next_gen).map_err(db_err)?;
-            for id in &p.proven {
-                meta.insert(format!("{PROVEN_PREFIX}{id}").as_str(), 1)
-                    .map_err(db_err)?;
-            }
-            for (id, since) in &p.offline {
-                let key = format!("{OFFLINE_PREFIX}{id}");
-                match since {
-                    Some(ms) => meta.insert(key.as_str(), ms).map(drop),
-                    None => meta.remove(key.as_str()).map(drop),
-                }
+            meta.insert(WAL_CHECKPOINT, self.wal.last())
                 .map_err(db_err)?;
-            }
-            for (name, published) in &p.capabilities {
-                let key = format!("{CAPABILITY_PREFIX}{name}");
-                if *published {
-                    meta.insert(key.as_str(), 1).map(drop)
-                } else {
-                    meta.remove(key.as_str()).map(drop)
-                }
-                .map_err(db_err)?;
-            }
-            if let Some(anchor) = self.anchor {
-                meta.insert("clock_ms", anchor.clock_ms).map_err(db_err)?;
-                meta.insert("clock_boot", anchor.boot).map_err(db_err)?;
-                meta.insert("clock_boot_ms", anchor.boot_ms)
-                    .map_err(db_err)?;
-            }
+            meta.insert(WAL_OUTBOX, self.next_outbox).map_err(db_err)?;
+        }
+        // The log first: if its write fails, the transaction is dropped unapplied.
+        if let Some(bytes) = &logged {
+            self.wal.append(bytes).map_err(|source| QueueError::Wal {
+                path: "queue.wal".into(),
+                source,
+            })?;
         }
         txn.commit().map_err(db_err)?;
+        if checkpoint {
+            self.wal.checkpointed();
+        }
+        for key in removed {
+            self.outbox_depth[class_of(key)] -= 1;
+        }
         if let Some(anchor) = self.anchor {
             self.anchor_committed_ms = anchor.clock_ms;
         }
+        Ok(())
+    }
+
+    /// A durable commit of the database covering every log record so far (nothing else
+    /// staged is written): the clean stop's, so the next start replays nothing.
+    pub fn checkpoint(&mut self) -> Result<(), QueueError> {
+        if self.wal.unchecked() == 0 {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            // As committed: events staged since have moved `next_outbox`, not the table.
+            let outbox = meta.get("outbox").map_err(db_err)?.map(|v| v.value());
+            meta.insert(WAL_CHECKPOINT, self.wal.last())
+                .map_err(db_err)?;
+            if let Some(outbox) = outbox {
+                meta.insert(WAL_OUTBOX, outbox).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        self.wal.checkpointed();
+        Ok(())
+    }
+
+    /// Applies the log's records after the last checkpoint (a crash left them), in one
+    /// durable commit that is a checkpoint.
+    fn replay(&mut self, records: &[Vec<u8>]) -> Result<(), QueueError> {
+        tracing::info!(
+            records = records.len(),
+            "applying the write-ahead log's commits after the last checkpoint"
+        );
+        let first = self.wal.last() - records.len() as u64 + 1;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut outbox = 0;
+        for (i, bytes) in records.iter().enumerate() {
+            let owned: OwnedRecord =
+                postcard::from_bytes(bytes).map_err(|e| QueueError::Corrupt {
+                    key: format!("write-ahead log record {}", first + i as u64),
+                    reason: e.to_string(),
+                })?;
+            write_changes(&txn, &owned.borrowed())?;
+            outbox = owned.counters.outbox;
+        }
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            meta.insert(WAL_CHECKPOINT, self.wal.last())
+                .map_err(db_err)?;
+            meta.insert(WAL_OUTBOX, outbox).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        self.wal.checkpointed();
         Ok(())
     }
 
@@ -2295,5 +2383,165 @@ impl Queue {
     }
 }
 
+impl Drop for Queue {
+    /// A clean stop ends with a checkpoint: the next start has no log to apply.
+    fn drop(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(error = %e, "queue: the closing checkpoint failed; the next start applies the write-ahead log");
+        }
+    }
+}
+
+/// A batch of changes as the log stores it, borrowed from [`Pending`].
+#[derive(Serialize)]
+struct Record<'a> {
+    tasks: &'a HashMap<String, Option<String>>,
+    fresh: &'a HashMap<u64, Option<Vec<u8>>>,
+    active: &'a HashMap<String, bool>,
+    done: &'a [(u64, String, String)],
+    outbox: &'a [(u64, String)],
+    published: &'a [u64],
+    proven: &'a [String],
+    offline: &'a [(String, Option<u64>)],
+    capabilities: &'a [(String, bool)],
+    counters: Counters,
+}
+
+/// A [`Record`] read back from the log.
+#[derive(Deserialize)]
+struct OwnedRecord {
+    tasks: HashMap<String, Option<String>>,
+    fresh: HashMap<u64, Option<Vec<u8>>>,
+    active: HashMap<String, bool>,
+    done: Vec<(u64, String, String)>,
+    outbox: Vec<(u64, String)>,
+    published: Vec<u64>,
+    proven: Vec<String>,
+    offline: Vec<(String, Option<u64>)>,
+    capabilities: Vec<(String, bool)>,
+    counters: Counters,
+}
+
+impl OwnedRecord {
+    fn borrowed(&self) -> Record<'_> {
+        Record {
+            tasks: &self.tasks,
+            fresh: &self.fresh,
+            active: &self.active,
+            done: &self.done,
+            outbox: &self.outbox,
+            published: &self.published,
+            proven: &self.proven,
+            offline: &self.offline,
+            capabilities: &self.capabilities,
+            counters: self.counters,
+        }
+    }
+}
+
+/// The queue's counters and the timer clock's anchor (`clock_ms`, `boot`, `boot_ms`) as of a
+/// batch, stored in `meta` with it.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+struct Counters {
+    seq: u64,
+    outbox: u64,
+    done: u64,
+    generated: u64,
+    anchor: Option<(u64, u64, u64)>,
+}
+
+/// Writes a batch into `txn`: the commit's, and the log's replay. Every write sets or deletes
+/// a row (the oldest final events beyond `DONE_KEPT` aside, which are the oldest again), so
+/// applying a batch the database already holds changes nothing. Returns the outbox keys it
+/// deleted.
+fn write_changes(txn: &redb::WriteTransaction, r: &Record<'_>) -> Result<Vec<u64>, QueueError> {
+    let mut removed = Vec::new();
+    let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
+    for (id, row) in r.tasks {
+        match row {
+            Some(json) => tasks.insert(id.as_str(), json.as_bytes()).map(drop),
+            None => tasks.remove(id.as_str()).map(drop),
+        }
+        .map_err(db_err)?;
+    }
+    let mut fresh = txn.open_table(FRESH).map_err(db_err)?;
+    for (seq, row) in r.fresh {
+        match row {
+            Some(row) => fresh.insert(*seq, row.as_slice()).map(drop),
+            None => fresh.remove(*seq).map(drop),
+        }
+        .map_err(db_err)?;
+    }
+    let mut active = txn.open_table(ACTIVE).map_err(db_err)?;
+    for (id, is) in r.active {
+        if *is {
+            active.insert(id.as_str(), NOTHING).map(drop)
+        } else {
+            active.remove(id.as_str()).map(drop)
+        }
+        .map_err(db_err)?;
+    }
+    let mut done = txn.open_table(DONE).map_err(db_err)?;
+    let mut done_order = txn.open_table(DONE_ORDER).map_err(db_err)?;
+    for (n, id, event) in r.done {
+        done.insert(id.as_str(), event.as_bytes()).map_err(db_err)?;
+        done_order.insert(*n, id.as_bytes()).map_err(db_err)?;
+    }
+    // Forget the oldest final events beyond DONE_KEPT.
+    if !r.done.is_empty() {
+        let kept = done_order.len().map_err(db_err)?;
+        for _ in DONE_KEPT..kept {
+            let Some((_, old)) = done_order.pop_first().map_err(db_err)? else {
+                break;
+            };
+            let old = String::from_utf8_lossy(old.value()).into_owned();
+            done.remove(old.as_str()).map_err(db_err)?;
+        }
+    }
+    let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+    for (key, entry) in r.outbox {
+        outbox.insert(*key, entry.as_bytes()).map_err(db_err)?;
+    }
+    for key in r.published {
+        if outbox.remove(key).map_err(db_err)?.is_some() {
+            removed.push(*key);
+        }
+    }
+    let mut meta = txn.open_table(META).map_err(db_err)?;
+    meta.insert("seq", r.counters.seq).map_err(db_err)?;
+    meta.insert("outbox", r.counters.outbox).map_err(db_err)?;
+    meta.insert(INDEXED, r.counters.outbox).map_err(db_err)?;
+    meta.insert("done", r.counters.done).map_err(db_err)?;
+    meta.insert("gen", r.counters.generated).map_err(db_err)?;
+    for id in r.proven {
+        meta.insert(format!("{PROVEN_PREFIX}{id}").as_str(), 1)
+            .map_err(db_err)?;
+    }
+    for (id, since) in r.offline {
+        let key = format!("{OFFLINE_PREFIX}{id}");
+        match since {
+            Some(ms) => meta.insert(key.as_str(), ms).map(drop),
+            None => meta.remove(key.as_str()).map(drop),
+        }
+        .map_err(db_err)?;
+    }
+    for (name, published) in r.capabilities {
+        let key = format!("{CAPABILITY_PREFIX}{name}");
+        if *published {
+            meta.insert(key.as_str(), 1).map(drop)
+        } else {
+            meta.remove(key.as_str()).map(drop)
+        }
+        .map_err(db_err)?;
+    }
+    if let Some((clock_ms, boot, boot_ms)) = r.counters.anchor {
+        meta.insert("clock_ms", clock_ms).map_err(db_err)?;
+        meta.insert("clock_boot", boot).map_err(db_err)?;
+        meta.insert("clock_boot_ms", boot_ms).map_err(db_err)?;
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests;
+mod wal;

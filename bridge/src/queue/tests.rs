@@ -1,5 +1,6 @@
 use super::*;
 use device_core::Priority;
+use std::path::Path;
 
 fn sub(id: &str, priority: Priority, deadline_ms: Option<u64>) -> Submission {
     Submission {
@@ -1328,4 +1329,145 @@ fn a_queue_an_earlier_version_ran_on_after_this_one_opens_as_that_version_left_i
     assert_eq!(q.len(), 43);
     assert_eq!(index_rows(&q), (40, 3, 43));
     assert!(!table_names(&q).contains(LEGACY_ACTIVE));
+}
+
+/// The data directory as a crash leaves it, copied while `q` is still open (no closing
+/// checkpoint): redb's file holds its last durable commit, the write-ahead log the commits
+/// after it.
+fn crashed_copy(q: &Queue, dir: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for file in ["queue.redb", "queue.wal"] {
+        std::fs::copy(dir.join(file), copy.path().join(file)).unwrap();
+    }
+    assert!(q.wal.unchecked() > 0, "the commits went to the log");
+    copy
+}
+
+/// Everything a reopened queue shows: the dispatch order, what is held whole, the final
+/// events kept, the outbox and the counters.
+type Seen2 = (
+    Vec<(Lane, Vec<Seen>)>,
+    Vec<String>,
+    Vec<(String, TaskState)>,
+    Vec<u64>,
+    (u64, u64, u64),
+);
+
+fn everything(q: &mut Queue) -> Seen2 {
+    let mut whole: Vec<String> = q.active.keys().cloned().collect();
+    whole.sort_unstable();
+    let finished = ["t0", "t1", "on-device"]
+        .into_iter()
+        .filter_map(|id| q.final_event(id).unwrap().map(|e| (id.to_owned(), e.state)))
+        .collect();
+    let outbox = q
+        .outbox(10_000)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    (
+        dispatch_view(q),
+        whole,
+        finished,
+        outbox,
+        (q.next_seq, q.next_outbox, q.next_done),
+    )
+}
+
+#[test]
+fn commits_after_the_last_checkpoint_survive_a_crash_through_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    varied_backlog(&mut q);
+    let dispatched = |id: &str| Change::Dispatched {
+        id: id.into(),
+        device: "d1".into(),
+        boot: 1,
+        lease_until_ms: 60_000,
+    };
+    let end = |id: &str, state| Change::finished(id, state, ErrorCode::DeadlineExpired, "test");
+    q.apply(vec![dispatched("t1"), dispatched("t2")], Now::at(0));
+    q.commit().unwrap();
+    q.apply(
+        vec![
+            end("t0", TaskState::Expired),
+            end("t1", TaskState::Completed),
+            end("on-device", TaskState::Failed),
+        ],
+        Now::at(0),
+    );
+    q.commit().unwrap();
+    // Some events acknowledged by the broker: a commit that is not logged.
+    let keys: Vec<u64> = q.outbox(3).unwrap().into_iter().map(|(k, _)| k).collect();
+    q.published(&keys);
+    q.commit().unwrap();
+    let before = everything(&mut q);
+    assert_eq!(before.2.len(), 3, "{before:?}");
+    let crashed = crashed_copy(&q, dir.path());
+    drop(q);
+    let mut q = Queue::open(crashed.path(), 1000).unwrap();
+    let after = everything(&mut q);
+    // The acknowledged events' deletion was not logged: they come back (published again).
+    let mut expected = before;
+    expected.3.extend(&keys);
+    expected.3.sort_unstable();
+    assert_eq!(after, expected);
+    assert_eq!(index_rows(&q), (37, 3, 40));
+    assert_eq!(
+        q.wal.unchecked(),
+        0,
+        "the open applied the log and checkpointed"
+    );
+    // And again: applied once, the log is not applied a second time.
+    let again = crashed_copy_after_open(&q, crashed.path());
+    let mut q = Queue::open(again.path(), 1000).unwrap();
+    assert_eq!(everything(&mut q), expected);
+}
+
+/// As [`crashed_copy`], of a queue that has committed nothing since it opened.
+fn crashed_copy_after_open(q: &Queue, dir: &Path) -> tempfile::TempDir {
+    assert_eq!(q.wal.unchecked(), 0);
+    let copy = tempfile::tempdir().unwrap();
+    for file in ["queue.redb", "queue.wal"] {
+        std::fs::copy(dir.join(file), copy.path().join(file)).unwrap();
+    }
+    copy
+}
+
+#[test]
+fn a_clean_stop_checkpoints_and_a_log_from_another_database_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    varied_backlog(&mut q);
+    assert!(q.wal.unchecked() > 0);
+    let before = everything(&mut q);
+    drop(q);
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    assert_eq!(everything(&mut q), before);
+    assert_eq!(q.wal.unchecked(), 0);
+    drop(q);
+    // An operator starts afresh by deleting the database and keeps the log: a new database
+    // has a new log id, and the old log's records are not its own.
+    std::fs::remove_file(dir.path().join("queue.redb")).unwrap();
+    let q = Queue::open(dir.path(), 1000).unwrap();
+    assert_eq!((q.len(), q.outbox_len()), (0, 0));
+}
+
+#[test]
+fn many_commits_go_round_the_log_through_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 100_000).unwrap();
+    // More records than a round of the log holds: checkpoints on the way.
+    let n = wal::CHECKPOINT_RECORDS + 300;
+    for i in 0..n {
+        q.submit(vec![sub(&format!("r{i}"), Priority::P4, None)], Now::at(0))
+            .unwrap();
+        q.commit().unwrap();
+    }
+    assert!(q.wal.unchecked() < wal::CHECKPOINT_RECORDS);
+    let crashed = crashed_copy(&q, dir.path());
+    let q = Queue::open(crashed.path(), 100_000).unwrap();
+    assert_eq!(q.len(), n as usize);
+    assert!(q.get(&format!("r{}", n - 1)).is_some());
 }
