@@ -10,7 +10,8 @@
 //!
 //! Changes are staged and written by one transaction per batch ([`Queue::commit`], group
 //! commit): callers collect what arrived, decide, and commit it at once, so durability does
-//! not cap throughput.
+//! not cap throughput. A commit is made durable by the write-ahead log (`wal`), and every so
+//! often by a durable commit of the database itself, a checkpoint.
 //!
 //! Rules (DESIGN.md, "Bridge durability rules"):
 //! - A submission is accepted by the transaction that stores it *and* its `queued` event in
@@ -40,7 +41,7 @@
 //! | `done` | task id | final [`StatusEvent`] (JSON) |
 //! | `done_ids` | finish sequence | task id (UTF-8), to forget the oldest beyond `DONE_KEPT` |
 //! | `outbox` | class and event sequence ([`outbox_key`]) | [`OutboxEntry`] (JSON) |
-//! | `meta` | name | counter (`seq`, `outbox`, `done`, `gen` for generated ids); the timer clock's [`Anchor`] (`clock_ms`, `clock_boot`, `clock_boot_ms`); `indexed`: `outbox` as of the last commit by a version that keeps `fresh` and `active_ids` |
+//! | `meta` | name | counter (`seq`, `outbox`, `done`, `gen` for generated ids); the timer clock's [`Anchor`] (`clock_ms`, `clock_boot`, `clock_boot_ms`); `indexed`: `outbox` as of the last commit by a version that keeps `fresh` and `active_ids`; `wal`, `wal_id`, `wal_outbox`: the last write-ahead log record the database holds, the log's id, and `outbox` as of that checkpoint |
 //!
 //! Keys are ids (`&str`) or sequences (`u64`), values bytes (`&[u8]`), `meta`'s counters
 //! aside: redb compiles its B-tree code once per key and value type pair, about 21 KB of the

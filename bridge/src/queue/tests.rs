@@ -1471,3 +1471,22 @@ fn many_commits_go_round_the_log_through_checkpoints() {
     assert_eq!(q.len(), n as usize);
     assert!(q.get(&format!("r{}", n - 1)).is_some());
 }
+
+#[test]
+fn a_log_older_than_the_database_is_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    varied_backlog(&mut q);
+    let crashed = crashed_copy(&q, dir.path());
+    drop(q);
+    // A version without the log opened the crashed directory (the logged commits are lost
+    // to it), committed an event and stopped: the log is now older than the database.
+    {
+        let db = Database::create(crashed.path().join("queue.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("outbox", 999).unwrap();
+        txn.commit().unwrap();
+    }
+    let q = Queue::open(crashed.path(), 1000).unwrap();
+    assert_eq!((q.len(), q.outbox_len()), (0, 0));
+}
