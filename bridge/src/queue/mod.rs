@@ -700,12 +700,17 @@ impl Pending {
 /// [`Queue::commit`] writes everything staged in one transaction (group commit). Callers let
 /// nothing out — no MQTT acknowledgement, no link acknowledgement, no `Assign` — before the
 /// commit that covers it. If a commit fails, the in-memory state is ahead of the database:
-/// the caller must stop (the next start loads the last committed state).
+/// the caller must stop. The next start loads the last committed state, or that and the
+/// failed batch when its log record was written before the failure: nothing of it was let
+/// out, so either is allowed.
 #[derive(Debug)]
 pub struct Queue {
     db: Database,
     /// Makes commits durable between checkpoints ([`wal`]).
     wal: wal::Wal,
+    /// A commit failed: the database may hold less than the log says, so the closing
+    /// checkpoint is not written (the next start applies the log).
+    poisoned: bool,
     limit: u64,
     /// Live tasks held whole: all but the fresh queued ones (see [`is_fresh`]).
     active: HashMap<String, TaskRecord>,
@@ -794,6 +799,9 @@ pub struct Queue {
     /// Tests: the next commit fails as a full disk would make it.
     #[cfg(test)]
     fail_next_commit: bool,
+    /// Tests: the next logged commit fails after its log record is written.
+    #[cfg(test)]
+    fail_after_log: bool,
 }
 
 impl Queue {
@@ -870,6 +878,7 @@ impl Queue {
         let mut q = Self {
             db,
             wal,
+            poisoned: false,
             limit,
             active: HashMap::new(),
             active_queued: HashMap::new(),
@@ -908,6 +917,8 @@ impl Queue {
             last_loaded: RefCell::new(None),
             #[cfg(test)]
             fail_next_commit: false,
+            #[cfg(test)]
+            fail_after_log: false,
         };
         // Create every table, so reads never meet a missing one. Only when one is missing:
         // a database that has them all opens without writing, also on a full disk.
@@ -972,7 +983,9 @@ impl Queue {
             txn.commit().map_err(db_err)?;
         }
 
-        if !replay.is_empty() {
+        if replay.is_empty() {
+            q.resync_checkpoint()?;
+        } else {
             q.replay(&replay)?;
         }
 
@@ -2209,6 +2222,16 @@ impl Queue {
             let injected = std::io::Error::other("commit failed (injected by a test)");
             return Err(QueueError::Db(redb::Error::Io(injected)));
         }
+        // Any failure from here may leave the log ahead of the database.
+        let result = self.write_batch();
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    /// The body of [`Queue::commit`].
+    fn write_batch(&mut self) -> Result<(), QueueError> {
         let mut p = std::mem::take(&mut self.pending);
         // Released by the caller after this commit (`take_unstored`, `take_appended`).
         self.pending.unstored = std::mem::take(&mut p.unstored);
@@ -2262,6 +2285,11 @@ impl Queue {
                 source,
             })?;
         }
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_after_log) {
+            let injected = std::io::Error::other("commit failed after its log record (test)");
+            return Err(QueueError::Db(redb::Error::Io(injected)));
+        }
         txn.commit().map_err(db_err)?;
         if checkpoint {
             self.wal.checkpointed();
@@ -2286,6 +2314,38 @@ impl Queue {
             let mut meta = txn.open_table(META).map_err(db_err)?;
             // As committed: events staged since have moved `next_outbox`, not the table.
             let outbox = meta.get("outbox").map_err(db_err)?.map(|v| v.value());
+            meta.insert(WAL_CHECKPOINT, self.wal.last())
+                .map_err(db_err)?;
+            if let Some(outbox) = outbox {
+                meta.insert(WAL_OUTBOX, outbox).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        self.wal.checkpointed();
+        Ok(())
+    }
+
+    /// At open, when there is nothing to apply: makes the database's checkpoint the log's
+    /// last record and `wal_outbox` its `outbox`, before any append. Without it, after a
+    /// log was not applied (older than the database, or already in it because redb's close
+    /// made the last commits durable) or on a database an earlier version wrote (no
+    /// `wal_outbox`), the next records would be numbered past what `meta.wal` says, or the
+    /// guard would refuse them: a crash would lose them.
+    fn resync_checkpoint(&mut self) -> Result<(), QueueError> {
+        let (checkpoint, outbox, wal_outbox) = {
+            let read = self.db.begin_read().map_err(db_err)?;
+            let meta = read.open_table(META).map_err(db_err)?;
+            let get = |name: &str| -> Result<Option<u64>, QueueError> {
+                Ok(meta.get(name).map_err(db_err)?.map(|v| v.value()))
+            };
+            (get(WAL_CHECKPOINT)?, get("outbox")?, get(WAL_OUTBOX)?)
+        };
+        if checkpoint.unwrap_or(0) == self.wal.last() && wal_outbox == outbox {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
             meta.insert(WAL_CHECKPOINT, self.wal.last())
                 .map_err(db_err)?;
             if let Some(outbox) = outbox {
@@ -2387,6 +2447,9 @@ impl Queue {
 impl Drop for Queue {
     /// A clean stop ends with a checkpoint: the next start has no log to apply.
     fn drop(&mut self) {
+        if self.poisoned {
+            return;
+        }
         if let Err(e) = self.checkpoint() {
             tracing::warn!(error = %e, "queue: the closing checkpoint failed; the next start applies the write-ahead log");
         }

@@ -1490,3 +1490,104 @@ fn a_log_older_than_the_database_is_not_applied() {
     let q = Queue::open(crashed.path(), 1000).unwrap();
     assert_eq!((q.len(), q.outbox_len()), (0, 0));
 }
+
+/// Changes `meta` of the (closed) database in `dir`, as another program or version would.
+fn edit_meta(dir: &Path, edit: impl FnOnce(&mut redb::Table<'_, &str, u64>)) {
+    let db = Database::create(dir.join("queue.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    edit(&mut txn.open_table(META).unwrap());
+    txn.commit().unwrap();
+}
+
+fn meta_value(dir: &Path, key: &str) -> Option<u64> {
+    let db = Database::create(dir.join("queue.redb")).unwrap();
+    let read = db.begin_read().unwrap();
+    let meta = read.open_table(META).unwrap();
+    meta.get(key).unwrap().map(|v| v.value())
+}
+
+/// Submits `id` and commits: once this returns, the caller acknowledges the submission.
+fn accept(q: &mut Queue, id: &str) {
+    q.submit(vec![sub(id, Priority::P2, None)], Now::at(0))
+        .unwrap();
+    q.commit().unwrap();
+}
+
+#[test]
+fn a_database_of_an_earlier_version_keeps_what_it_accepts_before_its_first_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    accept(&mut q, "before");
+    drop(q);
+    // As an earlier version leaves it: no log and no log keys.
+    edit_meta(dir.path(), |meta| {
+        for key in [WAL_ID, WAL_CHECKPOINT, WAL_OUTBOX] {
+            meta.remove(key).unwrap();
+        }
+    });
+    std::fs::remove_file(dir.path().join("queue.wal")).unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    accept(&mut q, "after");
+    let crashed = crashed_copy(&q, dir.path());
+    drop(q);
+    let q = Queue::open(crashed.path(), 1000).unwrap();
+    assert!(q.get("before").is_some() && q.get("after").is_some());
+}
+
+#[test]
+fn after_a_log_that_is_not_applied_new_commits_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    varied_backlog(&mut q);
+    let crashed = crashed_copy(&q, dir.path());
+    drop(q);
+    // Another version ran on the crashed directory: its log is not applied (the test above).
+    edit_meta(crashed.path(), |meta| {
+        meta.insert("outbox", 999).unwrap();
+    });
+    let mut q = Queue::open(crashed.path(), 1000).unwrap();
+    assert_eq!(q.len(), 0);
+    accept(&mut q, "after");
+    let again = crashed_copy(&q, crashed.path());
+    drop(q);
+    let q = Queue::open(again.path(), 1000).unwrap();
+    assert_eq!(q.len(), 1);
+    assert!(q.get("after").is_some());
+}
+
+#[test]
+fn after_redbs_own_close_kept_the_logged_commits_new_commits_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    varied_backlog(&mut q);
+    let live = q.len();
+    // No closing checkpoint: redb's close makes the commits durable by itself, and the
+    // database no longer says which log records it holds.
+    q.poisoned = true;
+    drop(q);
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    assert_eq!(q.len(), live);
+    accept(&mut q, "after");
+    let crashed = crashed_copy(&q, dir.path());
+    drop(q);
+    let q = Queue::open(crashed.path(), 1000).unwrap();
+    assert_eq!(q.len(), live + 1);
+}
+
+#[test]
+fn a_failed_commit_leaves_the_closing_checkpoint_to_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    accept(&mut q, "kept");
+    // The log has the batch, the database does not.
+    q.fail_after_log = true;
+    q.submit(vec![sub("failed", Priority::P2, None)], Now::at(0))
+        .unwrap();
+    assert!(q.commit().is_err());
+    assert_eq!(q.wal.last(), 2);
+    drop(q);
+    // No closing checkpoint claims record 2 for a database that does not hold it.
+    assert_eq!(meta_value(dir.path(), WAL_CHECKPOINT).unwrap_or(0), 0);
+    let q = Queue::open(dir.path(), 1000).unwrap();
+    assert!(q.get("kept").is_some());
+}

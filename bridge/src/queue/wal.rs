@@ -8,7 +8,8 @@
 //! flushing it (`Durability::None`, visible to reads at once) and appends the batch to the
 //! log; every [`CHECKPOINT_RECORDS`] records, or when the log is full, the commit is a durable
 //! redb commit instead (a *checkpoint*: it also records the last log record it covers, in
-//! `meta.wal`), and the log starts again from its beginning. Pages a batch rewrites many
+//! `meta.wal`), and the log starts again from its beginning. 1,024 one-block records fill the
+//! file exactly. Pages a batch rewrites many
 //! times between checkpoints are written once.
 //!
 //! After a crash, redb opens at its last checkpoint and [`Wal::open`] hands back the records
@@ -18,13 +19,13 @@
 //! # Format
 //! The file is [`WAL_BYTES`] long, zero-filled when created (its blocks are allocated once,
 //! so an `fdatasync` never waits for metadata and a full disk cannot refuse an append).
-//! Records follow each other from offset 0:
+//! Records follow each other from offset 0, each starting on a 4 KiB block:
 //!
 //! | bytes | field |
 //! |---|---|
 //! | 4 | payload length (little-endian), 0 at the end of the log |
 //! | 8 | record number (little-endian): one more than the record before |
-//! | 8 | the first 8 bytes of SHA-256 over the record number and the payload |
+//! | 8 | the first 8 bytes of SHA-256 over the format ([`FORMAT`]), the database's log id (random, in `meta.wal_id`), the record number and the payload |
 //! | n | payload (the batch, [`super::Record`], postcard) |
 //!
 //! Reading stops at the first record that is not the next one: a zero length, a checksum
@@ -45,6 +46,20 @@ pub(super) const CHECKPOINT_RECORDS: u64 = 1024;
 
 /// Length, record number, checksum.
 const HEADER: u64 = 4 + 8 + 8;
+
+/// Records start on a block of this size: an append never rewrites a block that holds an
+/// earlier record, which a power cut during the write could tear on storage without
+/// power-safe overwrites (SD cards, some eMMC).
+const BLOCK: u64 = 4096;
+
+/// The records' format (their payload's layout): in every checksum, so a log of another
+/// format is never applied.
+const FORMAT: u64 = 1;
+
+/// Where a record of `len` payload bytes that starts at `at` ends, rounded up to a block.
+fn next_block(at: u64, len: u64) -> u64 {
+    (at + HEADER + len).div_ceil(BLOCK) * BLOCK
+}
 
 #[derive(Debug)]
 pub(super) struct Wal {
@@ -87,6 +102,12 @@ impl Wal {
                 // The new file's name is durable too.
                 File::open(dir)?.sync_all()?;
             }
+        } else {
+            // A copy of the data directory may have made the file sparse (`cp`, a backup):
+            // its blocks are allocated again, so an append cannot meet a full disk. Where
+            // the filesystem cannot (copy-on-write ones allocate on every write anyway),
+            // nothing is lost by trying.
+            let _ = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, WAL_BYTES);
         }
         let last = checkpoint + records.len() as u64;
         let wal = Self {
@@ -103,7 +124,7 @@ impl Wal {
     /// Whether a record of `len` payload bytes may be appended, or the commit must be a
     /// checkpoint.
     pub(super) fn takes(&self, len: usize) -> bool {
-        self.records < CHECKPOINT_RECORDS && self.end + HEADER + len as u64 <= WAL_BYTES
+        self.records < CHECKPOINT_RECORDS && next_block(self.end, len as u64) <= WAL_BYTES
     }
 
     /// Appends `payload` as the next record and makes it durable. On an error nothing is
@@ -119,7 +140,7 @@ impl Wal {
         record.extend_from_slice(payload);
         self.file.write_all_at(&record, self.end)?;
         self.file.sync_data()?;
-        self.end += record.len() as u64;
+        self.end = next_block(self.end, payload.len() as u64);
         self.last = number;
         self.records += 1;
         Ok(())
@@ -163,7 +184,7 @@ fn read_records(bytes: &[u8], id: u64, after: u64) -> Vec<Vec<u8>> {
             break;
         }
         out.push(payload.to_vec());
-        at += header + len;
+        at = next_block(at as u64, len as u64) as usize;
         next += 1;
     }
     out
@@ -171,6 +192,7 @@ fn read_records(bytes: &[u8], id: u64, after: u64) -> Vec<Vec<u8>> {
 
 fn checksum(id: u64, number: u64, payload: &[u8]) -> [u8; 8] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&FORMAT.to_le_bytes());
     ctx.update(&id.to_le_bytes());
     ctx.update(&number.to_le_bytes());
     ctx.update(payload);
@@ -197,6 +219,8 @@ mod tests {
             wal.append(&[i; 10]).unwrap();
         }
         assert_eq!(wal.last(), 5);
+        // Each record on a block of its own: no append rewrites an earlier record's block.
+        assert_eq!(wal.end, 5 * BLOCK);
         drop(wal);
         let (_, replay) = open(dir.path(), 0);
         assert_eq!(replay, (0..5u8).map(|i| vec![i; 10]).collect::<Vec<_>>());
