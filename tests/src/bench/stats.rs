@@ -121,9 +121,39 @@ impl Latencies {
     }
 }
 
-/// CPU seconds (user + system) a process has used, from `/proc/{pid}/stat`; `None` where
-/// there is no procfs. `pid` `None` is this process.
+/// CPU seconds (user + system) a process has used, from `/proc`; `None` where there is no
+/// procfs. `pid` `None` is this process.
 pub(crate) fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    // Nanoseconds where the kernel keeps them: a phase of 0.1 s is 10 clock ticks, too coarse
+    // for a figure per task. `/proc/{pid}/stat` counts the threads that have exited too;
+    // the sum over live threads does not, so the larger of the two is taken.
+    match (thread_cpu_seconds(pid), cpu_ticks_seconds(pid)) {
+        (Some(fine), Some(coarse)) => Some(fine.max(coarse)),
+        (fine, coarse) => coarse.or(fine),
+    }
+}
+
+/// The CPU time of the live threads of `pid` (this process for `None`), in seconds, from
+/// `/proc/{pid}/task/*/schedstat` (nanoseconds on a CPU); `None` without it.
+fn thread_cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let dir = match pid {
+        Some(p) => format!("/proc/{p}/task"),
+        None => "/proc/self/task".to_owned(),
+    };
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(dir).ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        // A thread that ended since the directory was read counts as nothing.
+        let Ok(line) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        ns += line.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e9)
+}
+
+/// utime + stime of `pid` (every thread, ended ones included) in seconds, in clock ticks.
+fn cpu_ticks_seconds(pid: Option<u32>) -> Option<f64> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_owned(),
