@@ -921,7 +921,8 @@ impl Queue {
             fail_after_log: false,
         };
         // Create every table, so reads never meet a missing one. Only when one is missing:
-        // a database that has them all opens without writing, also on a full disk.
+        // a database that has them all (and nothing in the log to apply) opens without
+        // writing, also on a full disk.
         let names: BTreeSet<String> = {
             use redb::TableHandle;
             let read = q.db.begin_read().map_err(db_err)?;
