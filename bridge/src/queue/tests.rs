@@ -1010,13 +1010,9 @@ fn index_rows(q: &Queue) -> (u64, u64, u64) {
     )
 }
 
-#[test]
-fn a_reopened_queue_sees_its_backlog_exactly_as_before() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut q = Queue::open(dir.path(), 1000).unwrap();
-    varied_backlog(&mut q);
-    // Tasks leave by every way: a fresh one expires, a dispatched one completes, another
-    // goes to a device and fails for good.
+/// After [`varied_backlog`], tasks leave by every way, in two commits: a fresh one expires, a
+/// dispatched one completes, another goes to a device and fails for good (t2 stays on d1).
+fn tasks_leave_by_every_way(q: &mut Queue) {
     let dispatched = |id: &str| Change::Dispatched {
         id: id.into(),
         device: "d1".into(),
@@ -1025,6 +1021,7 @@ fn a_reopened_queue_sees_its_backlog_exactly_as_before() {
     };
     let end = |id: &str, state| Change::finished(id, state, ErrorCode::DeadlineExpired, "test");
     q.apply(vec![dispatched("t1"), dispatched("t2")], Now::at(0));
+    q.commit().unwrap();
     q.apply(
         vec![
             end("t0", TaskState::Expired),
@@ -1034,6 +1031,14 @@ fn a_reopened_queue_sees_its_backlog_exactly_as_before() {
         Now::at(0),
     );
     q.commit().unwrap();
+}
+
+#[test]
+fn a_reopened_queue_sees_its_backlog_exactly_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 1000).unwrap();
+    varied_backlog(&mut q);
+    tasks_leave_by_every_way(&mut q);
     assert_eq!(index_rows(&q), (37, 3, 40), "t2, holder, lost are active");
     let before = dispatch_view(&q);
     let (depth, overdue, timer) = (q.depth(), q.overdue(1_030), q.next_timer(0));
@@ -1345,7 +1350,7 @@ fn crashed_copy(q: &Queue, dir: &Path) -> tempfile::TempDir {
 
 /// Everything a reopened queue shows: the dispatch order, what is held whole, the final
 /// events kept, the outbox and the counters.
-type Seen2 = (
+type Everything = (
     Vec<(Lane, Vec<Seen>)>,
     Vec<String>,
     Vec<(String, TaskState)>,
@@ -1353,7 +1358,7 @@ type Seen2 = (
     (u64, u64, u64),
 );
 
-fn everything(q: &mut Queue) -> Seen2 {
+fn everything(q: &mut Queue) -> Everything {
     let mut whole: Vec<String> = q.active.keys().cloned().collect();
     whole.sort_unstable();
     let finished = ["t0", "t1", "on-device"]
@@ -1380,24 +1385,7 @@ fn commits_after_the_last_checkpoint_survive_a_crash_through_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let mut q = Queue::open(dir.path(), 1000).unwrap();
     varied_backlog(&mut q);
-    let dispatched = |id: &str| Change::Dispatched {
-        id: id.into(),
-        device: "d1".into(),
-        boot: 1,
-        lease_until_ms: 60_000,
-    };
-    let end = |id: &str, state| Change::finished(id, state, ErrorCode::DeadlineExpired, "test");
-    q.apply(vec![dispatched("t1"), dispatched("t2")], Now::at(0));
-    q.commit().unwrap();
-    q.apply(
-        vec![
-            end("t0", TaskState::Expired),
-            end("t1", TaskState::Completed),
-            end("on-device", TaskState::Failed),
-        ],
-        Now::at(0),
-    );
-    q.commit().unwrap();
+    tasks_leave_by_every_way(&mut q);
     // Some events acknowledged by the broker: a commit that is not logged.
     let keys: Vec<u64> = q.outbox(3).unwrap().into_iter().map(|(k, _)| k).collect();
     q.published(&keys);
@@ -1472,25 +1460,6 @@ fn many_commits_go_round_the_log_through_checkpoints() {
     assert!(q.get(&format!("r{}", n - 1)).is_some());
 }
 
-#[test]
-fn a_log_older_than_the_database_is_not_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut q = Queue::open(dir.path(), 1000).unwrap();
-    varied_backlog(&mut q);
-    let crashed = crashed_copy(&q, dir.path());
-    drop(q);
-    // A version without the log opened the crashed directory (the logged commits are lost
-    // to it), committed an event and stopped: the log is now older than the database.
-    {
-        let db = Database::create(crashed.path().join("queue.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(META).unwrap().insert("outbox", 999).unwrap();
-        txn.commit().unwrap();
-    }
-    let q = Queue::open(crashed.path(), 1000).unwrap();
-    assert_eq!((q.len(), q.outbox_len()), (0, 0));
-}
-
 /// Changes `meta` of the (closed) database in `dir`, as another program or version would.
 fn edit_meta(dir: &Path, edit: impl FnOnce(&mut redb::Table<'_, &str, u64>)) {
     let db = Database::create(dir.join("queue.redb")).unwrap();
@@ -1535,18 +1504,20 @@ fn a_database_of_an_earlier_version_keeps_what_it_accepts_before_its_first_check
 }
 
 #[test]
-fn after_a_log_that_is_not_applied_new_commits_survive_a_crash() {
+fn a_log_older_than_the_database_is_not_applied_and_later_commits_survive_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let mut q = Queue::open(dir.path(), 1000).unwrap();
     varied_backlog(&mut q);
     let crashed = crashed_copy(&q, dir.path());
     drop(q);
-    // Another version ran on the crashed directory: its log is not applied (the test above).
+    // A version without the log opened the crashed directory (the logged commits are lost
+    // to it), committed an event and stopped: the log is now older than the database.
     edit_meta(crashed.path(), |meta| {
         meta.insert("outbox", 999).unwrap();
     });
     let mut q = Queue::open(crashed.path(), 1000).unwrap();
-    assert_eq!(q.len(), 0);
+    assert_eq!((q.len(), q.outbox_len()), (0, 0));
+    // What this version accepts from then on is in its log, and a crash keeps it.
     accept(&mut q, "after");
     let again = crashed_copy(&q, crashed.path());
     drop(q);
