@@ -1,16 +1,15 @@
 //! The queue's write-ahead log: what makes a commit durable between checkpoints.
 //!
-//! A durable redb commit writes every B-tree page the batch touched (18 on average in the
-//! echo benchmark, scattered over the file) and then `fdatasync`s: on the development VM that
-//! took about 250 µs of CPU per commit, as much as the rest of a task's handling. The log
-//! makes the same guarantee with one small sequential write and one `fdatasync` of a file
-//! whose blocks already exist (about 40 µs): each commit applies its batch to redb without
-//! flushing it (`Durability::None`, visible to reads at once) and appends the batch to the
-//! log; every [`CHECKPOINT_RECORDS`] records, or when the log is full, the commit is a durable
-//! redb commit instead (a *checkpoint*: it also records the last log record it covers, in
+//! A durable redb commit writes every B-tree page the batch touched, scattered over the file
+//! and one `pwrite` each (18 per commit in the echo benchmark), and then `fdatasync`s them
+//! all: that was a fifth of the bridge's CPU per task (BENCHMARKS.md, "CPU per task"). The
+//! log makes the same guarantee with one small sequential write and one `fdatasync` of a file
+//! whose blocks already exist: each commit applies its batch to redb without flushing it
+//! (`Durability::None`, visible to reads at once) and appends the batch to the log; every
+//! [`CHECKPOINT_RECORDS`] records, or when the log is full, the commit is a durable redb
+//! commit instead (a *checkpoint*: it also records the last log record it covers, in
 //! `meta.wal`), and the log starts again from its beginning. 1,024 one-block records fill the
-//! file exactly. Pages a batch rewrites many
-//! times between checkpoints are written once.
+//! file exactly. Pages a batch rewrites many times between checkpoints are written once.
 //!
 //! After a crash, redb opens at its last checkpoint and [`Wal::open`] hands back the records
 //! after it, which the queue applies again before it reads anything. A clean stop checkpoints
