@@ -829,14 +829,7 @@ impl Queue {
         // The log's records after the database's last checkpoint are applied below, before
         // anything is read.
         let wal_path = dir.join("queue.wal");
-        let stored = |name: &str| -> Result<Option<u64>, QueueError> {
-            let read = db.begin_read().map_err(db_err)?;
-            match read.open_table(META) {
-                Ok(meta) => Ok(meta.get(name).map_err(db_err)?.map(|v| v.value())),
-                Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-                Err(e) => Err(db_err(e)),
-            }
-        };
+        let stored = |name: &str| stored_value(&db, name);
         let log_id = match stored(WAL_ID)? {
             Some(id) => id,
             None => {
@@ -865,7 +858,7 @@ impl Queue {
         let current = stored(WAL_OUTBOX)? == stored("outbox")?;
         let (wal, mut replay) =
             wal::Wal::open(&wal_path, log_id, checkpoint).map_err(|source| QueueError::Wal {
-                path: wal_path.clone(),
+                path: wal_path,
                 source,
             })?;
         if !current && !replay.is_empty() {
@@ -2274,15 +2267,12 @@ impl Queue {
         }
         let removed = write_changes(&txn, &record)?;
         if checkpoint {
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            meta.insert(WAL_CHECKPOINT, self.wal.last())
-                .map_err(db_err)?;
-            meta.insert(WAL_OUTBOX, self.next_outbox).map_err(db_err)?;
+            record_checkpoint(&txn, self.wal.last())?;
         }
         // The log first: if its write fails, the transaction is dropped unapplied.
         if let Some(bytes) = &logged {
             self.wal.append(bytes).map_err(|source| QueueError::Wal {
-                path: "queue.wal".into(),
+                path: self.wal.path().to_owned(),
                 source,
             })?;
         }
@@ -2310,17 +2300,13 @@ impl Queue {
         if self.wal.unchecked() == 0 {
             return Ok(());
         }
+        self.write_checkpoint()
+    }
+
+    /// A durable commit that only records the log's last record as the checkpoint.
+    fn write_checkpoint(&mut self) -> Result<(), QueueError> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            // As committed: events staged since have moved `next_outbox`, not the table.
-            let outbox = meta.get("outbox").map_err(db_err)?.map(|v| v.value());
-            meta.insert(WAL_CHECKPOINT, self.wal.last())
-                .map_err(db_err)?;
-            if let Some(outbox) = outbox {
-                meta.insert(WAL_OUTBOX, outbox).map_err(db_err)?;
-            }
-        }
+        record_checkpoint(&txn, self.wal.last())?;
         txn.commit().map_err(db_err)?;
         self.wal.checkpointed();
         Ok(())
@@ -2333,29 +2319,13 @@ impl Queue {
     /// `wal_outbox`), the next records would be numbered past what `meta.wal` says, or the
     /// guard would refuse them: a crash would lose them.
     fn resync_checkpoint(&mut self) -> Result<(), QueueError> {
-        let (checkpoint, outbox, wal_outbox) = {
-            let read = self.db.begin_read().map_err(db_err)?;
-            let meta = read.open_table(META).map_err(db_err)?;
-            let get = |name: &str| -> Result<Option<u64>, QueueError> {
-                Ok(meta.get(name).map_err(db_err)?.map(|v| v.value()))
-            };
-            (get(WAL_CHECKPOINT)?, get("outbox")?, get(WAL_OUTBOX)?)
-        };
-        if checkpoint.unwrap_or(0) == self.wal.last() && wal_outbox == outbox {
+        let stored = |name: &str| stored_value(&self.db, name);
+        if stored(WAL_CHECKPOINT)?.unwrap_or(0) == self.wal.last()
+            && stored(WAL_OUTBOX)? == stored("outbox")?
+        {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            meta.insert(WAL_CHECKPOINT, self.wal.last())
-                .map_err(db_err)?;
-            if let Some(outbox) = outbox {
-                meta.insert(WAL_OUTBOX, outbox).map_err(db_err)?;
-            }
-        }
-        txn.commit().map_err(db_err)?;
-        self.wal.checkpointed();
-        Ok(())
+        self.write_checkpoint()
     }
 
     /// Applies the log's records after the last checkpoint (a crash left them), in one
@@ -2367,7 +2337,6 @@ impl Queue {
         );
         let first = self.wal.last() - records.len() as u64 + 1;
         let txn = self.db.begin_write().map_err(db_err)?;
-        let mut outbox = 0;
         for (i, bytes) in records.iter().enumerate() {
             let owned: OwnedRecord =
                 postcard::from_bytes(bytes).map_err(|e| QueueError::Corrupt {
@@ -2375,14 +2344,8 @@ impl Queue {
                     reason: e.to_string(),
                 })?;
             write_changes(&txn, &owned.borrowed())?;
-            outbox = owned.counters.outbox;
         }
-        {
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            meta.insert(WAL_CHECKPOINT, self.wal.last())
-                .map_err(db_err)?;
-            meta.insert(WAL_OUTBOX, outbox).map_err(db_err)?;
-        }
+        record_checkpoint(&txn, self.wal.last())?;
         txn.commit().map_err(db_err)?;
         self.wal.checkpointed();
         Ok(())
@@ -2443,6 +2406,29 @@ impl Queue {
     pub fn outbox(&self, max: usize) -> Result<Vec<(u64, OutboxEntry)>, QueueError> {
         self.outbox_from(0, max)
     }
+}
+
+/// A `meta` value of `db` as last committed (`None` before the table exists).
+fn stored_value(db: &Database, name: &str) -> Result<Option<u64>, QueueError> {
+    let read = db.begin_read().map_err(db_err)?;
+    match read.open_table(META) {
+        Ok(meta) => Ok(meta.get(name).map_err(db_err)?.map(|v| v.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(db_err(e)),
+    }
+}
+
+/// Makes `txn` a checkpoint: the database holds the log's records up to `last`, and
+/// `wal_outbox` is `outbox` as `txn` leaves it (events staged and not committed have moved
+/// `next_outbox`, not the table).
+fn record_checkpoint(txn: &redb::WriteTransaction, last: u64) -> Result<(), QueueError> {
+    let mut meta = txn.open_table(META).map_err(db_err)?;
+    meta.insert(WAL_CHECKPOINT, last).map_err(db_err)?;
+    let outbox = meta.get("outbox").map_err(db_err)?.map(|v| v.value());
+    if let Some(outbox) = outbox {
+        meta.insert(WAL_OUTBOX, outbox).map_err(db_err)?;
+    }
+    Ok(())
 }
 
 impl Drop for Queue {

@@ -1340,11 +1340,15 @@ fn a_queue_an_earlier_version_ran_on_after_this_one_opens_as_that_version_left_i
 /// checkpoint): redb's file holds its last durable commit, the write-ahead log the commits
 /// after it.
 fn crashed_copy(q: &Queue, dir: &Path) -> tempfile::TempDir {
+    assert!(q.wal.unchecked() > 0, "the commits went to the log");
+    copy_data(dir)
+}
+
+fn copy_data(dir: &Path) -> tempfile::TempDir {
     let copy = tempfile::tempdir().unwrap();
     for file in ["queue.redb", "queue.wal"] {
         std::fs::copy(dir.join(file), copy.path().join(file)).unwrap();
     }
-    assert!(q.wal.unchecked() > 0, "the commits went to the log");
     copy
 }
 
@@ -1408,19 +1412,10 @@ fn commits_after_the_last_checkpoint_survive_a_crash_through_the_log() {
         "the open applied the log and checkpointed"
     );
     // And again: applied once, the log is not applied a second time.
-    let again = crashed_copy_after_open(&q, crashed.path());
+    assert_eq!(q.wal.unchecked(), 0);
+    let again = copy_data(crashed.path());
     let mut q = Queue::open(again.path(), 1000).unwrap();
     assert_eq!(everything(&mut q), expected);
-}
-
-/// As [`crashed_copy`], of a queue that has committed nothing since it opened.
-fn crashed_copy_after_open(q: &Queue, dir: &Path) -> tempfile::TempDir {
-    assert_eq!(q.wal.unchecked(), 0);
-    let copy = tempfile::tempdir().unwrap();
-    for file in ["queue.redb", "queue.wal"] {
-        std::fs::copy(dir.join(file), copy.path().join(file)).unwrap();
-    }
-    copy
 }
 
 #[test]
@@ -1469,10 +1464,7 @@ fn edit_meta(dir: &Path, edit: impl FnOnce(&mut redb::Table<'_, &str, u64>)) {
 }
 
 fn meta_value(dir: &Path, key: &str) -> Option<u64> {
-    let db = Database::create(dir.join("queue.redb")).unwrap();
-    let read = db.begin_read().unwrap();
-    let meta = read.open_table(META).unwrap();
-    meta.get(key).unwrap().map(|v| v.value())
+    stored_value(&Database::create(dir.join("queue.redb")).unwrap(), key).unwrap()
 }
 
 /// Submits `id` and commits: once this returns, the caller acknowledges the submission.

@@ -34,7 +34,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The log's size: one round through it is at most this much of batches.
 pub(super) const WAL_BYTES: u64 = 4 * 1024 * 1024;
@@ -63,6 +63,8 @@ fn next_block(at: u64, len: u64) -> u64 {
 #[derive(Debug)]
 pub(super) struct Wal {
     file: File,
+    /// For errors.
+    path: PathBuf,
     /// The database's log id: in every checksum, so another database's log never reads as
     /// this one's.
     id: u64,
@@ -111,6 +113,7 @@ impl Wal {
         let last = checkpoint + records.len() as u64;
         let wal = Self {
             file,
+            path: path.to_owned(),
             id,
             // Replayed records are applied and checkpointed by the caller before any append.
             end: 0,
@@ -143,6 +146,11 @@ impl Wal {
         self.last = number;
         self.records += 1;
         Ok(())
+    }
+
+    /// The log's file.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The last record number written: what a checkpoint covers.
