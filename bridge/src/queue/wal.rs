@@ -32,7 +32,6 @@
 //! last (what is left of the previous round through the file, whose numbers are all lower).
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -84,15 +83,13 @@ impl Wal {
         id: u64,
         checkpoint: u64,
     ) -> std::io::Result<(Self, Vec<Vec<u8>>)> {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        let records = read_records(&bytes, id, checkpoint);
+        let records = read_records(&file, id, checkpoint)?;
         let len = file.metadata()?.len();
         if len < WAL_BYTES {
             // Real zeros, not a hole: appends then never allocate.
@@ -173,28 +170,32 @@ impl Wal {
 
 /// The payloads of the records numbered `after + 1`, `after + 2`, … from the start of
 /// `bytes`, up to the first that is not the next one.
-fn read_records(bytes: &[u8], id: u64, after: u64) -> Vec<Vec<u8>> {
+/// Only the records are read, not the whole file: after a clean stop that is one header.
+fn read_records(file: &File, id: u64, after: u64) -> std::io::Result<Vec<Vec<u8>>> {
+    let size = file.metadata()?.len();
     let mut out = Vec::new();
-    let mut at = 0usize;
+    let mut at = 0u64;
     let mut next = after + 1;
-    let header = HEADER as usize;
-    while let Some(head) = bytes.get(at..at + header) {
-        let len = u32::from_le_bytes(head[0..4].try_into().unwrap_or_default()) as usize;
-        let number = u64::from_le_bytes(head[4..12].try_into().unwrap_or_default());
-        if len == 0 || number != next {
+    let mut head = [0u8; HEADER as usize];
+    while at + HEADER <= size {
+        file.read_exact_at(&mut head, at)?;
+        let len = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
+        let mut number = [0u8; 8];
+        number.copy_from_slice(&head[4..12]);
+        let number = u64::from_le_bytes(number);
+        if len == 0 || number != next || at + HEADER + len > size {
             break;
         }
-        let Some(payload) = bytes.get(at + header..at + header + len) else {
-            break;
-        };
-        if head[12..20] != checksum(id, number, payload) {
+        let mut payload = vec![0u8; len as usize];
+        file.read_exact_at(&mut payload, at + HEADER)?;
+        if head[12..20] != checksum(id, number, &payload) {
             break;
         }
-        out.push(payload.to_vec());
-        at = next_block(at as u64, len as u64) as usize;
+        out.push(payload);
+        at = next_block(at, len);
         next += 1;
     }
-    out
+    Ok(out)
 }
 
 fn checksum(id: u64, number: u64, payload: &[u8]) -> [u8; 8] {
