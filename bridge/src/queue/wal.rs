@@ -135,7 +135,7 @@ impl Wal {
             .map_err(|_| std::io::Error::other("a write-ahead log record over 4 GiB"))?;
         record.extend_from_slice(&len.to_le_bytes());
         record.extend_from_slice(&number.to_le_bytes());
-        record.extend_from_slice(&checksum(self.id, number, payload));
+        record.extend_from_slice(&checksum(FORMAT, self.id, number, payload));
         record.extend_from_slice(payload);
         self.file.write_all_at(&record, self.end)?;
         self.file.sync_data()?;
@@ -188,7 +188,7 @@ fn read_records(file: &File, id: u64, after: u64) -> std::io::Result<Vec<Vec<u8>
         }
         let mut payload = vec![0u8; len as usize];
         file.read_exact_at(&mut payload, at + HEADER)?;
-        if head[12..20] != checksum(id, number, &payload) {
+        if head[12..20] != checksum(FORMAT, id, number, &payload) {
             break;
         }
         out.push(payload);
@@ -198,9 +198,9 @@ fn read_records(file: &File, id: u64, after: u64) -> std::io::Result<Vec<Vec<u8>
     Ok(out)
 }
 
-fn checksum(id: u64, number: u64, payload: &[u8]) -> [u8; 8] {
+fn checksum(format: u64, id: u64, number: u64, payload: &[u8]) -> [u8; 8] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(&FORMAT.to_le_bytes());
+    ctx.update(&format.to_le_bytes());
     ctx.update(&id.to_le_bytes());
     ctx.update(&number.to_le_bytes());
     ctx.update(payload);
@@ -278,6 +278,40 @@ mod tests {
         assert!(replay.is_empty(), "{replay:?}");
         let (_, replay) = open(dir.path(), 0);
         assert_eq!(replay, vec![b"theirs".to_vec()]);
+    }
+
+    #[test]
+    fn a_record_of_another_format_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = open(dir.path(), 0);
+        wal.append(b"ours").unwrap();
+        drop(wal);
+        // The same record as a version with another payload layout writes it.
+        let payload = b"ours";
+        let mut record = Vec::new();
+        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        record.extend_from_slice(&1u64.to_le_bytes());
+        record.extend_from_slice(&checksum(FORMAT + 1, 7, 1, payload));
+        record.extend_from_slice(payload);
+        let path = dir.path().join("queue.wal");
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&record, 0).unwrap();
+        drop(file);
+        let (_, replay) = open(dir.path(), 0);
+        assert!(replay.is_empty(), "{replay:?}");
+    }
+
+    #[test]
+    fn a_sparse_log_gets_its_blocks_back_at_open() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.wal");
+        // As `cp` or a backup restores it: the right length, no blocks.
+        File::create(&path).unwrap().set_len(WAL_BYTES).unwrap();
+        let blocks = || std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(blocks() < WAL_BYTES, "{}", blocks());
+        let _ = open(dir.path(), 0);
+        assert!(blocks() >= WAL_BYTES, "{}", blocks());
     }
 
     #[test]
