@@ -218,6 +218,15 @@ mod tests {
         Wal::open(&dir.join("queue.wal"), 7, checkpoint).unwrap()
     }
 
+    /// Writes `bytes` at `at` into the closed log in `dir`, as a crash or another version would.
+    fn overwrite(dir: &Path, at: u64, bytes: &[u8]) {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(dir.join("queue.wal"))
+            .unwrap();
+        file.write_all_at(bytes, at).unwrap();
+    }
+
     #[test]
     fn records_after_the_checkpoint_come_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -248,7 +257,6 @@ mod tests {
     #[test]
     fn a_torn_or_stale_record_ends_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("queue.wal");
         let (mut wal, _) = open(dir.path(), 0);
         for i in 0..4u8 {
             wal.append(&[i; 100]).unwrap();
@@ -261,9 +269,7 @@ mod tests {
         let (_, replay) = open(dir.path(), 4);
         assert_eq!(replay, vec![vec![9u8; 100]]);
         // Record 5's payload torn by a crash: nothing after the checkpoint survives.
-        let file = OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&[0xff; 10], HEADER + 50).unwrap();
-        drop(file);
+        overwrite(dir.path(), HEADER + 50, &[0xff; 10]);
         let (_, replay) = open(dir.path(), 4);
         assert!(replay.is_empty(), "{replay:?}");
     }
@@ -293,10 +299,7 @@ mod tests {
         record.extend_from_slice(&1u64.to_le_bytes());
         record.extend_from_slice(&checksum(FORMAT + 1, 7, 1, payload));
         record.extend_from_slice(payload);
-        let path = dir.path().join("queue.wal");
-        let file = OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&record, 0).unwrap();
-        drop(file);
+        overwrite(dir.path(), 0, &record);
         let (_, replay) = open(dir.path(), 0);
         assert!(replay.is_empty(), "{replay:?}");
     }
